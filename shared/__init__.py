@@ -1,0 +1,1 @@
+"""Code every SimulTrain service stands on: protocol, models, data, training math."""
