@@ -1,0 +1,144 @@
+"""`Dataset`: one train/test split held in memory as numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simultrain.shared.data.errors import InvalidDataset
+
+__all__ = ["Dataset"]
+
+
+def _read_only(array: NDArray[Any]) -> NDArray[Any]:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled train/test split.
+
+    ``x_*`` are float32 ``(N, *input_shape)``, ``y_*`` int64 ``(N,)`` in ``[0, num_classes)``.
+    The arrays are **read-only views**: loaded datasets are cached and shared in-process, so
+    nobody may write into them. Batches from `BatchStream` and `eval_batches` are fresh,
+    writable copies, ready for ``torch.from_numpy``; for a whole split use ``torch.tensor(x)``
+    (``torch.from_numpy`` on a read-only array warns).
+
+    ``groups_train`` (optional, int64 ``(N,)``) names the natural owner of each training sample
+    (the IMU subject), which `shard` keeps together. ``model_id`` is the default model for this
+    data. ``info`` carries loader-specific facts (normalisation statistics, options).
+    """
+
+    name: str
+    x_train: NDArray[np.float32]
+    y_train: NDArray[np.int64]
+    x_test: NDArray[np.float32]
+    y_test: NDArray[np.int64]
+    num_classes: int
+    model_id: str
+    groups_train: NDArray[np.int64] | None = None
+    seed: int = 0
+    class_names: tuple[str, ...] = ()
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x = getattr(self, f"x_{split}")
+            y = getattr(self, f"y_{split}")
+            if x.dtype != np.float32 or y.dtype != np.int64:
+                raise InvalidDataset(
+                    f"{self.name}: x_{split} must be float32 and y_{split} "
+                    f"int64, got {x.dtype} and {y.dtype}"
+                )
+            if y.ndim != 1 or x.ndim < 2 or len(x) != len(y):
+                raise InvalidDataset(
+                    f"{self.name}: x_{split} {x.shape} and y_{split} "
+                    f"{y.shape} do not describe the same samples"
+                )
+            if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+                raise InvalidDataset(f"{self.name}: y_{split} outside [0, {self.num_classes})")
+            object.__setattr__(self, f"x_{split}", _read_only(x))
+            object.__setattr__(self, f"y_{split}", _read_only(y))
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise InvalidDataset(
+                f"{self.name}: train samples {self.x_train.shape[1:]} and "
+                f"test samples {self.x_test.shape[1:]} differ in shape"
+            )
+        if self.groups_train is not None:
+            if self.groups_train.shape != self.y_train.shape:
+                raise InvalidDataset(
+                    f"{self.name}: groups_train {self.groups_train.shape} "
+                    f"does not match y_train {self.y_train.shape}"
+                )
+            object.__setattr__(self, "groups_train", _read_only(self.groups_train))
+        object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample shape (what the model's ``input_shape`` must be)."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def shard(self, index: int, count: int) -> Dataset:
+        """The ``index``-th of ``count`` disjoint training shards that together cover all.
+
+        With ``groups_train`` (IMU subjects) whole groups go round-robin to shards in sorted
+        order — a subject is a natural edge device; otherwise a seeded permutation (from
+        ``seed``) is cut into ``count`` contiguous, near-equal pieces. The test split is kept
+        whole in every shard: each edge is evaluated on the same held-out data.
+        """
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} not in [0, {count})")
+        if self.groups_train is not None:
+            groups = np.unique(self.groups_train)
+            if count > len(groups):
+                raise ValueError(
+                    f"{self.name}: {count} shards but only {len(groups)} "
+                    "groups (subjects) to give them"
+                )
+            mine = groups[index::count]
+            rows = np.flatnonzero(np.isin(self.groups_train, mine))
+            how = f"groups {mine.tolist()}"
+        else:
+            if count > len(self.y_train):
+                raise ValueError(f"{self.name}: {count} shards for {len(self.y_train)} samples")
+            order = np.random.default_rng(self.seed).permutation(len(self.y_train))
+            rows = np.sort(np.array_split(order, count)[index])
+            how = f"{len(rows)} samples"
+        return replace(
+            self,
+            name=f"{self.name}[{index}/{count}]",
+            x_train=self.x_train[rows],
+            y_train=self.y_train[rows],
+            groups_train=None if self.groups_train is None else self.groups_train[rows],
+            info={**self.info, "shard": (index, count), "shard_of": how},
+        )
+
+    def eval_batches(
+        self, split: str = "test", *, batch_size: int = 1024
+    ) -> Iterator[tuple[NDArray[np.float32], NDArray[np.int64]]]:
+        """The whole ``split`` ("train" or "test") in order, as writable batch copies."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        for start in range(0, len(y), batch_size):
+            yield x[start : start + batch_size].copy(), y[start : start + batch_size].copy()
+
+    def summary(self) -> str:
+        """One line: sizes, shapes, classes, model, groups."""
+        counts = np.bincount(self.y_train, minlength=self.num_classes)
+        groups = (
+            "" if self.groups_train is None else f", {len(np.unique(self.groups_train))} groups"
+        )
+        return (
+            f"{self.name}: train {len(self.y_train)}, test {len(self.y_test)}, "
+            f"sample {self.input_shape}, {self.num_classes} classes "
+            f"(train per class {counts.min()}–{counts.max()}){groups}, "
+            f"model {self.model_id}"
+        )
