@@ -1,0 +1,560 @@
+"""Frames ↔ bytes: one msgpack map per WebSocket binary message (PROTOCOL.md, "Framing").
+
+``{"v": PROTOCOL_VERSION, "t": "<type>", <field>: <value>, ...}``: every field of the frame
+is present (``nil`` for an absent optional one), no other key is. Decoding is strict and
+total: it either returns a valid frame or raises a :class:`ProtocolError` subclass, with any
+msgpack, lz4 or numpy error chained as its cause; nothing else escapes.
+
+The order of checks matters for what a peer is told: size before parsing (1009), version
+before type (a frame of a newer protocol reports a version mismatch, not garbage), type
+before fields, declared tensor sizes before inflating (an lz4 bomb is refused unopened).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+
+from simultrain.shared.errors import (
+    EncodeError,
+    FrameTooLarge,
+    InvalidTensor,
+    MalformedFrame,
+    ProtocolError,
+    ProtocolVersionMismatch,
+    UnknownMessageType,
+)
+from simultrain.shared.protocol.frames import (
+    FRAME_TYPES,
+    Ack,
+    Act,
+    Bye,
+    ConfigValue,
+    Delta,
+    EGrad,
+    Error,
+    Frame,
+    Grad,
+    Hello,
+    Snap,
+    Welcome,
+)
+from simultrain.shared.protocol.limits import DEFAULT_LIMITS, Limits
+from simultrain.shared.protocol.tensorcodec import (
+    FLOAT_DTYPES,
+    DecodeBudget,
+    WireTensor,
+    decode_tensor,
+    encode_tensor,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "check_cut_shape",
+    "decode_frame",
+    "encode_frame",
+    "frame_fields",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+# Bounds that need no tuning (PROTOCOL.md, "Limits"). Strings are short by nature; these
+# keep a hostile frame from making the decoder build large Python objects.
+MAX_STRING_BYTES: Final = 64 * 1024  # any msgpack str
+MAX_NAME_BYTES: Final = 256  # ids, tensor names, config keys, error codes
+MAX_TOKEN_BYTES: Final = 8192
+MAX_CONFIG_STRING_BYTES: Final = 4096
+MAX_REASON_BYTES: Final = 123  # fits a WebSocket close reason (RFC 6455 section 5.5)
+MAX_CONFIG_ENTRIES: Final = 256
+MAX_ARRAY_ITEMS: Final = 64  # only shapes are arrays
+_INT64_MAX: Final = (1 << 63) - 1
+_XOR_DTYPES: Final = frozenset({"int32", "int64"})
+_SIZE_BOUND: Final = re.compile(r"exceeds max_(str|bin|array|map)_len")
+
+
+@dataclasses.dataclass(slots=True)
+class _Context:
+    limits: Limits
+    budget: DecodeBudget
+
+
+class _Kind:
+    """How one field travels: ``encode`` checks a local value, ``decode`` a received one.
+
+    Both raise :class:`MalformedFrame` naming the field; :func:`encode_frame` turns that into
+    :class:`EncodeError`, because a local value is at fault.
+    """
+
+    def encode(self, value: Any, path: str) -> Any:
+        raise NotImplementedError
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        raise NotImplementedError
+
+
+def _type_error(expected: str, value: object, path: str) -> MalformedFrame:
+    return MalformedFrame(f"expected {expected}, got {type(value).__name__}", field=path)
+
+
+class _UInt(_Kind):
+    """Sequence numbers and versions: msgpack int in [0, 2^63 − 1]."""
+
+    def _check(self, value: Any, path: str) -> int:
+        if isinstance(value, bool | float) or not isinstance(value, int | np.integer):
+            raise _type_error("int", value, path)
+        number = operator.index(value)
+        if not 0 <= number <= _INT64_MAX:
+            raise MalformedFrame(f"{number} is outside [0, 2^63 - 1]", field=path)
+        return number
+
+    def encode(self, value: Any, path: str) -> Any:
+        return self._check(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self._check(wire, path)
+
+
+class _Float(_Kind):
+    """A finite float; msgpack float 32/64, or an int (JavaScript encoders write 1.0 as 1)."""
+
+    def _check(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+            raise _type_error("float", value, path)
+        number = float(value)
+        if not math.isfinite(number):
+            raise MalformedFrame(f"{number} is not finite", field=path)
+        return number
+
+    def encode(self, value: Any, path: str) -> Any:
+        return self._check(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self._check(wire, path)
+
+
+class _Bool(_Kind):
+    def _check(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool | np.bool_):
+            raise _type_error("bool", value, path)
+        return bool(value)
+
+    def encode(self, value: Any, path: str) -> Any:
+        return self._check(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self._check(wire, path)
+
+
+class _Str(_Kind):
+    def __init__(self, max_bytes: int, *, allow_empty: bool = True) -> None:
+        self.max_bytes = max_bytes
+        self.allow_empty = allow_empty
+
+    def _check(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise _type_error("str", value, path)
+        if not value and not self.allow_empty:
+            raise MalformedFrame("must not be empty", field=path)
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # lone surrogates cannot be sent
+            raise MalformedFrame("is not valid UTF-8", field=path) from exc
+        if size > self.max_bytes:
+            raise MalformedFrame(f"{size} bytes exceed {self.max_bytes}", field=path)
+        return value
+
+    def encode(self, value: Any, path: str) -> Any:
+        return self._check(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self._check(wire, path)
+
+
+class _Shape(_Kind):
+    """A per-sample shape: 1 to MAX_ARRAY_ITEMS − 1 positive ints (the batch takes one)."""
+
+    def _check(self, value: Any, path: str) -> tuple[int, ...]:
+        if not isinstance(value, list | tuple):
+            raise _type_error("array of int", value, path)
+        if not 1 <= len(value) < MAX_ARRAY_ITEMS:
+            raise MalformedFrame(f"must have 1 to {MAX_ARRAY_ITEMS - 1} dimensions", field=path)
+        dims = tuple(_UInt().encode(dim, f"{path}[{i}]") for i, dim in enumerate(value))
+        if min(dims) < 1:
+            raise MalformedFrame(f"dimensions must be positive, got {list(dims)}", field=path)
+        return dims
+
+    def encode(self, value: Any, path: str) -> Any:
+        return list(self._check(value, path))
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self._check(wire, path)
+
+
+_NAME = _Str(MAX_NAME_BYTES, allow_empty=False)
+_CONFIG_STRING = _Str(MAX_CONFIG_STRING_BYTES)
+
+
+class _Config(_Kind):
+    """Run configuration: str → nil | bool | int | float | str (SPEC "Roles": α, β, R, ...).
+
+    Floats may be infinite (R = ∞ is the no-reconciliation ablation) but not NaN.
+    """
+
+    def _value(self, value: Any, path: str) -> ConfigValue:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int | np.integer):
+            number = operator.index(value)
+            if not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+                raise MalformedFrame(f"{number} does not fit int64", field=path)
+            return number
+        if isinstance(value, float | np.floating):
+            if math.isnan(value):
+                raise MalformedFrame("NaN is not a configuration value", field=path)
+            return float(value)
+        if isinstance(value, str):
+            return str(_CONFIG_STRING.encode(value, path))
+        raise _type_error("nil, bool, int, float or str", value, path)
+
+    def _check(self, value: Any, path: str) -> dict[str, ConfigValue]:
+        if not isinstance(value, Mapping):
+            raise _type_error("map", value, path)
+        if len(value) > MAX_CONFIG_ENTRIES:
+            raise MalformedFrame(f"more than {MAX_CONFIG_ENTRIES} entries", field=path)
+        return {
+            _NAME.encode(key, f"{path} key"): self._value(item, f"{path}.{key}")
+            for key, item in value.items()
+        }
+
+    def encode(self, value: Any, path: str) -> Any:
+        return self._check(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self._check(wire, path)
+
+
+class _Tensor(_Kind):
+    def encode(self, value: Any, path: str) -> Any:
+        if not isinstance(value, WireTensor):
+            raise _type_error("WireTensor", value, path)
+        try:
+            return encode_tensor(value)
+        except EncodeError as exc:
+            raise EncodeError(f"{path}: {exc}") from exc
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return decode_tensor(wire, limits=ctx.limits, budget=ctx.budget, path=path)
+
+
+class _TensorSet(_Kind):
+    """Named tensors (a state-dict subset): str → tensor, at most ``max_weight_tensors``."""
+
+    def _check_count(self, value: Mapping[Any, Any], path: str, limits: Limits) -> None:
+        limit = limits.max_weight_tensors
+        if limit is not None and len(value) > limit:
+            raise FrameTooLarge(f"{path}: {len(value)} tensors exceed max_weight_tensors {limit}")
+
+    def encode(self, value: Any, path: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise _type_error("map of WireTensor", value, path)
+        return {
+            _NAME.encode(name, f"{path} key"): _Tensor().encode(tensor, f"{path}.{name}")
+            for name, tensor in value.items()
+        }
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        if not isinstance(wire, dict):
+            raise _type_error("map", wire, path)
+        self._check_count(wire, path, ctx.limits)
+        return {
+            _NAME.encode(name, f"{path} key"): _Tensor().decode(tensor, f"{path}.{name}", ctx)
+            for name, tensor in wire.items()
+        }
+
+
+class _Optional(_Kind):
+    """``nil`` stands for None; the key itself is always present."""
+
+    def __init__(self, kind: _Kind) -> None:
+        self.kind = kind
+
+    def encode(self, value: Any, path: str) -> Any:
+        return None if value is None else self.kind.encode(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return None if wire is None else self.kind.decode(wire, path, ctx)
+
+
+class _Nested(_Kind):
+    """A piggybacked frame: a map of its fields, without ``v`` and ``t`` (the key says which)."""
+
+    def __init__(self, cls: type[Frame]) -> None:
+        self.cls = cls
+
+    def encode(self, value: Any, path: str) -> Any:
+        if not isinstance(value, self.cls):
+            raise _type_error(self.cls.__name__, value, path)
+        return _encode_fields(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        if not isinstance(wire, dict):
+            raise _type_error("map", wire, path)
+        return _decode_fields(self.cls, wire, path, ctx)
+
+
+class _DeltaKind(_Str):
+    """``add`` or ``xor`` (PROTOCOL.md, "Deltas")."""
+
+    KINDS: Final = ("add", "xor")
+
+    def __init__(self) -> None:
+        super().__init__(8, allow_empty=False)
+
+    def _check(self, value: Any, path: str) -> str:
+        text = super()._check(value, path)
+        if text not in self.KINDS:
+            raise MalformedFrame(
+                f"expected one of {', '.join(self.KINDS)}, got {text!r}", field=path
+            )
+        return text
+
+
+_SEQ = _UInt()
+_VERSION = _UInt()
+_TENSOR = _Tensor()
+_TENSORS = _TensorSet()
+
+# The wire fields of each frame, in the order the encoder writes them (decoders must not
+# depend on the order). PROTOCOL.md, "Messages", documents this table; a test keeps the
+# two in step with the dataclasses.
+_SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
+    Hello: (
+        ("edge_id", _NAME),
+        ("model_id", _NAME),
+        ("cut_shape", _Shape()),
+        ("config", _Config()),
+        ("token", _Optional(_Str(MAX_TOKEN_BYTES))),
+        ("resume", _Optional(_SEQ)),
+    ),
+    Welcome: (
+        ("session_id", _NAME),
+        ("master_version", _VERSION),
+        ("cut_shape", _Shape()),
+        ("window", _Optional(_UInt())),
+        ("acked_seq", _Optional(_SEQ)),
+        ("config", _Config()),
+    ),
+    Act: (
+        ("seq", _SEQ),
+        ("edge_version", _VERSION),
+        ("activations", _TENSOR),
+        ("labels", _TENSOR),
+        ("egrad", _Optional(_Nested(EGrad))),
+    ),
+    Grad: (
+        ("seq", _SEQ),
+        ("master_version", _VERSION),
+        ("cut_grad", _TENSOR),
+        ("loss", _Float()),
+        ("delta", _Optional(_Nested(Delta))),
+    ),
+    EGrad: (("seq", _SEQ), ("edge_version", _VERSION), ("grads", _TENSORS), ("samples", _UInt())),
+    Delta: (
+        ("from_version", _VERSION),
+        ("to_version", _VERSION),
+        ("tensors", _TENSORS),
+        ("kind", _DeltaKind()),
+    ),
+    Snap: (("master_version", _VERSION), ("tensors", _TENSORS), ("reconcile", _Bool())),
+    Ack: (("seq", _SEQ), ("master_version", _VERSION)),
+    Error: (("code", _NAME), ("reason", _Str(MAX_REASON_BYTES))),
+    Bye: (("reason", _Str(MAX_REASON_BYTES)),),
+}
+
+
+def _encode_fields(frame: Frame, path: str) -> dict[str, Any]:
+    return {
+        name: kind.encode(getattr(frame, name), f"{path}.{name}")
+        for name, kind in _SPECS[type(frame)]
+    }
+
+
+def _decode_fields(cls: type[Frame], wire: dict[Any, Any], path: str, ctx: _Context) -> Frame:
+    spec = _SPECS[cls]
+    names = [name for name, _ in spec]
+    for name in names:
+        if name not in wire:
+            raise MalformedFrame(f"missing field {name!r}", field=path)
+    for key in wire:
+        if key not in names:
+            raise MalformedFrame(f"unexpected field {str(key)[:40]!r}", field=path)
+    values = {name: kind.decode(wire[name], f"{path}.{name}", ctx) for name, kind in spec}
+    return cls(**values)
+
+
+def _check_structure(frame: Frame) -> None:
+    """Rules that tie fields of one frame together, whatever the session (SPEC steps 1-5)."""
+    if isinstance(frame, Act):
+        batch = _batch_size(frame.activations, "act.activations")
+        labels = frame.labels
+        if labels.dtype != "int64" or labels.shape != (batch,):
+            raise InvalidTensor(
+                f"act.labels: expected int64[{batch}], got {labels.dtype}{list(labels.shape)}"
+            )
+        if frame.egrad is not None and frame.egrad.seq >= frame.seq:
+            raise MalformedFrame(
+                f"piggybacked egrad.seq {frame.egrad.seq} must be below act.seq {frame.seq}",
+                field="act.egrad.seq",
+            )
+    elif isinstance(frame, Grad):
+        _batch_size(frame.cut_grad, "grad.cut_grad")
+        if frame.cut_grad.dtype not in FLOAT_DTYPES:
+            raise InvalidTensor(
+                f"grad.cut_grad: expected a float dtype, got {frame.cut_grad.dtype}"
+            )
+        if frame.delta is not None:
+            _check_structure(frame.delta)
+    elif isinstance(frame, Delta):
+        if frame.from_version >= frame.to_version:
+            raise MalformedFrame(
+                f"from_version {frame.from_version} must be below to_version {frame.to_version}",
+                field="delta",
+            )
+        if frame.kind == "xor":
+            # XOR deltas are bit patterns of the weights (PROTOCOL.md, "Deltas"): integers.
+            for name, tensor in frame.tensors.items():
+                if tensor.dtype not in _XOR_DTYPES:
+                    raise InvalidTensor(
+                        f"delta.tensors.{name}: an xor delta holds int32 or int64 bit "
+                        f"patterns, got {tensor.dtype}"
+                    )
+
+
+def _batch_size(tensor: WireTensor, path: str) -> int:
+    if not tensor.shape or tensor.shape[0] < 1:
+        raise InvalidTensor(f"{path}: expected shape (batch ≥ 1, ...), got {list(tensor.shape)}")
+    return tensor.shape[0]
+
+
+def check_cut_shape(frame: Frame, cut_shape: tuple[int, ...]) -> None:
+    """Check ACT activations and GRAD cut_grad against (batch, *cut_shape) of the session.
+
+    Raises :class:`InvalidTensor` (SPEC "Wire protocol": shape against the session's cut
+    shape). Frames without cut-layer tensors pass.
+    """
+    if isinstance(frame, Act):
+        tensor, path = frame.activations, "act.activations"
+    elif isinstance(frame, Grad):
+        tensor, path = frame.cut_grad, "grad.cut_grad"
+    else:
+        return
+    if tensor.shape[1:] != tuple(cut_shape):
+        raise InvalidTensor(
+            f"{path}: expected shape (batch, {', '.join(map(str, cut_shape))}), "
+            f"got {list(tensor.shape)}"
+        )
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The bytes of one WebSocket binary message carrying ``frame``.
+
+    Raises :class:`EncodeError` for a frame a peer would refuse on its own terms (wrong field
+    types, non-finite or unencodable tensors, inconsistent fields). Session rules (order,
+    window, cut shape) are checked by the sessions' ``send``.
+    """
+    if type(frame) not in _SPECS:
+        raise EncodeError(f"not a frame: {type(frame).__name__}")
+    try:
+        # Field types first: the structure check reads fields as the types they must be.
+        wire = {"v": PROTOCOL_VERSION, "t": frame.type, **_encode_fields(frame, frame.type)}
+        _check_structure(frame)
+    except ProtocolError as exc:
+        raise EncodeError(str(exc)) from exc
+    try:
+        return bytes(msgpack.packb(wire, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"{frame.type}: cannot pack ({exc})") from exc
+
+
+def _unpack(data: bytes, limits: Limits) -> object:
+    map_limit = limits.max_weight_tensors
+    max_map_len = len(data) if map_limit is None else max(MAX_CONFIG_ENTRIES, map_limit)
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,  # str is UTF-8 text, bin is bytes
+            use_list=True,
+            strict_map_key=True,  # keys are str (or bytes, refused later)
+            max_str_len=MAX_STRING_BYTES,
+            max_bin_len=len(data),
+            max_array_len=MAX_ARRAY_ITEMS,
+            max_map_len=max_map_len,
+            max_ext_len=0,  # no ext types (timestamps included)
+        )
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
+        # msgpack reports its size bounds as "N exceeds max_map_len(M)"; those are sizes
+        # (an ext type, which we refuse by allowing none, is malformed instead).
+        if _SIZE_BOUND.search(str(exc)):
+            raise FrameTooLarge(f"msgpack container too large: {exc}") from exc
+        raise MalformedFrame(f"not a single msgpack value: {exc}") from exc
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview | str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cut_shape: tuple[int, ...] | None = None,
+) -> Frame:
+    """Validate and decode one WebSocket binary message.
+
+    With ``cut_shape`` (known once the handshake is done), ACT activations and GRAD cut_grad
+    must have shape (batch, *cut_shape). A ``str`` (a WebSocket text message) is refused
+    with :class:`UnknownMessageType`. Raises a :class:`ProtocolError` subclass for anything
+    else than a valid frame; never a foreign exception.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise UnknownMessageType(
+            f"expected a binary message, got {type(data).__name__}: the protocol has no text"
+        )
+    size = memoryview(data).nbytes
+    if limits.max_frame_bytes is not None and size > limits.max_frame_bytes:
+        raise FrameTooLarge(
+            f"frame of {size} bytes exceeds max_frame_bytes {limits.max_frame_bytes}"
+        )
+    wire = _unpack(bytes(data), limits)
+    if not isinstance(wire, dict):
+        raise MalformedFrame(f"expected a msgpack map, got {type(wire).__name__}")
+    for key in ("v", "t"):
+        if key not in wire:
+            raise MalformedFrame(f"missing field {key!r}", field="frame")
+    version = wire["v"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _type_error("int", version, "frame.v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolVersionMismatch(
+            f"peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}"
+        )
+    type_name = wire["t"]
+    if not isinstance(type_name, str):
+        raise _type_error("str", type_name, "frame.t")
+    cls = FRAME_TYPES.get(type_name)
+    if cls is None:
+        raise UnknownMessageType(f"unknown message type {type_name[:40]!r}")
+    fields = {key: value for key, value in wire.items() if key not in ("v", "t")}
+    frame = _decode_fields(cls, fields, type_name, _Context(limits, DecodeBudget(limits)))
+    _check_structure(frame)
+    if cut_shape is not None:
+        check_cut_shape(frame, cut_shape)
+    return frame
+
+
+def frame_fields(cls: type[Frame]) -> tuple[str, ...]:
+    """The wire field names of a frame type, in encoding order (for docs and tests)."""
+    return tuple(name for name, _ in _SPECS[cls])

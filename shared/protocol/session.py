@@ -1,0 +1,393 @@
+"""Sans-I/O session state machines for the two ends of a stream: ``EdgeSession``, ``CloudSession``.
+
+Shaped like python-websockets' ``protocol.py``: bytes in (:meth:`receive_data` returns the
+frames they carry), frames out (:meth:`send` returns the bytes to write); no sockets, no
+asyncio. A service's WebSocket handler is a thin loop around one session::
+
+    session = CloudSession(limits=Limits(window=4))
+    async for message in websocket:
+        try:
+            frames = session.receive_data(message)
+        except ProtocolError as exc:
+            await websocket.send(session.send(Error.from_exception(exc)))
+            await websocket.close(session.close_code, session.close_reason)
+            break
+        for frame in frames:
+            ...  # Hello → send(Welcome(...)), Act → send(Grad(...)), ...
+
+States (``SessionState``)::
+
+    CONNECTING ──HELLO, WELCOME──▶ OPEN ──ERROR, BYE or a refused frame──▶ CLOSING
+         │                          │                                        │
+         └─────────────── connection_closed() ───────────────────────────────┴──▶ CLOSED
+
+Rules both sides enforce (PROTOCOL.md, "Session rules"), on frames received and on frames
+sent alike:
+
+- HELLO is the edge's first frame, WELCOME the cloud's answer; nothing else before them.
+- ACT sequence numbers strictly increase and exceed WELCOME's ``acked_seq``; an ACT may not
+  leave more than ``window`` ACTs unanswered (SPEC step 1). A GRAD answers an ACT, and so
+  does an ACK covering it.
+- A GRAD answers an unanswered ACT, with that ACT's batch size.
+- EGRAD sequence numbers strictly increase, exceed ``acked_seq``, and never refer to an ACT
+  whose GRAD has not arrived (the edge cannot have its gradient yet).
+- ACK numbers strictly increase and never exceed the highest batch uploaded.
+
+A frame received that breaks a rule raises the matching :class:`ProtocolError` and moves the
+session to CLOSING with ``close_code`` and ``close_reason`` set; nothing else changes: the
+bookkeeping (``ledger``) is computed in full before it replaces the old one, so a refused
+frame never leaves a half-applied update. A frame the local side tries to *send* against a
+rule raises the same error and changes nothing at all (the caller may wait and retry, e.g.
+when the window is full). Frames arriving while CLOSING are discarded unread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import ClassVar, Final
+
+from simultrain.shared.errors import (
+    CloseCode,
+    FrameTooLarge,
+    HandshakeRejected,
+    IllegalTransition,
+    InvalidTensor,
+    ProtocolError,
+    UnexpectedSequence,
+    WindowExceeded,
+    close_code_for,
+)
+from simultrain.shared.protocol.codec import check_cut_shape, decode_frame, encode_frame
+from simultrain.shared.protocol.frames import (
+    Ack,
+    Act,
+    Bye,
+    Delta,
+    EGrad,
+    Error,
+    Frame,
+    Grad,
+    Hello,
+    Snap,
+    Welcome,
+)
+from simultrain.shared.protocol.limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["CloudSession", "EdgeSession", "Ledger", "SessionState", "Side"]
+
+
+class SessionState(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Side(enum.Enum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+_SENT_BY: Final[dict[Side, frozenset[type[Frame]]]] = {
+    Side.EDGE: frozenset({Hello, Act, EGrad, Error, Bye}),
+    Side.CLOUD: frozenset({Welcome, Grad, Delta, Snap, Ack, Error, Bye}),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ledger:
+    """The sequence bookkeeping of a session; replaced whole, never patched.
+
+    ``unanswered`` holds (seq, batch size) of ACTs with neither GRAD nor covering ACK,
+    ascending. The other fields are the highest ACT, EGRAD and ACK numbers seen (None: none).
+    """
+
+    unanswered: tuple[tuple[int, int], ...] = ()
+    last_act_seq: int | None = None
+    last_egrad_seq: int | None = None
+    acked_seq: int | None = None
+
+    @property
+    def outstanding(self) -> tuple[int, ...]:
+        return tuple(seq for seq, _ in self.unanswered)
+
+
+def _highest(*values: int | None) -> int | None:
+    present = [value for value in values if value is not None]
+    return max(present) if present else None
+
+
+def _after_act(ledger: Ledger, act: Act, window: int | None) -> Ledger:
+    floor = _highest(ledger.last_act_seq, ledger.acked_seq)
+    if floor is not None and act.seq <= floor:
+        raise UnexpectedSequence(f"ACT {act.seq}: sequence numbers must exceed {floor}")
+    # SPEC step 1: wait when k − oldest_unanswered ≥ window, i.e. at most `window` ACTs in
+    # flight; window 0 (split-sync) still lets one through (Limits docstring).
+    if window is not None and len(ledger.unanswered) >= max(window, 1):
+        raise WindowExceeded(
+            f"ACT {act.seq}: {len(ledger.unanswered)} batches unanswered, window is {window}"
+        )
+    batch = act.activations.shape[0]
+    return dataclasses.replace(
+        ledger, unanswered=(*ledger.unanswered, (act.seq, batch)), last_act_seq=act.seq
+    )
+
+
+def _after_egrad(ledger: Ledger, egrad: EGrad) -> Ledger:
+    floor = _highest(ledger.last_egrad_seq, ledger.acked_seq)
+    if floor is not None and egrad.seq <= floor:
+        raise UnexpectedSequence(f"EGRAD {egrad.seq}: sequence numbers must exceed {floor}")
+    if egrad.seq in ledger.outstanding:
+        raise UnexpectedSequence(f"EGRAD {egrad.seq}: its batch has no GRAD yet")
+    return dataclasses.replace(ledger, last_egrad_seq=egrad.seq)
+
+
+def _after_grad(ledger: Ledger, grad: Grad) -> Ledger:
+    batches = dict(ledger.unanswered)
+    if grad.seq not in batches:
+        raise UnexpectedSequence(
+            f"GRAD {grad.seq}: no such ACT unanswered (outstanding: {list(ledger.outstanding)})"
+        )
+    if grad.cut_grad.shape[0] != batches[grad.seq]:
+        raise InvalidTensor(
+            f"grad.cut_grad: batch {grad.cut_grad.shape[0]}, its ACT had {batches[grad.seq]}"
+        )
+    remaining = tuple(item for item in ledger.unanswered if item[0] != grad.seq)
+    return dataclasses.replace(ledger, unanswered=remaining)
+
+
+def _after_ack(ledger: Ledger, ack: Ack) -> Ledger:
+    if ledger.acked_seq is not None and ack.seq <= ledger.acked_seq:
+        raise UnexpectedSequence(f"ACK {ack.seq}: already acknowledged up to {ledger.acked_seq}")
+    highest = _highest(ledger.last_act_seq, ledger.last_egrad_seq)
+    if highest is None or ack.seq > highest:
+        raise UnexpectedSequence(f"ACK {ack.seq}: no batch that high was uploaded ({highest})")
+    remaining = tuple(item for item in ledger.unanswered if item[0] > ack.seq)
+    return dataclasses.replace(ledger, unanswered=remaining, acked_seq=ack.seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Update:
+    """Everything one frame changes, computed before any of it is applied."""
+
+    events: list[Frame]
+    state: SessionState
+    ledger: Ledger
+    hello: Hello | None
+    welcome: Welcome | None
+    close: tuple[int, str] | None
+
+
+class _Session:
+    """What both ends share; :class:`EdgeSession` and :class:`CloudSession` pick a side."""
+
+    side: ClassVar[Side]
+
+    def __init__(self, *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.state = SessionState.CONNECTING
+        self.ledger = Ledger()
+        self.hello: Hello | None = None
+        self.welcome: Welcome | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    # -- read-only views ------------------------------------------------------------------
+
+    @property
+    def cut_shape(self) -> tuple[int, ...] | None:
+        """The session's per-sample cut shape, once WELCOME has fixed it."""
+        return self.welcome.cut_shape if self.welcome is not None else None
+
+    @property
+    def window(self) -> int | None:
+        """Most ACTs this side lets be unanswered (None: unbounded, before WELCOME too)."""
+        return self.welcome.window if self.welcome is not None else None
+
+    @property
+    def outstanding(self) -> tuple[int, ...]:
+        """Sequence numbers of unanswered ACTs, ascending."""
+        return self.ledger.outstanding
+
+    @property
+    def oldest_unanswered(self) -> int | None:
+        return self.ledger.unanswered[0][0] if self.ledger.unanswered else None
+
+    @property
+    def acked_seq(self) -> int | None:
+        """Every batch up to this sequence number is fully applied (WELCOME, then ACKs)."""
+        return self.ledger.acked_seq
+
+    # -- bytes in, frames out -------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview | str) -> list[Frame]:
+        """Decode one WebSocket message and check it against the session.
+
+        Returns its frames in the order the peer produced them: a piggybacked EGRAD before
+        the ACT that carried it, a piggybacked DELTA before its GRAD (both returned without
+        the piggyback). Returns ``[]`` while CLOSING. Raises a :class:`ProtocolError` after
+        moving to CLOSING with ``close_code`` and ``close_reason`` set.
+        """
+        if self.state is SessionState.CLOSED:
+            raise IllegalTransition("data received after the connection closed")
+        if self.state is SessionState.CLOSING:
+            return []
+        try:
+            frame = decode_frame(data, limits=self.limits, cut_shape=self.cut_shape)
+            update = self._plan(frame, outgoing=False)
+        except ProtocolError as exc:
+            self.state = SessionState.CLOSING
+            self.close_code, self.close_reason = exc.close_code, exc.reason
+            raise
+        self._commit(update)
+        return update.events
+
+    def send(self, frame: Frame) -> bytes:
+        """Check ``frame`` against the session, encode it and account for it.
+
+        Returns the bytes of one binary WebSocket message. Raises the error the peer would
+        raise (e.g. :class:`WindowExceeded`), or :class:`EncodeError`, and then changes
+        nothing. ERROR and BYE move the session to CLOSING; they are allowed while closing.
+        """
+        if self.state is SessionState.CLOSED:
+            raise IllegalTransition(f"cannot send {frame.type.upper()}: the connection closed")
+        update = self._plan(frame, outgoing=True)
+        if self.state is SessionState.OPEN and self.cut_shape is not None:
+            check_cut_shape(frame, self.cut_shape)
+        data = encode_frame(frame)
+        limit = self.limits.max_frame_bytes
+        if limit is not None and len(data) > limit:
+            raise FrameTooLarge(
+                f"{frame.type.upper()} of {len(data)} bytes exceeds max_frame_bytes {limit}"
+            )
+        self._commit(update)
+        return data
+
+    def connection_closed(self) -> None:
+        """The transport is gone (after a close handshake or not): the session is CLOSED.
+
+        Idempotent, so a transport adapter may call it from a ``finally`` block.
+        """
+        self.state = SessionState.CLOSED
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def _plan(self, frame: Frame, *, outgoing: bool) -> _Update:
+        sender = self.side if outgoing else _peer(self.side)
+        name = frame.type.upper()
+        if type(frame) not in _SENT_BY[sender]:
+            raise IllegalTransition(f"{name} is never sent by the {sender.value}")
+        update = _Update(
+            events=[frame],
+            state=self.state,
+            ledger=self.ledger,
+            hello=self.hello,
+            welcome=self.welcome,
+            close=None,
+        )
+        if isinstance(frame, Error | Bye):
+            if self.state is SessionState.CLOSING:
+                return update
+            close = (
+                (close_code_for(frame.code), frame.reason)
+                if isinstance(frame, Error)
+                else (int(CloseCode.NORMAL_CLOSURE), frame.reason)
+            )
+            return dataclasses.replace(update, state=SessionState.CLOSING, close=close)
+        if self.state is SessionState.CLOSING:
+            raise IllegalTransition(f"cannot send {name}: the session is closing")
+        if self.state is SessionState.CONNECTING:
+            return self._plan_handshake(frame, update, outgoing=outgoing)
+        if isinstance(frame, Hello | Welcome):
+            raise IllegalTransition(f"{name} after the handshake")
+        return self._plan_open(frame, update, outgoing=outgoing)
+
+    def _plan_handshake(self, frame: Frame, update: _Update, *, outgoing: bool) -> _Update:
+        if isinstance(frame, Hello):
+            if self.hello is not None:
+                raise IllegalTransition("a second HELLO")
+            return dataclasses.replace(update, hello=frame)
+        if not isinstance(frame, Welcome):
+            raise IllegalTransition(f"{frame.type.upper()} before the handshake completed")
+        if self.hello is None:
+            raise IllegalTransition("WELCOME before HELLO")
+        if frame.cut_shape != self.hello.cut_shape:
+            raise HandshakeRejected(
+                f"WELCOME cut_shape {list(frame.cut_shape)} differs from HELLO's "
+                f"{list(self.hello.cut_shape)}"
+            )
+        limit = self.limits.window
+        if outgoing and limit is not None and (frame.window is None or frame.window > limit):
+            raise WindowExceeded(f"WELCOME window {frame.window} exceeds limits.window {limit}")
+        return dataclasses.replace(
+            update,
+            state=SessionState.OPEN,
+            welcome=frame,
+            ledger=Ledger(acked_seq=frame.acked_seq),
+        )
+
+    def _plan_open(self, frame: Frame, update: _Update, *, outgoing: bool) -> _Update:
+        ledger = self.ledger
+        events: list[Frame] = [frame]
+        if isinstance(frame, Act):
+            if frame.egrad is not None:
+                ledger = _after_egrad(ledger, frame.egrad)
+                events = [frame.egrad, dataclasses.replace(frame, egrad=None)]
+            ledger = _after_act(ledger, frame, self.window)
+        elif isinstance(frame, EGrad):
+            ledger = _after_egrad(ledger, frame)
+        elif isinstance(frame, Grad):
+            ledger = _after_grad(ledger, frame)
+            if frame.delta is not None:
+                events = [frame.delta, dataclasses.replace(frame, delta=None)]
+        elif isinstance(frame, Ack):
+            ledger = _after_ack(ledger, frame)
+        # DELTA and SNAP change no bookkeeping: deltas are reordered by the training layer
+        # (SPEC step 5), snapshots may be taken at any version.
+        return dataclasses.replace(update, events=events, ledger=ledger)
+
+    def _commit(self, update: _Update) -> None:
+        self.state = update.state
+        self.ledger = update.ledger
+        self.hello = update.hello
+        self.welcome = update.welcome
+        if update.close is not None and self.close_code is None:
+            self.close_code, self.close_reason = update.close
+
+
+def _peer(side: Side) -> Side:
+    return Side.CLOUD if side is Side.EDGE else Side.EDGE
+
+
+class EdgeSession(_Session):
+    """The edge's end: sends HELLO, ACT, EGRAD; receives WELCOME, GRAD, DELTA, SNAP, ACK.
+
+    The window it keeps to is the smaller of WELCOME's and its own ``limits.window``.
+    """
+
+    side = Side.EDGE
+
+    @property
+    def window(self) -> int | None:
+        granted = super().window
+        own = self.limits.window
+        if self.welcome is None or own is None:
+            return granted
+        return own if granted is None else min(own, granted)
+
+    def can_send_act(self) -> bool:
+        """Whether the window lets one more ACT go now (SPEC step 1)."""
+        if self.state is not SessionState.OPEN:
+            return False
+        window = self.window
+        return window is None or len(self.ledger.unanswered) < max(window, 1)
+
+
+class CloudSession(_Session):
+    """The cloud's end: receives HELLO, ACT, EGRAD; sends WELCOME, GRAD, DELTA, SNAP, ACK.
+
+    The window it enforces is the one its WELCOME granted, at most ``limits.window``.
+    """
+
+    side = Side.CLOUD

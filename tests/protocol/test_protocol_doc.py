@@ -1,0 +1,77 @@
+"""PROTOCOL.md stays true: the worked example's bytes, the message fields, the error table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simultrain.shared import errors
+from simultrain.shared.protocol import FRAME_TYPES, Act, WireTensor, encode_frame
+from simultrain.shared.protocol.codec import frame_fields
+
+DOC = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
+
+
+@pytest.fixture(scope="module")
+def doc() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def between(doc: str, marker: str) -> str:
+    match = re.search(rf"<!-- {marker}:begin -->(.*?)<!-- {marker}:end -->", doc, re.S)
+    assert match, f"marker {marker} missing from PROTOCOL.md"
+    return match.group(1)
+
+
+def test_worked_example_hex_is_what_the_encoder_writes(doc: str) -> None:
+    # The frame of PROTOCOL.md section 8, built exactly as the document shows.
+    frame = Act(
+        seq=7,
+        edge_version=3,
+        activations=WireTensor(np.array([[0.5, -1.0], [0.25, 2.0]], dtype=np.float32)),
+        labels=WireTensor(np.array([1, 0], dtype=np.int64)),
+    )
+    data = encode_frame(frame)
+    documented = re.sub(r"[^0-9a-f]", "", between(doc, "example-act-hex"))
+    assert documented == data.hex()
+    assert f"# {len(data)} bytes" in doc and f"The {len(data)} bytes, in hex" in doc
+
+
+def test_every_message_documents_exactly_its_wire_fields(doc: str) -> None:
+    sections = re.split(r"^### `(\w+)`", doc, flags=re.M)
+    documented = {
+        name: re.findall(r"^\| `(\w+)` \|", body.split("\n## ")[0], flags=re.M)
+        for name, body in zip(sections[1::2], sections[2::2], strict=True)
+    }
+    assert set(documented) == set(FRAME_TYPES)
+    for name, cls in FRAME_TYPES.items():
+        assert tuple(documented[name]) == frame_fields(cls), name
+
+
+def test_close_code_table_matches_the_code(doc: str) -> None:
+    rows = re.findall(
+        r"^\| `(\w+)` \| (\d+) \| .* \| `(\w+)` \|$", between(doc, "close-codes"), re.M
+    )
+    table = {code: (int(close), exception) for code, close, exception in rows}
+    expected = {
+        code.value: (int(errors.CLOSE_CODES[code]), _exception_for(code).__name__)
+        for code in errors.ErrorCode
+    }
+    assert table == expected
+
+
+def _exception_for(code: errors.ErrorCode) -> type[errors.ProtocolError]:
+    [cls] = [c for c in _protocol_errors() if c.code is code]
+    return cls
+
+
+def _protocol_errors() -> list[type[errors.ProtocolError]]:
+    found, todo = [], [errors.ProtocolError]
+    while todo:
+        cls = todo.pop()
+        found.extend(cls.__subclasses__())
+        todo.extend(cls.__subclasses__())
+    return found
