@@ -1,0 +1,109 @@
+"""What the coordinator records: the run configuration, clouds and edges.
+
+Records are immutable values; a store keeps the latest value per id and updates are new
+values (``dataclasses.replace``). Version counters are "as last reported" by the cloud
+(master version ``v_c``) and the edge (replica version ``v_e``); SPEC.md "Version counters
+are the backbone".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "RunConfig", "Status"]
+
+# SPEC.md "The same machinery runs every baseline".
+Mode = Literal[
+    "centralized",
+    "syncsgd",
+    "split-sync",
+    "fedavg",
+    "simultrain",
+    "simultrain-noforecast",
+    "simultrain-noreconcile",
+]
+# SPEC.md "Wire protocol": lossless raw/lz4 and the lossy codecs.
+Codec = Literal["raw", "lz4", "fp16", "int8", "topk"]
+
+
+class Status(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class RunConfig(BaseModel):
+    """The run configuration every edge receives at registration (SPEC.md, issue 3 item 3)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Mode = "simultrain"
+    alpha: float = Field(0.5, ge=0, description="Gradient-forecast coefficient α (0 = off).")
+    beta: float = Field(0.9, ge=0, le=1, description="Soft-reconciliation weight β.")
+    reconcile_every: int | None = Field(
+        10, ge=0, description="Reconcile every R edge steps; null = never (R = ∞)."
+    )
+    window: int = Field(4, ge=0, description="In-flight window τ_max (0 = wait every reply).")
+    act_codec: Codec = "lz4"
+    delta_codec: Codec = "lz4"
+    grad_codec: Codec = "lz4"
+    dataset: str = Field("imu", min_length=1)
+    model_id: str | None = Field(None, min_length=1, description="Model id (default: the dataset's own model).")
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    egrad_codec: Codec = "lz4"
+    topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries the topk codec keeps.")
+    compensation: str = Field("forecast", description="Staleness compensation (see README).")
+    local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
+    edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
+    optimizer_name: Literal["sgd", "adam"] = "sgd"
+    optimizer_lr: float = Field(0.05, gt=0)
+    optimizer_momentum: float = Field(0.0, ge=0, lt=1)
+    optimizer_cloud_momentum: float | None = Field(None, ge=0, lt=1)
+    optimizer_weight_decay: float = Field(0.0, ge=0)
+
+    @field_validator("alpha")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("alpha must be finite")
+        return value
+
+    @field_validator("reconcile_every")
+    @classmethod
+    def _never_is_none(cls, value: int | None) -> int | None:
+        # One spelling of "never" on the wire: null. 0 is accepted as input for convenience.
+        return None if value == 0 else value
+
+
+@dataclass(frozen=True, slots=True)
+class CloudRecord:
+    cloud_id: str
+    url: str
+    status: Status
+    last_heartbeat: float
+    registered_at: float
+    master_version: int = 0
+    connected_edges: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRecord:
+    edge_id: str
+    cloud_id: str
+    status: Status
+    last_heartbeat: float
+    registered_at: float
+    # Registration order among live records (lowest free), used to stagger reconciliation
+    # when the edge gives no shard.
+    ordinal: int
+    reconcile_offset: int
+    name: str | None = None
+    shard_index: int | None = None
+    shard_count: int | None = None
+    edge_version: int = 0
+    step: int = 0

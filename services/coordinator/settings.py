@@ -1,0 +1,250 @@
+"""The coordinator's one settings object (STYLE.md point 7; issue 3 item 5).
+
+Built once at start-up from keyword arguments and ``SIMULTRAIN_COORDINATOR_*`` environment
+variables, immutable, passed down. Every field is an environment variable of the same name
+in upper case with that prefix (``port`` → ``SIMULTRAIN_COORDINATOR_PORT``); lists are JSON.
+:func:`settings_table` renders the table for the README from the field descriptions.
+
+Authentication (issue 5 item 1) is on when any of ``enrollment_secret``, ``token_key`` or
+``admin_token`` is configured, and then all three are required — a half-configured
+coordinator would enroll edges it cannot vouch for. With none configured it runs in
+development mode: anyone may register, no tokens are issued, and a warning is logged.
+Each secret may instead be read from a file (``*_file``; surrounding whitespace stripped),
+which is how container secrets are usually mounted. Secrets are ``SecretStr`` so they never
+appear in ``repr``, logs or tracebacks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from simultrain.shared.auth import MIN_KEY_BYTES
+from simultrain.shared.errors import ConfigError
+
+from .records import Codec, Mode, RunConfig
+
+__all__ = ["ENV_PREFIX", "CoordinatorSettings", "SettingsError", "load_settings", "settings_table"]
+
+ENV_PREFIX = "SIMULTRAIN_COORDINATOR_"
+
+# (secret field, file field): the file is read when the secret is not given directly.
+_SECRET_FILES = (
+    ("enrollment_secret", "enrollment_secret_file"),
+    ("token_key", "token_key_file"),
+    ("admin_token", "admin_token_file"),
+)
+
+
+class CoordinatorSettings(BaseSettings):
+    """Everything the coordinator process is configured with."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # --- serving ---------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8700, ge=0, le=65535, description="TCP port; 0 picks a free port.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the coordinator and uvicorn (logs go to stderr)."
+    )
+    access_log: bool = Field(False, description="Log every HTTP request (to stderr).")
+    db_path: str = Field(
+        "simultrain-coordinator.db",
+        description='SQLite database file holding the state; ":memory:" keeps it in memory.',
+    )
+
+    # --- health ----------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="How often clouds and edges are asked to heartbeat (seconds)."
+    )
+    heartbeat_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A cloud or edge silent this long is marked down; a down cloud's edges "
+        "are reassigned to a live cloud (seconds).",
+    )
+
+    # --- run configuration handed to every edge (SPEC.md) -----------------------------
+    mode: Mode = Field("simultrain", description="Training mode (SPEC.md modes table).")
+    alpha: float = Field(0.5, ge=0, description="Gradient-forecast coefficient α; 0 = off.")
+    beta: float = Field(0.9, ge=0, le=1, description="Soft-reconciliation weight β.")
+    reconcile_every: int | None = Field(
+        10, ge=0, description="Reconcile each edge every R of its steps; 0 = never (R = ∞)."
+    )
+    window: int = Field(4, ge=0, description="In-flight window τ_max (staleness bound).")
+    act_codec: Codec = Field("lz4", description="Codec for activations (edge → cloud).")
+    delta_codec: Codec = Field("lz4", description="Codec for weight deltas (cloud → edge).")
+    grad_codec: Codec = Field("lz4", description="Codec for cut-layer gradients.")
+    dataset: str = Field("imu", min_length=1, description="Dataset: imu, mnist, video or npz:PATH.")
+    model_id: str | None = Field(None, min_length=1, description="Model id (default: the dataset's own model).")
+    seed: int = Field(0, description="Seed for data order and model initialisation.")
+    batch_size: int = Field(32, ge=1, description="Samples per edge batch.")
+    egrad_codec: Codec = Field("lz4", description="Codec for edge-stage gradients (edge → cloud).")
+    topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries topk keeps.")
+    compensation: str = Field("forecast", description="Staleness compensation (README).")
+    local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
+    edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
+    optimizer_name: Literal["sgd", "adam"] = Field("sgd", description="Optimizer family.")
+    optimizer_lr: float = Field(0.05, gt=0, description="Learning rate.")
+    optimizer_momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    optimizer_cloud_momentum: float | None = Field(
+        None, ge=0, lt=1, description="Cloud-stage momentum override (default: momentum)."
+    )
+    optimizer_weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+
+    # --- authentication (issue 5 item 1) ------------------------------------------------
+    enrollment_secret: SecretStr | None = Field(
+        None, description="Secret an edge presents to register (X-Enrollment-Secret)."
+    )
+    enrollment_secret_file: Path | None = Field(None, description="File holding enrollment_secret.")
+    token_key: SecretStr | None = Field(
+        None,
+        description=f"HMAC key (≥ {MIN_KEY_BYTES} bytes) signing edge tokens; the cloud "
+        "verifies with the same key.",
+    )
+    token_key_file: Path | None = Field(
+        None,
+        description="File holding token_key; further lines are previous keys, still "
+        "accepted (rotation).",
+    )
+    token_previous_keys: tuple[SecretStr, ...] = Field(
+        (), description="Previous token keys still accepted for verification (JSON list)."
+    )
+    token_ttl_s: float = Field(
+        3600.0, ge=1, description="Lifetime of an edge token; refreshed on every heartbeat."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for admin endpoints (edge removal) and for clouds "
+        "registering and heartbeating.",
+    )
+    admin_token_file: Path | None = Field(None, description="File holding admin_token.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for secret_field, file_field in _SECRET_FILES:
+            path = data.get(file_field)
+            if path is None or path == "":
+                continue
+            if data.get(secret_field) not in (None, ""):
+                raise ValueError(f"give {secret_field} or {file_field}, not both")
+            try:
+                lines = [ln.strip() for ln in Path(path).read_text("utf-8").splitlines()]
+            except (OSError, UnicodeDecodeError) as exc:
+                # The message names the file, never its content.
+                raise ValueError(f"cannot read {file_field} {str(path)!r}: {exc}") from exc
+            lines = [ln for ln in lines if ln]
+            if not lines:
+                raise ValueError(f"{file_field} {str(path)!r} is empty")
+            data[secret_field] = lines[0]
+            if secret_field == "token_key" and len(lines) > 1:
+                if data.get("token_previous_keys"):
+                    raise ValueError(
+                        "previous token keys given both in token_key_file and token_previous_keys"
+                    )
+                data["token_previous_keys"] = tuple(lines[1:])
+        return data
+
+    @field_validator("alpha")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("alpha must be finite")
+        return value
+
+    @field_validator("token_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"token_key must be at least {MIN_KEY_BYTES} bytes")
+        return value
+
+    @field_validator("token_previous_keys")
+    @classmethod
+    def _strong_previous_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(key.get_secret_value().encode()) < MIN_KEY_BYTES for key in value):
+            raise ValueError(f"every previous token key must be at least {MIN_KEY_BYTES} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CoordinatorSettings:
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
+        configured = {
+            "enrollment_secret": self.enrollment_secret,
+            "token_key": self.token_key,
+            "admin_token": self.admin_token,
+        }
+        given = [name for name, value in configured.items() if value is not None]
+        if given and len(given) < len(configured):
+            missing = sorted(set(configured) - set(given))
+            raise ValueError(
+                f"authentication is half configured: {', '.join(given)} set but "
+                f"{', '.join(missing)} missing; set all three or none (development mode)"
+            )
+        for name in given:
+            value = configured[name]
+            if value is not None and not value.get_secret_value():
+                raise ValueError(f"{name} must not be empty")
+        if self.token_previous_keys and self.token_key is None:
+            raise ValueError("token_previous_keys needs token_key")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether registration, edge heartbeats and admin endpoints require credentials."""
+        return self.token_key is not None
+
+    def token_keys(self) -> list[str]:
+        """Keys accepted when verifying edge tokens: the signing key, then previous ones."""
+        if self.token_key is None:
+            return []
+        return [self.token_key.get_secret_value()] + [
+            key.get_secret_value() for key in self.token_previous_keys
+        ]
+
+    def run_config(self) -> RunConfig:
+        """The run configuration these settings describe."""
+        return RunConfig.model_validate(
+            {name: getattr(self, name) for name in RunConfig.model_fields}
+        )
+
+
+def settings_table() -> str:
+    """A Markdown table of every environment variable, its default and its meaning."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in CoordinatorSettings.model_fields.items():
+        default = field.default
+        shown = "—" if default is None or default == () else f"`{default}`"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {description} |")
+    return "\n".join(rows)
+
+
+class SettingsError(ConfigError):
+    """Invalid settings, described without the offending values (they may be secrets)."""
+
+
+def load_settings(**overrides: Any) -> CoordinatorSettings:
+    """Build the settings from ``overrides`` and the environment.
+
+    Raises :class:`SettingsError` whose message lists each bad field and why, but never the
+    value given: pydantic's own message echoes inputs, and an input may be a key.
+    """
+    try:
+        return CoordinatorSettings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper() or '(settings)'}: "
+            f"{error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,167 @@
+"""CoordinatorSettings: defaults, environment variables, secret files, auth consistency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from simultrain.coordinator import CoordinatorSettings, SettingsError, load_settings
+from simultrain.coordinator.records import RunConfig
+from simultrain.coordinator.settings import settings_table
+
+KEY = "k" * 40
+
+pytestmark = pytest.mark.usefixtures("coordinator_clean_env")
+
+
+def test_defaults() -> None:
+    settings = CoordinatorSettings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8700)
+    assert settings.db_path == "simultrain-coordinator.db"
+    assert settings.auth_enabled is False
+    assert settings.token_keys() == []
+    assert settings.run_config() == RunConfig(
+        mode="simultrain",
+        alpha=0.5,
+        beta=0.9,
+        reconcile_every=10,
+        window=4,
+        act_codec="lz4",
+        delta_codec="lz4",
+        grad_codec="lz4",
+        dataset="imu",
+        model_id=None,
+        seed=0,
+        batch_size=32,
+    )
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_PORT", "0")
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_DB_PATH", ":memory:")
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_ALPHA", "0")
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_RECONCILE_EVERY", "0")
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_MODE", "split-sync")
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_ACT_CODEC", "fp16")
+    settings = CoordinatorSettings()
+    assert settings.port == 0 and settings.db_path == ":memory:"
+    config = settings.run_config()
+    assert (config.alpha, config.reconcile_every, config.mode, config.act_codec) == (
+        0.0,
+        None,
+        "split-sync",
+        "fp16",
+    )
+
+
+def test_keyword_arguments_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_PORT", "9999")
+    assert CoordinatorSettings(port=0).port == 0
+
+
+def test_frozen() -> None:
+    settings = CoordinatorSettings()
+    with pytest.raises(ValidationError):
+        settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"port": -1},
+        {"port": 65536},
+        {"alpha": -0.1},
+        {"alpha": float("inf")},
+        {"beta": 1.5},
+        {"window": -1},
+        {"batch_size": 0},
+        {"mode": "turbo"},
+        {"grad_codec": "zip"},
+        {"heartbeat_interval_s": 5, "heartbeat_timeout_s": 5},
+        {"heartbeat_interval_s": 0},
+        {"token_ttl_s": 0},
+        {"unknown_field": 1},
+    ],
+)
+def test_invalid_values(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        CoordinatorSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_auth_all_or_nothing() -> None:
+    full = CoordinatorSettings(enrollment_secret="e", token_key=KEY, admin_token="a")
+    assert full.auth_enabled and full.token_keys() == [KEY]
+    for partial in (
+        {"enrollment_secret": "e"},
+        {"token_key": KEY, "admin_token": "a"},
+        {"admin_token": "a", "enrollment_secret": "e"},
+    ):
+        with pytest.raises(ValidationError, match="half configured"):
+            CoordinatorSettings(**partial)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="must not be empty"):
+        CoordinatorSettings(enrollment_secret="", token_key=KEY, admin_token="a")
+
+
+def test_secrets_are_hidden_and_keys_must_be_strong() -> None:
+    settings = CoordinatorSettings(enrollment_secret="e-secret", token_key=KEY, admin_token="a-tok")
+    text = repr(settings) + str(settings) + settings.model_dump_json()
+    for secret in ("e-secret", KEY, "a-tok"):
+        assert secret not in text
+    with pytest.raises(SettingsError) as info:
+        load_settings(enrollment_secret="e", token_key="too-short-key", admin_token="a")
+    message = str(info.value)
+    assert "SIMULTRAIN_COORDINATOR_TOKEN_KEY" in message and "32 bytes" in message
+    assert "too-short-key" not in message
+
+
+def test_secret_files(tmp_path: Path) -> None:
+    (tmp_path / "enroll").write_text("enroll-secret\n")
+    (tmp_path / "key").write_text(f"{KEY}\n{'o' * 32}\n\n")
+    (tmp_path / "admin").write_text("  admin-token  \n")
+    settings = CoordinatorSettings(
+        enrollment_secret_file=tmp_path / "enroll",
+        token_key_file=tmp_path / "key",
+        admin_token_file=tmp_path / "admin",
+    )
+    assert settings.enrollment_secret is not None and settings.admin_token is not None
+    assert settings.enrollment_secret.get_secret_value() == "enroll-secret"
+    assert settings.admin_token.get_secret_value() == "admin-token"
+    assert settings.token_keys() == [KEY, "o" * 32]
+
+
+def test_secret_files_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in [("enroll", "e"), ("key", KEY), ("admin", "a")]:
+        (tmp_path / name).write_text(value)
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_ENROLLMENT_SECRET_FILE", str(tmp_path / "enroll"))
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_TOKEN_KEY_FILE", str(tmp_path / "key"))
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_ADMIN_TOKEN_FILE", str(tmp_path / "admin"))
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_TOKEN_PREVIOUS_KEYS", "[]")
+    assert CoordinatorSettings().auth_enabled
+
+
+def test_previous_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_TOKEN_PREVIOUS_KEYS", f'["{"p" * 32}"]')
+    settings = CoordinatorSettings(enrollment_secret="e", token_key=KEY, admin_token="a")
+    assert settings.token_keys() == [KEY, "p" * 32]
+    with pytest.raises(ValidationError, match="needs token_key"):
+        CoordinatorSettings()
+
+
+def test_secret_file_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n \n")
+    (tmp_path / "admin").write_text("a")
+    with pytest.raises(ValidationError, match="not both"):
+        CoordinatorSettings(admin_token="x", admin_token_file=tmp_path / "admin")
+    with pytest.raises(ValidationError, match="is empty"):
+        CoordinatorSettings(admin_token_file=tmp_path / "empty")
+    with pytest.raises(ValidationError, match="cannot read"):
+        CoordinatorSettings(admin_token_file=tmp_path / "missing")
+
+
+def test_settings_table_documents_every_field() -> None:
+    table = settings_table()
+    for name, field in CoordinatorSettings.model_fields.items():
+        assert f"`SIMULTRAIN_COORDINATOR_{name.upper()}`" in table
+        assert field.description, f"{name} is undocumented"
