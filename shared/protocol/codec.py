@@ -89,14 +89,18 @@ class _Kind:
     """How one field travels: ``encode`` checks a local value, ``decode`` a received one.
 
     Both raise :class:`MalformedFrame` naming the field; :func:`encode_frame` turns that into
-    :class:`EncodeError`, because a local value is at fault.
+    :class:`EncodeError`, because a local value is at fault. Scalar kinds implement ``check``,
+    the same in both directions; containers override ``encode`` and ``decode``.
     """
 
-    def encode(self, value: Any, path: str) -> Any:
+    def check(self, value: Any, path: str) -> Any:
         raise NotImplementedError
 
+    def encode(self, value: Any, path: str) -> Any:
+        return self.check(value, path)
+
     def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        raise NotImplementedError
+        return self.check(wire, path)
 
 
 def _type_error(expected: str, value: object, path: str) -> MalformedFrame:
@@ -106,7 +110,7 @@ def _type_error(expected: str, value: object, path: str) -> MalformedFrame:
 class _UInt(_Kind):
     """Sequence numbers and versions: msgpack int in [0, 2^63 − 1]."""
 
-    def _check(self, value: Any, path: str) -> int:
+    def check(self, value: Any, path: str) -> int:
         if isinstance(value, bool | float) or not isinstance(value, int | np.integer):
             raise _type_error("int", value, path)
         number = operator.index(value)
@@ -114,17 +118,11 @@ class _UInt(_Kind):
             raise MalformedFrame(f"{number} is outside [0, 2^63 - 1]", field=path)
         return number
 
-    def encode(self, value: Any, path: str) -> Any:
-        return self._check(value, path)
-
-    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        return self._check(wire, path)
-
 
 class _Float(_Kind):
     """A finite float; msgpack float 32/64, or an int (JavaScript encoders write 1.0 as 1)."""
 
-    def _check(self, value: Any, path: str) -> float:
+    def check(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
             raise _type_error("float", value, path)
         number = float(value)
@@ -132,24 +130,12 @@ class _Float(_Kind):
             raise MalformedFrame(f"{number} is not finite", field=path)
         return number
 
-    def encode(self, value: Any, path: str) -> Any:
-        return self._check(value, path)
-
-    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        return self._check(wire, path)
-
 
 class _Bool(_Kind):
-    def _check(self, value: Any, path: str) -> bool:
+    def check(self, value: Any, path: str) -> bool:
         if not isinstance(value, bool | np.bool_):
             raise _type_error("bool", value, path)
         return bool(value)
-
-    def encode(self, value: Any, path: str) -> Any:
-        return self._check(value, path)
-
-    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        return self._check(wire, path)
 
 
 class _Str(_Kind):
@@ -157,7 +143,7 @@ class _Str(_Kind):
         self.max_bytes = max_bytes
         self.allow_empty = allow_empty
 
-    def _check(self, value: Any, path: str) -> str:
+    def check(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
             raise _type_error("str", value, path)
         if not value and not self.allow_empty:
@@ -170,31 +156,22 @@ class _Str(_Kind):
             raise MalformedFrame(f"{size} bytes exceed {self.max_bytes}", field=path)
         return value
 
-    def encode(self, value: Any, path: str) -> Any:
-        return self._check(value, path)
-
-    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        return self._check(wire, path)
-
 
 class _Shape(_Kind):
     """A per-sample shape: 1 to MAX_ARRAY_ITEMS − 1 positive ints (the batch takes one)."""
 
-    def _check(self, value: Any, path: str) -> tuple[int, ...]:
+    def check(self, value: Any, path: str) -> tuple[int, ...]:
         if not isinstance(value, list | tuple):
             raise _type_error("array of int", value, path)
         if not 1 <= len(value) < MAX_ARRAY_ITEMS:
             raise MalformedFrame(f"must have 1 to {MAX_ARRAY_ITEMS - 1} dimensions", field=path)
-        dims = tuple(_UInt().encode(dim, f"{path}[{i}]") for i, dim in enumerate(value))
+        dims = tuple(_UInt().check(dim, f"{path}[{i}]") for i, dim in enumerate(value))
         if min(dims) < 1:
             raise MalformedFrame(f"dimensions must be positive, got {list(dims)}", field=path)
         return dims
 
     def encode(self, value: Any, path: str) -> Any:
-        return list(self._check(value, path))
-
-    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        return self._check(wire, path)
+        return list(self.check(value, path))
 
 
 _NAME = _Str(MAX_NAME_BYTES, allow_empty=False)
@@ -220,24 +197,18 @@ class _Config(_Kind):
                 raise MalformedFrame("NaN is not a configuration value", field=path)
             return float(value)
         if isinstance(value, str):
-            return str(_CONFIG_STRING.encode(value, path))
+            return str(_CONFIG_STRING.check(value, path))
         raise _type_error("nil, bool, int, float or str", value, path)
 
-    def _check(self, value: Any, path: str) -> dict[str, ConfigValue]:
+    def check(self, value: Any, path: str) -> dict[str, ConfigValue]:
         if not isinstance(value, Mapping):
             raise _type_error("map", value, path)
         if len(value) > MAX_CONFIG_ENTRIES:
             raise MalformedFrame(f"more than {MAX_CONFIG_ENTRIES} entries", field=path)
         return {
-            _NAME.encode(key, f"{path} key"): self._value(item, f"{path}.{key}")
+            _NAME.check(key, f"{path} key"): self._value(item, f"{path}.{key}")
             for key, item in value.items()
         }
-
-    def encode(self, value: Any, path: str) -> Any:
-        return self._check(value, path)
-
-    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
-        return self._check(wire, path)
 
 
 class _Tensor(_Kind):
@@ -265,7 +236,7 @@ class _TensorSet(_Kind):
         if not isinstance(value, Mapping):
             raise _type_error("map of WireTensor", value, path)
         return {
-            _NAME.encode(name, f"{path} key"): _Tensor().encode(tensor, f"{path}.{name}")
+            _NAME.check(name, f"{path} key"): _Tensor().encode(tensor, f"{path}.{name}")
             for name, tensor in value.items()
         }
 
@@ -274,7 +245,7 @@ class _TensorSet(_Kind):
             raise _type_error("map", wire, path)
         self._check_count(wire, path, ctx.limits)
         return {
-            _NAME.encode(name, f"{path} key"): _Tensor().decode(tensor, f"{path}.{name}", ctx)
+            _NAME.check(name, f"{path} key"): _Tensor().decode(tensor, f"{path}.{name}", ctx)
             for name, tensor in wire.items()
         }
 
@@ -317,8 +288,8 @@ class _DeltaKind(_Str):
     def __init__(self) -> None:
         super().__init__(8, allow_empty=False)
 
-    def _check(self, value: Any, path: str) -> str:
-        text = super()._check(value, path)
+    def check(self, value: Any, path: str) -> str:
+        text = super().check(value, path)
         if text not in self.KINDS:
             raise MalformedFrame(
                 f"expected one of {', '.join(self.KINDS)}, got {text!r}", field=path
@@ -440,7 +411,7 @@ def _check_structure(frame: Frame) -> None:
 def _batch_size(tensor: WireTensor, path: str) -> int:
     if not tensor.shape or tensor.shape[0] < 1:
         raise InvalidTensor(f"{path}: expected shape (batch ≥ 1, ...), got {list(tensor.shape)}")
-    return tensor.shape[0]
+    return int(tensor.shape[0])
 
 
 def check_cut_shape(frame: Frame, cut_shape: tuple[int, ...]) -> None:

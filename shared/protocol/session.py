@@ -49,6 +49,7 @@ from typing import ClassVar, Final
 
 from simultrain.shared.errors import (
     CloseCode,
+    EncodeError,
     FrameTooLarge,
     HandshakeRejected,
     IllegalTransition,
@@ -60,6 +61,7 @@ from simultrain.shared.errors import (
 )
 from simultrain.shared.protocol.codec import check_cut_shape, decode_frame, encode_frame
 from simultrain.shared.protocol.frames import (
+    FRAME_TYPES,
     Ack,
     Act,
     Bye,
@@ -89,6 +91,7 @@ class Side(enum.Enum):
     CLOUD = "cloud"
 
 
+_FRAME_CLASSES: Final = frozenset(FRAME_TYPES.values())
 _SENT_BY: Final[dict[Side, frozenset[type[Frame]]]] = {
     Side.EDGE: frozenset({Hello, Act, EGrad, Error, Bye}),
     Side.CLOUD: frozenset({Welcome, Grad, Delta, Snap, Ack, Error, Bye}),
@@ -250,12 +253,14 @@ class _Session:
         raise (e.g. :class:`WindowExceeded`), or :class:`EncodeError`, and then changes
         nothing. ERROR and BYE move the session to CLOSING; they are allowed while closing.
         """
+        if type(frame) not in _FRAME_CLASSES:
+            raise EncodeError(f"not a frame: {type(frame).__name__}")
         if self.state is SessionState.CLOSED:
             raise IllegalTransition(f"cannot send {frame.type.upper()}: the connection closed")
         update = self._plan(frame, outgoing=True)
         if self.state is SessionState.OPEN and self.cut_shape is not None:
             check_cut_shape(frame, self.cut_shape)
-        data = encode_frame(frame)
+        data: bytes = encode_frame(frame)
         limit = self.limits.max_frame_bytes
         if limit is not None and len(data) > limit:
             raise FrameTooLarge(
@@ -371,7 +376,7 @@ class EdgeSession(_Session):
     @property
     def window(self) -> int | None:
         granted = super().window
-        own = self.limits.window
+        own: int | None = self.limits.window
         if self.welcome is None or own is None:
             return granted
         return own if granted is None else min(own, granted)

@@ -88,3 +88,33 @@ def test_protocol_error_keeps_the_full_message_and_a_short_reason() -> None:
 def test_unknown_codes_map_to_protocol_error() -> None:
     assert close_code_for("window_exceeded") == 1008
     assert close_code_for("from_the_future") == 1002
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"window": -1},
+        {"max_frame_bytes": 1.5},
+        {"max_tensor_rank": None},
+        {"max_tensor_rank": 65},
+        {"max_weight_tensors": True},
+    ],
+)
+def test_limits_refuse_invalid_values(changes: dict[str, object]) -> None:
+    from simultrain.shared.errors import ConfigError
+    from simultrain.shared.protocol import Limits
+
+    with pytest.raises(ConfigError):
+        Limits(**changes)  # type: ignore[arg-type]
+
+
+def test_limits_are_keyword_only_and_frozen() -> None:
+    import dataclasses
+
+    from simultrain.shared.protocol import Limits
+
+    with pytest.raises(TypeError):
+        Limits(1024)  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Limits().window = 8  # type: ignore[misc]
+    assert Limits(max_frame_bytes=None, window=None).max_frame_bytes is None

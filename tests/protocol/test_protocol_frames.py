@@ -278,3 +278,53 @@ def test_malformed_frame_names_the_field(build: Builders) -> None:
         decode_frame(build.pack(wire))
     assert info.value.field == "act.egrad.seq"
     assert str(info.value) == "act.egrad.seq: expected int, got str"
+
+
+@pytest.mark.parametrize(
+    ("frame_name", "key", "value", "field"),
+    [
+        ("grad", "loss", "0.5", "grad.loss"),
+        ("grad", "loss", True, "grad.loss"),
+        ("grad", "delta", [1], "grad.delta"),
+        ("hello", "edge_id", 5, "hello.edge_id"),
+        ("hello", "edge_id", "", "hello.edge_id"),
+        ("hello", "cut_shape", "2", "hello.cut_shape"),
+        ("hello", "cut_shape", [2, 0], "hello.cut_shape"),
+        ("hello", "config", [1], "hello.config"),
+        ("hello", "config", {f"k{i}": i for i in range(257)}, "hello.config"),
+        ("hello", "config", {"seed": 1 << 63}, "hello.config.seed"),
+        ("hello", "config", {"alpha": float("nan")}, "hello.config.alpha"),
+        ("hello", "config", {"alpha": b"0.5"}, "hello.config.alpha"),
+        ("hello", "token", 1, "hello.token"),
+        ("welcome", "window", -1, "welcome.window"),
+        ("egrad", "grads", [1], "egrad.grads"),
+        ("egrad", "grads", {"": 1}, "egrad.grads key"),
+        ("act", "egrad", [1], "act.egrad"),
+        ("act", "v", "1", "frame.v"),
+        ("snap", "reconcile", 1, "snap.reconcile"),
+        ("error", "reason", "x" * 124, "error.reason"),
+    ],
+)
+def test_wrongly_typed_fields_are_malformed_and_named(
+    build: Builders, frame_name: str, key: str, value: Any, field: str
+) -> None:
+    frames: dict[str, Frame] = {
+        "grad": build.grad(1),
+        "hello": build.hello(),
+        "welcome": build.welcome(),
+        "egrad": build.egrad(1),
+        "act": build.act(1),
+        "snap": Snap(master_version=1, tensors={}, reconcile=True),
+        "error": Error(code="internal_error"),
+    }
+    wire = build.wire_of(frames[frame_name])
+    wire[key] = value
+    with pytest.raises(MalformedFrame) as info:
+        decode_frame(build.pack(wire))
+    assert info.value.field == field
+    assert (info.value.code, info.value.close_code) == ("malformed_frame", 1002)
+
+
+def test_encoder_refuses_strings_that_are_not_utf8(build: Builders) -> None:
+    with pytest.raises(EncodeError, match=r"hello\.edge_id: is not valid UTF-8"):
+        encode_frame(build.hello(edge_id="\ud800"))

@@ -300,6 +300,11 @@ def test_send_checks_the_cut_shape_and_frame_size(build: Builders) -> None:
     assert_send_refused(edge, nan, EncodeError)
 
 
+def test_send_refuses_non_frames(build: Builders) -> None:
+    edge, _ = build.open_pair()
+    assert_send_refused(edge, {"t": "act"}, EncodeError)
+
+
 def test_direction_is_enforced_both_ways(build: Builders) -> None:
     edge, cloud = build.open_pair()
     assert_send_refused(edge, build.grad(0), IllegalTransition)

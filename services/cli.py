@@ -1,0 +1,175 @@
+"""The ``simultrain`` command: run a service, the demo, the benchmark, the link emulator.
+
+Every service option is also an environment variable (README, "Configuration"); the flags
+here are the ones people type most. Services are imported lazily, so ``simultrain edge`` on a
+Pi never imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="simultrain",
+    help="Pipelined split training across an edge device and a cloud service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+MODES_HELP = (
+    "centralized, syncsgd, split-sync, fedavg, simultrain, simultrain-noforecast, "
+    "simultrain-noreconcile"
+)
+
+
+def _env(prefix: str, **values: object) -> None:
+    """Pass CLI flags to a service's settings through its environment variables."""
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"{prefix}{key.upper()}"] = str(value)
+
+
+@app.command()
+def coordinator(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (0: any free port).")] = None,
+    db: Annotated[str | None, typer.Option(help="SQLite file (:memory: for none).")] = None,
+) -> None:
+    """Run the coordinator (registry, versions, schedule, health)."""
+    _env("SIMULTRAIN_COORDINATOR_", host=host, port=port, db_path=db)
+    from simultrain.coordinator.settings import load_settings
+    from simultrain.coordinator.server import run
+
+    raise typer.Exit(run(load_settings()))
+
+
+@app.command()
+def cloud(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (0: any free port).")] = None,
+    coordinator_url: Annotated[str | None, typer.Option(help="Coordinator base URL.")] = None,
+    public_url: Annotated[str | None, typer.Option(help="ws:// URL edges use to reach this cloud.")] = None,
+) -> None:
+    """Run the cloud service (master weights, one WebSocket session per edge)."""
+    _env("SIMULTRAIN_CLOUD_", host=host, port=port, coordinator_url=coordinator_url, public_url=public_url)
+    from simultrain.cloud.server import run
+    from simultrain.cloud.settings import CloudSettings
+
+    raise typer.Exit(run(CloudSettings()))
+
+
+@app.command()
+def edge(
+    coordinator_url: Annotated[str | None, typer.Option(help="Coordinator base URL.")] = None,
+    cloud_url: Annotated[str | None, typer.Option(help="Cloud ws:// URL (no coordinator).")] = None,
+    shard: Annotated[str | None, typer.Option(help="INDEX/COUNT of the data this edge holds.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Batches to train (0: forever).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="imu, mnist, video or npz:PATH.")] = None,
+) -> None:
+    """Run the edge agent (streams local data through the edge stage)."""
+    index = count = None
+    if shard:
+        index, _, count = shard.partition("/")
+    _env(
+        "SIMULTRAIN_EDGE_",
+        coordinator_url=coordinator_url,
+        cloud_url=cloud_url,
+        shard_index=index,
+        shard_count=count,
+        steps=steps,
+        dataset=dataset,
+    )
+    from simultrain.edge.main import run
+    from simultrain.edge.settings import EdgeSettings
+
+    raise typer.Exit(run(EdgeSettings()))
+
+
+@app.command()
+def netem(
+    upstream: Annotated[str, typer.Option(help="HOST:PORT to forward to (the cloud).")],
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:0",
+    profile: Annotated[str, typer.Option(help="4g, 5g, lan, none or a custom spec.")] = "4g",
+    seed: Annotated[int, typer.Option(help="Seed for jitter and loss.")] = 0,
+) -> None:
+    """Run the user-space link emulator between edges and a cloud."""
+    listen_host, _, listen_port = listen.rpartition(":")
+    up_host, _, up_port = upstream.rpartition(":")
+    _env(
+        "SIMULTRAIN_NETEM_",
+        listen_host=listen_host,
+        listen_port=listen_port,
+        upstream_host=up_host,
+        upstream_port=up_port,
+        profile=profile,
+        seed=seed,
+    )
+    from simultrain.netem.service import run
+    from simultrain.netem.settings import NetemSettings
+
+    raise typer.Exit(run(NetemSettings()) or 0)
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option(help="imu, mnist, video or npz:PATH.")] = "imu",
+    mode: Annotated[str, typer.Option(help=MODES_HELP)] = "simultrain",
+    steps: Annotated[int, typer.Option(help="Batches per edge.")] = 1500,
+    edges: Annotated[int, typer.Option(help="Edge processes (each a data shard).")] = 1,
+    window: Annotated[int, typer.Option(help="In-flight window W (staleness bound).")] = 4,
+    alpha: Annotated[float, typer.Option(help="Forecast coefficient α (0: off).")] = 0.5,
+    beta: Annotated[float, typer.Option(help="Reconciliation weight β.")] = 0.9,
+    reconcile_every: Annotated[int, typer.Option("--reconcile-every", "-R", help="R (0: never).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
+    link: Annotated[str | None, typer.Option(help="Emulated link: 4g, 5g, lan (default: none).")] = None,
+    edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Last stdout line: one JSON object.")] = False,
+    log_dir: Annotated[Path | None, typer.Option(help="Keep each service's log here.")] = None,
+) -> None:
+    """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate."""
+    from simultrain.demo import DemoOptions, run_demo
+    from simultrain.shared.errors import SimulTrainError
+    from simultrain.shared.training.config import RunConfig
+
+    try:
+        run = RunConfig.from_mapping(
+            {
+                "mode": mode,
+                "dataset": dataset,
+                "window": window,
+                "alpha": alpha,
+                "beta": beta,
+                "reconcile_every": reconcile_every or None,
+                "seed": seed,
+            }
+        )
+        run.schedule()  # refuse an unknown mode before starting anything
+        run_demo(
+            DemoOptions(
+                run=run,
+                steps=steps,
+                edges=edges,
+                json_output=json_output,
+                log_dir=log_dir,
+                link_profile=link,
+                edge_slowdown=edge_slowdown,
+            )
+        )
+    except SimulTrainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every service stopped", err=True)
+        raise typer.Exit(130) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

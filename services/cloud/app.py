@@ -1,0 +1,195 @@
+"""The cloud's HTTP and WebSocket API: a thin FastAPI layer over :class:`CloudService`.
+
+- ``WS /v1/stream``: one session per edge; the handler only moves bytes between the socket and
+  the sans-I/O :class:`CloudSession`, and frames between the session and the service.
+- ``GET /healthz`` (the process serves), ``GET /readyz`` (the master is built and, with a
+  coordinator, registered), ``GET /v1/status``, ``GET /v1/eval``, ``GET /v1/model``
+  (safetensors), ``GET /metrics`` (Prometheus).
+
+Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx/5xx status, never a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from safetensors.torch import save as save_safetensors
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocketDisconnect
+
+from simultrain.shared.errors import IllegalTransition, ProtocolError
+from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Hello
+from simultrain.shared.training.config import RunConfig
+
+from .coordinator_client import CoordinatorLink, fetch_run_config
+from .service import CloudService, Connection
+from .settings import CloudSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("simultrain.cloud")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def run_config_from_settings(settings: CloudSettings) -> RunConfig:
+    return RunConfig.from_mapping(
+        {
+            "mode": settings.run_mode,
+            "dataset": settings.run_dataset,
+            "model_id": settings.run_model_id,
+            "seed": settings.run_seed,
+            "window": settings.run_window,
+            "alpha": settings.run_alpha,
+            "beta": settings.run_beta,
+            "reconcile_every": settings.run_reconcile_every,
+            "optimizer_name": settings.run_optimizer,
+            "optimizer_lr": settings.run_lr,
+            "optimizer_momentum": settings.run_momentum,
+        }
+    )
+
+
+def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> FastAPI:
+    """The cloud app. ``run`` overrides the coordinator's and the settings' run config."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = run
+        if config is None and settings.coordinator_url:
+            config = await fetch_run_config(settings)
+        if config is None:
+            config = run_config_from_settings(settings)
+        # Loading data and building the model take a while: off the event loop.
+        service = await asyncio.to_thread(CloudService, settings, config)
+        service.bound_url = asyncio.get_running_loop().create_future()
+        app.state.service = service
+        link: CoordinatorLink | None = None
+        if settings.coordinator_url:
+            link = CoordinatorLink(settings, service)
+            await link.start()
+        service.ready = True
+        try:
+            yield
+        finally:
+            service.ready = False
+            if link is not None:
+                await link.stop()
+            for conn in list(service.connections.values()):
+                # 1012 "service restart": the edge reconnects at once (uvicorn does the same
+                # for connections it closes itself).
+                with contextlib.suppress(RuntimeError):
+                    await conn.websocket.close(code=1012, reason="cloud restarting")
+            await asyncio.to_thread(service.shutdown)
+
+    app = FastAPI(title="SimulTrain cloud", version="1", lifespan=lifespan)
+
+    def service_of(request: Request | WebSocket) -> CloudService:
+        service: CloudService = request.app.state.service
+        return service
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        service = getattr(request.app.state, "service", None)
+        if service is None or not service.ready:
+            return _error(503, "not_ready", "the master is not ready")
+        return JSONResponse({"status": "ready", "master_version": service.master.version})
+
+    @app.get("/v1/status")
+    async def status(request: Request) -> dict[str, Any]:
+        return service_of(request).status()
+
+    @app.get("/v1/eval")
+    async def evaluate(request: Request) -> dict[str, Any]:
+        return await service_of(request).evaluate()
+
+    @app.get("/v1/model")
+    async def model(request: Request) -> Response:
+        service = service_of(request)
+        state = await service.model_state()
+        body = save_safetensors(
+            state,
+            metadata={
+                "model_id": service.spec.model_id,
+                "master_version": str(service.master.version),
+                "format": "simultrain full model: edge.* and cloud.* tensors",
+            },
+        )
+        return Response(
+            body,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{service.spec.model_id}.safetensors"'},
+        )
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(service_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        service = service_of(websocket)
+        await websocket.accept()
+        conn = Connection(websocket, CloudSession(limits=service.limits))
+        try:
+            await _serve_session(service, conn)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            conn.session.connection_closed()
+            await service.close(conn)
+
+    return app
+
+
+async def _serve_session(service: CloudService, conn: Connection) -> None:
+    """The thin loop: socket bytes → session → frames → service → frames → socket."""
+    websocket = conn.websocket
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        payload: bytes | str = data if data is not None else message.get("text") or ""
+        conn.bytes_in += len(payload)
+        if conn.state is not None:
+            conn.state.bytes_in += len(payload)
+        service.metrics.bytes.labels("in").inc(len(payload))
+        try:
+            frames = conn.session.receive_data(payload)
+            for frame in frames:
+                service.metrics.frames.labels(frame.type).inc()
+                if isinstance(frame, Hello):
+                    await service.open(conn, frame)
+                elif isinstance(frame, Act | EGrad):
+                    await service.handle(conn, frame)
+                elif isinstance(frame, Bye):
+                    await websocket.close(code=1000, reason="bye")
+                    return
+                else:
+                    raise IllegalTransition(f"the cloud does not accept {frame.type} frames")
+        except ProtocolError as exc:
+            service.metrics.rejected.labels(exc.code.value).inc()
+            await conn.fail(exc)
+            return

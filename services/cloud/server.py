@@ -1,0 +1,40 @@
+"""Running the cloud: uvicorn, programmatically, with the ``LISTENING`` readiness line."""
+
+from __future__ import annotations
+
+
+
+from simultrain.shared.serving import listening_line, run_until_signal, serve_app
+from simultrain.shared.training.config import RunConfig
+
+from .app import create_app
+from .settings import CloudSettings
+
+__all__ = ["run", "serve"]
+
+
+async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> None:
+    app = create_app(settings, run=run)
+
+    def on_listening(url: str) -> None:
+        service = getattr(app.state, "service", None)
+        if service is not None and not service.bound_url.done():
+            service.bound_url.set_result(url)
+        listening_line(url)
+
+    await serve_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        graceful_shutdown_s=settings.graceful_shutdown_s,
+        on_listening=on_listening,
+    )
+
+
+def run(settings: CloudSettings) -> int:
+    return run_until_signal(serve(settings))
+
+

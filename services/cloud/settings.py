@@ -1,0 +1,62 @@
+"""The cloud service's settings: one immutable object, every field also an environment variable.
+
+Environment variables are the field names upper-cased with the prefix ``SIMULTRAIN_CLOUD_``
+(``SIMULTRAIN_CLOUD_PORT=8800``). The run configuration (mode, model, optimizer, …) comes from
+the coordinator when ``coordinator_url`` is set; the ``run_*`` fields are the fallback for a
+cloud run on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["CloudSettings"]
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_CLOUD_", frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8800, ge=0, le=65535, description="TCP port; 0 picks a free port.")
+    public_url: str | None = Field(
+        None,
+        description="ws:// or wss:// base URL edges use to reach this cloud (default: the "
+        "bound address). Set it when edges connect through a proxy, a load balancer or netem.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    coordinator_url: str | None = Field(None, description="Coordinator base URL, if any.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for registering with the coordinator and admin reads."
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Heartbeat period to the coordinator.")
+    # Run configuration when no coordinator is given.
+    run_mode: str = "simultrain"
+    run_dataset: str = "imu"
+    run_model_id: str | None = None
+    run_seed: int = 0
+    run_window: int = Field(4, ge=0)
+    run_alpha: float = Field(0.5, ge=0)
+    run_beta: float = Field(0.9, ge=0, le=1)
+    run_reconcile_every: int | None = Field(10, ge=1)
+    run_optimizer: Literal["sgd", "adam"] = "sgd"
+    run_lr: float = Field(0.05, gt=0)
+    run_momentum: float = Field(0.0, ge=0, lt=1)
+    eval_dataset: str | None = Field(
+        None,
+        description="Held-out set the cloud evaluates the master on (default: the run's "
+        "dataset's test split). Raw data never leaves the edge; this is the operator's own.",
+    )
+    max_frame_bytes: int = Field(64 << 20, gt=0, description="Largest WebSocket message accepted.")
+    max_decompressed_bytes: int = Field(256 << 20, gt=0, description="Largest decoded frame.")
+    compute_threads: int = Field(
+        1, ge=1, description="Torch threads for the master (one compute thread runs all steps)."
+    )
+    checkpoint_dir: Path | None = Field(None, description="Where checkpoints go (none: off).")
+    checkpoint_every: int = Field(200, ge=1, description="Master updates between checkpoints.")
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) → HTTPS/WSS.")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
+    graceful_shutdown_s: float = Field(10.0, ge=0, description="Time to drain sessions on SIGTERM.")

@@ -1,0 +1,240 @@
+"""``simultrain demo``: coordinator, cloud and edges as separate OS processes on 127.0.0.1.
+
+Each service is started the way a user starts it on its own machine (``python -m
+simultrain.<service>``, settings in the environment, port 0), the demo waits on each one's
+``LISTENING`` line, shows a live progress bar from the cloud's ``/v1/status`` and
+``/v1/eval``, and stops everything — on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.training.config import RunConfig
+
+__all__ = ["DemoOptions", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    run: RunConfig = field(default_factory=RunConfig)
+    steps: int = 1500  # batches per edge
+    edges: int = 1
+    json_output: bool = False
+    eval_every_s: float = 3.0
+    log_dir: Path | None = None
+    link_profile: str | None = None  # put netem between edges and cloud (4g, 5g, lan, …)
+    edge_slowdown: float = 1.0
+    timeout_s: float = 1800.0
+
+
+def _coordinator_env(run: RunConfig, db_path: Path) -> dict[str, str]:
+    env = {
+        "SIMULTRAIN_COORDINATOR_HOST": "127.0.0.1",
+        "SIMULTRAIN_COORDINATOR_PORT": "0",
+        "SIMULTRAIN_COORDINATOR_DB_PATH": str(db_path),
+        "SIMULTRAIN_COORDINATOR_LOG_LEVEL": "warning",
+    }
+    for key, value in run.to_mapping().items():
+        if value is None:
+            if key == "reconcile_every":
+                env["SIMULTRAIN_COORDINATOR_RECONCILE_EVERY"] = "0"  # 0 = never
+            continue
+        env[f"SIMULTRAIN_COORDINATOR_{key.upper()}"] = str(value)
+    return env
+
+
+def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[str, Any]:
+    """Train through real services; return the summary (also printed)."""
+    console = console or Console(stderr=options.json_output)
+    started = time.perf_counter()
+    run = RunConfig.from_mapping({"edges": options.edges}, base=options.run)
+    with tempfile.TemporaryDirectory(prefix="simultrain-demo-") as tmp:
+        log_dir = options.log_dir or Path(tmp) / "logs"
+        group = ServiceGroup(log_dir)
+        try:
+            summary = _run(group, run, options, Path(tmp), console)
+        finally:
+            group.stop_all()
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    _print_summary(summary, console)
+    if options.json_output:
+        print(json.dumps(summary), flush=True)
+    return summary
+
+
+def _run(
+    group: ServiceGroup, run: RunConfig, options: DemoOptions, tmp: Path, console: Console
+) -> dict[str, Any]:
+    with console.status("starting coordinator, cloud and edge processes…"):
+        coordinator = group.start(
+            "coordinator", "simultrain.coordinator", _coordinator_env(run, tmp / "coordinator.db")
+        )
+        coordinator_url = coordinator.wait_listening()
+        cloud = group.start(
+            "cloud",
+            "simultrain.cloud",
+            {
+                "SIMULTRAIN_CLOUD_HOST": "127.0.0.1",
+                "SIMULTRAIN_CLOUD_PORT": "0",
+                "SIMULTRAIN_CLOUD_COORDINATOR_URL": coordinator_url,
+                "SIMULTRAIN_CLOUD_LOG_LEVEL": "warning",
+                "SIMULTRAIN_CLOUD_HEARTBEAT_INTERVAL_S": "1",
+            },
+        )
+        cloud_url = cloud.wait_listening(timeout_s=120)
+        edge_cloud_url = cloud_url.replace("http", "ws", 1)
+        if options.link_profile:
+            host, port = cloud_url.rsplit("//", 1)[1].rsplit(":", 1)
+            netem = group.start(
+                "netem",
+                "simultrain.netem",
+                {
+                    "SIMULTRAIN_NETEM_LISTEN_HOST": "127.0.0.1",
+                    "SIMULTRAIN_NETEM_LISTEN_PORT": "0",
+                    "SIMULTRAIN_NETEM_UPSTREAM_HOST": host,
+                    "SIMULTRAIN_NETEM_UPSTREAM_PORT": port,
+                    "SIMULTRAIN_NETEM_PROFILE": options.link_profile,
+                },
+            )
+            edge_cloud_url = netem.wait_listening().replace("tcp", "ws", 1)
+        edges: list[ServiceProcess] = []
+        for index in range(options.edges):
+            edges.append(
+                group.start(
+                    f"edge-{index}",
+                    "simultrain.edge",
+                    {
+                        "SIMULTRAIN_EDGE_COORDINATOR_URL": coordinator_url,
+                        "SIMULTRAIN_EDGE_CLOUD_URL_OVERRIDE": edge_cloud_url,
+                        "SIMULTRAIN_EDGE_SHARD_INDEX": str(index),
+                        "SIMULTRAIN_EDGE_SHARD_COUNT": str(options.edges),
+                        "SIMULTRAIN_EDGE_STEPS": str(options.steps),
+                        "SIMULTRAIN_EDGE_NAME": f"demo-edge-{index}",
+                        "SIMULTRAIN_EDGE_LOG_LEVEL": "warning",
+                        "SIMULTRAIN_EDGE_SLOWDOWN": str(options.edge_slowdown),
+                    },
+                )
+            )
+    reports = _follow(cloud_url, edges, run, options, console)
+    with httpx.Client(timeout=60) as client:
+        final = client.get(f"{cloud_url}/v1/eval").json()
+        status = client.get(f"{cloud_url}/v1/status").json()
+    sessions = status["edges"].values()
+    return {
+        "mode": run.mode,
+        "dataset": run.dataset,
+        "model_id": status["model_id"],
+        "edges": options.edges,
+        "steps": sum(r["steps"] for r in reports),
+        "samples": final["samples_applied"],
+        "accuracy": round(final["accuracy"], 4),
+        "test_loss": round(final["loss"], 4),
+        "test_samples": final["samples"],
+        "bytes_up": sum(s["bytes_in"] for s in sessions),
+        "bytes_down": sum(s["bytes_out"] for s in sessions),
+        "max_staleness": status["staleness"]["max"],
+        "mean_staleness": status["staleness"]["mean"],
+        "master_version": status["master_version"],
+        "window": run.window,
+        "alpha": run.alpha,
+        "beta": run.beta,
+        "reconcile_every": run.reconcile_every,
+        "seed": run.seed,
+        "link": options.link_profile or "loopback",
+        "samples_received": sum(s["samples_received"] for s in sessions),
+        "duplicates_dropped": sum(s["duplicates_dropped"] for s in sessions),
+        "reconnects": sum(r["reconnects"] for r in reports),
+    }
+
+
+def _follow(
+    cloud_url: str,
+    edges: list[ServiceProcess],
+    run: RunConfig,
+    options: DemoOptions,
+    console: Console,
+) -> list[dict[str, Any]]:
+    """Progress bar until every edge reports DONE; their reports."""
+    total = options.steps * options.edges
+    reports: list[dict[str, Any]] = []
+    deadline = time.monotonic() + options.timeout_s
+    accuracy: float | None = None
+    last_eval = 0.0
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:>6.0f}/{task.total:.0f} steps"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress, httpx.Client(timeout=30) as client:
+        task = progress.add_task(f"{run.mode} on {run.dataset}", total=total, stats="")
+        pending = list(edges)
+        while pending:
+            if time.monotonic() > deadline:
+                raise SimulTrainError(f"the demo did not finish within {options.timeout_s:.0f}s")
+            for edge in list(pending):
+                try:
+                    line = edge.lines.get(timeout=0.25)
+                except queue.Empty:
+                    continue
+                if line is None:
+                    raise SimulTrainError(f"{edge.name} exited with status {edge.popen.wait()}{edge._log_hint()}")
+                if line.startswith("DONE "):
+                    reports.append(json.loads(line[5:]))
+                    pending.remove(edge)
+            try:
+                status = client.get(f"{cloud_url}/v1/status").json()
+                if time.monotonic() - last_eval > options.eval_every_s:
+                    accuracy = client.get(f"{cloud_url}/v1/eval").json()["accuracy"]
+                    last_eval = time.monotonic()
+            except httpx.HTTPError:
+                continue
+            sessions = status["edges"].values()
+            steps = sum(s["steps_applied"] for s in sessions)
+            up = sum(s["bytes_in"] for s in sessions)
+            down = sum(s["bytes_out"] for s in sessions)
+            loss = status.get("loss")
+            stats = (
+                f"loss {loss:.3f} " if loss is not None else ""
+            ) + (f"acc {accuracy:.1%} " if accuracy is not None else "") + (
+                f"staleness ≤{status['staleness']['max']} "
+                f"↑{up / 1e6:.1f} MB ↓{down / 1e6:.1f} MB"
+            )
+            progress.update(task, completed=min(steps, total), stats=stats)
+        progress.update(task, completed=total)
+    return reports
+
+
+def _print_summary(summary: dict[str, Any], console: Console) -> None:
+    table = Table(title="SimulTrain demo", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rows = [
+        ("mode / dataset / model", f"{summary['mode']} / {summary['dataset']} / {summary['model_id']}"),
+        ("edges, link", f"{summary['edges']}, {summary['link']}"),
+        ("steps (batches), samples applied", f"{summary['steps']}, {summary['samples']}"),
+        ("held-out accuracy", f"{summary['accuracy']:.2%} on {summary['test_samples']} samples"),
+        ("held-out loss", f"{summary['test_loss']:.4f}"),
+        ("staleness (max / mean)", f"{summary['max_staleness']} / {summary['mean_staleness']}"),
+        ("bytes up / down", f"{summary['bytes_up'] / 1e6:.2f} MB / {summary['bytes_down'] / 1e6:.2f} MB"),
+        ("window, α, β, R", f"{summary['window']}, {summary['alpha']}, {summary['beta']}, {summary['reconcile_every']}"),
+        ("wall time", f"{summary['seconds']:.1f} s"),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)

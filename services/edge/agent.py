@@ -1,0 +1,455 @@
+"""The edge agent: registers, then streams its data to the assigned cloud (SPEC "Roles": Edge).
+
+Three tasks per session, all on one event loop:
+
+- the **producer** takes the next batch as soon as the window allows (SPEC step 1) and runs
+  the edge-stage forward on the compute thread;
+- the **receiver** handles what the cloud sends: backward from cut gradients (compute thread),
+  deltas and reconciliation (applied right on the loop: they build new tensors and swap one
+  reference, so a forward running meanwhile keeps its weights and never waits — SPEC step 5);
+- the **heartbeat** to the coordinator, independent of compute, so a long step never looks
+  like a dead edge.
+
+A lost connection is retried with exponential backoff and full jitter. Batches stay with the
+edge until the cloud acknowledges applying them and are re-sent on the next session, so no
+sample is lost (WELCOME's ``acked_seq`` says what the cloud already has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from simultrain.shared.data import BatchStream, load_dataset
+from simultrain.shared.errors import ProtocolError, SimulTrainError
+from simultrain.shared.models import get_model_spec
+from simultrain.shared.protocol import (
+    Ack,
+    Bye,
+    Delta,
+    EdgeSession,
+    Error,
+    Frame,
+    Grad,
+    Hello,
+    Limits,
+    Snap,
+    Welcome,
+)
+from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.factory import wire_cut_shape
+from simultrain.shared.training.runtime import EdgeRuntime, WholeModel
+from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES
+
+from .coordinator_client import Assignment, CoordinatorClient
+from .notify import SystemdNotifier
+from .settings import EdgeSettings
+
+__all__ = ["EdgeAgent", "EdgeReport"]
+
+log = logging.getLogger("simultrain.edge")
+T = TypeVar("T")
+
+RESYNC_CLOSE_CODE = 4002  # the edge asks for a fresh session: its deltas had a gap
+
+
+@dataclass
+class EdgeReport:
+    """What the edge did; printed as its last stdout line (``DONE {json}``)."""
+
+    edge_id: str = ""
+    steps: int = 0  # batches produced (new ones, re-sends not counted)
+    samples_sent: int = 0
+    batches_acked: int = 0
+    resent: int = 0
+    reconnects: int = 0
+    sessions: int = 0
+    reconciliations: int = 0
+    resyncs: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    edge_version: int = 0
+    last_loss: float | None = None
+    seconds: float = 0.0
+    compute_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class _SessionEnded(Exception):
+    """The current session is over; ``reconnect`` says whether to start another."""
+
+    def __init__(self, reason: str, *, reconnect: bool) -> None:
+        super().__init__(reason)
+        self.reconnect = reconnect
+
+
+class EdgeAgent:
+    def __init__(self, settings: EdgeSettings, *, run: RunConfig | None = None) -> None:
+        self.settings = settings
+        self._run_override = run
+        self.report = EdgeReport()
+        self.coordinator = CoordinatorClient(settings) if settings.coordinator_url else None
+        self.notifier = SystemdNotifier.from_environment() if settings.watchdog else None
+        self._compute = asyncio.Semaphore(1)  # one compute section at a time, like one CPU budget
+        self._changed = asyncio.Event()  # something the producer may be waiting on happened
+        self._send_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self.assignment: Assignment | None = None
+        self.runtime: EdgeRuntime | None = None
+
+    # --- set-up -------------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        settings = self.settings
+        if self.coordinator is not None:
+            self.assignment = await self.coordinator.register()
+            run = RunConfig.from_mapping(self.assignment.run_config)
+        else:
+            if not settings.cloud_url:
+                raise SimulTrainError("give coordinator_url or cloud_url")
+            run = RunConfig.from_mapping(
+                {
+                    "mode": settings.run_mode,
+                    "dataset": settings.run_dataset,
+                    "model_id": settings.run_model_id,
+                    "seed": settings.run_seed,
+                    "window": settings.run_window,
+                    "batch_size": settings.run_batch_size,
+                }
+            )
+            self.assignment = Assignment(
+                edge_id=settings.edge_id or f"edge-{settings.shard_index}",
+                cloud_url=settings.cloud_url,
+                run_config=run.to_mapping(),
+                reconcile_offset=0,
+                heartbeat_interval_s=settings.heartbeat_interval_s or 2.0,
+                token=None,
+            )
+        if self._run_override is not None:
+            run = self._run_override
+        if settings.dataset:
+            run = RunConfig.from_mapping({"dataset": settings.dataset}, base=run)
+        self.run = run
+        self.schedule = run.schedule()
+        self.report.edge_id = self.assignment.edge_id
+        torch.set_num_threads(settings.compute_threads)
+        dataset = await asyncio.to_thread(load_dataset, run.dataset, seed=run.seed)
+        shard = dataset.shard(settings.shard_index, settings.shard_count) if settings.shard_count > 1 else dataset
+        self.spec = get_model_spec(run.model_id or dataset.model_id)
+        self.stream = BatchStream(
+            shard.x_train, shard.y_train, batch_size=run.batch_size,
+            seed=run.seed + 1000 * settings.shard_index,
+        )
+        structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
+        module = (
+            WholeModel(structure.edge_stage, structure.cloud_stage)
+            if self.schedule.edge_role in WHOLE_MODEL_ROLES
+            else structure.edge_stage
+        )
+        self.runtime = EdgeRuntime(module, self.schedule, run.codecs, optimizer=run.optimizer)
+        self.cut_shape = wire_cut_shape(self.spec, self.schedule)
+        self.limits = Limits(window=self.schedule.window + 1)
+        log.info(
+            "edge %s: %s on %s shard %d/%d (%d train samples), cloud %s",
+            self.assignment.edge_id, self.schedule.mode, run.dataset, settings.shard_index,
+            settings.shard_count, len(shard.y_train), self.assignment.cloud_url,
+        )
+
+    # --- the whole life ---------------------------------------------------------------
+
+    async def run(self) -> EdgeReport:
+        started = time.perf_counter()
+        await self._prepare()
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="edge-heartbeat")
+        watchdog = asyncio.create_task(self._watchdog_loop(), name="edge-watchdog")
+        try:
+            await self._session_loop()
+        finally:
+            for task in (heartbeat, watchdog):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.coordinator is not None:
+                await self.coordinator.close()
+            self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def stop(self) -> None:
+        """Finish the current batch and leave (SIGTERM)."""
+        self._stop.set()
+        self._changed.set()
+
+    def _finished(self) -> bool:
+        runtime = self.runtime
+        assert runtime is not None
+        steps = self.settings.steps
+        done_producing = self._stop.is_set() or (steps and self.report.steps >= steps)
+        return bool(done_producing) and not runtime.unacked
+
+    async def _session_loop(self) -> None:
+        delay = self.settings.reconnect_initial_s
+        while not self._finished():
+            try:
+                await self._one_session()
+                delay = self.settings.reconnect_initial_s
+            except _SessionEnded as ended:
+                if not ended.reconnect:
+                    raise SimulTrainError(str(ended)) from None
+                log.warning("session ended (%s); reconnecting", ended)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
+                self.report.errors.append(type(exc).__name__)
+                # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+            if self._finished():
+                break
+            self.report.reconnects += 1
+
+    def _stream_url(self) -> str:
+        assert self.assignment is not None
+        base = self.settings.cloud_url_override or self.assignment.cloud_url
+        base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return base.rstrip("/") + "/v1/stream"
+
+    def _ssl(self, url: str) -> ssl.SSLContext | None:
+        if not url.startswith("wss://"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.settings.ca_file) if self.settings.ca_file else None)
+        return ctx
+
+    async def _one_session(self) -> None:
+        assert self.assignment is not None and self.runtime is not None
+        url = self._stream_url()
+        headers = {}
+        if self.assignment.token:
+            headers["Authorization"] = f"Bearer {self.assignment.token}"
+        async with connect(
+            url,
+            additional_headers=headers,
+            ssl=self._ssl(url),
+            max_size=None,  # the protocol's Limits bound frames, per message type
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=60,  # a long cloud step must not look like a dead link
+            compression=None,  # tensors are lz4-compressed already
+        ) as ws:
+            self.report.sessions += 1
+            session = EdgeSession(limits=self.limits)
+            await self._handshake(ws, session)
+            await self._stream(ws, session)
+
+    async def _send(self, ws: ClientConnection, session: EdgeSession, frame: Frame) -> None:
+        # The session's ledger and the wire must see frames in one order: serialize.
+        async with self._send_lock:
+            data = session.send(frame)
+            self.report.bytes_up += len(data)
+            await ws.send(data)
+
+    async def _handshake(self, ws: ClientConnection, session: EdgeSession) -> None:
+        runtime = self.runtime
+        assert runtime is not None and self.assignment is not None
+        hello = Hello(
+            edge_id=self.assignment.edge_id,
+            model_id=self.spec.model_id,
+            cut_shape=self.cut_shape,
+            config={"reconcile_offset": self.assignment.reconcile_offset, "mode": self.schedule.mode},
+            token=self.assignment.token,
+            resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
+        )
+        await self._send(ws, session, hello)
+        welcome: Welcome | None = None
+        synced = False  # a session starts from an exact copy of the master (SNAP, replace)
+        while welcome is None or not synced:
+            for frame in await self._receive(ws, session):
+                if isinstance(frame, Welcome):
+                    welcome = frame
+                elif isinstance(frame, Snap):
+                    runtime.on_snap(frame)
+                    synced = True
+                else:
+                    self._handle_control(frame)
+        self._resend = runtime.resume(welcome.acked_seq)
+        self.report.resent += len(self._resend)
+        if self.notifier is not None:
+            self.notifier.ready()
+        log.info(
+            "session open: master v%d, acked up to %s, %d batch(es) to re-send",
+            welcome.master_version, welcome.acked_seq, len(self._resend),
+        )
+
+    async def _receive(self, ws: ClientConnection, session: EdgeSession) -> list[Frame]:
+        try:
+            data = await ws.recv()
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            code = rcvd.code if rcvd is not None else 1006
+            reason = rcvd.reason if rcvd is not None else ""
+            raise _SessionEnded(
+                f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
+            ) from exc
+        self.report.bytes_down += len(data)
+        return session.receive_data(data)
+
+    def _handle_control(self, frame: Frame) -> None:
+        if isinstance(frame, Error):
+            raise _SessionEnded(f"cloud error {frame.code}: {frame.reason}", reconnect=False)
+        if isinstance(frame, Bye):
+            raise _SessionEnded(f"cloud said bye: {frame.reason}", reconnect=True)
+
+    async def _in_compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on a worker thread, then stretch it by the CPU emulation factor.
+
+        The sleep happens inside the compute slot, so an emulated slow edge is busy for the
+        whole emulated time (issue 4, item 3: time dilation).
+        """
+        slowdown = self.settings.slowdown
+
+        def timed() -> tuple[T, float]:
+            started = time.perf_counter()
+            result = fn(*args)
+            elapsed = time.perf_counter() - started
+            if slowdown > 1.0:
+                time.sleep((slowdown - 1.0) * elapsed)
+            return result, elapsed
+
+        async with self._compute:
+            result, elapsed = await asyncio.to_thread(timed)
+        self.report.compute_seconds += elapsed * slowdown
+        return result
+
+    async def _stream(self, ws: ClientConnection, session: EdgeSession) -> None:
+        producer = asyncio.create_task(self._produce(ws, session), name="edge-producer")
+        receiver = asyncio.create_task(self._receive_loop(ws, session), name="edge-receiver")
+        try:
+            done, _ = await asyncio.wait({producer, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise what ended the session
+            if producer in done and self._finished():
+                await self._send(ws, session, Bye(reason="training finished"))
+                await ws.close(code=1000, reason="training finished")
+        finally:
+            for task in (producer, receiver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _SessionEnded, ConnectionClosed):
+                    await task
+
+    async def _produce(self, ws: ClientConnection, session: EdgeSession) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        resend = list(self._resend)
+        while True:
+            while not runtime.can_produce() and not self._finished():
+                self._changed.clear()
+                await self._changed.wait()
+            if self._finished():
+                return
+            if resend:
+                seq, kept = resend.pop(0)
+                frame = await self._in_compute(runtime.resend, seq, kept)
+            elif self._stop.is_set() or (self.settings.steps and self.report.steps >= self.settings.steps):
+                # Nothing new to send: wait for the acknowledgements of what is in flight.
+                while runtime.pending_egrads:
+                    await self._send(ws, session, runtime.pending_egrads.popleft())
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            else:
+                x, y = next(self.stream)
+                frame = await self._in_compute(runtime.produce, x, y)
+                self.report.steps += 1
+                self.report.samples_sent += len(y)
+            if frame is not None:
+                await self._send(ws, session, frame)
+
+    async def _receive_loop(self, ws: ClientConnection, session: EdgeSession) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            for frame in await self._receive(ws, session):
+                if isinstance(frame, Grad):
+                    egrad = await self._in_compute(runtime.on_grad, frame)
+                    if frame.loss is not None:
+                        self.report.last_loss = frame.loss
+                    # Piggyback on the next ACT when one can go now (SPEC step 3); a window
+                    # that holds the producer back means this EGRAD must go alone.
+                    if self.schedule.window > 0 and runtime.can_produce() and not self._no_more_acts():
+                        runtime.pending_egrads.append(egrad)
+                    else:
+                        await self._send(ws, session, egrad)
+                elif isinstance(frame, Delta):
+                    runtime.on_delta(frame, now=loop.time())
+                    if runtime.needs_resync(now=loop.time()):
+                        await ws.close(code=RESYNC_CLOSE_CODE, reason="delta gap: resync")
+                        raise _SessionEnded("delta gap", reconnect=True)
+                elif isinstance(frame, Snap):
+                    runtime.on_snap(frame)
+                    self.report.reconciliations = runtime.reconciliations
+                    self.report.resyncs = runtime.resyncs
+                elif isinstance(frame, Ack):
+                    runtime.on_ack(frame)
+                    self.report.batches_acked = runtime.highest_acked + 1
+                    self.report.edge_version = runtime.version
+                    self._write_status()
+                else:
+                    self._handle_control(frame)
+                self._changed.set()
+
+    def _no_more_acts(self) -> bool:
+        return bool(self._stop.is_set() or (self.settings.steps and self.report.steps >= self.settings.steps))
+
+    # --- liveness -----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        if self.coordinator is None or self.assignment is None:
+            return
+        while True:
+            await asyncio.sleep(self.assignment.heartbeat_interval_s)
+            runtime = self.runtime
+            version = runtime.version if runtime is not None and runtime.version >= 0 else 0
+            try:
+                update = await self.coordinator.heartbeat(version, self.report.batches_acked)
+            except SimulTrainError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            if update.cloud_url != self.assignment.cloud_url:
+                log.warning("reassigned to cloud %s", update.cloud_url)
+            self.assignment = update
+
+    async def _watchdog_loop(self) -> None:
+        if self.notifier is None or self.notifier.watchdog_interval_s is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_interval_s / 2)
+
+    def _write_status(self) -> None:
+        path = self.settings.status_file
+        if path is None:
+            return
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.report)) + "\n")
+        tmp.replace(path)
+
+
+# Close codes after which a new session can succeed: a normal end, a restart or going away,
+# an abnormal drop, a server error, a resync the edge asked for. Protocol errors (1002, 1003,
+# 1007, 1009, 4001) would only repeat: the agent gives up loudly on those.
+_RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, RESYNC_CLOSE_CODE})
+
+
+def _worth_reconnecting(code: int, reason: str) -> bool:
+    return code in _RECONNECT_CODES or (code == 1008 and "superseded" in reason)

@@ -1,0 +1,117 @@
+"""The edge's side of the coordinator: register once, then heartbeat (httpx, no FastAPI)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from simultrain.shared.errors import SimulTrainError
+
+from .settings import EdgeSettings
+
+__all__ = ["Assignment", "CoordinatorClient"]
+
+log = logging.getLogger("simultrain.edge")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What the coordinator told this edge: who it is, where to stream, how to train."""
+
+    edge_id: str
+    cloud_url: str
+    run_config: dict[str, Any]
+    reconcile_offset: int
+    heartbeat_interval_s: float
+    token: str | None
+
+
+class CoordinatorClient:
+    def __init__(self, settings: EdgeSettings) -> None:
+        assert settings.coordinator_url
+        self.settings = settings
+        self.base = settings.coordinator_url.rstrip("/")
+        verify: ssl.SSLContext | bool = True
+        if settings.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        self.client = httpx.AsyncClient(timeout=10.0, verify=verify)
+        self.assignment: Assignment | None = None
+
+    def _enrollment_secret(self) -> str | None:
+        s = self.settings
+        if s.enrollment_secret is not None:
+            return s.enrollment_secret.get_secret_value()
+        if s.enrollment_secret_file is not None:
+            return s.enrollment_secret_file.read_text().strip()
+        return None
+
+    async def register(self, *, attempts: int = 60) -> Assignment:
+        """``POST /v1/edges``, retried with backoff while no cloud is up yet (503)."""
+        body: dict[str, Any] = {"name": self.settings.name}
+        if self.settings.shard_count > 1:
+            body["shard_index"] = self.settings.shard_index
+            body["shard_count"] = self.settings.shard_count
+        headers = {}
+        secret = self._enrollment_secret()
+        if secret is not None:
+            headers["X-Enrollment-Secret"] = secret
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                reply = await self.client.post(f"{self.base}/v1/edges", json=body, headers=headers)
+                if reply.status_code in (401, 403, 422):
+                    raise SimulTrainError(
+                        f"the coordinator refused registration: {reply.status_code} {reply.text}"
+                    )
+                reply.raise_for_status()
+                data = reply.json()
+                self.assignment = Assignment(
+                    edge_id=data["edge_id"],
+                    cloud_url=data["cloud_url"],
+                    run_config=dict(data["run_config"]),
+                    reconcile_offset=int(data.get("reconcile_offset") or 0),
+                    heartbeat_interval_s=float(
+                        self.settings.heartbeat_interval_s or data["heartbeat_interval_s"]
+                    ),
+                    token=data.get("token"),
+                )
+                return self.assignment
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                if attempt == attempts - 1:
+                    raise SimulTrainError(f"cannot register with {self.base}: {exc}") from exc
+                log.info("registration not possible yet (%s); retrying", exc)
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 2.0)
+        raise SimulTrainError(f"cannot register with {self.base}")
+
+    async def heartbeat(self, edge_version: int, step: int) -> Assignment:
+        """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved)."""
+        assert self.assignment is not None
+        headers = {}
+        if self.assignment.token:
+            headers["Authorization"] = f"Bearer {self.assignment.token}"
+        try:
+            reply = await self.client.post(
+                f"{self.base}/v1/edges/{self.assignment.edge_id}/heartbeat",
+                json={"edge_version": edge_version, "step": step},
+                headers=headers,
+            )
+            reply.raise_for_status()
+            data = reply.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise SimulTrainError(f"heartbeat to {self.base} failed: {exc}") from exc
+        self.assignment = replace(
+            self.assignment,
+            cloud_url=data.get("cloud_url") or self.assignment.cloud_url,
+            token=data.get("token") or self.assignment.token,
+        )
+        return self.assignment
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,49 @@
+"""Running the edge agent as a process: logging, signals, the final report line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from dataclasses import asdict
+
+from simultrain.shared.errors import SimulTrainError
+
+from .agent import EdgeAgent, EdgeReport
+from .settings import EdgeSettings
+
+__all__ = ["run", "run_agent"]
+
+log = logging.getLogger("simultrain.edge")
+
+
+async def run_agent(settings: EdgeSettings) -> EdgeReport:
+    agent = EdgeAgent(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # First signal: stop producing, drain what is in flight, leave cleanly. The agent
+        # keeps unacknowledged batches only in memory, so draining is what loses nothing.
+        loop.add_signal_handler(sig, agent.stop)
+    try:
+        return await agent.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run(settings: EdgeSettings) -> int:
+    """Run until the configured steps are done (or a signal); print ``DONE {json}``."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        report = asyncio.run(run_agent(settings))
+    except SimulTrainError as exc:
+        log.error("%s", exc)
+        return 1
+    print("DONE " + json.dumps(asdict(report)), flush=True)
+    return 0

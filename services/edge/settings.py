@@ -1,0 +1,63 @@
+"""The edge agent's settings: one immutable object, every field also an environment variable.
+
+Environment variables are the field names upper-cased with the prefix ``SIMULTRAIN_EDGE_``
+(``SIMULTRAIN_EDGE_COORDINATOR_URL=http://coordinator:8700``). With a coordinator the agent
+registers and receives its cloud and run configuration; without one it connects to
+``cloud_url`` with the ``run_*`` fallback fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EdgeSettings"]
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_EDGE_", frozen=True, extra="forbid")
+
+    coordinator_url: str | None = Field(None, description="Coordinator base URL (http/https).")
+    cloud_url: str | None = Field(
+        None, description="Cloud base URL (ws/wss) when there is no coordinator."
+    )
+    cloud_url_override: str | None = Field(
+        None,
+        description="Connect here instead of the cloud URL the coordinator assigns (e.g. "
+        "through a link emulator or a local tunnel).",
+    )
+    name: str | None = Field(None, description="Free-form label shown by the coordinator.")
+    edge_id: str | None = Field(None, description="Fixed edge id when there is no coordinator.")
+    enrollment_secret: SecretStr | None = Field(None, description="Secret to register (auth on).")
+    enrollment_secret_file: Path | None = Field(None, description="File holding the secret.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the cloud/coordinator TLS.")
+    shard_index: int = Field(0, ge=0, description="Which data shard this edge holds.")
+    shard_count: int = Field(1, ge=1, description="How many shards the data is cut into.")
+    steps: int = Field(0, ge=0, description="Batches to train, then stop (0: run forever).")
+    dataset: str | None = Field(None, description="Override the run's dataset (e.g. npz:PATH).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    heartbeat_interval_s: float | None = Field(
+        None, gt=0, description="Heartbeat period (default: what the coordinator says)."
+    )
+    reconnect_initial_s: float = Field(0.2, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(10.0, gt=0, description="Largest reconnect delay.")
+    compute_threads: int = Field(2, ge=1, description="Torch threads (a Pi 4 has 4 cores).")
+    slowdown: float = Field(
+        1.0,
+        ge=1.0,
+        description="Edge CPU emulation: after each compute section sleep (k−1)× its duration.",
+    )
+    status_file: Path | None = Field(
+        None, description="Write a JSON progress line here after every acknowledged batch."
+    )
+    watchdog: bool = Field(True, description="Ping systemd's watchdog when run under it.")
+    # Run configuration when there is no coordinator.
+    run_mode: str = "simultrain"
+    run_dataset: str = "imu"
+    run_model_id: str | None = None
+    run_seed: int = 0
+    run_window: int = Field(4, ge=0)
+    run_batch_size: int = Field(32, ge=1)

@@ -1,0 +1,246 @@
+"""A whole training run in one process, every frame through the real encoder and decoder.
+
+The fast path for tests and the basis of the simulation mode. Edges and the cloud are the same
+:class:`EdgeRuntime` / :class:`CloudRuntime` objects the services use; between them sits an
+in-memory link that carries *bytes*: each frame is encoded by the sender's protocol session and
+decoded and validated by the receiver's, exactly as over a WebSocket.
+
+Timing is a deterministic event order, not a clock: each edge produces its next batch as soon
+as its window allows, and otherwise the cloud and the edges take turns handling one message
+each. With window ``W`` a batch's forward therefore misses exactly the edge updates of the
+``W`` batches before it — the staleness the pilot calls W — and with ``W = 0`` the run is
+plain sequential split training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from simultrain.shared.data import BatchStream, Dataset, load_dataset
+from simultrain.shared.errors import TrainingError
+from simultrain.shared.models import get_model_spec
+from simultrain.shared.protocol import (
+    Ack,
+    Act,
+    CloudSession,
+    Delta,
+    EdgeSession,
+    EGrad,
+    Frame,
+    Grad,
+    Hello,
+    Limits,
+    Snap,
+    Welcome,
+)
+from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.factory import build_master, wire_cut_shape
+from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.runtime import Codecs, CloudRuntime, EdgeRuntime, Outgoing, WholeModel
+from simultrain.shared.training.schedule import (
+    WHOLE_MODEL_ROLES,
+    EdgeRole,
+    Schedule,
+    make_schedule,
+)
+
+__all__ = ["RunConfig", "RunResult", "run_in_process"]
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    accuracy: float
+    test_loss: float
+    samples: int
+    steps: int
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    max_staleness: int
+    staleness: dict[str, Any]
+    train_loss: float
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (samples, accuracy)
+    master_version: int = 0
+    master: CloudMaster | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("master", "config")}
+        out["mode"] = self.config.mode
+        out["dataset"] = self.config.dataset
+        return out
+
+
+class _Link:
+    """Two byte queues and their counters: what a WebSocket would carry."""
+
+    def __init__(self) -> None:
+        self.up: deque[bytes] = deque()
+        self.down: deque[bytes] = deque()
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def send_up(self, data: bytes) -> None:
+        self.up.append(data)
+        self.bytes_up += len(data)
+
+    def send_down(self, data: bytes) -> None:
+        self.down.append(data)
+        self.bytes_down += len(data)
+
+
+@dataclass
+class _Edge:
+    edge_id: str
+    runtime: EdgeRuntime
+    session: EdgeSession
+    cloud_session: CloudSession
+    stream: BatchStream
+    link: _Link
+    produced: int = 0
+
+
+def run_in_process(
+    config: RunConfig,
+    *,
+    progress: Callable[[int, RunResult | None], None] | None = None,
+) -> RunResult:
+    started = time.perf_counter()
+    schedule = config.schedule()
+    dataset = load_dataset(config.dataset, seed=config.seed)
+    spec = get_model_spec(config.model_id or dataset.model_id)
+    master = build_master(config, spec, schedule)
+    cloud = CloudRuntime(master, schedule, config.codecs)
+    # The protocol's window counts unanswered ACTs on the wire: the schedule's window of W
+    # batches waiting *before* the next is produced allows W + 1 on the wire.
+    limits = Limits(window=schedule.window + 1)
+    cut_shape = wire_cut_shape(spec, schedule)
+
+    edges: dict[str, _Edge] = {}
+    for i in range(config.edges):
+        shard = dataset.shard(i, config.edges) if config.edges > 1 else dataset
+        structure = spec.build(config.seed)  # structure only: weights come in the first SNAP
+        module = (
+            WholeModel(structure.edge_stage, structure.cloud_stage)
+            if schedule.edge_role in WHOLE_MODEL_ROLES
+            else structure.edge_stage
+        )
+        edge_id = f"edge-{i}"
+        edge = _Edge(
+            edge_id,
+            EdgeRuntime(module, schedule, config.codecs, optimizer=config.optimizer),
+            EdgeSession(limits=limits),
+            CloudSession(limits=limits),
+            BatchStream(shard.x_train, shard.y_train, batch_size=config.batch_size,
+                        seed=config.seed + 1000 * i),
+            _Link(),
+        )
+        edges[edge_id] = edge
+        hello = Hello(edge_id=edge_id, model_id=spec.model_id, cut_shape=cut_shape,
+                      config={"mode": schedule.mode, "window": schedule.window})
+        for frame in edge.cloud_session.receive_data(edge.session.send(hello)):
+            assert isinstance(frame, Hello)
+        offset = schedule.reconcile_offset(i, config.edges)
+        _, snap = cloud.open_session(edge_id, reconcile_offset=offset)
+        welcome = Welcome(session_id=edge_id, master_version=master.version,
+                          cut_shape=cut_shape, window=limits.window)
+        for frame in (welcome, snap):
+            edge.link.send_down(edge.cloud_session.send(frame))
+        while edge.link.down:
+            _edge_receive(edge)
+
+    x_test = torch.tensor(dataset.x_test)
+    y_test = torch.tensor(dataset.y_test).long()
+    curve: list[tuple[int, float]] = []
+    for step in range(config.steps):
+        for edge in edges.values():
+            while not edge.runtime.can_produce():
+                if not _pump(edges, cloud):
+                    raise TrainingError("pipeline stalled: window full and nothing in flight")
+            xb, yb = next(edge.stream)
+            frame = edge.runtime.produce(xb, yb)
+            if frame is not None:
+                edge.link.send_up(edge.session.send(frame))
+        if config.eval_every and (step + 1) % config.eval_every == 0:
+            curve.append((master.samples_applied, master.evaluate(x_test, y_test)[0]))
+        if progress is not None:
+            progress(step + 1, None)
+    # Drain: every batch answered, every gradient applied.
+    for edge in edges.values():
+        while edge.runtime.pending_egrads:
+            edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
+    while _pump(edges, cloud):
+        pass
+
+    accuracy, test_loss = master.evaluate(x_test, y_test)
+    losses = [loss for e in edges.values() for loss in e.runtime.losses[-50:]]
+    return RunResult(
+        config=config,
+        accuracy=accuracy,
+        test_loss=test_loss,
+        samples=master.samples_applied,
+        steps=config.steps,
+        seconds=time.perf_counter() - started,
+        bytes_up=sum(e.link.bytes_up for e in edges.values()),
+        bytes_down=sum(e.link.bytes_down for e in edges.values()),
+        max_staleness=master.staleness.max,
+        staleness=master.staleness.summary(),
+        train_loss=float(np.mean(losses)) if losses else float("nan"),
+        curve=curve,
+        master_version=master.version,
+        master=master,
+    )
+
+
+def _pump(edges: dict[str, _Edge], cloud: CloudRuntime) -> bool:
+    """Every edge's link moves one message each way: the cloud handles one, the edge one."""
+    moved = False
+    for edge in edges.values():
+        if edge.link.up:
+            for frame in edge.cloud_session.receive_data(edge.link.up.popleft()):
+                for edge_id, reply in _cloud_handle(cloud, edge.edge_id, frame):
+                    target = edges[edge_id]
+                    target.link.send_down(target.cloud_session.send(reply))
+            moved = True
+        if edge.link.down:
+            _edge_receive(edge)
+            moved = True
+    return moved
+
+
+def _cloud_handle(cloud: CloudRuntime, edge_id: str, frame: Frame) -> list[Outgoing]:
+    if isinstance(frame, Act):
+        return cloud.on_act(edge_id, frame)
+    if isinstance(frame, EGrad):
+        return cloud.on_egrad(edge_id, frame)
+    raise TrainingError(f"the cloud does not expect {type(frame).__name__} frames")
+
+
+def _edge_receive(edge: _Edge) -> None:
+    for frame in edge.session.receive_data(edge.link.down.popleft()):
+        runtime = edge.runtime
+        if isinstance(frame, Snap):
+            runtime.on_snap(frame)
+        elif isinstance(frame, Delta):
+            runtime.on_delta(frame)
+        elif isinstance(frame, Ack):
+            runtime.on_ack(frame)
+        elif isinstance(frame, Grad):
+            egrad = runtime.on_grad(frame)
+            # Piggyback on the next ACT when the window lets one go out now; otherwise send
+            # it alone (SPEC step 3): waiting for an ACT the window forbids would deadlock.
+            if runtime.schedule.window > 0 and runtime.can_produce():
+                runtime.pending_egrads.append(egrad)
+            else:
+                edge.link.send_up(edge.session.send(egrad))
+        elif isinstance(frame, Welcome):
+            pass
+        else:
+            raise TrainingError(f"the edge does not expect {type(frame).__name__} frames")

@@ -1,0 +1,351 @@
+"""The cloud's master: the whole model, its optimizers, the version counter and its history.
+
+SPEC "Roles" (Cloud) and steps 2 and 4. The master is the only place where updates are
+applied, and it applies them immediately. ``version`` (``v_c``) counts every applied update:
+a cloud-stage step on an ACT and an edge-stage step on an EGRAD each add one.
+
+The edge-stage history is what the forecast needs: ``w_c@v`` for the version an edge gradient
+was taken at. It is sized in master versions, not per edge, because with several edges the
+master moves faster than any one edge's window (SPEC step 4). A gradient older than the
+history is dropped and counted, never applied blindly.
+
+Not thread-safe by design: a service runs every master operation on one compute thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simultrain.shared.errors import ConfigError, TrainingError
+from simultrain.shared.training.compensation import Compensation, NoCompensation
+
+__all__ = [
+    "CloudMaster",
+    "CloudStepResult",
+    "EdgeUpdateResult",
+    "OptimizerConfig",
+    "StalenessStats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerConfig:
+    """One optimizer family for every mode (SPEC: baselines are never strawmen).
+
+    ``cloud_momentum`` overrides the cloud stage's momentum: the pilot found that a cloud
+    stage updated at once with high momentum over-corrects for an edge that answers late.
+    """
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    cloud_momentum: float | None = None
+    weight_decay: float = 0.0
+
+    def build(self, params: Sequence[Tensor], *, stage: Literal["edge", "cloud", "full"]) -> torch.optim.Optimizer:
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.name == "sgd":
+            momentum = self.momentum
+            if stage == "cloud" and self.cloud_momentum is not None:
+                momentum = self.cloud_momentum
+            return torch.optim.SGD(
+                params, lr=self.lr, momentum=momentum, weight_decay=self.weight_decay
+            )
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ConfigError(f"unknown optimizer {self.name!r}; choose sgd or adam")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudStepResult:
+    cut_grad: Tensor
+    loss: float
+    correct: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeUpdateResult:
+    applied: bool
+    version: int
+    staleness: int  # edge-stage updates the gradient missed; -1 when dropped
+    staleness_versions: int  # v_c − v_e(k) at application, the SPEC's τ
+
+
+@dataclass
+class StalenessStats:
+    """Per-batch staleness records, summarised (SPEC: the cloud records τ per batch)."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    dropped: int = 0
+
+    def record(self, staleness: int) -> None:
+        self.counts[staleness] = self.counts.get(staleness, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def max(self) -> int:
+        return max(self.counts, default=0)
+
+    @property
+    def mean(self) -> float:
+        n = self.total
+        return sum(k * v for k, v in self.counts.items()) / n if n else 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "batches": self.total,
+            "max": self.max,
+            "mean": round(self.mean, 3),
+            "dropped": self.dropped,
+            "histogram": {str(k): v for k, v in sorted(self.counts.items())},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _HistoryEntry:
+    version: int  # master version at which the edge stage took these values
+    index: int  # how many edge-stage updates the master had applied by then
+    weights: Mapping[str, Tensor]
+
+
+class CloudMaster:
+    def __init__(
+        self,
+        edge_stage: nn.Module,
+        cloud_stage: nn.Module,
+        *,
+        optimizer: OptimizerConfig,
+        compensation: Compensation | None = None,
+        history_versions: int = 256,
+    ) -> None:
+        if history_versions < 1:
+            raise ConfigError("history_versions must be at least 1")
+        self.edge_stage = edge_stage
+        self.cloud_stage = cloud_stage
+        self.optimizer_config = optimizer
+        self.compensation: Compensation = compensation or NoCompensation()
+        self._edge_params = dict(edge_stage.named_parameters())
+        self._edge_opt = optimizer.build(list(self._edge_params.values()), stage="edge")
+        self._cloud_opt = optimizer.build(list(cloud_stage.parameters()), stage="cloud")
+        self._full_opt: torch.optim.Optimizer | None = None
+        self._base_edge_lr = [g["lr"] for g in self._edge_opt.param_groups]
+        self.version = 0
+        self.edge_updates = 0
+        self.history_versions = history_versions
+        self._history: deque[_HistoryEntry] = deque()
+        self.staleness = StalenessStats()
+        self.samples_applied = 0
+        self.loss_ema: float | None = None  # training loss, smoothed over ~50 batches
+        self._record_edge_history()
+
+    # --- the edge stage's versions ------------------------------------------------------
+
+    def edge_weights(self) -> Mapping[str, Tensor]:
+        """The current edge-stage master weights (an immutable snapshot)."""
+        return self._history[-1].weights
+
+    def edge_weights_at(self, version: int) -> Mapping[str, Tensor] | None:
+        entry = self._lookup(version)
+        return entry.weights if entry is not None else None
+
+    @property
+    def oldest_known_version(self) -> int:
+        return self._history[0].version
+
+    def _lookup(self, version: int) -> _HistoryEntry | None:
+        if version > self.version:
+            return None
+        versions = [e.version for e in self._history]
+        i = bisect.bisect_right(versions, version) - 1
+        if i < 0:
+            return None  # older than the history
+        return self._history[i]
+
+    def _record_edge_history(self) -> None:
+        snapshot = {n: p.detach().clone() for n, p in self.edge_stage.state_dict().items()}
+        self._history.append(_HistoryEntry(self.version, self.edge_updates, snapshot))
+        # Keep every entry a gradient of the last ``history_versions`` versions may need:
+        # the newest entry at or below the horizon stays, older ones go.
+        horizon = self.version - self.history_versions
+        while len(self._history) > 1 and self._history[1].version <= horizon:
+            self._history.popleft()
+
+    # --- SPEC step 2: cloud stage --------------------------------------------------------
+
+    def cloud_step(self, activations: Tensor, labels: Tensor, *, apply: bool = True) -> CloudStepResult:
+        """Forward and backward of the cloud stage, update applied at once; the cut gradient.
+
+        ``apply=False`` computes the cut gradient without updating: for a batch re-sent after
+        a reconnect whose cloud-stage update was applied before (exactly-once).
+        """
+        self._check_batch(activations, labels)
+        cut = activations.detach().requires_grad_(True)
+        logits = self.cloud_stage(cut)
+        loss = F.cross_entropy(logits, labels)
+        self._cloud_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if apply:
+            self._cloud_opt.step()
+            self.version += 1
+        self._cloud_opt.zero_grad(set_to_none=True)
+        assert cut.grad is not None
+        correct = int((logits.detach().argmax(dim=1) == labels).sum())
+        self._track_loss(float(loss.detach()))
+        return CloudStepResult(cut.grad.detach(), float(loss.detach()), correct, self.version)
+
+    def _track_loss(self, loss: float) -> None:
+        self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+
+    # --- SPEC step 4: edge stage, with staleness compensation ----------------------------
+
+    def apply_edge_gradient(
+        self, grads: Mapping[str, Tensor], edge_version: int, *, samples: int = 0
+    ) -> EdgeUpdateResult:
+        self._check_edge_grads(grads)
+        entry = self._lookup(edge_version)
+        if entry is None:
+            self.staleness.dropped += 1
+            return EdgeUpdateResult(False, self.version, -1, self.version - edge_version)
+        staleness = self.edge_updates - entry.index
+        scale = self.compensation.lr_scale(staleness)
+        for group, base in zip(self._edge_opt.param_groups, self._base_edge_lr, strict=True):
+            group["lr"] = base * scale
+        for name, param in self._edge_params.items():
+            g = grads[name].to(param.dtype)
+            if staleness > 0:
+                g = self.compensation.edge_gradient(
+                    g, param.detach(), entry.weights[name], staleness
+                )
+            param.grad = g.clone()
+        self._edge_opt.step()
+        self._edge_opt.zero_grad(set_to_none=True)
+        self.version += 1
+        self.edge_updates += 1
+        self.samples_applied += samples
+        self.staleness.record(staleness)
+        self._record_edge_history()
+        return EdgeUpdateResult(True, self.version, staleness, self.version - 1 - edge_version)
+
+    # --- whole-model baselines -----------------------------------------------------------
+
+    def _full_optimizer(self) -> torch.optim.Optimizer:
+        if self._full_opt is None:
+            params = list(self.edge_stage.parameters()) + list(self.cloud_stage.parameters())
+            self._full_opt = self.optimizer_config.build(params, stage="full")
+        return self._full_opt
+
+    def full_step(self, inputs: Tensor, labels: Tensor) -> CloudStepResult:
+        """Centralized mode: the cloud trains the whole model on a raw batch."""
+        opt = self._full_optimizer()
+        logits = self.cloud_stage(self.edge_stage(inputs))
+        loss = F.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return self._after_full_update(loss, logits, labels, samples=int(labels.shape[0]))
+
+    def apply_full_gradient(
+        self, grads: Mapping[str, Tensor], *, samples: int, loss: float = 0.0
+    ) -> int:
+        """SyncSGD: apply a whole-model gradient computed by an edge at the current weights."""
+        opt = self._full_optimizer()
+        if loss:
+            self._track_loss(loss)
+        for name, param in self.full_parameters().items():
+            if name not in grads:
+                raise TrainingError(f"full gradient lacks {name}")
+            param.grad = grads[name].to(param.dtype).clone()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self._bump_full(samples)
+        return self.version
+
+    def average_in(self, updates: Sequence[tuple[Mapping[str, Tensor], int]]) -> int:
+        """FedAvg: replace the model by the sample-weighted mean of edge models."""
+        total = sum(n for _, n in updates)
+        if total <= 0:
+            raise TrainingError("FedAvg round with no samples")
+        with torch.no_grad():
+            for name, param in self.full_state().items():
+                acc = torch.zeros_like(param, dtype=torch.float64)
+                for weights, n in updates:
+                    acc += weights[name].to(torch.float64) * (n / total)
+                param.copy_(acc.to(param.dtype))
+        self._bump_full(total)
+        return self.version
+
+    def _after_full_update(
+        self, loss: Tensor, logits: Tensor, labels: Tensor, *, samples: int
+    ) -> CloudStepResult:
+        self._bump_full(samples)
+        self._track_loss(float(loss.detach()))
+        correct = int((logits.detach().argmax(dim=1) == labels).sum())
+        return CloudStepResult(torch.empty(0), float(loss.detach()), correct, self.version)
+
+    def _bump_full(self, samples: int) -> None:
+        self.version += 1
+        self.edge_updates += 1
+        self.samples_applied += samples
+        self._record_edge_history()
+
+    def full_parameters(self) -> dict[str, Tensor]:
+        named = {f"edge.{n}": p for n, p in self.edge_stage.named_parameters()}
+        named.update({f"cloud.{n}": p for n, p in self.cloud_stage.named_parameters()})
+        return named
+
+    def full_state(self) -> dict[str, Tensor]:
+        named = {f"edge.{n}": t for n, t in self.edge_stage.state_dict().items()}
+        named.update({f"cloud.{n}": t for n, t in self.cloud_stage.state_dict().items()})
+        return named
+
+    # --- evaluation and checks -----------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, inputs: Tensor, labels: Tensor, *, batch_size: int = 512) -> tuple[float, float]:
+        """Held-out accuracy and mean loss of the master model."""
+        self.edge_stage.eval()
+        self.cloud_stage.eval()
+        correct, loss_sum = 0, 0.0
+        try:
+            for i in range(0, int(labels.shape[0]), batch_size):
+                x, y = inputs[i : i + batch_size], labels[i : i + batch_size]
+                logits = self.cloud_stage(self.edge_stage(x))
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == y).sum())
+        finally:
+            self.edge_stage.train()
+            self.cloud_stage.train()
+        n = max(int(labels.shape[0]), 1)
+        return correct / n, loss_sum / n
+
+    def _check_batch(self, activations: Tensor, labels: Tensor) -> None:
+        if activations.shape[0] != labels.shape[0]:
+            raise TrainingError(
+                f"{activations.shape[0]} activations for {labels.shape[0]} labels"
+            )
+
+    def _check_edge_grads(self, grads: Mapping[str, Tensor]) -> None:
+        for name, param in self._edge_params.items():
+            g = grads.get(name)
+            if g is None:
+                raise TrainingError(f"edge gradient lacks {name}")
+            if g.shape != param.shape:
+                raise TrainingError(
+                    f"edge gradient {name} has shape {tuple(g.shape)}, expected {tuple(param.shape)}"
+                )
+        unknown = set(grads) - set(self._edge_params)
+        if unknown:
+            raise TrainingError(f"edge gradient has unknown tensors {sorted(unknown)}")

@@ -1,0 +1,541 @@
+"""Both sides of one training session as frame-in, frames-out objects (no I/O).
+
+:class:`EdgeRuntime` and :class:`CloudRuntime` turn decoded protocol frames into the frames to
+send back, doing the torch work of SPEC "One SimulTrain step" in between. The cloud and edge
+services are loops between a socket and these objects; the in-process driver connects them
+through the real encoder and decoder. What the edge computes is read off the
+:class:`~simultrain.shared.training.schedule.Schedule` (its :class:`EdgeRole`), never off a
+mode name.
+
+Deltas (SPEC step 5). The cloud keeps, per session, a *mirror* of the edge's replica: the
+exact tensors the edge holds, because it applies the same float32 operations on them. A delta
+is always "master minus mirror", so
+
+- with a lossless codec it travels as the bitwise XOR of the float32 patterns (exact, and lz4
+  compresses it well because neighbouring versions share sign, exponent and high mantissa
+  bits): the replica becomes the master bit for bit;
+- with a lossy codec (fp16, int8, top-k) it travels as an arithmetic difference, and whatever
+  the codec lost stays in "master minus mirror" and goes out with the next delta (error
+  feedback), so codec error never accumulates.
+A lost delta breaks the version chain; the edge then asks for a full resync.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simultrain.shared.errors import DeltaGapError, TrainingError
+from simultrain.shared.protocol import Ack, Act, Delta, EGrad, Frame, Grad, Snap
+from simultrain.shared.protocol.tensorcodec import Codec
+from simultrain.shared.tensors import (
+    LOSSLESS_CODECS,
+    as_received,
+    from_wire,
+    state_from_wire,
+    state_to_wire,
+    to_wire,
+    xor_apply,
+    xor_delta,
+)
+from simultrain.shared.training.deltas import DeltaSequencer, GapStatus, VersionStep
+from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES, EdgeRole, Schedule
+from simultrain.shared.training.weights import EdgeReplica, StashedForward, blend
+
+__all__ = ["Codecs", "CloudRuntime", "CloudSessionState", "EdgeRuntime", "Outgoing", "WholeModel"]
+
+
+@dataclass(frozen=True, slots=True)
+class Codecs:
+    """Which tensor codec each kind of payload travels with."""
+
+    act: str = "lz4"
+    grad: str = "lz4"
+    delta: str = "lz4"
+    egrad: str = "lz4"
+    topk_ratio: float = 0.1
+
+
+# --------------------------------------------------------------------------------------
+# Cloud side
+# --------------------------------------------------------------------------------------
+
+Outgoing = tuple[str, Frame]
+"""A frame and the edge it goes to: a FedAvg round answers every edge at once."""
+
+
+@dataclass
+class CloudSessionState:
+    """What the cloud tracks for one edge (SPEC steps 4 and 6, issue 5's exactly-once)."""
+
+    edge_id: str
+    reconcile_offset: int = 0
+    mirror: dict[str, Tensor] = field(default_factory=dict)  # the edge's replica, exactly
+    mirror_version: int = 0
+    steps_applied: int = 0
+    samples_received: int = 0
+    samples_applied: int = 0
+    highest_applied_seq: int = -1  # every update of batches up to here is applied
+    highest_cloud_step_seq: int = -1  # cloud-stage updates applied up to here
+    duplicates: int = 0
+    last_edge_version: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # seq → samples, ACT to EGRAD
+    bytes_in: int = 0  # on the wire, across reconnects (the service counts them)
+    bytes_out: int = 0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "samples_received": self.samples_received,
+            "samples_applied": self.samples_applied,
+            "steps_applied": self.steps_applied,
+            "highest_applied_seq": self.highest_applied_seq,
+            "duplicates_dropped": self.duplicates,
+            "last_edge_version": self.last_edge_version,
+            "replica_version": self.mirror_version,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+
+class CloudRuntime:
+    """The cloud's half: master updates and the frames each edge gets back.
+
+    Every handler returns ``(edge_id, frame)`` pairs; callers send each frame to its edge.
+    """
+
+    def __init__(self, master: CloudMaster, schedule: Schedule, codecs: Codecs) -> None:
+        self.master = master
+        self.schedule = schedule
+        self.codecs = codecs
+        self.sessions: dict[str, CloudSessionState] = {}
+        self.connected: set[str] = set()
+        self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # FedAvg uploads
+
+    # --- sessions -----------------------------------------------------------------------
+    def open_session(self, edge_id: str, *, reconcile_offset: int = 0) -> tuple[CloudSessionState, Snap]:
+        """A new or resumed session starts from an exact copy of the master (SPEC step 5)."""
+        state = self.sessions.get(edge_id)
+        if state is None:
+            state = CloudSessionState(edge_id, reconcile_offset=reconcile_offset)
+            self.sessions[edge_id] = state
+        self.connected.add(edge_id)
+        return state, self._resync(state)
+
+    def close_session(self, edge_id: str) -> list[Outgoing]:
+        """The edge left; a FedAvg round that only waited for it can close now."""
+        self.connected.discard(edge_id)
+        self._round.pop(edge_id, None)
+        return self._maybe_close_round()
+
+    def resync(self, edge_id: str) -> Snap:
+        return self._resync(self.sessions[edge_id])
+
+    def _resync(self, state: CloudSessionState) -> Snap:
+        weights = self._session_weights()
+        state.mirror = {n: t.clone() for n, t in weights.items()}
+        state.mirror_version = self.master.version
+        return Snap(
+            master_version=self.master.version,
+            tensors=state_to_wire(weights, Codec.LZ4.value),
+            reconcile=False,
+        )
+
+    def _session_weights(self) -> Mapping[str, Tensor]:
+        if self.schedule.edge_role in WHOLE_MODEL_ROLES:
+            return {n: t.detach().clone() for n, t in self.master.full_state().items()}
+        return self.master.edge_weights()
+
+    # --- ACT: SPEC step 2 ---------------------------------------------------------------
+    def on_act(self, edge_id: str, act: Act) -> list[Outgoing]:
+        state = self.sessions[edge_id]
+        out: list[Outgoing] = []
+        if act.egrad is not None:
+            out.extend(self.on_egrad(edge_id, act.egrad))
+        labels = from_wire(act.labels).long()
+        batch = int(labels.shape[0])
+        state.last_edge_version = act.edge_version
+        if act.seq <= state.highest_applied_seq:
+            # Re-sent after a reconnect and applied before (exactly-once): drop and count. The
+            # edge learns what is applied from WELCOME's acked_seq, so no ACK goes back.
+            state.duplicates += 1
+            return out
+        role = self.schedule.edge_role
+        if role is EdgeRole.RAW:
+            state.samples_received += batch
+            self.master.full_step(from_wire(act.activations), labels)
+            self._mark_applied(state, act.seq, batch)
+            return [*out, *self._after_update(state, act.seq)]
+        if role is not EdgeRole.SPLIT:
+            raise TrainingError(f"ACT frames are not part of the {self.schedule.mode} schedule")
+        # A batch re-sent after a reconnect may have had its cloud-stage update applied
+        # already (its EGRAD was lost): compute its cut gradient again, apply nothing twice.
+        first_time = act.seq > state.highest_cloud_step_seq
+        result = self.master.cloud_step(from_wire(act.activations), labels, apply=first_time)
+        if first_time:
+            state.highest_cloud_step_seq = act.seq
+            state.samples_received += batch
+        else:
+            state.duplicates += 1
+        state.batch_sizes[act.seq] = batch
+        grad = Grad(
+            seq=act.seq,
+            master_version=result.version,
+            cut_grad=to_wire(result.cut_grad, self.codecs.grad, topk_ratio=self.codecs.topk_ratio),
+            loss=result.loss,
+        )
+        return [*out, (edge_id, grad)]
+
+    # --- EGRAD: SPEC step 4 -------------------------------------------------------------
+    def on_egrad(self, edge_id: str, egrad: EGrad) -> list[Outgoing]:
+        state = self.sessions[edge_id]
+        if egrad.seq <= state.highest_applied_seq:
+            state.duplicates += 1  # re-sent after a reconnect: applied already
+            return []
+        tensors = state_from_wire(egrad.grads)
+        role = self.schedule.edge_role
+        if role is EdgeRole.SPLIT:
+            samples = state.batch_sizes.pop(egrad.seq, 0)
+            self.master.apply_edge_gradient(tensors, egrad.edge_version, samples=samples)
+            # A gradient older than the history is dropped and counted inside the master;
+            # the batch is answered all the same so the edge moves on (SPEC step 4).
+            self._mark_applied(state, egrad.seq, samples)
+            return self._after_update(state, egrad.seq)
+        if role is EdgeRole.FULL_GRADIENT:
+            self.master.apply_full_gradient(tensors, samples=egrad.samples)
+            self._mark_applied(state, egrad.seq, egrad.samples)
+            state.samples_received += egrad.samples
+            return self._after_update(state, egrad.seq)
+        if role is EdgeRole.LOCAL_STEPS:
+            state.samples_received += egrad.samples
+            self._round[edge_id] = (egrad.seq, tensors, egrad.samples)
+            return self._maybe_close_round()
+        raise TrainingError(f"EGRAD frames are not part of the {self.schedule.mode} schedule")
+
+    def _maybe_close_round(self) -> list[Outgoing]:
+        """FedAvg: average once every connected edge has reported its local model."""
+        if not self._round or not self.connected <= set(self._round):
+            return []
+        uploads = [(w, n) for _, w, n in self._round.values()]
+        self.master.average_in(uploads)
+        out: list[Outgoing] = []
+        for edge_id, (seq, _, samples) in sorted(self._round.items()):
+            state = self.sessions[edge_id]
+            self._mark_applied(state, seq, samples)
+            out.extend(self._after_update(state, seq))
+        self._round.clear()
+        return out
+
+    def _mark_applied(self, state: CloudSessionState, seq: int, samples: int) -> None:
+        state.highest_applied_seq = max(state.highest_applied_seq, seq)
+        state.steps_applied += 1
+        state.samples_applied += samples
+
+    def _after_update(self, state: CloudSessionState, seq: int) -> list[Outgoing]:
+        """Bring the edge's replica up to the master, acknowledge, reconcile when due."""
+        out: list[Outgoing] = [(state.edge_id, d) for d in self._deltas_for(state)]
+        out.append((state.edge_id, Ack(seq=seq, master_version=self.master.version)))
+        if self.schedule.reconcile_due(state.steps_applied, state.reconcile_offset):
+            out.append((state.edge_id, self._reconcile(state)))
+        return out
+
+    def _deltas_for(self, state: CloudSessionState) -> Iterator[Delta]:
+        if state.mirror_version == self.master.version or self.schedule.edge_role is EdgeRole.RAW:
+            return
+        master = self._session_weights()
+        if self.codecs.delta in LOSSLESS_CODECS:
+            payload = {n: xor_delta(master[n], state.mirror[n]) for n in master}
+            state.mirror = {n: t.clone() for n, t in master.items()}
+            kind = "xor"
+            wire = state_to_wire(payload, self.codecs.delta)
+        else:
+            diff = {n: master[n] - state.mirror[n] for n in master}
+            wire = state_to_wire(diff, self.codecs.delta, topk_ratio=self.codecs.topk_ratio)
+            # Mirror what the edge will hold: the *decoded* (lossy) delta added on. What the
+            # codec lost stays in master − mirror and goes out with the next delta.
+            decoded = state_from_wire(as_received(wire))
+            state.mirror = {n: state.mirror[n] + decoded[n] for n in master}
+            kind = "add"
+        delta = Delta(
+            from_version=state.mirror_version,
+            to_version=self.master.version,
+            tensors=wire,
+            kind=kind,
+        )
+        state.mirror_version = self.master.version
+        yield delta
+
+    def _reconcile(self, state: CloudSessionState) -> Snap:
+        """SPEC step 6: send the full master; mirror the edge's blend exactly."""
+        master = self._session_weights()
+        beta = self.schedule.beta
+        state.mirror = {n: blend(state.mirror[n], master[n], beta) for n in master}
+        state.mirror_version = self.master.version
+        return Snap(
+            master_version=self.master.version,
+            tensors=state_to_wire(master, Codec.LZ4.value),
+            reconcile=True,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Edge side
+# --------------------------------------------------------------------------------------
+
+
+class WholeModel(nn.Module):
+    """Edge and cloud stages as one module with ``edge.*`` / ``cloud.*`` names.
+
+    The whole-model baselines (syncsgd, fedavg) run this on the edge; the names match
+    :meth:`CloudMaster.full_state`.
+    """
+
+    def __init__(self, edge: nn.Module, cloud: nn.Module) -> None:
+        super().__init__()
+        self.edge = edge
+        self.cloud = cloud
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.cloud(self.edge(x))
+        return out
+
+
+class EdgeRuntime:
+    """The edge's half: forwards, backwards from cut gradients, deltas, reconciliation.
+
+    ``module`` is the edge stage, or a :class:`WholeModel` for the whole-model baselines; its
+    own parameters are never used, only its computation (weights come from the cloud).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        schedule: Schedule,
+        codecs: Codecs,
+        *,
+        optimizer: OptimizerConfig | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.codecs = codecs
+        self._module = module
+        self._optimizer = optimizer or OptimizerConfig()
+        self.replica: EdgeReplica | None = None
+        self.in_flight: dict[int, StashedForward] = {}
+        self.unanswered: deque[int] = deque()
+        self.pending_egrads: deque[EGrad] = deque()
+        self.next_seq = 0
+        self.losses: list[float] = []
+        self.reconciliations = 0
+        self.resyncs = 0
+        self.highest_acked = -1
+        self._local: _LocalRound | None = None
+        # Every batch is kept until the cloud acknowledges applying it, and re-sent after a
+        # reconnect (issue 5: no sample lost). FedAvg keeps its upload frame instead.
+        self.unacked: dict[int, tuple[np.ndarray, np.ndarray] | EGrad] = {}
+        self.deltas: DeltaSequencer[Delta] = DeltaSequencer(0)
+
+    # --- version and window -----------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.replica.version if self.replica is not None else -1
+
+    def can_produce(self) -> bool:
+        """SPEC step 1: do not wait unless ``k − oldest_unanswered ≥ window``."""
+        return self.replica is not None and len(self.unanswered) <= self.schedule.window
+
+    # --- frames in --------------------------------------------------------------------
+    def on_snap(self, snap: Snap) -> None:
+        weights = state_from_wire(snap.tensors)
+        if self.replica is None:
+            self.replica = EdgeReplica(self._module, weights, snap.master_version)
+        elif snap.reconcile:
+            self.replica.reconcile(weights, self.schedule.beta, snap.master_version)
+            self.reconciliations += 1
+        else:
+            self.replica.replace(weights, snap.master_version)
+            self.resyncs += 1
+        # Deltas continue from the snapshot's version.
+        self.deltas.reset(snap.master_version)
+
+    def on_delta(self, delta: Delta, *, now: float = 0.0) -> int:
+        """SPEC step 5: apply deltas in version order; returns how many were applied.
+
+        Out-of-order deltas wait in the reorder buffer; :meth:`needs_resync` tells when a
+        gap did not fill in time.
+        """
+        ready = self.deltas.offer(VersionStep(delta.from_version, delta.to_version), delta, now=now)
+        for _, item in ready:
+            self._apply_delta(item)
+        return len(ready)
+
+    def needs_resync(self, *, now: float) -> bool:
+        return self.deltas.status(now=now) is GapStatus.RESYNC
+
+    def _apply_delta(self, delta: Delta) -> None:
+        replica = self._require_replica()
+        if delta.from_version != replica.version:
+            raise DeltaGapError(
+                f"delta {delta.from_version}→{delta.to_version} does not start at the "
+                f"replica's version {replica.version}"
+            )
+        if delta.kind == "xor":
+            patterns = state_from_wire(delta.tensors)
+            current = replica.current.tensors
+            replica.replace(
+                {n: xor_apply(current[n], patterns[n]) for n in replica.names()},
+                delta.to_version,
+            )
+        else:
+            replica.add(state_from_wire(delta.tensors), delta.to_version)
+
+    def on_grad(self, grad: Grad) -> EGrad:
+        """SPEC step 3: backpropagate the cut gradient through the stashed graph."""
+        stash = self.in_flight.pop(grad.seq, None)
+        if stash is None:
+            raise TrainingError(f"GRAD for batch {grad.seq}, which is not in flight")
+        self.losses.append(grad.loss)
+        grads = EdgeReplica.backward(stash, from_wire(grad.cut_grad))
+        return EGrad(
+            seq=grad.seq,
+            edge_version=stash.version,
+            grads=state_to_wire(grads, self.codecs.egrad, topk_ratio=self.codecs.topk_ratio),
+        )
+
+    def on_ack(self, ack: Ack) -> None:
+        """Cumulative: every batch up to ``ack.seq`` is applied."""
+        self.highest_acked = max(self.highest_acked, ack.seq)
+        while self.unanswered and self.unanswered[0] <= ack.seq:
+            self.unanswered.popleft()
+        for seq in [s for s in self.unacked if s <= ack.seq]:
+            del self.unacked[seq]
+
+    def resume(self, acked_seq: int | None) -> list[tuple[int, tuple[np.ndarray, np.ndarray] | EGrad]]:
+        """After a reconnect: forget in-flight state; what must be sent again, in order.
+
+        Graphs of batches in flight belong to the old session (their cut gradients will never
+        come); the cloud's WELCOME says which batches it has fully applied.
+        """
+        if acked_seq is not None:
+            self.highest_acked = max(self.highest_acked, acked_seq)
+        self.in_flight.clear()
+        self.unanswered.clear()
+        self.pending_egrads.clear()
+        for seq in [s for s in self.unacked if s <= self.highest_acked]:
+            del self.unacked[seq]
+        return sorted(self.unacked.items())
+
+    # --- frames out -------------------------------------------------------------------
+    def produce(
+        self, inputs: np.ndarray, labels: np.ndarray, *, seq: int | None = None
+    ) -> Act | EGrad | None:
+        """The frame for the next batch (SPEC step 1), or None while a local round runs.
+
+        ``seq`` re-sends a batch kept from before a reconnect under its own number. The
+        caller checks :meth:`can_produce` first.
+        """
+        replica = self._require_replica()
+        if seq is None and self.schedule.edge_role is not EdgeRole.LOCAL_STEPS:
+            seq = self._take_seq()
+            self.unacked[seq] = (inputs, labels)
+        elif seq is not None:
+            self.unanswered.append(seq)
+        x = torch.from_numpy(np.ascontiguousarray(inputs))
+        y = torch.from_numpy(np.ascontiguousarray(labels))
+        role = self.schedule.edge_role
+        if role is EdgeRole.LOCAL_STEPS:
+            return self._local_step(replica, x, y)
+        assert seq is not None
+        if role is EdgeRole.FULL_GRADIENT:
+            stash = replica.forward(seq, x)
+            loss = F.cross_entropy(stash.activations, y)
+            self.losses.append(float(loss.detach()))
+            logit_grad = torch.autograd.grad(loss, stash.activations, retain_graph=True)[0]
+            grads = EdgeReplica.backward(stash, logit_grad)
+            return EGrad(
+                seq=seq,
+                edge_version=replica.version,
+                grads=state_to_wire(grads, self.codecs.egrad, topk_ratio=self.codecs.topk_ratio),
+                samples=int(y.shape[0]),
+            )
+        if role is EdgeRole.RAW:
+            payload = to_wire(x, self.codecs.act)
+        else:
+            stash = replica.forward(seq, x)
+            self.in_flight[seq] = stash
+            payload = to_wire(stash.activations.detach(), self.codecs.act,
+                              topk_ratio=self.codecs.topk_ratio)
+        egrad = self.pending_egrads.popleft() if self.pending_egrads else None
+        return Act(
+            seq=seq,
+            edge_version=replica.version,
+            activations=payload,
+            labels=to_wire(y, Codec.RAW.value),
+            egrad=egrad,
+        )
+
+    def _take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        self.unanswered.append(seq)
+        return seq
+
+    def _local_step(self, replica: EdgeReplica, x: Tensor, y: Tensor) -> EGrad | None:
+        """FedAvg: E local optimizer steps from the replica, then upload the local model."""
+        if self._local is None or self._local.base_version != replica.version:
+            self._local = _LocalRound(self._module, replica, self._optimizer)
+        loss = self._local.step(x, y)
+        self.losses.append(loss)
+        if self._local.steps < self.schedule.local_steps:
+            return None
+        local, self._local = self._local, None
+        upload = EGrad(
+            seq=self._take_seq(),
+            edge_version=replica.version,
+            grads=state_to_wire(local.weights(), Codec.LZ4.value),
+            samples=local.samples,
+        )
+        self.unacked[upload.seq] = upload
+        return upload
+
+    def resend(self, seq: int, kept: tuple[np.ndarray, np.ndarray] | EGrad) -> Act | EGrad | None:
+        """The frame that sends a kept batch again (after :meth:`resume`)."""
+        if isinstance(kept, EGrad):
+            self.unanswered.append(seq)
+            return kept
+        return self.produce(kept[0], kept[1], seq=seq)
+
+    def _require_replica(self) -> EdgeReplica:
+        if self.replica is None:
+            raise TrainingError("no weights yet: the session has not received its first SNAP")
+        return self.replica
+
+
+class _LocalRound:
+    """One FedAvg round on the edge: a private copy of the model and a fresh optimizer."""
+
+    def __init__(self, module: nn.Module, replica: EdgeReplica, optimizer: OptimizerConfig) -> None:
+        self.base_version = replica.version
+        self.model = copy.deepcopy(module)
+        self.model.load_state_dict({n: t.detach() for n, t in replica.current.tensors.items()})
+        self.opt = optimizer.build(list(self.model.parameters()), stage="full")
+        self.steps = 0
+        self.samples = 0
+
+    def step(self, x: Tensor, y: Tensor) -> float:
+        loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.steps += 1
+        self.samples += int(y.shape[0])
+        return float(loss.detach())
+
+    def weights(self) -> dict[str, Tensor]:
+        return {n: t.detach().clone() for n, t in self.model.state_dict().items()}
