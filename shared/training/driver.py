@@ -70,9 +70,10 @@ class RunResult:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (samples, accuracy)
     master_version: int = 0
     master: CloudMaster | None = field(default=None, repr=False)
+    edges: dict[str, EdgeRuntime] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("master", "config")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("master", "config", "edges")}
         out["mode"] = self.config.mode
         out["dataset"] = self.config.dataset
         return out
@@ -172,12 +173,14 @@ def run_in_process(
             curve.append((master.samples_applied, master.evaluate(x_test, y_test)[0]))
         if progress is not None:
             progress(step + 1, None)
-    # Drain: every batch answered, every gradient applied.
-    for edge in edges.values():
-        while edge.runtime.pending_egrads:
-            edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-    while _pump(edges, cloud):
-        pass
+    # Drain: every batch answered, every gradient applied. No ACT will come to carry a
+    # piggybacked EGRAD any more, so each goes alone.
+    while True:
+        for edge in edges.values():
+            while edge.runtime.pending_egrads:
+                edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
+        if not _pump(edges, cloud):
+            break
 
     accuracy, test_loss = master.evaluate(x_test, y_test)
     losses = [loss for e in edges.values() for loss in e.runtime.losses[-50:]]
@@ -196,6 +199,7 @@ def run_in_process(
         curve=curve,
         master_version=master.version,
         master=master,
+        edges={edge_id: e.runtime for edge_id, e in edges.items()},
     )
 
 
