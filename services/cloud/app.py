@@ -25,12 +25,13 @@ from safetensors.torch import save as save_safetensors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
-from simultrain.shared.errors import IllegalTransition, ProtocolError
+from simultrain.shared import auth
+from simultrain.shared.errors import IllegalTransition, ProtocolError, Unauthorized
 from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Hello
 from simultrain.shared.training.config import RunConfig
 
 from .coordinator_client import CoordinatorLink, fetch_run_config
-from .service import CloudService, Connection
+from .service import CloudService, Connection, TokenBucket
 from .settings import CloudSettings
 
 __all__ = ["create_app"]
@@ -90,6 +91,7 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
                 # for connections it closes itself).
                 with contextlib.suppress(RuntimeError):
                     await conn.websocket.close(code=1012, reason="cloud restarting")
+            await service.checkpoint()  # on SIGTERM: nothing applied is lost
             await asyncio.to_thread(service.shutdown)
 
     app = FastAPI(title="SimulTrain cloud", version="1", lifespan=lifespan)
@@ -125,8 +127,24 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     async def evaluate(request: Request) -> dict[str, Any]:
         return await service_of(request).evaluate()
 
+    def require_admin(request: Request) -> JSONResponse | None:
+        expected = settings.admin_secret()
+        if expected is None:
+            return None  # development: no admin token configured
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return _error(401, "admin_token_missing", "this endpoint needs the admin token")
+        if not auth.constant_time_equals(presented, expected):
+            log.warning("refused %s: wrong admin token", request.url.path)
+            return _error(403, "admin_token_invalid", "wrong admin token")
+        return None
+
     @app.get("/v1/model")
     async def model(request: Request) -> Response:
+        refused = require_admin(request)
+        if refused is not None:
+            return refused
         service = service_of(request)
         state = await service.model_state()
         body = save_safetensors(
@@ -150,8 +168,23 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     @app.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:
         service = service_of(websocket)
-        await websocket.accept()
         conn = Connection(websocket, CloudSession(limits=service.limits))
+        header = websocket.headers.get("authorization")
+        if service.auth_enabled and header is not None:
+            # Checked before the upgrade completes: a bad token never gets a session
+            # (the client sees HTTP 403). Without the header, HELLO's token is checked.
+            scheme, _, token = header.partition(" ")
+            try:
+                if scheme.lower() != "bearer":
+                    raise Unauthorized("expected an Authorization: Bearer token")
+                conn.token_edge_id = service.authenticate(token)
+            except Unauthorized as exc:
+                log.warning("refused a stream: %s", exc.reason)
+                service.metrics.rejected.labels(exc.code.value).inc()
+                await websocket.close(code=exc.close_code, reason=exc.reason)
+                return
+        conn.bucket = TokenBucket(service.settings.max_messages_per_s)
+        await websocket.accept()
         try:
             await _serve_session(service, conn)
         except WebSocketDisconnect:

@@ -20,11 +20,14 @@ import torch
 from starlette.websockets import WebSocket, WebSocketState
 
 from simultrain.shared.data import load_dataset
+from simultrain.shared import auth
 from simultrain.shared.errors import (
     HandshakeRejected,
     InvalidTensor,
     ProtocolError,
+    RateLimited,
     TrainingError,
+    Unauthorized,
 )
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Welcome
@@ -32,6 +35,7 @@ from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import build_master, wire_cut_shape
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
+from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .metrics import CloudMetrics
 from .settings import CloudSettings
 
@@ -53,6 +57,8 @@ class Connection:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     bytes_in: int = 0
     bytes_out: int = 0
+    token_edge_id: str | None = None  # the edge the handshake's token names, if any
+    bucket: TokenBucket | None = None
 
     async def send(self, frame: Frame) -> None:
         async with self.lock:
@@ -77,6 +83,25 @@ class Connection:
             await self.websocket.close(code=exc.close_code, reason=exc.reason)
 
 
+class TokenBucket:
+    """Per-session message rate limit (issue 5, item 3): ``rate`` per second, burst ``2·rate``."""
+
+    def __init__(self, rate_per_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate_per_s
+        self.capacity = 2.0 * rate_per_s
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock()
+
+    def take(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1.0:
+            raise RateLimited(f"more than {self.rate:g} messages per second")
+        self.tokens -= 1.0
+
+
 class CloudService:
     def __init__(self, settings: CloudSettings, run: RunConfig) -> None:
         self.settings = settings
@@ -99,23 +124,57 @@ class CloudService:
         self.metrics = CloudMetrics()
         self.cloud_id: str | None = None
         self.ready = False
+        self.started_at = time.monotonic()
+        self.busy_seconds = 0.0  # time the compute thread spent on master operations
         # The address the server bound (port 0 → a free port), set once it listens; made on
         # the event loop by the app's lifespan (this constructor runs on a worker thread).
         self.bound_url: asyncio.Future[str]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-compute")
+        self.token_keys = settings.token_keys()
+        self.checkpoint_dir = settings.checkpoint_dir
+        self.last_checkpoint_version = -1
+        if self.checkpoint_dir is not None:
+            self.runtime.checkpointing = True
+            found = latest_checkpoint(self.checkpoint_dir)
+            if found is not None:
+                restore(found, self.master, self.runtime)
+                self.last_checkpoint_version = self.master.version
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the compute thread."""
+        """Run ``fn`` on the compute thread; its time counts as busy time."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, self._timed, fn, args)
+
+    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
     # --- sessions -----------------------------------------------------------------------
 
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.token_keys)
+
+    def authenticate(self, token: str | None) -> str:
+        """The edge id a token names; raises :class:`Unauthorized` (close 1008) otherwise."""
+        claims = auth.verify_token(token, self.token_keys)
+        return claims.edge_id
+
     async def open(self, conn: Connection, hello: Hello) -> None:
         """HELLO → WELCOME and the first SNAP (an exact copy of the master)."""
+        if self.auth_enabled:
+            # The session belongs to the edge the token names, and to no other: an edge
+            # cannot open or resume another edge's session (issue 5, item 1).
+            token_edge = conn.token_edge_id or self.authenticate(hello.token)
+            if token_edge != hello.edge_id:
+                log.warning("refused: a token for %s asked for edge %s", token_edge, hello.edge_id)
+                raise Unauthorized("the token does not name this edge")
         if hello.model_id != self.spec.model_id:
             raise HandshakeRejected(
                 f"this cloud trains {self.spec.model_id}, the edge asked for {hello.model_id}"
@@ -154,6 +213,8 @@ class CloudService:
     async def handle(self, conn: Connection, frame: Frame) -> None:
         """ACT or EGRAD: the step on the compute thread, then the replies to their edges."""
         assert conn.edge_id is not None
+        if conn.bucket is not None:
+            conn.bucket.take()
         started = time.perf_counter()
         handler = self.runtime.on_act if frame.type == "act" else self.runtime.on_egrad
         try:
@@ -164,6 +225,20 @@ class CloudService:
             raise InvalidTensor(str(exc)) from exc
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
         await self.deliver(outgoing)
+        if (
+            self.checkpoint_dir is not None
+            and self.master.version - self.last_checkpoint_version >= self.settings.checkpoint_every
+        ):
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Write a checkpoint on the compute thread (between updates: consistent)."""
+        if self.checkpoint_dir is None or self.master.version == self.last_checkpoint_version:
+            return
+        directory = self.checkpoint_dir
+        path = await self.compute(save_checkpoint, directory, self.master, self.runtime)
+        self.last_checkpoint_version = self.master.version
+        log.info("checkpoint %s", path.name)
 
     async def deliver(self, outgoing: list[Outgoing]) -> None:
         for edge_id, frame in outgoing:
@@ -192,6 +267,8 @@ class CloudService:
             "edge_updates": master.edge_updates,
             "samples_applied": master.samples_applied,
             "loss": master.loss_ema,
+            "busy_seconds": round(self.busy_seconds, 4),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 4),
             "staleness": master.staleness.summary(),
             "edges": {
                 edge_id: {

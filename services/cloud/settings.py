@@ -30,7 +30,21 @@ class CloudSettings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     coordinator_url: str | None = Field(None, description="Coordinator base URL, if any.")
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for registering with the coordinator and admin reads."
+        None,
+        description="Bearer token for registering with the coordinator and for admin "
+        "endpoints (GET /v1/model). Unset: those endpoints are open (development).",
+    )
+    admin_token_file: Path | None = Field(None, description="File holding admin_token.")
+    token_key: SecretStr | None = Field(
+        None,
+        description="HMAC key that verifies edge tokens (the coordinator's token_key). Set: "
+        "every session needs a valid token for its edge id. Unset: no auth (development).",
+    )
+    token_key_file: Path | None = Field(
+        None, description="File holding token_key; further lines are previous keys still accepted."
+    )
+    max_messages_per_s: float = Field(
+        2000.0, gt=0, description="Per-session message rate limit (token bucket, burst 2 s)."
     )
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Heartbeat period to the coordinator.")
     # Run configuration when no coordinator is given.
@@ -60,3 +74,19 @@ class CloudSettings(BaseSettings):
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) → HTTPS/WSS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
     graceful_shutdown_s: float = Field(10.0, ge=0, description="Time to drain sessions on SIGTERM.")
+
+    def token_keys(self) -> list[str]:
+        """Keys that verify edge tokens, newest first (rotation: README "Security")."""
+        keys: list[str] = []
+        if self.token_key is not None:
+            keys.append(self.token_key.get_secret_value())
+        if self.token_key_file is not None:
+            keys += [line.strip() for line in self.token_key_file.read_text().splitlines() if line.strip()]
+        return keys
+
+    def admin_secret(self) -> str | None:
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None:
+            return self.admin_token_file.read_text().strip()
+        return None

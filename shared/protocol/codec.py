@@ -344,7 +344,7 @@ _SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
         ("kind", _DeltaKind()),
     ),
     Snap: (("master_version", _VERSION), ("tensors", _TENSORS), ("reconcile", _Bool())),
-    Ack: (("seq", _SEQ), ("master_version", _VERSION)),
+    Ack: (("seq", _SEQ), ("master_version", _VERSION), ("durable_until", _Optional(_SEQ))),
     Error: (("code", _NAME), ("reason", _Str(MAX_REASON_BYTES))),
     Bye: (("reason", _Str(MAX_REASON_BYTES)),),
 }

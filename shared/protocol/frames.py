@@ -169,13 +169,17 @@ class Snap:
 class Ack:
     """Cloud → edge: every batch with sequence number ≤ ``seq`` is fully applied.
 
-    Cumulative, like a TCP acknowledgement: the edge may drop those batches; after a
-    reconnect it re-sends only later ones, and the cloud applies each batch at most once.
+    Cumulative, like a TCP acknowledgement. Batches with sequence numbers below
+    ``durable_until`` (≤ ``seq + 1``) are also in a checkpoint on disk: the edge keeps every
+    batch from ``durable_until`` on, so a cloud that crashes and resumes from its checkpoint
+    gets them again (its WELCOME's ``acked_seq`` is the checkpoint's) and applies each
+    exactly once. None: the cloud keeps no checkpoints; applied is as durable as it gets.
     """
 
     type: ClassVar[str] = "ack"
     seq: int
     master_version: int
+    durable_until: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -174,6 +174,12 @@ class CloudMaster:
             return None  # older than the history
         return self._history[i]
 
+    def reset_history(self) -> None:
+        """Forget the history (after loading a checkpoint): only the current version is known,
+        so gradients of batches computed before the restart are dropped, never misapplied."""
+        self._history.clear()
+        self._record_edge_history()
+
     def _record_edge_history(self) -> None:
         snapshot = {n: p.detach().clone() for n, p in self.edge_stage.state_dict().items()}
         self._history.append(_HistoryEntry(self.version, self.edge_updates, snapshot))

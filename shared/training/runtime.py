@@ -85,6 +85,7 @@ class CloudSessionState:
     samples_applied: int = 0
     highest_applied_seq: int = -1  # every update of batches up to here is applied
     highest_cloud_step_seq: int = -1  # cloud-stage updates applied up to here
+    durable_seq: int = -1  # applied and in a checkpoint on disk
     duplicates: int = 0
     last_edge_version: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)  # seq → samples, ACT to EGRAD
@@ -117,6 +118,8 @@ class CloudRuntime:
         self.codecs = codecs
         self.sessions: dict[str, CloudSessionState] = {}
         self.connected: set[str] = set()
+        # With checkpoints, ACKs carry the durable watermark and edges keep batches above it.
+        self.checkpointing = False
         self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # FedAvg uploads
 
     # --- sessions -----------------------------------------------------------------------
@@ -241,7 +244,10 @@ class CloudRuntime:
     def _after_update(self, state: CloudSessionState, seq: int) -> list[Outgoing]:
         """Bring the edge's replica up to the master, acknowledge, reconcile when due."""
         out: list[Outgoing] = [(state.edge_id, d) for d in self._deltas_for(state)]
-        out.append((state.edge_id, Ack(seq=seq, master_version=self.master.version)))
+        durable = state.durable_seq + 1 if self.checkpointing else None
+        out.append(
+            (state.edge_id, Ack(seq=seq, master_version=self.master.version, durable_until=durable))
+        )
         if self.schedule.reconcile_due(state.steps_applied, state.reconcile_offset):
             out.append((state.edge_id, self._reconcile(state)))
         return out
@@ -413,7 +419,10 @@ class EdgeRuntime:
         self.highest_acked = max(self.highest_acked, ack.seq)
         while self.unanswered and self.unanswered[0] <= ack.seq:
             self.unanswered.popleft()
-        for seq in [s for s in self.unacked if s <= ack.seq]:
+        # Keep what is applied but not yet durable: a cloud that crashes resumes from its
+        # checkpoint and needs those batches again (Ack.durable_until, PROTOCOL.md).
+        until = ack.seq + 1 if ack.durable_until is None else ack.durable_until
+        for seq in [s for s in self.unacked if s < until]:
             del self.unacked[seq]
 
     def resume(self, acked_seq: int | None) -> list[tuple[int, tuple[np.ndarray, np.ndarray] | EGrad]]:
