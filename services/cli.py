@@ -41,8 +41,8 @@ def coordinator(
 ) -> None:
     """Run the coordinator (registry, versions, schedule, health)."""
     _env("SIMULTRAIN_COORDINATOR_", host=host, port=port, db_path=db)
-    from simultrain.coordinator.settings import load_settings
     from simultrain.coordinator.server import run
+    from simultrain.coordinator.settings import load_settings
 
     raise typer.Exit(run(load_settings()))
 
@@ -52,10 +52,18 @@ def cloud(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (0: any free port).")] = None,
     coordinator_url: Annotated[str | None, typer.Option(help="Coordinator base URL.")] = None,
-    public_url: Annotated[str | None, typer.Option(help="ws:// URL edges use to reach this cloud.")] = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="ws:// URL edges use to reach this cloud.")
+    ] = None,
 ) -> None:
     """Run the cloud service (master weights, one WebSocket session per edge)."""
-    _env("SIMULTRAIN_CLOUD_", host=host, port=port, coordinator_url=coordinator_url, public_url=public_url)
+    _env(
+        "SIMULTRAIN_CLOUD_",
+        host=host,
+        port=port,
+        coordinator_url=coordinator_url,
+        public_url=public_url,
+    )
     from simultrain.cloud.server import run
     from simultrain.cloud.settings import CloudSettings
 
@@ -66,7 +74,9 @@ def cloud(
 def edge(
     coordinator_url: Annotated[str | None, typer.Option(help="Coordinator base URL.")] = None,
     cloud_url: Annotated[str | None, typer.Option(help="Cloud ws:// URL (no coordinator).")] = None,
-    shard: Annotated[str | None, typer.Option(help="INDEX/COUNT of the data this edge holds.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="INDEX/COUNT of the data this edge holds.")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Batches to train (0: forever).")] = None,
     dataset: Annotated[str | None, typer.Option(help="imu, mnist, video or npz:PATH.")] = None,
 ) -> None:
@@ -111,7 +121,7 @@ def netem(
     from simultrain.netem.service import run
     from simultrain.netem.settings import NetemSettings
 
-    raise typer.Exit(run(NetemSettings()) or 0)
+    run(NetemSettings())
 
 
 @app.command()
@@ -123,11 +133,17 @@ def demo(
     window: Annotated[int, typer.Option(help="In-flight window W (staleness bound).")] = 4,
     alpha: Annotated[float, typer.Option(help="Forecast coefficient α (0: off).")] = 0.5,
     beta: Annotated[float, typer.Option(help="Reconciliation weight β.")] = 0.9,
-    reconcile_every: Annotated[int, typer.Option("--reconcile-every", "-R", help="R (0: never).")] = 10,
+    reconcile_every: Annotated[
+        int, typer.Option("--reconcile-every", "-R", help="R (0: never).")
+    ] = 10,
     seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
-    link: Annotated[str | None, typer.Option(help="Emulated link: 4g, 5g, lan (default: none).")] = None,
+    link: Annotated[
+        str | None, typer.Option(help="Emulated link: 4g, 5g, lan (default: none).")
+    ] = None,
     edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
-    json_output: Annotated[bool, typer.Option("--json", help="Last stdout line: one JSON object.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Last stdout line: one JSON object.")
+    ] = False,
     log_dir: Annotated[Path | None, typer.Option(help="Keep each service's log here.")] = None,
 ) -> None:
     """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate."""

@@ -12,6 +12,7 @@ import json
 import queue
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DemoOptions", "Topology", "run_demo", "start_topology"]
 
 
 @dataclass(frozen=True)
@@ -76,59 +77,104 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     return summary
 
 
+@dataclass(frozen=True)
+class Topology:
+    """The processes of one run, started and listening (SPEC "Roles")."""
+
+    coordinator_url: str
+    cloud_url: str  # http:// base URL of the cloud's API
+    edge_cloud_url: str  # ws:// URL the edges stream to: the cloud, or netem in front of it
+    edges: list[ServiceProcess]
+    netem: ServiceProcess | None = None
+
+
+def start_topology(
+    group: ServiceGroup,
+    run: RunConfig,
+    state_dir: Path,
+    *,
+    steps: int,
+    edges: int = 1,
+    link_profile: str | None = None,
+    edge_slowdown: float = 1.0,
+    edge_module: str = "simultrain.edge",
+    edge_env: Mapping[str, str] | None = None,
+    cloud_env: Mapping[str, str] | None = None,
+) -> Topology:
+    """Coordinator, cloud, optional netem and ``edges`` edge processes, each waited on.
+
+    The benchmark starts the same topology with its own edge entry point (``edge_module``)
+    and extra settings; every process is added to ``group``, which stops them.
+    """
+    coordinator = group.start(
+        "coordinator", "simultrain.coordinator", _coordinator_env(run, state_dir / "coordinator.db")
+    )
+    coordinator_url = coordinator.wait_listening()
+    cloud = group.start(
+        "cloud",
+        "simultrain.cloud",
+        {
+            "SIMULTRAIN_CLOUD_HOST": "127.0.0.1",
+            "SIMULTRAIN_CLOUD_PORT": "0",
+            "SIMULTRAIN_CLOUD_COORDINATOR_URL": coordinator_url,
+            "SIMULTRAIN_CLOUD_LOG_LEVEL": "warning",
+            "SIMULTRAIN_CLOUD_HEARTBEAT_INTERVAL_S": "1",
+            **(cloud_env or {}),
+        },
+    )
+    cloud_url = cloud.wait_listening(timeout_s=120)
+    edge_cloud_url = cloud_url.replace("http", "ws", 1)
+    netem: ServiceProcess | None = None
+    if link_profile:
+        host, port = cloud_url.rsplit("//", 1)[1].rsplit(":", 1)
+        netem = group.start(
+            "netem",
+            "simultrain.netem",
+            {
+                "SIMULTRAIN_NETEM_LISTEN_HOST": "127.0.0.1",
+                "SIMULTRAIN_NETEM_LISTEN_PORT": "0",
+                "SIMULTRAIN_NETEM_UPSTREAM_HOST": host,
+                "SIMULTRAIN_NETEM_UPSTREAM_PORT": port,
+                "SIMULTRAIN_NETEM_PROFILE": link_profile,
+            },
+        )
+        edge_cloud_url = netem.wait_listening().replace("tcp", "ws", 1)
+    started: list[ServiceProcess] = []
+    for index in range(edges):
+        started.append(
+            group.start(
+                f"edge-{index}",
+                edge_module,
+                {
+                    "SIMULTRAIN_EDGE_COORDINATOR_URL": coordinator_url,
+                    "SIMULTRAIN_EDGE_CLOUD_URL_OVERRIDE": edge_cloud_url,
+                    "SIMULTRAIN_EDGE_SHARD_INDEX": str(index),
+                    "SIMULTRAIN_EDGE_SHARD_COUNT": str(edges),
+                    "SIMULTRAIN_EDGE_STEPS": str(steps),
+                    "SIMULTRAIN_EDGE_NAME": f"demo-edge-{index}",
+                    "SIMULTRAIN_EDGE_LOG_LEVEL": "warning",
+                    "SIMULTRAIN_EDGE_SLOWDOWN": str(edge_slowdown),
+                    **(edge_env or {}),
+                },
+            )
+        )
+    return Topology(coordinator_url, cloud_url, edge_cloud_url, started, netem)
+
+
 def _run(
     group: ServiceGroup, run: RunConfig, options: DemoOptions, tmp: Path, console: Console
 ) -> dict[str, Any]:
     with console.status("starting coordinator, cloud and edge processes…"):
-        coordinator = group.start(
-            "coordinator", "simultrain.coordinator", _coordinator_env(run, tmp / "coordinator.db")
+        topology = start_topology(
+            group,
+            run,
+            tmp,
+            steps=options.steps,
+            edges=options.edges,
+            link_profile=options.link_profile,
+            edge_slowdown=options.edge_slowdown,
         )
-        coordinator_url = coordinator.wait_listening()
-        cloud = group.start(
-            "cloud",
-            "simultrain.cloud",
-            {
-                "SIMULTRAIN_CLOUD_HOST": "127.0.0.1",
-                "SIMULTRAIN_CLOUD_PORT": "0",
-                "SIMULTRAIN_CLOUD_COORDINATOR_URL": coordinator_url,
-                "SIMULTRAIN_CLOUD_LOG_LEVEL": "warning",
-                "SIMULTRAIN_CLOUD_HEARTBEAT_INTERVAL_S": "1",
-            },
-        )
-        cloud_url = cloud.wait_listening(timeout_s=120)
-        edge_cloud_url = cloud_url.replace("http", "ws", 1)
-        if options.link_profile:
-            host, port = cloud_url.rsplit("//", 1)[1].rsplit(":", 1)
-            netem = group.start(
-                "netem",
-                "simultrain.netem",
-                {
-                    "SIMULTRAIN_NETEM_LISTEN_HOST": "127.0.0.1",
-                    "SIMULTRAIN_NETEM_LISTEN_PORT": "0",
-                    "SIMULTRAIN_NETEM_UPSTREAM_HOST": host,
-                    "SIMULTRAIN_NETEM_UPSTREAM_PORT": port,
-                    "SIMULTRAIN_NETEM_PROFILE": options.link_profile,
-                },
-            )
-            edge_cloud_url = netem.wait_listening().replace("tcp", "ws", 1)
-        edges: list[ServiceProcess] = []
-        for index in range(options.edges):
-            edges.append(
-                group.start(
-                    f"edge-{index}",
-                    "simultrain.edge",
-                    {
-                        "SIMULTRAIN_EDGE_COORDINATOR_URL": coordinator_url,
-                        "SIMULTRAIN_EDGE_CLOUD_URL_OVERRIDE": edge_cloud_url,
-                        "SIMULTRAIN_EDGE_SHARD_INDEX": str(index),
-                        "SIMULTRAIN_EDGE_SHARD_COUNT": str(options.edges),
-                        "SIMULTRAIN_EDGE_STEPS": str(options.steps),
-                        "SIMULTRAIN_EDGE_NAME": f"demo-edge-{index}",
-                        "SIMULTRAIN_EDGE_LOG_LEVEL": "warning",
-                        "SIMULTRAIN_EDGE_SLOWDOWN": str(options.edge_slowdown),
-                    },
-                )
-            )
+    cloud_url, edges = topology.cloud_url, topology.edges
     reports = _follow(cloud_url, edges, run, options, console)
     with httpx.Client(timeout=60) as client:
         final = client.get(f"{cloud_url}/v1/eval").json()
@@ -181,7 +227,10 @@ def _follow(
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress, httpx.Client(timeout=30) as client:
+    with (
+        Progress(*columns, console=console, transient=False) as progress,
+        httpx.Client(timeout=30) as client,
+    ):
         task = progress.add_task(f"{run.mode} on {run.dataset}", total=total, stats="")
         pending = list(edges)
         while pending:
@@ -193,7 +242,9 @@ def _follow(
                 except queue.Empty:
                     continue
                 if line is None:
-                    raise SimulTrainError(f"{edge.name} exited with status {edge.popen.wait()}{edge._log_hint()}")
+                    raise SimulTrainError(
+                        f"{edge.name} exited with status {edge.popen.wait()}{edge._log_hint()}"
+                    )
                 if line.startswith("DONE "):
                     reports.append(json.loads(line[5:]))
                     pending.remove(edge)
@@ -210,10 +261,12 @@ def _follow(
             down = sum(s["bytes_out"] for s in sessions)
             loss = status.get("loss")
             stats = (
-                f"loss {loss:.3f} " if loss is not None else ""
-            ) + (f"acc {accuracy:.1%} " if accuracy is not None else "") + (
-                f"staleness ≤{status['staleness']['max']} "
-                f"↑{up / 1e6:.1f} MB ↓{down / 1e6:.1f} MB"
+                (f"loss {loss:.3f} " if loss is not None else "")
+                + (f"acc {accuracy:.1%} " if accuracy is not None else "")
+                + (
+                    f"staleness ≤{status['staleness']['max']} "
+                    f"↑{up / 1e6:.1f} MB ↓{down / 1e6:.1f} MB"
+                )
             )
             progress.update(task, completed=min(steps, total), stats=stats)
         progress.update(task, completed=total)
@@ -225,14 +278,23 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_column("what", style="bold")
     table.add_column("value")
     rows = [
-        ("mode / dataset / model", f"{summary['mode']} / {summary['dataset']} / {summary['model_id']}"),
+        (
+            "mode / dataset / model",
+            f"{summary['mode']} / {summary['dataset']} / {summary['model_id']}",
+        ),
         ("edges, link", f"{summary['edges']}, {summary['link']}"),
         ("steps (batches), samples applied", f"{summary['steps']}, {summary['samples']}"),
         ("held-out accuracy", f"{summary['accuracy']:.2%} on {summary['test_samples']} samples"),
         ("held-out loss", f"{summary['test_loss']:.4f}"),
         ("staleness (max / mean)", f"{summary['max_staleness']} / {summary['mean_staleness']}"),
-        ("bytes up / down", f"{summary['bytes_up'] / 1e6:.2f} MB / {summary['bytes_down'] / 1e6:.2f} MB"),
-        ("window, α, β, R", f"{summary['window']}, {summary['alpha']}, {summary['beta']}, {summary['reconcile_every']}"),
+        (
+            "bytes up / down",
+            f"{summary['bytes_up'] / 1e6:.2f} MB / {summary['bytes_down'] / 1e6:.2f} MB",
+        ),
+        (
+            "window, α, β, R",
+            ", ".join(str(summary[k]) for k in ("window", "alpha", "beta", "reconcile_every")),
+        ),
         ("wall time", f"{summary['seconds']:.1f} s"),
     ]
     for what, value in rows:

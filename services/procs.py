@@ -21,7 +21,7 @@ from typing import IO
 
 from simultrain.shared.errors import SimulTrainError
 
-__all__ = ["ServiceProcess", "ServiceGroup", "ServiceStartError"]
+__all__ = ["ServiceGroup", "ServiceProcess", "ServiceStartError"]
 
 
 class ServiceStartError(SimulTrainError):
@@ -36,6 +36,7 @@ class ServiceProcess:
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     url: str | None = None
     stdout_tail: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def wait_for_line(self, prefix: str, *, timeout_s: float) -> str:
         """The first stdout line starting with ``prefix``; bounded in time."""
@@ -43,7 +44,9 @@ class ServiceProcess:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServiceStartError(f"{self.name}: no {prefix!r} line within {timeout_s:.0f}s{self._log_hint()}")
+                raise ServiceStartError(
+                    f"{self.name}: no {prefix!r} line within {timeout_s:.0f}s{self._log_hint()}"
+                )
             try:
                 line = self.lines.get(timeout=remaining)
             except queue.Empty:
@@ -51,7 +54,8 @@ class ServiceProcess:
             if line is None:
                 code = self.popen.wait()
                 raise ServiceStartError(
-                    f"{self.name} exited with status {code} before printing {prefix!r}{self._log_hint()}"
+                    f"{self.name} exited with status {code} before printing {prefix!r}"
+                    + self._log_hint()
                 )
             if line.startswith(prefix):
                 return line[len(prefix) :].strip()
@@ -75,13 +79,21 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=timeout_s)
+        self._join_reader()
         return self.popen.returncode
+
+    def _join_reader(self) -> None:
+        # The reader closes stdout at EOF, which follows the exit: wait for it so no pipe
+        # outlives its process.
+        if self.reader is not None:
+            self.reader.join(timeout=10)
 
     def kill(self) -> None:
         """SIGKILL: the crash the fault tests inject."""
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(timeout=30)
+        self._join_reader()
 
 
 class ServiceGroup:
@@ -122,7 +134,8 @@ class ServiceGroup:
         if not isinstance(log_file, int):
             log_file.close()  # the child holds its own descriptor
         proc = ServiceProcess(name, popen, log_path)
-        threading.Thread(target=_pump, args=(popen.stdout, proc), daemon=True).start()
+        proc.reader = threading.Thread(target=_pump, args=(popen.stdout, proc), daemon=True)
+        proc.reader.start()
         self.processes.append(proc)
         return proc
 
@@ -141,8 +154,9 @@ class ServiceGroup:
 
 def _pump(stream: IO[str] | None, proc: ServiceProcess) -> None:
     assert stream is not None
-    for line in stream:
-        line = line.rstrip("\n")
-        proc.stdout_tail = (proc.stdout_tail + [line])[-20:]
-        proc.lines.put(line)
+    with stream:
+        for line in stream:
+            line = line.rstrip("\n")
+            proc.stdout_tail = [*proc.stdout_tail, line][-20:]
+            proc.lines.put(line)
     proc.lines.put(None)

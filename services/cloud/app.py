@@ -158,12 +158,16 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
         return Response(
             body,
             media_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{service.spec.model_id}.safetensors"'},
+            headers={
+                "Content-Disposition": f'attachment; filename="{service.spec.model_id}.safetensors"'
+            },
         )
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(service_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            generate_latest(service_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
 
     @app.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:

@@ -65,7 +65,9 @@ def _optimizers(master: CloudMaster) -> dict[str, torch.optim.Optimizer]:
     return named
 
 
-def save_checkpoint(directory: Path, master: CloudMaster, runtime: CloudRuntime, *, keep: int = 2) -> Path:
+def save_checkpoint(
+    directory: Path, master: CloudMaster, runtime: CloudRuntime, *, keep: int = 2
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {
         f"model/{name}": t.detach().clone().contiguous() for name, t in master.full_state().items()
@@ -111,8 +113,8 @@ def save_checkpoint(directory: Path, master: CloudMaster, runtime: CloudRuntime,
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
     # What is in this checkpoint is durable: ACKs now tell edges they may forget it.
-    for state in runtime.sessions.values():
-        state.durable_seq = state.highest_applied_seq
+    for session in runtime.sessions.values():
+        session.durable_seq = session.highest_applied_seq
     for old in sorted(directory.glob("checkpoint-*.safetensors"))[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -167,7 +169,9 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     master.staleness.dropped = int(meta["staleness"]["dropped"])
     master.reset_history()
     for edge_id, fields in meta["sessions"].items():
-        session = CloudSessionState(edge_id, **{f: fields[f] for f in _SESSION_FIELDS if f in fields})
+        session = CloudSessionState(
+            edge_id, **{f: fields[f] for f in _SESSION_FIELDS if f in fields}
+        )
         session.durable_seq = session.highest_applied_seq
         runtime.sessions[edge_id] = session
     log.info("resumed from %s at master version %d", checkpoint.path.name, master.version)

@@ -18,13 +18,17 @@ class CloudMetrics:
             "simultrain_cloud_master_version", "Master version v_c.", registry=r
         )
         self.samples_applied = Gauge(
-            "simultrain_cloud_samples_applied", "Training samples applied to the master.", registry=r
+            "simultrain_cloud_samples_applied",
+            "Training samples applied to the master.",
+            registry=r,
         )
         self.frames = Counter(
             "simultrain_cloud_frames_total", "Frames received, by type.", ["type"], registry=r
         )
         self.bytes = Counter(
-            "simultrain_cloud_bytes_total", "Bytes on the wire, by direction.", ["direction"],
+            "simultrain_cloud_bytes_total",
+            "Bytes on the wire, by direction.",
+            ["direction"],
             registry=r,
         )
         self.step_seconds = Histogram(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from simultrain.shared.serving import listening_line, run_until_signal, serve_app
 from simultrain.shared.training.config import RunConfig
 
@@ -36,5 +34,3 @@ async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> Non
 
 def run(settings: CloudSettings) -> int:
     return run_until_signal(serve(settings))
-
-

@@ -8,6 +8,7 @@ step never stalls another session's I/O (issue 3, item 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -19,8 +20,8 @@ from typing import Any, TypeVar
 import torch
 from starlette.websockets import WebSocket, WebSocketState
 
-from simultrain.shared.data import load_dataset
 from simultrain.shared import auth
+from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import (
     HandshakeRejected,
     InvalidTensor,
@@ -76,10 +77,9 @@ class Connection:
         async with self.lock:
             if self.websocket.application_state is not WebSocketState.CONNECTED:
                 return
-            try:
+            # A session already closing refuses to send more: the close code says it all.
+            with contextlib.suppress(ProtocolError):
                 await self.websocket.send_bytes(self.session.send(Error.from_exception(exc)))
-            except ProtocolError:
-                pass  # the session is already closing: the close code says it all
             await self.websocket.close(code=exc.close_code, reason=exc.reason)
 
 
@@ -208,7 +208,9 @@ class CloudService:
         await conn.send(welcome)
         await conn.send(snap)
         self.metrics.sessions.set(len(self.connections))
-        log.info("session opened: %s (acked_seq=%s, master v%d)", edge_id, acked, snap.master_version)
+        log.info(
+            "session opened: %s (acked_seq=%s, master v%d)", edge_id, acked, snap.master_version
+        )
 
     async def handle(self, conn: Connection, frame: Frame) -> None:
         """ACT or EGRAD: the step on the compute thread, then the replies to their edges."""
@@ -291,7 +293,9 @@ class CloudService:
 
     async def model_state(self) -> dict[str, torch.Tensor]:
         return await self.compute(
-            lambda: {n: t.detach().clone().contiguous() for n, t in self.master.full_state().items()}
+            lambda: {
+                n: t.detach().clone().contiguous() for n, t in self.master.full_state().items()
+            }
         )
 
 

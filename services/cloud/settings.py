@@ -46,7 +46,9 @@ class CloudSettings(BaseSettings):
     max_messages_per_s: float = Field(
         2000.0, gt=0, description="Per-session message rate limit (token bucket, burst 2 s)."
     )
-    heartbeat_interval_s: float = Field(2.0, gt=0, description="Heartbeat period to the coordinator.")
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="Heartbeat period to the coordinator."
+    )
     # Run configuration when no coordinator is given.
     run_mode: str = "simultrain"
     run_dataset: str = "imu"
@@ -81,7 +83,11 @@ class CloudSettings(BaseSettings):
         if self.token_key is not None:
             keys.append(self.token_key.get_secret_value())
         if self.token_key_file is not None:
-            keys += [line.strip() for line in self.token_key_file.read_text().splitlines() if line.strip()]
+            keys += [
+                line.strip()
+                for line in self.token_key_file.read_text().splitlines()
+                if line.strip()
+            ]
         return keys
 
     def admin_secret(self) -> str | None:

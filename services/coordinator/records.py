@@ -52,7 +52,9 @@ class RunConfig(BaseModel):
     delta_codec: Codec = "lz4"
     grad_codec: Codec = "lz4"
     dataset: str = Field("imu", min_length=1)
-    model_id: str | None = Field(None, min_length=1, description="Model id (default: the dataset's own model).")
+    model_id: str | None = Field(
+        None, min_length=1, description="Model id (default: the dataset's own model)."
+    )
     seed: int = 0
     batch_size: int = Field(32, ge=1)
     egrad_codec: Codec = "lz4"

@@ -80,7 +80,9 @@ class CoordinatorSettings(BaseSettings):
     delta_codec: Codec = Field("lz4", description="Codec for weight deltas (cloud → edge).")
     grad_codec: Codec = Field("lz4", description="Codec for cut-layer gradients.")
     dataset: str = Field("imu", min_length=1, description="Dataset: imu, mnist, video or npz:PATH.")
-    model_id: str | None = Field(None, min_length=1, description="Model id (default: the dataset's own model).")
+    model_id: str | None = Field(
+        None, min_length=1, description="Model id (default: the dataset's own model)."
+    )
     seed: int = Field(0, description="Seed for data order and model initialisation.")
     batch_size: int = Field(32, ge=1, description="Samples per edge batch.")
     egrad_codec: Codec = Field("lz4", description="Codec for edge-stage gradients (edge → cloud).")

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 import torch
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from simultrain.shared.data import BatchStream, load_dataset
-from simultrain.shared.errors import ProtocolError, SimulTrainError
+from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
     Ack,
@@ -141,15 +141,21 @@ class EdgeAgent:
             run = self._run_override
         if settings.dataset:
             run = RunConfig.from_mapping({"dataset": settings.dataset}, base=run)
-        self.run = run
+        self.run_config = run
         self.schedule = run.schedule()
         self.report.edge_id = self.assignment.edge_id
         torch.set_num_threads(settings.compute_threads)
         dataset = await asyncio.to_thread(load_dataset, run.dataset, seed=run.seed)
-        shard = dataset.shard(settings.shard_index, settings.shard_count) if settings.shard_count > 1 else dataset
+        shard = (
+            dataset.shard(settings.shard_index, settings.shard_count)
+            if settings.shard_count > 1
+            else dataset
+        )
         self.spec = get_model_spec(run.model_id or dataset.model_id)
         self.stream = BatchStream(
-            shard.x_train, shard.y_train, batch_size=run.batch_size,
+            shard.x_train,
+            shard.y_train,
+            batch_size=run.batch_size,
             seed=run.seed + 1000 * settings.shard_index,
         )
         structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
@@ -163,8 +169,13 @@ class EdgeAgent:
         self.limits = Limits(window=self.schedule.window + 1)
         log.info(
             "edge %s: %s on %s shard %d/%d (%d train samples), cloud %s",
-            self.assignment.edge_id, self.schedule.mode, run.dataset, settings.shard_index,
-            settings.shard_count, len(shard.y_train), self.assignment.cloud_url,
+            self.assignment.edge_id,
+            self.schedule.mode,
+            run.dataset,
+            settings.shard_index,
+            settings.shard_count,
+            len(shard.y_train),
+            self.assignment.cloud_url,
         )
 
     # --- the whole life ---------------------------------------------------------------
@@ -227,7 +238,9 @@ class EdgeAgent:
     def _ssl(self, url: str) -> ssl.SSLContext | None:
         if not url.startswith("wss://"):
             return None
-        ctx = ssl.create_default_context(cafile=str(self.settings.ca_file) if self.settings.ca_file else None)
+        ctx = ssl.create_default_context(
+            cafile=str(self.settings.ca_file) if self.settings.ca_file else None
+        )
         return ctx
 
     async def _one_session(self) -> None:
@@ -265,7 +278,10 @@ class EdgeAgent:
             edge_id=self.assignment.edge_id,
             model_id=self.spec.model_id,
             cut_shape=self.cut_shape,
-            config={"reconcile_offset": self.assignment.reconcile_offset, "mode": self.schedule.mode},
+            config={
+                "reconcile_offset": self.assignment.reconcile_offset,
+                "mode": self.schedule.mode,
+            },
             token=self.assignment.token,
             resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
         )
@@ -287,7 +303,9 @@ class EdgeAgent:
             self.notifier.ready()
         log.info(
             "session open: master v%d, acked up to %s, %d batch(es) to re-send",
-            welcome.master_version, welcome.acked_seq, len(self._resend),
+            welcome.master_version,
+            welcome.acked_seq,
+            len(self._resend),
         )
 
     async def _receive(self, ws: ClientConnection, session: EdgeSession) -> list[Frame]:
@@ -359,7 +377,9 @@ class EdgeAgent:
             if resend:
                 seq, kept = resend.pop(0)
                 frame = await self._in_compute(runtime.resend, seq, kept)
-            elif self._stop.is_set() or (self.settings.steps and self.report.steps >= self.settings.steps):
+            elif self._stop.is_set() or (
+                self.settings.steps and self.report.steps >= self.settings.steps
+            ):
                 # Nothing new to send: wait for the acknowledgements of what is in flight.
                 while runtime.pending_egrads:
                     await self._send(ws, session, runtime.pending_egrads.popleft())
@@ -386,7 +406,11 @@ class EdgeAgent:
                         self.report.last_loss = frame.loss
                     # Piggyback on the next ACT when one can go now (SPEC step 3); a window
                     # that holds the producer back means this EGRAD must go alone.
-                    if self.schedule.window > 0 and runtime.can_produce() and not self._no_more_acts():
+                    if (
+                        self.schedule.window > 0
+                        and runtime.can_produce()
+                        and not self._no_more_acts()
+                    ):
                         runtime.pending_egrads.append(egrad)
                     else:
                         await self._send(ws, session, egrad)
@@ -409,7 +433,10 @@ class EdgeAgent:
                 self._changed.set()
 
     def _no_more_acts(self) -> bool:
-        return bool(self._stop.is_set() or (self.settings.steps and self.report.steps >= self.settings.steps))
+        return bool(
+            self._stop.is_set()
+            or (self.settings.steps and self.report.steps >= self.settings.steps)
+        )
 
     # --- liveness -----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from simultrain.shared.training.schedule import Schedule, make_schedule
 
 __all__ = ["DRIVER_ONLY", "RunConfig"]
 
-DRIVER_ONLY = frozenset({"steps", "eval_every"})
+DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     codecs: Codecs = field(default_factory=Codecs)
     eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
+    # In-process fault injection for the R = ∞ ablation: each additive (lossy-codec) delta is
+    # lost with this probability; the edge's version still advances, its weights do not.
+    delta_loss: float = 0.0
 
     def schedule(self) -> Schedule:
         base = make_schedule(
@@ -54,13 +57,11 @@ class RunConfig:
             return base
         return replace(base, compensation=self.compensation)
 
-
-
     def to_mapping(self) -> dict[str, Any]:
         """Flat, JSON-friendly form: optimizer and codec fields are prefixed.
 
-        The in-process driver's own fields (``steps``, ``eval_every``) are left out: in the
-        services each edge decides how long it trains.
+        The in-process driver's own fields (``steps``, ``eval_every``, ``delta_loss``) are
+        left out: in the services each edge decides how long it trains, and faults are real.
         """
         out: dict[str, Any] = {}
         for f in fields(self):
@@ -70,8 +71,14 @@ class RunConfig:
             if f.name == "optimizer":
                 out.update({f"optimizer_{k.name}": getattr(value, k.name) for k in fields(value)})
             elif f.name == "codecs":
-                out.update({f"{k.name}_codec" if k.name != "topk_ratio" else "topk_ratio":
-                            getattr(value, k.name) for k in fields(value)})
+                out.update(
+                    {
+                        f"{k.name}_codec" if k.name != "topk_ratio" else "topk_ratio": getattr(
+                            value, k.name
+                        )
+                        for k in fields(value)
+                    }
+                )
             else:
                 out[f.name] = value
         return out

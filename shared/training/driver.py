@@ -14,6 +14,7 @@ plain sequential split training.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simultrain.shared.data import BatchStream, Dataset, load_dataset
+from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
@@ -40,15 +41,19 @@ from simultrain.shared.protocol import (
     Snap,
     Welcome,
 )
+from simultrain.shared.protocol.tensorcodec import Codec
+from simultrain.shared.tensors import as_received, state_from_wire, state_to_wire
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import build_master, wire_cut_shape
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig
-from simultrain.shared.training.runtime import Codecs, CloudRuntime, EdgeRuntime, Outgoing, WholeModel
+from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.runtime import (
+    CloudRuntime,
+    EdgeRuntime,
+    Outgoing,
+    WholeModel,
+)
 from simultrain.shared.training.schedule import (
     WHOLE_MODEL_ROLES,
-    EdgeRole,
-    Schedule,
-    make_schedule,
 )
 
 __all__ = ["RunConfig", "RunResult", "run_in_process"]
@@ -69,6 +74,8 @@ class RunResult:
     train_loss: float
     curve: list[tuple[int, float]] = field(default_factory=list)  # (samples, accuracy)
     master_version: int = 0
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (samples, test loss)
+    deltas_lost: int = 0  # RunConfig.delta_loss fault injection
     master: CloudMaster | None = field(default=None, repr=False)
     edges: dict[str, EdgeRuntime] = field(default_factory=dict, repr=False)
 
@@ -106,6 +113,9 @@ class _Edge:
     stream: BatchStream
     link: _Link
     produced: int = 0
+    delta_loss: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+    deltas_lost: int = 0
 
 
 def run_in_process(
@@ -139,19 +149,33 @@ def run_in_process(
             EdgeRuntime(module, schedule, config.codecs, optimizer=config.optimizer),
             EdgeSession(limits=limits),
             CloudSession(limits=limits),
-            BatchStream(shard.x_train, shard.y_train, batch_size=config.batch_size,
-                        seed=config.seed + 1000 * i),
+            BatchStream(
+                shard.x_train,
+                shard.y_train,
+                batch_size=config.batch_size,
+                seed=config.seed + 1000 * i,
+            ),
             _Link(),
+            delta_loss=config.delta_loss,
+            rng=random.Random(config.seed * 7919 + i),
         )
         edges[edge_id] = edge
-        hello = Hello(edge_id=edge_id, model_id=spec.model_id, cut_shape=cut_shape,
-                      config={"mode": schedule.mode, "window": schedule.window})
+        hello = Hello(
+            edge_id=edge_id,
+            model_id=spec.model_id,
+            cut_shape=cut_shape,
+            config={"mode": schedule.mode, "window": schedule.window},
+        )
         for frame in edge.cloud_session.receive_data(edge.session.send(hello)):
             assert isinstance(frame, Hello)
         offset = schedule.reconcile_offset(i, config.edges)
         _, snap = cloud.open_session(edge_id, reconcile_offset=offset)
-        welcome = Welcome(session_id=edge_id, master_version=master.version,
-                          cut_shape=cut_shape, window=limits.window)
+        welcome = Welcome(
+            session_id=edge_id,
+            master_version=master.version,
+            cut_shape=cut_shape,
+            window=limits.window,
+        )
         for frame in (welcome, snap):
             edge.link.send_down(edge.cloud_session.send(frame))
         while edge.link.down:
@@ -160,17 +184,20 @@ def run_in_process(
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test).long()
     curve: list[tuple[int, float]] = []
+    loss_curve: list[tuple[int, float]] = []
     for step in range(config.steps):
         for edge in edges.values():
             while not edge.runtime.can_produce():
                 if not _pump(edges, cloud):
                     raise TrainingError("pipeline stalled: window full and nothing in flight")
             xb, yb = next(edge.stream)
-            frame = edge.runtime.produce(xb, yb)
-            if frame is not None:
-                edge.link.send_up(edge.session.send(frame))
+            upload = edge.runtime.produce(xb, yb)
+            if upload is not None:
+                edge.link.send_up(edge.session.send(upload))
         if config.eval_every and (step + 1) % config.eval_every == 0:
-            curve.append((master.samples_applied, master.evaluate(x_test, y_test)[0]))
+            acc, loss = master.evaluate(x_test, y_test)
+            curve.append((master.samples_applied, acc))
+            loss_curve.append((master.samples_applied, loss))
         if progress is not None:
             progress(step + 1, None)
     # Drain: every batch answered, every gradient applied. No ACT will come to carry a
@@ -198,6 +225,8 @@ def run_in_process(
         train_loss=float(np.mean(losses)) if losses else float("nan"),
         curve=curve,
         master_version=master.version,
+        loss_curve=loss_curve,
+        deltas_lost=sum(e.deltas_lost for e in edges.values()),
         master=master,
         edges={edge_id: e.runtime for edge_id, e in edges.items()},
     )
@@ -233,7 +262,7 @@ def _edge_receive(edge: _Edge) -> None:
         if isinstance(frame, Snap):
             runtime.on_snap(frame)
         elif isinstance(frame, Delta):
-            runtime.on_delta(frame)
+            runtime.on_delta(_maybe_lose(edge, frame))
         elif isinstance(frame, Ack):
             runtime.on_ack(frame)
         elif isinstance(frame, Grad):
@@ -248,3 +277,18 @@ def _edge_receive(edge: _Edge) -> None:
             pass
         else:
             raise TrainingError(f"the edge does not expect {type(frame).__name__} frames")
+
+
+def _maybe_lose(edge: _Edge, delta: Delta) -> Delta:
+    """Fault injection (``RunConfig.delta_loss``): a lost additive delta becomes an empty one.
+
+    The version chain stays whole, so no resync is triggered, but the weights it carried never
+    reach the replica: the drift that only reconciliation repairs (SPEC step 6, the R = ∞
+    ablation). XOR deltas are never lost this way: one missing XOR would corrupt every later
+    one, and a real gap triggers a resync instead.
+    """
+    if edge.delta_loss <= 0.0 or delta.kind != "add" or edge.rng.random() >= edge.delta_loss:
+        return delta
+    edge.deltas_lost += 1
+    zeros = {n: torch.zeros_like(t) for n, t in state_from_wire(delta.tensors).items()}
+    return replace(delta, tensors=as_received(state_to_wire(zeros, Codec.RAW.value)))

@@ -16,7 +16,10 @@ def build_master(run: RunConfig, spec: ModelSpec, schedule: Schedule) -> CloudMa
 
     The history must reach back to the oldest batch any edge may still have in flight: a
     window of W batches per edge, two master versions per batch, every edge at once
-    (SPEC step 4). Four times that leaves room for reconnects.
+    (SPEC step 4). Edges do not run at one speed, though: one that starts late, or a slow
+    one, has its whole window in flight while the others apply dozens of updates. So the
+    floor is generous (512 versions; the edge stages here are tens of kB each) and grows
+    with windows and edges.
     """
     model = spec.build(run.seed)
     return CloudMaster(
@@ -24,7 +27,7 @@ def build_master(run: RunConfig, spec: ModelSpec, schedule: Schedule) -> CloudMa
         model.cloud_stage,
         optimizer=run.optimizer,
         compensation=compensation_from_name(schedule.compensation, alpha=schedule.alpha),
-        history_versions=max(64, 4 * 2 * (schedule.window + 1) * max(run.edges, 1)),
+        history_versions=max(512, 8 * 2 * (schedule.window + 1) * max(run.edges, 1)),
     )
 
 

@@ -116,5 +116,6 @@ def make_schedule(
         raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}") from None
     return factory(window, alpha, reconcile_every, beta, local_steps)
 
+
 WHOLE_MODEL_ROLES = frozenset({EdgeRole.FULL_GRADIENT, EdgeRole.LOCAL_STEPS})
 """Roles whose edge holds the whole model, so deltas and snapshots cover both stages."""

@@ -36,7 +36,10 @@ __all__ = [
 def freeze(tensors: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
     """New leaf tensors that require grad (so a graph can be taken at them), read-only view."""
     return MappingProxyType(
-        {name: t.detach().clone().requires_grad_(t.is_floating_point()) for name, t in tensors.items()}
+        {
+            name: t.detach().clone().requires_grad_(t.is_floating_point())
+            for name, t in tensors.items()
+        }
     )
 
 
@@ -47,7 +50,7 @@ def clone_weights(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def module_weights(module: nn.Module) -> dict[str, Tensor]:
     """Parameters and buffers of ``module`` by name, detached copies."""
-    named = dict(module.named_parameters())
+    named: dict[str, Tensor] = dict(module.named_parameters())
     named.update(module.named_buffers())
     return clone_weights(named)
 

@@ -24,7 +24,9 @@ def sequential_split_training(config: RunConfig) -> dict[str, torch.Tensor]:
     model = get_model_spec(config.model_id or dataset.model_id).build(config.seed)
     edge_opt = config.optimizer.build(list(model.edge_stage.parameters()), stage="edge")
     cloud_opt = config.optimizer.build(list(model.cloud_stage.parameters()), stage="cloud")
-    stream = BatchStream(dataset.x_train, dataset.y_train, batch_size=config.batch_size, seed=config.seed)
+    stream = BatchStream(
+        dataset.x_train, dataset.y_train, batch_size=config.batch_size, seed=config.seed
+    )
     for _ in range(config.steps):
         xb, yb = next(stream)
         x, y = torch.from_numpy(xb), torch.from_numpy(yb)
@@ -44,7 +46,11 @@ def sequential_split_training(config: RunConfig) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "optimizer",
-    [OptimizerConfig(lr=0.05), OptimizerConfig(lr=0.01, momentum=0.9), OptimizerConfig("adam", lr=1e-3)],
+    [
+        OptimizerConfig(lr=0.05),
+        OptimizerConfig(lr=0.01, momentum=0.9),
+        OptimizerConfig("adam", lr=1e-3),
+    ],
     ids=["sgd", "momentum", "adam"],
 )
 @pytest.mark.parametrize("delta_codec", ["lz4", "raw"])
@@ -52,7 +58,10 @@ def test_window_zero_is_bit_identical_to_sequential_split_training(
     optimizer: OptimizerConfig, delta_codec: str
 ) -> None:
     config = RunConfig(
-        mode="simultrain", window=0, steps=STEPS, optimizer=optimizer,
+        mode="simultrain",
+        window=0,
+        steps=STEPS,
+        optimizer=optimizer,
         codecs=Codecs(delta=delta_codec),
     )
     result = run_in_process(config)
@@ -84,8 +93,15 @@ def test_several_edges_each_have_a_session_and_the_history_covers_them_all() -> 
 
 
 @pytest.mark.parametrize(
-    "mode", ["centralized", "syncsgd", "split-sync", "fedavg", "simultrain-noforecast",
-             "simultrain-noreconcile"]
+    "mode",
+    [
+        "centralized",
+        "syncsgd",
+        "split-sync",
+        "fedavg",
+        "simultrain-noforecast",
+        "simultrain-noreconcile",
+    ],
 )
 def test_every_mode_runs_through_the_codec(mode: str) -> None:
     result = run_in_process(RunConfig(mode=mode, steps=20, local_steps=5))
@@ -110,7 +126,10 @@ def replica_error(codec: str, *, reconcile_every: int | None = None) -> tuple[fl
     """Largest |replica − master| relative to max |master| after a run, and bytes down."""
     result = run_in_process(
         RunConfig(
-            mode="simultrain", window=2, steps=60, reconcile_every=reconcile_every,
+            mode="simultrain",
+            window=2,
+            steps=60,
+            reconcile_every=reconcile_every,
             codecs=Codecs(delta=codec, topk_ratio=0.1),
         )
     )
@@ -141,7 +160,9 @@ def test_lossy_deltas_keep_the_replica_close_and_cost_fewer_bytes(codec: str, bo
 
 def test_config_round_trips_through_its_mapping() -> None:
     config = RunConfig(
-        mode="fedavg", window=3, optimizer=OptimizerConfig("adam", lr=0.002),
+        mode="fedavg",
+        window=3,
+        optimizer=OptimizerConfig("adam", lr=0.002),
         codecs=Codecs(delta="int8"),
     )
     assert RunConfig.from_mapping(config.to_mapping(), base=copy.copy(RunConfig())) == RunConfig(

@@ -132,8 +132,9 @@ def test_two_in_flight_batches_at_one_version_do_not_mix_gradients() -> None:
     s1, s2 = replica.forward(1, x1), replica.forward(2, x2)
     g1 = EdgeReplica.backward(s1, torch.ones(2, 4))
     g2 = EdgeReplica.backward(s2, torch.ones(2, 4))
-    alone = EdgeReplica.backward(EdgeReplica(module, module_weights(module), 0).forward(2, x2),
-                                 torch.ones(2, 4))
+    alone = EdgeReplica.backward(
+        EdgeReplica(module, module_weights(module), 0).forward(2, x2), torch.ones(2, 4)
+    )
     for name in g2:
         assert torch.equal(g2[name], alone[name])
     assert not all(torch.equal(g1[n], g2[n]) for n in g1)

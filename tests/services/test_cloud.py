@@ -75,8 +75,14 @@ class FakeEdge:
         return self.session.receive_data(self.ws.receive_bytes())
 
     def hello(self) -> Welcome:
-        self.send(Hello(edge_id=self.edge_id, model_id=SPEC.model_id, cut_shape=tuple(SPEC.cut_shape),
-                        token=self.token))
+        self.send(
+            Hello(
+                edge_id=self.edge_id,
+                model_id=SPEC.model_id,
+                cut_shape=tuple(SPEC.cut_shape),
+                token=self.token,
+            )
+        )
         welcome = None
         while self.runtime.replica is None:
             for frame in self.receive():
@@ -211,13 +217,19 @@ def nan_act(edge: FakeEdge) -> bytes:
     assert isinstance(good, Act)
     values = np.full_like(good.activations.array, 1.5)
     raw = encode_frame(
-        Act(seq=good.seq, edge_version=good.edge_version,
-            activations=WireTensor(values, Codec.RAW), labels=good.labels)
+        Act(
+            seq=good.seq,
+            edge_version=good.edge_version,
+            activations=WireTensor(values, Codec.RAW),
+            labels=good.labels,
+        )
     )
     return raw.replace(np.float32(1.5).tobytes(), np.float32(math.nan).tobytes(), 1)
 
 
-def test_a_bad_frame_closes_only_its_session_and_leaves_the_master_unchanged(client: TestClient) -> None:
+def test_a_bad_frame_closes_only_its_session_and_leaves_the_master_unchanged(
+    client: TestClient,
+) -> None:
     with client.websocket_connect("/v1/stream") as good_ws:
         good = FakeEdge(good_ws, "edge-good")
         good.hello()
@@ -239,13 +251,18 @@ def test_a_bad_frame_closes_only_its_session_and_leaves_the_master_unchanged(cli
     ("payload", "code"),
     [
         (b"\xc1garbage", 1002),  # not msgpack
-        (encode_frame(Hello(edge_id="x", model_id="imu-cnn1d", cut_shape=(3, 3))), 4001),  # cut shape
+        (
+            encode_frame(Hello(edge_id="x", model_id="imu-cnn1d", cut_shape=(3, 3))),
+            4001,
+        ),  # cut shape
         (encode_frame(Hello(edge_id="x", model_id="mnist-cnn", cut_shape=(32, 32))), 4001),  # model
         (b"\x82\xa1v\x63\xa1t\xa5hello", 4000),  # protocol version 99
     ],
     ids=["garbage", "cut-shape", "model", "version"],
 )
-def test_refusals_carry_the_documented_close_code(client: TestClient, payload: bytes, code: int) -> None:
+def test_refusals_carry_the_documented_close_code(
+    client: TestClient, payload: bytes, code: int
+) -> None:
     before = master_state(client)
     with client.websocket_connect("/v1/stream") as ws:
         ws.send_bytes(payload)
@@ -270,7 +287,9 @@ def auth_client() -> Iterator[TestClient]:
 
 def test_a_valid_token_opens_its_own_edges_session(auth_client: TestClient) -> None:
     token = auth.issue_token("edge-a", KEY, ttl_s=60)
-    with auth_client.websocket_connect("/v1/stream", headers={"Authorization": f"Bearer {token}"}) as ws:
+    with auth_client.websocket_connect(
+        "/v1/stream", headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
         edge = FakeEdge(ws, "edge-a")
         edge.hello()
         edge.step()
@@ -298,7 +317,14 @@ def test_bad_tokens_in_hello_are_refused_with_1008(
     before = master_state(auth_client)
     with auth_client.websocket_connect("/v1/stream") as ws:
         edge = FakeEdge(ws, "edge-a", token=token)
-        edge.send(Hello(edge_id="edge-a", model_id=SPEC.model_id, cut_shape=tuple(SPEC.cut_shape), token=token))
+        edge.send(
+            Hello(
+                edge_id="edge-a",
+                model_id=SPEC.model_id,
+                cut_shape=tuple(SPEC.cut_shape),
+                token=token,
+            )
+        )
         assert refused(ws)[0] == 1008
     assert_same(master_state(auth_client), before)
     assert KEY not in caplog.text and (token is None or token not in caplog.text)
@@ -306,8 +332,9 @@ def test_bad_tokens_in_hello_are_refused_with_1008(
 
 def test_bad_token_header_is_refused_before_the_upgrade(auth_client: TestClient) -> None:
     forged = auth.issue_token("edge-a", "f" * 40, ttl_s=60)
-    with pytest.raises(WebSocketDisconnect) as closed, auth_client.websocket_connect(
-        "/v1/stream", headers={"Authorization": f"Bearer {forged}"}
+    with (
+        pytest.raises(WebSocketDisconnect) as closed,
+        auth_client.websocket_connect("/v1/stream", headers={"Authorization": f"Bearer {forged}"}),
     ):
         pass
     assert closed.value.code == 1008
@@ -329,9 +356,10 @@ def test_token_bucket_refuses_bursts_beyond_twice_the_rate() -> None:
 
 
 def test_rate_limited_session_is_closed_with_1008() -> None:
-    with TestClient(create_app(CloudSettings(max_messages_per_s=1.0), run=RUN)) as c, c.websocket_connect(
-        "/v1/stream"
-    ) as ws:
+    with (
+        TestClient(create_app(CloudSettings(max_messages_per_s=1.0), run=RUN)) as c,
+        c.websocket_connect("/v1/stream") as ws,
+    ):
         edge = FakeEdge(ws)
         edge.hello()
         edge.step()
@@ -342,9 +370,10 @@ def test_rate_limited_session_is_closed_with_1008() -> None:
 
 
 def test_oversized_frame_is_refused_with_1009() -> None:
-    with TestClient(create_app(CloudSettings(max_frame_bytes=1000), run=RUN)) as c, c.websocket_connect(
-        "/v1/stream"
-    ) as ws:
+    with (
+        TestClient(create_app(CloudSettings(max_frame_bytes=1000), run=RUN)) as c,
+        c.websocket_connect("/v1/stream") as ws,
+    ):
         ws.send_bytes(b"\x80" * 2000)
         assert refused(ws)[0] == 1009
 

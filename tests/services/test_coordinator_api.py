@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from simultrain.shared.training.config import RunConfig as SharedRunConfig
 from simultrain.coordinator import CoordinatorSettings, SQLiteStore, create_app
 from simultrain.shared.auth import issue_token, key_id, verify_token
+from simultrain.shared.training.config import RunConfig as SharedRunConfig
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
