@@ -27,7 +27,9 @@ class CloudSettings(BaseSettings):
         description="ws:// or wss:// base URL edges use to reach this cloud (default: the "
         "bound address). Set it when edges connect through a proxy, a load balancer or netem.",
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level (logs go to stderr)."
+    )
     coordinator_url: str | None = Field(None, description="Coordinator base URL, if any.")
     admin_token: SecretStr | None = Field(
         None,
@@ -50,17 +52,17 @@ class CloudSettings(BaseSettings):
         2.0, gt=0, description="Heartbeat period to the coordinator."
     )
     # Run configuration when no coordinator is given.
-    run_mode: str = "simultrain"
-    run_dataset: str = "imu"
-    run_model_id: str | None = None
-    run_seed: int = 0
-    run_window: int = Field(4, ge=0)
-    run_alpha: float = Field(0.5, ge=0)
-    run_beta: float = Field(0.9, ge=0, le=1)
-    run_reconcile_every: int | None = Field(10, ge=1)
-    run_optimizer: Literal["sgd", "adam"] = "sgd"
-    run_lr: float = Field(0.05, gt=0)
-    run_momentum: float = Field(0.0, ge=0, lt=1)
+    run_mode: str = Field("simultrain", description="Mode, when there is no coordinator.")
+    run_dataset: str = Field("imu", description="Dataset, when there is no coordinator.")
+    run_model_id: str | None = Field(None, description="Model id (default: the dataset's).")
+    run_seed: int = Field(0, description="Seed, when there is no coordinator.")
+    run_window: int = Field(4, ge=0, description="Window W, when there is no coordinator.")
+    run_alpha: float = Field(0.5, ge=0, description="Forecast α, when there is no coordinator.")
+    run_beta: float = Field(0.9, ge=0, le=1, description="Reconciliation β (no coordinator).")
+    run_reconcile_every: int | None = Field(10, ge=1, description="R (no coordinator).")
+    run_optimizer: Literal["sgd", "adam"] = Field("sgd", description="Optimizer (no coordinator).")
+    run_lr: float = Field(0.05, gt=0, description="Learning rate (no coordinator).")
+    run_momentum: float = Field(0.0, ge=0, lt=1, description="Momentum (no coordinator).")
     eval_dataset: str | None = Field(
         None,
         description="Held-out set the cloud evaluates the master on (default: the run's "

@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from simultrain.shared.auth import MIN_KEY_BYTES
 from simultrain.shared.errors import ConfigError
 
+from simultrain.shared.settings_doc import settings_table as shared_settings_table
+
 from .records import Codec, Mode, RunConfig
 
 __all__ = ["ENV_PREFIX", "CoordinatorSettings", "SettingsError", "load_settings", "settings_table"]
@@ -222,13 +224,7 @@ class CoordinatorSettings(BaseSettings):
 
 def settings_table() -> str:
     """A Markdown table of every environment variable, its default and its meaning."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in CoordinatorSettings.model_fields.items():
-        default = field.default
-        shown = "—" if default is None or default == () else f"`{default}`"
-        description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {description} |")
-    return "\n".join(rows)
+    return shared_settings_table(CoordinatorSettings)
 
 
 class SettingsError(ConfigError):

@@ -38,7 +38,9 @@ class EdgeSettings(BaseSettings):
     shard_count: int = Field(1, ge=1, description="How many shards the data is cut into.")
     steps: int = Field(0, ge=0, description="Batches to train, then stop (0: run forever).")
     dataset: str | None = Field(None, description="Override the run's dataset (e.g. npz:PATH).")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level (logs go to stderr)."
+    )
     heartbeat_interval_s: float | None = Field(
         None, gt=0, description="Heartbeat period (default: what the coordinator says)."
     )
@@ -55,9 +57,9 @@ class EdgeSettings(BaseSettings):
     )
     watchdog: bool = Field(True, description="Ping systemd's watchdog when run under it.")
     # Run configuration when there is no coordinator.
-    run_mode: str = "simultrain"
-    run_dataset: str = "imu"
-    run_model_id: str | None = None
-    run_seed: int = 0
-    run_window: int = Field(4, ge=0)
-    run_batch_size: int = Field(32, ge=1)
+    run_mode: str = Field("simultrain", description="Mode, when there is no coordinator.")
+    run_dataset: str = Field("imu", description="Dataset, when there is no coordinator.")
+    run_model_id: str | None = Field(None, description="Model id (default: the dataset's).")
+    run_seed: int = Field(0, description="Seed, when there is no coordinator.")
+    run_window: int = Field(4, ge=0, description="Window W, when there is no coordinator.")
+    run_batch_size: int = Field(32, ge=1, description="Batch size (no coordinator).")

@@ -1,17 +1,6 @@
 """Settings of the link emulator: one immutable object, read from ``SIMULTRAIN_NETEM_*``.
 
-| variable | default | meaning |
-|---|---|---|
-| ``SIMULTRAIN_NETEM_LISTEN_HOST`` | ``127.0.0.1`` | address the edge connects to |
-| ``SIMULTRAIN_NETEM_LISTEN_PORT`` | ``0`` | port (0: any free port, printed on start) |
-| ``SIMULTRAIN_NETEM_UPSTREAM_HOST`` | ``127.0.0.1`` | the cloud service's address |
-| ``SIMULTRAIN_NETEM_UPSTREAM_PORT`` | required | the cloud service's port |
-| ``SIMULTRAIN_NETEM_PROFILE`` | ``4g`` | a named profile or a custom spec (``docs/NETEM.md``) |
-| ``SIMULTRAIN_NETEM_SEED`` | ``0`` | seed of the jitter and loss samples |
-| ``SIMULTRAIN_NETEM_DISCONNECT_EVERY_S`` | none | cut the link every this many seconds |
-| ``SIMULTRAIN_NETEM_DISCONNECT_FOR_S`` | none | … for this long each time |
-| ``SIMULTRAIN_NETEM_SEGMENT_BYTES`` | ``16384`` | segment size of the shaper |
-| ``SIMULTRAIN_NETEM_MAX_INFLIGHT_BYTES`` | ``4194304`` | per connection and direction |
+Every field is documented in its ``description``; the README renders the table.
 """
 
 from __future__ import annotations
@@ -33,19 +22,38 @@ class NetemSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_NETEM_", frozen=True, extra="forbid")
 
-    listen_host: str = "127.0.0.1"
-    listen_port: int = Field(default=0, ge=0, le=65535)
-    upstream_host: str = "127.0.0.1"
-    upstream_port: int = Field(ge=1, le=65535)
-    profile: str = "4g"
-    """A named profile (4g, 5g, lan, none) or a custom spec such as ``rate=20mbit,rtt=40ms``."""
-    seed: int = 0
-    disconnect_every_s: float | None = Field(default=None, gt=0)
-    """Overrides the profile's outage schedule; both or neither of the two are given."""
-    disconnect_for_s: float | None = Field(default=None, gt=0)
-    segment_bytes: int = Field(default=DEFAULT_SEGMENT_BYTES, ge=512, le=1024 * 1024)
-    max_inflight_bytes: int = Field(default=DEFAULT_MAX_INFLIGHT_BYTES, ge=64 * 1024)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
+    listen_host: str = Field("127.0.0.1", description="Address the edges connect to.")
+    listen_port: int = Field(
+        default=0, ge=0, le=65535, description="Port (0: any free port, printed on start)."
+    )
+    upstream_host: str = Field("127.0.0.1", description="The cloud service's address.")
+    upstream_port: int = Field(ge=1, le=65535, description="The cloud service's port (required).")
+    profile: str = Field(
+        "4g",
+        description="A named profile (4g, 5g, lan, none) or a custom spec such as "
+        "rate=20mbit,rtt=40ms (docs/NETEM.md).",
+    )
+    seed: int = Field(0, description="Seed of the jitter and loss samples.")
+    disconnect_every_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Cut the link every this many seconds (overrides the profile's "
+        "schedule; give both or neither of the two).",
+    )
+    disconnect_for_s: float | None = Field(
+        default=None, gt=0, description="… for this long each time."
+    )
+    segment_bytes: int = Field(
+        default=DEFAULT_SEGMENT_BYTES, ge=512, le=1024 * 1024, description="Shaper segment size."
+    )
+    max_inflight_bytes: int = Field(
+        default=DEFAULT_MAX_INFLIGHT_BYTES,
+        ge=64 * 1024,
+        description="Buffered bytes per connection and direction (then TCP backpressure).",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of the connection to the cloud."
+    )
 
     @field_validator("profile")
     @classmethod

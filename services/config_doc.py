@@ -1,0 +1,26 @@
+"""``python -m simultrain.config_doc``: the README's configuration tables, from the settings."""
+
+from __future__ import annotations
+
+from simultrain.shared.settings_doc import settings_table
+
+__all__ = ["configuration_tables"]
+
+
+def configuration_tables() -> str:
+    from simultrain.cloud.settings import CloudSettings
+    from simultrain.coordinator.settings import CoordinatorSettings
+    from simultrain.edge.settings import EdgeSettings
+    from simultrain.netem.settings import NetemSettings
+
+    sections = [
+        ("Coordinator (`simultrain coordinator`)", CoordinatorSettings),
+        ("Cloud (`simultrain cloud`)", CloudSettings),
+        ("Edge agent (`simultrain edge`)", EdgeSettings),
+        ("Link emulator (`simultrain netem`)", NetemSettings),
+    ]
+    return "\n\n".join(f"#### {title}\n\n{settings_table(cls)}" for title, cls in sections)
+
+
+if __name__ == "__main__":
+    print(configuration_tables())
