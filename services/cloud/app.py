@@ -222,6 +222,8 @@ async def _serve_session(service: CloudService, conn: Connection) -> None:
                 elif isinstance(frame, Act | EGrad):
                     await service.handle(conn, frame)
                 elif isinstance(frame, Bye):
+                    # An edge that leaves may forget its batches: make them durable first.
+                    await service.checkpoint()
                     await websocket.close(code=1000, reason="bye")
                     return
                 else:

@@ -219,6 +219,7 @@ class CloudService:
             conn.bucket.take()
         started = time.perf_counter()
         handler = self.runtime.on_act if frame.type == "act" else self.runtime.on_egrad
+        log.debug("%s %s %s seq=%s", conn.edge_id, id(conn), frame.type, getattr(frame, "seq", None))
         try:
             outgoing = await self.compute(handler, conn.edge_id, frame)
         except TrainingError as exc:
@@ -227,11 +228,27 @@ class CloudService:
             raise InvalidTensor(str(exc)) from exc
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
         await self.deliver(outgoing)
-        if (
-            self.checkpoint_dir is not None
-            and self.master.version - self.last_checkpoint_version >= self.settings.checkpoint_every
-        ):
+        if self._checkpoint_due():
             await self.checkpoint()
+
+    def _checkpoint_due(self) -> bool:
+        """Every ``checkpoint_every`` updates, preferably at a batch boundary.
+
+        Between a batch's cloud-stage update and its edge-stage update, a resumed cloud
+        would compute that batch's cut gradient again at weights that already include its
+        cloud-stage update: still applied once, but no longer the computation a run without
+        the crash did. At a boundary (no batch half-applied) a lockstep run resumes
+        bit for bit; a pipelined one always has batches in flight, so after four periods
+        the checkpoint is taken anyway.
+        """
+        if self.checkpoint_dir is None:
+            return False
+        behind = self.master.version - self.last_checkpoint_version
+        every = self.settings.checkpoint_every
+        settled = all(
+            s.highest_cloud_step_seq <= s.highest_applied_seq for s in self.runtime.sessions.values()
+        )
+        return behind >= every and (settled or behind >= 4 * every)
 
     async def checkpoint(self) -> None:
         """Write a checkpoint on the compute thread (between updates: consistent)."""

@@ -206,8 +206,10 @@ class EdgeAgent:
         runtime = self.runtime
         assert runtime is not None
         steps = self.settings.steps
-        done_producing = self._stop.is_set() or (steps and self.report.steps >= steps)
-        return bool(done_producing) and not runtime.unacked
+        done_producing = self._stop.is_set() or (steps and self._produced() >= steps)
+        # Done when everything produced is applied. Batches applied but not yet in a
+        # checkpoint are made durable by the cloud when it gets our BYE.
+        return bool(done_producing) and runtime.highest_acked >= runtime.next_seq - 1
 
     async def _session_loop(self) -> None:
         delay = self.settings.reconnect_initial_s
@@ -356,8 +358,12 @@ class EdgeAgent:
             for task in done:
                 task.result()  # re-raise what ended the session
             if producer in done and self._finished():
+                # The cloud checkpoints what we sent before it closes: wait for its close.
                 await self._send(ws, session, Bye(reason="training finished"))
-                await ws.close(code=1000, reason="training finished")
+                try:
+                    await asyncio.wait_for(ws.wait_closed(), timeout=60)
+                except TimeoutError:
+                    await ws.close(code=1000, reason="training finished")
         finally:
             for task in (producer, receiver):
                 task.cancel()
@@ -377,9 +383,7 @@ class EdgeAgent:
             if resend:
                 seq, kept = resend.pop(0)
                 frame = await self._in_compute(runtime.resend, seq, kept)
-            elif self._stop.is_set() or (
-                self.settings.steps and self.report.steps >= self.settings.steps
-            ):
+            elif self._no_more_acts():
                 # Nothing new to send: wait for the acknowledgements of what is in flight.
                 while runtime.pending_egrads:
                     await self._send(ws, session, runtime.pending_egrads.popleft())
@@ -387,12 +391,24 @@ class EdgeAgent:
                 await self._changed.wait()
                 continue
             else:
-                x, y = next(self.stream)
-                frame = await self._in_compute(runtime.produce, x, y)
-                self.report.steps += 1
-                self.report.samples_sent += len(y)
+                frame = await self._in_compute(self._produce_next)
             if frame is not None:
                 await self._send(ws, session, frame)
+
+    def _produce_next(self) -> Frame | None:
+        """Take the next batch and produce its frame, as one step on the compute thread.
+
+        One step, so a session that ends meanwhile cannot separate the two: a batch taken
+        is a batch kept (and re-sent on the next session), and one not taken stays in the
+        stream.
+        """
+        runtime = self.runtime
+        assert runtime is not None
+        x, y = next(self.stream)
+        frame = runtime.produce(x, y)
+        self.report.steps = runtime.batches_produced
+        self.report.samples_sent = runtime.samples_produced
+        return frame
 
     async def _receive_loop(self, ws: ClientConnection, session: EdgeSession) -> None:
         runtime = self.runtime
@@ -432,10 +448,13 @@ class EdgeAgent:
                     self._handle_control(frame)
                 self._changed.set()
 
+    def _produced(self) -> int:
+        return self.runtime.batches_produced if self.runtime is not None else 0
+
     def _no_more_acts(self) -> bool:
         return bool(
             self._stop.is_set()
-            or (self.settings.steps and self.report.steps >= self.settings.steps)
+            or (self.settings.steps and self._produced() >= self.settings.steps)
         )
 
     # --- liveness -----------------------------------------------------------------------

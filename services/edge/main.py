@@ -40,6 +40,8 @@ def run(settings: EdgeSettings) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: a heartbeat a second would drown the agent's log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         report = asyncio.run(run_agent(settings))
     except SimulTrainError as exc:

@@ -50,7 +50,7 @@ from simultrain.shared.training.master import CloudMaster, OptimizerConfig
 from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES, EdgeRole, Schedule
 from simultrain.shared.training.weights import EdgeReplica, StashedForward, blend
 
-__all__ = ["Codecs", "CloudRuntime", "CloudSessionState", "EdgeRuntime", "Outgoing", "WholeModel"]
+__all__ = ["CloudRuntime", "CloudSessionState", "Codecs", "EdgeRuntime", "Outgoing", "WholeModel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,9 @@ class CloudRuntime:
         self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # FedAvg uploads
 
     # --- sessions -----------------------------------------------------------------------
-    def open_session(self, edge_id: str, *, reconcile_offset: int = 0) -> tuple[CloudSessionState, Snap]:
+    def open_session(
+        self, edge_id: str, *, reconcile_offset: int = 0
+    ) -> tuple[CloudSessionState, Snap]:
         """A new or resumed session starts from an exact copy of the master (SPEC step 5)."""
         state = self.sessions.get(edge_id)
         if state is None:
@@ -154,7 +156,9 @@ class CloudRuntime:
     def _session_weights(self) -> Mapping[str, Tensor]:
         if self.schedule.edge_role in WHOLE_MODEL_ROLES:
             return {n: t.detach().clone() for n, t in self.master.full_state().items()}
-        return self.master.edge_weights()
+        # The master's edge stage, or its prediction at the time the edge's gradient will
+        # land when the compensation predicts weights (SpecTrain / PipeMare).
+        return self.master.edge_weights_for_replica()
 
     # --- ACT: SPEC step 2 ---------------------------------------------------------------
     def on_act(self, edge_id: str, act: Act) -> list[Outgoing]:
@@ -296,6 +300,10 @@ class CloudRuntime:
 # --------------------------------------------------------------------------------------
 
 
+KeptBatch = tuple[np.ndarray, np.ndarray] | EGrad
+"""A batch kept until it is durable: its data, or FedAvg's upload frame."""
+
+
 class WholeModel(nn.Module):
     """Edge and cloud stages as one module with ``edge.*`` / ``cloud.*`` names.
 
@@ -346,6 +354,8 @@ class EdgeRuntime:
         # reconnect (issue 5: no sample lost). FedAvg keeps its upload frame instead.
         self.unacked: dict[int, tuple[np.ndarray, np.ndarray] | EGrad] = {}
         self.deltas: DeltaSequencer[Delta] = DeltaSequencer(0)
+        self.batches_produced = 0  # new batches taken from the data (re-sends not counted)
+        self.samples_produced = 0
 
     # --- version and window -----------------------------------------------------------
     @property
@@ -425,14 +435,15 @@ class EdgeRuntime:
         for seq in [s for s in self.unacked if s < until]:
             del self.unacked[seq]
 
-    def resume(self, acked_seq: int | None) -> list[tuple[int, tuple[np.ndarray, np.ndarray] | EGrad]]:
+    def resume(self, acked_seq: int | None) -> list[tuple[int, KeptBatch]]:
         """After a reconnect: forget in-flight state; what must be sent again, in order.
 
         Graphs of batches in flight belong to the old session (their cut gradients will never
-        come); the cloud's WELCOME says which batches it has fully applied.
+        come). The cloud's WELCOME says which batches it has fully applied, and it is the
+        authority: a cloud that crashed and resumed from its checkpoint may have applied
+        fewer than it had acknowledged before — those come again from what we kept.
         """
-        if acked_seq is not None:
-            self.highest_acked = max(self.highest_acked, acked_seq)
+        self.highest_acked = -1 if acked_seq is None else acked_seq
         self.in_flight.clear()
         self.unanswered.clear()
         self.pending_egrads.clear()
@@ -450,6 +461,9 @@ class EdgeRuntime:
         caller checks :meth:`can_produce` first.
         """
         replica = self._require_replica()
+        if seq is None:
+            self.batches_produced += 1
+            self.samples_produced += int(labels.shape[0])
         if seq is None and self.schedule.edge_role is not EdgeRole.LOCAL_STEPS:
             seq = self._take_seq()
             self.unacked[seq] = (inputs, labels)
@@ -478,8 +492,9 @@ class EdgeRuntime:
         else:
             stash = replica.forward(seq, x)
             self.in_flight[seq] = stash
-            payload = to_wire(stash.activations.detach(), self.codecs.act,
-                              topk_ratio=self.codecs.topk_ratio)
+            payload = to_wire(
+                stash.activations.detach(), self.codecs.act, topk_ratio=self.codecs.topk_ratio
+            )
         egrad = self.pending_egrads.popleft() if self.pending_egrads else None
         return Act(
             seq=seq,
