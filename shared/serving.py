@@ -76,6 +76,7 @@ async def serve_app(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     graceful_shutdown_s: float = 10.0,
+    ws_max_size: int = 1 << 26,
     on_listening: Callable[[str], None] = listening_line,
 ) -> None:
     """Serve ``app`` until uvicorn is told to exit (SIGINT/SIGTERM).
@@ -95,7 +96,11 @@ async def serve_app(
         ssl_keyfile=ssl_keyfile,
         ssl_cert_reqs=ssl.CERT_NONE,
         timeout_graceful_shutdown=int(graceful_shutdown_s),
-        ws_max_size=1 << 30,  # frame limits are the protocol's (Limits), checked per session
+        # PROTOCOL.md §1: no permessage-deflate (tensors are lz4-compressed already, and a
+        # deflate bomb would inflate before our limits see it); messages no larger than
+        # the protocol's max_frame_bytes.
+        ws_max_size=ws_max_size,
+        ws_per_message_deflate=False,
     )
     await _Server(config, on_listening).serve()
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from typing import Any
 
 import httpx
@@ -26,6 +27,12 @@ __all__ = ["CoordinatorLink", "fetch_run_config"]
 log = logging.getLogger("simultrain.cloud")
 
 
+def _verify(settings: CloudSettings) -> ssl.SSLContext | bool:
+    if settings.ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.ca_file))
+
+
 def _headers(settings: CloudSettings) -> dict[str, str]:
     if settings.admin_token is None:
         return {}
@@ -37,7 +44,7 @@ async def fetch_run_config(settings: CloudSettings, *, attempts: int = 30) -> Ru
     assert settings.coordinator_url
     url = settings.coordinator_url.rstrip("/") + "/v1/config"
     delay = 0.1
-    async with httpx.AsyncClient(timeout=5.0) as client:
+    async with httpx.AsyncClient(timeout=5.0, verify=_verify(settings)) as client:
         for attempt in range(attempts):
             try:
                 reply = await client.get(url, headers=_headers(settings))
@@ -57,7 +64,9 @@ class CoordinatorLink:
         self.settings = settings
         self.service = service
         self.base = settings.coordinator_url.rstrip("/")
-        self.client = httpx.AsyncClient(timeout=5.0, headers=_headers(settings))
+        self.client = httpx.AsyncClient(
+            timeout=5.0, headers=_headers(settings), verify=_verify(settings)
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def public_url(self) -> str:

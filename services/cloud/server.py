@@ -28,6 +28,7 @@ async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> Non
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         graceful_shutdown_s=settings.graceful_shutdown_s,
+        ws_max_size=settings.max_frame_bytes,
         on_listening=on_listening,
     )
 

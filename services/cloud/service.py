@@ -23,7 +23,9 @@ from starlette.websockets import WebSocket, WebSocketState
 from simultrain.shared import auth
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import (
+    EncodeError,
     HandshakeRejected,
+    InternalError,
     InvalidTensor,
     ProtocolError,
     RateLimited,
@@ -65,7 +67,12 @@ class Connection:
         async with self.lock:
             if self.websocket.application_state is not WebSocketState.CONNECTED:
                 return
-            data = self.session.send(frame)
+            try:
+                data = self.session.send(frame)
+            except EncodeError as exc:
+                # Something we computed cannot go on the wire (e.g. not finite): our fault,
+                # not the peer's — close with 1011 rather than crash the handler.
+                raise InternalError(f"cannot send {frame.type}: {exc}") from exc
             self.bytes_out += len(data)
             if self.state is not None:
                 self.state.bytes_out += len(data)
@@ -190,7 +197,7 @@ class CloudService:
             await previous.websocket.close(code=1008, reason="superseded by a newer session")
         conn.edge_id = edge_id
         self.connections[edge_id] = conn
-        offset = int(hello.config.get("reconcile_offset", 0) or 0)
+        offset = _reconcile_offset(hello.config.get("reconcile_offset"))
         state, snap = await self.compute(
             lambda: self.runtime.open_session(edge_id, reconcile_offset=offset)
         )
@@ -318,3 +325,12 @@ class CloudService:
 
 def _scalar(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
+
+
+def _reconcile_offset(value: object) -> int:
+    """HELLO's ``config.reconcile_offset``: a small non-negative int, or absent."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
+        raise HandshakeRejected("config.reconcile_offset must be a non-negative integer")
+    return value

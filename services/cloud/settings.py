@@ -77,6 +77,9 @@ class CloudSettings(BaseSettings):
     checkpoint_every: int = Field(200, ge=1, description="Master updates between checkpoints.")
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) → HTTPS/WSS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
+    ca_file: Path | None = Field(
+        None, description="CA bundle that verifies an https coordinator (default: system CAs)."
+    )
     graceful_shutdown_s: float = Field(10.0, ge=0, description="Time to drain sessions on SIGTERM.")
 
     def token_keys(self) -> list[str]:

@@ -2,9 +2,10 @@
 
 ``serve(settings)`` is the coroutine; ``run(settings)`` the blocking entry point used by
 ``python -m simultrain.coordinator`` and the CLI. Once the socket accepts connections the
-process prints exactly one line ``LISTENING http://HOST:PORT`` on stdout (the real port when
-``port=0``), so a parent process waits on that event instead of sleeping (ARCHITECTURE.md
-"Settings and environment variables"). Logs go to stderr only, so stdout carries nothing else.
+process prints exactly one line ``LISTENING http://HOST:PORT`` on stdout (``https://`` with
+TLS; the real port when ``port=0``), so a parent process waits on that event instead of
+sleeping (ARCHITECTURE.md "Settings and environment variables"). Logs go to stderr only, so
+stdout carries nothing else.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ def listening_line(url: str) -> None:
     print(f"LISTENING {url}", flush=True)
 
 
-def _url_of(sock: socket.socket) -> str:
+def _url_of(sock: socket.socket, scheme: str) -> str:
     host, port = sock.getsockname()[:2]
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 class _Server(uvicorn.Server):
@@ -53,7 +54,8 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and self.servers and self.servers[0].sockets:
-            self.url = _url_of(self.servers[0].sockets[0])
+            scheme = "https" if self.config.is_ssl else "http"
+            self.url = _url_of(self.servers[0].sockets[0], scheme)
             self._on_listening(self.url)
 
 
@@ -93,6 +95,10 @@ async def serve(
         lifespan="on",
         # Edges reconnecting after a coordinator restart should not wait on old sockets.
         timeout_graceful_shutdown=5,
+        # HTTPS when given a certificate and key (issue 5 item 2); clients are not asked
+        # for certificates: edges authenticate with tokens, clouds with the admin token.
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     )
     await _Server(config, on_listening).serve()
 

@@ -25,7 +25,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from simultrain.shared.auth import MIN_KEY_BYTES
 from simultrain.shared.errors import ConfigError
-
 from simultrain.shared.settings_doc import settings_table as shared_settings_table
 
 from .records import Codec, Mode, RunConfig
@@ -58,6 +57,10 @@ class CoordinatorSettings(BaseSettings):
         "simultrain-coordinator.db",
         description='SQLite database file holding the state; ":memory:" keeps it in memory.',
     )
+    ssl_certfile: Path | None = Field(
+        None, description="TLS certificate chain (PEM): serve HTTPS (issue 5 item 2)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) of ssl_certfile.")
 
     # --- health ----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(
@@ -200,6 +203,8 @@ class CoordinatorSettings(BaseSettings):
                 raise ValueError(f"{name} must not be empty")
         if self.token_previous_keys and self.token_key is None:
             raise ValueError("token_previous_keys needs token_key")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile, or neither")
         return self
 
     @property

@@ -84,6 +84,7 @@ class EdgeReport:
     last_loss: float | None = None
     seconds: float = 0.0
     compute_seconds: float = 0.0
+    longest_compute_s: float = 0.0  # the longest single compute section, dilated
     errors: list[str] = field(default_factory=list)
 
 
@@ -348,6 +349,7 @@ class EdgeAgent:
         async with self._compute:
             result, elapsed = await asyncio.to_thread(timed)
         self.report.compute_seconds += elapsed * slowdown
+        self.report.longest_compute_s = max(self.report.longest_compute_s, elapsed * slowdown)
         return result
 
     async def _stream(self, ws: ClientConnection, session: EdgeSession) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,7 +50,9 @@ class OptimizerConfig:
     cloud_momentum: float | None = None
     weight_decay: float = 0.0
 
-    def build(self, params: Sequence[Tensor], *, stage: Literal["edge", "cloud", "full"]) -> torch.optim.Optimizer:
+    def build(
+        self, params: Sequence[Tensor], *, stage: Literal["edge", "cloud", "full"]
+    ) -> torch.optim.Optimizer:
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if self.name == "sgd":
@@ -142,6 +144,12 @@ class CloudMaster:
         self._cloud_opt = optimizer.build(list(cloud_stage.parameters()), stage="cloud")
         self._full_opt: torch.optim.Optimizer | None = None
         self._base_edge_lr = [g["lr"] for g in self._edge_opt.param_groups]
+        self._base_cloud_lr = [g["lr"] for g in self._cloud_opt.param_groups]
+        self._base_edge_momentum = [_momentum_of(g) for g in self._edge_opt.param_groups]
+        self._base_cloud_momentum = [_momentum_of(g) for g in self._cloud_opt.param_groups]
+        # The staleness of the last applied edge gradient: what the cloud stage's momentum
+        # and the weight prediction are sized by (with several edges it exceeds one window).
+        self.observed_staleness = 0
         self.version = 0
         self.edge_updates = 0
         self.history_versions = history_versions
@@ -156,6 +164,26 @@ class CloudMaster:
     def edge_weights(self) -> Mapping[str, Tensor]:
         """The current edge-stage master weights (an immutable snapshot)."""
         return self._history[-1].weights
+
+    def edge_weights_for_replica(self) -> Mapping[str, Tensor]:
+        """The edge-stage weights to send to an edge replica (deltas and reconciliation).
+
+        The master's own weights, or — with a compensation that predicts weights (SpecTrain,
+        PipeMare) — those weights extrapolated by ``h`` edge-stage updates along the last one,
+        ``ŵ = w + h·(w − w_prev)``, ``h`` the compensation's horizon for the observed
+        staleness. Buffers are never extrapolated.
+        """
+        current = self.edge_weights()
+        horizon = self.compensation.prediction_horizon(self.observed_staleness)
+        if horizon == 0.0 or len(self._history) < 2:
+            return current
+        previous = self._history[-2]
+        if previous.index != self._history[-1].index - 1:
+            return current  # the last two entries are not one edge update apart
+        return {
+            n: (t + horizon * (t - previous.weights[n])) if n in self._edge_params else t
+            for n, t in current.items()
+        }
 
     def edge_weights_at(self, version: int) -> Mapping[str, Tensor] | None:
         entry = self._lookup(version)
@@ -191,19 +219,35 @@ class CloudMaster:
 
     # --- SPEC step 2: cloud stage --------------------------------------------------------
 
-    def cloud_step(self, activations: Tensor, labels: Tensor, *, apply: bool = True) -> CloudStepResult:
+    def cloud_step(
+        self, activations: Tensor, labels: Tensor, *, apply: bool = True
+    ) -> CloudStepResult:
         """Forward and backward of the cloud stage, update applied at once; the cut gradient.
 
         ``apply=False`` computes the cut gradient without updating: for a batch re-sent after
         a reconnect whose cloud-stage update was applied before (exactly-once).
         """
         self._check_batch(activations, labels)
-        cut = activations.detach().requires_grad_(True)
+        cut = activations.detach().to(self._dtype).requires_grad_(True)
         logits = self.cloud_stage(cut)
+        _check_labels(labels, int(logits.shape[1]))
         loss = F.cross_entropy(logits, labels)
         self._cloud_opt.zero_grad(set_to_none=True)
         loss.backward()
+        # Finite inputs can still overflow (an activation of 3e38): refuse before stepping,
+        # so one hostile batch never turns the master into NaN (issue 5, item 3).
+        _require_finite(
+            [loss, cut.grad, *(p.grad for p in self.cloud_stage.parameters())], "cloud step"
+        )
         if apply:
+            _set_stage(
+                self._cloud_opt,
+                self._base_cloud_lr,
+                self._base_cloud_momentum,
+                self.compensation,
+                self.observed_staleness,
+                "cloud",
+            )
             self._cloud_opt.step()
             self.version += 1
         self._cloud_opt.zero_grad(set_to_none=True)
@@ -226,22 +270,30 @@ class CloudMaster:
             self.staleness.dropped += 1
             return EdgeUpdateResult(False, self.version, -1, self.version - edge_version)
         staleness = self.edge_updates - entry.index
-        scale = self.compensation.lr_scale(staleness)
-        for group, base in zip(self._edge_opt.param_groups, self._base_edge_lr, strict=True):
-            group["lr"] = base * scale
+        _set_stage(
+            self._edge_opt,
+            self._base_edge_lr,
+            self._base_edge_momentum,
+            self.compensation,
+            staleness,
+            "edge",
+        )
+        applied = {n: grads[n].to(p.dtype) for n, p in self._edge_params.items()}
+        _require_finite(applied.values(), "edge gradient")  # 1e300 in float64 is inf here
+        if staleness > 0:
+            # A compensation is the plain update at staleness 0 by contract; not calling it
+            # there keeps window 0 bit-identical to sequential split training.
+            now = {n: p.detach() for n, p in self._edge_params.items()}
+            applied = self.compensation.edge_gradients(applied, now, entry.weights, staleness)
         for name, param in self._edge_params.items():
-            g = grads[name].to(param.dtype)
-            if staleness > 0:
-                g = self.compensation.edge_gradient(
-                    g, param.detach(), entry.weights[name], staleness
-                )
-            param.grad = g.clone()
+            param.grad = applied[name].clone()
         self._edge_opt.step()
         self._edge_opt.zero_grad(set_to_none=True)
         self.version += 1
         self.edge_updates += 1
         self.samples_applied += samples
         self.staleness.record(staleness)
+        self.observed_staleness = staleness
         self._record_edge_history()
         return EdgeUpdateResult(True, self.version, staleness, self.version - 1 - edge_version)
 
@@ -256,10 +308,13 @@ class CloudMaster:
     def full_step(self, inputs: Tensor, labels: Tensor) -> CloudStepResult:
         """Centralized mode: the cloud trains the whole model on a raw batch."""
         opt = self._full_optimizer()
-        logits = self.cloud_stage(self.edge_stage(inputs))
+        self._check_batch(inputs, labels)
+        logits = self.cloud_stage(self.edge_stage(inputs.to(self._dtype)))
+        _check_labels(labels, int(logits.shape[1]))
         loss = F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _require_finite([loss, *(p.grad for p in self.full_parameters().values())], "full step")
         opt.step()
         return self._after_full_update(loss, logits, labels, samples=int(labels.shape[0]))
 
@@ -270,10 +325,10 @@ class CloudMaster:
         opt = self._full_optimizer()
         if loss:
             self._track_loss(loss)
-        for name, param in self.full_parameters().items():
-            if name not in grads:
-                raise TrainingError(f"full gradient lacks {name}")
-            param.grad = grads[name].to(param.dtype).clone()
+        params = self.full_parameters()
+        checked = _checked_like(grads, params, "full gradient")
+        for name, param in params.items():
+            param.grad = checked[name]
         opt.step()
         opt.zero_grad(set_to_none=True)
         self._bump_full(samples)
@@ -284,10 +339,12 @@ class CloudMaster:
         total = sum(n for _, n in updates)
         if total <= 0:
             raise TrainingError("FedAvg round with no samples")
+        state = self.full_state()
+        checked = [(_checked_like(w, state, "FedAvg upload"), n) for w, n in updates]
         with torch.no_grad():
-            for name, param in self.full_state().items():
+            for name, param in state.items():
                 acc = torch.zeros_like(param, dtype=torch.float64)
-                for weights, n in updates:
+                for weights, n in checked:
                     acc += weights[name].to(torch.float64) * (n / total)
                 param.copy_(acc.to(param.dtype))
         self._bump_full(total)
@@ -308,7 +365,7 @@ class CloudMaster:
         self._record_edge_history()
 
     def full_parameters(self) -> dict[str, Tensor]:
-        named = {f"edge.{n}": p for n, p in self.edge_stage.named_parameters()}
+        named: dict[str, Tensor] = {f"edge.{n}": p for n, p in self.edge_stage.named_parameters()}
         named.update({f"cloud.{n}": p for n, p in self.cloud_stage.named_parameters()})
         return named
 
@@ -320,7 +377,9 @@ class CloudMaster:
     # --- evaluation and checks -----------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, inputs: Tensor, labels: Tensor, *, batch_size: int = 512) -> tuple[float, float]:
+    def evaluate(
+        self, inputs: Tensor, labels: Tensor, *, batch_size: int = 512
+    ) -> tuple[float, float]:
         """Held-out accuracy and mean loss of the master model."""
         self.edge_stage.eval()
         self.cloud_stage.eval()
@@ -337,11 +396,17 @@ class CloudMaster:
         n = max(int(labels.shape[0]), 1)
         return correct / n, loss_sum / n
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.cloud_stage.parameters()).dtype
+
     def _check_batch(self, activations: Tensor, labels: Tensor) -> None:
         if activations.shape[0] != labels.shape[0]:
-            raise TrainingError(
-                f"{activations.shape[0]} activations for {labels.shape[0]} labels"
-            )
+            raise TrainingError(f"{activations.shape[0]} activations for {labels.shape[0]} labels")
+        if activations.dtype not in (torch.float16, torch.float32):
+            raise TrainingError(f"activations must be float32 or float16, got {activations.dtype}")
+        if labels.dtype != torch.int64 or labels.ndim != 1:
+            raise TrainingError(f"labels must be int64 of shape (batch,), got {labels.dtype}")
 
     def _check_edge_grads(self, grads: Mapping[str, Tensor]) -> None:
         for name, param in self._edge_params.items():
@@ -350,8 +415,68 @@ class CloudMaster:
                 raise TrainingError(f"edge gradient lacks {name}")
             if g.shape != param.shape:
                 raise TrainingError(
-                    f"edge gradient {name} has shape {tuple(g.shape)}, expected {tuple(param.shape)}"
+                    f"edge gradient {name} has shape {tuple(g.shape)}, "
+                    f"expected {tuple(param.shape)}"
                 )
         unknown = set(grads) - set(self._edge_params)
         if unknown:
             raise TrainingError(f"edge gradient has unknown tensors {sorted(unknown)}")
+
+
+def _momentum_of(group: Mapping[str, object]) -> float:
+    """SGD's momentum or Adam's β₁: the fraction of the previous step a new one keeps."""
+    if "betas" in group:
+        betas = group["betas"]
+        assert isinstance(betas, tuple)
+        return float(betas[0])
+    return float(group.get("momentum", 0.0))  # type: ignore[arg-type]
+
+
+def _set_stage(
+    opt: torch.optim.Optimizer,
+    base_lr: Sequence[float],
+    base_momentum: Sequence[float],
+    compensation: Compensation,
+    staleness: int,
+    stage: Literal["edge", "cloud"],
+) -> None:
+    """Learning rate and momentum of one stage's next step, as the compensation sets them.
+
+    At staleness 0 every compensation returns the base values, so the step is the plain one.
+    """
+    scale = compensation.lr_scale(staleness, stage)
+    for group, lr, momentum in zip(opt.param_groups, base_lr, base_momentum, strict=True):
+        group["lr"] = lr * scale
+        mu = compensation.momentum(momentum, staleness, stage)
+        if "betas" in group:
+            group["betas"] = (mu, group["betas"][1])
+        elif "momentum" in group:
+            group["momentum"] = mu
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise TrainingError(f"labels outside [0, {num_classes})")
+
+
+def _require_finite(tensors: Iterable[Tensor | None], what: str) -> None:
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise TrainingError(f"{what}: not finite (NaN or infinity); nothing applied")
+
+
+def _checked_like(
+    tensors: Mapping[str, Tensor], like: Mapping[str, Tensor], what: str
+) -> dict[str, Tensor]:
+    """``tensors`` cast to ``like``'s dtypes, with exactly its names and shapes, all finite."""
+    if tensors.keys() != like.keys():
+        missing, unknown = set(like) - set(tensors), set(tensors) - set(like)
+        raise TrainingError(f"{what}: missing {sorted(missing)[:3]}, unknown {sorted(unknown)[:3]}")
+    out = {}
+    for name, ref in like.items():
+        t = tensors[name]
+        if t.shape != ref.shape:
+            raise TrainingError(f"{what}: {name} has shape {tuple(t.shape)}, not {tuple(ref.shape)}")
+        out[name] = t.to(ref.dtype).clone()
+    _require_finite(out.values(), what)
+    return out
