@@ -85,6 +85,8 @@ class EdgeReport:
     seconds: float = 0.0
     compute_seconds: float = 0.0
     longest_compute_s: float = 0.0  # the longest single compute section, dilated
+    heartbeats: int = 0
+    heartbeat_failures: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -471,8 +473,10 @@ class EdgeAgent:
             try:
                 update = await self.coordinator.heartbeat(version, self.report.batches_acked)
             except SimulTrainError as exc:
+                self.report.heartbeat_failures += 1
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            self.report.heartbeats += 1
             if update.cloud_url != self.assignment.cloud_url:
                 log.warning("reassigned to cloud %s", update.cloud_url)
             self.assignment = update
