@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint typecheck pytest fuzz bench study clean
 
 $(STAMP): pyproject.toml constraints.txt
+	# systemd-analyze validates the Pi's unit file (tests/deploy); most images ship it.
+	command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y --no-install-recommends systemd; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'

@@ -117,6 +117,10 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
         service = getattr(request.app.state, "service", None)
         if service is None or not service.ready:
             return _error(503, "not_ready", "the master is not ready")
+        if settings.coordinator_url and service.cloud_id is None:
+            # Edges find this cloud through the coordinator: until it knows us, we are not
+            # ready for them (compose's service_healthy and Kubernetes readiness wait on it).
+            return _error(503, "not_registered", "not yet registered with the coordinator")
         return JSONResponse({"status": "ready", "master_version": service.master.version})
 
     @app.get("/v1/status")

@@ -34,9 +34,10 @@ def _verify(settings: CloudSettings) -> ssl.SSLContext | bool:
 
 
 def _headers(settings: CloudSettings) -> dict[str, str]:
-    if settings.admin_token is None:
+    secret = settings.admin_secret()
+    if secret is None:
         return {}
-    return {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    return {"Authorization": f"Bearer {secret}"}
 
 
 async def fetch_run_config(settings: CloudSettings, *, attempts: int = 30) -> RunConfig:

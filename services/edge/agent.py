@@ -109,6 +109,7 @@ class EdgeAgent:
         self._changed = asyncio.Event()  # something the producer may be waiting on happened
         self._send_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        self._stop_deadline = float("inf")
         self.assignment: Assignment | None = None
         self.runtime: EdgeRuntime | None = None
 
@@ -201,13 +202,28 @@ class EdgeAgent:
         return self.report
 
     def stop(self) -> None:
-        """Finish the current batch and leave (SIGTERM)."""
+        """Stop producing, drain what is in flight, leave (SIGTERM).
+
+        Bounded: after ``drain_timeout_s`` the agent leaves even if the cloud cannot be
+        reached, and says how many batches it could not deliver (they live only in memory).
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
+        self._stop_deadline = time.monotonic() + self.settings.drain_timeout_s
+        asyncio.get_running_loop().call_later(self.settings.drain_timeout_s, self._changed.set)
         self._changed.set()
+
+    def _drain_expired(self) -> bool:
+        return self._stop.is_set() and time.monotonic() >= self._stop_deadline
 
     def _finished(self) -> bool:
         runtime = self.runtime
         assert runtime is not None
+        if self._drain_expired():
+            if runtime.unacked:
+                log.error("leaving with %d batch(es) not delivered: drain timed out", len(runtime.unacked))
+            return True
         steps = self.settings.steps
         done_producing = self._stop.is_set() or (steps and self._produced() >= steps)
         # Done when everything produced is applied. Batches applied but not yet in a
@@ -228,7 +244,9 @@ class EdgeAgent:
                 log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
                 self.report.errors.append(type(exc).__name__)
                 # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
-                await asyncio.sleep(random.uniform(0, delay))
+                with contextlib.suppress(TimeoutError):
+                    # Wakes early on SIGTERM, so a stopping edge never sleeps out a backoff.
+                    await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
                 delay = min(delay * 2, self.settings.reconnect_max_s)
             if self._finished():
                 break

@@ -46,6 +46,9 @@ class EdgeSettings(BaseSettings):
     )
     reconnect_initial_s: float = Field(0.2, gt=0, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, description="Largest reconnect delay.")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long to wait for in-flight batches to be applied."
+    )
     compute_threads: int = Field(2, ge=1, description="Torch threads (a Pi 4 has 4 cores).")
     slowdown: float = Field(
         1.0,

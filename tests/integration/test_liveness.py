@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -108,3 +109,17 @@ def test_graceful_cloud_restart_closes_with_1012_and_the_edge_carries_on(tmp_pat
     exactly_once("graceful restart", 1, report, final)
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert "1012" in log  # "service restart": the edge knew to come back at once
+
+
+def test_sigterm_leaves_within_the_drain_timeout_when_the_cloud_is_gone(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, RunConfig())
+    try:
+        edge = cluster.start_edge(SIMULTRAIN_EDGE_STEPS="0", SIMULTRAIN_EDGE_DRAIN_TIMEOUT_S="2")
+        wait_until(lambda: applied(cluster.cloud_url) >= 640, timeout_s=300, what="progress")
+        cluster.cloud.kill()
+        started = time.monotonic()
+        assert edge.stop(timeout_s=60) == 0  # SIGTERM; a SIGKILL after 60 s would fail this
+        report = json.loads(edge.wait_for_line("DONE ", timeout_s=5))
+        print(f"left {time.monotonic() - started:.1f} s after SIGTERM, report: {report['steps']} steps")
+    finally:
+        cluster.stop()
