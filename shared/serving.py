@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-__all__ = ["listening_line", "run_until_signal", "serve_app"]
+__all__ = ["listening_line", "log_config", "run_until_signal", "serve_app"]
 
 
 def listening_line(url: str) -> None:
