@@ -183,6 +183,27 @@ def demo(
         raise typer.Exit(130) from None
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def study(ctx: typer.Context) -> None:
+    """Staleness compensation study (docs/STALENESS.md); --help for its options."""
+    from simultrain.bench.study import main as study_main
+
+    raise typer.Exit(study_main(list(ctx.args)))
+
+
+def _add_bench() -> None:
+    """``simultrain bench`` (issue 4): a Typer sub-app that imports only typer until it runs."""
+    from simultrain.bench.cli import bench_app
+
+    app.add_typer(bench_app, name="bench")
+
+
+_add_bench()
+
+
 def main() -> None:
     app()
 

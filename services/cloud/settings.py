@@ -60,8 +60,8 @@ class CloudSettings(BaseSettings):
     run_alpha: float = Field(0.5, ge=0, description="Forecast α, when there is no coordinator.")
     run_beta: float = Field(0.9, ge=0, le=1, description="Reconciliation β (no coordinator).")
     run_reconcile_every: int | None = Field(10, ge=1, description="R (no coordinator).")
-    run_optimizer: Literal["sgd", "adam"] = Field("sgd", description="Optimizer (no coordinator).")
-    run_lr: float = Field(0.05, gt=0, description="Learning rate (no coordinator).")
+    run_optimizer: Literal["sgd", "adam"] = Field("adam", description="Optimizer (no coordinator).")
+    run_lr: float = Field(0.001, gt=0, description="Learning rate (no coordinator).")
     run_momentum: float = Field(0.0, ge=0, lt=1, description="Momentum (no coordinator).")
     eval_dataset: str | None = Field(
         None,

@@ -59,11 +59,11 @@ class RunConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     egrad_codec: Codec = "lz4"
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries the topk codec keeps.")
-    compensation: str = Field("forecast", description="Staleness compensation (see README).")
+    compensation: str = Field("delay-beta1", description="Staleness compensation (see README).")
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
-    optimizer_name: Literal["sgd", "adam"] = "sgd"
-    optimizer_lr: float = Field(0.05, gt=0)
+    optimizer_name: Literal["sgd", "adam"] = "adam"
+    optimizer_lr: float = Field(0.001, gt=0)
     optimizer_momentum: float = Field(0.0, ge=0, lt=1)
     optimizer_cloud_momentum: float | None = Field(None, ge=0, lt=1)
     optimizer_weight_decay: float = Field(0.0, ge=0)

@@ -92,11 +92,11 @@ class CoordinatorSettings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="Samples per edge batch.")
     egrad_codec: Codec = Field("lz4", description="Codec for edge-stage gradients (edge → cloud).")
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries topk keeps.")
-    compensation: str = Field("forecast", description="Staleness compensation (README).")
+    compensation: str = Field("delay-beta1", description="Staleness compensation (README).")
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
-    optimizer_name: Literal["sgd", "adam"] = Field("sgd", description="Optimizer family.")
-    optimizer_lr: float = Field(0.05, gt=0, description="Learning rate.")
+    optimizer_name: Literal["sgd", "adam"] = Field("adam", description="Optimizer family.")
+    optimizer_lr: float = Field(0.001, gt=0, description="Learning rate.")
     optimizer_momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
     optimizer_cloud_momentum: float | None = Field(
         None, ge=0, lt=1, description="Cloud-stage momentum override (default: momentum)."

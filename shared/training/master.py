@@ -447,7 +447,8 @@ def _set_stage(
     scale = compensation.lr_scale(staleness, stage)
     for group, lr, momentum in zip(opt.param_groups, base_lr, base_momentum, strict=True):
         group["lr"] = lr * scale
-        mu = compensation.momentum(momentum, staleness, stage)
+        kind: Literal["sgd", "adam"] = "adam" if "betas" in group else "sgd"
+        mu = compensation.momentum(momentum, staleness, stage, kind=kind)
         if "betas" in group:
             group["betas"] = (mu, group["betas"][1])
         elif "momentum" in group:
@@ -476,7 +477,9 @@ def _checked_like(
     for name, ref in like.items():
         t = tensors[name]
         if t.shape != ref.shape:
-            raise TrainingError(f"{what}: {name} has shape {tuple(t.shape)}, not {tuple(ref.shape)}")
+            raise TrainingError(
+                f"{what}: {name} has shape {tuple(t.shape)}, not {tuple(ref.shape)}"
+            )
         out[name] = t.to(ref.dtype).clone()
     _require_finite(out.values(), what)
     return out

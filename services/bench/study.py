@@ -1,0 +1,663 @@
+"""The staleness study: compensation × optimizer × window × dataset × seed (issue 7).
+
+Every run goes through the in-process driver (:func:`run_in_process`): the real runtimes and
+every frame through the real codec, with a deterministic event order in which a window of W
+makes each edge gradient exactly W edge-stage updates stale. Window 0 is run once per
+(dataset, optimizer, seed) and shared by every compensation: each compensation is the plain
+update at staleness 0, bit for bit (tests/core/test_driver.py), so their window-0 runs would
+be the same run.
+
+Outputs, in ``out_dir``:
+
+- ``staleness.json`` — ``{"meta", "records", "ablations"}``; one record per run with
+  ``compensation, optimizer, window, dataset, seed, steps, accuracy, final_loss`` (held-out
+  loss at the end), ``train_loss`` (mean of the last 50 batches), ``max_staleness``,
+  ``seconds``. Rewritten after every run, so an interrupted study keeps what it finished and
+  ``resume=True`` skips it.
+- ``staleness.md`` — mean ± std over seeds per cell, and the gap to the same optimizer's
+  window 0, in accuracy points; then the ablations.
+- ``staleness.png`` — accuracy against window per compensation, one panel per dataset and
+  optimizer.
+
+``simultrain study`` calls :func:`main`; ``run_study`` is the library entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from simultrain.shared.training.compensation import Combined, DelayMomentum, compensation_from_name
+from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.driver import run_in_process
+from simultrain.shared.training.master import OptimizerConfig
+
+__all__ = [
+    "OPTIMIZERS",
+    "StudyConfig",
+    "main",
+    "render_table",
+    "run_study",
+]
+
+OPTIMIZERS: dict[str, OptimizerConfig] = {
+    # The pilot's reference: robust to staleness, but not what people train with.
+    "sgd": OptimizerConfig("sgd", lr=0.05),
+    "momentum": OptimizerConfig("sgd", lr=0.01, momentum=0.9),
+    "adam": OptimizerConfig("adam", lr=1e-3),
+}
+"""The study's optimizers, the same on both stages and in every mode (SPEC: no strawmen)."""
+
+DEFAULT_COMPENSATIONS = (
+    "none",
+    "forecast",
+    "forecast-adaptive",
+    "dcasgd-a",
+    "staleness-lr",
+    "predict",
+    "delay-momentum:stages=both",
+    "delay-momentum",
+    "delay-beta1",
+)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    datasets: tuple[str, ...] = ("imu", "mnist")
+    compensations: tuple[str, ...] = DEFAULT_COMPENSATIONS
+    optimizers: tuple[str, ...] = ("sgd", "momentum", "adam")
+    windows: tuple[int, ...] = (0, 2, 4, 8)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: Mapping[str, int] = field(default_factory=lambda: {"imu": 1500, "mnist": 600})
+    # Per-dataset overrides of the grid where compute is short: {"mnist": ("none", ...)}.
+    dataset_compensations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    ablations: bool = True
+    ablation_steps: int = 1500
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)
+    ablation_optimizers: tuple[str, ...] = ("sgd", "momentum")
+    ablation_windows: tuple[int, ...] = (4, 8)
+    # (delta codec, fraction of deltas lost) for the R = ∞ ablation.
+    ablation_deltas: tuple[tuple[str, float], ...] = (
+        ("lz4", 0.0),
+        ("fp16", 0.0),
+        ("int8", 0.0),
+        ("topk", 0.0),
+        ("fp16", 0.05),
+    )
+    base: RunConfig = field(default_factory=RunConfig)  # α, β, R, batch size, codecs
+
+    @classmethod
+    def tiny(cls) -> StudyConfig:
+        """Seconds, for the test: two compensations, one optimizer, two windows and seeds."""
+        return cls(
+            datasets=("imu",),
+            compensations=("none", "forecast"),
+            optimizers=("momentum",),
+            windows=(0, 2),
+            seeds=(0, 1),
+            steps={"imu": 12},
+            ablations=True,
+            ablation_steps=12,
+            ablation_seeds=(0,),
+            ablation_optimizers=("momentum",),
+            ablation_windows=(2,),
+            ablation_deltas=(("fp16", 0.5),),
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # "grid" or an ablation name
+    labels: dict[str, Any]  # what the record says about the job besides its result
+    config: RunConfig
+
+
+def plain_for(compensation: str, optimizer: str) -> bool:
+    """Whether ``compensation`` is exactly the plain update with ``optimizer`` at any window.
+
+    Delay-matched momentum only changes momentum, so with momentum-free SGD it *is* ``none``
+    (``delay_matched_momentum(0, τ) = 0``), and ``delay-beta1`` only changes Adam's β₁, so
+    with any SGD it is ``none``: such cells are not run again; the table shows the ``none``
+    runs for them and says so.
+    """
+    comp = compensation_from_name(compensation)
+    parts = comp.parts if isinstance(comp, Combined) else (comp,)
+    opt = OPTIMIZERS[optimizer]
+    if opt.name != "sgd" or not all(isinstance(p, DelayMomentum) for p in parts):
+        return False
+    return opt.momentum == 0.0 or all(
+        isinstance(p, DelayMomentum) and p.optimizers == "adam" for p in parts
+    )
+
+
+def _grid_jobs(study: StudyConfig) -> list[_Job]:
+    jobs = []
+    for dataset in study.datasets:
+        comps = study.dataset_compensations.get(dataset, study.compensations)
+        for optimizer in study.optimizers:
+            for window in study.windows:
+                # Window 0 is one run for every compensation (module docstring), and so is a
+                # compensation that is the plain update for this optimizer (plain_for).
+                runs = [c for c in comps if c == "none" or not plain_for(c, optimizer)]
+                if any(plain_for(c, optimizer) for c in comps) and "none" not in runs:
+                    runs.insert(0, "none")
+                for comp in ("none",) if window == 0 else runs:
+                    for seed in study.seeds:
+                        config = replace(
+                            study.base,
+                            mode="simultrain",
+                            dataset=dataset,
+                            steps=study.steps[dataset],
+                            window=window,
+                            seed=seed,
+                            compensation=comp,
+                            optimizer=OPTIMIZERS[optimizer],
+                        )
+                        labels = {
+                            "compensation": comp,
+                            "optimizer": optimizer,
+                            "window": window,
+                            "dataset": dataset,
+                            "seed": seed,
+                        }
+                        jobs.append(_Job("grid", labels, config))
+    return jobs
+
+
+def _ablation_jobs(study: StudyConfig) -> list[_Job]:
+    """The paper's ablations as it states them (SPEC "What the paper claims").
+
+    - no forecast: α = 0 against the paper's α = 0.5, learning curves every 100 steps, to see
+      whether α = 0 diverges after ~500 steps;
+    - no reconciliation: R = ∞ against R = 10, with lossless, fp16, int8 and top-k deltas and
+      with 5 % of (fp16) deltas lost, to see whether the loss is ~12 % higher.
+    """
+    jobs = []
+    steps = study.ablation_steps
+    every = max(steps // 15, 1)
+    for optimizer in study.ablation_optimizers:
+        for window in study.ablation_windows:
+            for comp in ("none", "forecast"):
+                for seed in study.ablation_seeds:
+                    config = replace(
+                        study.base,
+                        mode="simultrain",
+                        dataset="imu",
+                        steps=steps,
+                        window=window,
+                        seed=seed,
+                        compensation=comp,
+                        optimizer=OPTIMIZERS[optimizer],
+                        eval_every=every,
+                    )
+                    labels: dict[str, Any] = {
+                        "ablation": "forecast",
+                        "compensation": comp,
+                        "alpha": study.base.alpha if comp == "forecast" else 0.0,
+                        "optimizer": optimizer,
+                        "window": window,
+                        "dataset": "imu",
+                        "seed": seed,
+                    }
+                    jobs.append(_Job("forecast", labels, config))
+    for codec, loss in study.ablation_deltas:
+        for reconcile in (10, None):
+            for seed in study.ablation_seeds:
+                config = replace(
+                    study.base,
+                    mode="simultrain",
+                    dataset="imu",
+                    steps=steps,
+                    window=4,
+                    seed=seed,
+                    optimizer=OPTIMIZERS["momentum"],
+                    reconcile_every=reconcile,
+                    codecs=replace(study.base.codecs, delta=codec),
+                    delta_loss=loss,
+                )
+                labels = {
+                    "ablation": "reconcile",
+                    "compensation": config.compensation,
+                    "optimizer": "momentum",
+                    "window": 4,
+                    "dataset": "imu",
+                    "seed": seed,
+                    "delta_codec": codec,
+                    "delta_loss": loss,
+                    "reconcile_every": reconcile,
+                }
+                jobs.append(_Job("reconcile", labels, config))
+    return jobs
+
+
+def _job_key(job: _Job | Mapping[str, Any]) -> str:
+    labels = job.labels if isinstance(job, _Job) else job
+    keep = {k: v for k, v in labels.items() if k not in _RESULT_FIELDS}
+    return json.dumps(keep, sort_keys=True)
+
+
+_RESULT_FIELDS = frozenset(
+    {
+        "accuracy",
+        "final_loss",
+        "train_loss",
+        "max_staleness",
+        "seconds",
+        "steps",
+        "curve",
+        "loss_curve",
+        "train_curve",
+        "deltas_lost",
+        "replica_drift",
+    }
+)
+
+
+def _run_job(job: _Job) -> dict[str, Any]:
+    """One run in this process (a worker sets one torch thread: runs share the cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    result = run_in_process(job.config)
+    record: dict[str, Any] = {
+        **job.labels,
+        "steps": job.config.steps,
+        "accuracy": round(result.accuracy, 6),
+        "final_loss": round(result.test_loss, 6),
+        "train_loss": round(result.train_loss, 6),
+        "max_staleness": result.max_staleness,
+        "seconds": round(result.seconds, 2),
+    }
+    if job.kind != "grid":
+        losses = [x for e in result.edges.values() for x in e.losses]
+        every = max(job.config.eval_every, 1)
+        record["curve"] = [[s, round(a, 4)] for s, a in result.curve]
+        record["loss_curve"] = [[s, round(v, 4)] for s, v in result.loss_curve]
+        record["train_curve"] = [
+            round(statistics.fmean(losses[i : i + every]), 4) for i in range(0, len(losses), every)
+        ]
+        record["deltas_lost"] = result.deltas_lost
+        record["replica_drift"] = round(_replica_drift(result), 6)
+    return record
+
+
+def _replica_drift(result: Any) -> float:
+    """‖replica − master‖ / ‖master‖ over the edge stage at the end of the run."""
+    master, edges = result.master, result.edges
+    replica = next(iter(edges.values())).replica if edges else None
+    if master is None or replica is None:
+        return float("nan")
+    num = den = 0.0
+    for name, w in master.edge_weights().items():
+        r = replica.current.tensors[name].detach()
+        num += float(((r - w) ** 2).sum())
+        den += float((w**2).sum())
+    return math.sqrt(num / den) if den else float("nan")
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_study(
+    study: StudyConfig,
+    out_dir: Path | str = Path("bench/results"),
+    *,
+    workers: int = 1,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the grid (and the ablations), writing JSON after every run, then table and plot.
+
+    ``workers`` > 1 runs that many processes with one torch thread each. With ``resume``,
+    records already in ``out_dir/staleness.json`` are kept and their runs skipped. Returns the
+    JSON payload.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "staleness.json"
+    records: list[dict[str, Any]] = []
+    ablations: list[dict[str, Any]] = []
+    previous_parts: list[Any] = []
+    if resume and json_path.exists():
+        previous = json.loads(json_path.read_text())
+        records, ablations = list(previous["records"]), list(previous.get("ablations", []))
+        previous_parts = list(previous.get("meta", {}).get("parts", []))
+    done = {_job_key(r) for r in (*records, *ablations)}
+    jobs = _grid_jobs(study) + (_ablation_jobs(study) if study.ablations else [])
+    todo = [j for j in jobs if _job_key(j) not in done]
+    meta: dict[str, Any] = {
+        "study": _describe(study),
+        "optimizers": {k: asdict(v) for k, v in OPTIMIZERS.items()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    # A study can be run in parts (``resume``): every part's grid is kept.
+    meta["parts"] = [*previous_parts, meta["study"]]
+
+    def payload() -> dict[str, Any]:
+        return {"meta": meta, "records": records, "ablations": ablations}
+
+    finished = 0
+
+    def collect(record: dict[str, Any]) -> None:
+        nonlocal finished
+        (ablations if "ablation" in record else records).append(record)
+        _write_json(json_path, payload())
+        finished += 1
+        if progress is not None:
+            progress(record, finished, len(todo))
+
+    if workers <= 1:
+        for job in todo:
+            collect(_run_job(job))
+    else:
+        # spawn: a forked child of a process with torch's threads may deadlock.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for record in pool.map(_run_job, todo):
+                collect(record)
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    result = payload()
+    _write_json(json_path, result)
+    (out / "staleness.md").write_text(render_table(result))
+    plot_study(result, out / "staleness.png")
+    return result
+
+
+def _describe(study: StudyConfig) -> dict[str, Any]:
+    described = asdict(study)
+    described["base"] = {
+        k: v
+        for k, v in study.base.to_mapping().items()
+        if k in ("alpha", "beta", "reconcile_every", "batch_size", "compensation", "delta_codec")
+    }
+    return described
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def _cells(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str, int], list[float]]:
+    cells: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+    for r in records:
+        key = (r["dataset"], r["optimizer"], r["compensation"], int(r["window"]))
+        cells[key].append(100.0 * float(r["accuracy"]))
+    return cells
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(
+    records: Iterable[Mapping[str, Any]],
+) -> dict[tuple[str, str, str, int], dict[str, float]]:
+    """Per (dataset, optimizer, compensation, window): mean, std, n and gap to window 0.
+
+    Window 0 is shared: every compensation's window-0 cell is the ``none`` run.
+    """
+    cells = _cells(records)
+    out: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    comps = sorted({k[2] for k in cells})
+    # A compensation that is the plain update for an optimizer shares the none runs.
+    for dataset, optimizer, comp, window in list(cells):
+        if comp != "none":
+            continue
+        for other in comps:
+            if other != "none" and plain_for(other, optimizer):
+                cells.setdefault(
+                    (dataset, optimizer, other, window), cells[(dataset, optimizer, comp, window)]
+                )
+    for (dataset, optimizer, comp, window), values in cells.items():
+        mean, std = _mean_std(values)
+        base = cells.get((dataset, optimizer, "none", 0))
+        gap = mean - statistics.fmean(base) if base else float("nan")
+        targets = comps if window == 0 else [comp]
+        for target in targets:
+            out[(dataset, optimizer, target, window)] = {
+                "mean": mean,
+                "std": std,
+                "n": len(values),
+                "gap": gap,
+            }
+    return out
+
+
+def render_table(payload: Mapping[str, Any]) -> str:
+    """The markdown report: one table per dataset × optimizer, then the ablations."""
+    summary = summarize(payload["records"])
+    lines = ["# Staleness study", ""]
+    study = payload.get("meta", {}).get("study", {})
+    if study:
+        lines += [
+            f"Held-out accuracy (%), mean ± std over seeds {study.get('seeds')}; in brackets "
+            "the gap to the same optimizer's window 0, in points. Window 0 is one run shared "
+            "by every compensation (each is the plain update at staleness 0); so are the "
+            "`none` runs by a compensation that is the plain update for that optimizer "
+            "(`delay-momentum` with momentum-free SGD, `delay-beta1` with SGD). Steps per run: "
+            + ", ".join(f"{k} {v}" for k, v in study.get("steps", {}).items())
+            + ".",
+            "",
+        ]
+    datasets = sorted({k[0] for k in summary})
+    optimizers = [o for o in OPTIMIZERS if any(k[1] == o for k in summary)]
+    windows = sorted({k[3] for k in summary})
+    for dataset in datasets:
+        for optimizer in optimizers:
+            comps = sorted(
+                {k[2] for k in summary if k[0] == dataset and k[1] == optimizer and k[3] > 0},
+                key=_comp_order,
+            )
+            if not comps:
+                continue
+            lines += [f"## {dataset} · {optimizer}", ""]
+            lines.append("| compensation | " + " | ".join(f"W = {w}" for w in windows) + " |")
+            lines.append("|---|" + "---|" * len(windows))
+            for comp in comps:
+                row = [comp]
+                for w in windows:
+                    cell = summary.get((dataset, optimizer, comp, w))
+                    row.append(_format_cell(cell, w))
+                lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
+    lines += _render_ablations(payload.get("ablations", []))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _comp_order(comp: str) -> tuple[int, str]:
+    order = list(DEFAULT_COMPENSATIONS)
+    return (order.index(comp) if comp in order else len(order), comp)
+
+
+def _format_cell(cell: Mapping[str, float] | None, window: int) -> str:
+    if cell is None:
+        return "–"
+    text = f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+    if window > 0 and not math.isnan(cell["gap"]):
+        text += f" ({cell['gap']:+.1f})"
+    return text
+
+
+def _render_ablations(ablations: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not ablations:
+        return []
+    lines = ["## Ablation: no forecast (α = 0) against the paper's α", ""]
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in ablations:
+        if r["ablation"] == "forecast":
+            groups[(r["optimizer"], r["window"], r["alpha"])].append(r)
+    lines += [
+        "| optimizer | W | α | accuracy (%) | held-out loss | train loss, steps 400–600 → last 200 "
+        "| worst train loss after step 500 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (optimizer, window, alpha), rs in sorted(groups.items()):
+        acc = _mean_std([100 * r["accuracy"] for r in rs])
+        loss = _mean_std([r["final_loss"] for r in rs])
+        mid, last, worst = zip(*(_train_phases(r) for r in rs), strict=True)
+        lines.append(
+            f"| {optimizer} | {window} | {alpha} | {acc[0]:.1f} ± {acc[1]:.1f} | "
+            f"{loss[0]:.3f} ± {loss[1]:.3f} | {statistics.fmean(mid):.3f} → "
+            f"{statistics.fmean(last):.3f} | {max(worst):.3f} |"
+        )
+    lines += ["", "## Ablation: no reconciliation (R = ∞) against R = 10", ""]
+    lines += [
+        "| delta codec | deltas lost | R | accuracy (%) | held-out loss | train loss | "
+        "loss ratio R=∞ / R=10 | replica drift ‖w_e − w_c‖/‖w_c‖ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rgroups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in ablations:
+        if r["ablation"] == "reconcile":
+            rgroups[(r["delta_codec"], r["delta_loss"], r["reconcile_every"])].append(r)
+    for (codec, lost, reconcile), rs in sorted(
+        rgroups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] is None)
+    ):
+        acc = _mean_std([100 * r["accuracy"] for r in rs])
+        held_out = statistics.fmean(r["final_loss"] for r in rs)
+        train = statistics.fmean(r["train_loss"] for r in rs)
+        ref = rgroups.get((codec, lost, 10))
+        ratio = (
+            f"{held_out / statistics.fmean(r['final_loss'] for r in ref):.3f}"
+            if reconcile is None and ref
+            else ""
+        )
+        drift = statistics.fmean(r["replica_drift"] for r in rs)
+        lines.append(
+            f"| {codec} | {lost:.0%} | {'∞' if reconcile is None else reconcile} | "
+            f"{acc[0]:.1f} ± {acc[1]:.1f} | {held_out:.3f} | {train:.3f} | {ratio} | {drift:.2e} |"
+        )
+    return [*lines, ""]
+
+
+def _train_phases(record: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Mean train loss around step 500, over the last 200 steps, and the worst after 500."""
+    curve = record.get("train_curve") or [float("nan")]
+    every = max(record["steps"] // 15, 1)
+
+    def window(lo: int, hi: int) -> list[float]:
+        return curve[lo // every : max(hi // every, lo // every + 1)] or curve[-1:]
+
+    mid = statistics.fmean(window(400, 600))
+    last = statistics.fmean(window(record["steps"] - 200, record["steps"]))
+    worst = max(window(500, record["steps"]))
+    return mid, last, worst
+
+
+def plot_study(payload: Mapping[str, Any], path: Path) -> None:
+    """Accuracy against window per compensation; one panel per dataset × optimizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(payload["records"])
+    panels = sorted(
+        {(k[0], k[1]) for k in summary}, key=lambda p: (p[0], list(OPTIMIZERS).index(p[1]))
+    )
+    if not panels:
+        return
+    cols = len({p[1] for p in panels})
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (dataset, optimizer) in zip(axes.flat, panels, strict=False):
+        comps = sorted({k[2] for k in summary if k[:2] == (dataset, optimizer)}, key=_comp_order)
+        for comp in comps:
+            points = sorted(
+                (k[3], v["mean"], v["std"])
+                for k, v in summary.items()
+                if k[:3] == (dataset, optimizer, comp)
+            )
+            ws, means, stds = zip(*points, strict=True)
+            ax.errorbar(ws, means, yerr=stds, marker="o", capsize=2, label=comp, linewidth=1.2)
+        ax.set_title(f"{dataset} · {optimizer}")
+        ax.set_xlabel("window W (staleness in edge updates)")
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08 if len(labels) > 4 else 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _strs(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``simultrain study [--tiny] [--datasets imu,mnist] [--workers 2] …``; returns 0."""
+    parser = argparse.ArgumentParser(prog="simultrain study", description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a seconds-long configuration")
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    parser.add_argument("--datasets", type=_strs)
+    parser.add_argument("--compensations", type=_strs, help="comma-separated names")
+    parser.add_argument("--optimizers", type=_strs, help=f"of {','.join(OPTIMIZERS)}")
+    parser.add_argument("--windows", type=_ints)
+    parser.add_argument("--seeds", type=_ints)
+    parser.add_argument("--steps", type=_strs, help="per dataset, e.g. imu=1500,mnist=600")
+    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--ablation-seeds", type=_ints)
+    parser.add_argument("--workers", type=int, default=1, help="processes, one thread each")
+    parser.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
+    args = parser.parse_args(argv)
+    study = StudyConfig.tiny() if args.tiny else StudyConfig()
+    overrides: dict[str, Any] = {}
+    for name in ("datasets", "compensations", "optimizers", "windows", "seeds"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.steps:
+        overrides["steps"] = {
+            **study.steps,
+            **{k: int(v) for k, v in (s.split("=") for s in args.steps)},
+        }
+    if args.no_ablations:
+        overrides["ablations"] = False
+    if args.ablation_seeds is not None:
+        overrides["ablation_seeds"] = args.ablation_seeds
+    unknown = set(overrides.get("optimizers", ())) - set(OPTIMIZERS)
+    if unknown:
+        parser.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(OPTIMIZERS)}")
+    study = replace(study, **overrides)
+
+    def report(record: dict[str, Any], done: int, total: int) -> None:
+        what = ", ".join(
+            f"{k}={record[k]}"
+            for k in ("ablation", "dataset", "optimizer", "compensation", "window", "seed")
+            if k in record
+        )
+        print(
+            f"[{done}/{total}] {what}: accuracy {100 * record['accuracy']:.1f} "
+            f"({record['seconds']:.0f} s)",
+            flush=True,
+        )
+
+    run_study(study, args.out_dir, workers=args.workers, resume=args.resume, progress=report)
+    print(f"wrote {args.out_dir}/staleness.json, .md and .png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

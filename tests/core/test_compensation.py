@@ -1,0 +1,282 @@
+"""Staleness compensation: each one's arithmetic against hand-computed values, and each one is
+the plain update at staleness 0 (issue 7)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from simultrain.shared.errors import ConfigError
+from simultrain.shared.training.compensation import (
+    DCASGD,
+    AdaptiveDCASGD,
+    AdaptiveForecast,
+    Combined,
+    Compensation,
+    DelayMomentum,
+    Forecast,
+    NoCompensation,
+    StalenessLR,
+    WeightPrediction,
+    compensation_from_name,
+    delay_matched_momentum,
+)
+from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.window import (
+    LINK_4G,
+    LinkProfile,
+    StageTimes,
+    auto_window,
+    bandwidth_delay_product,
+)
+
+G = torch.tensor([1.0, -2.0])
+NOW = torch.tensor([0.5, 0.5])
+THEN = torch.tensor([0.25, 1.0])  # NOW − THEN = [0.25, −0.5]
+
+
+def every_compensation() -> list[Compensation]:
+    return [
+        NoCompensation(),
+        compensation_from_name("delay-beta1"),
+        Forecast(0.5),
+        AdaptiveForecast(),
+        DCASGD(2.0),
+        AdaptiveDCASGD(2.0),
+        StalenessLR(),
+        DelayMomentum(),
+        WeightPrediction(),
+        compensation_from_name("forecast-adaptive+delay-momentum+predict"),
+    ]
+
+
+@pytest.mark.parametrize("comp", every_compensation(), ids=lambda c: c.name)
+def test_every_compensation_is_the_plain_update_at_staleness_zero(comp: Compensation) -> None:
+    torch.manual_seed(0)
+    for _ in range(3):  # the stateful ones, after they have seen gradients too
+        g, now, then = torch.randn(5), torch.randn(5), torch.randn(5)
+        assert torch.equal(comp.edge_gradient(g, now, then, 0), g)
+        out = comp.edge_gradients({"w": g}, {"w": now}, {"w": then}, 0)
+        assert torch.equal(out["w"], g)
+    for stage in ("edge", "cloud"):
+        assert comp.lr_scale(0, stage) == 1.0
+        for kind in ("sgd", "adam"):
+            assert comp.momentum(0.9, 0, stage, kind=kind) == 0.9
+            assert comp.momentum(0.0, 3, stage, kind=kind) == 0.0  # never adds momentum
+    assert comp.prediction_horizon(0) == 0.0
+
+
+def test_forecast_matches_hand_computed_values() -> None:
+    # g + 0.5·(now − then) = [1 + 0.125, −2 − 0.25]
+    assert torch.equal(Forecast(0.5).edge_gradient(G, NOW, THEN, 3), torch.tensor([1.125, -2.25]))
+
+
+def test_dcasgd_matches_hand_computed_values() -> None:
+    # g + 2·g⊙g⊙(now − then) = [1 + 2·1·0.25, −2 + 2·4·(−0.5)]
+    assert torch.equal(DCASGD(2.0).edge_gradient(G, NOW, THEN, 1), torch.tensor([1.5, -6.0]))
+
+
+def test_adaptive_dcasgd_normalises_lambda_by_the_running_mean_square() -> None:
+    comp = AdaptiveDCASGD(lam=2.0, m=0.5, eps=0.0)
+    # First gradient: MS = 0.5·g² = [0.5, 2]; λ/√MS = [2/√0.5, 2/√2] = [2√2, √2].
+    out = comp.edge_gradient(G, NOW, THEN, 2)
+    expected = G + torch.tensor([2 * math.sqrt(2), math.sqrt(2)]) * G * G * (NOW - THEN)
+    assert torch.allclose(out, expected)  # [1 + 2√2·0.25, −2 − √2·4·0.5]
+    assert torch.allclose(out, torch.tensor([1 + math.sqrt(2) / 2, -2 - 2 * math.sqrt(2)]))
+    # Second gradient g' = [2, 0]: MS = 0.5·[0.5, 2] + 0.5·[4, 0] = [2.25, 1].
+    g2 = torch.tensor([2.0, 0.0])
+    out2 = comp.edge_gradient(g2, NOW, THEN, 2)
+    assert torch.allclose(out2, torch.tensor([2 + (2 / 1.5) * 4 * 0.25, 0.0]))
+
+
+def test_adaptive_forecast_fits_alpha_from_successive_gradients() -> None:
+    comp = AdaptiveForecast(alpha_max=10.0, decay=1.0)
+    # A quadratic with Hessian 3I: g(w) = 3w. The first gradient only starts the estimate.
+    w0, w1, w2 = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 2.0])
+    out = comp.edge_gradients({"w": 3 * w0}, {"w": w2}, {"w": w0}, 1)
+    assert torch.equal(out["w"], 3 * w0) and comp.alpha("w") == 0.0
+    comp.edge_gradients({"w": 3 * w1}, {"w": w2}, {"w": w1}, 1)
+    assert comp.alpha("w") == pytest.approx(3.0)  # ⟨3Δw, Δw⟩ / ⟨Δw, Δw⟩
+    # With α̂ = 3 the forecast g + 3·(w_now − w_then) is exact on this quadratic.
+    out = comp.edge_gradients({"w": 3 * w1}, {"w": w2}, {"w": w1}, 1)  # Δw = 0: estimate kept
+    assert torch.allclose(out["w"], 3 * w2)
+    # Negative curvature turns the forecast off; large curvature is clipped to α_max.
+    neg = AdaptiveForecast(decay=1.0)
+    neg.edge_gradients({"w": -w0}, {"w": w2}, {"w": w0}, 1)
+    neg.edge_gradients({"w": -w1}, {"w": w2}, {"w": w1}, 1)
+    assert neg.alpha("w") == 0.0
+    big = AdaptiveForecast(alpha_max=2.0, decay=1.0)
+    big.edge_gradients({"w": 50 * w0}, {"w": w2}, {"w": w0}, 1)
+    big.edge_gradients({"w": 50 * w1}, {"w": w2}, {"w": w1}, 1)
+    assert big.alpha("w") == 2.0
+
+
+def test_staleness_lr_scales_only_the_late_edge_stage() -> None:
+    assert StalenessLR().lr_scale(3) == 0.25
+    assert StalenessLR(power=0.5).lr_scale(3, "edge") == 0.5
+    assert StalenessLR().lr_scale(3, "cloud") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("base", "staleness", "expected"),
+    [(0.9, 0, 0.9), (0.9, 2, 0.7), (0.9, 4, 0.5), (0.9, 8, 0.1), (0.9, 12, 0.0), (0.5, 1, 0.0)],
+)
+def test_delay_matched_momentum(base: float, staleness: int, expected: float) -> None:
+    # 1 − (τ+1)(1 − μ): the product of the (1 − μ) of explicit and implicit momentum is kept.
+    assert delay_matched_momentum(base, staleness) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("staleness", "expected"), [(0, 0.9), (1, 0.5), (2, 0.5), (4, 0.5), (6, 0.3), (8, 0.1)]
+)
+def test_delay_momentum_caps_a_stale_stage_at_one_half(staleness: int, expected: float) -> None:
+    # min(0.5, 1 − (τ+1)·0.1) once τ > 0; the plain 0.9 at τ = 0.
+    assert DelayMomentum().momentum(0.9, staleness, "cloud") == pytest.approx(expected)
+    assert DelayMomentum(cap=1.0).momentum(0.9, 2, "cloud") == pytest.approx(0.7)
+    assert DelayMomentum().momentum(0.3, 1, "cloud") == pytest.approx(0.0)
+
+
+def test_delay_momentum_stages() -> None:
+    assert DelayMomentum().momentum(0.9, 4, "cloud") == pytest.approx(0.5)
+    assert DelayMomentum().momentum(0.9, 4, "edge") == 0.9  # the cloud stage by default
+    assert DelayMomentum(stages="both").momentum(0.9, 4, "edge") == pytest.approx(0.5)
+    assert DelayMomentum(stages="both").momentum(0.9, 4, "cloud") == pytest.approx(0.5)
+    assert DelayMomentum(stages="edge").momentum(0.9, 4, "cloud") == 0.9
+    with pytest.raises(ConfigError):
+        DelayMomentum(stages="middle")  # type: ignore[arg-type]
+
+
+def test_delay_beta1_lowers_adams_beta1_and_leaves_sgd_alone() -> None:
+    default = compensation_from_name("delay-beta1")
+    assert default == DelayMomentum(optimizers="adam", name="delay-beta1")
+    assert default.momentum(0.9, 4, "cloud", kind="adam") == pytest.approx(0.5)
+    assert default.momentum(0.9, 4, "cloud", kind="sgd") == 0.9
+    assert default.momentum(0.9, 4, "edge", kind="adam") == 0.9
+    assert compensation_from_name("delay-beta1:cap=0.3").momentum(0.9, 2, "cloud", kind="adam") == (
+        pytest.approx(0.3)
+    )
+    assert DelayMomentum().momentum(0.9, 4, "cloud", kind="sgd") == pytest.approx(0.5)
+
+
+def test_weight_prediction_horizon() -> None:
+    assert WeightPrediction().prediction_horizon(4) == 4.0
+    assert WeightPrediction(scale=0.5).prediction_horizon(4) == 2.0
+
+
+def test_combined_chains_gradients_and_composes_the_rest() -> None:
+    comp = Combined(
+        (Forecast(0.5), DCASGD(2.0), StalenessLR(), DelayMomentum(), WeightPrediction(0.5))
+    )
+    # Forecast first: g1 = [1.125, −2.25]; then DC-ASGD on g1.
+    g1 = torch.tensor([1.125, -2.25])
+    expected = g1 + 2.0 * g1 * g1 * (NOW - THEN)
+    assert torch.allclose(comp.edge_gradient(G, NOW, THEN, 4), expected)
+    assert torch.allclose(comp.edge_gradients({"w": G}, {"w": NOW}, {"w": THEN}, 4)["w"], expected)
+    assert comp.lr_scale(4) == pytest.approx(0.2)
+    assert comp.momentum(0.9, 4, "cloud") == pytest.approx(0.5)
+    assert comp.momentum(0.9, 4, "edge") == 0.9
+    assert comp.prediction_horizon(4) == 2.0
+
+
+def test_names_build_compensations_with_parameters() -> None:
+    assert compensation_from_name("forecast", alpha=0.25) == Forecast(0.25)
+    assert compensation_from_name("forecast:alpha=0.1") == Forecast(0.1)
+    assert isinstance(compensation_from_name("forecast", alpha=0.0), NoCompensation)
+    assert compensation_from_name("delay-momentum:stages=both") == DelayMomentum("both")
+    combo = compensation_from_name("dcasgd-a:lam=1+delay-momentum")
+    assert isinstance(combo, Combined) and combo.name == "dcasgd-a:lam=1+delay-momentum"
+    assert isinstance(combo.parts[0], AdaptiveDCASGD) and combo.parts[0].lam == 1.0
+    for bad in ("magic", "forecast:beta=1", "forecast:alpha=x", "dcasgd:_mean_square=1"):
+        with pytest.raises(ConfigError):
+            compensation_from_name(bad)
+
+
+# --- the master applies them ----------------------------------------------------------------
+
+
+def tiny_master(comp: Compensation, optimizer: OptimizerConfig) -> CloudMaster:
+    torch.manual_seed(0)
+    edge = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    cloud = nn.Linear(4, 2)
+    return CloudMaster(edge, cloud, optimizer=optimizer, compensation=comp)
+
+
+def ones(master: CloudMaster) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(p) for n, p in master.edge_stage.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [OptimizerConfig(lr=0.1, momentum=0.9), OptimizerConfig("adam", lr=0.01)],
+    ids=["sgd", "adam"],
+)
+def test_master_sets_both_stages_momentum_from_the_observed_staleness(
+    optimizer: OptimizerConfig,
+) -> None:
+    master = tiny_master(DelayMomentum(stages="both", cap=0.6), optimizer)
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    master.apply_edge_gradient(ones(master), edge_version=0)  # staleness 2
+    master.cloud_step(torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1]))
+
+    def momentum(opt: torch.optim.Optimizer) -> float:
+        group = opt.param_groups[0]
+        return float(group["betas"][0] if "betas" in group else group["momentum"])
+
+    assert momentum(master._edge_opt) == pytest.approx(0.6)  # min(cap 0.6, 0.7)
+    assert momentum(master._cloud_opt) == pytest.approx(0.6)
+    master.apply_edge_gradient(ones(master), edge_version=master.version)  # fresh again
+    assert momentum(master._edge_opt) == pytest.approx(0.9)
+
+
+def test_master_sends_weights_predicted_along_the_last_update() -> None:
+    master = tiny_master(WeightPrediction(), OptimizerConfig(lr=0.1, momentum=0.9))
+    assert master.edge_weights_for_replica() is master.edge_weights()  # nothing to go on
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    w1 = dict(master.edge_weights())
+    master.apply_edge_gradient(ones(master), edge_version=0)  # staleness 1
+    w2 = master.edge_weights()
+    predicted = master.edge_weights_for_replica()  # one update ahead
+    for name, w in w2.items():
+        assert torch.allclose(predicted[name], w + (w - w1[name]))
+    master.apply_edge_gradient(ones(master), edge_version=master.version)  # staleness 0
+    assert master.edge_weights_for_replica() is master.edge_weights()
+
+
+def test_master_scales_the_edge_learning_rate_by_staleness() -> None:
+    master = tiny_master(StalenessLR(), OptimizerConfig(lr=0.1))
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    before = {n: t.clone() for n, t in master.edge_weights().items()}
+    master.apply_edge_gradient(ones(master), edge_version=0)  # staleness 1: lr 0.05
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(w, before[name] - 0.05)
+
+
+# --- automatic window --------------------------------------------------------------------
+
+
+def test_auto_window_is_the_smallest_that_keeps_the_bottleneck_busy() -> None:
+    # 50 Mbit/s both ways, 30 ms RTT. Up 125 kB = 20 ms, down 62.5 kB = 10 ms, edge 15 ms,
+    # cloud 5 ms: the uplink is the bottleneck at T = 20 ms; a slot is held for
+    # L = 20 + 10 + 15 + 5 + 60 = 110 ms, so ⌈110/20⌉ = 6 in flight, W = 5.
+    stages = StageTimes(0.010, 0.005, 0.004, 0.001, up_bytes=125_000, down_bytes=62_500)
+    plan = auto_window(LINK_4G, stages)
+    assert plan.bottleneck == "uplink"
+    assert plan.period_s == pytest.approx(0.020)
+    assert plan.cycle_s == pytest.approx(0.110)
+    assert (plan.in_flight, plan.window) == (6, 5)
+    assert plan.batches_per_s == pytest.approx(50.0)
+    assert auto_window(LINK_4G, stages, max_window=4).window == 4
+    # A slow edge is the bottleneck: no window helps beyond covering the rest of the cycle.
+    slow = StageTimes(0.5, 0.5, 0.004, 0.001, up_bytes=1000, down_bytes=1000)
+    plan = auto_window(LinkProfile(50e6, 50e6, 0.0), slow)
+    assert plan.bottleneck == "edge" and plan.window == 1
+    # Exact multiples do not round up by float error: L = T gives W = 0.
+    even = StageTimes(0.01, 0.0, 0.0, 0.0, up_bytes=0, down_bytes=0)
+    assert auto_window(LinkProfile(1e6, 1e6, 0.0), even).window == 0
+    assert bandwidth_delay_product(LINK_4G) == pytest.approx(187_500)
+    with pytest.raises(ConfigError):
+        StageTimes(-1, 0, 0, 0, 0, 0)

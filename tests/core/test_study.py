@@ -1,0 +1,63 @@
+"""The staleness study on a tiny configuration: the JSON, the table and the plot agree."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+from simultrain.bench.study import StudyConfig, main, run_study, summarize
+
+
+def test_tiny_study_writes_json_table_and_plot_that_agree(tmp_path: Path) -> None:
+    study = StudyConfig.tiny()
+    payload = run_study(study, tmp_path)
+    saved = json.loads((tmp_path / "staleness.json").read_text())
+    assert saved["records"] == payload["records"]
+    records = saved["records"]
+    # Window 0 once per (optimizer, seed), every other window once per compensation.
+    assert len(records) == len(study.seeds) * (1 + len(study.compensations))
+    for r in records:
+        for key in (
+            "compensation",
+            "optimizer",
+            "window",
+            "dataset",
+            "seed",
+            "accuracy",
+            "final_loss",
+        ):
+            assert key in r, key
+        assert r["max_staleness"] == r["window"]
+    # Every table cell is the mean ± std of its records, and the gap is to window 0.
+    table = (tmp_path / "staleness.md").read_text()
+    base_accs = [100 * r["accuracy"] for r in records if r["window"] == 0]
+    base, base_std = statistics.fmean(base_accs), statistics.stdev(base_accs)
+    for comp in study.compensations:
+        accs = [
+            100 * r["accuracy"] for r in records if r["compensation"] == comp and r["window"] == 2
+        ]
+        mean, std = statistics.fmean(accs), statistics.stdev(accs)
+        row = next(line for line in table.splitlines() if line.startswith(f"| {comp} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"{base:.1f} ± {base_std:.1f}"
+        assert cells[2] == f"{mean:.1f} ± {std:.1f} ({mean - base:+.1f})"
+    assert summarize(records)[("imu", "momentum", "forecast", 0)]["mean"] == base
+    # The ablations ran and are in the report.
+    kinds = {a["ablation"] for a in saved["ablations"]}
+    assert kinds == {"forecast", "reconcile"}
+    assert "R = ∞" in table and "α = 0" in table
+    lost = [a for a in saved["ablations"] if a["ablation"] == "reconcile" and a["delta_loss"]]
+    assert lost and all(a["deltas_lost"] > 0 for a in lost)
+    assert (tmp_path / "staleness.png").stat().st_size > 1000
+
+
+def test_study_resumes_without_running_anything_twice(tmp_path: Path) -> None:
+    args = ["--tiny", "--out-dir", str(tmp_path), "--no-ablations", "--seeds", "0"]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "staleness.json").read_text())["records"]
+    assert main([*args, "--resume"]) == 0
+    second = json.loads((tmp_path / "staleness.json").read_text())["records"]
+    assert second == first
+    assert re.search(r"\| forecast \| .* \| .* \|", (tmp_path / "staleness.md").read_text())
