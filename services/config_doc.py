@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic_settings import BaseSettings
+
 from simultrain.shared.settings_doc import settings_table
 
 __all__ = ["configuration_tables"]
@@ -13,7 +15,7 @@ def configuration_tables() -> str:
     from simultrain.edge.settings import EdgeSettings
     from simultrain.netem.settings import NetemSettings
 
-    sections = [
+    sections: list[tuple[str, type[BaseSettings]]] = [
         ("Coordinator (`simultrain coordinator`)", CoordinatorSettings),
         ("Cloud (`simultrain cloud`)", CloudSettings),
         ("Edge agent (`simultrain edge`)", EdgeSettings),

@@ -226,7 +226,9 @@ class CloudService:
             conn.bucket.take()
         started = time.perf_counter()
         handler = self.runtime.on_act if frame.type == "act" else self.runtime.on_egrad
-        log.debug("%s %s %s seq=%s", conn.edge_id, id(conn), frame.type, getattr(frame, "seq", None))
+        log.debug(
+            "%s %s %s seq=%s", conn.edge_id, id(conn), frame.type, getattr(frame, "seq", None)
+        )
         try:
             outgoing = await self.compute(handler, conn.edge_id, frame)
         except TrainingError as exc:
@@ -253,7 +255,8 @@ class CloudService:
         behind = self.master.version - self.last_checkpoint_version
         every = self.settings.checkpoint_every
         settled = all(
-            s.highest_cloud_step_seq <= s.highest_applied_seq for s in self.runtime.sessions.values()
+            s.highest_cloud_step_seq <= s.highest_applied_seq
+            for s in self.runtime.sessions.values()
         )
         return behind >= every and (settled or behind >= 4 * every)
 

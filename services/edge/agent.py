@@ -37,9 +37,11 @@ from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
     Ack,
+    Act,
     Bye,
     Delta,
     EdgeSession,
+    EGrad,
     Error,
     Frame,
     Grad,
@@ -222,7 +224,9 @@ class EdgeAgent:
         assert runtime is not None
         if self._drain_expired():
             if runtime.unacked:
-                log.error("leaving with %d batch(es) not delivered: drain timed out", len(runtime.unacked))
+                log.error(
+                    "leaving with %d batch(es) not delivered: drain timed out", len(runtime.unacked)
+                )
             return True
         steps = self.settings.steps
         done_producing = self._stop.is_set() or (steps and self._produced() >= steps)
@@ -417,7 +421,7 @@ class EdgeAgent:
             if frame is not None:
                 await self._send(ws, session, frame)
 
-    def _produce_next(self) -> Frame | None:
+    def _produce_next(self) -> Act | EGrad | None:
         """Take the next batch and produce its frame, as one step on the compute thread.
 
         One step, so a session that ends meanwhile cannot separate the two: a batch taken
@@ -475,8 +479,7 @@ class EdgeAgent:
 
     def _no_more_acts(self) -> bool:
         return bool(
-            self._stop.is_set()
-            or (self.settings.steps and self._produced() >= self.settings.steps)
+            self._stop.is_set() or (self.settings.steps and self._produced() >= self.settings.steps)
         )
 
     # --- liveness -----------------------------------------------------------------------

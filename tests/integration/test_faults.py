@@ -166,7 +166,9 @@ def kill_cloud_three_times(cluster: Cluster, edge: ServiceProcess) -> int:
 
 
 def restart_coordinator(cluster: Cluster, edge: ServiceProcess) -> int:
-    wait_until(lambda: applied(cluster.cloud_url) >= STEPS * 32 // 3, timeout_s=300, what="progress")
+    wait_until(
+        lambda: applied(cluster.cloud_url) >= STEPS * 32 // 3, timeout_s=300, what="progress"
+    )
     cluster.coordinator.kill()
     cluster.coordinator = cluster.start_coordinator()
     edges = httpx.get(f"{cluster.coordinator_url}/v1/edges", timeout=10).json()
@@ -177,7 +179,9 @@ def restart_coordinator(cluster: Cluster, edge: ServiceProcess) -> int:
 
 
 @pytest.mark.parametrize("mode", ["split-sync", "simultrain"])
-def test_kill_9_of_the_cloud_loses_no_sample_and_applies_none_twice(tmp_path: Path, mode: str) -> None:
+def test_kill_9_of_the_cloud_loses_no_sample_and_applies_none_twice(
+    tmp_path: Path, mode: str
+) -> None:
     run = RunConfig(mode=mode)
     base_report, base, _ = run_with_faults(tmp_path / "clean", run, no_faults)
     exactly_once(f"{mode} fault-free", 0, base_report, base)

@@ -120,6 +120,9 @@ def test_sigterm_leaves_within_the_drain_timeout_when_the_cloud_is_gone(tmp_path
         started = time.monotonic()
         assert edge.stop(timeout_s=60) == 0  # SIGTERM; a SIGKILL after 60 s would fail this
         report = json.loads(edge.wait_for_line("DONE ", timeout_s=5))
-        print(f"left {time.monotonic() - started:.1f} s after SIGTERM, report: {report['steps']} steps")
+        print(
+            f"left {time.monotonic() - started:.1f} s after SIGTERM "
+            f"having produced {report['steps']} batches"
+        )
     finally:
         cluster.stop()
