@@ -113,18 +113,28 @@ def test_two_edges_train_against_one_cloud_at_once(topology: Topology) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_services_reach_centralized_accuracy_on_the_same_samples(tmp_path: Path) -> None:
     """Issue 3: the real services, pipelined, against centralized training in one process on
-    the same batches in the same order and the same initialisation."""
+    the same batches in the same order and the same initialisation.
+
+    One run's held-out accuracy moves by about ±1.5 points with the seed on these 773
+    windows (SPEC, "Pilot findings"), and a pipelined run through real processes also with
+    timing; so the comparison is of means over three seeds, each pair on the same samples.
+    """
     run = RunConfig()
     steps = 1500
-    centralized = run_in_process(RunConfig(mode="centralized", steps=steps, seed=run.seed))
-    for topo in start_topology(tmp_path, run):
-        report = done_report(topo.edge(0, 1, steps=steps), timeout_s=600)
-        assert report["samples_sent"] == centralized.samples
-        accuracy = topo.evaluate()["accuracy"]
+    ours, theirs = [], []
+    for seed in (0, 1, 2):
+        centralized = run_in_process(RunConfig(mode="centralized", steps=steps, seed=seed))
+        for topo in start_topology(tmp_path / f"seed{seed}", RunConfig(seed=seed)):
+            report = done_report(topo.edge(0, 1, steps=steps), timeout_s=600)
+            assert report["samples_sent"] == centralized.samples
+            ours.append(topo.evaluate()["accuracy"])
+        theirs.append(centralized.accuracy)
+    mean_ours, mean_theirs = sum(ours) / 3, sum(theirs) / 3
     print(
-        f"services ({run.mode}, W={run.window}): {accuracy:.4f}  "
-        f"centralized: {centralized.accuracy:.4f}"
+        f"services ({run.mode}, W={run.window}): {ours} mean {mean_ours:.4f}; "
+        f"centralized: {theirs} mean {mean_theirs:.4f}"
     )
-    assert abs(accuracy - centralized.accuracy) <= 0.01
+    assert abs(mean_ours - mean_theirs) <= 0.01
