@@ -77,6 +77,7 @@ async def serve_app(
     ssl_keyfile: str | None = None,
     graceful_shutdown_s: float = 10.0,
     ws_max_size: int = 1 << 26,
+    ws_max_queue: int = 32,
     on_listening: Callable[[str], None] = listening_line,
 ) -> None:
     """Serve ``app`` until uvicorn is told to exit (SIGINT/SIGTERM).
@@ -101,6 +102,9 @@ async def serve_app(
         # the protocol's max_frame_bytes.
         ws_max_size=ws_max_size,
         ws_per_message_deflate=False,
+        # Messages read off the socket but not yet handled, per connection: past this the
+        # server stops reading and TCP pushes back on the sender (queue depth limit).
+        ws_max_queue=ws_max_queue,
     )
     await _Server(config, on_listening).serve()
 

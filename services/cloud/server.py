@@ -29,6 +29,7 @@ async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> Non
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         graceful_shutdown_s=settings.graceful_shutdown_s,
         ws_max_size=settings.max_frame_bytes,
+        ws_max_queue=settings.max_queued_messages,
         on_listening=on_listening,
     )
 

@@ -45,6 +45,9 @@ class CloudSettings(BaseSettings):
     token_key_file: Path | None = Field(
         None, description="File holding token_key; further lines are previous keys still accepted."
     )
+    max_queued_messages: int = Field(
+        32, ge=1, description="Per-session queue depth: messages received but not yet handled."
+    )
     max_messages_per_s: float = Field(
         2000.0, gt=0, description="Per-session message rate limit (token bucket, burst 2 s)."
     )
