@@ -26,7 +26,7 @@ from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
 
-__all__ = ["DemoOptions", "Topology", "run_demo", "start_topology"]
+__all__ = ["DemoOptions", "Topology", "edge_environment", "run_demo", "start_topology"]
 
 
 @dataclass(frozen=True)
@@ -141,24 +141,38 @@ def start_topology(
         edge_cloud_url = netem.wait_listening().replace("tcp", "ws", 1)
     started: list[ServiceProcess] = []
     for index in range(edges):
-        started.append(
-            group.start(
-                f"edge-{index}",
-                edge_module,
-                {
-                    "SIMULTRAIN_EDGE_COORDINATOR_URL": coordinator_url,
-                    "SIMULTRAIN_EDGE_CLOUD_URL_OVERRIDE": edge_cloud_url,
-                    "SIMULTRAIN_EDGE_SHARD_INDEX": str(index),
-                    "SIMULTRAIN_EDGE_SHARD_COUNT": str(edges),
-                    "SIMULTRAIN_EDGE_STEPS": str(steps),
-                    "SIMULTRAIN_EDGE_NAME": f"demo-edge-{index}",
-                    "SIMULTRAIN_EDGE_LOG_LEVEL": "warning",
-                    "SIMULTRAIN_EDGE_SLOWDOWN": str(edge_slowdown),
-                    **(edge_env or {}),
-                },
-            )
+        env = edge_environment(
+            coordinator_url,
+            edge_cloud_url,
+            index=index,
+            count=edges,
+            steps=steps,
+            slowdown=edge_slowdown,
         )
+        started.append(group.start(f"edge-{index}", edge_module, {**env, **(edge_env or {})}))
     return Topology(coordinator_url, cloud_url, edge_cloud_url, started, netem)
+
+
+def edge_environment(
+    coordinator_url: str,
+    edge_cloud_url: str,
+    *,
+    index: int,
+    count: int,
+    steps: int,
+    slowdown: float = 1.0,
+) -> dict[str, str]:
+    """The settings of edge ``index`` of ``count`` (``SIMULTRAIN_EDGE_*`` variables)."""
+    return {
+        "SIMULTRAIN_EDGE_COORDINATOR_URL": coordinator_url,
+        "SIMULTRAIN_EDGE_CLOUD_URL_OVERRIDE": edge_cloud_url,
+        "SIMULTRAIN_EDGE_SHARD_INDEX": str(index),
+        "SIMULTRAIN_EDGE_SHARD_COUNT": str(count),
+        "SIMULTRAIN_EDGE_STEPS": str(steps),
+        "SIMULTRAIN_EDGE_NAME": f"demo-edge-{index}",
+        "SIMULTRAIN_EDGE_LOG_LEVEL": "warning",
+        "SIMULTRAIN_EDGE_SLOWDOWN": str(slowdown),
+    }
 
 
 def _run(

@@ -1,0 +1,671 @@
+"""``simultrain bench``: every mode through the real services, side by side (issue 4).
+
+One *case* is one training run: a mode, a dataset, a link profile, a seed, a codec variant
+and a number of steps. The benchmark starts the same process topology as ``simultrain demo``
+(:func:`simultrain.demo.start_topology`: coordinator, cloud, netem, one edge — the edge
+through :mod:`simultrain.bench.probe`, the unchanged agent plus a step timeline), polls the
+cloud while it trains, evaluates, stops everything, and turns the recordings into one
+record of ``results.json`` with :mod:`simultrain.bench.metrics`.
+
+A *plan* is a list of :class:`Suite` grids. The default (full) plan has three:
+
+- ``systems``: every mode × 4G, 5G, LAN × IMU, MNIST, video, one seed — step interval,
+  latency, bytes, pipeline bound (no evaluation during training, so nothing stalls steps);
+- ``accuracy``: every mode × IMU, MNIST × three seeds on 5G, longer, with evaluations during
+  training for accuracy-over-time and time-to-target;
+- ``compression``: SimulTrain with lossy downlink codecs (fp16/int8 deltas, top-k cut
+  gradients) on 4G — the effect on bytes, step time and accuracy;
+- ``window``: SimulTrain with in-flight windows 2, 8, 16 on 4G and 5G (4 is in ``systems``):
+  how large a window the link's bandwidth-delay product needs to reach the pipeline bound.
+
+``--quick`` is the same shape with a few steps, one seed and fewer cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import queue
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from simultrain.bench import metrics
+from simultrain.bench.calibrate import Calibration, calibrate
+from simultrain.bench.probe import PRELOAD_VAR, SETTINGS_FIFO_VAR
+from simultrain.demo import edge_environment, start_topology
+from simultrain.netem.profiles import parse_profile
+from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.schedule import MODES
+
+__all__ = [
+    "CODEC_VARIANTS",
+    "BenchOptions",
+    "Case",
+    "Suite",
+    "full_plan",
+    "quick_plan",
+    "run_bench",
+    "run_case",
+]
+
+ALL_MODES: tuple[str, ...] = tuple(MODES)
+LOOPBACK = "loopback"  # no emulator between edge and cloud
+
+# Codec variants of the compression suite: (act, grad, delta, egrad, topk_ratio) overrides of
+# RunConfig.codecs. "lz4" is the lossless default every other suite uses.
+CODEC_VARIANTS: Mapping[str, Mapping[str, Any]] = {
+    "lz4": {},
+    "delta-fp16": {"delta_codec": "fp16"},
+    "delta-int8": {"delta_codec": "int8"},
+    "grad-topk10": {"grad_codec": "topk", "topk_ratio": 0.1},
+    "down-int8-topk10": {"delta_codec": "int8", "grad_codec": "topk", "topk_ratio": 0.1},
+    "all-fp16": {
+        "act_codec": "fp16",
+        "grad_codec": "fp16",
+        "delta_codec": "fp16",
+        "egrad_codec": "fp16",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A grid of cases: modes × links × datasets × seeds × codec variants."""
+
+    name: str
+    modes: tuple[str, ...]
+    links: tuple[str, ...]
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: Mapping[str, int]  # batches per dataset
+    variants: tuple[str, ...] = ("lz4",)
+    evals: int = 0  # evaluations during training, evenly spaced in samples (final one extra)
+    windows: tuple[int | None, ...] = (None,)  # in-flight windows W (None: RunConfig's)
+
+    def cases(self) -> list[Case]:
+        return [
+            Case(
+                self.name,
+                mode,
+                link,
+                dataset,
+                seed,
+                variant,
+                self.steps[dataset],
+                self.evals,
+                window,
+            )
+            for dataset in self.datasets
+            for link in self.links
+            for variant in self.variants
+            for window in self.windows
+            for seed in self.seeds
+            for mode in self.modes
+        ]
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    mode: str
+    link: str
+    dataset: str
+    seed: int
+    variant: str
+    steps: int
+    evals: int
+    window: int | None = None
+
+    @property
+    def case_id(self) -> str:
+        window = "" if self.window is None else f"/w{self.window}"
+        return (
+            f"{self.suite}/{self.dataset}/{self.link}/{self.variant}{window}/{self.mode}"
+            f"/s{self.seed}"
+        )
+
+    def run_config(self) -> RunConfig:
+        window = {} if self.window is None else {"window": self.window}
+        return RunConfig.from_mapping(
+            {
+                "mode": self.mode,
+                "dataset": self.dataset,
+                "seed": self.seed,
+                **window,
+                **CODEC_VARIANTS[self.variant],
+            }
+        )
+
+
+STEPS_SYSTEMS = {"imu": 200, "mnist": 150, "video": 40}
+STEPS_ACCURACY = {"imu": 500, "mnist": 1200, "video": 150}
+STEPS_QUICK = {"imu": 60, "mnist": 40, "video": 16}
+
+
+def full_plan() -> list[Suite]:
+    """The committed benchmark (``bench/results``); about 50 minutes on the 2-core dev box."""
+    return [
+        Suite(
+            "systems",
+            ALL_MODES,
+            ("4g", "5g", "lan"),
+            ("imu", "mnist", "video"),
+            (0,),
+            STEPS_SYSTEMS,
+        ),
+        Suite("accuracy", ALL_MODES, ("5g",), ("imu",), (0, 1, 2), STEPS_ACCURACY, evals=4),
+        # MNIST with this model and optimizer sits on its initial plateau (≈ 17 %) for the
+        # first ~400 steps and reaches ≈ 84 % at 1200 (centralized, in-process): it needs
+        # the long run, so it goes over LAN, the fastest link (accuracy does not depend on
+        # it), without split-sync (window 0: the same arithmetic as syncsgd/centralized).
+        Suite(
+            "accuracy",
+            tuple(m for m in ALL_MODES if m != "split-sync"),
+            ("lan",),
+            ("mnist",),
+            (0, 1, 2),
+            STEPS_ACCURACY,
+            evals=4,
+        ),
+        Suite(
+            "compression",
+            ("simultrain",),
+            ("4g",),
+            ("imu", "mnist", "video"),
+            (0,),
+            STEPS_SYSTEMS,
+            variants=tuple(CODEC_VARIANTS),
+        ),
+        # W = 4 is the systems suite's default window: the report puts it beside these.
+        Suite(
+            "window",
+            ("simultrain",),
+            ("4g", "5g"),
+            ("imu", "mnist"),
+            (0,),
+            STEPS_SYSTEMS,
+            windows=(2, 8, 16),
+        ),
+    ]
+
+
+def quick_plan() -> list[Suite]:
+    """``--quick``: the same three suites, small enough for under five minutes."""
+    return [
+        Suite(
+            "systems",
+            ALL_MODES,
+            ("4g", "5g"),
+            ("imu",),
+            (0,),
+            STEPS_QUICK,
+        ),
+        Suite(
+            "compression",
+            ("simultrain",),
+            ("4g",),
+            ("imu",),
+            (0,),
+            STEPS_QUICK,
+            variants=("lz4", "delta-int8", "down-int8-topk10"),
+        ),
+        Suite(
+            "window",
+            ("simultrain",),
+            ("4g",),
+            ("imu",),
+            (0,),
+            STEPS_QUICK,
+            windows=(8,),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    out_dir: Path = Path("bench/results")
+    quick: bool = False
+    modes: tuple[str, ...] | None = None  # overrides of every suite of the plan
+    links: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+    seeds: int | None = None
+    steps: int | None = None
+    variants: tuple[str, ...] | None = None
+    suites: tuple[str, ...] | None = None  # keep only these suites
+    slowdown: float | None = None  # None: calibrate
+    edge_threads: int = 1
+    log_dir: Path | None = None
+    case_timeout_s: float = 900.0
+    plots: bool = True
+    append: bool = False  # add to OUT/results.json instead of starting it anew
+    command: str = ""
+
+    def plan(self) -> list[Suite]:
+        plan = quick_plan() if self.quick else full_plan()
+        if self.suites is not None:
+            plan = [suite for suite in plan if suite.name in self.suites]
+        restrict = self.datasets is not None and any(
+            set(suite.datasets) & set(self.datasets) for suite in plan
+        )
+        out: list[Suite] = []
+        for suite in plan:
+            if restrict:
+                # --datasets keeps the suites' cells of these datasets; a plan that has none
+                # of them runs every suite on them instead (below).
+                kept = tuple(d for d in suite.datasets if d in (self.datasets or ()))
+                if not kept:
+                    continue
+                suite = replace(suite, datasets=kept)
+            if self.variants is not None:
+                # Variants only change codecs; a suite of the default codec keeps it.
+                variants = tuple(v for v in suite.variants if v in self.variants)
+                suite = replace(suite, variants=variants or suite.variants[:1])
+            if self.modes is not None:
+                suite = replace(
+                    suite, modes=tuple(m for m in suite.modes if m in self.modes) or self.modes
+                )
+            if self.links is not None:
+                suite = replace(suite, links=self.links)
+            if self.datasets is not None and not restrict:
+                suite = replace(suite, datasets=self.datasets)
+            if self.seeds is not None:
+                suite = replace(suite, seeds=tuple(range(self.seeds)))
+            if self.steps is not None:
+                suite = replace(
+                    suite,
+                    steps=dict.fromkeys(suite.steps, self.steps)
+                    | dict.fromkeys(suite.datasets, self.steps),
+                )
+            out.append(suite)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# One case
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Recording:
+    """What the benchmark saw while one case trained."""
+
+    busy: list[list[float]] = field(default_factory=list)  # [t, busy_seconds]
+    pauses: list[list[float]] = field(default_factory=list)  # [start, end] of /v1/eval
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {t, samples, accuracy, loss}
+    report: dict[str, Any] | None = None
+
+
+def run_case(
+    case: Case,
+    *,
+    slowdown: float,
+    edge_threads: int = 1,
+    log_dir: Path | None = None,
+    timeout_s: float = 900.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one case through the real services; its ``results.json`` record."""
+    run = case.run_config()
+    link = None if case.link == LOOPBACK else case.link
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="simultrain-bench-") as tmp:
+        group = ServiceGroup(log_dir / case.case_id.replace("/", "_") if log_dir else None)
+        try:
+            # The edge first, so its imports and dataset load overlap the others' start-up;
+            # it waits for the addresses on a named pipe (see probe.py).
+            fifo = Path(tmp) / "edge-settings"
+            os.mkfifo(fifo)
+            edge = group.start(
+                "edge-0",
+                "simultrain.bench.probe",
+                {
+                    SETTINGS_FIFO_VAR: str(fifo),
+                    PRELOAD_VAR: f"{case.dataset}:{case.seed}",
+                    "SIMULTRAIN_EDGE_COMPUTE_THREADS": str(edge_threads),
+                },
+            )
+            topology = start_topology(
+                group, run, Path(tmp), steps=case.steps, edges=0, link_profile=link
+            )
+            edge.wait_for_line("WAITING", timeout_s=120)
+            env = edge_environment(
+                topology.coordinator_url,
+                topology.edge_cloud_url,
+                index=0,
+                count=1,
+                steps=case.steps,
+                slowdown=slowdown,
+            )
+            env["SIMULTRAIN_EDGE_NAME"] = f"bench-{case.mode}"
+            with fifo.open("w") as pipe:
+                pipe.write(json.dumps(env) + "\n")
+            # Bounded by the work: a run that stalls (a service gone, a lost session) fails
+            # instead of holding the benchmark for the whole case timeout.
+            budget_s = min(timeout_s, 120.0 + 3.0 * case.steps)
+            recording = _follow(topology.cloud_url, edge, group, case, run, budget_s, on_progress)
+            with httpx.Client(timeout=120) as client:
+                status = client.get(f"{topology.cloud_url}/v1/status").json()
+                before = time.monotonic()
+                final = client.get(f"{topology.cloud_url}/v1/eval").json()
+                eval_cost_s = time.monotonic() - before
+        finally:
+            group.stop_all()
+    assert recording.report is not None
+    return _record(
+        case,
+        run,
+        recording,
+        status,
+        final,
+        eval_cost_s,
+        slowdown=slowdown,
+        wall_s=time.monotonic() - started,
+    )
+
+
+def _follow(
+    cloud_url: str,
+    edge: ServiceProcess,
+    group: ServiceGroup,
+    case: Case,
+    run: RunConfig,
+    timeout_s: float,
+    on_progress: Callable[[int], None] | None,
+) -> _Recording:
+    """Poll the cloud until the edge prints ``DONE``; evaluate at even sample fractions."""
+    recording = _Recording()
+    total_samples = case.steps * run.batch_size
+    thresholds = [total_samples * (k + 1) / (case.evals + 1) for k in range(case.evals)]
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=120) as client:
+        while recording.report is None:
+            if time.monotonic() > deadline:
+                raise SimulTrainError(f"{case.case_id} did not finish within {timeout_s:.0f}s")
+            try:
+                line = edge.lines.get(timeout=0.1)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                code = edge.popen.wait()
+                raise SimulTrainError(f"{edge.name} exited with status {code}{edge._log_hint()}")
+            if line.startswith("DONE "):
+                recording.report = json.loads(line[5:])
+                break
+            for proc in group.processes:
+                if proc is not edge and proc.popen.poll() is not None:
+                    raise SimulTrainError(
+                        f"{proc.name} exited with status {proc.popen.returncode} while "
+                        f"{case.case_id} trained{proc._log_hint()}"
+                    )
+            try:
+                status = client.get(f"{cloud_url}/v1/status").json()
+            except httpx.HTTPError:
+                continue
+            recording.busy.append([time.monotonic(), float(status["busy_seconds"])])
+            samples = int(status["samples_applied"])
+            if on_progress is not None:
+                on_progress(samples // run.batch_size)
+            if thresholds and samples >= thresholds[0]:
+                thresholds.pop(0)
+                before = time.monotonic()
+                result = client.get(f"{cloud_url}/v1/eval").json()
+                after = time.monotonic()
+                recording.pauses.append([before, after])
+                recording.evals.append(
+                    {
+                        "t": before,
+                        "samples": result["samples_applied"],
+                        "accuracy": result["accuracy"],
+                        "loss": result["loss"],
+                    }
+                )
+    return recording
+
+
+def _record(
+    case: Case,
+    run: RunConfig,
+    recording: _Recording,
+    status: Mapping[str, Any],
+    final: Mapping[str, Any],
+    eval_cost_s: float,
+    *,
+    slowdown: float,
+    wall_s: float,
+) -> dict[str, Any]:
+    report = dict(recording.report or {})
+    timeline = report.pop("timeline")
+    profile = parse_profile(case.link if case.link != LOOPBACK else "none")
+    # The busy polls end before the edge's last ACK; close them with the final status.
+    busy = [*recording.busy, [time.monotonic(), float(status["busy_seconds"])]]
+    step = metrics.step_metrics(
+        timeline,
+        busy,
+        uplink_rate_bps=profile.uplink.rate_bps,
+        downlink_rate_bps=profile.downlink.rate_bps,
+        rtt_s=profile.rtt_s,
+        pauses=recording.pauses,
+        eval_cost_s=eval_cost_s,
+    )
+    origin = timeline["batch_start"][0]
+    acked_at = metrics.ack_times(timeline["batch_frame"], timeline["acks"])
+    end = max(t for t in acked_at if t is not None)
+    curve = [
+        [
+            round(metrics.training_time_s(e["t"], origin, recording.pauses), 3),
+            e["samples"],
+            round(e["accuracy"], 4),
+            round(e["loss"], 4),
+        ]
+        for e in recording.evals
+    ]
+    train_s = metrics.training_time_s(end, origin, recording.pauses)
+    curve.append(
+        [
+            round(train_s, 3),
+            final["samples_applied"],
+            round(final["accuracy"], 4),
+            round(final["loss"], 4),
+        ]
+    )
+    staleness = status["staleness"]
+    window = step.window
+    latencies = metrics.step_latencies_s(timeline["batch_start"], acked_at, window)
+    # A bounded sample of per-step latencies for the distribution plots.
+    stride = max(1, len(latencies) // 200)
+    sessions = list(status["edges"].values())
+    return {
+        "suite": case.suite,
+        "case": case.case_id,
+        "mode": case.mode,
+        "link": case.link,
+        "dataset": case.dataset,
+        "seed": case.seed,
+        "variant": case.variant,
+        "model_id": status["model_id"],
+        "steps": case.steps,
+        **step.as_dict(),
+        "accuracy": round(float(final["accuracy"]), 4),
+        "test_loss": round(float(final["loss"]), 4),
+        "test_samples": final["samples"],
+        "samples": final["samples_applied"],
+        "max_staleness": staleness["max"],
+        "mean_staleness": staleness["mean"],
+        "p95_staleness": metrics.staleness_percentile(staleness["histogram"], 0.95),
+        "staleness_histogram": staleness["histogram"],
+        "stale_dropped": staleness["dropped"],
+        "master_version": status["master_version"],
+        "bytes_up_total": sum(s["bytes_in"] for s in sessions),
+        "bytes_down_total": sum(s["bytes_out"] for s in sessions),
+        "train_seconds": round(train_s, 3),
+        "wall_seconds": round(wall_s, 2),
+        "eval_seconds": round(eval_cost_s, 3),
+        "accuracy_curve": curve,
+        "latency_sample_ms": [round(v * 1e3, 2) for v in latencies[::stride]],
+        "edge_slowdown": slowdown,
+        "uplink_rate_bps": profile.uplink.rate_bps,
+        "downlink_rate_bps": profile.downlink.rate_bps,
+        "rtt_ms": round(profile.rtt_s * 1e3, 3),
+        "run_config": run.to_mapping(),
+        "window_size": run.schedule().window,
+        "window_override": case.window,
+        "edge_report": {
+            k: report.get(k)
+            for k in (
+                "steps",
+                "samples_sent",
+                "reconnects",
+                "resyncs",
+                "reconciliations",
+                "resent",
+                "compute_seconds",
+                "seconds",
+                "errors",
+            )
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------
+
+
+def _host() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    return info
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def run_bench(
+    options: BenchOptions,
+    *,
+    progress: Callable[[Sequence[Case]], Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run every case of the plan; write ``results.json``, ``meta.json``, report, plots.
+
+    ``results.json`` is rewritten after every case, so an interrupted run keeps what it did.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simultrain.bench.report import write_report
+
+    console = Console(stderr=True)
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [case for suite in options.plan() for case in suite.cases()]
+    calibration: Calibration | None = None
+    slowdown = options.slowdown
+    if slowdown is None:
+        calibration = calibrate(threads=options.edge_threads)
+        slowdown = round(calibration.slowdown, 2)
+    meta: dict[str, Any] = {
+        "command": options.command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": _host(),
+        "edge_slowdown": slowdown,
+        "edge_threads": options.edge_threads,
+        "calibration": calibration.as_dict() if calibration else None,
+        "plan": [{**asdict(suite), "steps": dict(suite.steps)} for suite in options.plan()],
+        "cases": len(cases),
+    }
+    records: list[dict[str, Any]] = []
+    earlier: dict[str, Any] | None = None
+    if options.append and (out / "results.json").exists():
+        records = json.loads((out / "results.json").read_text())
+        if (out / "meta.json").exists():
+            earlier = json.loads((out / "meta.json").read_text())
+    started = time.monotonic()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        overall = bar.add_task("bench", total=len(cases), detail="")
+        current = bar.add_task("case", total=1, detail="")
+        for case in cases:
+            bar.update(overall, detail=case.case_id)
+            bar.reset(current, total=case.steps, description=f"{case.mode}", detail="")
+
+            def tick(steps: int, task: Any = current) -> None:
+                bar.update(task, completed=min(steps, bar.tasks[task].total or steps))
+
+            try:
+                record = run_case(
+                    case,
+                    slowdown=slowdown,
+                    edge_threads=options.edge_threads,
+                    log_dir=options.log_dir,
+                    timeout_s=options.case_timeout_s,
+                    on_progress=tick,
+                )
+            except (SimulTrainError, httpx.HTTPError, ValueError, KeyError) as exc:
+                console.print(f"[red]{case.case_id} failed:[/red] {exc}")
+                record = {**_case_fields(case), "error": f"{type(exc).__name__}: {exc}"}
+            records.append(record)
+            _write_json(out / "results.json", records)
+            bar.advance(overall)
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    if earlier is not None:
+        # One meta for the whole results.json: the first run's, and each appended run.
+        meta = {**earlier, "appended": [*earlier.get("appended", []), meta]}
+    _write_json(out / "meta.json", meta)
+    write_report(records, meta, out, plots=options.plots)
+    return records, meta
+
+
+def _case_fields(case: Case) -> dict[str, Any]:
+    return {
+        "suite": case.suite,
+        "case": case.case_id,
+        "mode": case.mode,
+        "link": case.link,
+        "dataset": case.dataset,
+        "seed": case.seed,
+        "variant": case.variant,
+        "steps": case.steps,
+    }
+
+
+def parse_list(text: str | None, *, known: Iterable[str] | None = None) -> tuple[str, ...] | None:
+    """``"a,b"`` → ``("a", "b")``; checks names against ``known`` when given."""
+    if text is None:
+        return None
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if known is not None:
+        allowed = set(known)
+        unknown = [item for item in items if item not in allowed]
+        if unknown:
+            raise SimulTrainError(f"unknown {unknown}; choose from {', '.join(sorted(allowed))}")
+    return items

@@ -1,0 +1,122 @@
+"""``simultrain bench``: the command line of the benchmark (a Typer sub-app).
+
+Imports only typer at module level, so ``simultrain --help`` stays fast; the benchmark, torch
+and matplotlib load when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["bench_app", "main"]
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Every mode through the real services over emulated links; report and plots.",
+    pretty_exceptions_enable=False,
+)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    quick: Annotated[bool, typer.Option(help="The small plan: under five minutes.")] = False,
+    calibrate: Annotated[
+        bool, typer.Option("--calibrate", help="Print the edge CPU calibration and exit.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where results, report and plots go.")] = Path(
+        "bench/results"
+    ),
+    modes: Annotated[str | None, typer.Option(help="Only these modes (comma-separated).")] = None,
+    links: Annotated[
+        str | None, typer.Option(help="Links for every suite: 4g, 5g, lan, loopback or a spec.")
+    ] = None,
+    datasets: Annotated[
+        str | None, typer.Option(help="imu, mnist, video (comma-separated).")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 for every suite.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Batches per run for every suite.")] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Codec variants of the compression suite.")
+    ] = None,
+    suites: Annotated[
+        str | None, typer.Option(help="Only these suites: systems, accuracy, compression, window.")
+    ] = None,
+    slowdown: Annotated[
+        float | None, typer.Option(help="Edge time dilation k (default: calibrate now).")
+    ] = None,
+    edge_threads: Annotated[int, typer.Option(help="Torch threads of the edge.")] = 1,
+    log_dir: Annotated[Path | None, typer.Option(help="Keep every service's log here.")] = None,
+    report_only: Annotated[
+        bool, typer.Option(help="Rebuild report and plots from OUT/results.json.")
+    ] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    append: Annotated[
+        bool, typer.Option("--append", help="Add to OUT/results.json instead of replacing it.")
+    ] = False,
+) -> None:
+    """Run modes × links × datasets × seeds through the real services; write results."""
+    from simultrain.bench.bench import CODEC_VARIANTS, BenchOptions, parse_list, run_bench
+    from simultrain.bench.calibrate import calibrate as measure
+    from simultrain.shared.errors import SimulTrainError
+    from simultrain.shared.training.schedule import MODES
+
+    if calibrate:
+        result = measure(threads=edge_threads)
+        typer.echo(
+            f"ResNet-18 forward (batch 1, 224×224, {result.threads} thread(s)): "
+            f"{result.forward_ms:.1f} ms, fastest of {result.repeats} "
+            f"(median {result.forward_ms_median:.1f} ms); Raspberry Pi 4: "
+            f"{result.reference_ms:.0f} ms → edge slowdown k = {result.slowdown:.2f}"
+        )
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    if report_only:
+        from simultrain.bench.report import write_report
+
+        records = json.loads((out / "results.json").read_text())
+        meta_path = out / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
+        return
+    try:
+        options = BenchOptions(
+            out_dir=out,
+            quick=quick,
+            modes=parse_list(modes, known=MODES),
+            links=parse_list(links),
+            datasets=parse_list(datasets),
+            seeds=seeds,
+            steps=steps,
+            variants=parse_list(variants, known=CODEC_VARIANTS),
+            suites=parse_list(suites, known=("systems", "accuracy", "compression", "window")),
+            slowdown=slowdown,
+            edge_threads=edge_threads,
+            log_dir=log_dir,
+            plots=not no_plots,
+            append=append,
+            command=shlex.join(["simultrain", *sys.argv[1:]]),
+        )
+        records, _ = run_bench(options)
+    except SimulTrainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: every service stopped; results.json has the finished cases", err=True
+        )
+        raise typer.Exit(130) from None
+    failed = sum(1 for r in records if "error" in r)
+    typer.echo(f"{len(records) - failed}/{len(records)} cases; report: {out / 'report.md'}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m simultrain.bench [OPTIONS]``."""
+    bench_app(args=argv, prog_name="simultrain bench")
