@@ -192,7 +192,14 @@ def test_kill_9_of_the_cloud_loses_no_sample_and_applies_none_twice(
         # Lockstep and checkpoints at batch boundaries: the crashed run redoes exactly the
         # computation of the clean one.
         assert final["accuracy"] == base["accuracy"]
-    assert abs(final["accuracy"] - base["accuracy"]) <= 0.01
+    else:
+        # Pipelined runs are not deterministic across processes: which version each batch
+        # meets depends on timing, and the crashes shift it further. Two such runs differ like
+        # two training seeds; at ~0.77 accuracy on 773 windows one run's standard deviation
+        # is ~0.015, the difference of two ~0.021. A resume that lost the optimizer state or
+        # rolled the master back would cost far more than 0.05 (2.4 sd); the exactly-once
+        # counts above are the exact check.
+        assert final["accuracy"] >= base["accuracy"] - 0.05
 
 
 def test_coordinator_restart_keeps_training_and_registry(tmp_path: Path) -> None:
