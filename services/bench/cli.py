@@ -37,7 +37,8 @@ def bench(
         str | None, typer.Option(help="Links for every suite: 4g, 5g, lan, loopback or a spec.")
     ] = None,
     datasets: Annotated[
-        str | None, typer.Option(help="imu, mnist, video (comma-separated).")
+        str | None,
+        typer.Option(help="Workloads: imu, imu-thin, mnist, video (comma-separated)."),
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 for every suite.")] = None,
     steps: Annotated[int | None, typer.Option(help="Batches per run for every suite.")] = None,
@@ -61,7 +62,13 @@ def bench(
     ] = False,
 ) -> None:
     """Run modes × links × datasets × seeds through the real services; write results."""
-    from simultrain.bench.bench import CODEC_VARIANTS, BenchOptions, parse_list, run_bench
+    from simultrain.bench.bench import (
+        CODEC_VARIANTS,
+        WORKLOADS,
+        BenchOptions,
+        parse_list,
+        run_bench,
+    )
     from simultrain.bench.calibrate import calibrate as measure
     from simultrain.shared.errors import SimulTrainError
     from simultrain.shared.training.schedule import MODES
@@ -90,7 +97,7 @@ def bench(
             quick=quick,
             modes=parse_list(modes, known=MODES),
             links=parse_list(links),
-            datasets=parse_list(datasets),
+            datasets=parse_list(datasets, known=WORKLOADS),
             seeds=seeds,
             steps=steps,
             variants=parse_list(variants, known=CODEC_VARIANTS),

@@ -19,7 +19,7 @@ from simultrain.shared.models import (
     register_model,
 )
 
-BUILTIN = ["imu-cnn1d", "mnist-cnn", "video-cnn"]
+BUILTIN = ["imu-cnn1d", "mnist-cnn", "video-cnn", "imu-thin"]
 
 
 def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
@@ -36,8 +36,9 @@ def test_registry_lists_the_builtin_models() -> None:
 
 
 def test_builtin_shapes() -> None:
-    imu, mnist, video = (get_model_spec(m) for m in BUILTIN)
+    imu, mnist, video, thin = (get_model_spec(m) for m in BUILTIN)
     assert (imu.input_shape, imu.cut_shape, imu.num_classes) == ((6, 128), (32, 32), 7)
+    assert (thin.input_shape, thin.cut_shape, thin.num_classes) == ((6, 128), (16, 16), 7)
     assert (mnist.input_shape, mnist.cut_shape, mnist.num_classes) == (
         (1, 28, 28),
         (16, 14, 14),
@@ -185,3 +186,20 @@ def test_imu_cnn1d_learns_the_held_out_subjects() -> None:
         predicted = full(torch.tensor(data.x_test)).argmax(dim=1)
     accuracy = (predicted == torch.tensor(data.y_test)).float().mean().item()
     assert accuracy > 0.75
+
+
+def test_imu_thin_is_the_papers_payload_regime() -> None:
+    """The bench's ``imu-thin`` workload: per batch of 32 the cut activation (32 KiB in fp32)
+    is smaller than the window it comes from and than the whole model's weights, which is
+    what SyncSGD moves each way; ``imu-cnn1d`` is the opposite regime."""
+
+    def sizes(model_id: str) -> tuple[int, int, int]:
+        spec = get_model_spec(model_id)
+        params = sum(p.numel() for p in spec.build(seed=0).full().parameters())
+        return spec.input_numel, spec.cut_numel, params
+
+    window, cut, params = sizes("imu-thin")
+    assert cut * 3 <= window and cut * 32 < params
+    window, cut, params = sizes("imu-cnn1d")
+    assert cut > window and cut * 32 > params
+    assert find_model_for_input((6, 128), 7).model_id == "imu-cnn1d"  # still the default
