@@ -3,18 +3,10 @@
 The benchmark needs per-batch timestamps the edge's ``DONE`` report does not carry: when each
 batch was taken, when its compute sections ran, and when its acknowledgement came back.
 This entry point runs the unchanged :class:`~simultrain.edge.agent.EdgeAgent` (same settings,
-same event loop, same frames on the wire) through a subclass that only *observes* two of its
-seams:
-
-- its batch stream (``self.stream``, wrapped after ``_prepare``): a batch starts when the
-  agent takes it from the stream;
-- ``_in_compute`` (every edge compute section, dilated by the CPU emulation factor): the frame
-  a compute section returns carries the batches taken since the last frame;
-- ``_write_status`` (called right after every ACK is applied): the ACK time and the wire
-  byte counters at that moment.
-
-A first-class hook in the agent (an observer with ``on_batch_taken``, ``on_frame`` and
-``on_ack``) would make this subclass unnecessary.
+same event loop, same frames on the wire) with a :class:`StepTimeline` as its
+:class:`~simultrain.edge.agent.EdgeObserver`: a batch starts when the agent takes it from
+its stream; the frame a compute section returns carries the batches taken since the last
+frame; after every ACK it notes the time and the wire byte counters.
 
 Its report line is the agent's ``DONE {json}`` with one more key, ``timeline``. All times are
 ``time.monotonic()`` seconds, which every process on one host shares, so the benchmark can
@@ -37,26 +29,24 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from simultrain.edge.agent import EdgeAgent
+from simultrain.edge.agent import EdgeAgent, EdgeObserver, EdgeReport
 from simultrain.edge.settings import EdgeSettings
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import SimulTrainError
 
-__all__ = ["PRELOAD_VAR", "SETTINGS_FIFO_VAR", "ProbedEdgeAgent", "StepTimeline"]
+__all__ = ["PRELOAD_VAR", "SETTINGS_FIFO_VAR", "StepTimeline"]
 
 SETTINGS_FIFO_VAR = "SIMULTRAIN_BENCH_SETTINGS_FIFO"
 PRELOAD_VAR = "SIMULTRAIN_BENCH_PRELOAD"
 
 log = logging.getLogger("simultrain.bench.probe")
-T = TypeVar("T")
 
 
 @dataclass
-class StepTimeline:
+class StepTimeline(EdgeObserver):
     """What the benchmark's metrics are computed from (see ``metrics.py``).
 
     ``batch_start[i]``: when batch i (0-based, new batches only) was taken from the stream;
@@ -72,6 +62,32 @@ class StepTimeline:
     sections: list[list[Any]] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # batches not yet in a frame
 
+    def batch_taken(self) -> None:
+        self.pending.append(len(self.batch_start))
+        self.batch_start.append(time.monotonic())
+        self.batch_frame.append(-1)
+
+    def compute_section(self, kind: str, started: float, ended: float, result: object) -> None:
+        self.sections.append([started, ended, kind])
+        seq = getattr(result, "seq", None)
+        if self.pending and isinstance(seq, int):
+            # The frame that carries the batches taken since the last one (one batch, or a
+            # FedAvg round of E batches). A re-sent batch takes nothing from the stream.
+            for index in self.pending:
+                self.batch_frame[index] = seq
+            self.pending.clear()
+
+    def acked(self, acked_seq: int, report: EdgeReport) -> None:
+        self.acks.append(
+            [
+                time.monotonic(),
+                acked_seq,
+                report.bytes_up,
+                report.bytes_down,
+                report.compute_seconds,
+            ]
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "batch_start": [round(t, 6) for t in self.batch_start],
@@ -81,65 +97,9 @@ class StepTimeline:
         }
 
 
-class _TimedStream:
-    """The agent's batch stream, stamping the time each batch is taken."""
-
-    def __init__(self, stream: Iterator[Any], timeline: StepTimeline) -> None:
-        self._stream = stream
-        self._timeline = timeline
-
-    def __iter__(self) -> _TimedStream:
-        return self
-
-    def __next__(self) -> Any:
-        batch = next(self._stream)
-        timeline = self._timeline
-        timeline.pending.append(len(timeline.batch_start))
-        timeline.batch_start.append(time.monotonic())
-        timeline.batch_frame.append(-1)
-        return batch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class ProbedEdgeAgent(EdgeAgent):
-    """:class:`EdgeAgent` that records a :class:`StepTimeline`; behaviour unchanged."""
-
-    def __init__(self, settings: EdgeSettings) -> None:
-        super().__init__(settings)
-        self.timeline = StepTimeline()
-
-    async def _prepare(self) -> None:
-        await super()._prepare()
-        self.stream = _TimedStream(self.stream, self.timeline)  # type: ignore[assignment]
-
-    async def _in_compute(self, fn: Callable[..., T], *args: Any) -> T:
-        started = time.monotonic()
-        result = await super()._in_compute(fn, *args)
-        timeline = self.timeline
-        timeline.sections.append([started, time.monotonic(), getattr(fn, "__name__", "?")])
-        seq = getattr(result, "seq", None)
-        if timeline.pending and isinstance(seq, int):
-            # The frame that carries the batches taken since the last one (one batch, or a
-            # FedAvg round of E batches). A re-sent batch takes nothing from the stream.
-            for index in timeline.pending:
-                timeline.batch_frame[index] = seq
-            timeline.pending.clear()
-        return result
-
-    def _write_status(self) -> None:
-        super()._write_status()
-        runtime = self.runtime
-        acked = runtime.highest_acked if runtime is not None else -1
-        report = self.report
-        self.timeline.acks.append(
-            [time.monotonic(), acked, report.bytes_up, report.bytes_down, report.compute_seconds]
-        )
-
-
 async def _run_agent(settings: EdgeSettings) -> tuple[dict[str, Any], StepTimeline]:
-    agent = ProbedEdgeAgent(settings)
+    timeline = StepTimeline()
+    agent = EdgeAgent(settings, observer=timeline)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.stop)
@@ -148,7 +108,7 @@ async def _run_agent(settings: EdgeSettings) -> tuple[dict[str, Any], StepTimeli
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    return asdict(report), agent.timeline
+    return asdict(report), timeline
 
 
 def _deferred_environment() -> None:

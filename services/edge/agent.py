@@ -59,7 +59,7 @@ from .coordinator_client import Assignment, CoordinatorClient
 from .notify import SystemdNotifier
 from .settings import EdgeSettings
 
-__all__ = ["EdgeAgent", "EdgeReport"]
+__all__ = ["EdgeAgent", "EdgeObserver", "EdgeReport"]
 
 log = logging.getLogger("simultrain.edge")
 T = TypeVar("T")
@@ -92,6 +92,27 @@ class EdgeReport:
     errors: list[str] = field(default_factory=list)
 
 
+class EdgeObserver:
+    """Instrumentation hooks of the agent; this base class does nothing.
+
+    The benchmark's step timeline (:mod:`simultrain.bench.probe`) is one. Times are
+    ``time.monotonic()`` seconds. Hooks run inside the agent and must be quick and must not
+    raise: ``batch_taken`` on the compute thread, inside the section that takes the batch;
+    the others on the event loop.
+    """
+
+    def batch_taken(self) -> None:
+        """A new batch left the data stream (a re-sent batch takes none)."""
+
+    def compute_section(self, kind: str, started: float, ended: float, result: object) -> None:
+        """A compute section ended. ``kind`` is the function's name; ``ended − started``
+        includes waiting for the compute slot and the CPU emulation's sleep; ``result`` is what
+        it returned (the frame it produced, if any)."""
+
+    def acked(self, acked_seq: int, report: EdgeReport) -> None:
+        """An ACK was applied: every batch up to ``acked_seq`` is in the master."""
+
+
 class _SessionEnded(Exception):
     """The current session is over; ``reconnect`` says whether to start another."""
 
@@ -101,9 +122,16 @@ class _SessionEnded(Exception):
 
 
 class EdgeAgent:
-    def __init__(self, settings: EdgeSettings, *, run: RunConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        *,
+        run: RunConfig | None = None,
+        observer: EdgeObserver | None = None,
+    ) -> None:
         self.settings = settings
         self._run_override = run
+        self.observer = observer or EdgeObserver()
         self.report = EdgeReport()
         self.coordinator = CoordinatorClient(settings) if settings.coordinator_url else None
         self.notifier = SystemdNotifier.from_environment() if settings.watchdog else None
@@ -370,10 +398,14 @@ class EdgeAgent:
                 time.sleep((slowdown - 1.0) * elapsed)
             return result, elapsed
 
+        started = time.monotonic()
         async with self._compute:
             result, elapsed = await asyncio.to_thread(timed)
         self.report.compute_seconds += elapsed * slowdown
         self.report.longest_compute_s = max(self.report.longest_compute_s, elapsed * slowdown)
+        self.observer.compute_section(
+            getattr(fn, "__name__", "?"), started, time.monotonic(), result
+        )
         return result
 
     async def _stream(self, ws: ClientConnection, session: EdgeSession) -> None:
@@ -431,6 +463,7 @@ class EdgeAgent:
         runtime = self.runtime
         assert runtime is not None
         x, y = next(self.stream)
+        self.observer.batch_taken()
         frame = runtime.produce(x, y)
         self.report.steps = runtime.batches_produced
         self.report.samples_sent = runtime.samples_produced
@@ -470,6 +503,7 @@ class EdgeAgent:
                     self.report.batches_acked = runtime.highest_acked + 1
                     self.report.edge_version = runtime.version
                     self._write_status()
+                    self.observer.acked(runtime.highest_acked, self.report)
                 else:
                     self._handle_control(frame)
                 self._changed.set()
