@@ -70,7 +70,8 @@ def save_checkpoint(
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {
-        f"model/{name}": t.detach().clone().contiguous() for name, t in master.full_state().items()
+        f"model/{name}": t.detach().to("cpu", copy=True).contiguous()
+        for name, t in master.full_state().items()
     }
     optim_meta: dict[str, Any] = {}
     for name, opt in _optimizers(master).items():
@@ -79,7 +80,9 @@ def save_checkpoint(
         for index, entries in state["state"].items():
             for key, value in entries.items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optim/{name}/{index}/{key}"] = value.detach().clone().contiguous()
+                    tensors[f"optim/{name}/{index}/{key}"] = (
+                        value.detach().to("cpu", copy=True).contiguous()
+                    )
                 else:
                     scalars.setdefault(str(index), {})[key] = value
         optim_meta[name] = {"param_groups": state["param_groups"], "scalars": scalars}

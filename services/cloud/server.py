@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+from simultrain.shared.errors import ConfigError
 from simultrain.shared.serving import listening_line, run_until_signal, serve_app
 from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.factory import resolve_device
 
 from .app import create_app
 from .settings import CloudSettings
@@ -35,4 +39,11 @@ async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> Non
 
 
 def run(settings: CloudSettings) -> int:
+    # A device that is not there is an operator's mistake: say so in one line and exit 2
+    # before anything loads, not with a traceback from inside the server's start-up.
+    try:
+        resolve_device(settings.device)
+    except ConfigError as exc:
+        print(f"simultrain cloud: {exc}", file=sys.stderr, flush=True)
+        return 2
     return run_until_signal(serve(settings))

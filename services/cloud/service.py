@@ -35,7 +35,7 @@ from simultrain.shared.errors import (
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Welcome
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, wire_cut_shape
+from simultrain.shared.training.factory import build_master, resolve_device, wire_cut_shape
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
@@ -117,7 +117,8 @@ class CloudService:
         torch.set_num_threads(settings.compute_threads)
         dataset = load_dataset(settings.eval_dataset or run.dataset, seed=run.seed)
         self.spec = get_model_spec(run.model_id or dataset.model_id)
-        self.master = build_master(run, self.spec, self.schedule)
+        self.device = resolve_device(settings.device)
+        self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
         self.runtime = CloudRuntime(self.master, self.schedule, run.codecs)
         self.x_test = torch.tensor(dataset.x_test)
@@ -292,6 +293,7 @@ class CloudService:
             "cloud_id": self.cloud_id,
             "mode": self.schedule.mode,
             "model_id": self.spec.model_id,
+            "device": str(self.device),
             "master_version": master.version,
             "edge_updates": master.edge_updates,
             "samples_applied": master.samples_applied,
@@ -321,7 +323,8 @@ class CloudService:
     async def model_state(self) -> dict[str, torch.Tensor]:
         return await self.compute(
             lambda: {
-                n: t.detach().clone().contiguous() for n, t in self.master.full_state().items()
+                n: t.detach().to("cpu", copy=True).contiguous()
+                for n, t in self.master.full_state().items()
             }
         )
 

@@ -73,6 +73,11 @@ class CloudSettings(BaseSettings):
     )
     max_frame_bytes: int = Field(64 << 20, gt=0, description="Largest WebSocket message accepted.")
     max_decompressed_bytes: int = Field(256 << 20, gt=0, description="Largest decoded frame.")
+    device: str = Field(
+        "auto",
+        description="Where the master computes: auto (CUDA when torch sees a GPU, else CPU), "
+        "cpu, cuda, cuda:N.",
+    )
     compute_threads: int = Field(
         1, ge=1, description="Torch threads for the master (one compute thread runs all steps)."
     )

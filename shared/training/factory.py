@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import torch
+
+from simultrain.shared.errors import ConfigError
 from simultrain.shared.models import ModelSpec
 from simultrain.shared.training.compensation import compensation_from_name
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.schedule import EdgeRole, Schedule
 
-__all__ = ["build_master", "wire_cut_shape"]
+__all__ = ["build_master", "resolve_device", "wire_cut_shape"]
 
 
-def build_master(run: RunConfig, spec: ModelSpec, schedule: Schedule) -> CloudMaster:
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → the first CUDA device when torch sees one, else the CPU; any other name
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) as torch spells it, checked to exist here.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r}: {exc}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r}: torch {torch.__version__} sees no CUDA device (a CPU build, "
+                "no driver, or no GPU given to this container)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def build_master(
+    run: RunConfig, spec: ModelSpec, schedule: Schedule, *, device: str | torch.device = "cpu"
+) -> CloudMaster:
     """The master for ``run``: model from the seed, optimizer, compensation, history depth.
 
     The history must reach back to the oldest batch any edge may still have in flight: a
@@ -21,7 +53,9 @@ def build_master(run: RunConfig, spec: ModelSpec, schedule: Schedule) -> CloudMa
     floor is generous (512 versions; the edge stages here are tens of kB each) and grows
     with windows and edges.
     """
-    model = spec.build(run.seed)
+    model = spec.build(run.seed)  # drawn on the CPU: the same weights on every device
+    model.edge_stage.to(device)
+    model.cloud_stage.to(device)
     return CloudMaster(
         model.edge_stage,
         model.cloud_stage,

@@ -228,7 +228,8 @@ class CloudMaster:
         a reconnect whose cloud-stage update was applied before (exactly-once).
         """
         self._check_batch(activations, labels)
-        cut = activations.detach().to(self._dtype).requires_grad_(True)
+        labels = labels.to(self.device)
+        cut = activations.detach().to(self.device, self._dtype).requires_grad_(True)
         logits = self.cloud_stage(cut)
         _check_labels(labels, int(logits.shape[1]))
         loss = F.cross_entropy(logits, labels)
@@ -278,7 +279,7 @@ class CloudMaster:
             staleness,
             "edge",
         )
-        applied = {n: grads[n].to(p.dtype) for n, p in self._edge_params.items()}
+        applied = {n: grads[n].to(p.device, p.dtype) for n, p in self._edge_params.items()}
         _require_finite(applied.values(), "edge gradient")  # 1e300 in float64 is inf here
         if staleness > 0:
             # A compensation is the plain update at staleness 0 by contract; not calling it
@@ -309,7 +310,8 @@ class CloudMaster:
         """Centralized mode: the cloud trains the whole model on a raw batch."""
         opt = self._full_optimizer()
         self._check_batch(inputs, labels)
-        logits = self.cloud_stage(self.edge_stage(inputs.to(self._dtype)))
+        labels = labels.to(self.device)
+        logits = self.cloud_stage(self.edge_stage(inputs.to(self.device, self._dtype)))
         _check_labels(labels, int(logits.shape[1]))
         loss = F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
@@ -345,7 +347,7 @@ class CloudMaster:
             for name, param in state.items():
                 acc = torch.zeros_like(param, dtype=torch.float64)
                 for weights, n in checked:
-                    acc += weights[name].to(torch.float64) * (n / total)
+                    acc += weights[name].to(param.device, torch.float64) * (n / total)
                 param.copy_(acc.to(param.dtype))
         self._bump_full(total)
         return self.version
@@ -386,7 +388,8 @@ class CloudMaster:
         correct, loss_sum = 0, 0.0
         try:
             for i in range(0, int(labels.shape[0]), batch_size):
-                x, y = inputs[i : i + batch_size], labels[i : i + batch_size]
+                x = inputs[i : i + batch_size].to(self.device)
+                y = labels[i : i + batch_size].to(self.device)
                 logits = self.cloud_stage(self.edge_stage(x))
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(dim=1) == y).sum())
@@ -399,6 +402,12 @@ class CloudMaster:
     @property
     def _dtype(self) -> torch.dtype:
         return next(self.cloud_stage.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the master computes: its stages' device. Tensors from the wire arrive on
+        the CPU and are moved here; what goes back is moved to the CPU by ``to_wire``."""
+        return next(self.cloud_stage.parameters()).device
 
     def _check_batch(self, activations: Tensor, labels: Tensor) -> None:
         if activations.shape[0] != labels.shape[0]:
@@ -480,6 +489,6 @@ def _checked_like(
             raise TrainingError(
                 f"{what}: {name} has shape {tuple(t.shape)}, not {tuple(ref.shape)}"
             )
-        out[name] = t.to(ref.dtype).clone()
+        out[name] = t.to(ref.device, ref.dtype, copy=True)
     _require_finite(out.values(), what)
     return out

@@ -154,11 +154,14 @@ class CloudRuntime:
         )
 
     def _session_weights(self) -> Mapping[str, Tensor]:
+        """What an edge's replica should hold, on the CPU (where the per-session mirrors
+        live, whatever device the master computes on)."""
         if self.schedule.edge_role in WHOLE_MODEL_ROLES:
-            return {n: t.detach().clone() for n, t in self.master.full_state().items()}
+            return {n: t.detach().to("cpu", copy=True) for n, t in self.master.full_state().items()}
         # The master's edge stage, or its prediction at the time the edge's gradient will
-        # land when the compensation predicts weights (SpecTrain / PipeMare).
-        return self.master.edge_weights_for_replica()
+        # land when the compensation predicts weights (SpecTrain / PipeMare). History entries
+        # are immutable snapshots: on the CPU, .cpu() returns them without a copy.
+        return {n: t.cpu() for n, t in self.master.edge_weights_for_replica().items()}
 
     # --- ACT: SPEC step 2 ---------------------------------------------------------------
     def on_act(self, edge_id: str, act: Act) -> list[Outgoing]:
