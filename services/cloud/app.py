@@ -185,7 +185,7 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
             try:
                 if scheme.lower() != "bearer":
                     raise Unauthorized("expected an Authorization: Bearer token")
-                conn.token_edge_id = service.authenticate(token)
+                conn.token = service.authenticate(token)
             except Unauthorized as exc:
                 log.warning("refused a stream: %s", exc.reason)
                 service.metrics.rejected.labels(exc.code.value).inc()

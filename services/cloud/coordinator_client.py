@@ -106,6 +106,9 @@ class CoordinatorLink:
             self.service.cloud_id = None
         reply.raise_for_status()
         result: dict[str, Any] = reply.json()
+        revoked = result.get("revoked_edges", {})
+        if isinstance(revoked, dict):
+            await self.service.revoke({str(k): float(v) for k, v in revoked.items()})
         return result
 
     async def _loop(self) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,7 +60,7 @@ class Connection:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     bytes_in: int = 0
     bytes_out: int = 0
-    token_edge_id: str | None = None  # the edge the handshake's token names, if any
+    token: auth.TokenClaims | None = None  # the handshake's verified token, if any
     bucket: TokenBucket | None = None
 
     async def send(self, frame: Frame) -> None:
@@ -139,6 +139,7 @@ class CloudService:
         self.bound_url: asyncio.Future[str]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-compute")
         self.token_keys = settings.token_keys()
+        self.revoked: dict[str, float] = {}  # edge id → revoked at (from the coordinator)
         self.checkpoint_dir = settings.checkpoint_dir
         self.last_checkpoint_version = -1
         if self.checkpoint_dir is not None:
@@ -169,17 +170,39 @@ class CloudService:
     def auth_enabled(self) -> bool:
         return bool(self.token_keys)
 
-    def authenticate(self, token: str | None) -> str:
-        """The edge id a token names; raises :class:`Unauthorized` (close 1008) otherwise."""
+    def authenticate(self, token: str | None) -> auth.TokenClaims:
+        """What a valid token says; raises :class:`Unauthorized` (close 1008) otherwise —
+        also for a token the coordinator revoked (its edge was removed)."""
         claims = auth.verify_token(token, self.token_keys)
-        return claims.edge_id
+        if self._revoked(claims):
+            raise Unauthorized(f"the token of edge {claims.edge_id} was revoked")
+        return claims
+
+    def _revoked(self, claims: auth.TokenClaims) -> bool:
+        revoked_at = self.revoked.get(claims.edge_id)
+        return revoked_at is not None and claims.issued_at <= revoked_at
+
+    async def revoke(self, revoked: Mapping[str, float]) -> list[str]:
+        """The coordinator's revocations (edge id → when it was removed, Unix seconds): tokens
+        issued at or before that instant are refused from now on, and the sessions opened
+        with one are closed with 1008. Returns the edge ids whose sessions were closed."""
+        self.revoked = dict(revoked)
+        closed = []
+        for edge_id, conn in list(self.connections.items()):
+            if conn.token is not None and self._revoked(conn.token):
+                log.warning("closing the session of %s: its token was revoked", edge_id)
+                await conn.websocket.close(code=1008, reason="token revoked")
+                closed.append(edge_id)
+        return closed
 
     async def open(self, conn: Connection, hello: Hello) -> None:
         """HELLO → WELCOME and the first SNAP (an exact copy of the master)."""
         if self.auth_enabled:
             # The session belongs to the edge the token names, and to no other: an edge
             # cannot open or resume another edge's session (issue 5, item 1).
-            token_edge = conn.token_edge_id or self.authenticate(hello.token)
+            if conn.token is None:
+                conn.token = self.authenticate(hello.token)
+            token_edge = conn.token.edge_id
             if token_edge != hello.edge_id:
                 log.warning("refused: a token for %s asked for edge %s", token_edge, hello.edge_id)
                 raise Unauthorized("the token does not name this edge")

@@ -302,7 +302,10 @@ def create_app(
             cloud_id, body.master_version, body.connected_edges
         )
         return CloudHeartbeatReply(
-            cloud_id=cloud.cloud_id, status=cloud.status, assigned_edges=assigned
+            cloud_id=cloud.cloud_id,
+            status=cloud.status,
+            assigned_edges=assigned,
+            revoked_edges=coordinator.revocations(),
         )
 
     @app.get("/v1/clouds", tags=["clouds"])

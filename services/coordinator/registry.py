@@ -331,10 +331,23 @@ class Coordinator:
             return self._store.list_edges()
 
     def remove_edge(self, edge_id: str) -> None:
+        """Forget an edge and revoke every token it was issued: clouds learn it with their
+        next heartbeat (:meth:`revocations`), refuse those tokens and close its session."""
         with self._lock:
             if not self._store.delete_edge(edge_id):
                 raise UnknownEdge(edge_id)
-            logger.info("edge %s removed", edge_id)
+            self._store.put_revocation(edge_id, self._clock())
+            logger.info("edge %s removed; its tokens are revoked", edge_id)
+
+    def revocations(self) -> dict[str, float]:
+        """Edge id → when its tokens were revoked (Unix seconds), for the clouds.
+
+        A revocation is kept while a token it covers can still be valid: for one token
+        lifetime after it was made; older ones are pruned here.
+        """
+        with self._lock:
+            self._store.prune_revocations(self._clock() - self.settings.token_ttl_s - 60.0)
+            return self._store.list_revocations()
 
     # --- health and versions ------------------------------------------------------------
 

@@ -90,6 +90,11 @@ class CloudHeartbeatReply(BaseModel):
     cloud_id: str
     status: Status
     assigned_edges: list[str] = Field(description="Edges the coordinator assigns here.")
+    revoked_edges: dict[str, float] = Field(
+        default_factory=dict,
+        description="Removed edges → when (Unix seconds): tokens issued at or before that "
+        "instant are no longer valid.",
+    )
 
 
 class CloudView(BaseModel):

@@ -75,6 +75,17 @@ class CoordinatorStore(ABC):
     def delete_edge(self, edge_id: str) -> bool:
         """Remove an edge; ``False`` if there was none with that id."""
 
+    @abstractmethod
+    def put_revocation(self, edge_id: str, revoked_at: float) -> None:
+        """Tokens of ``edge_id`` issued at or before ``revoked_at`` are no longer valid."""
+
+    @abstractmethod
+    def list_revocations(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def prune_revocations(self, before: float) -> None:
+        """Forget revocations made before ``before`` (every token they cover has expired)."""
+
     def ping(self) -> None:  # noqa: B027 - optional hook, nothing to check in memory
         """Raise :class:`StoreError` if the store cannot serve requests (readiness)."""
 
@@ -101,6 +112,7 @@ class InMemoryStore(CoordinatorStore):
         self._run_config: RunConfig | None = None
         self._clouds: dict[str, CloudRecord] = {}
         self._edges: dict[str, EdgeRecord] = {}
+        self._revocations: dict[str, float] = {}
 
     def get_run_config(self) -> RunConfig | None:
         with self._lock:
@@ -138,6 +150,18 @@ class InMemoryStore(CoordinatorStore):
         with self._lock:
             return self._edges.pop(edge_id, None) is not None
 
+    def put_revocation(self, edge_id: str, revoked_at: float) -> None:
+        with self._lock:
+            self._revocations[edge_id] = revoked_at
+
+    def list_revocations(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._revocations)
+
+    def prune_revocations(self, before: float) -> None:
+        with self._lock:
+            self._revocations = {e: t for e, t in self._revocations.items() if t >= before}
+
 
 # Forward-only migrations: _MIGRATIONS[n] takes the schema from version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -168,6 +192,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             shard_count INTEGER,
             edge_version INTEGER NOT NULL,
             step INTEGER NOT NULL
+        )""",
+    ),
+    (
+        """CREATE TABLE revocations (
+            edge_id TEXT PRIMARY KEY,
+            revoked_at REAL NOT NULL
         )""",
     ),
 )
@@ -353,6 +383,23 @@ class SQLiteStore(CoordinatorStore):
     def delete_edge(self, edge_id: str) -> bool:
         with self._guard() as conn:
             return conn.execute("DELETE FROM edges WHERE edge_id = ?", (edge_id,)).rowcount > 0
+
+    def put_revocation(self, edge_id: str, revoked_at: float) -> None:
+        with self._guard() as conn:
+            conn.execute(
+                "INSERT INTO revocations (edge_id, revoked_at) VALUES (?, ?) "
+                "ON CONFLICT (edge_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                (edge_id, revoked_at),
+            )
+
+    def list_revocations(self) -> dict[str, float]:
+        with self._guard() as conn:
+            rows = conn.execute("SELECT edge_id, revoked_at FROM revocations").fetchall()
+        return {str(edge_id): float(at) for edge_id, at in rows}
+
+    def prune_revocations(self, before: float) -> None:
+        with self._guard() as conn:
+            conn.execute("DELETE FROM revocations WHERE revoked_at < ?", (before,))
 
     def ping(self) -> None:
         with self._guard() as conn:

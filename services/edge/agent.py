@@ -55,7 +55,7 @@ from simultrain.shared.training.factory import wire_cut_shape
 from simultrain.shared.training.runtime import EdgeRuntime, WholeModel
 from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES
 
-from .coordinator_client import Assignment, CoordinatorClient
+from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved
 from .notify import SystemdNotifier
 from .settings import EdgeSettings
 
@@ -219,13 +219,20 @@ class EdgeAgent:
         await self._prepare()
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="edge-heartbeat")
         watchdog = asyncio.create_task(self._watchdog_loop(), name="edge-watchdog")
+        sessions = asyncio.create_task(self._session_loop(), name="edge-sessions")
         try:
-            await self._session_loop()
+            # The heartbeat ends only when the coordinator says this edge was removed
+            # (EdgeRemoved); then the agent stops at once instead of retrying a revoked token.
+            await asyncio.wait({sessions, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            if heartbeat.done() and not sessions.done():
+                heartbeat.result()
+            sessions.result()
         finally:
-            for task in (heartbeat, watchdog):
+            tasks = (sessions, heartbeat, watchdog)
+            for task in tasks:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Their outcome was taken above; here they only have to be finished.
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.coordinator is not None:
                 await self.coordinator.close()
             self.report.seconds = time.perf_counter() - started
@@ -527,6 +534,8 @@ class EdgeAgent:
             version = runtime.version if runtime is not None and runtime.version >= 0 else 0
             try:
                 update = await self.coordinator.heartbeat(version, self.report.batches_acked)
+            except EdgeRemoved:
+                raise
             except SimulTrainError as exc:
                 self.report.heartbeat_failures += 1
                 log.warning("heartbeat failed: %s", exc)

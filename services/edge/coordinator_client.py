@@ -15,9 +15,14 @@ from simultrain.shared.errors import SimulTrainError
 
 from .settings import EdgeSettings
 
-__all__ = ["Assignment", "CoordinatorClient"]
+__all__ = ["Assignment", "CoordinatorClient", "EdgeRemoved"]
 
 log = logging.getLogger("simultrain.edge")
+
+
+class EdgeRemoved(SimulTrainError):
+    """The coordinator no longer knows this edge: an operator removed it, which also revoked
+    its tokens. Not retried — enrolling again would undo the operator's decision."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,11 @@ class CoordinatorClient:
                 json={"edge_version": edge_version, "step": step},
                 headers=headers,
             )
+            if reply.status_code == 404 and _error_code(reply) == "unknown_edge":
+                raise EdgeRemoved(
+                    f"the coordinator at {self.base} no longer knows edge "
+                    f"{self.assignment.edge_id}: it was removed (its tokens are revoked)"
+                )
             reply.raise_for_status()
             data = reply.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -115,3 +125,14 @@ class CoordinatorClient:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _error_code(reply: httpx.Response) -> str | None:
+    """The coordinator's machine-readable error code (``{"error": {"code": …}}``), if any."""
+    try:
+        body = reply.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None

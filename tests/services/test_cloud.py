@@ -340,6 +340,40 @@ def test_bad_token_header_is_refused_before_the_upgrade(auth_client: TestClient)
     assert closed.value.code == 1008
 
 
+def test_a_revoked_token_closes_its_session_and_opens_no_other(auth_client: TestClient) -> None:
+    """The coordinator removed the edge (its heartbeat reply lists it as revoked at t): the
+    live session opened with a token issued before t is closed with 1008 and that token is
+    refused from then on; a token issued after t (the edge enrolled again) is accepted."""
+    service = auth_client.app.state.service  # type: ignore[attr-defined]
+    issued = int(time.time()) - 10
+    old = auth.issue_token("edge-a", KEY, ttl_s=600, now=issued)
+    with auth_client.websocket_connect("/v1/stream") as ws:
+        edge = FakeEdge(ws, "edge-a", token=old)
+        edge.hello()
+        edge.step()
+        closed = auth_client.portal.call(service.revoke, {"edge-a": float(issued + 1)})  # type: ignore[union-attr]
+        assert closed == ["edge-a"]
+        assert refused(ws)[0] == 1008
+    with auth_client.websocket_connect("/v1/stream") as ws:
+        edge = FakeEdge(ws, "edge-a", token=old)
+        edge.send(
+            Hello(edge_id="edge-a", model_id=SPEC.model_id, cut_shape=SPEC.cut_shape, token=old)
+        )
+        code, error = refused(ws)
+        assert code == 1008 and error is not None and "revoked" in error.reason
+    with (
+        pytest.raises(WebSocketDisconnect) as upgrade,
+        auth_client.websocket_connect("/v1/stream", headers={"Authorization": f"Bearer {old}"}),
+    ):
+        pass
+    assert upgrade.value.code == 1008
+    fresh = auth.issue_token("edge-a", KEY, ttl_s=600, now=issued + 2)
+    with auth_client.websocket_connect("/v1/stream") as ws:
+        welcome = FakeEdge(ws, "edge-a", token=fresh).hello()
+        assert welcome.acked_seq == 0  # the same session resumes: its batch is applied
+    assert auth_client.get("/v1/status").json()["edges"]["edge-a"]["samples_applied"] == 32
+
+
 # --- limits ------------------------------------------------------------------------------
 
 

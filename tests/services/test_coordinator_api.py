@@ -115,6 +115,7 @@ async def test_cloud_register_heartbeat_list(coordinator_client: httpx.AsyncClie
         "cloud_id": cloud_id,
         "status": "up",
         "assigned_edges": [edge["edge_id"]],
+        "revoked_edges": {},
     }
 
     (cloud,) = (await coordinator_client.get("/v1/clouds")).json()
@@ -289,6 +290,20 @@ async def test_list_and_delete_edges(coordinator_client: httpx.AsyncClient) -> N
     # the freed registration slot is reused, keeping offsets spread
     third = await add_edge(coordinator_client)
     assert third["reconcile_offset"] == first["reconcile_offset"]
+
+
+async def test_a_removed_edge_is_revoked_in_every_clouds_heartbeat(
+    coordinator_client: httpx.AsyncClient,
+) -> None:
+    cloud_id = await add_cloud(coordinator_client)
+    gone, kept = await add_edge(coordinator_client), await add_edge(coordinator_client)
+    assert (await coordinator_client.delete(f"/v1/edges/{gone['edge_id']}")).status_code == 204
+    beat = await coordinator_client.post(
+        f"/v1/clouds/{cloud_id}/heartbeat", json={"master_version": 0}
+    )
+    revoked = beat.json()["revoked_edges"]
+    assert list(revoked) == [gone["edge_id"]] and kept["edge_id"] not in revoked
+    assert isinstance(revoked[gone["edge_id"]], float)
 
 
 @pytest.mark.parametrize(

@@ -222,3 +222,19 @@ async def test_background_monitor_sweeps_in_the_lifespan(
         clouds = (await client.get("/v1/clouds")).json()
         assert clouds[0]["status"] == "down"
     assert monitor.sweeps >= 1
+
+
+def test_removing_an_edge_revokes_its_tokens_for_one_token_lifetime(
+    coordinator: Coordinator, coordinator_clock: Any
+) -> None:
+    coordinator.register_cloud("http://a.test")
+    gone = coordinator.register_edge().edge.edge_id
+    coordinator.remove_edge(gone)
+    assert coordinator.revocations() == {gone: coordinator_clock.now}
+    # Kept while a token issued before the removal can still be valid (plus a minute of
+    # clock skew), then forgotten: every token it covered has expired.
+    ttl = coordinator.settings.token_ttl_s
+    coordinator_clock.advance(ttl + 59)
+    assert gone in coordinator.revocations()
+    coordinator_clock.advance(2)
+    assert coordinator.revocations() == {}

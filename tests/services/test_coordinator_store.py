@@ -15,7 +15,7 @@ import pytest
 
 from simultrain.coordinator import CoordinatorStore, InMemoryStore, SQLiteStore, open_store
 from simultrain.coordinator.records import CloudRecord, EdgeRecord, RunConfig, Status
-from simultrain.coordinator.store import SCHEMA_VERSION
+from simultrain.coordinator.store import _MIGRATIONS, SCHEMA_VERSION
 from simultrain.shared.errors import StoreError
 
 
@@ -131,6 +131,16 @@ def test_delete_edge(coordinator_store: CoordinatorStore) -> None:
     assert [e.edge_id for e in coordinator_store.list_edges()] == ["edge-2"]
 
 
+def test_revocations_round_trip_update_and_prune(coordinator_store: CoordinatorStore) -> None:
+    assert coordinator_store.list_revocations() == {}
+    coordinator_store.put_revocation("edge-1", 100.0)
+    coordinator_store.put_revocation("edge-2", 200.0)
+    coordinator_store.put_revocation("edge-1", 150.0)  # removed again: the later instant
+    assert coordinator_store.list_revocations() == {"edge-1": 150.0, "edge-2": 200.0}
+    coordinator_store.prune_revocations(before=200.0)
+    assert coordinator_store.list_revocations() == {"edge-2": 200.0}
+
+
 def test_returned_records_are_values(coordinator_store: CoordinatorStore) -> None:
     coordinator_store.put_cloud(make_cloud())
     listed = coordinator_store.list_clouds()
@@ -175,6 +185,28 @@ def test_sqlite_restart_keeps_edges_versions_and_config(tmp_path: Path) -> None:
         assert reopened.list_clouds() == [cloud]
         assert reopened.list_edges() == [edge]
         assert reopened.schema_version == SCHEMA_VERSION
+
+
+def test_sqlite_migrates_a_version_1_database_and_keeps_its_edges(tmp_path: Path) -> None:
+    """A database written before revocations existed (schema 1) opens, gains the table, and
+    keeps what it held."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO edges VALUES ('edge-1', 'cloud-1', 'up', 1.0, 1.0, 0, 0, NULL, NULL, "
+        "NULL, 7, 9)"
+    )
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert [e.edge_id for e in store.list_edges()] == ["edge-1"]
+        store.put_revocation("edge-0", 5.0)
+    with SQLiteStore(path) as reopened:
+        assert reopened.list_revocations() == {"edge-0": 5.0}
 
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:
