@@ -225,8 +225,8 @@ class EdgeAgent:
             # (EdgeRemoved); then the agent stops at once instead of retrying a revoked token.
             await asyncio.wait({sessions, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
             if heartbeat.done() and not sessions.done():
-                heartbeat.result()
-            sessions.result()
+                heartbeat.result()  # raises EdgeRemoved; without a coordinator it just returns
+            await sessions
         finally:
             tasks = (sessions, heartbeat, watchdog)
             for task in tasks:
