@@ -128,6 +128,10 @@ def netem(
 def demo(
     dataset: Annotated[str, typer.Option(help="imu, mnist, video or npz:PATH.")] = "imu",
     mode: Annotated[str, typer.Option(help=MODES_HELP)] = "simultrain",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Split model id (default: the dataset's own; e.g. imu-thin)."),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Batches per edge.")] = 1500,
     edges: Annotated[int, typer.Option(help="Edge processes (each a data shard).")] = 1,
     window: Annotated[int, typer.Option(help="In-flight window W (staleness bound).")] = 4,
@@ -156,6 +160,7 @@ def demo(
             {
                 "mode": mode,
                 "dataset": dataset,
+                "model_id": model,
                 "window": window,
                 "alpha": alpha,
                 "beta": beta,
@@ -164,6 +169,8 @@ def demo(
             }
         )
         run.schedule()  # refuse an unknown mode before starting anything
+        if model is not None:
+            _check_model_fits(model, dataset)
         run_demo(
             DemoOptions(
                 run=run,
@@ -210,3 +217,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _check_model_fits(model_id: str, dataset: str) -> None:
+    """Refuse, before anything starts, a model that does not exist or does not take the
+    dataset's samples (the cloud would fail at start-up)."""
+    from simultrain.shared.data import load_dataset
+    from simultrain.shared.errors import ConfigError
+    from simultrain.shared.models import get_model_spec
+
+    spec = get_model_spec(model_id)
+    data = load_dataset(dataset)
+    sample = tuple(data.x_train.shape[1:])
+    if tuple(spec.input_shape) != sample or spec.num_classes != data.num_classes:
+        raise ConfigError(
+            f"model {model_id} takes {list(spec.input_shape)} with {spec.num_classes} classes; "
+            f"{dataset} has {list(sample)} with {data.num_classes}"
+        )

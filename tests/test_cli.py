@@ -1,0 +1,23 @@
+"""``simultrain demo`` refuses a configuration it cannot run before it starts any process."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from simultrain.cli import app
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nope"], "unknown model id 'nope'"),
+        (["--model", "imu-thin", "--dataset", "mnist"], "model imu-thin takes [6, 128]"),
+        (["--mode", "nope"], "nope"),
+    ],
+)
+def test_demo_refuses_what_it_cannot_run(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["demo", "--steps", "1", *args])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "LISTENING" not in result.output  # nothing was started
