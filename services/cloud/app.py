@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,7 +28,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from simultrain.shared import auth
 from simultrain.shared.errors import IllegalTransition, ProtocolError, Unauthorized
-from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Hello
+from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Frame, Hello
 from simultrain.shared.training.config import RunConfig
 
 from .coordinator_client import CoordinatorLink, fetch_run_config
@@ -221,6 +222,7 @@ async def _serve_session(service: CloudService, conn: Connection) -> None:
             frames = conn.session.receive_data(payload)
             for frame in frames:
                 service.metrics.frames.labels(frame.type).inc()
+            for frame in _whole(frames):
                 if isinstance(frame, Hello):
                     await service.open(conn, frame)
                 elif isinstance(frame, Act | EGrad):
@@ -236,3 +238,12 @@ async def _serve_session(service: CloudService, conn: Connection) -> None:
             service.metrics.rejected.labels(exc.code.value).inc()
             await conn.fail(exc)
             return
+
+
+def _whole(frames: list[Frame]) -> list[Frame]:
+    """The session hands a piggybacked EGRAD over before the ACT that carried it; the
+    training runtime takes them as one frame again, so that an ACT it must refuse does not
+    apply the EGRAD riding on it (a refused message changes nothing)."""
+    if len(frames) == 2 and isinstance(frames[0], EGrad) and isinstance(frames[1], Act):
+        return [dataclasses.replace(frames[1], egrad=frames[0])]
+    return frames

@@ -76,6 +76,16 @@ class CloudStepResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedCloudStep:
+    """A cloud-stage forward and backward whose update is not applied yet (see
+    :meth:`CloudMaster.prepare_cloud_step`); the gradients sit on the cloud stage."""
+
+    cut_grad: Tensor
+    loss: Tensor
+    correct: int
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeUpdateResult:
     applied: bool
     version: int
@@ -227,6 +237,16 @@ class CloudMaster:
         ``apply=False`` computes the cut gradient without updating: for a batch re-sent after
         a reconnect whose cloud-stage update was applied before (exactly-once).
         """
+        return self.commit_cloud_step(self.prepare_cloud_step(activations, labels), apply=apply)
+
+    def prepare_cloud_step(self, activations: Tensor, labels: Tensor) -> PreparedCloudStep:
+        """The checks, forward and backward of :meth:`cloud_step`, nothing applied: raises on
+        a batch the master must refuse, before anything changes.
+
+        The cloud stage's forward and backward do not read the edge stage, so an edge
+        gradient may be applied between this and :meth:`commit_cloud_step` without changing
+        a number — which is how a frame carrying both is checked whole before either lands.
+        """
         self._check_batch(activations, labels)
         labels = labels.to(self.device)
         cut = activations.detach().to(self.device, self._dtype).requires_grad_(True)
@@ -237,9 +257,21 @@ class CloudMaster:
         loss.backward()
         # Finite inputs can still overflow (an activation of 3e38): refuse before stepping,
         # so one hostile batch never turns the master into NaN (issue 5, item 3).
-        _require_finite(
-            [loss, cut.grad, *(p.grad for p in self.cloud_stage.parameters())], "cloud step"
-        )
+        try:
+            _require_finite(
+                [loss, cut.grad, *(p.grad for p in self.cloud_stage.parameters())], "cloud step"
+            )
+        except TrainingError:
+            self._cloud_opt.zero_grad(set_to_none=True)
+            raise
+        assert cut.grad is not None
+        correct = int((logits.detach().argmax(dim=1) == labels).sum())
+        return PreparedCloudStep(cut.grad.detach(), loss.detach(), correct)
+
+    def commit_cloud_step(
+        self, prepared: PreparedCloudStep, *, apply: bool = True
+    ) -> CloudStepResult:
+        """Apply a prepared cloud-stage update (``apply=False``: only its cut gradient)."""
         if apply:
             _set_stage(
                 self._cloud_opt,
@@ -252,10 +284,9 @@ class CloudMaster:
             self._cloud_opt.step()
             self.version += 1
         self._cloud_opt.zero_grad(set_to_none=True)
-        assert cut.grad is not None
-        correct = int((logits.detach().argmax(dim=1) == labels).sum())
-        self._track_loss(float(loss.detach()))
-        return CloudStepResult(cut.grad.detach(), float(loss.detach()), correct, self.version)
+        loss = float(prepared.loss)
+        self._track_loss(loss)
+        return CloudStepResult(prepared.cut_grad, loss, prepared.correct, self.version)
 
     def _track_loss(self, loss: float) -> None:
         self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss

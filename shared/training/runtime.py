@@ -166,29 +166,38 @@ class CloudRuntime:
     # --- ACT: SPEC step 2 ---------------------------------------------------------------
     def on_act(self, edge_id: str, act: Act) -> list[Outgoing]:
         state = self.sessions[edge_id]
+        role = self.schedule.edge_role
+        if role not in (EdgeRole.RAW, EdgeRole.SPLIT):
+            raise TrainingError(f"ACT frames are not part of the {self.schedule.mode} schedule")
+        labels = from_wire(act.labels).long()
+        batch = int(labels.shape[0])
+        duplicate = act.seq <= state.highest_applied_seq
+        # The frame is checked whole before any of it lands: an EGRAD piggybacked on an ACT
+        # that must be refused is not applied either (a refused frame changes nothing). The
+        # cloud-stage forward and backward do not read the edge stage, so computing them
+        # before the EGRAD is applied changes no number.
+        prepared = None
+        if role is EdgeRole.SPLIT and not duplicate:
+            prepared = self.master.prepare_cloud_step(from_wire(act.activations), labels)
         out: list[Outgoing] = []
         if act.egrad is not None:
             out.extend(self.on_egrad(edge_id, act.egrad))
-        labels = from_wire(act.labels).long()
-        batch = int(labels.shape[0])
         state.last_edge_version = act.edge_version
-        if act.seq <= state.highest_applied_seq:
+        if duplicate:
             # Re-sent after a reconnect and applied before (exactly-once): drop and count. The
             # edge learns what is applied from WELCOME's acked_seq, so no ACK goes back.
             state.duplicates += 1
             return out
-        role = self.schedule.edge_role
         if role is EdgeRole.RAW:
             state.samples_received += batch
             self.master.full_step(from_wire(act.activations), labels)
             self._mark_applied(state, act.seq, batch)
             return [*out, *self._after_update(state, act.seq)]
-        if role is not EdgeRole.SPLIT:
-            raise TrainingError(f"ACT frames are not part of the {self.schedule.mode} schedule")
         # A batch re-sent after a reconnect may have had its cloud-stage update applied
         # already (its EGRAD was lost): compute its cut gradient again, apply nothing twice.
+        assert prepared is not None
         first_time = act.seq > state.highest_cloud_step_seq
-        result = self.master.cloud_step(from_wire(act.activations), labels, apply=first_time)
+        result = self.master.commit_cloud_step(prepared, apply=first_time)
         if first_time:
             state.highest_cloud_step_seq = act.seq
             state.samples_received += batch

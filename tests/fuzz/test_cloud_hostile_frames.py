@@ -55,6 +55,25 @@ def _egrad(cloud: Cloud, value: float, dtype: str) -> bytes:
     return encode_frame(EGrad(seq=0, edge_version=cloud.service.master.version, grads=grads))
 
 
+def _act_carrying_egrad(cloud: Cloud, activations: np.ndarray, labels: np.ndarray) -> bytes:
+    """An ACT for batch 1 with a valid EGRAD for batch 0 piggybacked (SPEC step 3)."""
+    weights = cloud.service.master.edge_weights()
+    egrad = EGrad(
+        seq=0,
+        edge_version=cloud.service.master.version,
+        grads={n: WireTensor(np.full(tuple(t.shape), 0.01, "float32")) for n, t in weights.items()},
+    )
+    return encode_frame(
+        Act(
+            seq=1,
+            edge_version=0,
+            activations=WireTensor(activations),
+            labels=WireTensor(labels),
+            egrad=egrad,
+        )
+    )
+
+
 CASES = {
     # cross_entropy raises IndexError on a class index outside [0, num_classes).
     "labels above the classes": lambda c: [_hello(c), _act(c, _cut(c, "float32"), _labels(1, 99))],
@@ -70,6 +89,20 @@ CASES = {
     ],
     # Finite float64 gradients that become infinite when cast to the float32 weights.
     "float64 gradient overflowing float32": lambda c: [_hello(c), _egrad(c, 1e300, "float64")],
+    # A valid EGRAD riding on an ACT that must be refused: the whole frame is refused and the
+    # EGRAD must not land either (found by `make fuzz`, seed 2811336909, message 5025).
+    "valid EGRAD on an ACT of uint8 activations": lambda c: [
+        _hello(c),
+        _act_carrying_egrad(c, _cut(c, "uint8", 3), _labels(0, 1)),
+    ],
+    "valid EGRAD on an ACT that overflows": lambda c: [
+        _hello(c),
+        _act_carrying_egrad(c, _cut(c, "float32", 3e38), _labels(0, 1)),
+    ],
+    "valid EGRAD on an ACT with labels above the classes": lambda c: [
+        _hello(c),
+        _act_carrying_egrad(c, _cut(c, "float32"), _labels(0, 99)),
+    ],
     # A configuration value of the wrong kind in HELLO (the cloud reads reconcile_offset).
     "reconcile_offset is text": lambda c: [_hello(c, reconcile_offset="soon")],
     "reconcile_offset is infinite": lambda c: [_hello(c, reconcile_offset=math.inf)],
