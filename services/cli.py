@@ -170,7 +170,11 @@ def demo(
         )
         run.schedule()  # refuse an unknown mode before starting anything
         if model is not None:
-            _check_model_fits(model, dataset)
+            # Refuse a model that does not exist or does not take the dataset's samples
+            # before anything starts (the cloud would fail at start-up).
+            from simultrain.shared.data import load_dataset
+
+            load_dataset(dataset).model_spec(model)
         run_demo(
             DemoOptions(
                 run=run,
@@ -217,20 +221,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _check_model_fits(model_id: str, dataset: str) -> None:
-    """Refuse, before anything starts, a model that does not exist or does not take the
-    dataset's samples (the cloud would fail at start-up)."""
-    from simultrain.shared.data import load_dataset
-    from simultrain.shared.errors import ConfigError
-    from simultrain.shared.models import get_model_spec
-
-    spec = get_model_spec(model_id)
-    data = load_dataset(dataset)
-    sample = tuple(data.x_train.shape[1:])
-    if tuple(spec.input_shape) != sample or spec.num_classes != data.num_classes:
-        raise ConfigError(
-            f"model {model_id} takes {list(spec.input_shape)} with {spec.num_classes} classes; "
-            f"{dataset} has {list(sample)} with {data.num_classes}"
-        )

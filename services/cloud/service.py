@@ -32,7 +32,6 @@ from simultrain.shared.errors import (
     TrainingError,
     Unauthorized,
 )
-from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Welcome
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import build_master, resolve_device, wire_cut_shape
@@ -116,7 +115,7 @@ class CloudService:
         self.schedule = run.schedule()
         torch.set_num_threads(settings.compute_threads)
         dataset = load_dataset(settings.eval_dataset or run.dataset, seed=run.seed)
-        self.spec = get_model_spec(run.model_id or dataset.model_id)
+        self.spec = dataset.model_spec(run.model_id)
         self.device = resolve_device(settings.device)
         self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)

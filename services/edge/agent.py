@@ -34,7 +34,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import SimulTrainError
-from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -185,7 +184,7 @@ class EdgeAgent:
             if settings.shard_count > 1
             else dataset
         )
-        self.spec = get_model_spec(run.model_id or dataset.model_id)
+        self.spec = dataset.model_spec(run.model_id)
         self.stream = BatchStream(
             shard.x_train,
             shard.y_train,

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simultrain.shared.data.errors import InvalidDataset
+from simultrain.shared.models import ModelSpec, get_model_spec
 
 __all__ = ["Dataset"]
 
@@ -84,6 +85,21 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         """Per-sample shape (what the model's ``input_shape`` must be)."""
         return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def model_spec(self, model_id: str | None = None) -> ModelSpec:
+        """The split model to train on this data: ``model_id``, or the dataset's default.
+
+        Raises `InvalidDataset` when the model does not take these samples or has fewer
+        classes than the labels name, before anything is built.
+        """
+        spec = get_model_spec(model_id or self.model_id)
+        if tuple(spec.input_shape) != self.input_shape or spec.num_classes < self.num_classes:
+            raise InvalidDataset(
+                f"model {spec.model_id} takes {list(spec.input_shape)} with "
+                f"{spec.num_classes} classes; {self.name} has {list(self.input_shape)} with "
+                f"{self.num_classes}"
+            )
+        return spec
 
     def shard(self, index: int, count: int) -> Dataset:
         """The ``index``-th of ``count`` disjoint training shards that together cover all.

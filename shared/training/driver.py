@@ -26,7 +26,6 @@ import torch
 
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import TrainingError
-from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -126,7 +125,7 @@ def run_in_process(
     started = time.perf_counter()
     schedule = config.schedule()
     dataset = load_dataset(config.dataset, seed=config.seed)
-    spec = get_model_spec(config.model_id or dataset.model_id)
+    spec = dataset.model_spec(config.model_id)
     master = build_master(config, spec, schedule)
     cloud = CloudRuntime(master, schedule, config.codecs)
     # The protocol's window counts unanswered ACTs on the wire: the schedule's window of W

@@ -416,3 +416,13 @@ def test_stream_refuses_a_foreign_state() -> None:
         _stream(seed=4, batch_size=5).restore(state)
     with pytest.raises(ValueError, match="invalid stream position"):
         _stream(seed=4).restore({**state, "position": 99})
+
+
+def test_model_spec_is_the_datasets_default_or_one_that_fits() -> None:
+    imu = load_dataset("imu")
+    assert imu.model_spec().model_id == "imu-cnn1d"
+    assert imu.model_spec("imu-thin").model_id == "imu-thin"
+    with pytest.raises(InvalidDataset, match=r"model mnist-cnn takes \[1, 28, 28\]"):
+        imu.model_spec("mnist-cnn")
+    with pytest.raises(InvalidDataset, match=r"with 6 classes; .* with 7"):
+        imu.model_spec("imu-cnn1d-c6")  # fewer classes than the labels name
