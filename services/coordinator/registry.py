@@ -343,10 +343,10 @@ class Coordinator:
         """Edge id → when its tokens were revoked (Unix seconds), for the clouds.
 
         A revocation is kept while a token it covers can still be valid: for one token
-        lifetime after it was made; older ones are pruned here.
+        lifetime (and a minute of clock skew) after it was made; :meth:`sweep` prunes older
+        ones.
         """
         with self._lock:
-            self._store.prune_revocations(self._clock() - self.settings.token_ttl_s - 60.0)
             return self._store.list_revocations()
 
     # --- health and versions ------------------------------------------------------------
@@ -368,6 +368,7 @@ class Coordinator:
                     edges_down.append(edge.edge_id)
                     logger.warning("edge %s missed its heartbeats: down", edge.edge_id)
             moves = self._reassign_orphans(self._store.list_clouds(), self._store.list_edges())
+            self._store.prune_revocations(now - self.settings.token_ttl_s - 60.0)
             return SweepResult(tuple(clouds_down), tuple(edges_down), tuple(moves))
 
     def versions(self) -> VersionsReport:

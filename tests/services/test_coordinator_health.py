@@ -235,6 +235,8 @@ def test_removing_an_edge_revokes_its_tokens_for_one_token_lifetime(
     # clock skew), then forgotten: every token it covered has expired.
     ttl = coordinator.settings.token_ttl_s
     coordinator_clock.advance(ttl + 59)
+    coordinator.sweep()  # the health loop's periodic sweep prunes them
     assert gone in coordinator.revocations()
     coordinator_clock.advance(2)
+    coordinator.sweep()
     assert coordinator.revocations() == {}
