@@ -54,9 +54,17 @@ from simultrain.shared.training.factory import wire_cut_shape
 from simultrain.shared.training.runtime import EdgeRuntime, WholeModel
 from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES
 
-from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved
+from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved, ForeignRun
 from .notify import SystemdNotifier
 from .settings import EdgeSettings
+from .state import (
+    Cursor,
+    EdgeIdentity,
+    EdgeState,
+    ForeignEdgeState,
+    KeptBatch,
+    open_edge_state,
+)
 
 __all__ = ["EdgeAgent", "EdgeObserver", "EdgeReport"]
 
@@ -141,13 +149,31 @@ class EdgeAgent:
         self._stop_deadline = float("inf")
         self.assignment: Assignment | None = None
         self.runtime: EdgeRuntime | None = None
+        self.state: EdgeState | None = None
+        self._durable_from = 0  # kept batches below this are gone from the state too
 
     # --- set-up -------------------------------------------------------------------------
 
     async def _prepare(self) -> None:
         settings = self.settings
+        self.state = await asyncio.to_thread(
+            open_edge_state,
+            settings.state_dir,
+            _state_binding(settings),
+            max_bytes=settings.state_max_bytes,
+        )
         if self.coordinator is not None:
-            self.assignment = await self.coordinator.register()
+            stored = self.state.identity()
+            if stored is not None:
+                # A restarted edge is the same edge: never enroll again (SPEC "Fleets").
+                try:
+                    self.assignment = await self.coordinator.resume(_assignment(stored))
+                except (EdgeRemoved, ForeignRun) as exc:
+                    raise ForeignEdgeState(f"{settings.state_dir}: {exc}") from exc
+                log.info("resuming as edge %s from %s", stored.edge_id, settings.state_dir)
+            else:
+                self.assignment = await self.coordinator.register()
+            await asyncio.to_thread(self._remember_identity)
             run = RunConfig.from_mapping(self.assignment.run_config)
         else:
             if not settings.cloud_url:
@@ -198,6 +224,7 @@ class EdgeAgent:
             else structure.edge_stage
         )
         self.runtime = EdgeRuntime(module, self.schedule, run.codecs, optimizer=run.optimizer)
+        await asyncio.to_thread(self._restore_progress)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
         self.limits = Limits(window=self.schedule.window + 1)
         log.info(
@@ -234,6 +261,8 @@ class EdgeAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.coordinator is not None:
                 await self.coordinator.close()
+            if self.state is not None:
+                self.state.close()
             self.report.seconds = time.perf_counter() - started
         return self.report
 
@@ -471,6 +500,7 @@ class EdgeAgent:
         x, y = next(self.stream)
         self.observer.batch_taken()
         frame = runtime.produce(x, y)
+        self._keep(x, y)
         self.report.steps = runtime.batches_produced
         self.report.samples_sent = runtime.samples_produced
         return frame
@@ -506,6 +536,7 @@ class EdgeAgent:
                     self.report.resyncs = runtime.resyncs
                 elif isinstance(frame, Ack):
                     runtime.on_ack(frame)
+                    self._forget_durable()
                     self.report.batches_acked = runtime.highest_acked + 1
                     self.report.edge_version = runtime.version
                     self._write_status()
@@ -543,6 +574,8 @@ class EdgeAgent:
             if update.cloud_url != self.assignment.cloud_url:
                 log.warning("reassigned to cloud %s", update.cloud_url)
             self.assignment = update
+            # The token is refreshed by every heartbeat: store the newest for a restart.
+            await asyncio.to_thread(self._remember_identity)
 
     async def _watchdog_loop(self) -> None:
         if self.notifier is None or self.notifier.watchdog_interval_s is None:
@@ -550,6 +583,73 @@ class EdgeAgent:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(self.notifier.watchdog_interval_s / 2)
+
+    # --- durable state (services/edge/state.py) -----------------------------------------
+
+    def _remember_identity(self) -> None:
+        assert self.state is not None and self.assignment is not None
+        a = self.assignment
+        identity = EdgeIdentity(
+            edge_id=a.edge_id,
+            cloud_url=a.cloud_url,
+            run_config=a.run_config,
+            reconcile_offset=a.reconcile_offset,
+            heartbeat_interval_s=a.heartbeat_interval_s,
+            token=a.token,
+        )
+        if identity != self.state.identity():
+            self.state.save_identity(identity)
+
+    def _restore_progress(self) -> None:
+        """Continue the data where the last process stopped; take back its kept batches."""
+        state, runtime = self.state, self.runtime
+        assert state is not None and runtime is not None
+        cursor = state.cursor()
+        kept = state.kept()
+        if cursor == Cursor() and not kept:
+            return
+        self.stream.seek(cursor.stream_index)
+        runtime.next_seq = cursor.next_seq
+        runtime.batches_produced = cursor.batches_produced
+        runtime.samples_produced = cursor.samples_produced
+        runtime.unacked.update({b.seq: (b.inputs, b.labels) for b in kept})
+        self._durable_from = kept[0].seq if kept else cursor.next_seq
+        self.report.steps = cursor.batches_produced
+        self.report.samples_sent = cursor.samples_produced
+        log.info(
+            "resuming at batch %d of the data (seq %d), %d batch(es) kept for the cloud",
+            cursor.batches_produced,
+            cursor.next_seq,
+            len(kept),
+        )
+
+    def _keep(self, inputs: Any, labels: Any) -> None:
+        """Commit the batch just taken, and the cursor past it, before its frame is sent.
+
+        FedAvg keeps upload frames, not batches: only its identity is durable.
+        """
+        runtime, state = self.runtime, self.state
+        assert runtime is not None and state is not None
+        seq = runtime.next_seq - 1
+        if seq < 0 or not isinstance(runtime.unacked.get(seq), tuple):
+            return
+        cursor = Cursor(
+            next_seq=runtime.next_seq,
+            stream_index=self.stream.batch_index,
+            batches_produced=runtime.batches_produced,
+            samples_produced=runtime.samples_produced,
+        )
+        state.keep(KeptBatch(seq, inputs, labels), cursor)
+
+    def _forget_durable(self) -> None:
+        """Drop from the state what the cloud made durable (the ACK's ``durable_until``)."""
+        runtime, state = self.runtime, self.state
+        assert runtime is not None and state is not None
+        until = min(runtime.unacked, default=runtime.next_seq)
+        if until > self._durable_from:
+            # One fsync per checkpoint of the cloud, not per batch.
+            state.forget_below(until)
+            self._durable_from = until
 
     def _write_status(self) -> None:
         path = self.settings.status_file
@@ -568,3 +668,26 @@ _RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, RESYNC_CLOSE_C
 
 def _worth_reconnecting(code: int, reason: str) -> bool:
     return code in _RECONNECT_CODES or (code == 1008 and "superseded" in reason)
+
+
+def _state_binding(settings: EdgeSettings) -> dict[str, Any]:
+    """What a state directory belongs to: one coordinator (or cloud), one shard, one data."""
+    return {
+        "coordinator_url": settings.coordinator_url,
+        "cloud_url": None if settings.coordinator_url else settings.cloud_url,
+        "edge_id": settings.edge_id,
+        "shard_index": settings.shard_index,
+        "shard_count": settings.shard_count,
+        "dataset": settings.dataset,
+    }
+
+
+def _assignment(identity: EdgeIdentity) -> Assignment:
+    return Assignment(
+        edge_id=identity.edge_id,
+        cloud_url=identity.cloud_url,
+        run_config=identity.run_config,
+        reconcile_offset=identity.reconcile_offset,
+        heartbeat_interval_s=identity.heartbeat_interval_s,
+        token=identity.token,
+    )

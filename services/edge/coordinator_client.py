@@ -15,7 +15,7 @@ from simultrain.shared.errors import SimulTrainError
 
 from .settings import EdgeSettings
 
-__all__ = ["Assignment", "CoordinatorClient", "EdgeRemoved"]
+__all__ = ["Assignment", "CoordinatorClient", "EdgeRemoved", "ForeignRun"]
 
 log = logging.getLogger("simultrain.edge")
 
@@ -23,6 +23,10 @@ log = logging.getLogger("simultrain.edge")
 class EdgeRemoved(SimulTrainError):
     """The coordinator no longer knows this edge: an operator removed it, which also revoked
     its tokens. Not retried — enrolling again would undo the operator's decision."""
+
+
+class ForeignRun(SimulTrainError):
+    """The coordinator trains another run than the one this edge's state was enrolled for."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,46 @@ class CoordinatorClient:
                 delay = min(delay * 2, 2.0)
         raise SimulTrainError(f"cannot register with {self.base}")
 
-    async def heartbeat(self, edge_version: int, step: int) -> Assignment:
+    async def resume(self, stored: Assignment, *, attempts: int = 20) -> Assignment:
+        """Continue as the edge of a state directory instead of enrolling again.
+
+        The coordinator must still know this edge and train the same run: a state directory
+        of another coordinator or run is refused (:class:`EdgeRemoved`, :class:`ForeignRun`),
+        never covered by a silent new enrollment, which would train the shard a second time.
+        While the coordinator cannot be reached, the stored assignment is used: the
+        heartbeat loop corrects it once the coordinator answers.
+        """
+        self.assignment = stored
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                reply = await self.client.get(f"{self.base}/v1/config")
+                reply.raise_for_status()
+                run_config = reply.json()["run_config"]
+            except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+                if attempt == attempts - 1:
+                    log.warning("coordinator unreachable (%s): resuming as stored", exc)
+                    return stored
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 2.0)
+                continue
+            if run_config != stored.run_config:
+                raise ForeignRun(
+                    f"the coordinator at {self.base} trains {run_config}, the edge state "
+                    f"was enrolled for {stored.run_config}"
+                )
+            break
+        try:
+            return await self.heartbeat(0, 0, resuming=True)
+        except EdgeRemoved:
+            raise
+        except SimulTrainError as exc:
+            log.warning("%s: resuming as stored", exc)
+            return stored
+
+    async def heartbeat(
+        self, edge_version: int, step: int, *, resuming: bool = False
+    ) -> Assignment:
         """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved)."""
         assert self.assignment is not None
         headers = {}
@@ -111,6 +154,13 @@ class CoordinatorClient:
                 raise EdgeRemoved(
                     f"the coordinator at {self.base} no longer knows edge "
                     f"{self.assignment.edge_id}: it was removed (its tokens are revoked)"
+                    + (" or the edge state is of another coordinator" if resuming else "")
+                )
+            if resuming and reply.status_code in (401, 403):
+                raise EdgeRemoved(
+                    f"the coordinator at {self.base} refuses the stored token of edge "
+                    f"{self.assignment.edge_id} ({reply.status_code} {_error_code(reply)}): "
+                    "expired while the edge was off, or issued by another coordinator"
                 )
             reply.raise_for_status()
             data = reply.json()

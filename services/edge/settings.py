@@ -58,6 +58,18 @@ class EdgeSettings(BaseSettings):
     status_file: Path | None = Field(
         None, description="Write a JSON progress line here after every acknowledged batch."
     )
+    state_dir: Path | None = Field(
+        None,
+        description="Directory of the edge's durable state (identity, data cursor, batches "
+        "not yet durable in the cloud): a restarted agent resumes as the same edge and loses "
+        "no sample. Unset: all of it lives in memory and a restart enrolls a new edge.",
+    )
+    state_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bound on the kept batches in the state directory; past it the agent "
+        "stops with an error (exit status 78).",
+    )
     watchdog: bool = Field(True, description="Ping systemd's watchdog when run under it.")
     # Run configuration when there is no coordinator.
     run_mode: str = Field("simultrain", description="Mode, when there is no coordinator.")

@@ -454,14 +454,15 @@ class EdgeRuntime:
         come). The cloud's WELCOME says which batches it has fully applied, and it is the
         authority: a cloud that crashed and resumed from its checkpoint may have applied
         fewer than it had acknowledged before — those come again from what we kept.
+        Applied is not durable: what the cloud applied stays kept (not re-sent) until an
+        ACK's ``durable_until`` passes it, or a crash of the cloud right after this
+        WELCOME would lose it.
         """
         self.highest_acked = -1 if acked_seq is None else acked_seq
         self.in_flight.clear()
         self.unanswered.clear()
         self.pending_egrads.clear()
-        for seq in [s for s in self.unacked if s <= self.highest_acked]:
-            del self.unacked[seq]
-        return sorted(self.unacked.items())
+        return [(s, self.unacked[s]) for s in sorted(self.unacked) if s > self.highest_acked]
 
     # --- frames out -------------------------------------------------------------------
     def produce(
