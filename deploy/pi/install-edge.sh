@@ -266,6 +266,9 @@ Check it:
   systemctl status simultrain-edge          # active (running), "streaming to the cloud"
   journalctl -u simultrain-edge -f          # the agent's log
   cat /var/lib/simultrain-edge/status.json  # progress after every acknowledged batch
+The agent's durable state (identity, data position, batches not yet durable in the cloud) is
+/var/lib/simultrain-edge/state: a power cut loses nothing. Delete it only to enroll this
+device as a new edge; then the batches it still held are lost.
 DONE
 if [[ "$dry_run" == yes ]]; then
     echo "(dry run: nothing was changed)"
