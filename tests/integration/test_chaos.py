@@ -1,6 +1,6 @@
 """Chaos with real processes: edges, cloud and coordinator killed with SIGKILL in one run.
 
-Three devices, each an edge agent with its own state directory (SIMULTRAIN_EDGE_STATE_DIR),
+Two devices, each an edge agent with its own state directory (SIMULTRAIN_EDGE_STATE_DIR),
 restarted after every kill the way systemd restarts it after a power cut. The run ends with
 every sample applied exactly once, counted where an operator counts them — the cloud's
 ``/v1/status`` — and with as many edges in it as there are devices: a restarted agent is the

@@ -11,14 +11,26 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
+from simultrain.edge.agent import EdgeAgent, _state_binding
+from simultrain.edge.coordinator_client import (
+    Assignment,
+    CoordinatorClient,
+    EdgeRemoved,
+    ForeignRun,
+)
+from simultrain.edge.main import run as run_edge
+from simultrain.edge.settings import EdgeSettings
 from simultrain.edge.state import (
     DB_NAME,
+    EXIT_STATE_ERROR,
     Cursor,
     EdgeIdentity,
     EdgeState,
@@ -273,3 +285,102 @@ def test_sqlite_a_full_disk_is_edge_state_full(tmp_path: Path) -> None:
         store.keep(batch(0, samples=4 * page_size), cursor_after(0))
     assert store.kept() == [] and store.cursor() == Cursor()  # nothing half-written
     store.close()
+
+
+# --- the agent on a bad or foreign state: a clear error, exit 78, never a new enrollment ---
+
+
+def test_the_agent_exits_78_on_a_corrupt_state(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    (directory / DB_NAME).write_bytes(b"\x00garbage" * 512)
+    settings = EdgeSettings(cloud_url="http://127.0.0.1:9", state_dir=directory, watchdog=False)
+    assert run_edge(settings) == EXIT_STATE_ERROR
+
+
+def coordinator(handler: Callable[[httpx.Request], httpx.Response]) -> CoordinatorClient:
+    client = CoordinatorClient(EdgeSettings(coordinator_url="http://coordinator.test"))
+    client.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return client
+
+
+STORED = Assignment(
+    edge_id="edge-7",
+    cloud_url="ws://cloud.test",
+    run_config={"mode": "simultrain", "window": 4},
+    reconcile_offset=0,
+    heartbeat_interval_s=1.0,
+    token="t",
+)
+
+
+def replying(heartbeat: httpx.Response, run_config: object = STORED.run_config) -> Any:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/v1/config":
+            return httpx.Response(200, json={"run_config": run_config})
+        if request.url.path.endswith("/heartbeat"):
+            return heartbeat
+        return httpx.Response(201, json={"edge_id": "edge-new"})  # an enrollment
+
+    return handler, calls
+
+
+async def test_resume_continues_as_the_stored_edge_with_a_fresh_token() -> None:
+    handler, calls = replying(httpx.Response(200, json={"cloud_url": "ws://b", "token": "t2"}))
+    client = coordinator(handler)
+    resumed = await client.resume(STORED)
+    assert (resumed.edge_id, resumed.cloud_url, resumed.token) == ("edge-7", "ws://b", "t2")
+    assert calls == ["GET /v1/config", "POST /v1/edges/edge-7/heartbeat"]
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "run_config", "error"),
+    [
+        (httpx.Response(404, json={"error": {"code": "unknown_edge"}}), None, EdgeRemoved),
+        (httpx.Response(401, json={"error": {"code": "token_invalid"}}), None, EdgeRemoved),
+        (httpx.Response(200, json={}), {"mode": "fedavg"}, ForeignRun),
+    ],
+    ids=["unknown-edge", "token-refused", "another-run"],
+)
+async def test_resume_refuses_a_state_of_another_coordinator_or_run(
+    heartbeat: httpx.Response, run_config: object, error: type[Exception]
+) -> None:
+    handler, calls = replying(heartbeat, run_config or STORED.run_config)
+    client = coordinator(handler)
+    with pytest.raises(error):
+        await client.resume(STORED)
+    assert "POST /v1/edges" not in calls  # never a silent new enrollment
+    await client.close()
+
+
+async def test_resume_while_the_coordinator_is_down_uses_the_stored_assignment() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = coordinator(down)
+    assert await client.resume(STORED, attempts=2) == STORED
+    await client.close()
+
+
+async def test_the_agent_with_a_state_of_a_forgetful_coordinator_stops_and_does_not_enroll(
+    tmp_path: Path,
+) -> None:
+    settings = EdgeSettings(
+        coordinator_url="http://coordinator.test", state_dir=tmp_path / "s", watchdog=False
+    )
+    store = SqliteEdgeState(settings.state_dir, _state_binding(settings), max_bytes=None)
+    store.save_identity(EdgeIdentity(**{**IDENTITY.__dict__, "run_config": {"mode": "x"}}))
+    store.close()
+    agent = EdgeAgent(settings)
+    assert agent.coordinator is not None
+    handler, calls = replying(
+        httpx.Response(404, json={"error": {"code": "unknown_edge"}}), {"mode": "x"}
+    )
+    agent.coordinator.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    with pytest.raises(ForeignEdgeState, match="no longer knows edge edge-7"):
+        await agent.run()
+    assert "POST /v1/edges" not in calls
