@@ -12,7 +12,9 @@ Three tasks per session, all on one event loop:
 
 A lost connection is retried with exponential backoff and full jitter. Batches stay with the
 edge until the cloud acknowledges applying them and are re-sent on the next session, so no
-sample is lost (WELCOME's ``acked_seq`` says what the cloud already has).
+sample is lost (WELCOME's ``acked_seq`` says what the cloud already has). With a state
+directory (:mod:`.state`) they, the edge's identity and its data position also survive the
+process: a restarted agent is the same edge and continues where it stopped.
 """
 
 from __future__ import annotations
@@ -270,7 +272,8 @@ class EdgeAgent:
         """Stop producing, drain what is in flight, leave (SIGTERM).
 
         Bounded: after ``drain_timeout_s`` the agent leaves even if the cloud cannot be
-        reached, and says how many batches it could not deliver (they live only in memory).
+        reached, and says how many batches it could not deliver (without a state directory
+        they are lost; with one, the next start re-sends them).
         """
         if self._stop.is_set():
             return

@@ -27,7 +27,7 @@ from simultrain.shared.training.config import RunConfig
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEVICES = 2
-STEPS = 100  # batches per device: 200 in all
+STEPS = 80  # batches per device: 160 in all
 BATCH = 32
 
 
@@ -109,11 +109,12 @@ class Fleet:
         try:
             edges = httpx.get(f"{self.coordinator_url}/v1/edges", timeout=10).json()
             ids = [e["edge_id"] for e in edges if e["name"] == f"device-{device}"]
-            if len(ids) != 1:
-                return -1
-            return int(self.status()["edges"][ids[0]]["samples_applied"])
+            applied = self.status()["edges"][ids[0]]["samples_applied"] if ids else -1
         except (httpx.HTTPError, KeyError, ValueError):
             return -1
+        # A restarted agent that enrolled again would train its shard a second time.
+        assert len(ids) <= 1, f"device {device} is enrolled as {len(ids)} edges: {ids}"
+        return int(applied)
 
     def wait_for(self, device: int, fraction: float) -> None:
         threshold = int(fraction * STEPS * BATCH)
@@ -145,15 +146,13 @@ def test_edge_cloud_and_coordinator_kill_9_in_one_run(tmp_path: Path) -> None:
         fleet.restart_edge(0)
         fleet.coordinator = fleet.start_coordinator()
         # An edge and the cloud at once: the cloud resumes from its last checkpoint and the
-        # edge's state still holds every batch after it.
-        fleet.wait_for(1, 0.4)
+        # restarted edge's state still holds every batch after it. The same device again, so
+        # one state directory is resumed twice; the other device rides through the cloud's
+        # and the coordinator's crashes in one process.
+        fleet.wait_for(0, 0.6)
         fleet.cloud.kill()
-        fleet.kill_edge(1)
-        fleet.cloud = fleet.start_cloud()
-        fleet.restart_edge(1)
-        # The first device a second time.
-        fleet.wait_for(0, 0.7)
         fleet.kill_edge(0)
+        fleet.cloud = fleet.start_cloud()
         fleet.restart_edge(0)
         reports = []
         for edge in fleet.edges:
@@ -171,7 +170,7 @@ def test_edge_cloud_and_coordinator_kill_9_in_one_run(tmp_path: Path) -> None:
         f"duplicates dropped {sum(e['duplicates_dropped'] for e in final['edges'].values())}, "
         f"re-sent by the last processes {sum(r['resent'] for r in reports)}"
     )
-    assert fleet.starts == [3, 2]
+    assert fleet.starts == [3, 1]
     assert len(final["edges"]) == DEVICES  # a restarted agent is the same edge
     assert len(registry) == DEVICES
     assert produced == DEVICES * STEPS * BATCH
