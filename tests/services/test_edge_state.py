@@ -41,6 +41,10 @@ from simultrain.edge.state import (
     MemoryEdgeState,
     SqliteEdgeState,
 )
+from simultrain.shared.models import get_model_spec
+from simultrain.shared.protocol import Ack
+from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.runtime import EdgeRuntime
 
 BINDING = {"coordinator_url": "http://127.0.0.1:1", "shard_index": 0, "shard_count": 3}
 
@@ -384,3 +388,18 @@ async def test_the_agent_with_a_state_of_a_forgetful_coordinator_stops_and_does_
     with pytest.raises(ForeignEdgeState, match="no longer knows edge edge-7"):
         await agent.run()
     assert "POST /v1/edges" not in calls
+
+
+def test_a_reconnect_keeps_what_the_cloud_applied_but_has_not_made_durable() -> None:
+    """WELCOME's ``acked_seq`` says applied, not durable: a cloud that crashes right after it
+    resumes from an older checkpoint and needs those batches again (PROTOCOL.md, ``ack``)."""
+    run = RunConfig(mode="simultrain", dataset="imu")
+    runtime = EdgeRuntime(
+        get_model_spec("imu-cnn1d").build(0).edge_stage, run.schedule(), run.codecs
+    )
+    runtime.unacked = {s: (np.zeros(1, np.float32), np.zeros(1, np.int64)) for s in range(6)}
+    runtime.next_seq = 6
+    assert [s for s, _ in runtime.resume(3)] == [4, 5]  # re-sent: the cloud lacks them
+    assert sorted(runtime.unacked) == [0, 1, 2, 3, 4, 5]  # kept: not yet known durable
+    runtime.on_ack(Ack(seq=5, master_version=9, durable_until=2))
+    assert sorted(runtime.unacked) == [2, 3, 4, 5]
