@@ -459,6 +459,9 @@ class EdgeRuntime:
         WELCOME would lose it.
         """
         self.highest_acked = -1 if acked_seq is None else acked_seq
+        # PROTOCOL.md §6.5: new batches take numbers above acked_seq. Only an edge that kept
+        # its identity but not its cursor (FedAvg's uploads are not stored) is behind it.
+        self.next_seq = max(self.next_seq, self.highest_acked + 1)
         self.in_flight.clear()
         self.unanswered.clear()
         self.pending_egrads.clear()

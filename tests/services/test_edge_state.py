@@ -403,3 +403,12 @@ def test_a_reconnect_keeps_what_the_cloud_applied_but_has_not_made_durable() -> 
     assert sorted(runtime.unacked) == [0, 1, 2, 3, 4, 5]  # kept: not yet known durable
     runtime.on_ack(Ack(seq=5, master_version=9, durable_until=2))
     assert sorted(runtime.unacked) == [2, 3, 4, 5]
+
+
+def test_an_edge_behind_the_clouds_acked_seq_continues_above_it() -> None:
+    """FedAvg keeps its identity but not its uploads: its new numbers must not be refused."""
+    run = RunConfig(mode="fedavg", dataset="imu")
+    structure = get_model_spec("imu-cnn1d").build(0)
+    runtime = EdgeRuntime(structure.edge_stage, run.schedule(), run.codecs)
+    assert runtime.resume(7) == []
+    assert runtime.next_seq == 8
