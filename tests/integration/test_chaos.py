@@ -24,8 +24,9 @@ from simultrain.demo import _coordinator_env
 from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.training.config import RunConfig
 
-# Eight process starts (torch imports) dominate: ~50 s of CPU. On a shared 2-core machine
-# under load 20-35 the run measured 150-294 s, too close to the suite's 300 s default.
+# Eight process starts (a torch import is ~5 s of CPU each) dominate: 64-66 s of CPU in all,
+# measured with pytest's own start. On a shared 2-core machine under load 15-38 the run took
+# 150-294 s (once over 300 s), too close to the suite's 300 s default.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 DEVICES = 2
