@@ -33,7 +33,7 @@ from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Frame, Hel
 from simultrain.shared.training.config import RunConfig
 
 from .coordinator_client import CoordinatorLink, fetch_run_config
-from .evaluation import run_periodic_evaluation
+from .evaluation import PeriodicEvaluator
 from .service import CloudService, Connection, TokenBucket
 from .settings import CloudSettings
 
@@ -85,9 +85,8 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
         service.ready = True
         evaluation: asyncio.Task[None] | None = None
         if settings.eval_interval_s > 0:
-            evaluation = asyncio.create_task(
-                run_periodic_evaluation(service, settings.eval_interval_s), name="cloud-eval"
-            )
+            evaluator = PeriodicEvaluator(service, settings.eval_interval_s)
+            evaluation = asyncio.create_task(evaluator.run(), name="cloud-eval")
         try:
             yield
         finally:

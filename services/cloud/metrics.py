@@ -85,8 +85,8 @@ class CloudMetrics:
         )
         self.eval_seconds = Histogram(
             "simultrain_cloud_eval_seconds",
-            "Wall time of one periodic held-out evaluation (queueing for the compute thread "
-            "included).",
+            "Wall time of one periodic held-out evaluation (it holds the compute thread only "
+            "to copy the weights).",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=r,
         )

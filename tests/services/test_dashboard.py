@@ -7,9 +7,11 @@ The page in a real browser against real processes is ``test_dashboard_browser.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -19,9 +21,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from simultrain.cloud.app import create_app as create_cloud_app
+from simultrain.cloud.evaluation import PeriodicEvaluator
 from simultrain.cloud.metrics import CloudMetrics, TrainingHistory
 from simultrain.cloud.settings import CloudSettings
 from simultrain.coordinator import CoordinatorSettings, create_app
@@ -326,3 +330,50 @@ def test_periodic_evaluation_can_be_turned_off() -> None:
         tasks = client.portal.call(asyncio.all_tasks)  # type: ignore[union-attr]
         assert "cloud-eval" not in {task.get_name() for task in tasks}
         assert client.get("/v1/history").json()["points"] == []
+
+
+def test_periodic_evaluation_runs_off_the_compute_thread_on_an_exact_copy() -> None:
+    with TestClient(create_cloud_app(CloudSettings(eval_interval_s=0), run=RunConfig())) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        evaluator = PeriodicEvaluator(service, 0.01)
+        # An exact copy: the same figures as the master's own evaluation, at any weights.
+        with torch.no_grad():
+            for tensor in service.master.cloud_stage.parameters():
+                tensor.add_(torch.randn_like(tensor))
+        expected = service.master.evaluate(service.x_test, service.y_test)
+        assert evaluator._evaluate(evaluator._snapshot().state) == pytest.approx(expected)
+
+        entered, release = threading.Event(), threading.Event()
+        real = evaluator._evaluate
+
+        def held(state: dict[str, torch.Tensor]) -> tuple[float, float]:
+            entered.set()
+            assert release.wait(30)
+            return real(state)
+
+        evaluator._evaluate = held  # type: ignore[method-assign]
+
+        async def scenario() -> None:
+            recorded = asyncio.Event()
+            observe = service.metrics.observe_evaluation
+
+            def observed(*args: Any, **kwargs: Any) -> None:
+                observe(*args, **kwargs)
+                recorded.set()
+
+            service.metrics.observe_evaluation = observed
+            task = asyncio.create_task(evaluator.run())
+            try:
+                assert await asyncio.to_thread(entered.wait, 30)
+                # Mid-evaluation, the compute thread still serves the master at once.
+                assert await asyncio.wait_for(service.compute(lambda: 42), 10) == 42
+                release.set()
+                await asyncio.wait_for(recorded.wait(), 30)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        client.portal.call(scenario)  # type: ignore[union-attr]
+        [point] = service.metrics.history.points
+        assert point["accuracy"] == pytest.approx(expected[0], abs=1e-6)
