@@ -83,7 +83,9 @@ class PeriodicEvaluator:
                     seconds,
                 )
         finally:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # Not waiting: a forward pass under way must not hold up the cloud's shutdown
+            # (its drain and last checkpoint); the thread ends with that pass.
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _snapshot(self) -> _Snapshot:
         """On the compute thread, between two updates: a copy of the master as it is."""
