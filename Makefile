@@ -8,11 +8,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest fuzz bench study clean
+.PHONY: demo test lint typecheck pytest browser fuzz bench study clean
 
 $(STAMP): pyproject.toml constraints.txt
 	# systemd-analyze validates the Pi's unit file (tests/deploy); most images ship it.
 	command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y --no-install-recommends systemd; }
+	# Headless Chromium drives the dashboard's browser test (tests/services/test_dashboard_browser.py).
+	command -v chromium >/dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
@@ -39,7 +41,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
-test: lint typecheck pytest
+# The dashboard in headless Chromium against a real run: slower than the default suite allows.
+browser: $(STAMP)
+	$(BIN)/python -m pytest -m browser -p no:cacheprovider
+
+test: lint typecheck pytest browser
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -m fuzz -p no:cacheprovider

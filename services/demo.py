@@ -189,6 +189,7 @@ def _run(
             edge_slowdown=options.edge_slowdown,
         )
     cloud_url, edges = topology.cloud_url, topology.edges
+    console.print(f"live dashboard: {topology.coordinator_url}/dashboard (while the run lasts)")
     reports = _follow(cloud_url, edges, run, options, console)
     with httpx.Client(timeout=60) as client:
         final = client.get(f"{cloud_url}/v1/eval").json()

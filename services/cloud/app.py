@@ -3,7 +3,8 @@
 - ``WS /v1/stream``: one session per edge; the handler only moves bytes between the socket and
   the sans-I/O :class:`CloudSession`, and frames between the session and the service.
 - ``GET /healthz`` (the process serves), ``GET /readyz`` (the master is built and, with a
-  coordinator, registered), ``GET /v1/status``, ``GET /v1/eval``, ``GET /v1/model``
+  coordinator, registered), ``GET /v1/status``, ``GET /v1/eval``, ``GET /v1/history`` (loss
+  and held-out accuracy over time, for the coordinator's dashboard), ``GET /v1/model``
   (safetensors), ``GET /metrics`` (Prometheus).
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx/5xx status, never a bare 500.
@@ -32,6 +33,7 @@ from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Frame, Hel
 from simultrain.shared.training.config import RunConfig
 
 from .coordinator_client import CoordinatorLink, fetch_run_config
+from .evaluation import PeriodicEvaluator
 from .service import CloudService, Connection, TokenBucket
 from .settings import CloudSettings
 
@@ -81,10 +83,18 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
             link = CoordinatorLink(settings, service)
             await link.start()
         service.ready = True
+        evaluation: asyncio.Task[None] | None = None
+        if settings.eval_interval_s > 0:
+            evaluator = PeriodicEvaluator(service, settings.eval_interval_s)
+            evaluation = asyncio.create_task(evaluator.run(), name="cloud-eval")
         try:
             yield
         finally:
             service.ready = False
+            if evaluation is not None:
+                evaluation.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await evaluation
             if link is not None:
                 await link.stop()
             for conn in list(service.connections.values()):
@@ -131,6 +141,17 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     @app.get("/v1/eval")
     async def evaluate(request: Request) -> dict[str, Any]:
         return await service_of(request).evaluate()
+
+    @app.get("/v1/history")
+    async def history(request: Request) -> dict[str, Any]:
+        """The master's loss and held-out accuracy over time (one point per periodic
+        evaluation) and the reconciliations sent to each edge: what the dashboard draws."""
+        metrics = service_of(request).metrics
+        return {
+            "eval_interval_s": settings.eval_interval_s,
+            "points": list(metrics.history.points),
+            "reconciliations": dict(metrics.reconciliations_by_edge),
+        }
 
     def require_admin(request: Request) -> JSONResponse | None:
         expected = settings.admin_secret()

@@ -293,6 +293,7 @@ class CloudService:
         log.info("checkpoint %s", path.name)
 
     async def deliver(self, outgoing: list[Outgoing]) -> None:
+        self.metrics.observe_outgoing(outgoing)
         for edge_id, frame in outgoing:
             conn = self.connections.get(edge_id)
             if conn is not None:

@@ -71,6 +71,12 @@ class CloudSettings(BaseSettings):
         description="Held-out set the cloud evaluates the master on (default: the run's "
         "dataset's test split). Raw data never leaves the edge; this is the operator's own.",
     )
+    eval_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds between held-out evaluations of the master while it trains "
+        "(the dashboard's accuracy curve, /metrics); 0 turns them off.",
+    )
     max_frame_bytes: int = Field(64 << 20, gt=0, description="Largest WebSocket message accepted.")
     max_decompressed_bytes: int = Field(256 << 20, gt=0, description="Largest decoded frame.")
     device: str = Field(

@@ -6,6 +6,8 @@ Endpoints (JSON; every error is ``{"error": {"code", "message"}}`` with a 4xx/50
 - ``POST /v1/edges``, ``POST /v1/edges/{id}/heartbeat``, ``GET /v1/edges``,
   ``GET /v1/edges/{id}``, ``DELETE /v1/edges/{id}``
 - ``GET /v1/versions``, ``GET /v1/config``, ``GET /healthz``, ``GET /readyz``
+- ``GET /dashboard`` (the live dashboard page), ``GET /v1/dashboard`` (what it draws; see
+  ``dashboard.py``)
 
 Credentials when authentication is on (issue 5 item 1; see ``settings.py``):
 
@@ -38,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from simultrain.shared import auth
 
 from . import schedule
+from .dashboard import DashboardFeed, register_dashboard
 from .errors import ApiError, CoordinatorError, StoreError
 from .health import HealthMonitor
 from .records import CloudRecord, EdgeRecord, Status
@@ -455,5 +458,9 @@ def create_app(
             clouds_up=sum(c.status is Status.UP for c, _ in clouds),
             edges_up=sum(e.status is Status.UP for e in edges),
         )
+
+    # The live dashboard (GET /dashboard, GET /v1/dashboard); tests swap the feed's transport.
+    app.state.dashboard = DashboardFeed(coordinator)
+    register_dashboard(app, app.state.dashboard)
 
     return app
