@@ -119,7 +119,11 @@ class CloudService:
         self.device = resolve_device(settings.device)
         self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.runtime = CloudRuntime(self.master, self.schedule, run.codecs)
+        self.runtime = CloudRuntime(
+            self.master, self.schedule, run.codecs, round_deadline_s=run.round_deadline_s
+        )
+        self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
+        self._round_closers: set[asyncio.Task[None]] = set()
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
         self.limits = Limits(
@@ -260,8 +264,29 @@ class CloudService:
             raise InvalidTensor(str(exc)) from exc
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
         await self.deliver(outgoing)
+        self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
+
+    def _arm_round_deadline(self) -> None:
+        """With ``round_deadline_s``, close the open lockstep round when its deadline passes."""
+        due = self.runtime.round_due_in()
+        if due is None or self._round_timer is not None:
+            return
+        self._round_timer = asyncio.get_running_loop().call_later(
+            max(due, 0.0), self._round_deadline_passed
+        )
+
+    def _round_deadline_passed(self) -> None:
+        self._round_timer = None
+        task = asyncio.ensure_future(self._close_due_round())
+        self._round_closers.add(task)
+        task.add_done_callback(self._round_closers.discard)
+
+    async def _close_due_round(self) -> None:
+        outgoing = await self.compute(self.runtime.close_round_if_due)
+        await self.deliver(outgoing)
+        self._arm_round_deadline()  # the round that closed may not be the one now open
 
     def _checkpoint_due(self) -> bool:
         """Every ``checkpoint_every`` updates, preferably at a batch boundary.
@@ -321,6 +346,7 @@ class CloudService:
             "samples_applied": master.samples_applied,
             "loss": master.loss_ema,
             "busy_seconds": round(self.busy_seconds, 4),
+            "partial_rounds": self.runtime.partial_rounds,
             "uptime_seconds": round(time.monotonic() - self.started_at, 4),
             "staleness": master.staleness.summary(),
             "edges": {
