@@ -484,12 +484,13 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         "",
         "| edges | steps/s per edge (min / median / max) | steps/s in all | cloud ms per update "
         "(compute thread, wall) | cloud CPU ms per update | cloud busy | cloud RSS start → end "
-        "(max) MiB | RSS slope MiB/min | errors | samples sent / applied | lost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(max) MiB | RSS slope MiB/min | errors | samples sent / applied | lost "
+        "| staleness mean / max | edge gradients dropped (older than the history) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['edges']} | error: {r['error']} | | | | | | | | | |")
+            lines.append(f"| {r['edges']} | error: {r['error']} | | | | | | | | | | | |")
             continue
         rate = r["step_rate_per_edge"]
         lines.append(
@@ -499,7 +500,9 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
             f"| {r['cloud_busy_fraction']:.0%} "
             f"| {r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f}) "
             f"| {r['rss_slope_mib_per_min']:+.2f} | {r['errors']} "
-            f"| {r['samples_sent']} / {r['samples_applied']} | {r['lost_samples']} |"
+            f"| {r['samples_sent']} / {r['samples_applied']} | {r['lost_samples']} "
+            f"| {r['staleness']['mean']:.0f} / {r['staleness']['max']} "
+            f"| {r['staleness']['dropped']} |"
         )
     lines += [
         "",

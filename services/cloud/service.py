@@ -224,6 +224,7 @@ class CloudService:
             await previous.websocket.close(code=1008, reason="superseded by a newer session")
         conn.edge_id = edge_id
         self.connections[edge_id] = conn
+        self._size_history_for_fleet()
         offset = _reconcile_offset(hello.config.get("reconcile_offset"))
         state, snap = await self.compute(
             lambda: self.runtime.open_session(edge_id, reconcile_offset=offset)
@@ -267,6 +268,18 @@ class CloudService:
         self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
+
+    def _size_history_for_fleet(self) -> None:
+        """Keep enough edge-stage history for the fleet actually connected.
+
+        With E edges each holding W + 1 batches in flight, a gradient returns about
+        2·E·(W + 1) master versions late (SPEC "Fleets"); older than the history it is
+        dropped (SPEC step 4). The factory sizes the history by the run's ``edges``, which a
+        cloud without a coordinator does not know: 64 edges at window 4 lost half their
+        edge-stage gradients that way (bench/results/fleet.md). Same margin as the factory.
+        """
+        needed = 8 * 2 * (self.schedule.window + 1) * len(self.connections)
+        self.master.history_versions = max(self.master.history_versions, needed)
 
     def _arm_round_deadline(self) -> None:
         """With ``round_deadline_s``, close the open lockstep round when its deadline passes."""

@@ -44,6 +44,7 @@ def test_markdown_shows_a_failed_size_and_a_measured_one() -> None:
         "samples_sent": 64,
         "samples_applied": 64,
         "lost_samples": 0,
+        "staleness": {"mean": 3.4, "max": 5, "dropped": 0},
     }
     text = fleet_markdown([{"edges": 1, "error": "boom"}, measured], {"command": "x"})
     assert "| 1 | error: boom |" in text
