@@ -133,8 +133,9 @@ class CloudRuntime:
         self.checkpointing = False
         self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # FedAvg uploads
         # Straggler mitigation (RunConfig.round_deadline_s): a round closes this long after
-        # its first upload with whoever reported; the caller asks ``round_due_in`` and calls
-        # ``close_round_if_due`` then (the runtime keeps no timers: it only reads ``clock``).
+        # it started (the previous round's close) with whoever reported; the caller asks
+        # ``round_due_in`` and calls ``close_round_if_due`` then (the runtime keeps no
+        # timers: it only reads ``clock``).
         self.round_deadline_s = round_deadline_s
         self._clock = clock
         self._round_opened_at: float | None = None
@@ -252,7 +253,7 @@ class CloudRuntime:
             return self._after_update(state, egrad.seq)
         if role is EdgeRole.LOCAL_STEPS:
             state.samples_received += egrad.samples
-            if not self._round:
+            if self._round_opened_at is None:  # the first round starts with its first upload
                 self._round_opened_at = self._clock()
             self._round[edge_id] = (egrad.seq, tensors, egrad.samples)
             return self._maybe_close_round()
@@ -288,7 +289,10 @@ class CloudRuntime:
             self._mark_applied(state, seq, samples)
             out.extend(self._after_update(state, seq))
         self._round.clear()
-        self._round_opened_at = None
+        # The next round starts now, when the edges get the new model: its deadline counts
+        # from here, as a server's round timeout does, not from its first upload (which may
+        # be a straggler's late one from the round before).
+        self._round_opened_at = self._clock()
         return out
 
     def _mark_applied(self, state: CloudSessionState, seq: int, samples: int) -> None:

@@ -59,9 +59,11 @@ def test_a_round_past_its_deadline_closes_with_the_uploads_it_has() -> None:
     assert _acked(out) == {"fast": 0}  # partial aggregation: the straggler is not waited for
     assert runtime.partial_rounds == 1 and runtime.master.samples_applied == 160
     assert runtime.round_due_in() is None
-    # The straggler's late upload is not lost: it opens the next round, which closes as
-    # usual once every connected edge has reported.
+    # The straggler's late upload is not lost: it joins the next round, whose deadline
+    # counts from the previous close (when the edges got the new model), not from it.
+    clock.now += 1.5
     assert runtime.on_egrad("slow", _upload(runtime, 0, 2.0)) == []
+    assert runtime.round_due_in() == pytest.approx(0.5)
     out = runtime.on_egrad("fast", _upload(runtime, 1, 1.0))
     assert _acked(out) == {"fast": 1, "slow": 0}
     assert runtime.partial_rounds == 1 and runtime.master.samples_applied == 480
