@@ -243,7 +243,11 @@ def stragglers_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any])
         "A step is one batch of 32 samples (a FedAvg round is 5 steps per edge). s per master "
         "update: the steady window ÷ master versions in it (FedAvg: one per round; syncsgd: one "
         "per edge gradient; SimulTrain: two per batch). Accuracy: the master on the held-out "
-        "split after the fixed training time and the drain (equal time, not equal samples).",
+        "split after the fixed training time and the drain (equal time, not equal samples). "
+        "Lost, in FedAvg: batches of local rounds the edges had not finished when told to "
+        "stop (the agent drops an unfinished round when it drains), not samples the cloud "
+        "lost. Cases with a superseded deadline were run before the deadline counted from "
+        "the round's start.",
         "",
     ]
     return "\n".join(lines)
