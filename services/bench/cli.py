@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +47,27 @@ def bench(
         str | None, typer.Option(help="Codec variants of the compression suite.")
     ] = None,
     suites: Annotated[
-        str | None, typer.Option(help="Only these suites: systems, accuracy, compression, window.")
+        str | None,
+        typer.Option(
+            "--suites",
+            "--suite",
+            help="Only these suites: systems, accuracy, compression, window; or fleet "
+            "(N edges against one cloud) or stragglers (8 edges, 1-2 slowed 5×), each alone.",
+        ),
+    ] = None,
+    fleet_edges: Annotated[
+        str | None, typer.Option(help="Fleet sizes of the fleet suite (default 1,8,32,64).")
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Fleet/stragglers: training seconds per case (default 60)."),
+    ] = None,
+    round_deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="Stragglers: the FedAvg round deadline, seconds (default: 1.5× the measured "
+            "round without stragglers)."
+        ),
     ] = None,
     slowdown: Annotated[
         float | None, typer.Option(help="Edge time dilation k (default: calibrate now).")
@@ -91,6 +112,9 @@ def bench(
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
         return
+    if {"fleet", "stragglers"} & set(parse_list(suites) or ()):
+        _fleet(quick, out, suites or "", fleet_edges, duration, slowdown, log_dir, round_deadline)
+        return
     try:
         options = BenchOptions(
             out_dir=out,
@@ -120,6 +144,64 @@ def bench(
         raise typer.Exit(130) from None
     failed = sum(1 for r in records if "error" in r)
     typer.echo(f"{len(records) - failed}/{len(records)} cases; report: {out / 'report.md'}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _fleet(
+    quick: bool,
+    out: Path,
+    suites: str,
+    fleet_edges: str | None,
+    duration: float | None,
+    slowdown: float | None,
+    log_dir: Path | None,
+    round_deadline: float | None,
+) -> None:
+    from simultrain.bench.bench import parse_list
+    from simultrain.bench.fleet import (
+        FULL_EDGE_COUNTS,
+        QUICK_EDGE_COUNTS,
+        FleetOptions,
+        run_fleet,
+        run_stragglers,
+        straggler_plan,
+    )
+    from simultrain.shared.errors import SimulTrainError
+
+    names = parse_list(suites)
+    if names not in (("fleet",), ("stragglers",)):
+        typer.echo("error: the fleet and stragglers suites each run alone", err=True)
+        raise typer.Exit(2)
+    try:
+        counts = (
+            tuple(int(n) for n in parse_list(fleet_edges) or ())
+            if fleet_edges
+            else (QUICK_EDGE_COUNTS if quick else FULL_EDGE_COUNTS)
+        )
+        options = FleetOptions(
+            out_dir=out,
+            edge_counts=counts,
+            duration_s=duration if duration is not None else (5.0 if quick else 60.0),
+            slowdown=slowdown or 1.0,
+            log_dir=log_dir,
+            command=shlex.join(["simultrain", *sys.argv[1:]]),
+        )
+        if names == ("stragglers",):
+            plan = straggler_plan(options, deadline_s=round_deadline)
+            records = run_stragglers(
+                [replace(case, evaluate=True) for case in plan], progress=typer.echo
+            )
+        else:
+            records = run_fleet(options, progress=typer.echo)
+    except ValueError as exc:
+        typer.echo(f"error: --fleet-edges: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except SimulTrainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    failed = [r for r in records if "error" in r or r["errors"] or r["lost_samples"]]
+    typer.echo(f"{len(records) - len(failed)}/{len(records)} cases clean; results in {out}")
     if failed:
         raise typer.Exit(1)
 

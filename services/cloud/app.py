@@ -60,6 +60,7 @@ def run_config_from_settings(settings: CloudSettings) -> RunConfig:
             "optimizer_name": settings.run_optimizer,
             "optimizer_lr": settings.run_lr,
             "optimizer_momentum": settings.run_momentum,
+            "round_deadline_s": settings.run_round_deadline_s,
         }
     )
 

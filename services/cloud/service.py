@@ -119,7 +119,11 @@ class CloudService:
         self.device = resolve_device(settings.device)
         self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.runtime = CloudRuntime(self.master, self.schedule, run.codecs)
+        self.runtime = CloudRuntime(
+            self.master, self.schedule, run.codecs, round_deadline_s=run.round_deadline_s
+        )
+        self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
+        self._round_closers: set[asyncio.Task[None]] = set()
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
         self.limits = Limits(
@@ -220,6 +224,7 @@ class CloudService:
             await previous.websocket.close(code=1008, reason="superseded by a newer session")
         conn.edge_id = edge_id
         self.connections[edge_id] = conn
+        self._size_history_for_fleet()
         offset = _reconcile_offset(hello.config.get("reconcile_offset"))
         state, snap = await self.compute(
             lambda: self.runtime.open_session(edge_id, reconcile_offset=offset)
@@ -260,8 +265,41 @@ class CloudService:
             raise InvalidTensor(str(exc)) from exc
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
         await self.deliver(outgoing)
+        self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
+
+    def _size_history_for_fleet(self) -> None:
+        """Keep enough edge-stage history for the fleet actually connected.
+
+        With E edges each holding W + 1 batches in flight, a gradient returns about
+        2·E·(W + 1) master versions late (SPEC "Fleets"); older than the history it is
+        dropped (SPEC step 4). The factory sizes the history by the run's ``edges``, which a
+        cloud without a coordinator does not know: 64 edges at window 4 lost half their
+        edge-stage gradients that way (bench/results/fleet.md). Same margin as the factory.
+        """
+        needed = 8 * 2 * (self.schedule.window + 1) * len(self.connections)
+        self.master.history_versions = max(self.master.history_versions, needed)
+
+    def _arm_round_deadline(self) -> None:
+        """With ``round_deadline_s``, close the open lockstep round when its deadline passes."""
+        due = self.runtime.round_due_in()
+        if due is None or self._round_timer is not None:
+            return
+        self._round_timer = asyncio.get_running_loop().call_later(
+            max(due, 0.0), self._round_deadline_passed
+        )
+
+    def _round_deadline_passed(self) -> None:
+        self._round_timer = None
+        task = asyncio.ensure_future(self._close_due_round())
+        self._round_closers.add(task)
+        task.add_done_callback(self._round_closers.discard)
+
+    async def _close_due_round(self) -> None:
+        outgoing = await self.compute(self.runtime.close_round_if_due)
+        await self.deliver(outgoing)
+        self._arm_round_deadline()  # the round that closed may not be the one now open
 
     def _checkpoint_due(self) -> bool:
         """Every ``checkpoint_every`` updates, preferably at a batch boundary.
@@ -322,6 +360,7 @@ class CloudService:
             "samples_applied": master.samples_applied,
             "loss": master.loss_ema,
             "busy_seconds": round(self.busy_seconds, 4),
+            "partial_rounds": self.runtime.partial_rounds,
             "uptime_seconds": round(time.monotonic() - self.started_at, 4),
             "staleness": master.staleness.summary(),
             "edges": {

@@ -66,6 +66,9 @@ class CloudSettings(BaseSettings):
     run_optimizer: Literal["sgd", "adam"] = Field("adam", description="Optimizer (no coordinator).")
     run_lr: float = Field(0.001, gt=0, description="Learning rate (no coordinator).")
     run_momentum: float = Field(0.0, ge=0, lt=1, description="Momentum (no coordinator).")
+    run_round_deadline_s: float | None = Field(
+        None, gt=0, description="FedAvg round deadline, partial aggregation (no coordinator)."
+    )
     eval_dataset: str | None = Field(
         None,
         description="Held-out set the cloud evaluates the master on (default: the run's "

@@ -36,6 +36,9 @@ class RunConfig:
     beta: float = 0.9
     reconcile_every: int | None = 10
     local_steps: int = 5
+    # Stragglers in lockstep rounds (FedAvg): close a round this many seconds after it started
+    # with the uploads that arrived (partial aggregation); None waits for every edge.
+    round_deadline_s: float | None = None
     # Staleness compensation (shared/training/compensation.py), chosen by the staleness study
     # (docs/STALENESS.md): Adam's β₁ on the cloud stage lowered with the staleness; SGD left
     # alone (``delay-momentum`` opts it in). The plain update at staleness 0, so lockstep

@@ -23,8 +23,9 @@ A lost delta breaks the version chain; the edge then asks for a full resync.
 from __future__ import annotations
 
 import copy
+import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simultrain.shared.errors import DeltaGapError, TrainingError
+from simultrain.shared.errors import ConfigError, DeltaGapError, TrainingError
 from simultrain.shared.protocol import Ack, Act, Delta, EGrad, Frame, Grad, Snap
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import (
@@ -112,7 +113,17 @@ class CloudRuntime:
     Every handler returns ``(edge_id, frame)`` pairs; callers send each frame to its edge.
     """
 
-    def __init__(self, master: CloudMaster, schedule: Schedule, codecs: Codecs) -> None:
+    def __init__(
+        self,
+        master: CloudMaster,
+        schedule: Schedule,
+        codecs: Codecs,
+        *,
+        round_deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if round_deadline_s is not None and not round_deadline_s > 0:
+            raise ConfigError(f"round_deadline_s must be > 0 or None, got {round_deadline_s}")
         self.master = master
         self.schedule = schedule
         self.codecs = codecs
@@ -121,6 +132,14 @@ class CloudRuntime:
         # With checkpoints, ACKs carry the durable watermark and edges keep batches above it.
         self.checkpointing = False
         self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # FedAvg uploads
+        # Straggler mitigation (RunConfig.round_deadline_s): a round closes this long after
+        # it started (the previous round's close) with whoever reported; the caller asks
+        # ``round_due_in`` and calls ``close_round_if_due`` then (the runtime keeps no
+        # timers: it only reads ``clock``).
+        self.round_deadline_s = round_deadline_s
+        self._clock = clock
+        self._round_opened_at: float | None = None
+        self.partial_rounds = 0  # rounds the deadline closed without every connected edge
 
     # --- sessions -----------------------------------------------------------------------
     def open_session(
@@ -234,13 +253,33 @@ class CloudRuntime:
             return self._after_update(state, egrad.seq)
         if role is EdgeRole.LOCAL_STEPS:
             state.samples_received += egrad.samples
+            if self._round_opened_at is None:  # the first round starts with its first upload
+                self._round_opened_at = self._clock()
             self._round[edge_id] = (egrad.seq, tensors, egrad.samples)
             return self._maybe_close_round()
         raise TrainingError(f"EGRAD frames are not part of the {self.schedule.mode} schedule")
 
-    def _maybe_close_round(self) -> list[Outgoing]:
+    def round_due_in(self) -> float | None:
+        """Seconds until the open round's deadline (≤ 0: due); None without one."""
+        if self.round_deadline_s is None or not self._round or self._round_opened_at is None:
+            return None
+        return self._round_opened_at + self.round_deadline_s - self._clock()
+
+    def close_round_if_due(self) -> list[Outgoing]:
+        """Partial aggregation, as Flower's and NVFlare's round timeouts do: a round past
+        its deadline averages the uploads it has. A straggler's upload is not lost: it
+        arrives later, joins the next round and is acknowledged with it."""
+        due = self.round_due_in()
+        if due is None or due > 0:
+            return []
+        partial = not self.connected <= set(self._round)
+        out = self._maybe_close_round(force=True)
+        self.partial_rounds += int(partial)
+        return out
+
+    def _maybe_close_round(self, *, force: bool = False) -> list[Outgoing]:
         """FedAvg: average once every connected edge has reported its local model."""
-        if not self._round or not self.connected <= set(self._round):
+        if not self._round or (not force and not self.connected <= set(self._round)):
             return []
         uploads = [(w, n) for _, w, n in self._round.values()]
         self.master.average_in(uploads)
@@ -250,6 +289,10 @@ class CloudRuntime:
             self._mark_applied(state, seq, samples)
             out.extend(self._after_update(state, seq))
         self._round.clear()
+        # The next round starts now, when the edges get the new model: its deadline counts
+        # from here, as a server's round timeout does, not from its first upload (which may
+        # be a straggler's late one from the round before).
+        self._round_opened_at = self._clock()
         return out
 
     def _mark_applied(self, state: CloudSessionState, seq: int, samples: int) -> None:

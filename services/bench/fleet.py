@@ -1,0 +1,603 @@
+"""``simultrain bench --suite fleet``: many edges against one cloud process (issue 12, point 1).
+
+One *case* is one fleet size N. The benchmark starts one cloud process (no coordinator: the
+edges connect straight to it, so the coordinator's registrations and heartbeats do not share
+the cloud's two cores) and ⌈N ÷ agents-per-process⌉ **worker processes**, each running several
+unchanged :class:`~simultrain.edge.agent.EdgeAgent` on one asyncio loop. Every agent is its own
+WebSocket session doing the real protocol (HELLO, SNAP, ACT/GRAD/EGRAD/DELTA/ACK, BYE); the
+agents of a worker share only the loop, the process's torch and the cached dataset, the way
+several Python clients share one host. Each agent has its own compute slot (an
+``asyncio.Semaphore``), so a worker gives its default executor one thread per agent: otherwise
+the slots would queue for the loop's few default threads and the edges would wait on each
+other, not on the cloud.
+
+Measurement, per case:
+
+1. wait until every agent has had its first ACK (each worker prints ``READY``);
+2. read the cloud's ``GET /v1/status``, then sample the cloud's resident memory
+   (``VmRSS`` in ``/proc/<pid>/status``) every ``rss_interval_s`` for ``duration_s``, and read
+   the status again: the steady window. Per-edge step rate = that edge's
+   ``steps_applied`` difference ÷ the window; cloud compute per update = the compute
+   thread's ``busy_seconds`` difference ÷ the master-version difference (one update per
+   cloud-stage step and one per edge-stage step, SPEC "One SimulTrain step");
+3. SIGTERM the workers: every agent stops producing and drains (its un-acknowledged batches
+   are applied or re-sent); each worker prints ``DONE`` with every agent's report;
+4. **lost samples** = samples the edges produced − samples the cloud applied (its status, per
+   edge, after the drain); **errors** = agents that raised, plus every connection error or
+   reconnect an agent recorded.
+
+The results are ``fleet.json`` (one record per N) and ``fleet.md`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from simultrain.edge.agent import EdgeAgent, EdgeObserver, EdgeReport
+from simultrain.edge.settings import EdgeSettings
+from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.data import load_dataset
+from simultrain.shared.errors import SimulTrainError
+
+__all__ = [
+    "FULL_EDGE_COUNTS",
+    "QUICK_EDGE_COUNTS",
+    "FleetOptions",
+    "fleet_markdown",
+    "rss_slope_mib_per_min",
+    "run_fleet",
+    "run_fleet_case",
+    "run_stragglers",
+    "straggler_plan",
+    "stragglers_markdown",
+]
+
+log = logging.getLogger("simultrain.bench.fleet")
+
+FULL_EDGE_COUNTS = (1, 8, 32, 64)
+QUICK_EDGE_COUNTS = (1, 4)
+WORKER_VAR = "SIMULTRAIN_FLEET_WORKER"  # the worker's JSON spec
+BATCH = 32  # the run configuration's batch size (RunConfig default), samples per step
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    out_dir: Path = Path("bench/results")
+    edge_counts: tuple[int, ...] = FULL_EDGE_COUNTS
+    duration_s: float = 60.0  # the steady window of each case
+    agents_per_process: int = 16
+    mode: str = "simultrain"
+    dataset: str = "imu"
+    slowdown: float = 1.0  # edge CPU emulation; 1: the edges run at this machine's speed
+    rss_interval_s: float = 1.0
+    ready_timeout_s: float = 300.0
+    drain_timeout_s: float = 120.0
+    log_dir: Path | None = None
+    command: str = ""
+    results_name: str = "fleet"
+    # The straggler suite: edge index → its own slowdown, a FedAvg round deadline, and an
+    # evaluation of the master after the drain.
+    slowdowns: tuple[tuple[int, float], ...] = ()
+    round_deadline_s: float | None = None
+    evaluate: bool = False
+    label: str = ""
+    # > 0: the round deadline is this factor × the reference case's measured round (the
+    # first case of a straggler plan), so it tracks how loaded the machine is.
+    deadline_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.edge_counts or min(self.edge_counts) < 1:
+            raise SimulTrainError(f"fleet sizes must be ≥ 1, got {list(self.edge_counts)}")
+        if self.duration_s <= 0 or self.agents_per_process < 1 or self.rss_interval_s <= 0:
+            raise SimulTrainError("duration, agents per process and RSS interval must be > 0")
+
+
+@dataclass
+class _Worker:
+    proc: ServiceProcess
+    edge_ids: list[str]
+    done: dict[str, Any] = field(default_factory=dict)
+
+
+def run_fleet(
+    options: FleetOptions, *, progress: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Every fleet size in turn; ``fleet.json`` is rewritten after each case."""
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for edges in options.edge_counts:
+        progress(f"fleet: {edges} edge(s) for {options.duration_s:g} s …")
+        try:
+            record = run_fleet_case(edges, options)
+        except SimulTrainError as exc:
+            record = {"edges": edges, "error": str(exc)}
+        records.append(record)
+        progress(_one_line(record))
+        _write(records, options, time.monotonic() - started)
+    return records
+
+
+def straggler_plan(
+    base: FleetOptions, *, deadline_s: float | None, slowdown: float = 5.0, edges: int = 8
+) -> list[FleetOptions]:
+    """SPEC "Fleets": 8 edges, one or two slowed ``slowdown``×; lockstep FedAvg waiting for
+    them, FedAvg with a round deadline, syncsgd, SimulTrain. FedAvg without stragglers is
+    the reference round; without ``deadline_s`` the deadline is 1.5× its measured round."""
+    plan = [replace(base, edge_counts=(edges,), mode="fedavg", label="fedavg, no straggler")]
+    for count in (1, 2):
+        slow = tuple((i, slowdown) for i in range(count))
+        case = replace(base, edge_counts=(edges,), slowdowns=slow)
+        plan += [
+            replace(case, mode="fedavg", label=f"fedavg, waits ({count} slow)"),
+            replace(
+                case,
+                mode="fedavg",
+                round_deadline_s=deadline_s,
+                deadline_factor=0.0 if deadline_s is not None else 1.5,
+                label=f"fedavg, deadline ({count} slow)",
+            ),
+            replace(case, mode="syncsgd", label=f"syncsgd ({count} slow)"),
+            replace(case, mode="simultrain", label=f"simultrain ({count} slow)"),
+        ]
+    return plan
+
+
+def run_stragglers(
+    plan: Sequence[FleetOptions], *, progress: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """The straggler cases in turn; ``stragglers.json``/``.md`` rewritten after each."""
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+    reference: float | None = None
+    for options in plan:
+        edges = options.edge_counts[0]
+        if options.deadline_factor > 0:
+            if reference is None:
+                records.append({"edges": edges, "label": options.label, "error": "no reference"})
+                continue
+            options = replace(
+                options, round_deadline_s=round(options.deadline_factor * reference, 3)
+            )
+        progress(f"stragglers: {options.label} for {options.duration_s:g} s …")
+        try:
+            record = run_fleet_case(edges, options)
+        except SimulTrainError as exc:
+            record = {"edges": edges, "label": options.label, "error": str(exc)}
+        if reference is None and record.get("seconds_per_update"):
+            reference = float(record["seconds_per_update"])
+        records.append(record)
+        progress(_straggler_line(record))
+        options.out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "command": options.command,
+            "duration_s": options.duration_s,
+            "cpus": os.cpu_count(),
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }
+        (options.out_dir / "stragglers.json").write_text(
+            json.dumps({"meta": meta, "records": records}, indent=1)
+        )
+        (options.out_dir / "stragglers.md").write_text(stragglers_markdown(records, meta))
+    return records
+
+
+def _straggler_line(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"  {record['label']}: error: {record['error']}"
+    return (
+        f"  {record['label']} (deadline {record['round_deadline_s']}): "
+        f"{record['steps_per_s']:.1f} steps/s in all, "
+        f"{record['seconds_per_update']} s per update, fast edges "
+        f"{record['fast_edge_step_rate_median']:.2f}/s, stragglers "
+        f"{record['straggler_step_rates']}, partial rounds {record['partial_rounds']}, "
+        f"accuracy {record['accuracy']}, errors {record['errors']}, lost {record['lost_samples']}"
+    )
+
+
+def stragglers_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Stragglers: 8 edges, one or two slowed 5×",
+        "",
+        f"Command: `{meta.get('command') or 'simultrain bench --suite stragglers'}` "
+        f"({meta.get('cpus')} CPUs, shared; {meta.get('duration_s')} s of training per case, "
+        "then a drain and one evaluation).",
+        "",
+        "| case | mode | round deadline s | s per master update | steps/s in all "
+        "| fast edge steps/s (median) | straggler steps/s | partial rounds | samples applied "
+        "| accuracy | errors | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['label']} | error: {r['error']} | | | | | | | | | | |")
+            continue
+        accuracy = r["accuracy"]
+        lines.append(
+            f"| {r['label']} | {r['mode']} | {r['round_deadline_s'] or '–'} "
+            f"| {r['seconds_per_update']} | {r['steps_per_s']:.1f} "
+            f"| {r['fast_edge_step_rate_median']:.2f} "
+            f"| {', '.join(f'{x:.2f}' for x in r['straggler_step_rates']) or '–'} "
+            f"| {r['partial_rounds']} | {r['eval_samples_applied']} "
+            f"| {'–' if accuracy is None else f'{accuracy:.1%}'} | {r['errors']} "
+            f"| {r['lost_samples']} |"
+        )
+    lines += [
+        "",
+        "A step is one batch of 32 samples (a FedAvg round is 5 steps per edge). s per master "
+        "update: the steady window ÷ master versions in it (FedAvg: one per round; syncsgd: one "
+        "per edge gradient; SimulTrain: two per batch). Accuracy: the master on the held-out "
+        "split after the fixed training time and the drain (equal time, not equal samples). "
+        "Lost, in FedAvg: batches of local rounds the edges had not finished when told to "
+        "stop (the agent drops an unfinished round when it drains), not samples the cloud "
+        "lost. Cases with a superseded deadline were run before the deadline counted from "
+        "the round's start.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
+    """One fleet size: start, wait ready, measure the steady window, drain, count."""
+    log_dir = options.log_dir / f"fleet-{edges}" if options.log_dir else None
+    with ServiceGroup(log_dir) as group:
+        cloud = group.start(
+            "cloud",
+            "simultrain.cloud",
+            {
+                "SIMULTRAIN_CLOUD_HOST": "127.0.0.1",
+                "SIMULTRAIN_CLOUD_PORT": "0",
+                "SIMULTRAIN_CLOUD_LOG_LEVEL": "warning",
+                "SIMULTRAIN_CLOUD_RUN_MODE": options.mode,
+                "SIMULTRAIN_CLOUD_RUN_DATASET": options.dataset,
+                **(
+                    {"SIMULTRAIN_CLOUD_RUN_ROUND_DEADLINE_S": str(options.round_deadline_s)}
+                    if options.round_deadline_s is not None
+                    else {}
+                ),
+            },
+        )
+        cloud_url = cloud.wait_listening(timeout_s=120)
+        workers = _start_workers(group, edges, cloud_url, options)
+        with httpx.Client(base_url=cloud_url, timeout=30) as http:
+            for worker in workers:
+                worker.proc.wait_for_line("READY", timeout_s=options.ready_timeout_s)
+            first = _status(http)
+            cpu0 = _cpu_seconds(cloud.popen.pid)
+            t0 = time.monotonic()
+            rss = [[0.0, _rss_mib(cloud.popen.pid)]]
+            while (elapsed := time.monotonic() - t0) < options.duration_s:
+                time.sleep(min(options.rss_interval_s, options.duration_s - elapsed))
+                rss.append([round(time.monotonic() - t0, 3), _rss_mib(cloud.popen.pid)])
+            second = _status(http)
+            cpu_s = _cpu_seconds(cloud.popen.pid) - cpu0
+            window_s = time.monotonic() - t0
+            for worker in workers:
+                worker.proc.popen.send_signal(signal.SIGTERM)
+            for worker in workers:
+                line = worker.proc.wait_for_line("DONE ", timeout_s=options.drain_timeout_s)
+                worker.done = json.loads(line)
+            final = _status(http)
+            if options.evaluate:
+                final["eval"] = http.get("/v1/eval", timeout=120).json()
+        return _record(edges, options, workers, first, second, final, rss, window_s, cpu_s)
+
+
+def _start_workers(
+    group: ServiceGroup, edges: int, cloud_url: str, options: FleetOptions
+) -> list[_Worker]:
+    processes = math.ceil(edges / options.agents_per_process)
+    workers = []
+    for p in range(processes):
+        indices = list(range(p, edges, processes))  # round-robin: sizes differ by ≤ 1
+        spec = {
+            "cloud_url": cloud_url,
+            "indices": indices,
+            "count": edges,
+            "mode": options.mode,
+            "dataset": options.dataset,
+            "slowdown": options.slowdown,
+            "slowdowns": {str(i): k for i, k in options.slowdowns if i in indices},
+        }
+        proc = group.start(
+            f"fleet-worker-{p}", "simultrain.bench.fleet", {WORKER_VAR: json.dumps(spec)}
+        )
+        workers.append(_Worker(proc, [_edge_id(i) for i in indices]))
+    return workers
+
+
+def _edge_id(index: int) -> str:
+    return f"fleet-{index:03d}"
+
+
+def _status(http: httpx.Client) -> dict[str, Any]:
+    response = http.get("/v1/status")
+    response.raise_for_status()
+    status: dict[str, Any] = response.json()
+    return status
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB, from ``/proc/<pid>/status`` (proc(5))."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 2)
+    raise SimulTrainError(f"no VmRSS for process {pid}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) of ``pid``, from ``/proc/<pid>/stat`` (proc(5)).
+
+    Unlike the compute thread's busy time (wall clock), it does not grow when the two
+    shared cores are taken by someone else, and it counts the event loop's work too.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3): utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_slope_mib_per_min(samples: Sequence[Sequence[float]]) -> float:
+    """Least-squares slope of ``[seconds, MiB]`` samples, in MiB per minute."""
+    if len(samples) < 2:
+        return 0.0
+    ts = [float(s[0]) for s in samples]
+    ms = [float(s[1]) for s in samples]
+    t_mean, m_mean = statistics.fmean(ts), statistics.fmean(ms)
+    var = sum((t - t_mean) ** 2 for t in ts)
+    if var == 0:
+        return 0.0
+    cov = sum((t - t_mean) * (m - m_mean) for t, m in zip(ts, ms, strict=True))
+    return 60.0 * cov / var
+
+
+def _record(
+    edges: int,
+    options: FleetOptions,
+    workers: list[_Worker],
+    first: dict[str, Any],
+    second: dict[str, Any],
+    final: dict[str, Any],
+    rss: list[list[float]],
+    window_s: float,
+    cpu_s: float,
+) -> dict[str, Any]:
+    reports: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    for worker in workers:
+        for edge_id, outcome in worker.done.get("agents", {}).items():
+            if "error" in outcome:
+                failures.append(f"{edge_id}: {outcome['error']}")
+            else:
+                reports[edge_id] = outcome
+    connection_errors = sum(len(r["errors"]) for r in reports.values())
+    reconnects = sum(r["reconnects"] for r in reports.values())
+    # Batches (of BATCH samples) applied per edge: the same unit in every mode (a FedAvg
+    # upload carries E batches).
+    per_edge = {}
+    for edge_id in sorted({e for w in workers for e in w.edge_ids}):
+        before = first["edges"].get(edge_id, {}).get("samples_applied", 0)
+        after = second["edges"].get(edge_id, {}).get("samples_applied", 0)
+        per_edge[edge_id] = (after - before) / BATCH / window_s
+    rates = list(per_edge.values())
+    slow = {_edge_id(i) for i, _ in options.slowdowns}
+    updates = second["master_version"] - first["master_version"]
+    batches = (second["samples_applied"] - first["samples_applied"]) / BATCH
+    busy = second["busy_seconds"] - first["busy_seconds"]
+    sent = sum(r["samples_sent"] for r in reports.values())
+    applied = sum(e["samples_applied"] for e in final["edges"].values())
+    steady_rss = rss[len(rss) // 5 :]  # the first fifth: allocator and caches warming up
+    fast = [r for e, r in per_edge.items() if e not in slow] or [0.0]
+    return {
+        "edges": edges,
+        "label": options.label,
+        "processes": len(workers),
+        "mode": options.mode,
+        "dataset": options.dataset,
+        "edge_slowdown": options.slowdown,
+        "window_s": round(window_s, 3),
+        "step_rate_per_edge": {
+            "min": round(min(rates), 3),
+            "median": round(statistics.median(rates), 3),
+            "max": round(max(rates), 3),
+            "mean": round(statistics.fmean(rates), 3),
+        },
+        "steps_per_s": round(batches / window_s, 2),
+        "fast_edge_step_rate_median": round(statistics.median(fast), 3),
+        "straggler_step_rates": [round(per_edge[e], 3) for e in sorted(slow & set(per_edge))],
+        "stragglers": {_edge_id(i): k for i, k in options.slowdowns},
+        "round_deadline_s": options.round_deadline_s,
+        "seconds_per_update": round(window_s / updates, 4) if updates else None,
+        "partial_rounds": second.get("partial_rounds", 0) - first.get("partial_rounds", 0),
+        "accuracy": final.get("eval", {}).get("accuracy"),
+        "eval_samples_applied": final.get("eval", {}).get("samples_applied"),
+        "cloud_updates": updates,
+        "cloud_busy_fraction": round(busy / window_s, 3),
+        "cloud_ms_per_update": round(1000 * busy / updates, 3) if updates else None,
+        "cloud_ms_per_batch": round(1000 * busy / batches, 3) if batches else None,
+        "cloud_cpu_fraction": round(cpu_s / window_s, 3),
+        "cloud_cpu_ms_per_update": round(1000 * cpu_s / updates, 3) if updates else None,
+        "rss_mib": rss,
+        "rss_start_mib": rss[0][1],
+        "rss_end_mib": rss[-1][1],
+        "rss_max_mib": max(m for _, m in rss),
+        "rss_slope_mib_per_min": round(rss_slope_mib_per_min(steady_rss), 3),
+        "errors": len(failures) + connection_errors + reconnects,
+        "error_details": failures[:20],
+        "agents_failed": len(failures),
+        "connection_errors": connection_errors,
+        "reconnects": reconnects,
+        "samples_sent": sent,
+        "samples_applied": applied,
+        "lost_samples": sent - applied,
+        "duplicates_dropped": sum(e["duplicates_dropped"] for e in final["edges"].values()),
+        "staleness": final["staleness"],
+    }
+
+
+def _one_line(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"  {record['edges']} edge(s): error: {record['error']}"
+    rate = record["step_rate_per_edge"]
+    return (
+        f"  {record['edges']} edge(s): {rate['median']:.2f} steps/s per edge (median), "
+        f"{record['steps_per_s']:.1f} in all; cloud {record['cloud_ms_per_update']} ms/update "
+        f"({record['cloud_cpu_ms_per_update']} ms CPU), "
+        f"busy {record['cloud_busy_fraction']:.0%}; RSS {record['rss_start_mib']:.0f}→"
+        f"{record['rss_end_mib']:.0f} MiB; errors {record['errors']}, "
+        f"lost {record['lost_samples']}"
+    )
+
+
+def _write(records: list[dict[str, Any]], options: FleetOptions, seconds: float) -> None:
+    meta = {
+        "command": options.command,
+        "duration_s": options.duration_s,
+        "agents_per_process": options.agents_per_process,
+        "cpus": os.cpu_count(),
+        "wall_seconds": round(seconds, 1),
+    }
+    out = options.out_dir
+    name = options.results_name
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+    (out / f"{name}.md").write_text(fleet_markdown(records, meta))
+
+
+def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Fleet load test: N edges against one cloud process",
+        "",
+        f"Command: `{meta.get('command') or 'simultrain bench --suite fleet'}` "
+        f"({meta.get('cpus')} CPUs, shared; steady window {meta.get('duration_s')} s per size, "
+        f"{meta.get('agents_per_process')} agents per worker process).",
+        "",
+        "| edges | steps/s per edge (min / median / max) | steps/s in all | cloud ms per update "
+        "(compute thread, wall) | cloud CPU ms per update | cloud busy | cloud RSS start → end "
+        "(max) MiB | RSS slope MiB/min | errors | samples sent / applied | lost "
+        "| staleness mean / max | edge gradients dropped (older than the history) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['edges']} | error: {r['error']} | | | | | | | | | | | |")
+            continue
+        rate = r["step_rate_per_edge"]
+        lines.append(
+            f"| {r['edges']} | {rate['min']:.2f} / {rate['median']:.2f} / {rate['max']:.2f} "
+            f"| {r['steps_per_s']:.1f} | {r['cloud_ms_per_update']} "
+            f"| {r.get('cloud_cpu_ms_per_update')} "
+            f"| {r['cloud_busy_fraction']:.0%} "
+            f"| {r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f}) "
+            f"| {r['rss_slope_mib_per_min']:+.2f} | {r['errors']} "
+            f"| {r['samples_sent']} / {r['samples_applied']} | {r['lost_samples']} "
+            f"| {r['staleness']['mean']:.0f} / {r['staleness']['max']} "
+            f"| {r['staleness']['dropped']} |"
+        )
+    lines += [
+        "",
+        "Per-edge step rate: batches the cloud applied for that edge in the steady window ÷ "
+        "its length. Cloud ms per update: compute-thread busy time (wall clock, so it grows "
+        "when other processes take the cores) ÷ master updates (two per batch in "
+        "SimulTrain); cloud CPU ms per update: the cloud process's CPU time (every thread: "
+        "compute and event loop) ÷ the same updates. RSS slope: least squares over the "
+        "window without its first fifth. Lost = samples the edges produced − samples the "
+        "cloud applied, after every edge drained. Errors = agents that failed + connection "
+        "errors + reconnects.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- the worker process: several agents on one event loop ------------------------------
+
+
+class _FirstAck(EdgeObserver):
+    """Sets an event on the agent's first ACK: its session is open and trains."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def acked(self, acked_seq: int, report: EdgeReport) -> None:
+        self.event.set()
+
+
+async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    indices: list[int] = spec["indices"]
+    loop = asyncio.get_running_loop()
+    # One thread per agent (its compute slot), plus a few for the loop's own uses.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=len(indices) + 4))
+    dataset = await asyncio.to_thread(load_dataset, spec["dataset"], seed=0)  # cached for all
+    # IMU shards by subject (8 in the training split): beyond that, edges share a shard
+    # (and its batch order). The load on the cloud is the same; the data is not the point.
+    groups = dataset.groups_train
+    shards = min(spec["count"], len(set(groups.tolist())) if groups is not None else spec["count"])
+    agents = {}
+    observers = {}
+    for index in indices:
+        observer = _FirstAck()
+        settings = EdgeSettings(
+            cloud_url=spec["cloud_url"],
+            edge_id=_edge_id(index),
+            shard_index=index % shards,
+            shard_count=shards,
+            compute_threads=1,
+            slowdown=spec["slowdowns"].get(str(index), spec["slowdown"]),
+            watchdog=False,
+            log_level="warning",
+            run_mode=spec["mode"],
+            run_dataset=spec["dataset"],
+        )
+        agents[_edge_id(index)] = EdgeAgent(settings, observer=observer)
+        observers[_edge_id(index)] = observer
+    tasks = {edge_id: asyncio.create_task(agent.run()) for edge_id, agent in agents.items()}
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    ready = asyncio.gather(*(o.event.wait() for o in observers.values()))
+    stopped = asyncio.ensure_future(stopping.wait())
+    waiting: set[asyncio.Future[Any]] = {ready, stopped, *tasks.values()}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    print("READY", flush=True)  # or an agent already ended: the report will say why
+    await stopped
+    for agent in agents.values():
+        agent.stop()
+    ready.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ready
+    outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
+    result: dict[str, Any] = {}
+    for edge_id, outcome in zip(tasks, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            result[edge_id] = {"error": f"{type(outcome).__name__}: {outcome}"}
+        else:
+            result[edge_id] = asdict(outcome)
+    return {"agents": result}
+
+
+def worker_main() -> int:
+    """``python -m simultrain.bench.fleet`` with ``SIMULTRAIN_FLEET_WORKER`` set."""
+    logging.basicConfig(
+        level="WARNING", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    spec = json.loads(os.environ[WORKER_VAR])
+    done = asyncio.run(_worker(spec))
+    print("DONE " + json.dumps(done), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
