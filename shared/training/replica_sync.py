@@ -216,7 +216,7 @@ class SyncLedger:
         self.mark_edge_updates += edge_updates
         self.rounds += 1
         self.pending = None
-        self.commit(watermarks, sessions)
+        self.commit([own.watermarks, *watermarks], sessions)
 
     def commit(
         self,
