@@ -63,10 +63,11 @@ class Rendezvous:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Rendezvous | None:
-        """The rendezvous, or None when ``MASTER_ADDR`` is unset (a single cloud)."""
+        """The rendezvous, or None for a single cloud: ``MASTER_ADDR`` unset, or
+        ``WORLD_SIZE=1`` (so one StatefulSet serves both; a single cloud keeps checkpoints)."""
         env = os.environ if env is None else env
         addr = env.get("MASTER_ADDR")
-        if not addr:
+        if not addr or env.get("WORLD_SIZE") == "1":
             return None
         try:
             port = int(env.get("MASTER_PORT", "29500"))

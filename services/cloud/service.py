@@ -23,7 +23,6 @@ from starlette.websockets import WebSocket, WebSocketState
 from simultrain.shared import auth
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import (
-    ConfigError,
     EncodeError,
     HandshakeRejected,
     InternalError,
@@ -141,7 +140,14 @@ class CloudService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-compute")
         self.token_keys = settings.token_keys()
         self.revoked: dict[str, float] = {}  # edge id → revoked at (from the coordinator)
+        rendezvous = Rendezvous.from_env()
         self.checkpoint_dir = settings.checkpoint_dir
+        if rendezvous is not None and self.checkpoint_dir is not None:
+            # A replica's batches are durable once a sync round carried them to the others; a
+            # checkpoint would declare them durable earlier, and a replica restored from one
+            # would disagree with the group it rejoins (docs/REPLICAS.md).
+            log.warning("checkpoints are off in a replica group: the other replicas hold them")
+            self.checkpoint_dir = None
         self.last_checkpoint_version = -1
         if self.checkpoint_dir is not None:
             self.runtime.checkpointing = True
@@ -149,17 +155,12 @@ class CloudService:
             if found is not None:
                 restore(found, self.master, self.runtime)
                 self.last_checkpoint_version = self.master.version
-        self.replicas = self._replica_group(Rendezvous.from_env())
+        self.replicas = self._replica_group(rendezvous)
 
     def _replica_group(self, rendezvous: Rendezvous | None) -> ReplicaGroup | None:
         """With a rendezvous, this cloud is one replica of several (docs/REPLICAS.md)."""
         if rendezvous is None:
             return None
-        if self.checkpoint_dir is not None:
-            # A replica's batches are durable once a sync round carried them to the others;
-            # a checkpoint would declare them durable earlier, and a replica restored from
-            # one would disagree with the group it rejoins.
-            raise ConfigError("replicas (MASTER_ADDR) and checkpoint_dir exclude each other")
         self.runtime.checkpointing = True  # ACKs carry the synchronised watermark
         settings = self.settings
         return ReplicaGroup(
