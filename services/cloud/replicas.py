@@ -358,3 +358,20 @@ class ReplicaGroup:
             buf[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         self._wait(self._pg.broadcast(buf, source))
         return bytes(buf.cpu().numpy())
+
+
+def serve_store(port: int, *, host: str = "0.0.0.0") -> None:
+    """Host the rendezvous store alone, for replicas that have no rank 0 to host it (compose's
+    ``--scale`` gives containers no ordinal): ``python -m simultrain.cloud.replicas PORT``.
+    The store outlives any replica, so every replica can die and rejoin."""
+    TCPStore(host, port, is_master=True, wait_for_workers=False)
+    print(f"LISTENING tcp://{host}:{port}", flush=True)
+    threading.Event().wait()  # until the process is stopped
+
+
+if __name__ == "__main__":
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    serve_store(int(sys.argv[1]) if len(sys.argv) > 1 else 29500)
