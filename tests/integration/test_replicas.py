@@ -12,6 +12,7 @@ edge's session on its last replica carries the batches the sync rounds brought o
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -53,7 +54,8 @@ def status(url: str) -> dict[str, Any]:
 
 
 class ReplicaCluster:
-    def __init__(self, tmp: Path, run: RunConfig, replicas: int) -> None:
+    def __init__(self, tmp: Path, run: RunConfig, replicas: int, *, steps: int = STEPS) -> None:
+        self.steps = steps
         self.group = ServiceGroup(tmp / "logs")
         env = _coordinator_env(run, tmp / "coordinator.db")
         env["SIMULTRAIN_COORDINATOR_HEARTBEAT_INTERVAL_S"] = "0.3"
@@ -84,7 +86,7 @@ class ReplicaCluster:
             )
         self.urls = [c.wait_listening(timeout_s=120) for c in self.clouds]
         wait_until(
-            lambda: all(self.formed(url, replicas) for url in self.urls),
+            lambda: replicas == 1 or all(self.formed(url, replicas) for url in self.urls),
             timeout_s=120,
             what="the replica group",
         )
@@ -107,7 +109,7 @@ class ReplicaCluster:
             "simultrain.edge",
             {
                 "SIMULTRAIN_EDGE_COORDINATOR_URL": self.coordinator_url,
-                "SIMULTRAIN_EDGE_STEPS": str(STEPS),
+                "SIMULTRAIN_EDGE_STEPS": str(self.steps),
                 "SIMULTRAIN_EDGE_SHARD_INDEX": str(index),
                 "SIMULTRAIN_EDGE_SHARD_COUNT": str(shards),
                 "SIMULTRAIN_EDGE_RECONNECT_MAX_S": "0.5",
@@ -172,3 +174,90 @@ def test_a_killed_replica_moves_its_edges_and_loses_no_sample(
         assert min(accuracy) > 0.4
     finally:
         cluster.group.stop_all()
+
+
+# --- the study: accuracy and aggregate step rate at 1, 2 and 4 replicas -------------------
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(7200)
+def test_replica_scaling_study(tmp_path: Path) -> None:
+    """The same 4 edges and samples against 1, 2 and 4 cloud replicas; writes
+    bench/results/replicas.{json,md}. ``STUDY_STEPS`` (default 300) and ``STUDY_SEEDS``
+    (default "0") size it; the command is in docs/REPLICAS.md."""
+    steps = int(os.environ.get("STUDY_STEPS", "300"))
+    seeds = [int(s) for s in os.environ.get("STUDY_SEEDS", "0").split(",")]
+    edges = 4
+    rows = []
+    for seed in seeds:
+        for replicas in (1, 2, 4):
+            run = RunConfig(mode="simultrain", edges=edges, seed=seed)
+            cluster = ReplicaCluster(tmp_path / f"r{replicas}s{seed}", run, replicas, steps=steps)
+            try:
+                started = time.monotonic()
+                procs = [cluster.start_edge(i, edges) for i in range(edges)]
+                reports = [json.loads(p.wait_for_line("DONE ", timeout_s=1800)) for p in procs]
+                elapsed = time.monotonic() - started
+                urls = cluster.urls
+                if replicas > 1:  # one more round after the last update: one model again
+                    wait_until(
+                        lambda: len({status(u)["master_version"] for u in urls}) == 1,
+                        timeout_s=60,
+                        what="the replicas to agree",
+                    )
+                finals = [status(u) for u in cluster.urls]
+                evals = [httpx.get(f"{u}/v1/eval", timeout=120).json() for u in cluster.urls]
+            finally:
+                cluster.group.stop_all()
+            applied = sum(
+                max(
+                    (
+                        f["edges"][r["edge_id"]]["samples_applied"]
+                        for f in finals
+                        if r["edge_id"] in f["edges"]
+                    ),
+                    default=0,
+                )
+                for r in reports
+            )
+            row = {
+                "replicas": replicas,
+                "seed": seed,
+                "edges": edges,
+                "steps_per_edge": steps,
+                "samples_sent": sum(r["samples_sent"] for r in reports),
+                "samples_applied": applied,
+                "accuracy": [round(e["accuracy"], 4) for e in evals],
+                "global_version": finals[0]["master_version"],
+                "staleness_mean": [f["staleness"]["mean"] for f in finals],
+                "rounds": finals[0]["replica"]["rounds"] if replicas > 1 else 0,
+                "seconds": round(elapsed, 2),
+                "aggregate_steps_per_s": round(edges * steps / elapsed, 2),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    meta = {
+        "cpus": os.cpu_count(),
+        "command": "STUDY_STEPS=300 .venv/bin/python -m pytest -m bench tests/integration/test_replicas.py -k study -s -p no:cacheprovider",
+    }
+    out = os.environ.get("STUDY_OUT")
+    target = Path(out) if out else RESULTS
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "replicas.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        "| replicas | seed | accuracy (each replica) | samples sent / applied | global version "
+        "| mean staleness | rounds | wall s | aggregate steps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['replicas']} | {r['seed']} | {', '.join(f'{a:.3f}' for a in r['accuracy'])} "
+            f"| {r['samples_sent']} / {r['samples_applied']} | {r['global_version']} "
+            f"| {', '.join(str(m) for m in r['staleness_mean'])} | {r['rounds']} "
+            f"| {r['seconds']} | {r['aggregate_steps_per_s']} |"
+        )
+    (target / "replicas.md").write_text("\n".join(lines) + "\n")
+    for r in rows:
+        assert r["samples_applied"] == r["samples_sent"]
