@@ -203,7 +203,7 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
                 urls = cluster.urls
                 if replicas > 1:  # one more round after the last update: one model again
                     wait_until(
-                        lambda: len({status(u)["master_version"] for u in urls}) == 1,
+                        lambda urls=urls: len({status(u)["master_version"] for u in urls}) == 1,
                         timeout_s=60,
                         what="the replicas to agree",
                     )
@@ -240,7 +240,9 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
             rows.append(row)
     meta = {
         "cpus": os.cpu_count(),
-        "command": "STUDY_STEPS=300 .venv/bin/python -m pytest -m bench tests/integration/test_replicas.py -k study -s -p no:cacheprovider",
+        "command": f"STUDY_STEPS={steps} STUDY_SEEDS={','.join(map(str, seeds))} "
+        ".venv/bin/python -m pytest -m bench tests/integration/test_replicas.py -k study -s "
+        "-p no:cacheprovider",
     }
     out = os.environ.get("STUDY_OUT")
     target = Path(out) if out else RESULTS
