@@ -222,6 +222,9 @@ class ReplicaGroup:
                 self._store = self._connect(is_master=False)
             except (RuntimeError, OSError) as exc:
                 raise _Broken(f"rendezvous store unreachable: {exc}") from exc
+            # A store we (re)connect to may be a new one (rank 0 restarted): its generations
+            # count from 0 again, and the reference rebase merges us in whatever we held.
+            self.generation = -1
         return self._store
 
     def _join(self) -> None:
