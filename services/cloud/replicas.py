@@ -150,9 +150,12 @@ class ReplicaGroup:
         self._thread.start()
 
     def stop(self) -> None:
+        """Leave the group. Dropping the process group closes its connections, so the other
+        replicas' next collective fails at once (a new generation) instead of timing out."""
         self._stop.set()
         self._kick.set()
-        self._thread.join(timeout=self.timeout.total_seconds() + 5)
+        self._thread.join(timeout=5.0)  # a round in flight ends when its peers answer
+        self._pg = None
 
     def updated(self) -> None:
         """The master applied an update: a round may be due (called after each step)."""
