@@ -54,12 +54,23 @@ def status(url: str) -> dict[str, Any]:
 
 
 class ReplicaCluster:
-    def __init__(self, tmp: Path, run: RunConfig, replicas: int, *, steps: int = STEPS) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        run: RunConfig,
+        replicas: int,
+        *,
+        steps: int = STEPS,
+        failover_s: float | None = 1.5,
+    ) -> None:
+        """``failover_s``: the coordinator's heartbeat timeout, short so that a killed
+        replica's edge moves quickly (None: the default, for runs that kill nothing)."""
         self.steps = steps
         self.group = ServiceGroup(tmp / "logs")
         env = _coordinator_env(run, tmp / "coordinator.db")
-        env["SIMULTRAIN_COORDINATOR_HEARTBEAT_INTERVAL_S"] = "0.3"
-        env["SIMULTRAIN_COORDINATOR_HEARTBEAT_TIMEOUT_S"] = "1.5"
+        if failover_s is not None:
+            env["SIMULTRAIN_COORDINATOR_HEARTBEAT_INTERVAL_S"] = str(failover_s / 5)
+            env["SIMULTRAIN_COORDINATOR_HEARTBEAT_TIMEOUT_S"] = str(failover_s)
         coordinator = self.group.start("coordinator", "simultrain.coordinator", env)
         self.coordinator_url = coordinator.wait_listening()
         store_port = free_port()
@@ -194,7 +205,9 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
     for seed in seeds:
         for replicas in (1, 2, 4):
             run = RunConfig(mode="simultrain", edges=edges, seed=seed)
-            cluster = ReplicaCluster(tmp_path / f"r{replicas}s{seed}", run, replicas, steps=steps)
+            cluster = ReplicaCluster(
+                tmp_path / f"r{replicas}s{seed}", run, replicas, steps=steps, failover_s=None
+            )
             try:
                 started = time.monotonic()
                 procs = [cluster.start_edge(i, edges) for i in range(edges)]
