@@ -62,6 +62,8 @@ class ReplicaCluster:
         *,
         steps: int = STEPS,
         failover_s: float | None = 1.5,
+        sync_every: int = 20,
+        sync_interval_s: float = 0.3,
     ) -> None:
         """``failover_s``: the coordinator's heartbeat timeout, short so that a killed
         replica's edge moves quickly (None: the default, for runs that kill nothing)."""
@@ -84,8 +86,8 @@ class ReplicaCluster:
                         "SIMULTRAIN_CLOUD_PORT": "0",
                         "SIMULTRAIN_CLOUD_COORDINATOR_URL": self.coordinator_url,
                         "SIMULTRAIN_CLOUD_HEARTBEAT_INTERVAL_S": "0.3",
-                        "SIMULTRAIN_CLOUD_REPLICA_SYNC_EVERY": "20",
-                        "SIMULTRAIN_CLOUD_REPLICA_SYNC_INTERVAL_S": "0.3",
+                        "SIMULTRAIN_CLOUD_REPLICA_SYNC_EVERY": str(sync_every),
+                        "SIMULTRAIN_CLOUD_REPLICA_SYNC_INTERVAL_S": str(sync_interval_s),
                         "SIMULTRAIN_CLOUD_REPLICA_TIMEOUT_S": "10",
                         "SIMULTRAIN_CLOUD_REPLICA_JOIN_WINDOW_S": "1.0",
                         "MASTER_ADDR": "127.0.0.1",
@@ -197,16 +199,25 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 def test_replica_scaling_study(tmp_path: Path) -> None:
     """The same 4 edges and samples against 1, 2 and 4 cloud replicas; writes
     bench/results/replicas.{json,md}. ``STUDY_STEPS`` (default 300) and ``STUDY_SEEDS``
-    (default "0") size it; the command is in docs/REPLICAS.md."""
+    (default "0") size it, ``STUDY_REPLICAS`` (default "1,2,4") and ``STUDY_SYNC_EVERY`` /
+    ``STUDY_SYNC_INTERVAL_S`` (20, 0.3) vary it; the command is in docs/REPLICAS.md."""
     steps = int(os.environ.get("STUDY_STEPS", "300"))
     seeds = [int(s) for s in os.environ.get("STUDY_SEEDS", "0").split(",")]
+    sync_every = int(os.environ.get("STUDY_SYNC_EVERY", "20"))
+    sync_interval_s = float(os.environ.get("STUDY_SYNC_INTERVAL_S", "0.3"))
     edges = 4
     rows = []
     for seed in seeds:
-        for replicas in (1, 2, 4):
+        for replicas in [int(r) for r in os.environ.get("STUDY_REPLICAS", "1,2,4").split(",")]:
             run = RunConfig(mode="simultrain", edges=edges, seed=seed)
             cluster = ReplicaCluster(
-                tmp_path / f"r{replicas}s{seed}", run, replicas, steps=steps, failover_s=None
+                tmp_path / f"r{replicas}s{seed}",
+                run,
+                replicas,
+                steps=steps,
+                failover_s=None,
+                sync_every=sync_every,
+                sync_interval_s=sync_interval_s,
             )
             try:
                 started = time.monotonic()
@@ -246,6 +257,8 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
                 "global_version": finals[0]["master_version"],
                 "staleness_mean": [f["staleness"]["mean"] for f in finals],
                 "rounds": finals[0]["replica"]["rounds"] if replicas > 1 else 0,
+                "sync_every": sync_every,
+                "sync_interval_s": sync_interval_s,
                 "seconds": round(elapsed, 2),
                 "aggregate_steps_per_s": round(edges * steps / elapsed, 2),
             }
@@ -254,6 +267,7 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
     meta = {
         "cpus": os.cpu_count(),
         "command": f"STUDY_STEPS={steps} STUDY_SEEDS={','.join(map(str, seeds))} "
+        f"STUDY_SYNC_EVERY={sync_every} STUDY_SYNC_INTERVAL_S={sync_interval_s} "
         ".venv/bin/python -m pytest -m bench tests/integration/test_replicas.py -k study -s "
         "-p no:cacheprovider",
     }
