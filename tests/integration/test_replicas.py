@@ -205,11 +205,17 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
     seeds = [int(s) for s in os.environ.get("STUDY_SEEDS", "0").split(",")]
     sync_every = int(os.environ.get("STUDY_SYNC_EVERY", "20"))
     sync_interval_s = float(os.environ.get("STUDY_SYNC_INTERVAL_S", "0.3"))
+    optimizer = {  # STUDY_OPTIMIZER=sgd: SGD lr 0.05, no momentum (the pilot's stable row)
+        "sgd": {"optimizer_name": "sgd", "optimizer_lr": 0.05, "optimizer_momentum": 0.0},
+        "adam": {},
+    }[os.environ.get("STUDY_OPTIMIZER", "adam")]
     edges = 4
     rows = []
     for seed in seeds:
         for replicas in [int(r) for r in os.environ.get("STUDY_REPLICAS", "1,2,4").split(",")]:
-            run = RunConfig(mode="simultrain", edges=edges, seed=seed)
+            run = RunConfig.from_mapping(
+                {"mode": "simultrain", "edges": edges, "seed": seed, **optimizer}
+            )
             cluster = ReplicaCluster(
                 tmp_path / f"r{replicas}s{seed}",
                 run,
@@ -259,6 +265,7 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
                 "rounds": finals[0]["replica"]["rounds"] if replicas > 1 else 0,
                 "sync_every": sync_every,
                 "sync_interval_s": sync_interval_s,
+                "optimizer": run.optimizer.name,
                 "seconds": round(elapsed, 2),
                 "aggregate_steps_per_s": round(edges * steps / elapsed, 2),
             }
