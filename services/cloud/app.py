@@ -79,6 +79,8 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
         service = await asyncio.to_thread(CloudService, settings, config)
         service.bound_url = asyncio.get_running_loop().create_future()
         app.state.service = service
+        if service.replicas is not None:
+            service.replicas.start()  # joins its group in the background (docs/REPLICAS.md)
         link: CoordinatorLink | None = None
         if settings.coordinator_url:
             link = CoordinatorLink(settings, service)

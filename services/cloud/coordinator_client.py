@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import ssl
 from typing import Any
 
@@ -73,7 +75,11 @@ class CoordinatorLink:
     async def public_url(self) -> str:
         """The URL edges use: configured, or the bound address once the server listens."""
         if self.settings.public_url:
-            return self.settings.public_url
+            # Replicas need one address each (edges stream to their own replica): the URL may
+            # name the host or the replica's rank (docs/REPLICAS.md).
+            return self.settings.public_url.replace("{hostname}", socket.gethostname()).replace(
+                "{rank}", os.environ.get("RANK", "0")
+            )
         bound = await self.service.bound_url
         return bound.replace("http", "ws", 1)
 

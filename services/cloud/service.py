@@ -32,13 +32,14 @@ from simultrain.shared.errors import (
     TrainingError,
     Unauthorized,
 )
-from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Welcome
+from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Snap, Welcome
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import build_master, resolve_device, wire_cut_shape
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .metrics import CloudMetrics
+from .replicas import Rendezvous, ReplicaGroup
 from .settings import CloudSettings
 
 __all__ = ["CloudService", "Connection"]
@@ -143,7 +144,14 @@ class CloudService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-compute")
         self.token_keys = settings.token_keys()
         self.revoked: dict[str, float] = {}  # edge id → revoked at (from the coordinator)
+        rendezvous = Rendezvous.from_env()
         self.checkpoint_dir = settings.checkpoint_dir
+        if rendezvous is not None and self.checkpoint_dir is not None:
+            # A replica's batches are durable once a sync round carried them to the others; a
+            # checkpoint would declare them durable earlier, and a replica restored from one
+            # would disagree with the group it rejoins (docs/REPLICAS.md).
+            log.warning("checkpoints are off in a replica group: the other replicas hold them")
+            self.checkpoint_dir = None
         self.last_checkpoint_version = -1
         if self.checkpoint_dir is not None:
             self.runtime.checkpointing = True
@@ -151,6 +159,29 @@ class CloudService:
             if found is not None:
                 restore(found, self.master, self.runtime)
                 self.last_checkpoint_version = self.master.version
+        self.replicas = self._replica_group(rendezvous)
+
+    def _replica_group(self, rendezvous: Rendezvous | None) -> ReplicaGroup | None:
+        """With a rendezvous, this cloud is one replica of several (docs/REPLICAS.md)."""
+        if rendezvous is None:
+            return None
+        self.runtime.checkpointing = True  # ACKs carry the synchronised watermark
+        settings = self.settings
+        return ReplicaGroup(
+            rendezvous,
+            self.master,
+            self.runtime.sessions,
+            self._on_compute_blocking,
+            sync_every=settings.replica_sync_every,
+            sync_interval_s=settings.replica_sync_interval_s,
+            timeout_s=settings.replica_timeout_s,
+            join_window_s=settings.replica_join_window_s,
+            backend=settings.replica_backend,
+        )
+
+    def _on_compute_blocking(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the compute thread from another thread (the replica group's)."""
+        return self._executor.submit(self._timed, fn, ()).result()
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the compute thread; its time counts as busy time."""
@@ -165,6 +196,8 @@ class CloudService:
             self.busy_seconds += time.perf_counter() - started
 
     def shutdown(self) -> None:
+        if self.replicas is not None:
+            self.replicas.stop()
         self._executor.shutdown(wait=True, cancel_futures=False)
 
     # --- sessions -----------------------------------------------------------------------
@@ -226,9 +259,13 @@ class CloudService:
         self.connections[edge_id] = conn
         self._size_history_for_fleet()
         offset = _reconcile_offset(hello.config.get("reconcile_offset"))
-        state, snap = await self.compute(
-            lambda: self.runtime.open_session(edge_id, reconcile_offset=offset)
-        )
+
+        def open_session() -> tuple[CloudSessionState, Snap]:
+            if self.replicas is not None:
+                self.replicas.adopt(edge_id, offset)  # it may come from another replica
+            return self.runtime.open_session(edge_id, reconcile_offset=offset)
+
+        state, snap = await self.compute(open_session)
         conn.state = state
         state.bytes_in += conn.bytes_in  # the HELLO
         acked = state.highest_applied_seq if state.highest_applied_seq >= 0 else None
@@ -264,6 +301,8 @@ class CloudService:
             # model): the master checks before it changes anything, so refusing is enough.
             raise InvalidTensor(str(exc)) from exc
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
+        if self.replicas is not None:
+            self.replicas.updated()
         await self.deliver(outgoing)
         self._arm_round_deadline()
         if self._checkpoint_due():
@@ -322,7 +361,13 @@ class CloudService:
         return behind >= every and (settled or behind >= 4 * every)
 
     async def checkpoint(self) -> None:
-        """Write a checkpoint on the compute thread (between updates: consistent)."""
+        """Write a checkpoint on the compute thread (between updates: consistent). A replica
+        writes none: it waits for the next sync round, which makes its batches durable."""
+        if self.replicas is not None:
+            await asyncio.to_thread(
+                self.replicas.wait_round, 4 * self.settings.replica_sync_interval_s + 5.0
+            )
+            return
         if self.checkpoint_dir is None or self.master.version == self.last_checkpoint_version:
             return
         directory = self.checkpoint_dir
@@ -363,6 +408,7 @@ class CloudService:
             "partial_rounds": self.runtime.partial_rounds,
             "uptime_seconds": round(time.monotonic() - self.started_at, 4),
             "staleness": master.staleness.summary(),
+            "replica": None if self.replicas is None else self.replicas.status(),
             "edges": {
                 edge_id: {
                     **state.summary(),

@@ -92,6 +92,22 @@ class CloudSettings(BaseSettings):
     )
     checkpoint_dir: Path | None = Field(None, description="Where checkpoints go (none: off).")
     checkpoint_every: int = Field(200, ge=1, description="Master updates between checkpoints.")
+    # Replicas (docs/REPLICAS.md): on when MASTER_ADDR is set, torchrun's rendezvous variables.
+    replica_sync_every: int = Field(
+        50, ge=1, description="Replicas: local updates that start a sync round."
+    )
+    replica_sync_interval_s: float = Field(
+        1.0, gt=0, description="Replicas: longest time between sync rounds."
+    )
+    replica_timeout_s: float = Field(
+        30.0, gt=0, description="Replicas: a collective or the rendezvous store fails after this."
+    )
+    replica_join_window_s: float = Field(
+        3.0, gt=0, description="Replicas: how long a new group generation waits for members."
+    )
+    replica_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Replicas: collective backend (auto: nccl on CUDA, else gloo)."
+    )
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) → HTTPS/WSS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
     ca_file: Path | None = Field(

@@ -329,6 +329,32 @@ class CloudMaster:
         self._record_edge_history()
         return EdgeUpdateResult(True, self.version, staleness, self.version - 1 - edge_version)
 
+    # --- updates applied by other cloud replicas (docs/REPLICAS.md) ------------------------
+
+    def absorb(self, delta: Mapping[str, Tensor], *, versions: int, edge_updates: int) -> int:
+        """Add other replicas' parameter deltas (``full_state`` names; absent names are left
+        alone) and count their updates: ``versions`` master versions, of which
+        ``edge_updates`` edge-stage ones. The version counter then reads in global versions,
+        so the staleness of a gradient includes the updates other replicas applied.
+
+        The optimizer state stays local: each replica's optimizer has seen only its own
+        edges' gradients, as each edge node of a hierarchical system does (seed 004).
+        """
+        if versions < 0 or edge_updates < 0:
+            raise TrainingError("a replica merge cannot take updates back")
+        state = self.full_state()
+        unknown = set(delta) - set(state)
+        if unknown:
+            raise TrainingError(f"replica delta has unknown tensors {sorted(unknown)[:3]}")
+        checked = _checked_like(delta, {n: state[n] for n in delta}, "replica delta")
+        with torch.no_grad():
+            for name, value in checked.items():
+                state[name].add_(value)
+        self.version += versions
+        self.edge_updates += edge_updates
+        self._record_edge_history()
+        return self.version
+
     # --- whole-model baselines -----------------------------------------------------------
 
     def _full_optimizer(self) -> torch.optim.Optimizer:

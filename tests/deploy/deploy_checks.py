@@ -907,6 +907,13 @@ def _cloud_problems(
     checkpoint_dir = env.get("SIMULTRAIN_CLOUD_CHECKPOINT_DIR", "")
     if obj["kind"] != "StatefulSet" or mounts.get(checkpoint_dir) not in claims:
         problems.append(f"{where}: checkpoints {checkpoint_dir!r} are not on a claimed volume")
+    # Replicas (docs/REPLICAS.md): the group expects WORLD_SIZE members at start; a pod count
+    # that differs stalls every start for the join window or leaves a replica out.
+    world = env.get("WORLD_SIZE")
+    if world is not None and int(world) != obj["spec"].get("replicas", 1):
+        problems.append(
+            f"{where}: WORLD_SIZE {world} but {obj['spec'].get('replicas', 1)} replicas"
+        )
     labels = pod["metadata"].get("labels", {})
     budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     if not any(_selects(b["spec"]["selector"], labels) for b in budgets):

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from deploy_checks import REPO_ROOT, compose_problems, tool_problems
+from deploy_checks import (
+    REPO_ROOT,
+    compose_problems,
+    env_problems,
+    load_compose,
+    tool_problems,
+)
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 BuildCopy = Callable[..., Path]
@@ -153,3 +159,40 @@ def test_secret_examples_are_tracked_and_real_secrets_are_not() -> None:
     k8s_examples = sorted(p.name for p in (REPO_ROOT / "k8s" / "base" / "secrets").iterdir())
     assert k8s_examples == examples
     assert os.access(REPO_ROOT / "deploy" / "secrets" / "generate.sh", os.R_OK)
+
+
+# --- docker-compose.replicas.yml: the cloud scaled out (docs/REPLICAS.md) -------------------
+
+REPLICAS_OVERRIDE = REPO_ROOT / "docker-compose.replicas.yml"
+
+
+def test_replicas_override_matches_the_compose_spec(tool: Callable[[str], str]) -> None:
+    assert _schema_problems(tool, REPLICAS_OVERRIDE) == []
+
+
+def test_replicas_override_builds_a_replica_group_of_the_scale() -> None:
+    from simultrain.cloud.replicas import Rendezvous
+
+    base = load_compose(COMPOSE)
+    override = load_compose(REPLICAS_OVERRIDE, {"SIMULTRAIN_CLOUD_REPLICAS": "3"})
+    env = {
+        **base["services"]["cloud"]["environment"],
+        **override["services"]["cloud"]["environment"],
+    }
+    files = {
+        path: REPO_ROOT / "deploy" / "secrets" / f"{Path(path).name}.example"
+        for path in env.values()
+        if path.startswith("/run/secrets/")
+    }
+    assert env_problems(env, module="simultrain.cloud", where="cloud", files=files) == []
+    rendezvous = Rendezvous.from_env(env)
+    assert rendezvous is not None
+    assert rendezvous.rank is None  # compose gives no ordinal: the store runs on its own
+    assert rendezvous.world_size == 3
+    assert rendezvous.master_addr in override["services"]
+    store = override["services"][rendezvous.master_addr]
+    assert store["command"][-2:] == ["simultrain.cloud.replicas", str(rendezvous.master_port)]
+    # Scaled, each replica needs a host port of its own.
+    (ports,) = base["services"]["cloud"]["ports"]
+    first, _, last = ports.split(":")[1].partition("-")
+    assert int(last) - int(first) >= 3

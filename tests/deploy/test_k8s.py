@@ -129,10 +129,12 @@ def test_kustomize_rejects_a_missing_resource(
          "no default-deny NetworkPolicy"),
         ("dev", "base/ingress.yaml", "                name: simultrain-cloud\n",
          "                name: simultrain-clod\n", "no Service simultrain-clod"),
+        ("gpu", "overlays/gpu/kustomization.yaml", "    count: 1\n", "    count: 3\n",
+         "WORLD_SIZE 1 but 3 replicas"),
     ],
     ids=["unknown-variable", "invalid-value", "short-grace", "service-links", "probe-path",
          "gpu-without-gpu", "checkpoints-not-persistent", "cloud-without-token-key",
-         "no-default-deny", "ingress-backend"],
+         "no-default-deny", "ingress-backend", "replicas-without-world-size"],
 )  # fmt: skip
 def test_k8s_checks_reject_a_broken_copy(
     tool: Callable[[str], str],
