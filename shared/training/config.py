@@ -154,10 +154,32 @@ class RunConfig:
         )
 
     @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> RunConfig:
+        """The run a service's ``run_*`` settings describe (used without a coordinator).
+
+        ``settings`` is the service's settings as a mapping; each ``run_KEY`` is the key
+        ``KEY`` (``run_optimizer``, ``run_lr`` and ``run_momentum`` are the optimizer's), so
+        the cloud's and the edge's settings carry no run configuration of their own.
+        """
+        mapping = {}
+        for name, value in settings.items():
+            if name.startswith("run_"):
+                key = name.removeprefix("run_")
+                mapping[_SETTINGS_KEYS.get(key, key)] = value
+        return cls.from_mapping(mapping)
+
+    @classmethod
     def keys(cls) -> tuple[str, ...]:
         """Every key `from_mapping` takes, in `to_mapping`'s order."""
         return tuple(cls().to_mapping(driver=True))
 
+
+# Short names the services' ``run_*`` settings use for optimizer keys.
+_SETTINGS_KEYS = {
+    "optimizer": "optimizer_name",
+    "lr": "optimizer_lr",
+    "momentum": "optimizer_momentum",
+}
 
 _CODEC_KEYS = {
     ("topk_ratio" if f.name == "topk_ratio" else f"{f.name}_codec"): f.name for f in fields(Codecs)

@@ -152,3 +152,18 @@ def test_every_service_schema_carries_exactly_the_run_configuration() -> None:
         shared.to_mapping()
     )
     assert CoordinatorRunConfig().model_dump() == RunConfig().to_mapping()
+
+
+def test_cloud_and_edge_settings_describe_a_run_config() -> None:
+    """Without a coordinator the services build their run from ``run_*`` settings: every one
+    names a RunConfig key, and the defaults are RunConfig's own."""
+    from simultrain.cloud.settings import CloudSettings
+    from simultrain.edge.settings import EdgeSettings
+
+    for settings in (CloudSettings(), EdgeSettings()):
+        assert RunConfig.from_settings(settings.model_dump()) == RunConfig()
+    cloud = CloudSettings(run_compensation="forecast", run_alpha=0.2, run_lr=0.01)
+    built = RunConfig.from_settings(cloud.model_dump())
+    assert (built.compensation, built.alpha, built.optimizer.lr) == ("forecast", 0.2, 0.01)
+    with pytest.raises(ConfigError, match="has no 'forecast' part"):
+        RunConfig.from_settings(CloudSettings(run_alpha=0.5).model_dump())
