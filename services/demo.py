@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
 
@@ -63,6 +64,11 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     console = console or Console(stderr=options.json_output)
     started = time.perf_counter()
     run = RunConfig.from_mapping({"edges": options.edges}, base=options.run)
+    # An impossible fleet is refused before any process starts (each edge would otherwise
+    # fail on its own, after the coordinator and the cloud are up).
+    load_dataset(run.dataset, seed=run.seed).check_shards(
+        options.edges, partition=run.partition, batch_size=run.batch_size
+    )
     with tempfile.TemporaryDirectory(prefix="simultrain-demo-") as tmp:
         log_dir = options.log_dir or Path(tmp) / "logs"
         group = ServiceGroup(log_dir)
@@ -195,6 +201,7 @@ def _run(
         final = client.get(f"{cloud_url}/v1/eval").json()
         status = client.get(f"{cloud_url}/v1/status").json()
     sessions = status["edges"].values()
+    schedule = run.schedule()
     return {
         "mode": run.mode,
         "dataset": run.dataset,
@@ -211,7 +218,11 @@ def _run(
         "mean_staleness": status["staleness"]["mean"],
         "master_version": status["master_version"],
         "window": run.window,
-        "alpha": run.alpha,
+        "compensation": schedule.compensation,
+        # The α that acted: the forecast part's (its own 0.5 when not given), else none.
+        "alpha": (schedule.alpha if schedule.alpha is not None else 0.5)
+        if schedule.forecasts
+        else None,
         "beta": run.beta,
         "reconcile_every": run.reconcile_every,
         "seed": run.seed,
@@ -307,8 +318,13 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{summary['bytes_up'] / 1e6:.2f} MB / {summary['bytes_down'] / 1e6:.2f} MB",
         ),
         (
-            "window, α, β, R",
-            ", ".join(str(summary[k]) for k in ("window", "alpha", "beta", "reconcile_every")),
+            "compensation (α)",
+            f"{summary['compensation']}"
+            + (f" (α {summary['alpha']})" if summary["alpha"] is not None else ""),
+        ),
+        (
+            "window, β, R",
+            ", ".join(str(summary[k]) for k in ("window", "beta", "reconcile_every")),
         ),
         ("wall time", f"{summary['seconds']:.1f} s"),
     ]

@@ -51,7 +51,7 @@ def bench(
         typer.Option(
             "--suites",
             "--suite",
-            help="Only these suites: systems, accuracy, compression, window; or fleet "
+            help="Only these suites: systems, accuracy, ablation, compression, window; or fleet "
             "(N edges against one cloud) or stragglers (8 edges, 1-2 slowed 5×), each alone.",
         ),
     ] = None,
@@ -84,7 +84,7 @@ def bench(
 ) -> None:
     """Run modes × links × datasets × seeds through the real services; write results."""
     from simultrain.bench.bench import (
-        CODEC_VARIANTS,
+        VARIANTS,
         WORKLOADS,
         BenchOptions,
         parse_list,
@@ -124,8 +124,10 @@ def bench(
             datasets=parse_list(datasets, known=WORKLOADS),
             seeds=seeds,
             steps=steps,
-            variants=parse_list(variants, known=CODEC_VARIANTS),
-            suites=parse_list(suites, known=("systems", "accuracy", "compression", "window")),
+            variants=parse_list(variants, known=VARIANTS),
+            suites=parse_list(
+                suites, known=("systems", "accuracy", "ablation", "compression", "window")
+            ),
             slowdown=slowdown,
             edge_threads=edge_threads,
             log_dir=log_dir,

@@ -204,7 +204,10 @@ def _ablation_jobs(study: StudyConfig) -> list[_Job]:
                     labels: dict[str, Any] = {
                         "ablation": "forecast",
                         "compensation": comp,
-                        "alpha": study.base.alpha if comp == "forecast" else 0.0,
+                        # The α that acts: the run's, else the forecast part's own (0.5).
+                        "alpha": (0.5 if study.base.alpha is None else study.base.alpha)
+                        if comp == "forecast"
+                        else 0.0,
                         "optimizer": optimizer,
                         "window": window,
                         "dataset": "imu",

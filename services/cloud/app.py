@@ -47,22 +47,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def run_config_from_settings(settings: CloudSettings) -> RunConfig:
-    return RunConfig.from_mapping(
-        {
-            "mode": settings.run_mode,
-            "dataset": settings.run_dataset,
-            "model_id": settings.run_model_id,
-            "seed": settings.run_seed,
-            "window": settings.run_window,
-            "alpha": settings.run_alpha,
-            "beta": settings.run_beta,
-            "reconcile_every": settings.run_reconcile_every,
-            "optimizer_name": settings.run_optimizer,
-            "optimizer_lr": settings.run_lr,
-            "optimizer_momentum": settings.run_momentum,
-            "round_deadline_s": settings.run_round_deadline_s,
-        }
-    )
+    return RunConfig.from_settings(settings.model_dump())
 
 
 def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> FastAPI:

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "RunConfig", "Status"]
+from simultrain.shared.errors import ConfigError
+from simultrain.shared.training.schedule import make_schedule
+
+__all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "Partition", "RunConfig", "Status"]
 
 # SPEC.md "The same machinery runs every baseline".
 Mode = Literal[
@@ -29,6 +32,8 @@ Mode = Literal[
 ]
 # SPEC.md "Wire protocol": lossless raw/lz4 and the lossy codecs.
 Codec = Literal["raw", "lz4", "fp16", "int8", "topk"]
+# shared/data/dataset.py `PARTITIONS`: how `Dataset.shard` deals training data to edges.
+Partition = Literal["auto", "groups", "iid", "label-skew"]
 
 
 class Status(StrEnum):
@@ -42,7 +47,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: Mode = "simultrain"
-    alpha: float = Field(0.5, ge=0, description="Gradient-forecast coefficient α (0 = off).")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        description="Forecast coefficient α; only with a forecast part (default: its own 0.5).",
+    )
     beta: float = Field(0.9, ge=0, le=1, description="Soft-reconciliation weight β.")
     reconcile_every: int | None = Field(
         10, ge=0, description="Reconcile every R edge steps; null = never (R = ∞)."
@@ -56,10 +65,13 @@ class RunConfig(BaseModel):
         None, min_length=1, description="Model id (default: the dataset's own model)."
     )
     seed: int = 0
+    partition: Partition = Field("auto", description="How training data is dealt to edges.")
     batch_size: int = Field(32, ge=1)
     egrad_codec: Codec = "lz4"
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries the topk codec keeps.")
-    compensation: str = Field("delay-beta1", description="Staleness compensation (see README).")
+    compensation: str = Field(
+        "delay-beta1", description="Staleness compensation chain, e.g. delay-beta1+forecast."
+    )
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
     optimizer_name: Literal["sgd", "adam"] = "adam"
@@ -70,8 +82,8 @@ class RunConfig(BaseModel):
 
     @field_validator("alpha")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError("alpha must be finite")
         return value
 
@@ -80,6 +92,24 @@ class RunConfig(BaseModel):
     def _never_is_none(cls, value: int | None) -> int | None:
         # One spelling of "never" on the wire: null. 0 is accepted as input for convenience.
         return None if value == 0 else value
+
+    @model_validator(mode="after")
+    def _schedule_holds(self) -> RunConfig:
+        # The same check every edge and the cloud make (shared schedule): a configuration
+        # they would refuse — an α for a chain without a forecast — is refused here first.
+        try:
+            make_schedule(
+                self.mode,
+                window=self.window,
+                alpha=self.alpha,
+                reconcile_every=self.reconcile_every,
+                beta=self.beta,
+                local_steps=self.local_steps,
+                compensation=self.compensation,
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,16 +180,7 @@ class EdgeAgent:
         else:
             if not settings.cloud_url:
                 raise SimulTrainError("give coordinator_url or cloud_url")
-            run = RunConfig.from_mapping(
-                {
-                    "mode": settings.run_mode,
-                    "dataset": settings.run_dataset,
-                    "model_id": settings.run_model_id,
-                    "seed": settings.run_seed,
-                    "window": settings.run_window,
-                    "batch_size": settings.run_batch_size,
-                }
-            )
+            run = RunConfig.from_settings(settings.model_dump())
             self.assignment = Assignment(
                 edge_id=settings.edge_id or f"edge-{settings.shard_index}",
                 cloud_url=settings.cloud_url,
@@ -208,7 +199,7 @@ class EdgeAgent:
         torch.set_num_threads(settings.compute_threads)
         dataset = await asyncio.to_thread(load_dataset, run.dataset, seed=run.seed)
         shard = (
-            dataset.shard(settings.shard_index, settings.shard_count)
+            dataset.shard(settings.shard_index, settings.shard_count, partition=run.partition)
             if settings.shard_count > 1
             else dataset
         )
