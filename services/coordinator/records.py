@@ -73,6 +73,9 @@ class RunConfig(BaseModel):
         "delay-beta1", description="Staleness compensation chain, e.g. delay-beta1+forecast."
     )
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
+    round_deadline_s: float | None = Field(
+        None, gt=0, description="Lockstep rounds: close a round this late with what arrived."
+    )
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
     optimizer_name: Literal["sgd", "adam"] = "adam"
     optimizer_lr: float = Field(0.001, gt=0)

@@ -105,6 +105,12 @@ class CoordinatorSettings(BaseSettings):
         "delay-beta1", description="Staleness compensation chain, e.g. delay-beta1+forecast."
     )
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
+    round_deadline_s: float | None = Field(
+        None,
+        gt=0,
+        description="Lockstep (FedAvg) rounds: seconds after which a round closes with the "
+        "uploads that arrived (partial aggregation); unset waits for every edge.",
+    )
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
     optimizer_name: Literal["sgd", "adam"] = Field("adam", description="Optimizer family.")
     optimizer_lr: float = Field(0.001, gt=0, description="Learning rate.")
