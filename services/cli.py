@@ -130,7 +130,10 @@ def demo(
     mode: Annotated[str, typer.Option(help=MODES_HELP)] = "simultrain",
     model: Annotated[
         str | None,
-        typer.Option(help="Split model id (default: the dataset's own; e.g. imu-thin)."),
+        typer.Option(
+            help="Split model id (default: the dataset's own; e.g. imu-thin), or your own "
+            "as package.module:factory (README)."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Batches per edge.")] = 1500,
     edges: Annotated[int, typer.Option(help="Edge processes (each a data shard).")] = 1,

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -345,6 +346,7 @@ class EdgeAgent:
             },
             token=self.assignment.token,
             resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
+            model_fingerprint=architecture_fingerprint(self.spec),
         )
         await self._send(ws, session, hello)
         welcome: Welcome | None = None
