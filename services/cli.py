@@ -8,6 +8,7 @@ Pi never imports FastAPI.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -219,6 +220,11 @@ _add_bench()
 
 
 def main() -> None:
+    # A user's model (``--model package.module:factory``) imports from the working
+    # directory, as under ``python -m`` and as uvicorn's ``--app-dir`` default does; the
+    # console script alone would put only its own bin folder on sys.path.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     app()
 
 
