@@ -36,7 +36,12 @@ from simultrain.shared.errors import (
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Welcome
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, resolve_device, wire_cut_shape
+from simultrain.shared.training.factory import (
+    build_master,
+    build_synthetic,
+    resolve_device,
+    wire_cut_shape,
+)
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
@@ -122,7 +127,12 @@ class CloudService:
         self.device = resolve_device(settings.device)
         self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.runtime = CloudRuntime(self.master, self.schedule, run.codecs)
+        self.runtime = CloudRuntime(
+            self.master,
+            self.schedule,
+            run.codecs,
+            synthetic=build_synthetic(run, self.spec, self.schedule, device=self.device),
+        )
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
         self.limits = Limits(

@@ -51,9 +51,8 @@ from simultrain.shared.protocol import (
     Welcome,
 )
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import wire_cut_shape
-from simultrain.shared.training.runtime import EdgeRuntime, WholeModel
-from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES
+from simultrain.shared.training.factory import edge_module, wire_cut_shape
+from simultrain.shared.training.runtime import EdgeRuntime
 
 from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved
 from .notify import SystemdNotifier
@@ -193,11 +192,7 @@ class EdgeAgent:
             seed=run.seed + 1000 * settings.shard_index,
         )
         structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
-        module = (
-            WholeModel(structure.edge_stage, structure.cloud_stage)
-            if self.schedule.edge_role in WHOLE_MODEL_ROLES
-            else structure.edge_stage
-        )
+        module = edge_module(structure, self.schedule)
         self.runtime = EdgeRuntime(module, self.schedule, run.codecs, optimizer=run.optimizer)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
         self.limits = Limits(window=self.schedule.window + 1)
@@ -458,6 +453,8 @@ class EdgeAgent:
                 continue
             else:
                 frame = await self._in_compute(self._produce_next)
+            while runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
+                await self._send(ws, session, runtime.leading.popleft())
             if frame is not None:
                 await self._send(ws, session, frame)
 

@@ -23,6 +23,9 @@ class EdgeRole(StrEnum):
     SPLIT = "split"  # split-sync and simultrain: edge stage forward and backward
     FULL_GRADIENT = "full_gradient"  # syncsgd: whole model, uploads its gradient
     LOCAL_STEPS = "local_steps"  # fedavg: whole model, E local steps, uploads weights
+    # synthetic (seed 003): edge stage forward, backward from a learned synthetic cut
+    # gradient at once; uploads activations and that gradient together, waits for no GRAD
+    SYNTHETIC = "synthetic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,13 @@ def _no_reconcile(window: int, alpha: float, r: int | None, beta: float, e: int)
     return replace(base, mode="simultrain-noreconcile", reconcile_every=None)
 
 
+def _synthetic(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
+    # The window only bounds batches the cloud has not yet applied (back-pressure on a slow
+    # link or cloud): no batch waits for its own cut gradient. A batch's edge gradient rides
+    # on the next ACT, so at least one batch must be allowed in flight.
+    return Schedule("synthetic", EdgeRole.SYNTHETIC, max(window, 1), alpha, r, beta)
+
+
 MODES = {
     "centralized": _centralized,
     "syncsgd": _syncsgd,
@@ -98,6 +108,7 @@ MODES = {
     "simultrain": _simultrain,
     "simultrain-noforecast": _no_forecast,
     "simultrain-noreconcile": _no_reconcile,
+    "synthetic": _synthetic,
 }
 
 
