@@ -8,6 +8,7 @@ Pi never imports FastAPI.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ app = typer.Typer(
 
 MODES_HELP = (
     "centralized, syncsgd, split-sync, fedavg, simultrain, simultrain-noforecast, "
-    "simultrain-noreconcile"
+    "simultrain-noreconcile, synthetic"
 )
 
 
@@ -130,7 +131,10 @@ def demo(
     mode: Annotated[str, typer.Option(help=MODES_HELP)] = "simultrain",
     model: Annotated[
         str | None,
-        typer.Option(help="Split model id (default: the dataset's own; e.g. imu-thin)."),
+        typer.Option(
+            help="Split model id (default: the dataset's own; e.g. imu-thin), or your own "
+            "as package.module:factory (README)."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Batches per edge.")] = 1500,
     edges: Annotated[int, typer.Option(help="Edge processes (each a data shard).")] = 1,
@@ -231,6 +235,11 @@ _add_bench()
 
 
 def main() -> None:
+    # A user's model (``--model package.module:factory``) imports from the working
+    # directory, as under ``python -m`` and as uvicorn's ``--app-dir`` default does; the
+    # console script alone would put only its own bin folder on sys.path.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     app()
 
 

@@ -15,6 +15,7 @@ can catch "anything SimulTrain refused" without catching programming errors. For
     │   ├── UnknownMessageType          unknown_message_type       1003
     │   ├── ProtocolVersionMismatch     protocol_version_mismatch  4000
     │   ├── HandshakeRejected           handshake_rejected         4001
+    │   ├── ModelMismatch               model_mismatch             4002
     │   ├── InvalidTensor               invalid_tensor             1007
     │   │   └── NonFiniteTensor         non_finite_tensor          1007
     │   ├── IllegalTransition           illegal_transition         1002
@@ -56,6 +57,7 @@ __all__ = [
     "InternalError",
     "InvalidTensor",
     "MalformedFrame",
+    "ModelMismatch",
     "NonFiniteTensor",
     "ProtocolError",
     "ProtocolVersionMismatch",
@@ -93,6 +95,7 @@ class CloseCode(enum.IntEnum):
     # Private use (RFC 6455 section 7.4.2).
     PROTOCOL_VERSION_MISMATCH = 4000
     HANDSHAKE_REJECTED = 4001
+    MODEL_MISMATCH = 4002
 
 
 class ErrorCode(enum.StrEnum):
@@ -104,6 +107,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_MESSAGE_TYPE = "unknown_message_type"
     PROTOCOL_VERSION_MISMATCH = "protocol_version_mismatch"
     HANDSHAKE_REJECTED = "handshake_rejected"
+    MODEL_MISMATCH = "model_mismatch"
     INVALID_TENSOR = "invalid_tensor"
     NON_FINITE_TENSOR = "non_finite_tensor"
     ILLEGAL_TRANSITION = "illegal_transition"
@@ -135,6 +139,9 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     # Private use: a reconnect with the same software or the same HELLO cannot succeed.
     ErrorCode.PROTOCOL_VERSION_MISMATCH: CloseCode.PROTOCOL_VERSION_MISMATCH,
     ErrorCode.HANDSHAKE_REJECTED: CloseCode.HANDSHAKE_REJECTED,
+    # Edge and cloud built different architectures for one model id (a user's model whose
+    # code differs between the two machines): fix the deployment, do not retry.
+    ErrorCode.MODEL_MISMATCH: CloseCode.MODEL_MISMATCH,
 }
 
 
@@ -248,6 +255,12 @@ class HandshakeRejected(ProtocolError):
     """The HELLO cannot be served as asked (model, cut shape or run configuration)."""
 
     code = ErrorCode.HANDSHAKE_REJECTED
+
+
+class ModelMismatch(ProtocolError):
+    """HELLO's architecture fingerprint differs from the cloud's model (close code 4002)."""
+
+    code = ErrorCode.MODEL_MISMATCH
 
 
 class InvalidTensor(ProtocolError):

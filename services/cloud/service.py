@@ -27,14 +27,21 @@ from simultrain.shared.errors import (
     HandshakeRejected,
     InternalError,
     InvalidTensor,
+    ModelMismatch,
     ProtocolError,
     RateLimited,
     TrainingError,
     Unauthorized,
 )
+from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Snap, Welcome
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, resolve_device, wire_cut_shape
+from simultrain.shared.training.factory import (
+    build_master,
+    build_synthetic,
+    resolve_device,
+    wire_cut_shape,
+)
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
@@ -117,11 +124,16 @@ class CloudService:
         torch.set_num_threads(settings.compute_threads)
         dataset = load_dataset(settings.eval_dataset or run.dataset, seed=run.seed)
         self.spec = dataset.model_spec(run.model_id)
+        self.fingerprint = architecture_fingerprint(self.spec)
         self.device = resolve_device(settings.device)
         self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
         self.runtime = CloudRuntime(
-            self.master, self.schedule, run.codecs, round_deadline_s=run.round_deadline_s
+            self.master,
+            self.schedule,
+            run.codecs,
+            round_deadline_s=run.round_deadline_s,
+            synthetic=build_synthetic(run, self.spec, self.schedule, device=self.device),
         )
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
         self._round_closers: set[asyncio.Task[None]] = set()
@@ -245,6 +257,12 @@ class CloudService:
         if hello.model_id != self.spec.model_id:
             raise HandshakeRejected(
                 f"this cloud trains {self.spec.model_id}, the edge asked for {hello.model_id}"
+            )
+        if hello.model_fingerprint is not None and hello.model_fingerprint != self.fingerprint:
+            raise ModelMismatch(
+                f"model {self.spec.model_id}: the edge built another architecture "
+                f"(fingerprint {hello.model_fingerprint[:12]}…, this cloud's "
+                f"{self.fingerprint[:12]}…)"
             )
         if tuple(hello.cut_shape) != self.cut_shape:
             raise HandshakeRejected(

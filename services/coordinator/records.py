@@ -29,6 +29,7 @@ Mode = Literal[
     "simultrain",
     "simultrain-noforecast",
     "simultrain-noreconcile",
+    "synthetic",
 ]
 # SPEC.md "Wire protocol": lossless raw/lz4 and the lossy codecs.
 Codec = Literal["raw", "lz4", "fp16", "int8", "topk"]

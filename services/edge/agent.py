@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -52,9 +53,8 @@ from simultrain.shared.protocol import (
     Welcome,
 )
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import wire_cut_shape
-from simultrain.shared.training.runtime import EdgeRuntime, WholeModel
-from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES
+from simultrain.shared.training.factory import edge_module, wire_cut_shape
+from simultrain.shared.training.runtime import EdgeRuntime
 
 from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved, ForeignRun
 from .notify import SystemdNotifier
@@ -211,11 +211,7 @@ class EdgeAgent:
             seed=run.seed + 1000 * settings.shard_index,
         )
         structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
-        module = (
-            WholeModel(structure.edge_stage, structure.cloud_stage)
-            if self.schedule.edge_role in WHOLE_MODEL_ROLES
-            else structure.edge_stage
-        )
+        module = edge_module(structure, self.schedule)
         self.runtime = EdgeRuntime(module, self.schedule, run.codecs, optimizer=run.optimizer)
         await asyncio.to_thread(self._restore_progress)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
@@ -368,6 +364,7 @@ class EdgeAgent:
             },
             token=self.assignment.token,
             resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
+            model_fingerprint=architecture_fingerprint(self.spec),
         )
         await self._send(ws, session, hello)
         welcome: Welcome | None = None
@@ -479,6 +476,8 @@ class EdgeAgent:
                 continue
             else:
                 frame = await self._in_compute(self._produce_next)
+            while runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
+                await self._send(ws, session, runtime.leading.popleft())
             if frame is not None:
                 await self._send(ws, session, frame)
 

@@ -95,7 +95,9 @@ class Dataset:
         Raises `InvalidDataset` when the model does not take these samples or has fewer
         classes than the labels name, before anything is built.
         """
-        spec = get_model_spec(model_id or self.model_id)
+        spec = get_model_spec(
+            model_id or self.model_id, input_shape=self.input_shape, num_classes=self.num_classes
+        )
         if tuple(spec.input_shape) != self.input_shape or spec.num_classes < self.num_classes:
             raise InvalidDataset(
                 f"model {spec.model_id} takes {list(spec.input_shape)} with "

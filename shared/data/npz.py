@@ -137,7 +137,7 @@ def load_npz(
         if model_id is None:
             spec = find_model_for_input(sample_shape, num_classes)
         else:
-            spec = get_model_spec(model_id)
+            spec = get_model_spec(model_id, input_shape=sample_shape, num_classes=num_classes)
             if spec.input_shape != sample_shape or spec.num_classes < num_classes:
                 raise InvalidDataset(
                     f"{where}: model {model_id!r} takes {spec.input_shape} samples and "

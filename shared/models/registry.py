@@ -27,6 +27,7 @@ from simultrain.shared.models.spec import ModelSpec, StageFactory
 __all__ = [
     "ModelNotFound",
     "canonical_model_id",
+    "derive_spec",
     "find_model_for_input",
     "get_model_spec",
     "list_models",
@@ -93,8 +94,24 @@ def list_models() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def get_model_spec(model_id: str) -> ModelSpec:
-    """The spec for ``model_id``; raises `ModelNotFound` naming the known ids."""
+def get_model_spec(
+    model_id: str, *, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
+) -> ModelSpec:
+    """The spec for ``model_id``; raises `ModelNotFound` naming the known ids.
+
+    ``package.module:factory`` names a user's model (`custom`); it has no shape of its own,
+    so it needs the data's ``input_shape`` and ``num_classes`` (`Dataset.model_spec` passes
+    them).
+    """
+    if ":" in model_id:
+        if input_shape is None or num_classes is None:
+            raise ModelNotFound(
+                f"model {model_id!r} is a custom model: it needs the data's input shape "
+                "and class count"
+            )
+        from simultrain.shared.models.custom import custom_model_spec
+
+        return custom_model_spec(model_id, input_shape=input_shape, num_classes=num_classes)
     for name in sorted(_FAMILIES, key=len, reverse=True):
         if not model_id.startswith(name):
             continue
@@ -161,26 +178,44 @@ def find_model_for_input(input_shape: tuple[int, ...], num_classes: int) -> Mode
 def _spec(name: str, input_shape: tuple[int, ...], num_classes: int) -> ModelSpec:
     family = _FAMILIES[name]
     model_id = canonical_model_id(name, input_shape, num_classes)
-    if num_classes < 2:
-        raise ModelNotFound(f"model {model_id!r}: num_classes must be ≥ 2, got {num_classes}")
     if len(input_shape) != len(family.input_shape) or min(input_shape) < 1:
         raise ModelNotFound(
             f"model {name!r} takes {len(family.input_shape)}-d samples "
             f"like {family.input_shape}, not {input_shape}"
         )
+    return derive_spec(model_id, input_shape, num_classes, family.make_stages, family.description)
+
+
+def derive_spec(
+    model_id: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    make_stages: StageFactory,
+    description: str = "",
+) -> ModelSpec:
+    """The spec of ``make_stages`` at this shape: the cut shape by a meta-device forward.
+
+    Raises `ModelNotFound` when the stages cannot take ``input_shape`` or do not end in
+    ``(batch, num_classes)`` logits.
+    """
+    if num_classes < 2:
+        raise ModelNotFound(f"model {model_id!r}: num_classes must be ≥ 2, got {num_classes}")
     # Shapes by a forward pass on the meta device: no storage, no arithmetic, no RNG draws.
+    # A user's model (shared/models/custom.py) may signal a misfit with any of these.
     with torch.device("meta"):
-        edge_stage, cloud_stage = family.make_stages(input_shape, num_classes)
+        edge_stage, cloud_stage = make_stages(input_shape, num_classes)
         batch = torch.empty((2, *input_shape))
         try:
             cut = edge_stage(batch)
             logits = cloud_stage(cut)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ModelNotFound(
-                f"model {name!r} cannot take input shape {input_shape}: {exc}"
+                f"model {model_id!r} cannot take input shape {input_shape}: {exc}"
             ) from exc
+    if not isinstance(cut, torch.Tensor) or not isinstance(logits, torch.Tensor):
+        raise ModelNotFound(f"model {model_id!r}: each stage must return one tensor")
     if tuple(logits.shape) != (2, num_classes):
-        raise ValueError(
+        raise ModelNotFound(
             f"model {model_id!r}: cloud stage returns {tuple(logits.shape)}, "
             f"expected (batch, {num_classes})"
         )
@@ -189,6 +224,6 @@ def _spec(name: str, input_shape: tuple[int, ...], num_classes: int) -> ModelSpe
         input_shape=input_shape,
         cut_shape=tuple(int(d) for d in cut.shape[1:]),
         num_classes=num_classes,
-        make_stages=family.make_stages,
-        description=family.description,
+        make_stages=make_stages,
+        description=description,
     )

@@ -69,6 +69,7 @@ PROTOCOL_VERSION: Final = 1
 # keep a hostile frame from making the decoder build large Python objects.
 MAX_STRING_BYTES: Final = 64 * 1024  # any msgpack str
 MAX_NAME_BYTES: Final = 256  # ids, tensor names, config keys, error codes
+MAX_FINGERPRINT_BYTES: Final = 128  # HELLO's model_fingerprint (a sha256 is 64 hex digits)
 MAX_TOKEN_BYTES: Final = 8192
 MAX_CONFIG_STRING_BYTES: Final = 4096
 MAX_REASON_BYTES: Final = 123  # fits a WebSocket close reason (RFC 6455 section 5.5)
@@ -313,6 +314,7 @@ _SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
         ("config", _Config()),
         ("token", _Optional(_Str(MAX_TOKEN_BYTES))),
         ("resume", _Optional(_SEQ)),
+        ("model_fingerprint", _Optional(_Str(MAX_FINGERPRINT_BYTES, allow_empty=False))),
     ),
     Welcome: (
         ("session_id", _NAME),

@@ -61,6 +61,9 @@ class Hello:
     config: Mapping[str, ConfigValue] = dataclasses.field(default_factory=dict)
     token: str | None = None
     resume: int | None = None
+    model_fingerprint: str | None = None
+    """sha256 (hex) of the edge's architecture listing (`architecture_fingerprint`); the
+    cloud refuses one that differs from its own with ``model_mismatch``. None: not checked."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

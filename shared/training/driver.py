@@ -43,16 +43,17 @@ from simultrain.shared.protocol import (
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import as_received, state_from_wire, state_to_wire
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, wire_cut_shape
+from simultrain.shared.training.factory import (
+    build_master,
+    build_synthetic,
+    edge_module,
+    wire_cut_shape,
+)
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.runtime import (
     CloudRuntime,
     EdgeRuntime,
     Outgoing,
-    WholeModel,
-)
-from simultrain.shared.training.schedule import (
-    WHOLE_MODEL_ROLES,
 )
 
 __all__ = ["RunConfig", "RunResult", "run_in_process"]
@@ -127,7 +128,9 @@ def run_in_process(
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)
     master = build_master(config, spec, schedule)
-    cloud = CloudRuntime(master, schedule, config.codecs)
+    cloud = CloudRuntime(
+        master, schedule, config.codecs, synthetic=build_synthetic(config, spec, schedule)
+    )
     # The protocol's window counts unanswered ACTs on the wire: the schedule's window of W
     # batches waiting *before* the next is produced allows W + 1 on the wire.
     limits = Limits(window=schedule.window + 1)
@@ -141,11 +144,7 @@ def run_in_process(
             else dataset
         )
         structure = spec.build(config.seed)  # structure only: weights come in the first SNAP
-        module = (
-            WholeModel(structure.edge_stage, structure.cloud_stage)
-            if schedule.edge_role in WHOLE_MODEL_ROLES
-            else structure.edge_stage
-        )
+        module = edge_module(structure, schedule)
         edge_id = f"edge-{i}"
         edge = _Edge(
             edge_id,
@@ -195,6 +194,8 @@ def run_in_process(
                     raise TrainingError("pipeline stalled: window full and nothing in flight")
             xb, yb = next(edge.stream)
             upload = edge.runtime.produce(xb, yb)
+            while edge.runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
+                edge.link.send_up(edge.session.send(edge.runtime.leading.popleft()))
             if upload is not None:
                 edge.link.send_up(edge.session.send(upload))
         if config.eval_every and (step + 1) % config.eval_every == 0:

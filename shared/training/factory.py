@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from simultrain.shared.errors import ConfigError
-from simultrain.shared.models import ModelSpec
+from simultrain.shared.models import ModelSpec, SplitModel
 from simultrain.shared.training.compensation import compensation_from_name
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.master import CloudMaster
-from simultrain.shared.training.schedule import EdgeRole, Schedule
+from simultrain.shared.training.runtime import WholeModel
+from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES, EdgeRole, Schedule
+from simultrain.shared.training.synthetic import (
+    SyntheticEdge,
+    SyntheticGradientModel,
+    SyntheticGradientTrainer,
+)
 
-__all__ = ["build_master", "resolve_device", "wire_cut_shape"]
+__all__ = [
+    "build_master",
+    "build_synthetic",
+    "edge_module",
+    "resolve_device",
+    "wire_cut_shape",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,3 +84,27 @@ def wire_cut_shape(spec: ModelSpec, schedule: Schedule) -> tuple[int, ...]:
     if schedule.edge_role is EdgeRole.RAW:
         return tuple(spec.input_shape)
     return tuple(spec.cut_shape)
+
+
+def build_synthetic(
+    run: RunConfig, spec: ModelSpec, schedule: Schedule, *, device: str | torch.device = "cpu"
+) -> SyntheticGradientTrainer | None:
+    """The cloud's synthetic-gradient model M for a schedule that uses one (seed 003)."""
+    if schedule.edge_role is not EdgeRole.SYNTHETIC:
+        return None
+    return SyntheticGradientTrainer(
+        spec.cut_shape, spec.num_classes, seed=run.seed, optimizer=run.optimizer, device=device
+    )
+
+
+def edge_module(structure: SplitModel, schedule: Schedule) -> nn.Module:
+    """What the edge computes with (its weights come from the cloud): the edge stage, the
+    whole model for the whole-model baselines, or the edge stage and M (synthetic mode)."""
+    if schedule.edge_role in WHOLE_MODEL_ROLES:
+        return WholeModel(structure.edge_stage, structure.cloud_stage)
+    if schedule.edge_role is EdgeRole.SYNTHETIC:
+        spec = structure.spec
+        return SyntheticEdge(
+            structure.edge_stage, SyntheticGradientModel(spec.cut_shape, spec.num_classes)
+        )
+    return structure.edge_stage

@@ -47,8 +47,15 @@ from simultrain.shared.tensors import (
     xor_delta,
 )
 from simultrain.shared.training.deltas import DeltaSequencer, GapStatus, VersionStep
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.master import CloudMaster, OptimizerConfig, PreparedCloudStep
 from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES, EdgeRole, Schedule
+from simultrain.shared.training.synthetic import (
+    STAGE_PREFIX,
+    SyntheticEdge,
+    SyntheticGradientTrainer,
+    predict_cut_grad,
+    stage_grads,
+)
 from simultrain.shared.training.weights import EdgeReplica, StashedForward, blend
 
 __all__ = ["CloudRuntime", "CloudSessionState", "Codecs", "EdgeRuntime", "Outgoing", "WholeModel"]
@@ -90,6 +97,8 @@ class CloudSessionState:
     duplicates: int = 0
     last_edge_version: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)  # seq → samples, ACT to EGRAD
+    # Synthetic mode: a batch's EGRAD arrives just before its ACT and waits for it here.
+    leading_egrads: dict[int, EGrad] = field(default_factory=dict)
     bytes_in: int = 0  # on the wire, across reconnects (the service counts them)
     bytes_out: int = 0
 
@@ -121,12 +130,18 @@ class CloudRuntime:
         *,
         round_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        synthetic: SyntheticGradientTrainer | None = None,
     ) -> None:
         if round_deadline_s is not None and not round_deadline_s > 0:
             raise ConfigError(f"round_deadline_s must be > 0 or None, got {round_deadline_s}")
         self.master = master
         self.schedule = schedule
         self.codecs = codecs
+        if (synthetic is None) != (schedule.edge_role is not EdgeRole.SYNTHETIC):
+            raise TrainingError(
+                "the synthetic schedule needs a synthetic-gradient trainer, and only it"
+            )
+        self.synthetic = synthetic  # seed 003's M (shared/training/synthetic.py)
         self.sessions: dict[str, CloudSessionState] = {}
         self.connected: set[str] = set()
         # With checkpoints, ACKs carry the durable watermark and edges keep batches above it.
@@ -177,6 +192,13 @@ class CloudRuntime:
         live, whatever device the master computes on)."""
         if self.schedule.edge_role in WHOLE_MODEL_ROLES:
             return {n: t.detach().to("cpu", copy=True) for n, t in self.master.full_state().items()}
+        if self.synthetic is not None:
+            # The edge stage and M travel together in one replica (shared/training/synthetic.py).
+            stage = self.master.edge_weights_for_replica()
+            return {
+                **{STAGE_PREFIX + n: t.cpu() for n, t in stage.items()},
+                **self.synthetic.weights(),
+            }
         # The master's edge stage, or its prediction at the time the edge's gradient will
         # land when the compensation predicts weights (SpecTrain / PipeMare). History entries
         # are immutable snapshots: on the CPU, .cpu() returns them without a copy.
@@ -186,7 +208,7 @@ class CloudRuntime:
     def on_act(self, edge_id: str, act: Act) -> list[Outgoing]:
         state = self.sessions[edge_id]
         role = self.schedule.edge_role
-        if role not in (EdgeRole.RAW, EdgeRole.SPLIT):
+        if role not in (EdgeRole.RAW, EdgeRole.SPLIT, EdgeRole.SYNTHETIC):
             raise TrainingError(f"ACT frames are not part of the {self.schedule.mode} schedule")
         labels = from_wire(act.labels).long()
         batch = int(labels.shape[0])
@@ -196,7 +218,7 @@ class CloudRuntime:
         # cloud-stage forward and backward do not read the edge stage, so computing them
         # before the EGRAD is applied changes no number.
         prepared = None
-        if role is EdgeRole.SPLIT and not duplicate:
+        if role is not EdgeRole.RAW and not duplicate:
             prepared = self.master.prepare_cloud_step(from_wire(act.activations), labels)
         out: list[Outgoing] = []
         if act.egrad is not None:
@@ -212,9 +234,11 @@ class CloudRuntime:
             self.master.full_step(from_wire(act.activations), labels)
             self._mark_applied(state, act.seq, batch)
             return [*out, *self._after_update(state, act.seq)]
+        assert prepared is not None
+        if self.synthetic is not None:
+            return [*out, *self._synthetic_step(state, act, prepared, labels)]
         # A batch re-sent after a reconnect may have had its cloud-stage update applied
         # already (its EGRAD was lost): compute its cut gradient again, apply nothing twice.
-        assert prepared is not None
         first_time = act.seq > state.highest_cloud_step_seq
         result = self.master.commit_cloud_step(prepared, apply=first_time)
         if first_time:
@@ -231,14 +255,55 @@ class CloudRuntime:
         )
         return [*out, (edge_id, grad)]
 
+    def _synthetic_step(
+        self, state: CloudSessionState, act: Act, prepared: PreparedCloudStep, labels: Tensor
+    ) -> list[Outgoing]:
+        """Seed 003 on ACT k (with its EGRAD, which arrived just before): apply the edge
+        gradient the edge took from M's synthetic cut gradient (forecast to the current
+        master, SPEC step 4), commit the cloud-stage step, and train M on the true cut
+        gradient. No GRAD goes back: M reaches the edge with the deltas, then the ACK."""
+        assert self.synthetic is not None
+        leading = state.leading_egrads.pop(act.seq, None)
+        for seq in [s for s in state.leading_egrads if s < act.seq]:
+            del state.leading_egrads[seq]
+        batch = int(labels.shape[0])
+        if leading is not None:
+            # Checked (names, shapes, finiteness) before anything of this batch lands.
+            self.master.apply_edge_gradient(
+                state_from_wire(leading.grads), leading.edge_version, samples=batch
+            )
+        # A batch re-sent after a reconnect may have had its cloud-stage step applied already
+        # (its EGRAD was lost): apply nothing twice.
+        first_time = act.seq > state.highest_cloud_step_seq
+        result = self.master.commit_cloud_step(prepared, apply=first_time)
+        if first_time:
+            device = self.master.device
+            self.synthetic.train(
+                from_wire(act.activations).to(device), labels.to(device), result.cut_grad
+            )
+            state.highest_cloud_step_seq = act.seq
+            state.samples_received += batch
+        else:
+            state.duplicates += 1
+        if leading is None:
+            return []  # not applied whole: no ACK, the edge sends the batch again
+        self._mark_applied(state, act.seq, batch)
+        return self._after_update(state, act.seq)
+
     # --- EGRAD: SPEC step 4 -------------------------------------------------------------
     def on_egrad(self, edge_id: str, egrad: EGrad) -> list[Outgoing]:
         state = self.sessions[edge_id]
         if egrad.seq <= state.highest_applied_seq:
             state.duplicates += 1  # re-sent after a reconnect: applied already
             return []
-        tensors = state_from_wire(egrad.grads)
         role = self.schedule.edge_role
+        if role is EdgeRole.SYNTHETIC:
+            # Seed 003: its ACT follows at once; the two are applied together there.
+            if len(state.leading_egrads) > self.schedule.window:
+                raise TrainingError("synthetic mode: EGRAD frames without their ACTs")
+            state.leading_egrads[egrad.seq] = egrad
+            return []
+        tensors = state_from_wire(egrad.grads)
         if role is EdgeRole.SPLIT:
             samples = state.batch_sizes.pop(egrad.seq, 0)
             self.master.apply_edge_gradient(tensors, egrad.edge_version, samples=samples)
@@ -399,6 +464,8 @@ class EdgeRuntime:
         self.in_flight: dict[int, StashedForward] = {}
         self.unanswered: deque[int] = deque()
         self.pending_egrads: deque[EGrad] = deque()
+        # Frames to send before the one `produce` returns (the synthetic mode's EGRAD).
+        self.leading: deque[EGrad] = deque()
         self.next_seq = 0
         self.losses: list[float] = []
         self.reconciliations = 0
@@ -508,6 +575,7 @@ class EdgeRuntime:
         self.in_flight.clear()
         self.unanswered.clear()
         self.pending_egrads.clear()
+        self.leading.clear()
         return [(s, self.unacked[s]) for s in sorted(self.unacked) if s > self.highest_acked]
 
     # --- frames out -------------------------------------------------------------------
@@ -534,6 +602,8 @@ class EdgeRuntime:
         if role is EdgeRole.LOCAL_STEPS:
             return self._local_step(replica, x, y)
         assert seq is not None
+        if role is EdgeRole.SYNTHETIC:
+            return self._synthetic_step(replica, seq, x, y)
         if role is EdgeRole.FULL_GRADIENT:
             stash = replica.forward(seq, x)
             loss = F.cross_entropy(stash.activations, y)
@@ -561,6 +631,34 @@ class EdgeRuntime:
             activations=payload,
             labels=to_wire(y, Codec.RAW.value),
             egrad=egrad,
+        )
+
+    def _synthetic_step(self, replica: EdgeReplica, seq: int, x: Tensor, y: Tensor) -> Act:
+        """Seed 003: forward, backward from M's synthetic cut gradient at once, and send the
+        activations with that gradient; nothing stays in flight waiting for a GRAD."""
+        module = self._module
+        if not isinstance(module, SyntheticEdge):
+            raise TrainingError("the synthetic schedule runs a SyntheticEdge module")
+        stash = replica.forward(seq, x)
+        cut_grad = predict_cut_grad(module.synthetic, replica.current.tensors, stash.activations, y)
+        grads = stage_grads(EdgeReplica.backward(stash, cut_grad))
+        # The protocol piggybacks only earlier batches' EGRADs on an ACT, and refuses an EGRAD
+        # after its own ACT until a GRAD answered it (none will): so it goes alone, just
+        # before its ACT (`leading`), and the cloud applies the two together.
+        self.leading.append(
+            EGrad(
+                seq=seq,
+                edge_version=stash.version,
+                grads=state_to_wire(grads, self.codecs.egrad, topk_ratio=self.codecs.topk_ratio),
+            )
+        )
+        return Act(
+            seq=seq,
+            edge_version=stash.version,
+            activations=to_wire(
+                stash.activations.detach(), self.codecs.act, topk_ratio=self.codecs.topk_ratio
+            ),
+            labels=to_wire(y, Codec.RAW.value),
         )
 
     def _take_seq(self) -> int:

@@ -37,6 +37,9 @@ class EdgeRole(StrEnum):
     SPLIT = "split"  # split-sync and simultrain: edge stage forward and backward
     FULL_GRADIENT = "full_gradient"  # syncsgd: whole model, uploads its gradient
     LOCAL_STEPS = "local_steps"  # fedavg: whole model, E local steps, uploads weights
+    # synthetic (seed 003): edge stage forward, backward from a learned synthetic cut
+    # gradient at once; uploads activations and that gradient together, waits for no GRAD
+    SYNTHETIC = "synthetic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +264,21 @@ def _no_reconcile(a: _Args) -> Schedule:
     return replace(_simultrain(a), mode="simultrain-noreconcile", reconcile_every=None)
 
 
+def _synthetic(a: _Args) -> Schedule:
+    # The window only bounds batches the cloud has not yet applied (back-pressure on a slow
+    # link or cloud): no batch waits for its own cut gradient. A batch's edge gradient rides
+    # on the next ACT, so at least one batch must be allowed in flight.
+    return Schedule(
+        "synthetic",
+        EdgeRole.SYNTHETIC,
+        max(a.window, 1),
+        reconcile_every=a.reconcile_every,
+        beta=a.beta,
+        compensation=a.compensation,
+        alpha=a.alpha,
+    )
+
+
 MODES: dict[str, Callable[[_Args], Schedule]] = {
     "centralized": _centralized,
     "syncsgd": _syncsgd,
@@ -269,6 +287,7 @@ MODES: dict[str, Callable[[_Args], Schedule]] = {
     "simultrain": _simultrain,
     "simultrain-noforecast": _no_forecast,
     "simultrain-noreconcile": _no_reconcile,
+    "synthetic": _synthetic,
 }
 
 

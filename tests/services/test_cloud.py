@@ -257,8 +257,14 @@ def test_a_bad_frame_closes_only_its_session_and_leaves_the_master_unchanged(
         ),  # cut shape
         (encode_frame(Hello(edge_id="x", model_id="mnist-cnn", cut_shape=(32, 32))), 4001),  # model
         (b"\x82\xa1v\x63\xa1t\xa5hello", 4000),  # protocol version 99
+        (
+            encode_frame(
+                Hello(edge_id="x", model_id="imu-cnn1d", cut_shape=(32, 32), model_fingerprint="0")
+            ),
+            4002,
+        ),  # same model id, another architecture
     ],
-    ids=["garbage", "cut-shape", "model", "version"],
+    ids=["garbage", "cut-shape", "model", "version", "fingerprint"],
 )
 def test_refusals_carry_the_documented_close_code(
     client: TestClient, payload: bytes, code: int

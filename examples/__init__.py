@@ -1,0 +1,1 @@
+"""Worked examples: a user's own split model (README, "Bring your own model")."""
