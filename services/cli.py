@@ -134,6 +134,9 @@ def demo(
     ] = None,
     steps: Annotated[int, typer.Option(help="Batches per edge.")] = 1500,
     edges: Annotated[int, typer.Option(help="Edge processes (each a data shard).")] = 1,
+    partition: Annotated[
+        str, typer.Option(help="How data is dealt to edges: auto, groups, iid, label-skew.")
+    ] = "auto",
     window: Annotated[int, typer.Option(help="In-flight window W (staleness bound).")] = 4,
     alpha: Annotated[float, typer.Option(help="Forecast coefficient α (0: off).")] = 0.5,
     beta: Annotated[float, typer.Option(help="Reconciliation weight β.")] = 0.9,
@@ -166,6 +169,7 @@ def demo(
                 "beta": beta,
                 "reconcile_every": reconcile_every or None,
                 "seed": seed,
+                "partition": partition,
             }
         )
         run.schedule()  # refuse an unknown mode before starting anything

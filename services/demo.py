@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
 
@@ -63,6 +64,11 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     console = console or Console(stderr=options.json_output)
     started = time.perf_counter()
     run = RunConfig.from_mapping({"edges": options.edges}, base=options.run)
+    # An impossible fleet is refused before any process starts (each edge would otherwise
+    # fail on its own, after the coordinator and the cloud are up).
+    load_dataset(run.dataset, seed=run.seed).check_shards(
+        options.edges, partition=run.partition, batch_size=run.batch_size
+    )
     with tempfile.TemporaryDirectory(prefix="simultrain-demo-") as tmp:
         log_dir = options.log_dir or Path(tmp) / "logs"
         group = ServiceGroup(log_dir)

@@ -14,6 +14,10 @@ from simultrain.cli import app
         (["--model", "nope"], "unknown model id 'nope'"),
         (["--model", "imu-thin", "--dataset", "mnist"], "model imu-thin takes [6, 128]"),
         (["--mode", "nope"], "nope"),
+        # 400 edges split IMU subject 1 (433 windows) into 50 pieces of 8 or 9 windows.
+        (["--edges", "400"], "shard 0 of 400 (groups) has 9 training samples"),
+        (["--partition", "nope"], "unknown partition 'nope'"),
+        (["--partition", "label-skew", "--edges", "100"], "shard 0 of 100 (label-skew) has 2"),
     ],
 )
 def test_demo_refuses_what_it_cannot_run(args: list[str], message: str) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "RunConfig", "Status"]
+__all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "Partition", "RunConfig", "Status"]
 
 # SPEC.md "The same machinery runs every baseline".
 Mode = Literal[
@@ -29,6 +29,8 @@ Mode = Literal[
 ]
 # SPEC.md "Wire protocol": lossless raw/lz4 and the lossy codecs.
 Codec = Literal["raw", "lz4", "fp16", "int8", "topk"]
+# shared/data/dataset.py `PARTITIONS`: how `Dataset.shard` deals training data to edges.
+Partition = Literal["auto", "groups", "iid", "label-skew"]
 
 
 class Status(StrEnum):
@@ -56,6 +58,7 @@ class RunConfig(BaseModel):
         None, min_length=1, description="Model id (default: the dataset's own model)."
     )
     seed: int = 0
+    partition: Partition = Field("auto", description="How training data is dealt to edges.")
     batch_size: int = Field(32, ge=1)
     egrad_codec: Codec = "lz4"
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries the topk codec keeps.")

@@ -27,7 +27,7 @@ from simultrain.shared.auth import MIN_KEY_BYTES
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.settings_doc import settings_table as shared_settings_table
 
-from .records import Codec, Mode, RunConfig
+from .records import Codec, Mode, Partition, RunConfig
 
 __all__ = ["ENV_PREFIX", "CoordinatorSettings", "SettingsError", "load_settings", "settings_table"]
 
@@ -89,6 +89,11 @@ class CoordinatorSettings(BaseSettings):
         None, min_length=1, description="Model id (default: the dataset's own model)."
     )
     seed: int = Field(0, description="Seed for data order and model initialisation.")
+    partition: Partition = Field(
+        "auto",
+        description="How training data is dealt to edges: auto, groups (one subject per "
+        "edge), iid or label-skew (Dataset.shard).",
+    )
     batch_size: int = Field(32, ge=1, description="Samples per edge batch.")
     egrad_codec: Codec = Field("lz4", description="Codec for edge-stage gradients (edge → cloud).")
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries topk keeps.")

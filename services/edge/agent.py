@@ -180,7 +180,7 @@ class EdgeAgent:
         torch.set_num_threads(settings.compute_threads)
         dataset = await asyncio.to_thread(load_dataset, run.dataset, seed=run.seed)
         shard = (
-            dataset.shard(settings.shard_index, settings.shard_count)
+            dataset.shard(settings.shard_index, settings.shard_count, partition=run.partition)
             if settings.shard_count > 1
             else dataset
         )

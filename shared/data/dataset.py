@@ -13,7 +13,10 @@ from numpy.typing import NDArray
 from simultrain.shared.data.errors import InvalidDataset
 from simultrain.shared.models import ModelSpec, get_model_spec
 
-__all__ = ["Dataset"]
+__all__ = ["PARTITIONS", "Dataset"]
+
+# How `Dataset.shard` deals training samples to edges (its docstring says exactly how).
+PARTITIONS = ("auto", "groups", "iid", "label-skew")
 
 
 def _read_only(array: NDArray[Any]) -> NDArray[Any]:
@@ -101,29 +104,44 @@ class Dataset:
             )
         return spec
 
-    def shard(self, index: int, count: int) -> Dataset:
+    def shard(self, index: int, count: int, *, partition: str = "auto") -> Dataset:
         """The ``index``-th of ``count`` disjoint training shards that together cover all.
 
-        With ``groups_train`` (IMU subjects) whole groups go round-robin to shards in sorted
-        order — a subject is a natural edge device; otherwise a seeded permutation (from
-        ``seed``) is cut into ``count`` contiguous, near-equal pieces. The test split is kept
-        whole in every shard: each edge is evaluated on the same held-out data.
+        ``partition`` says how the training samples are dealt (`PARTITIONS`); every one is a
+        pure function of ``(seed, count)``, so each edge process computes its own shard and
+        the in-process driver computes the same ones:
+
+        - ``"auto"``: ``"groups"`` when the data names its groups (IMU subjects), else ``"iid"``.
+        - ``"groups"`` (non-IID by owner — a subject is a natural edge device): with at most
+          as many shards as groups, whole groups go round-robin to shards in sorted order.
+          With more shards than groups, shard ``i`` holds part of group ``i mod G`` only (G
+          groups, sorted): each group's samples are dealt by a seeded permutation into as
+          many near-equal pieces as shards it serves. An edge still sees one subject only.
+        - ``"iid"``: a seeded permutation cut into ``count`` contiguous, near-equal pieces.
+        - ``"label-skew"`` (non-IID by label, McMahan et al. 2017 "pathological non-IID"): the
+          samples are sorted by label (seeded order within a label) and cut into ``2·count``
+          contiguous, near-equal slices; a seeded permutation deals two slices to each shard.
+          A slice spans one label, or two where it straddles a label boundary, so a shard
+          holds 1 to 4 labels and most of its samples in 1–2 of them (MNIST, 8 shards: 2–4
+          labels, the largest 31–70 % of the shard; 32 shards: 1–3 labels).
+
+        The test split is kept whole in every shard: each edge is evaluated on the same
+        held-out data. Raises `InvalidDataset` for an unknown ``partition`` or a shard that
+        would be empty, `ValueError` for an index outside ``[0, count)``.
         """
         if not 0 <= index < count:
             raise ValueError(f"shard index {index} not in [0, {count})")
-        if self.groups_train is not None:
-            groups = np.unique(self.groups_train)
-            if count > len(groups):
-                raise ValueError(
-                    f"{self.name}: {count} shards but only {len(groups)} "
-                    "groups (subjects) to give them"
-                )
-            mine = groups[index::count]
-            rows = np.flatnonzero(np.isin(self.groups_train, mine))
-            how = f"groups {mine.tolist()}"
+        if partition not in PARTITIONS:
+            raise InvalidDataset(f"unknown partition {partition!r}; known: {', '.join(PARTITIONS)}")
+        if partition == "auto":
+            partition = "iid" if self.groups_train is None else "groups"
+        if partition == "groups":
+            rows, how = self._group_rows(index, count)
+        elif partition == "label-skew":
+            rows, how = self._label_skew_rows(index, count)
         else:
             if count > len(self.y_train):
-                raise ValueError(f"{self.name}: {count} shards for {len(self.y_train)} samples")
+                raise InvalidDataset(f"{self.name}: {count} shards for {len(self.y_train)} samples")
             order = np.random.default_rng(self.seed).permutation(len(self.y_train))
             rows = np.sort(np.array_split(order, count)[index])
             how = f"{len(rows)} samples"
@@ -133,8 +151,64 @@ class Dataset:
             x_train=self.x_train[rows],
             y_train=self.y_train[rows],
             groups_train=None if self.groups_train is None else self.groups_train[rows],
-            info={**self.info, "shard": (index, count), "shard_of": how},
+            info={**self.info, "shard": (index, count), "shard_of": how, "partition": partition},
         )
+
+    def check_shards(self, count: int, *, partition: str = "auto", batch_size: int = 1) -> None:
+        """Refuse, with one line, a fleet of ``count`` edges this data cannot feed.
+
+        Every shard must exist (`shard`) and fill at least one batch of ``batch_size``;
+        callers check this before starting any process, so an impossible fleet never gets
+        half started.
+        """
+        if count < 1:
+            raise InvalidDataset(f"{self.name}: a fleet needs at least one edge, not {count}")
+        for index in range(count):
+            shard = self.shard(index, count, partition=partition)
+            if len(shard.y_train) < batch_size:
+                raise InvalidDataset(
+                    f"{self.name}: shard {index} of {count} ({shard.info['partition']}) has "
+                    f"{len(shard.y_train)} training samples, fewer than one batch of "
+                    f"{batch_size}; use fewer edges"
+                )
+
+    def _group_rows(self, index: int, count: int) -> tuple[NDArray[np.intp], str]:
+        if self.groups_train is None:
+            raise InvalidDataset(f"{self.name}: partition 'groups' needs data with groups")
+        groups = np.unique(self.groups_train)
+        if count <= len(groups):
+            mine = groups[index::count]
+            return np.flatnonzero(np.isin(self.groups_train, mine)), f"groups {mine.tolist()}"
+        group = groups[index % len(groups)]
+        # Shards index, index + G, index + 2G, … share this group: as many pieces as those.
+        pieces = len(range(index % len(groups), count, len(groups)))
+        members = np.flatnonzero(self.groups_train == group)
+        if pieces > len(members):
+            raise InvalidDataset(
+                f"{self.name}: {count} shards split group {int(group)} into {pieces} pieces "
+                f"but it has only {len(members)} samples"
+            )
+        order = np.random.default_rng([self.seed, int(group)]).permutation(members)
+        piece = index // len(groups)
+        rows = np.sort(np.array_split(order, pieces)[piece])
+        return rows, f"group {int(group)} piece {piece + 1}/{pieces}"
+
+    def _label_skew_rows(self, index: int, count: int) -> tuple[NDArray[np.intp], str]:
+        slices = 2 * count
+        if slices > len(self.y_train):
+            raise InvalidDataset(
+                f"{self.name}: label-skew over {count} shards needs {slices} samples, "
+                f"has {len(self.y_train)}"
+            )
+        rng = np.random.default_rng([self.seed, count])
+        shuffled = rng.permutation(len(self.y_train))
+        by_label = shuffled[np.argsort(self.y_train[shuffled], kind="stable")]
+        cuts = np.array_split(by_label, slices)
+        dealt = rng.permutation(slices)
+        mine = dealt[2 * index : 2 * index + 2]
+        rows = np.sort(np.concatenate([cuts[i] for i in mine]))
+        labels = np.unique(self.y_train[rows]).tolist()
+        return rows, f"{len(rows)} samples of labels {labels}"
 
     def eval_batches(
         self, split: str = "test", *, batch_size: int = 1024

@@ -31,6 +31,9 @@ class RunConfig:
     edges: int = 1
     batch_size: int = 32
     seed: int = 0
+    # How the training data is dealt to the edges (`Dataset.shard`): the edges and the
+    # in-process driver shard with this same value, so both train on the same split.
+    partition: str = "auto"
     window: int = 4
     alpha: float = 0.5
     beta: float = 0.9

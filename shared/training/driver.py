@@ -135,7 +135,11 @@ def run_in_process(
 
     edges: dict[str, _Edge] = {}
     for i in range(config.edges):
-        shard = dataset.shard(i, config.edges) if config.edges > 1 else dataset
+        shard = (
+            dataset.shard(i, config.edges, partition=config.partition)
+            if config.edges > 1
+            else dataset
+        )
         structure = spec.build(config.seed)  # structure only: weights come in the first SNAP
         module = (
             WholeModel(structure.edge_stage, structure.cloud_stage)

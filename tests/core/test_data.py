@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -331,11 +332,64 @@ def test_imu_shards_are_whole_subjects(count: int) -> None:
     assert shards[0].name == f"imu[0/{count}]"
 
 
-def test_imu_shard_refuses_more_shards_than_subjects() -> None:
-    with pytest.raises(ValueError, match="only 8 groups"):
-        load_dataset("imu").shard(0, 9)
+@pytest.mark.parametrize("count", [9, 16, 32])
+def test_imu_fleets_beyond_the_subjects_give_each_edge_one_subject(count: int) -> None:
+    ds = load_dataset("imu")
+    assert ds.groups_train is not None
+    shards = [ds.shard(i, count) for i in range(count)]
+    rows = [
+        {tuple(row) for row in s.x_train.reshape(len(s.y_train), -1)[:, :8].tolist()}
+        for s in shards
+    ]
+    assert sum(len(r) for r in rows) == len(ds.y_train)  # disjoint, all covered
+    assert len(set().union(*rows)) == len(ds.y_train)
+    for index, shard in enumerate(shards):
+        assert shard.groups_train is not None
+        assert set(shard.groups_train.tolist()) == {index % 8 + 1}  # one subject only
+        np.testing.assert_array_equal(shard.x_test, ds.x_test)
+    per_subject = [sum(len(s.y_train) for s in shards[g::8]) for g in range(8)]
+    assert per_subject == np.bincount(ds.groups_train)[1:].tolist()
+    again = load_dataset("imu").shard(count - 1, count)
+    np.testing.assert_array_equal(again.x_train, shards[-1].x_train)
+
+
+def test_shard_refuses_what_cannot_be_dealt() -> None:
     with pytest.raises(ValueError, match="not in"):
         load_dataset("imu").shard(4, 4)
+    with pytest.raises(InvalidDataset, match="unknown partition 'nope'"):
+        load_dataset("imu").shard(0, 4, partition="nope")
+    # Subject 4 has 226 windows: 2000 shards would cut it into 250 pieces.
+    with pytest.raises(InvalidDataset, match="into 250 pieces but it has only 226"):
+        load_dataset("imu").shard(3, 2000)
+    with pytest.raises(InvalidDataset, match="one batch of 32; use fewer edges"):
+        load_dataset("imu").check_shards(400, batch_size=32)
+    load_dataset("imu").check_shards(32, batch_size=32)
+
+
+def test_label_skew_gives_each_edge_few_labels() -> None:
+    ds = load_dataset("mnist")
+    count = 8
+    shards = [ds.shard(i, count, partition="label-skew") for i in range(count)]
+    ids = np.concatenate([_pixel_ids(s.x_train) for s in shards])
+    assert len(ids) == len(ds.y_train) == len(np.unique(ids))  # disjoint, all covered
+    assert {len(s.y_train) for s in shards} == {len(ds.y_train) // count}
+    for shard in shards:
+        counts = np.bincount(shard.y_train, minlength=ds.num_classes)
+        assert 1 <= np.count_nonzero(counts) <= 4
+        assert np.sort(counts)[-2:].sum() >= 0.5 * len(shard.y_train)  # mostly two labels
+        assert shard.info["partition"] == "label-skew"
+    iid = [ds.shard(i, count, partition="iid") for i in range(count)]
+    assert all(np.count_nonzero(np.bincount(s.y_train)) == 10 for s in iid)
+    again = load_dataset("mnist").shard(3, count, partition="label-skew")
+    np.testing.assert_array_equal(again.y_train, shards[3].y_train)
+    other_seed = replace(ds, seed=1).shard(3, count, partition="label-skew")
+    assert not np.array_equal(other_seed.y_train, shards[3].y_train)
+
+
+def _pixel_ids(x: np.ndarray) -> np.ndarray:
+    """A per-sample fingerprint (MNIST has no duplicate images in its training split)."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    return flat @ np.random.default_rng(0).standard_normal(flat.shape[1])
 
 
 def test_ungrouped_shards_are_disjoint_and_cover(tmp_path: Path) -> None:
