@@ -72,6 +72,8 @@ DEFAULT_COMPENSATIONS = (
     "delay-momentum:stages=both",
     "delay-momentum",
     "delay-beta1",
+    "lookahead",
+    "delay-beta1+lookahead",
 )
 
 
@@ -86,6 +88,11 @@ class StudyConfig:
     # gradient lands about E·(W+1) edge-stage updates late (SPEC step 4): the fleet, not the
     # window alone, sets the staleness a compensation must hold at.
     edges: tuple[int, ...] = (1,)
+    # How a fleet's shards are dealt (Dataset.shard): one IMU subject per edge, MNIST skewed
+    # by label, so that edges disagree as real ones do (issue 10's targets).
+    partitions: Mapping[str, str] = field(
+        default_factory=lambda: {"imu": "groups", "mnist": "label-skew"}
+    )
     # Batches per run, all edges together: E edges train ``steps // E`` batches each, so every
     # fleet size sees the same samples as one edge (and as centralized training).
     steps: Mapping[str, int] = field(default_factory=lambda: {"imu": 1500, "mnist": 600})
@@ -169,6 +176,7 @@ def _grid_jobs(study: StudyConfig) -> list[_Job]:
                         mode="simultrain",
                         dataset=dataset,
                         edges=edges,
+                        partition=study.partitions.get(dataset, "auto"),
                         steps=max(study.steps[dataset] // edges, 1),
                         window=window,
                         seed=seed,
@@ -183,6 +191,8 @@ def _grid_jobs(study: StudyConfig) -> list[_Job]:
                         "dataset": dataset,
                         "seed": seed,
                     }
+                    if edges > 1:
+                        labels["partition"] = config.partition
                     jobs.append(_Job("grid", labels, config))
     return jobs
 

@@ -72,7 +72,10 @@ def test_edges_axis_trains_the_same_samples_on_a_fleet(tmp_path: Path) -> None:
     assert main([*args, "--edges", "1,2", "--compensations", "none", "--steps", "imu=8"]) == 0
     saved = json.loads((tmp_path / "staleness.json").read_text())
     fleet = [r for r in saved["records"] if r["edges"] == 2]
-    assert {(r["window"], r["steps"]) for r in fleet} == {(0, 4), (2, 4)}
+    assert {(r["window"], r["steps"], r["partition"]) for r in fleet} == {
+        (0, 4, "groups"),
+        (2, 4, "groups"),
+    }
     # Two edges, window 2: each edge's gradient misses its own 2 updates and the other's.
     stale = next(r for r in fleet if r["window"] == 2)
     assert stale["max_staleness"] > 2
