@@ -138,7 +138,17 @@ def demo(
         str, typer.Option(help="How data is dealt to edges: auto, groups, iid, label-skew.")
     ] = "auto",
     window: Annotated[int, typer.Option(help="In-flight window W (staleness bound).")] = 4,
-    alpha: Annotated[float, typer.Option(help="Forecast coefficient α (0: off).")] = 0.5,
+    compensation: Annotated[
+        str | None,
+        typer.Option(
+            help="Staleness compensation chain, e.g. delay-beta1+forecast, or forecast (the "
+            "paper's; default: the run configuration's)."
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Forecast coefficient α (needs a forecast part; 0: off)."),
+    ] = None,
     beta: Annotated[float, typer.Option(help="Reconciliation weight β.")] = 0.9,
     reconcile_every: Annotated[
         int, typer.Option("--reconcile-every", "-R", help="R (0: never).")
@@ -166,6 +176,7 @@ def demo(
                 "model_id": model,
                 "window": window,
                 "alpha": alpha,
+                **({"compensation": compensation} if compensation is not None else {}),
                 "beta": beta,
                 "reconcile_every": reconcile_every or None,
                 "seed": seed,

@@ -200,6 +200,7 @@ def _run(
         final = client.get(f"{cloud_url}/v1/eval").json()
         status = client.get(f"{cloud_url}/v1/status").json()
     sessions = status["edges"].values()
+    schedule = run.schedule()
     return {
         "mode": run.mode,
         "dataset": run.dataset,
@@ -216,7 +217,11 @@ def _run(
         "mean_staleness": status["staleness"]["mean"],
         "master_version": status["master_version"],
         "window": run.window,
-        "alpha": run.alpha,
+        "compensation": schedule.compensation,
+        # The α that acted: the forecast part's (its own 0.5 when not given), else none.
+        "alpha": (schedule.alpha if schedule.alpha is not None else 0.5)
+        if schedule.forecasts
+        else None,
         "beta": run.beta,
         "reconcile_every": run.reconcile_every,
         "seed": run.seed,
@@ -312,8 +317,13 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{summary['bytes_up'] / 1e6:.2f} MB / {summary['bytes_down'] / 1e6:.2f} MB",
         ),
         (
-            "window, α, β, R",
-            ", ".join(str(summary[k]) for k in ("window", "alpha", "beta", "reconcile_every")),
+            "compensation (α)",
+            f"{summary['compensation']}"
+            + (f" (α {summary['alpha']})" if summary["alpha"] is not None else ""),
+        ),
+        (
+            "window, β, R",
+            ", ".join(str(summary[k]) for k in ("window", "beta", "reconcile_every")),
         ),
         ("wall time", f"{summary['seconds']:.1f} s"),
     ]

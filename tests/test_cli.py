@@ -16,7 +16,9 @@ from simultrain.cli import app
         (["--mode", "nope"], "nope"),
         # 400 edges split IMU subject 1 (433 windows) into 50 pieces of 8 or 9 windows.
         (["--edges", "400"], "shard 0 of 400 (groups) has 9 training samples"),
-        (["--partition", "nope"], "unknown partition 'nope'"),
+        (["--partition", "nope"], "'partition': 'nope' is not one of"),
+        (["--alpha", "0.5"], "compensation 'delay-beta1' has no 'forecast' part"),
+        (["--compensation", "forecast+bogus"], "unknown compensation 'bogus'"),
         (["--partition", "label-skew", "--edges", "100"], "shard 0 of 100 (label-skew) has 2"),
     ],
 )

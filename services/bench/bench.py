@@ -50,6 +50,8 @@ from simultrain.shared.training.schedule import MODES
 
 __all__ = [
     "CODEC_VARIANTS",
+    "COMPENSATION_VARIANTS",
+    "VARIANTS",
     "WORKLOADS",
     "BenchOptions",
     "Case",
@@ -89,6 +91,24 @@ CODEC_VARIANTS: Mapping[str, Mapping[str, Any]] = {
         "egrad_codec": "fp16",
     },
 }
+
+# The paper's ablations, made honest (SPEC "Ablations"): each is a RunConfig override on the
+# same mode, so the two runs of a pair differ in exactly one thing. SimulTrain as the paper
+# defines it (forecast, α = 0.5) against α = 0; our default chain against no compensation.
+# (The "simultrain-noforecast" mode removes the forecast from the run's chain, and our
+# default chain has none: beside our default it would be the same run twice.)
+COMPENSATION_VARIANTS: Mapping[str, Mapping[str, Any]] = {
+    "paper": {"compensation": "forecast", "alpha": 0.5},
+    "paper-alpha0": {"compensation": "forecast", "alpha": 0.0},
+    "ours": {},
+    "ours-nocomp": {"compensation": "none"},
+}
+
+# Every value of a case's ``variant`` axis: a codec variant or a compensation variant.
+VARIANTS: Mapping[str, Mapping[str, Any]] = {**CODEC_VARIANTS, **COMPENSATION_VARIANTS}
+
+# The accuracy suites' modes: the no-forecast mode is the "ablation" suite's business.
+ACCURACY_MODES = tuple(m for m in MODES if m != "simultrain-noforecast")
 
 
 @dataclass(frozen=True)
@@ -162,7 +182,7 @@ class Case:
                 "model_id": model_id,
                 "seed": self.seed,
                 **window,
-                **CODEC_VARIANTS[self.variant],
+                **VARIANTS[self.variant],
             }
         )
 
@@ -185,7 +205,7 @@ def full_plan() -> list[Suite]:
         ),
         Suite(
             "accuracy",
-            ALL_MODES,
+            ACCURACY_MODES,
             ("5g",),
             ("imu", "imu-thin"),
             (0, 1, 2),
@@ -198,7 +218,7 @@ def full_plan() -> list[Suite]:
         # it), without split-sync (window 0: the same arithmetic as syncsgd/centralized).
         Suite(
             "accuracy",
-            tuple(m for m in ALL_MODES if m != "split-sync"),
+            tuple(m for m in ACCURACY_MODES if m != "split-sync"),
             ("lan",),
             ("mnist",),
             (0, 1, 2),
@@ -213,6 +233,17 @@ def full_plan() -> list[Suite]:
             (0,),
             STEPS_SYSTEMS,
             variants=tuple(CODEC_VARIANTS),
+        ),
+        # The paper's ablations as pairs (COMPENSATION_VARIANTS), three seeds each, over LAN
+        # (accuracy does not depend on the link).
+        Suite(
+            "ablation",
+            ("simultrain",),
+            ("lan",),
+            ("imu", "mnist"),
+            (0, 1, 2),
+            STEPS_ACCURACY,
+            variants=tuple(COMPENSATION_VARIANTS),
         ),
         # W = 4 is the systems suite's default window: the report puts it beside these.
         Suite(

@@ -46,7 +46,8 @@ def bench(
         str | None, typer.Option(help="Codec variants of the compression suite.")
     ] = None,
     suites: Annotated[
-        str | None, typer.Option(help="Only these suites: systems, accuracy, compression, window.")
+        str | None,
+        typer.Option(help="Only these suites: systems, accuracy, ablation, compression, window."),
     ] = None,
     slowdown: Annotated[
         float | None, typer.Option(help="Edge time dilation k (default: calibrate now).")
@@ -63,7 +64,7 @@ def bench(
 ) -> None:
     """Run modes × links × datasets × seeds through the real services; write results."""
     from simultrain.bench.bench import (
-        CODEC_VARIANTS,
+        VARIANTS,
         WORKLOADS,
         BenchOptions,
         parse_list,
@@ -100,8 +101,10 @@ def bench(
             datasets=parse_list(datasets, known=WORKLOADS),
             seeds=seeds,
             steps=steps,
-            variants=parse_list(variants, known=CODEC_VARIANTS),
-            suites=parse_list(suites, known=("systems", "accuracy", "compression", "window")),
+            variants=parse_list(variants, known=VARIANTS),
+            suites=parse_list(
+                suites, known=("systems", "accuracy", "ablation", "compression", "window")
+            ),
             slowdown=slowdown,
             edge_threads=edge_threads,
             log_dir=log_dir,

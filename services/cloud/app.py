@@ -53,6 +53,7 @@ def run_config_from_settings(settings: CloudSettings) -> RunConfig:
             "seed": settings.run_seed,
             "window": settings.run_window,
             "alpha": settings.run_alpha,
+            "compensation": settings.run_compensation,
             "beta": settings.run_beta,
             "reconcile_every": settings.run_reconcile_every,
             "optimizer_name": settings.run_optimizer,

@@ -60,7 +60,12 @@ class CloudSettings(BaseSettings):
     run_model_id: str | None = Field(None, description="Model id (default: the dataset's).")
     run_seed: int = Field(0, description="Seed, when there is no coordinator.")
     run_window: int = Field(4, ge=0, description="Window W, when there is no coordinator.")
-    run_alpha: float = Field(0.5, ge=0, description="Forecast α, when there is no coordinator.")
+    run_alpha: float | None = Field(
+        None, ge=0, description="Forecast α (only with a forecast part; default: its own)."
+    )
+    run_compensation: str = Field(
+        "delay-beta1", description="Compensation chain, e.g. delay-beta1+forecast (no coordinator)."
+    )
     run_beta: float = Field(0.9, ge=0, le=1, description="Reconciliation β (no coordinator).")
     run_reconcile_every: int | None = Field(10, ge=1, description="R (no coordinator).")
     run_optimizer: Literal["sgd", "adam"] = Field("adam", description="Optimizer (no coordinator).")

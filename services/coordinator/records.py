@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from simultrain.shared.errors import ConfigError
+from simultrain.shared.training.schedule import make_schedule
 
 __all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "Partition", "RunConfig", "Status"]
 
@@ -44,7 +47,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: Mode = "simultrain"
-    alpha: float = Field(0.5, ge=0, description="Gradient-forecast coefficient α (0 = off).")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        description="Forecast coefficient α; only with a forecast part (default: its own 0.5).",
+    )
     beta: float = Field(0.9, ge=0, le=1, description="Soft-reconciliation weight β.")
     reconcile_every: int | None = Field(
         10, ge=0, description="Reconcile every R edge steps; null = never (R = ∞)."
@@ -62,7 +69,9 @@ class RunConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     egrad_codec: Codec = "lz4"
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries the topk codec keeps.")
-    compensation: str = Field("delay-beta1", description="Staleness compensation (see README).")
+    compensation: str = Field(
+        "delay-beta1", description="Staleness compensation chain, e.g. delay-beta1+forecast."
+    )
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
     optimizer_name: Literal["sgd", "adam"] = "adam"
@@ -73,8 +82,8 @@ class RunConfig(BaseModel):
 
     @field_validator("alpha")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError("alpha must be finite")
         return value
 
@@ -83,6 +92,24 @@ class RunConfig(BaseModel):
     def _never_is_none(cls, value: int | None) -> int | None:
         # One spelling of "never" on the wire: null. 0 is accepted as input for convenience.
         return None if value == 0 else value
+
+    @model_validator(mode="after")
+    def _schedule_holds(self) -> RunConfig:
+        # The same check every edge and the cloud make (shared schedule): a configuration
+        # they would refuse — an α for a chain without a forecast — is refused here first.
+        try:
+            make_schedule(
+                self.mode,
+                window=self.window,
+                alpha=self.alpha,
+                reconcile_every=self.reconcile_every,
+                beta=self.beta,
+                local_steps=self.local_steps,
+                compensation=self.compensation,
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,11 @@ class CoordinatorSettings(BaseSettings):
 
     # --- run configuration handed to every edge (SPEC.md) -----------------------------
     mode: Mode = Field("simultrain", description="Training mode (SPEC.md modes table).")
-    alpha: float = Field(0.5, ge=0, description="Gradient-forecast coefficient α; 0 = off.")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        description="Forecast coefficient α; only with a forecast part (default: its own 0.5).",
+    )
     beta: float = Field(0.9, ge=0, le=1, description="Soft-reconciliation weight β.")
     reconcile_every: int | None = Field(
         10, ge=0, description="Reconcile each edge every R of its steps; 0 = never (R = ∞)."
@@ -97,7 +101,9 @@ class CoordinatorSettings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="Samples per edge batch.")
     egrad_codec: Codec = Field("lz4", description="Codec for edge-stage gradients (edge → cloud).")
     topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries topk keeps.")
-    compensation: str = Field("delay-beta1", description="Staleness compensation (README).")
+    compensation: str = Field(
+        "delay-beta1", description="Staleness compensation chain, e.g. delay-beta1+forecast."
+    )
     local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
     optimizer_name: Literal["sgd", "adam"] = Field("adam", description="Optimizer family.")
@@ -167,8 +173,8 @@ class CoordinatorSettings(BaseSettings):
 
     @field_validator("alpha")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError("alpha must be finite")
         return value
 
@@ -210,6 +216,11 @@ class CoordinatorSettings(BaseSettings):
             raise ValueError("token_previous_keys needs token_key")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile, or neither")
+        try:
+            self.run_config()
+        except ValidationError as exc:
+            reasons = "; ".join(str(e["msg"]) for e in exc.errors(include_input=False))
+            raise ValueError(f"run configuration: {reasons}") from None
         return self
 
     @property

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from simultrain.shared.errors import ConfigError
+from simultrain.shared.training.schedule import check_alpha
 
 __all__ = [
     "COMPENSATIONS",
@@ -465,7 +466,7 @@ COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
 """Every compensation by its configuration name."""
 
 
-def _parse_part(spec: str, *, alpha: float, lam: float) -> Compensation | None:
+def _parse_part(spec: str, *, alpha: float | None, lam: float) -> Compensation | None:
     base, _, params = spec.strip().partition(":")
     factory = COMPENSATIONS.get(base)
     if factory is None:
@@ -473,7 +474,7 @@ def _parse_part(spec: str, *, alpha: float, lam: float) -> Compensation | None:
             f"unknown compensation {base!r}; choose one of {sorted(COMPENSATIONS)}, joined with '+'"
         )
     kwargs: dict[str, object] = {}
-    if base == "forecast":
+    if base == "forecast" and alpha is not None:
         kwargs["alpha"] = alpha
     elif base in ("dcasgd", "dcasgd-a"):
         kwargs["lam"] = lam
@@ -490,7 +491,7 @@ def _parse_part(spec: str, *, alpha: float, lam: float) -> Compensation | None:
             kwargs[key] = raw.strip() if isinstance(default, str) else float(raw)
         except ValueError as exc:
             raise ConfigError(f"compensation {base!r}: {key} must be a number") from exc
-    if base == "forecast" and kwargs["alpha"] == 0.0:
+    if base == "forecast" and kwargs.get("alpha", Forecast().alpha) == 0.0:
         return None  # α = 0 is no forecast (the paper's ablation)
     try:
         return factory(**kwargs)
@@ -498,12 +499,17 @@ def _parse_part(spec: str, *, alpha: float, lam: float) -> Compensation | None:
         raise ConfigError(f"compensation {spec!r}: {exc}") from exc
 
 
-def compensation_from_name(name: str, *, alpha: float = 0.5, lam: float = 2.0) -> Compensation:
+def compensation_from_name(
+    name: str, *, alpha: float | None = None, lam: float = 2.0
+) -> Compensation:
     """Build a compensation from its configuration name, e.g. ``delay-momentum+predict``.
 
-    ``alpha`` is the run's forecast coefficient (RunConfig.alpha): it is the default α of a
-    ``forecast`` part, and α = 0 removes that part (the "no forecast" ablation).
+    ``alpha`` is the run's forecast coefficient (RunConfig.alpha): the α of the ``forecast``
+    part (None: the part's own, 0.5 unless ``forecast:alpha=…``), and α = 0 removes that part
+    (the paper's "no forecast" ablation). An α for a chain without a ``forecast`` part, or
+    one the part already sets, is refused (`check_alpha`): it would change nothing.
     """
+    check_alpha(name, alpha)
     parts = [p for p in (_parse_part(s, alpha=alpha, lam=lam) for s in name.split("+")) if p]
     if not parts:
         return NoCompensation()

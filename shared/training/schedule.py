@@ -8,12 +8,26 @@ Ablations are the same schedule with one field changed.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from simultrain.shared.errors import ConfigError
 
-__all__ = ["MODES", "EdgeRole", "Schedule", "make_schedule"]
+__all__ = [
+    "MODES",
+    "EdgeRole",
+    "Schedule",
+    "check_alpha",
+    "forecast_parts",
+    "make_schedule",
+    "next_reconciliations",
+    "offset_for",
+    "offset_for_ordinal",
+    "reconcile_due",
+    "without_forecast",
+]
 
 
 class EdgeRole(StrEnum):
@@ -30,11 +44,15 @@ class Schedule:
     mode: str
     edge_role: EdgeRole
     window: int  # batches that may be unanswered when the next is produced; 0 = lockstep
-    alpha: float = 0.0  # forecast coefficient (0 = no forecast)
+    # The forecast's α (SPEC step 4) when the run gives one; None leaves a ``forecast`` part
+    # its own α (0.5, or ``forecast:alpha=…``). Only a chain with a forecast part takes one.
+    alpha: float | None = None
     reconcile_every: int | None = None  # R in edge steps; None = never (R = ∞)
     beta: float = 0.9
     local_steps: int = 1  # FedAvg's E
-    compensation: str = "forecast"
+    # The staleness-compensation chain (shared/training/compensation.py), e.g.
+    # ``delay-beta1+forecast``; every part is the plain update at staleness 0.
+    compensation: str = "none"
 
     def __post_init__(self) -> None:
         if self.window < 0:
@@ -45,52 +63,205 @@ class Schedule:
             raise ConfigError(f"beta must be in [0, 1], got {self.beta}")
         if self.local_steps < 1:
             raise ConfigError(f"local_steps must be ≥ 1, got {self.local_steps}")
+        check_alpha(self.compensation, self.alpha)
 
     @property
     def pipelined(self) -> bool:
         return self.edge_role is EdgeRole.SPLIT and self.window > 0
 
+    @property
+    def forecasts(self) -> bool:
+        """Whether the compensation chain has a gradient-forecast part."""
+        return bool(forecast_parts(self.compensation))
+
     def reconcile_offset(self, index: int, count: int) -> int:
         """Stagger reconciliations: edge ``index`` of ``count`` is shifted by ``index·R/count``."""
-        r = self.reconcile_every
-        return 0 if r is None or count <= 0 else (index * r) // count
+        return 0 if count <= 0 else offset_for(index, count, self.reconcile_every)
 
     def reconcile_due(self, step: int, offset: int = 0) -> bool:
         """Whether edge step ``step`` (1-based count of finished steps) reconciles."""
-        r = self.reconcile_every
-        return r is not None and step > 0 and (step + offset) % r == 0
+        return reconcile_due(step, offset, self.reconcile_every)
 
 
-def _centralized(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
-    return Schedule("centralized", EdgeRole.RAW, window=max(window, 0))
+# --- the soft-reconciliation schedule (SPEC "One SimulTrain step", point 6) ---------------
+# The one place it is computed: the cloud's runtime decides with `reconcile_due`, the
+# coordinator reports `next_reconciliations` — the same steps by construction. Edge ``i`` of
+# ``n`` gets the offset ``o = i·R/n`` and reconciles on its steps ``s ≥ 1`` with
+# ``(s + o) mod R = 0``, so the edges' full SNAPs do not all fall on one step. Step 0 is
+# never due (the replica was just set from the master). R of 0 or None: never (R = ∞).
 
 
-def _syncsgd(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
-    return Schedule("syncsgd", EdgeRole.FULL_GRADIENT, window=0)
+def _period(every: int | None) -> int | None:
+    if every is None or every == 0:
+        return None
+    if every < 0:
+        raise ValueError(f"reconcile_every must be ≥ 0 or None, got {every}")
+    return every
 
 
-def _split_sync(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
+def offset_for(index: int, count: int, every: int | None) -> int:
+    """Offset of edge ``index`` of ``count`` edges: ``index·R // count``, spread over a period."""
+    if count < 1:
+        raise ValueError(f"count must be ≥ 1, got {count}")
+    if not 0 <= index < count:
+        raise ValueError(f"index must be in [0, {count}), got {index}")
+    period = _period(every)
+    return 0 if period is None else index * period // count
+
+
+def offset_for_ordinal(ordinal: int, every: int | None) -> int:
+    """Offset of the ``ordinal``-th edge when the number of edges is not known in advance.
+
+    Uses the base-2 van der Corput sequence (0, 1/2, 1/4, 3/4, 1/8, …): every prefix of it
+    is spread almost evenly over the period, so the offsets stay staggered however many
+    edges end up registering. For ``n`` a power of two, the first ``n`` ordinals get exactly
+    the offsets ``i·R/n`` of :func:`offset_for`, in a different order.
+    """
+    if ordinal < 0:
+        raise ValueError(f"ordinal must be ≥ 0, got {ordinal}")
+    period = _period(every)
+    if period is None:
+        return 0
+    numerator, denominator, rest = 0, 1, ordinal
+    while rest:
+        numerator = numerator * 2 + (rest & 1)
+        denominator *= 2
+        rest >>= 1
+    return numerator * period // denominator
+
+
+def reconcile_due(step: int, offset: int, every: int | None) -> bool:
+    """Whether an edge with ``offset`` reconciles after its ``step``-th finished step."""
+    period = _period(every)
+    return period is not None and step >= 1 and (step + offset) % period == 0
+
+
+def next_reconciliations(after_step: int, offset: int, every: int | None, count: int) -> list[int]:
+    """The next ``count`` steps strictly after ``after_step`` at which `reconcile_due` holds.
+
+    Empty when reconciliation is off.
+    """
+    period = _period(every)
+    if period is None or count < 1:
+        return []
+    first = max(after_step, 0) + 1
+    first += (-offset - first) % period
+    return [first + k * period for k in range(count)]
+
+
+# Chain names are parsed here as plain strings (no torch): which parts are forecasts, and the
+# chain without them. compensation.py builds the objects and checks every part's name.
+_FORECASTS = frozenset({"forecast", "forecast-adaptive"})
+
+
+def _part_base(part: str) -> str:
+    return part.strip().partition(":")[0].strip()
+
+
+def forecast_parts(chain: str) -> list[str]:
+    """The gradient-forecast parts (``forecast``, ``forecast-adaptive``) of a chain."""
+    return [p.strip() for p in chain.split("+") if _part_base(p) in _FORECASTS]
+
+
+def without_forecast(chain: str) -> str:
+    """The chain with its forecast parts removed (the paper's "no forecast" ablation)."""
+    kept = [p.strip() for p in chain.split("+") if _part_base(p) not in _FORECASTS]
+    return "+".join(kept) or "none"
+
+
+def check_alpha(chain: str, alpha: float | None) -> None:
+    """Refuse an α that would act on nothing, or that a forecast part already sets.
+
+    α is the coefficient of the ``forecast`` part (SPEC step 4): given for a chain without
+    one it would silently change nothing, the trap this check closes.
+    """
+    if alpha is None:
+        return
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ConfigError(f"alpha must be a finite number ≥ 0, got {alpha}")
+    plain = [p for p in forecast_parts(chain) if _part_base(p) == "forecast"]
+    if not plain:
+        raise ConfigError(
+            f"alpha is the forecast's coefficient, but compensation {chain!r} has no "
+            "'forecast' part: add one (e.g. 'delay-beta1+forecast') or leave alpha unset"
+        )
+    if any("alpha=" in p.replace(" ", "") for p in plain):
+        raise ConfigError(
+            f"alpha is given twice: as alpha and inside compensation {chain!r}; give it once"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Args:
+    window: int
+    alpha: float | None
+    reconcile_every: int | None
+    beta: float
+    local_steps: int
+    compensation: str
+
+
+# Every mode takes the run's compensation chain; it is the plain update at staleness 0, so
+# the lockstep modes train exactly as without it. split-sync is the plain split-learning
+# baseline and never compensates.
+def _centralized(a: _Args) -> Schedule:
+    return Schedule(
+        "centralized",
+        EdgeRole.RAW,
+        window=max(a.window, 0),
+        compensation=a.compensation,
+        alpha=a.alpha,
+    )
+
+
+def _syncsgd(a: _Args) -> Schedule:
+    return Schedule(
+        "syncsgd", EdgeRole.FULL_GRADIENT, window=0, compensation=a.compensation, alpha=a.alpha
+    )
+
+
+def _split_sync(a: _Args) -> Schedule:
     return Schedule("split-sync", EdgeRole.SPLIT, window=0, compensation="none")
 
 
-def _fedavg(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
-    return Schedule("fedavg", EdgeRole.LOCAL_STEPS, window=0, local_steps=e)
+def _fedavg(a: _Args) -> Schedule:
+    return Schedule(
+        "fedavg",
+        EdgeRole.LOCAL_STEPS,
+        window=0,
+        local_steps=a.local_steps,
+        compensation=a.compensation,
+        alpha=a.alpha,
+    )
 
 
-def _simultrain(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
-    return Schedule("simultrain", EdgeRole.SPLIT, window, alpha, r, beta)
+def _simultrain(a: _Args) -> Schedule:
+    return Schedule(
+        "simultrain",
+        EdgeRole.SPLIT,
+        a.window,
+        reconcile_every=a.reconcile_every,
+        beta=a.beta,
+        compensation=a.compensation,
+        alpha=a.alpha,
+    )
 
 
-def _no_forecast(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
-    return replace(_simultrain(window, alpha, r, beta, e), mode="simultrain-noforecast", alpha=0.0)
+def _no_forecast(a: _Args) -> Schedule:
+    # SPEC "Ablations": the run's own chain without its forecast part, whatever else it holds.
+    return replace(
+        _simultrain(a),
+        mode="simultrain-noforecast",
+        alpha=None,
+        compensation=without_forecast(a.compensation),
+    )
 
 
-def _no_reconcile(window: int, alpha: float, r: int | None, beta: float, e: int) -> Schedule:
-    base = _simultrain(window, alpha, r, beta, e)
-    return replace(base, mode="simultrain-noreconcile", reconcile_every=None)
+def _no_reconcile(a: _Args) -> Schedule:
+    return replace(_simultrain(a), mode="simultrain-noreconcile", reconcile_every=None)
 
 
-MODES = {
+MODES: dict[str, Callable[[_Args], Schedule]] = {
     "centralized": _centralized,
     "syncsgd": _syncsgd,
     "split-sync": _split_sync,
@@ -105,16 +276,18 @@ def make_schedule(
     mode: str,
     *,
     window: int = 4,
-    alpha: float = 0.5,
+    alpha: float | None = None,
     reconcile_every: int | None = 10,
     beta: float = 0.9,
     local_steps: int = 5,
+    compensation: str = "forecast",
 ) -> Schedule:
+    """The schedule of ``mode``; ``compensation`` defaults to the paper's ``forecast`` (α 0.5)."""
     try:
         factory = MODES[mode]
     except KeyError:
         raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}") from None
-    return factory(window, alpha, reconcile_every, beta, local_steps)
+    return factory(_Args(window, alpha, reconcile_every, beta, local_steps, compensation))
 
 
 WHOLE_MODEL_ROLES = frozenset({EdgeRole.FULL_GRADIENT, EdgeRole.LOCAL_STEPS})

@@ -18,7 +18,7 @@ def test_simultrain_window_4_matches_centralized_on_the_same_samples_and_seed() 
     common = {"steps": 1500, "seed": 0, "dataset": "imu"}
     centralized = run_in_process(RunConfig(mode="centralized", **common))  # type: ignore[arg-type]
     pipelined = run_in_process(
-        RunConfig(mode="simultrain", window=4, alpha=0.5, beta=0.9, reconcile_every=10, **common)  # type: ignore[arg-type]
+        RunConfig(mode="simultrain", window=4, beta=0.9, reconcile_every=10, **common)  # type: ignore[arg-type]
     )
     print(f"centralized {centralized.accuracy:.4f}  simultrain W=4 {pipelined.accuracy:.4f}")
     assert pipelined.samples == centralized.samples == 1500 * 32

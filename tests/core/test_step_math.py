@@ -256,7 +256,8 @@ def test_bad_edge_gradient_leaves_master_unchanged() -> None:
 def test_modes_are_schedules() -> None:
     assert make_schedule("split-sync").window == 0
     assert make_schedule("simultrain", window=4).pipelined
-    assert make_schedule("simultrain-noforecast").alpha == 0.0
+    assert make_schedule("simultrain-noforecast").compensation == "none"
+    assert not make_schedule("simultrain-noforecast").forecasts
     assert make_schedule("simultrain-noreconcile").reconcile_every is None
     assert make_schedule("fedavg", local_steps=5).local_steps == 5
     assert make_schedule("centralized").edge_role is EdgeRole.RAW

@@ -61,7 +61,7 @@ async def test_health_ready_and_config(coordinator_client: httpx.AsyncClient) ->
     run_config = config["run_config"]
     expected = {
         "mode": "simultrain",
-        "alpha": 0.5,
+        "alpha": None,
         "beta": 0.9,
         "reconcile_every": 10,
         "window": 4,
@@ -178,10 +178,10 @@ async def test_edge_registration_returns_assignment_config_and_schedule(
     edge = await add_edge(coordinator_client, name="pi-kitchen", shard_index=1, shard_count=4)
     assert edge["edge_id"].startswith("edge-")
     assert edge["cloud_id"] == cloud_id and edge["cloud_url"] == "http://cloud-a.test:9000"
-    assert edge["run_config"]["alpha"] == 0.5 and edge["run_config"]["window"] == 4
+    assert edge["run_config"]["alpha"] is None and edge["run_config"]["window"] == 4
     assert edge["reconcile_every"] == 10
     assert edge["reconcile_offset"] == 2  # shard 1 of 4: 1·10 // 4
-    assert edge["next_reconciliations"] == [2, 12, 22]
+    assert edge["next_reconciliations"] == [8, 18, 28]  # (step + 2) mod 10 = 0, as the cloud
     assert edge["heartbeat_interval_s"] == 1.0 and edge["heartbeat_timeout_s"] == 5.0
     assert edge["token"] is None and edge["token_expires_at"] is None  # development mode
 

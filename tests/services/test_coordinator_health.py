@@ -193,12 +193,12 @@ def test_changed_run_config_wins_and_reschedules(
         edges = [first.register_edge().edge.edge_id for _ in range(2)]
         assert [first.get_edge(e).edge.reconcile_offset for e in edges] == [0, 5]
 
-    changed = coordinator_settings.model_copy(update={"reconcile_every": 20, "alpha": 0.0})
+    changed = coordinator_settings.model_copy(update={"reconcile_every": 20, "beta": 0.5})
     with SQLiteStore(path) as store, caplog.at_level(logging.WARNING, "simultrain"):
         second = Coordinator(store, changed, clock=coordinator_clock)
         assert store.get_run_config() == second.run_config == changed.run_config()
         assert [second.get_edge(e).edge.reconcile_offset for e in edges] == [0, 10]
-    assert "['alpha', 'reconcile_every']" in caplog.text
+    assert "['beta', 'reconcile_every']" in caplog.text
 
 
 async def test_background_monitor_sweeps_in_the_lifespan(

@@ -30,8 +30,9 @@ def test_never_reconcile(every: int | None) -> None:
 def test_due_every_r_steps_from_the_offset_and_never_at_step_zero() -> None:
     due = [s for s in range(0, 35) if reconcile_due(s, 0, 10)]
     assert due == [10, 20, 30]
+    # The cloud's convention (shared/training/schedule.py): (step + offset) mod R = 0.
     due = [s for s in range(0, 35) if reconcile_due(s, 3, 10)]
-    assert due == [3, 13, 23, 33]
+    assert due == [7, 17, 27]
     assert [s for s in range(0, 5) if reconcile_due(s, 0, 1)] == [1, 2, 3, 4]
 
 

@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert settings.token_keys() == []
     assert settings.run_config() == RunConfig(
         mode="simultrain",
-        alpha=0.5,
+        alpha=None,
         beta=0.9,
         reconcile_every=10,
         window=4,
@@ -42,6 +42,7 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_PORT", "0")
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_DB_PATH", ":memory:")
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_ALPHA", "0")
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_COMPENSATION", "delay-beta1+forecast")
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_RECONCILE_EVERY", "0")
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_MODE", "split-sync")
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_ACT_CODEC", "fp16")
@@ -74,6 +75,8 @@ def test_frozen() -> None:
         {"port": 65536},
         {"alpha": -0.1},
         {"alpha": float("inf")},
+        {"alpha": 0.5},  # the default chain (delay-beta1) has no forecast to take it
+        {"alpha": 0.5, "compensation": "forecast:alpha=0.2"},
         {"beta": 1.5},
         {"window": -1},
         {"batch_size": 0},

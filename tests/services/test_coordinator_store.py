@@ -60,7 +60,13 @@ def test_empty_store(coordinator_store: CoordinatorStore) -> None:
 
 
 def test_run_config_round_trip(coordinator_store: CoordinatorStore) -> None:
-    config = RunConfig(alpha=0.25, reconcile_every=0, act_codec="fp16", dataset="npz:/x.npz")
+    config = RunConfig(
+        alpha=0.25,
+        compensation="delay-beta1+forecast",
+        reconcile_every=0,
+        act_codec="fp16",
+        dataset="npz:/x.npz",
+    )
     coordinator_store.put_run_config(config)
     assert coordinator_store.get_run_config() == config
     assert coordinator_store.get_run_config().reconcile_every is None  # type: ignore[union-attr]
@@ -173,7 +179,7 @@ def test_close_is_idempotent(coordinator_store: CoordinatorStore) -> None:
 
 def test_sqlite_restart_keeps_edges_versions_and_config(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    config = RunConfig(alpha=0.1, window=8)
+    config = RunConfig(alpha=0.1, compensation="forecast", window=8)
     cloud = make_cloud(master_version=41, connected_edges=("edge-1",))
     edge = make_edge(edge_version=40, step=99, reconcile_offset=5, name="pi")
     with SQLiteStore(path) as store:
