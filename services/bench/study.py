@@ -9,10 +9,12 @@ be the same run.
 
 Outputs, in ``out_dir``:
 
-- ``staleness.json`` — ``{"meta", "records", "ablations"}``; one record per run with
-  ``compensation, optimizer, window, dataset, seed, steps, accuracy, final_loss`` (held-out
-  loss at the end), ``train_loss`` (mean of the last 50 batches), ``max_staleness``,
-  ``seconds``. Rewritten after every run, so an interrupted study keeps what it finished and
+- ``staleness.json`` — ``{"default", "meta", "records", "ablations"}``; ``default`` names
+  the run configuration's default compensation chain; one record per run with
+  ``compensation, optimizer, edges, window, dataset, seed, steps`` (batches per edge),
+  ``accuracy, final_loss`` (held-out loss at the end), ``train_loss`` (mean of the last 50
+  batches), ``max_staleness``, ``mean_staleness`` (edge-stage updates), ``seconds``.
+  Rewritten after every run, so an interrupted study keeps what it finished and
   ``resume=True`` skips it.
 - ``staleness.md`` — mean ± std over seeds per cell, and the gap to the same optimizer's
   window 0, in accuracy points; then the ablations.
@@ -25,6 +27,7 @@ Outputs, in ``out_dir``:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -69,6 +72,8 @@ DEFAULT_COMPENSATIONS = (
     "delay-momentum:stages=both",
     "delay-momentum",
     "delay-beta1",
+    "lookahead",
+    "delay-beta1+lookahead",
 )
 
 
@@ -79,6 +84,17 @@ class StudyConfig:
     optimizers: tuple[str, ...] = ("sgd", "momentum", "adam")
     windows: tuple[int, ...] = (0, 2, 4, 8)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # Fleet sizes. With E edges the master moves once per batch of every edge, so an edge's
+    # gradient lands about E·(W+1) edge-stage updates late (SPEC step 4): the fleet, not the
+    # window alone, sets the staleness a compensation must hold at.
+    edges: tuple[int, ...] = (1,)
+    # How a fleet's shards are dealt (Dataset.shard): one IMU subject per edge, MNIST skewed
+    # by label, so that edges disagree as real ones do (issue 10's targets).
+    partitions: Mapping[str, str] = field(
+        default_factory=lambda: {"imu": "groups", "mnist": "label-skew"}
+    )
+    # Batches per run, all edges together: E edges train ``steps // E`` batches each, so every
+    # fleet size sees the same samples as one edge (and as centralized training).
     steps: Mapping[str, int] = field(default_factory=lambda: {"imu": 1500, "mnist": 600})
     # Per-dataset overrides of the grid where compute is short: {"mnist": ("none", ...)}.
     dataset_compensations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -145,33 +161,39 @@ def _grid_jobs(study: StudyConfig) -> list[_Job]:
     jobs = []
     for dataset in study.datasets:
         comps = study.dataset_compensations.get(dataset, study.compensations)
-        for optimizer in study.optimizers:
-            for window in study.windows:
-                # Window 0 is one run for every compensation (module docstring), and so is a
-                # compensation that is the plain update for this optimizer (plain_for).
-                runs = [c for c in comps if c == "none" or not plain_for(c, optimizer)]
-                if any(plain_for(c, optimizer) for c in comps) and "none" not in runs:
-                    runs.insert(0, "none")
-                for comp in ("none",) if window == 0 else runs:
-                    for seed in study.seeds:
-                        config = replace(
-                            study.base,
-                            mode="simultrain",
-                            dataset=dataset,
-                            steps=study.steps[dataset],
-                            window=window,
-                            seed=seed,
-                            compensation=comp,
-                            optimizer=OPTIMIZERS[optimizer],
-                        )
-                        labels = {
-                            "compensation": comp,
-                            "optimizer": optimizer,
-                            "window": window,
-                            "dataset": dataset,
-                            "seed": seed,
-                        }
-                        jobs.append(_Job("grid", labels, config))
+        for optimizer, edges, window in itertools.product(
+            study.optimizers, study.edges, study.windows
+        ):
+            # Window 0 is one run for every compensation (module docstring), and so is a
+            # compensation that is the plain update for this optimizer (plain_for).
+            runs = [c for c in comps if c == "none" or not plain_for(c, optimizer)]
+            if any(plain_for(c, optimizer) for c in comps) and "none" not in runs:
+                runs.insert(0, "none")
+            for comp in ("none",) if window == 0 else runs:
+                for seed in study.seeds:
+                    config = replace(
+                        study.base,
+                        mode="simultrain",
+                        dataset=dataset,
+                        edges=edges,
+                        partition=study.partitions.get(dataset, "auto"),
+                        steps=max(study.steps[dataset] // edges, 1),
+                        window=window,
+                        seed=seed,
+                        compensation=comp,
+                        optimizer=OPTIMIZERS[optimizer],
+                    )
+                    labels = {
+                        "compensation": comp,
+                        "optimizer": optimizer,
+                        "edges": edges,
+                        "window": window,
+                        "dataset": dataset,
+                        "seed": seed,
+                    }
+                    if edges > 1:
+                        labels["partition"] = config.partition
+                    jobs.append(_Job("grid", labels, config))
     return jobs
 
 
@@ -256,6 +278,7 @@ _RESULT_FIELDS = frozenset(
         "final_loss",
         "train_loss",
         "max_staleness",
+        "mean_staleness",
         "seconds",
         "steps",
         "curve",
@@ -280,6 +303,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
         "final_loss": round(result.test_loss, 6),
         "train_loss": round(result.train_loss, 6),
         "max_staleness": result.max_staleness,
+        "mean_staleness": round(result.master.staleness.mean, 3) if result.master else 0.0,
         "seconds": round(result.seconds, 2),
     }
     if job.kind != "grid":
@@ -338,6 +362,9 @@ def run_study(
     if resume and json_path.exists():
         previous = json.loads(json_path.read_text())
         records, ablations = list(previous["records"]), list(previous.get("ablations", []))
+        # Records from before the fleet axis are one-edge runs.
+        for record in records:
+            record.setdefault("edges", 1)
         previous_parts = list(previous.get("meta", {}).get("parts", []))
     done = {_job_key(r) for r in (*records, *ablations)}
     jobs = _grid_jobs(study) + (_ablation_jobs(study) if study.ablations else [])
@@ -351,7 +378,13 @@ def run_study(
     meta["parts"] = [*previous_parts, meta["study"]]
 
     def payload() -> dict[str, Any]:
-        return {"meta": meta, "records": records, "ablations": ablations}
+        # "default": the chain every run uses unless told otherwise (RunConfig.compensation).
+        return {
+            "default": RunConfig().compensation,
+            "meta": meta,
+            "records": records,
+            "ablations": ablations,
+        }
 
     finished = 0
 
@@ -392,10 +425,20 @@ def _describe(study: StudyConfig) -> dict[str, Any]:
 # --- the report --------------------------------------------------------------------------
 
 
-def _cells(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str, int], list[float]]:
-    cells: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+Cell = tuple[str, str, str, int, int]
+"""(dataset, optimizer, compensation, window, edges)."""
+
+
+def _cells(records: Iterable[Mapping[str, Any]]) -> dict[Cell, list[float]]:
+    cells: dict[Cell, list[float]] = defaultdict(list)
     for r in records:
-        key = (r["dataset"], r["optimizer"], r["compensation"], int(r["window"]))
+        key = (
+            r["dataset"],
+            r["optimizer"],
+            r["compensation"],
+            int(r["window"]),
+            int(r.get("edges", 1)),
+        )
         cells[key].append(100.0 * float(r["accuracy"]))
     return cells
 
@@ -405,32 +448,32 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(
-    records: Iterable[Mapping[str, Any]],
-) -> dict[tuple[str, str, str, int], dict[str, float]]:
-    """Per (dataset, optimizer, compensation, window): mean, std, n and gap to window 0.
+def summarize(records: Iterable[Mapping[str, Any]]) -> dict[Cell, dict[str, float]]:
+    """Per (dataset, optimizer, compensation, window, edges): mean, std, n and the gap to
+    window 0 of the same fleet (sequential split training on the same samples).
 
     Window 0 is shared: every compensation's window-0 cell is the ``none`` run.
     """
     cells = _cells(records)
-    out: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    out: dict[Cell, dict[str, float]] = {}
     comps = sorted({k[2] for k in cells})
     # A compensation that is the plain update for an optimizer shares the none runs.
-    for dataset, optimizer, comp, window in list(cells):
+    for dataset, optimizer, comp, window, edges in list(cells):
         if comp != "none":
             continue
         for other in comps:
             if other != "none" and plain_for(other, optimizer):
                 cells.setdefault(
-                    (dataset, optimizer, other, window), cells[(dataset, optimizer, comp, window)]
+                    (dataset, optimizer, other, window, edges),
+                    cells[(dataset, optimizer, comp, window, edges)],
                 )
-    for (dataset, optimizer, comp, window), values in cells.items():
+    for (dataset, optimizer, comp, window, edges), values in cells.items():
         mean, std = _mean_std(values)
-        base = cells.get((dataset, optimizer, "none", 0))
+        base = cells.get((dataset, optimizer, "none", 0, edges))
         gap = mean - statistics.fmean(base) if base else float("nan")
         targets = comps if window == 0 else [comp]
         for target in targets:
-            out[(dataset, optimizer, target, window)] = {
+            out[(dataset, optimizer, target, window, edges)] = {
                 "mean": mean,
                 "std": std,
                 "n": len(values),
@@ -450,32 +493,31 @@ def render_table(payload: Mapping[str, Any]) -> str:
             "the gap to the same optimizer's window 0, in points. Window 0 is one run shared "
             "by every compensation (each is the plain update at staleness 0); so are the "
             "`none` runs by a compensation that is the plain update for that optimizer "
-            "(`delay-momentum` with momentum-free SGD, `delay-beta1` with SGD). Steps per run: "
+            "(`delay-momentum` with momentum-free SGD, `delay-beta1` with SGD). Batches per run, "
+            "all edges together (E edges train a 1/E share each): "
             + ", ".join(f"{k} {v}" for k, v in study.get("steps", {}).items())
             + ".",
             "",
         ]
     datasets = sorted({k[0] for k in summary})
     optimizers = [o for o in OPTIMIZERS if any(k[1] == o for k in summary)]
-    windows = sorted({k[3] for k in summary})
-    for dataset in datasets:
-        for optimizer in optimizers:
-            comps = sorted(
-                {k[2] for k in summary if k[0] == dataset and k[1] == optimizer and k[3] > 0},
-                key=_comp_order,
-            )
-            if not comps:
-                continue
-            lines += [f"## {dataset} · {optimizer}", ""]
-            lines.append("| compensation | " + " | ".join(f"W = {w}" for w in windows) + " |")
-            lines.append("|---|" + "---|" * len(windows))
-            for comp in comps:
-                row = [comp]
-                for w in windows:
-                    cell = summary.get((dataset, optimizer, comp, w))
-                    row.append(_format_cell(cell, w))
-                lines.append("| " + " | ".join(row) + " |")
-            lines.append("")
+    fleets = sorted({k[4] for k in summary})
+    for dataset, optimizer, edges in itertools.product(datasets, optimizers, fleets):
+        here = {k: v for k, v in summary.items() if k[:2] == (dataset, optimizer) and k[4] == edges}
+        comps = sorted({k[2] for k in here if k[3] > 0}, key=_comp_order)
+        if not comps:
+            continue
+        windows = sorted({k[3] for k in here})
+        fleet = "" if edges == 1 else f" · {edges} edges"
+        lines += [f"## {dataset} · {optimizer}{fleet}", ""]
+        lines.append("| compensation | " + " | ".join(f"W = {w}" for w in windows) + " |")
+        lines.append("|---|" + "---|" * len(windows))
+        for comp in comps:
+            row = [comp]
+            for w in windows:
+                row.append(_format_cell(here.get((dataset, optimizer, comp, w, edges)), w))
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
     lines += _render_ablations(payload.get("ablations", []))
     return "\n".join(lines).rstrip() + "\n"
 
@@ -568,6 +610,7 @@ def plot_study(payload: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary = summarize(payload["records"])
+    summary = {k: v for k, v in summary.items() if k[4] == 1}  # the window axis, one edge
     panels = sorted(
         {(k[0], k[1]) for k in summary}, key=lambda p: (p[0], list(OPTIMIZERS).index(p[1]))
     )
@@ -619,6 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compensations", type=_strs, help="comma-separated names")
     parser.add_argument("--optimizers", type=_strs, help=f"of {','.join(OPTIMIZERS)}")
     parser.add_argument("--windows", type=_ints)
+    parser.add_argument(
+        "--edges", type=_ints, help="fleet sizes, e.g. 1,8,32 (each trains steps/E batches)"
+    )
     parser.add_argument("--seeds", type=_ints)
     parser.add_argument("--steps", type=_strs, help="per dataset, e.g. imu=1500,mnist=600")
     parser.add_argument("--no-ablations", action="store_true")
@@ -628,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     study = StudyConfig.tiny() if args.tiny else StudyConfig()
     overrides: dict[str, Any] = {}
-    for name in ("datasets", "compensations", "optimizers", "windows", "seeds"):
+    for name in ("datasets", "compensations", "optimizers", "windows", "edges", "seeds"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.steps:
@@ -648,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def report(record: dict[str, Any], done: int, total: int) -> None:
         what = ", ".join(
             f"{k}={record[k]}"
-            for k in ("ablation", "dataset", "optimizer", "compensation", "window", "seed")
+            for k in ("ablation", "dataset", "optimizer", "compensation", "edges", "window", "seed")
             if k in record
         )
         print(

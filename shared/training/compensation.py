@@ -12,7 +12,9 @@ modes) with five hooks, each of which is the plain update at τ = 0:
 - :meth:`~Compensation.momentum` — a stage's momentum (SGD) or β₁ (Adam) given τ
   (delay-matched momentum);
 - :meth:`~Compensation.prediction_horizon` — how many edge-stage updates ahead the weights
-  the cloud sends to the edge are extrapolated (weight prediction, SpecTrain / PipeMare).
+  the cloud sends to the edge are extrapolated (weight prediction, SpecTrain / PipeMare), and
+  :meth:`~Compensation.prediction_span` — over how many past updates the velocity it
+  extrapolates along is averaged (1: the last update; the staleness: a look-ahead).
 
 ``a+b`` composes compensations (:class:`Combined`); ``name:key=value`` sets a parameter, as in
 ``forecast:alpha=0.2`` or ``delay-momentum:stages=both``. :func:`compensation_from_name`
@@ -44,6 +46,7 @@ __all__ = [
     "Compensation",
     "DelayMomentum",
     "Forecast",
+    "LookAhead",
     "NoCompensation",
     "StalenessLR",
     "WeightPrediction",
@@ -90,6 +93,10 @@ class Compensation(Protocol):
         """Edge-stage updates to extrapolate the weights sent to the edge by (0: none)."""
         ...
 
+    def prediction_span(self, staleness: int) -> int:
+        """Past edge-stage updates the extrapolation's velocity is averaged over (≥ 1)."""
+        ...
+
 
 class _Plain:
     """Every hook as the plain update; compensations override the ones they change."""
@@ -118,6 +125,9 @@ class _Plain:
 
     def prediction_horizon(self, staleness: int) -> float:
         return 0.0
+
+    def prediction_span(self, staleness: int) -> int:
+        return 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +382,30 @@ class WeightPrediction(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class LookAhead(_Plain):
+    """The edge forwards at where the master will be: ``ŵ = w + s·(w − w_{−τ})``.
+
+    A look-ahead for asynchronous pipelines, as DANA's (Hakimi et al., 2019: a worker is sent
+    the master's weights moved on by the momentum the other workers' pending updates will
+    add) and Nesterov-style asynchronous pipelines (Ajanthan et al., ICML 2025): the τ updates
+    a gradient will miss are estimated by the τ updates just applied. :class:`WeightPrediction`
+    extrapolates the *last* update τ times; with a fleet that update is one edge's gradient
+    of one shard (non-IID), and τ is tens of updates, so it extrapolates noise. Averaging the
+    velocity over the same τ updates it extrapolates (``(w − w_{−τ})/τ``, read from the
+    master's history) moves the replica by the fleet's mean drift instead. ``scale`` = s.
+    """
+
+    scale: float = 1.0
+    name: str = "lookahead"
+
+    def prediction_horizon(self, staleness: int) -> float:
+        return self.scale * staleness if staleness > 0 else 0.0
+
+    def prediction_span(self, staleness: int) -> int:
+        return max(staleness, 1)
+
+
+@dataclass(frozen=True, slots=True)
 class Combined(_Plain):
     """Several compensations at once: gradients chained, lr scales and momenta composed,
     the longest prediction horizon."""
@@ -409,6 +443,13 @@ class Combined(_Plain):
     def prediction_horizon(self, staleness: int) -> float:
         return max((p.prediction_horizon(staleness) for p in self.parts), default=0.0)
 
+    def prediction_span(self, staleness: int) -> int:
+        """The span of the part with the longest horizon (the one that predicts)."""
+        if not self.parts:
+            return 1
+        part = max(self.parts, key=lambda p: p.prediction_horizon(staleness))
+        return part.prediction_span(staleness)
+
 
 COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
     "none": NoCompensation,
@@ -420,6 +461,7 @@ COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
     "delay-momentum": DelayMomentum,
     "delay-beta1": _delay_beta1,
     "predict": WeightPrediction,
+    "lookahead": LookAhead,
 }
 """Every compensation by its configuration name."""
 

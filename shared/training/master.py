@@ -179,19 +179,29 @@ class CloudMaster:
         """The edge-stage weights to send to an edge replica (deltas and reconciliation).
 
         The master's own weights, or — with a compensation that predicts weights (SpecTrain,
-        PipeMare) — those weights extrapolated by ``h`` edge-stage updates along the last one,
-        ``ŵ = w + h·(w − w_prev)``, ``h`` the compensation's horizon for the observed
-        staleness. Buffers are never extrapolated.
+        PipeMare, a look-ahead) — those weights extrapolated by ``h`` edge-stage updates along
+        the mean of the last ``k`` updates, ``ŵ = w + h·(w − w_{−k})/k``: ``h`` and ``k`` are
+        the compensation's horizon and span for the observed staleness (``k`` = 1: the last
+        update). Fewer than ``k`` updates in the history: the oldest entry there. Buffers are
+        never extrapolated.
         """
         current = self.edge_weights()
         horizon = self.compensation.prediction_horizon(self.observed_staleness)
         if horizon == 0.0 or len(self._history) < 2:
             return current
-        previous = self._history[-2]
-        if previous.index != self._history[-1].index - 1:
-            return current  # the last two entries are not one edge update apart
+        span = self.compensation.prediction_span(self.observed_staleness)
+        newest = self._history[-1]
+        # Entries newest first: one per edge-stage update (whole-model updates add one each).
+        previous = next(
+            (e for e in reversed(self._history) if e.index <= newest.index - span),
+            self._history[0],
+        )
+        updates = newest.index - previous.index
+        if updates < 1 or (span == 1 and updates != 1):
+            return current  # no update to extrapolate along, or not one update apart
+        rate = horizon / updates
         return {
-            n: (t + horizon * (t - previous.weights[n])) if n in self._edge_params else t
+            n: (t + rate * (t - previous.weights[n])) if n in self._edge_params else t
             for n, t in current.items()
         }
 

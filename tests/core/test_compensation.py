@@ -18,6 +18,7 @@ from simultrain.shared.training.compensation import (
     Compensation,
     DelayMomentum,
     Forecast,
+    LookAhead,
     NoCompensation,
     StalenessLR,
     WeightPrediction,
@@ -49,6 +50,7 @@ def every_compensation() -> list[Compensation]:
         StalenessLR(),
         DelayMomentum(),
         WeightPrediction(),
+        LookAhead(),
         compensation_from_name("forecast-adaptive+delay-momentum+predict"),
     ]
 
@@ -280,3 +282,30 @@ def test_auto_window_is_the_smallest_that_keeps_the_bottleneck_busy() -> None:
     assert bandwidth_delay_product(LINK_4G) == pytest.approx(187_500)
     with pytest.raises(ConfigError):
         StageTimes(-1, 0, 0, 0, 0, 0)
+
+
+def test_lookahead_extrapolates_the_mean_of_the_updates_it_stands_in_for() -> None:
+    """``lookahead``: ŵ = w + s·(w − w_{−τ}), the last τ updates standing for the next τ;
+    ``predict`` extrapolates only the last one (τ times)."""
+    assert LookAhead().prediction_horizon(0) == 0.0
+    assert LookAhead(scale=0.5).prediction_horizon(6) == 3.0
+    assert LookAhead().prediction_span(6) == 6 and WeightPrediction().prediction_span(6) == 1
+    assert compensation_from_name("delay-beta1+lookahead:scale=0.5").prediction_span(4) == 4
+    master = tiny_master(LookAhead(), OptimizerConfig(lr=0.1))
+    grads = [
+        {n: torch.full_like(p, float(k + 1)) for n, p in master.edge_stage.named_parameters()}
+        for k in range(3)
+    ]
+    history = [dict(master.edge_weights())]
+    for g in grads:  # staleness 0, 1, 2: the last gradient lands 2 updates late
+        master.apply_edge_gradient(g, edge_version=0)
+        history.append(dict(master.edge_weights()))
+    assert master.observed_staleness == 2
+    w, w_then = history[-1], history[-3]
+    predicted = master.edge_weights_for_replica()
+    for name in w:
+        assert torch.allclose(predicted[name], w[name] + (w[name] - w_then[name]))
+        # Not the last update twice: the updates differ (gradients 2 and 3).
+        assert not torch.allclose(predicted[name], w[name] + 2 * (w[name] - history[-2][name]))
+    master.apply_edge_gradient(grads[0], edge_version=master.version)  # fresh: no prediction
+    assert master.edge_weights_for_replica() is master.edge_weights()

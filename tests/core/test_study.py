@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from simultrain.bench.study import StudyConfig, main, run_study, summarize
+from simultrain.shared.training.config import RunConfig
 
 
 def test_tiny_study_writes_json_table_and_plot_that_agree(tmp_path: Path) -> None:
@@ -43,7 +44,8 @@ def test_tiny_study_writes_json_table_and_plot_that_agree(tmp_path: Path) -> Non
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == f"{base:.1f} ± {base_std:.1f}"
         assert cells[2] == f"{mean:.1f} ± {std:.1f} ({mean - base:+.1f})"
-    assert summarize(records)[("imu", "momentum", "forecast", 0)]["mean"] == base
+    assert summarize(records)[("imu", "momentum", "forecast", 0, 1)]["mean"] == base
+    assert saved["default"] == RunConfig().compensation
     # The ablations ran and are in the report.
     kinds = {a["ablation"] for a in saved["ablations"]}
     assert kinds == {"forecast", "reconcile"}
@@ -61,3 +63,26 @@ def test_study_resumes_without_running_anything_twice(tmp_path: Path) -> None:
     second = json.loads((tmp_path / "staleness.json").read_text())["records"]
     assert second == first
     assert re.search(r"\| forecast \| .* \| .* \|", (tmp_path / "staleness.md").read_text())
+
+
+def test_edges_axis_trains_the_same_samples_on_a_fleet(tmp_path: Path) -> None:
+    """--edges: E edges train steps/E batches each, and the report compares each fleet with
+    its own window 0."""
+    args = ["--tiny", "--out-dir", str(tmp_path), "--no-ablations", "--seeds", "0"]
+    assert main([*args, "--edges", "1,2", "--compensations", "none", "--steps", "imu=8"]) == 0
+    saved = json.loads((tmp_path / "staleness.json").read_text())
+    fleet = [r for r in saved["records"] if r["edges"] == 2]
+    assert {(r["window"], r["steps"], r["partition"]) for r in fleet} == {
+        (0, 4, "groups"),
+        (2, 4, "groups"),
+    }
+    # Two edges, window 2: each edge's gradient misses its own 2 updates and the other's.
+    stale = next(r for r in fleet if r["window"] == 2)
+    assert stale["max_staleness"] > 2
+    solo = next(r for r in saved["records"] if r["edges"] == 1 and r["window"] == 2)
+    assert solo["steps"] == 8 and solo["max_staleness"] == 2
+    table = (tmp_path / "staleness.md").read_text()
+    assert "## imu · momentum · 2 edges" in table
+    gap = 100 * stale["accuracy"] - 100 * next(r["accuracy"] for r in fleet if r["window"] == 0)
+    row = table.split("## imu · momentum · 2 edges")[1].split("| none |")[1].splitlines()[0]
+    assert f"({gap:+.1f})" in row
