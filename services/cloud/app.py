@@ -3,8 +3,8 @@
 - ``WS /v1/stream``: one session per edge; the handler only moves bytes between the socket and
   the sans-I/O :class:`CloudSession`, and frames between the session and the service.
 - ``GET /healthz`` (the process serves), ``GET /readyz`` (the master is built and, with a
-  coordinator, registered), ``GET /v1/status``, ``GET /v1/eval``, ``GET /v1/model``
-  (safetensors), ``GET /metrics`` (Prometheus).
+  coordinator, registered), ``GET /v1/status``, ``GET /v1/session-spec``, ``GET /v1/eval``,
+  ``GET /v1/model`` (safetensors), ``GET /metrics`` (Prometheus).
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx/5xx status, never a bare 500.
 """
@@ -30,6 +30,7 @@ from simultrain.shared import auth
 from simultrain.shared.errors import IllegalTransition, ProtocolError, Unauthorized
 from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Frame, Hello
 from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES
 
 from .coordinator_client import CoordinatorLink, fetch_run_config
 from .service import CloudService, Connection, TokenBucket
@@ -128,6 +129,11 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     async def status(request: Request) -> dict[str, Any]:
         return service_of(request).status()
 
+    @app.get("/v1/session-spec")
+    async def session_spec(request: Request) -> dict[str, Any]:
+        """The cut shape, window, limits and edge-stage tensors of a session (PROTOCOL §3.2)."""
+        return service_of(request).session_spec()
+
     @app.get("/v1/eval")
     async def evaluate(request: Request) -> dict[str, Any]:
         return await service_of(request).evaluate()
@@ -177,7 +183,13 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     @app.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:
         service = service_of(websocket)
-        conn = Connection(websocket, CloudSession(limits=service.limits))
+        conn = Connection(
+            websocket,
+            CloudSession(
+                limits=service.limits,
+                egrad_needs_grad=service.schedule.edge_role not in WHOLE_MODEL_ROLES,
+            ),
+        )
         header = websocket.headers.get("authorization")
         if service.auth_enabled and header is not None:
             # Checked before the upgrade completes: a bad token never gets a session

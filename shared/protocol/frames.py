@@ -132,6 +132,7 @@ class Delta:
     to_version: int
     tensors: TensorSet
     kind: str = "add"
+    checksum: int  # CRC-32 of the replica after applying this DELTA (PROTOCOL.md §3.1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +164,7 @@ class Snap:
     master_version: int
     tensors: TensorSet
     reconcile: bool
+    checksum: int  # CRC-32 of the replica after applying this SNAP (PROTOCOL.md §3.1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
