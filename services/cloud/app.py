@@ -3,9 +3,9 @@
 - ``WS /v1/stream``: one session per edge; the handler only moves bytes between the socket and
   the sans-I/O :class:`CloudSession`, and frames between the session and the service.
 - ``GET /healthz`` (the process serves), ``GET /readyz`` (the master is built and, with a
-  coordinator, registered), ``GET /v1/status``, ``GET /v1/eval``, ``GET /v1/history`` (loss
-  and held-out accuracy over time, for the coordinator's dashboard), ``GET /v1/model``
-  (safetensors), ``GET /metrics`` (Prometheus).
+  coordinator, registered), ``GET /v1/status``, ``GET /v1/session-spec``, ``GET /v1/eval``,
+  ``GET /v1/history`` (loss and held-out accuracy over time, for the coordinator's dashboard),
+  ``GET /v1/model`` (safetensors), ``GET /metrics`` (Prometheus).
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx/5xx status, never a bare 500.
 """
@@ -126,6 +126,11 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     async def status(request: Request) -> dict[str, Any]:
         return service_of(request).status()
 
+    @app.get("/v1/session-spec")
+    async def session_spec(request: Request) -> dict[str, Any]:
+        """The cut shape, window, limits and edge-stage tensors of a session (PROTOCOL §3.2)."""
+        return service_of(request).session_spec()
+
     @app.get("/v1/eval")
     async def evaluate(request: Request) -> dict[str, Any]:
         return await service_of(request).evaluate()
@@ -186,7 +191,13 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     @app.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:
         service = service_of(websocket)
-        conn = Connection(websocket, CloudSession(limits=service.limits))
+        conn = Connection(
+            websocket,
+            CloudSession(
+                limits=service.limits,
+                egrad_needs_grad=service.schedule.egrad_needs_grad,
+            ),
+        )
         header = websocket.headers.get("authorization")
         if service.auth_enabled and header is not None:
             # Checked before the upgrade completes: a bad token never gets a session

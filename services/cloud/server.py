@@ -12,7 +12,18 @@ from simultrain.shared.training.factory import resolve_device
 from .app import create_app
 from .settings import CloudSettings
 
-__all__ = ["run", "serve"]
+__all__ = ["ERROR_HEADROOM_BYTES", "run", "serve", "transport_max_size"]
+
+# PROTOCOL.md §5: a message over max_frame_bytes gets ERROR frame_too_large and close 1009,
+# which only the session can send. The WebSocket layer's own limit sits this far above it,
+# so a message that is too large by up to 1 MiB still reaches the session; past that, the
+# WebSocket library refuses it alone (close 1009, no ERROR) without buffering it whole.
+ERROR_HEADROOM_BYTES = 1 << 20
+
+
+def transport_max_size(max_frame_bytes: int) -> int:
+    """The WebSocket message limit for a protocol limit of ``max_frame_bytes``."""
+    return max_frame_bytes + ERROR_HEADROOM_BYTES
 
 
 async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> None:
@@ -32,7 +43,7 @@ async def serve(settings: CloudSettings, *, run: RunConfig | None = None) -> Non
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         graceful_shutdown_s=settings.graceful_shutdown_s,
-        ws_max_size=settings.max_frame_bytes,
+        ws_max_size=transport_max_size(settings.max_frame_bytes),
         ws_max_queue=settings.max_queued_messages,
         on_listening=on_listening,
     )

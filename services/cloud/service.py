@@ -34,7 +34,16 @@ from simultrain.shared.errors import (
     Unauthorized,
 )
 from simultrain.shared.models import architecture_fingerprint
-from simultrain.shared.protocol import CloudSession, Error, Frame, Hello, Limits, Snap, Welcome
+from simultrain.shared.protocol import (
+    PROTOCOL_VERSION,
+    CloudSession,
+    Error,
+    Frame,
+    Hello,
+    Limits,
+    Snap,
+    Welcome,
+)
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import (
     build_master,
@@ -142,7 +151,7 @@ class CloudService:
         self.limits = Limits(
             max_frame_bytes=settings.max_frame_bytes,
             max_decompressed_bytes=settings.max_decompressed_bytes,
-            window=self.schedule.window + 1,
+            window=self.schedule.window,  # one meaning everywhere: PROTOCOL.md §6.3
         )
         self.connections: dict[str, Connection] = {}
         self.metrics = CloudMetrics()
@@ -268,6 +277,7 @@ class CloudService:
             raise HandshakeRejected(
                 f"cut shape {list(hello.cut_shape)} does not match {list(self.cut_shape)}"
             )
+        _check_hello_config(hello.config, self.schedule.mode)
         edge_id = hello.edge_id
         previous = self.connections.get(edge_id)
         if previous is not None and previous is not conn:
@@ -436,6 +446,41 @@ class CloudService:
             },
         }
 
+    def session_spec(self) -> dict[str, Any]:
+        """What an edge must send and will receive (PROTOCOL.md §3.2): ``GET /v1/session-spec``.
+
+        The cut shape HELLO must name, the window WELCOME grants, the limits this cloud
+        enforces, and the edge-stage tensors a replica holds (SNAP and DELTA carry exactly
+        these, an EGRAD a gradient for each) with their shapes and dtypes, in the order the
+        checksum of PROTOCOL.md §3.1 runs over them.
+        """
+        weights = self.runtime.replica_template()
+        limits = self.limits
+        return {
+            "protocol_version": PROTOCOL_VERSION,
+            "path": "/v1/stream",
+            "mode": self.schedule.mode,
+            "model_id": self.spec.model_id,
+            "input_shape": list(self.spec.input_shape),
+            "num_classes": self.spec.num_classes,
+            "cut_shape": list(self.cut_shape),
+            "window": limits.window,
+            "egrad_needs_grad": self.schedule.egrad_needs_grad,
+            "limits": {
+                "max_frame_bytes": limits.max_frame_bytes,
+                "max_decompressed_bytes": limits.max_decompressed_bytes,
+                "max_tensor_elements": limits.max_tensor_elements,
+                "max_tensor_rank": limits.max_tensor_rank,
+                "max_weight_tensors": limits.max_weight_tensors,
+                "max_messages_per_s": self.settings.max_messages_per_s,
+            },
+            "replica": [
+                {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                for name, t in sorted(weights.items(), key=lambda item: item[0].encode())
+            ],
+            "config": {k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
+        }
+
     async def evaluate(self) -> dict[str, Any]:
         accuracy, loss = await self.compute(self.master.evaluate, self.x_test, self.y_test)
         return {
@@ -457,6 +502,19 @@ class CloudService:
 
 def _scalar(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
+
+
+def _check_hello_config(config: Mapping[str, object], mode: str) -> None:
+    """HELLO's ``config`` (PROTOCOL.md §3, "HELLO's config keys"): ``mode``, when given, must
+    be the mode this cloud trains; unknown keys are ignored (a newer edge may send more)."""
+    asked = config.get("mode")
+    if asked is not None and asked != mode:
+        raise HandshakeRejected(f"this cloud trains mode {mode}, the edge asked for {asked}")
+    window = config.get("window")
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 0
+    ):
+        raise HandshakeRejected("config.window must be a non-negative integer")
 
 
 def _reconcile_offset(value: object) -> int:

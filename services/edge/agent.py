@@ -89,6 +89,7 @@ class EdgeReport:
     sessions: int = 0
     reconciliations: int = 0
     resyncs: int = 0
+    checksum_failures: int = 0  # DELTA or SNAP checksums that did not match (PROTOCOL §3.1)
     bytes_up: int = 0
     bytes_down: int = 0
     edge_version: int = 0
@@ -215,7 +216,7 @@ class EdgeAgent:
         self.runtime = EdgeRuntime(module, self.schedule, run.codecs, optimizer=run.optimizer)
         await asyncio.to_thread(self._restore_progress)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.limits = Limits(window=self.schedule.window + 1)
+        self.limits = Limits(window=self.schedule.window)  # one meaning: PROTOCOL.md §6.3
         log.info(
             "edge %s: %s on %s shard %d/%d (%d train samples), cloud %s",
             self.assignment.edge_id,
@@ -340,7 +341,10 @@ class EdgeAgent:
             compression=None,  # tensors are lz4-compressed already
         ) as ws:
             self.report.sessions += 1
-            session = EdgeSession(limits=self.limits)
+            session = EdgeSession(
+                limits=self.limits,
+                egrad_needs_grad=self.schedule.egrad_needs_grad,
+            )
             await self._handshake(ws, session)
             await self._stream(ws, session)
 
@@ -375,6 +379,7 @@ class EdgeAgent:
                     welcome = frame
                 elif isinstance(frame, Snap):
                     runtime.on_snap(frame)
+                    await self._resync_if_needed(ws)
                     synced = True
                 else:
                     self._handle_control(frame)
@@ -520,11 +525,10 @@ class EdgeAgent:
                         await self._send(ws, session, egrad)
                 elif isinstance(frame, Delta):
                     runtime.on_delta(frame, now=loop.time())
-                    if runtime.needs_resync(now=loop.time()):
-                        await ws.close(code=RESYNC_CLOSE_CODE, reason="delta gap: resync")
-                        raise _SessionEnded("delta gap", reconnect=True)
+                    await self._resync_if_needed(ws)
                 elif isinstance(frame, Snap):
                     runtime.on_snap(frame)
+                    await self._resync_if_needed(ws)
                     self.report.reconciliations = runtime.reconciliations
                     self.report.resyncs = runtime.resyncs
                 elif isinstance(frame, Ack):
@@ -537,6 +541,18 @@ class EdgeAgent:
                 else:
                     self._handle_control(frame)
                 self._changed.set()
+
+    async def _resync_if_needed(self, ws: ClientConnection) -> None:
+        """A delta gap, or a replica whose checksum is not the cloud's (PROTOCOL.md §3.1):
+        end the session with 4002; the next one starts from an exact SNAP of the master."""
+        runtime = self.runtime
+        assert runtime is not None
+        if not runtime.needs_resync(now=asyncio.get_running_loop().time()):
+            return
+        self.report.checksum_failures = runtime.checksum_failures
+        reason = "replica checksum mismatch: resync" if runtime.replica_corrupt else "delta gap"
+        await ws.close(code=RESYNC_CLOSE_CODE, reason=reason)
+        raise _SessionEnded(reason, reconnect=True)
 
     def _produced(self) -> int:
         return self.runtime.batches_produced if self.runtime is not None else 0

@@ -6,6 +6,7 @@ is documented in ``PROTOCOL.md`` at the repository root; errors live in
 :mod:`simultrain.shared.errors`.
 """
 
+from simultrain.shared.protocol.checksum import replica_checksum
 from simultrain.shared.protocol.codec import (
     PROTOCOL_VERSION,
     check_cut_shape,
@@ -79,4 +80,5 @@ __all__ = [
     "decode_tensor",
     "encode_frame",
     "encode_tensor",
+    "replica_checksum",
 ]

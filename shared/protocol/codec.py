@@ -298,8 +298,19 @@ class _DeltaKind(_Str):
         return text
 
 
+class _Checksum(_UInt):
+    """A CRC-32 (PROTOCOL.md §3.1): msgpack int in [0, 2^32 − 1]."""
+
+    def check(self, value: Any, path: str) -> int:
+        number = super().check(value, path)
+        if number > 0xFFFF_FFFF:
+            raise MalformedFrame(f"{number} is outside [0, 2^32 - 1]", field=path)
+        return number
+
+
 _SEQ = _UInt()
 _VERSION = _UInt()
+_CHECKSUM = _Checksum()
 _TENSOR = _Tensor()
 _TENSORS = _TensorSet()
 
@@ -344,8 +355,14 @@ _SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
         ("to_version", _VERSION),
         ("tensors", _TENSORS),
         ("kind", _DeltaKind()),
+        ("checksum", _CHECKSUM),
     ),
-    Snap: (("master_version", _VERSION), ("tensors", _TENSORS), ("reconcile", _Bool())),
+    Snap: (
+        ("master_version", _VERSION),
+        ("tensors", _TENSORS),
+        ("reconcile", _Bool()),
+        ("checksum", _CHECKSUM),
+    ),
     Ack: (("seq", _SEQ), ("master_version", _VERSION), ("durable_until", _Optional(_SEQ))),
     Error: (("code", _NAME), ("reason", _Str(MAX_REASON_BYTES))),
     Bye: (("reason", _Str(MAX_REASON_BYTES)),),

@@ -135,6 +135,7 @@ class Delta:
     to_version: int
     tensors: TensorSet
     kind: str = "add"
+    checksum: int  # CRC-32 of the replica after applying this DELTA (PROTOCOL.md §3.1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +167,7 @@ class Snap:
     master_version: int
     tensors: TensorSet
     reconcile: bool
+    checksum: int  # CRC-32 of the replica after applying this SNAP (PROTOCOL.md §3.1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

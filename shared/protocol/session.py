@@ -26,11 +26,12 @@ sent alike:
 
 - HELLO is the edge's first frame, WELCOME the cloud's answer; nothing else before them.
 - ACT sequence numbers strictly increase and exceed WELCOME's ``acked_seq``; an ACT may not
-  leave more than ``window`` ACTs unanswered (SPEC step 1). A GRAD answers an ACT, and so
-  does an ACK covering it.
+  leave more than ``window`` batches in flight (SPEC step 1). A batch is in flight from its
+  ACT until an ACK covers it: the slot frees when its update is applied, not at its GRAD.
 - A GRAD answers an unanswered ACT, with that ACT's batch size.
-- EGRAD sequence numbers strictly increase, exceed ``acked_seq``, and never refer to an ACT
-  whose GRAD has not arrived (the edge cannot have its gradient yet).
+- EGRAD sequence numbers strictly increase, exceed ``acked_seq``, and name a batch whose
+  GRAD arrived in this session and whose EGRAD has not (``egrad_needs_grad``; the modes that
+  upload EGRADs without ACTs turn it off).
 - ACK numbers strictly increase and never exceed the highest batch uploaded.
 
 A frame received that breaks a rule raises the matching :class:`ProtocolError` and moves the
@@ -103,10 +104,15 @@ class Ledger:
     """The sequence bookkeeping of a session; replaced whole, never patched.
 
     ``unanswered`` holds (seq, batch size) of ACTs with neither GRAD nor covering ACK,
-    ascending. The other fields are the highest ACT, EGRAD and ACK numbers seen (None: none).
+    ascending. ``in_flight`` holds the ACTs no ACK covers yet: they occupy the window
+    (PROTOCOL.md §6.3). ``awaiting_egrad`` holds the ACTs answered by a GRAD whose EGRAD has
+    not come (and no ACK covers them): the only batches an EGRAD may name in a split mode.
+    The other fields are the highest ACT, EGRAD and ACK numbers seen (None: none).
     """
 
     unanswered: tuple[tuple[int, int], ...] = ()
+    in_flight: tuple[int, ...] = ()
+    awaiting_egrad: tuple[int, ...] = ()
     last_act_seq: int | None = None
     last_egrad_seq: int | None = None
     acked_seq: int | None = None
@@ -125,25 +131,41 @@ def _after_act(ledger: Ledger, act: Act, window: int | None) -> Ledger:
     floor = _highest(ledger.last_act_seq, ledger.acked_seq)
     if floor is not None and act.seq <= floor:
         raise UnexpectedSequence(f"ACT {act.seq}: sequence numbers must exceed {floor}")
-    # SPEC step 1: wait when k − oldest_unanswered ≥ window, i.e. at most `window` ACTs in
-    # flight; window 0 (split-sync) still lets one through (Limits docstring).
-    if window is not None and len(ledger.unanswered) >= max(window, 1):
+    # SPEC step 1: wait when k − oldest_unacknowledged ≥ window, i.e. at most `window`
+    # batches in flight from their ACT to the ACK that covers them; window 0 (split-sync)
+    # still lets one through (Limits docstring).
+    if window is not None and len(ledger.in_flight) >= max(window, 1):
         raise WindowExceeded(
-            f"ACT {act.seq}: {len(ledger.unanswered)} batches unanswered, window is {window}"
+            f"ACT {act.seq}: {len(ledger.in_flight)} batches not yet acknowledged, "
+            f"window is {window}"
         )
     batch = act.activations.shape[0]
     return dataclasses.replace(
-        ledger, unanswered=(*ledger.unanswered, (act.seq, batch)), last_act_seq=act.seq
+        ledger,
+        unanswered=(*ledger.unanswered, (act.seq, batch)),
+        in_flight=(*ledger.in_flight, act.seq),
+        last_act_seq=act.seq,
     )
 
 
-def _after_egrad(ledger: Ledger, egrad: EGrad) -> Ledger:
+def _after_egrad(ledger: Ledger, egrad: EGrad, *, egrad_needs_grad: bool) -> Ledger:
     floor = _highest(ledger.last_egrad_seq, ledger.acked_seq)
     if floor is not None and egrad.seq <= floor:
         raise UnexpectedSequence(f"EGRAD {egrad.seq}: sequence numbers must exceed {floor}")
     if egrad.seq in ledger.outstanding:
         raise UnexpectedSequence(f"EGRAD {egrad.seq}: its batch has no GRAD yet")
-    return dataclasses.replace(ledger, last_egrad_seq=egrad.seq)
+    if egrad_needs_grad and egrad.seq not in ledger.awaiting_egrad:
+        # SPEC step 3: an edge-stage gradient comes from a cut gradient the cloud sent in
+        # this session; one for any other batch would be applied to the master unasked.
+        raise UnexpectedSequence(
+            f"EGRAD {egrad.seq}: no ACT of this session was answered with that sequence "
+            f"number (awaiting EGRAD: {list(ledger.awaiting_egrad)})"
+        )
+    return dataclasses.replace(
+        ledger,
+        last_egrad_seq=egrad.seq,
+        awaiting_egrad=tuple(seq for seq in ledger.awaiting_egrad if seq != egrad.seq),
+    )
 
 
 def _after_grad(ledger: Ledger, grad: Grad) -> Ledger:
@@ -157,7 +179,9 @@ def _after_grad(ledger: Ledger, grad: Grad) -> Ledger:
             f"grad.cut_grad: batch {grad.cut_grad.shape[0]}, its ACT had {batches[grad.seq]}"
         )
     remaining = tuple(item for item in ledger.unanswered if item[0] != grad.seq)
-    return dataclasses.replace(ledger, unanswered=remaining)
+    return dataclasses.replace(
+        ledger, unanswered=remaining, awaiting_egrad=(*ledger.awaiting_egrad, grad.seq)
+    )
 
 
 def _after_ack(ledger: Ledger, ack: Ack) -> Ledger:
@@ -166,8 +190,13 @@ def _after_ack(ledger: Ledger, ack: Ack) -> Ledger:
     highest = _highest(ledger.last_act_seq, ledger.last_egrad_seq)
     if highest is None or ack.seq > highest:
         raise UnexpectedSequence(f"ACK {ack.seq}: no batch that high was uploaded ({highest})")
-    remaining = tuple(item for item in ledger.unanswered if item[0] > ack.seq)
-    return dataclasses.replace(ledger, unanswered=remaining, acked_seq=ack.seq)
+    return dataclasses.replace(
+        ledger,
+        unanswered=tuple(item for item in ledger.unanswered if item[0] > ack.seq),
+        in_flight=tuple(seq for seq in ledger.in_flight if seq > ack.seq),
+        awaiting_egrad=tuple(seq for seq in ledger.awaiting_egrad if seq > ack.seq),
+        acked_seq=ack.seq,
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -187,8 +216,11 @@ class _Session:
 
     side: ClassVar[Side]
 
-    def __init__(self, *, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, egrad_needs_grad: bool = True) -> None:
         self.limits = limits
+        # False for the modes that upload EGRADs without ACTs (syncsgd, fedavg: PROTOCOL.md
+        # §6.3); in every other mode an EGRAD must answer a GRAD of this session.
+        self.egrad_needs_grad = egrad_needs_grad
         self.state = SessionState.CONNECTING
         self.ledger = Ledger()
         self.hello: Hello | None = None
@@ -212,6 +244,11 @@ class _Session:
     def outstanding(self) -> tuple[int, ...]:
         """Sequence numbers of unanswered ACTs, ascending."""
         return self.ledger.outstanding
+
+    @property
+    def in_flight(self) -> tuple[int, ...]:
+        """Sequence numbers of ACTs no ACK covers yet (they hold the window), ascending."""
+        return self.ledger.in_flight
 
     @property
     def oldest_unanswered(self) -> int | None:
@@ -337,11 +374,11 @@ class _Session:
         events: list[Frame] = [frame]
         if isinstance(frame, Act):
             if frame.egrad is not None:
-                ledger = _after_egrad(ledger, frame.egrad)
+                ledger = _after_egrad(ledger, frame.egrad, egrad_needs_grad=self.egrad_needs_grad)
                 events = [frame.egrad, dataclasses.replace(frame, egrad=None)]
             ledger = _after_act(ledger, frame, self.window)
         elif isinstance(frame, EGrad):
-            ledger = _after_egrad(ledger, frame)
+            ledger = _after_egrad(ledger, frame, egrad_needs_grad=self.egrad_needs_grad)
         elif isinstance(frame, Grad):
             ledger = _after_grad(ledger, frame)
             if frame.delta is not None:
@@ -386,7 +423,7 @@ class EdgeSession(_Session):
         if self.state is not SessionState.OPEN:
             return False
         window = self.window
-        return window is None or len(self.ledger.unanswered) < max(window, 1)
+        return window is None or len(self.ledger.in_flight) < max(window, 1)
 
 
 class CloudSession(_Session):

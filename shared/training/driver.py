@@ -131,9 +131,11 @@ def run_in_process(
     cloud = CloudRuntime(
         master, schedule, config.codecs, synthetic=build_synthetic(config, spec, schedule)
     )
-    # The protocol's window counts unanswered ACTs on the wire: the schedule's window of W
-    # batches waiting *before* the next is produced allows W + 1 on the wire.
-    limits = Limits(window=schedule.window + 1)
+    # One window everywhere (PROTOCOL.md §6.3): W batches in flight, ACT to ACK.
+    limits = Limits(window=schedule.window)
+    # The delta-loss fault injection models deltas lost *silently*, i.e. a client that does
+    # not check the replica's checksum; with checks every loss would become a resync.
+    verify = config.delta_loss <= 0.0
     cut_shape = wire_cut_shape(spec, schedule)
 
     edges: dict[str, _Edge] = {}
@@ -148,9 +150,15 @@ def run_in_process(
         edge_id = f"edge-{i}"
         edge = _Edge(
             edge_id,
-            EdgeRuntime(module, schedule, config.codecs, optimizer=config.optimizer),
-            EdgeSession(limits=limits),
-            CloudSession(limits=limits),
+            EdgeRuntime(
+                module,
+                schedule,
+                config.codecs,
+                optimizer=config.optimizer,
+                verify_checksums=verify,
+            ),
+            EdgeSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
+            CloudSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
             BatchStream(
                 shard.x_train,
                 shard.y_train,
@@ -248,6 +256,11 @@ def _pump(edges: dict[str, _Edge], cloud: CloudRuntime) -> bool:
             moved = True
         if edge.link.down:
             _edge_receive(edge)
+            if edge.runtime.needs_resync(now=0.0):
+                # PROTOCOL.md §3.1: a replica that failed its checksum is replaced by the
+                # master; in-process the cloud sends the SNAP at once.
+                snap = cloud.resync(edge.edge_id)
+                edge.link.send_down(edge.cloud_session.send(snap))
             moved = True
     return moved
 

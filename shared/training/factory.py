@@ -74,7 +74,8 @@ def build_master(
         model.cloud_stage,
         optimizer=run.optimizer,
         compensation=compensation_from_name(schedule.compensation, alpha=schedule.alpha),
-        history_versions=max(512, 8 * 2 * (schedule.window + 1) * max(run.edges, 1)),
+        # W batches in flight per edge, at least one (W = 0 is lockstep: PROTOCOL.md §6.3).
+        history_versions=max(512, 8 * 2 * max(schedule.window, 1) * max(run.edges, 1)),
     )
 
 

@@ -18,11 +18,18 @@ is always "master minus mirror", so
   the codec lost stays in "master minus mirror" and goes out with the next delta (error
   feedback), so codec error never accumulates.
 A lost delta breaks the version chain; the edge then asks for a full resync.
+
+Checksums (PROTOCOL.md §3.1). Every DELTA and SNAP carries the CRC-32 of the mirror it leaves
+behind, i.e. of the replica the edge must hold once it has applied it. The edge checks what it
+holds against it; a replica that differs by one bit (a delta applied on the wrong base, a
+client rounding a reconciliation differently) stops producing and asks for a resync instead
+of training on corrupted weights.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +41,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simultrain.shared.errors import ConfigError, DeltaGapError, TrainingError
-from simultrain.shared.protocol import Ack, Act, Delta, EGrad, Frame, Grad, Snap
+from simultrain.shared.protocol import (
+    Ack,
+    Act,
+    Delta,
+    EGrad,
+    Frame,
+    Grad,
+    Snap,
+    replica_checksum,
+)
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import (
     LOSSLESS_CODECS,
@@ -58,7 +74,22 @@ from simultrain.shared.training.synthetic import (
 )
 from simultrain.shared.training.weights import EdgeReplica, StashedForward, blend
 
-__all__ = ["CloudRuntime", "CloudSessionState", "Codecs", "EdgeRuntime", "Outgoing", "WholeModel"]
+log = logging.getLogger("simultrain.training")
+
+__all__ = [
+    "CloudRuntime",
+    "CloudSessionState",
+    "Codecs",
+    "EdgeRuntime",
+    "Outgoing",
+    "WholeModel",
+    "checksum_of",
+]
+
+
+def checksum_of(tensors: Mapping[str, Tensor]) -> int:
+    """The CRC-32 a DELTA or SNAP carries for a replica holding ``tensors`` (PROTOCOL §3.1)."""
+    return replica_checksum({n: t.detach().cpu().numpy() for n, t in tensors.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +205,10 @@ class CloudRuntime:
         self._round.pop(edge_id, None)
         return self._maybe_close_round()
 
+    def replica_template(self) -> Mapping[str, Tensor]:
+        """The tensors an edge replica holds (names, shapes, dtypes): what SNAPs carry."""
+        return self._session_weights()
+
     def resync(self, edge_id: str) -> Snap:
         return self._resync(self.sessions[edge_id])
 
@@ -185,6 +220,7 @@ class CloudRuntime:
             master_version=self.master.version,
             tensors=state_to_wire(weights, Codec.LZ4.value),
             reconcile=False,
+            checksum=checksum_of(state.mirror),
         )
 
     def _session_weights(self) -> Mapping[str, Tensor]:
@@ -398,6 +434,7 @@ class CloudRuntime:
             to_version=self.master.version,
             tensors=wire,
             kind=kind,
+            checksum=checksum_of(state.mirror),
         )
         state.mirror_version = self.master.version
         yield delta
@@ -412,6 +449,7 @@ class CloudRuntime:
             master_version=self.master.version,
             tensors=state_to_wire(master, Codec.LZ4.value),
             reconcile=True,
+            checksum=checksum_of(state.mirror),
         )
 
 
@@ -455,6 +493,7 @@ class EdgeRuntime:
         codecs: Codecs,
         *,
         optimizer: OptimizerConfig | None = None,
+        verify_checksums: bool = True,
     ) -> None:
         self.schedule = schedule
         self.codecs = codecs
@@ -478,6 +517,11 @@ class EdgeRuntime:
         self.deltas: DeltaSequencer[Delta] = DeltaSequencer(0)
         self.batches_produced = 0  # new batches taken from the data (re-sends not counted)
         self.samples_produced = 0
+        # PROTOCOL.md §3.1: a replica whose checksum differs from the cloud's is not trained
+        # on; only a SNAP that replaces it (a resync) makes it usable again.
+        self.verify_checksums = verify_checksums
+        self.replica_corrupt = False
+        self.checksum_failures = 0
 
     # --- version and window -----------------------------------------------------------
     @property
@@ -485,8 +529,18 @@ class EdgeRuntime:
         return self.replica.version if self.replica is not None else -1
 
     def can_produce(self) -> bool:
-        """SPEC step 1: do not wait unless ``k − oldest_unanswered ≥ window``."""
-        return self.replica is not None and len(self.unanswered) <= self.schedule.window
+        """SPEC step 1: wait while ``max(window, 1)`` batches are in flight.
+
+        A batch is in flight from its ACT until the ACK covering it (PROTOCOL.md §6.3), so
+        window W means the forward of batch k misses at most the updates of batches
+        k − W + 1 … k − 1; W = 0 and W = 1 are lockstep. A replica that failed its checksum
+        produces nothing until a resync.
+        """
+        return (
+            self.replica is not None
+            and not self.replica_corrupt
+            and len(self.unanswered) < max(self.schedule.window, 1)
+        )
 
     # --- frames in --------------------------------------------------------------------
     def on_snap(self, snap: Snap) -> None:
@@ -499,8 +553,10 @@ class EdgeRuntime:
         else:
             self.replica.replace(weights, snap.master_version)
             self.resyncs += 1
+            self.replica_corrupt = False
         # Deltas continue from the snapshot's version.
         self.deltas.reset(snap.master_version)
+        self._verify(snap.checksum, f"SNAP v{snap.master_version}")
 
     def on_delta(self, delta: Delta, *, now: float = 0.0) -> int:
         """SPEC step 5: apply deltas in version order; returns how many were applied.
@@ -514,7 +570,22 @@ class EdgeRuntime:
         return len(ready)
 
     def needs_resync(self, *, now: float) -> bool:
-        return self.deltas.status(now=now) is GapStatus.RESYNC
+        """A delta gap that did not fill, or a replica that failed its checksum."""
+        return self.replica_corrupt or self.deltas.status(now=now) is GapStatus.RESYNC
+
+    def _verify(self, expected: int, what: str) -> None:
+        if not self.verify_checksums or self.replica is None:
+            return
+        actual = checksum_of(self.replica.current.tensors)
+        if actual != expected:
+            self.checksum_failures += 1
+            self.replica_corrupt = True
+            log.warning(
+                "replica checksum %08x after %s, the cloud's is %08x: asking for a resync",
+                actual,
+                what,
+                expected,
+            )
 
     def _apply_delta(self, delta: Delta) -> None:
         replica = self._require_replica()
@@ -532,6 +603,7 @@ class EdgeRuntime:
             )
         else:
             replica.add(state_from_wire(delta.tensors), delta.to_version)
+        self._verify(delta.checksum, f"DELTA {delta.from_version}→{delta.to_version}")
 
     def on_grad(self, grad: Grad) -> EGrad:
         """SPEC step 3: backpropagate the cut gradient through the stashed graph."""

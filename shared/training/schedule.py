@@ -69,6 +69,13 @@ class Schedule:
         check_alpha(self.compensation, self.alpha)
 
     @property
+    def egrad_needs_grad(self) -> bool:
+        """Whether an EGRAD must answer a GRAD of its session (PROTOCOL §7): only where the cloud
+        sends cut gradients, i.e. neither the whole-model modes nor ``synthetic`` (seed 003),
+        whose edge never waits for one."""
+        return self.edge_role not in WHOLE_MODEL_ROLES and self.edge_role is not EdgeRole.SYNTHETIC
+
+    @property
     def pipelined(self) -> bool:
         return self.edge_role is EdgeRole.SPLIT and self.window > 0
 

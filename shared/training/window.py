@@ -10,12 +10,12 @@ so a slot is held for two round trips plus every transfer and compute time on th
 *cycle* ``L``. In steady state each resource — edge CPU, uplink, cloud, downlink — serves one
 batch per period, so the pipeline runs at the pace of the slowest, ``T = max(stage times)``.
 By Little's law ``⌈L / T⌉`` batches must be in flight to keep that bottleneck busy, and a
-window of ``W`` allows ``W + 1`` (the edge produces while at most ``W`` are unanswered)::
+window of ``W`` allows ``W`` in flight, from ACT to ACK (PROTOCOL.md §6.3)::
 
-    W = max(0, ⌈L / T⌉ − 1)
+    W = ⌈L / T⌉   (1 is written 0: lockstep, the same thing)
 
 When the link is the bottleneck this is the bandwidth-delay product counted in batches:
-``T = bytes per batch / bandwidth`` and ``L ≈ 2·RTT + …``, so ``W + 1 ≈ BDP / bytes per
+``T = bytes per batch / bandwidth`` and ``L ≈ 2·RTT + …``, so ``W ≈ BDP / bytes per
 batch`` plus the transfer and compute times themselves. Larger windows add staleness and no
 throughput; smaller ones leave the bottleneck idle.
 
@@ -91,7 +91,7 @@ class StageTimes:
 @dataclass(frozen=True, slots=True)
 class WindowPlan:
     window: int  # the schedule's W
-    in_flight: int  # batches in flight needed, W + 1 (before any cap)
+    in_flight: int  # batches in flight needed: W (before any cap; 1 is written W = 0)
     cycle_s: float  # L: how long one batch holds a window slot
     period_s: float  # T: the bottleneck's time per batch
     bottleneck: str  # "edge", "uplink", "cloud" or "downlink"
@@ -125,7 +125,7 @@ def auto_window(
         raise ConfigError("every stage time and payload is zero: nothing to pipeline")
     # A tiny tolerance keeps an exact multiple (L = 3T) from rounding up by float error.
     in_flight = max(1, math.ceil(cycle / period - 1e-9))
-    window = in_flight - 1
+    window = in_flight if in_flight > 1 else 0  # W in flight (PROTOCOL.md §6.3); 1 ≡ 0
     if max_window is not None:
         if max_window < 0:
             raise ConfigError(f"max_window must be ≥ 0, got {max_window}")

@@ -263,19 +263,19 @@ def test_master_scales_the_edge_learning_rate_by_staleness() -> None:
 def test_auto_window_is_the_smallest_that_keeps_the_bottleneck_busy() -> None:
     # 50 Mbit/s both ways, 30 ms RTT. Up 125 kB = 20 ms, down 62.5 kB = 10 ms, edge 15 ms,
     # cloud 5 ms: the uplink is the bottleneck at T = 20 ms; a slot is held for
-    # L = 20 + 10 + 15 + 5 + 60 = 110 ms, so ⌈110/20⌉ = 6 in flight, W = 5.
+    # L = 20 + 10 + 15 + 5 + 60 = 110 ms, so ⌈110/20⌉ = 6 in flight, W = 6.
     stages = StageTimes(0.010, 0.005, 0.004, 0.001, up_bytes=125_000, down_bytes=62_500)
     plan = auto_window(LINK_4G, stages)
     assert plan.bottleneck == "uplink"
     assert plan.period_s == pytest.approx(0.020)
     assert plan.cycle_s == pytest.approx(0.110)
-    assert (plan.in_flight, plan.window) == (6, 5)
+    assert (plan.in_flight, plan.window) == (6, 6)  # W batches in flight (PROTOCOL §6.3)
     assert plan.batches_per_s == pytest.approx(50.0)
     assert auto_window(LINK_4G, stages, max_window=4).window == 4
     # A slow edge is the bottleneck: no window helps beyond covering the rest of the cycle.
     slow = StageTimes(0.5, 0.5, 0.004, 0.001, up_bytes=1000, down_bytes=1000)
     plan = auto_window(LinkProfile(50e6, 50e6, 0.0), slow)
-    assert plan.bottleneck == "edge" and plan.window == 1
+    assert plan.bottleneck == "edge" and plan.window == 2
     # Exact multiples do not round up by float error: L = T gives W = 0.
     even = StageTimes(0.01, 0.0, 0.0, 0.0, up_bytes=0, down_bytes=0)
     assert auto_window(LinkProfile(1e6, 1e6, 0.0), even).window == 0

@@ -190,6 +190,7 @@ def _delta(rng: random.Random, facts: FrameFacts) -> Delta:
         to_version=facts.version + rng.randint(1, 3),
         tensors=_tensor_set(rng, facts, xor=xor),
         kind="xor" if xor else "add",
+        checksum=rng.randrange(1 << 32),
     )
 
 
@@ -245,6 +246,7 @@ def seed_frame(rng: random.Random, facts: FrameFacts, kind: str | None = None) -
             master_version=facts.version,
             tensors=_tensor_set(rng, facts),
             reconcile=rng.random() < 0.5,
+            checksum=rng.randrange(1 << 32),
         )
     if kind == "ack":
         return Ack(seq=max(facts.answerable), master_version=facts.version)

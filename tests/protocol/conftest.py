@@ -90,10 +90,15 @@ def open_pair(
     acked_seq: int | None = None,
     edge_limits: Limits | None = None,
     cloud_limits: Limits | None = None,
+    egrad_needs_grad: bool = True,
 ) -> tuple[EdgeSession, CloudSession]:
     """An edge and a cloud session that completed the handshake through real bytes."""
-    edge = EdgeSession(limits=edge_limits or Limits(window=window))
-    cloud = CloudSession(limits=cloud_limits or Limits(window=window))
+    edge = EdgeSession(
+        limits=edge_limits or Limits(window=window), egrad_needs_grad=egrad_needs_grad
+    )
+    cloud = CloudSession(
+        limits=cloud_limits or Limits(window=window), egrad_needs_grad=egrad_needs_grad
+    )
     cloud.receive_data(edge.send(hello()))
     edge.receive_data(cloud.send(welcome(window=window, acked_seq=acked_seq)))
     return edge, cloud

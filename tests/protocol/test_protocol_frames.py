@@ -60,24 +60,32 @@ def examples(build: Builders) -> list[Frame]:
         build.act(0),
         build.act(5, batch=3, edge_version=2, egrad=build.egrad(3, edge_version=1)),
         build.grad(0),
-        build.grad(5, batch=3, delta=Delta(from_version=3, to_version=5, tensors={"w": t((2,))})),
+        build.grad(
+            5,
+            batch=3,
+            delta=Delta(checksum=0, from_version=3, to_version=5, tensors={"w": t((2,))}),
+        ),
         build.egrad(9),
         EGrad(seq=1, edge_version=0, grads={}),
         EGrad(seq=2, edge_version=1, grads={"w": t((2,))}, samples=32),
         Delta(
+            checksum=0,
             from_version=2,
             to_version=3,
             tensors={"w": WireTensor(np.array([0, 1 << 30, -5], np.int32), "lz4")},
             kind="xor",
         ),
-        Delta(from_version=0, to_version=1, tensors={"w": t((2, 2), codec="fp16")}),
-        Delta(from_version=7, to_version=9, tensors={"w": t((4, 5), codec="topk", k=3)}),
+        Delta(checksum=0, from_version=0, to_version=1, tensors={"w": t((2, 2), codec="fp16")}),
+        Delta(
+            checksum=0, from_version=7, to_version=9, tensors={"w": t((4, 5), codec="topk", k=3)}
+        ),
         Snap(
+            checksum=0,
             master_version=4,
             tensors={"w": t((3,)), "steps": WireTensor(np.array(7))},
             reconcile=True,
         ),
-        Snap(master_version=0, tensors={"w": t((2, 3), codec="int8")}, reconcile=False),
+        Snap(checksum=0, master_version=0, tensors={"w": t((2, 3), codec="int8")}, reconcile=False),
         Ack(seq=3, master_version=8),
         Error(code="window_exceeded", reason="ACT 9: 4 batches unanswered, window is 4"),
         Error(code="a_code_from_a_newer_peer"),
@@ -208,10 +216,22 @@ def test_encoder_refuses_invalid_act_fields(
 
 def test_encoder_refuses_inconsistent_frames(build: Builders) -> None:
     cases: list[tuple[Frame, str]] = [
-        (Delta(from_version=3, to_version=3, tensors={}), "from_version 3 must be below"),
-        (Delta(from_version=0, to_version=1, tensors={}, kind="sub"), "expected one of add, xor"),
         (
-            Delta(from_version=0, to_version=1, tensors={"w": build.tensor((2,))}, kind="xor"),
+            Delta(checksum=0, from_version=3, to_version=3, tensors={}),
+            "from_version 3 must be below",
+        ),
+        (
+            Delta(checksum=0, from_version=0, to_version=1, tensors={}, kind="sub"),
+            "expected one of add, xor",
+        ),
+        (
+            Delta(
+                checksum=0,
+                from_version=0,
+                to_version=1,
+                tensors={"w": build.tensor((2,))},
+                kind="xor",
+            ),
             "xor delta holds int32 or int64 bit patterns, got float32",
         ),
         (dataclasses.replace(build.egrad(1), samples=-1), "egrad.samples: -1 is outside"),
@@ -224,8 +244,11 @@ def test_encoder_refuses_inconsistent_frames(build: Builders) -> None:
         (build.hello(config={"alpha": float("nan")}), "NaN is not a configuration value"),
         (build.hello(config={"alpha": [1, 2]}), "expected nil, bool, int, float or str"),
         (build.hello(config={"": 1}), "must not be empty"),
-        (Snap(master_version=0, tensors={"w": 1.0}, reconcile=True), "expected WireTensor"),  # type: ignore[dict-item]
-        (Snap(master_version=0, tensors={}, reconcile=1), "expected bool"),  # type: ignore[arg-type]
+        (
+            Snap(checksum=0, master_version=0, tensors={"w": 1.0}, reconcile=True),
+            "expected WireTensor",
+        ),  # type: ignore[dict-item]
+        (Snap(checksum=0, master_version=0, tensors={}, reconcile=1), "expected bool"),  # type: ignore[arg-type]
         (
             build.grad(1, batch=1).__class__(
                 seq=1, master_version=0, cut_grad=WireTensor(np.zeros((1, 2), np.int64)), loss=0.0
@@ -314,7 +337,7 @@ def test_wrongly_typed_fields_are_malformed_and_named(
         "welcome": build.welcome(),
         "egrad": build.egrad(1),
         "act": build.act(1),
-        "snap": Snap(master_version=1, tensors={}, reconcile=True),
+        "snap": Snap(checksum=0, master_version=1, tensors={}, reconcile=True),
         "error": Error(code="internal_error"),
     }
     wire = build.wire_of(frames[frame_name])

@@ -417,7 +417,7 @@ CASES: list[tuple[str, Callable[[Builders], Any], Limits, type[ProtocolError], s
     (
         "window exceeded",
         lambda b: encode_frame(b.act(9)),
-        Limits(window=1),
+        Limits(window=2),
         WindowExceeded,
         "window_exceeded",
         1008,
@@ -426,7 +426,8 @@ CASES: list[tuple[str, Callable[[Builders], Any], Limits, type[ProtocolError], s
 
 
 def _open_cloud(build: Builders, limits: Limits) -> CloudSession:
-    """A cloud session mid-stream: ACT 0 and ACT 1 seen, GRAD 0 sent, ACT 1 unanswered."""
+    """A cloud session mid-stream: ACT 0 and ACT 1 seen, GRAD 0 sent, ACT 1 unanswered; no
+    ACK yet, so both batches are in flight (a window of 2 is full)."""
     edge = EdgeSession(limits=limits)
     cloud = CloudSession(limits=limits)
     cloud.receive_data(edge.send(build.hello()))
@@ -472,7 +473,7 @@ def test_hostile_frame_is_refused_with_its_code_and_changes_no_state(
 
 
 def test_refused_act_does_not_apply_its_valid_piggybacked_egrad(build: Builders) -> None:
-    cloud = _open_cloud(build, Limits(window=1))  # ACT 1 unanswered fills window 1
+    cloud = _open_cloud(build, Limits(window=2))  # ACTs 0 and 1 in flight fill window 2
     before = cloud.ledger
     # EGRAD 0 alone would be fine; the ACT carrying it breaks the window.
     with pytest.raises(WindowExceeded):

@@ -153,34 +153,47 @@ def test_cloud_rejecting_hello_closes_the_edge_with_the_code(build: Builders) ->
 
 
 def test_pipelined_steps_with_piggybacks_and_versions(build: Builders) -> None:
+    # PROTOCOL.md §6.4, message by message.
     edge, cloud = build.open_pair(window=2)
-    # Step 1: two batches in flight at edge version 0, then the window is full.
+    # Two batches in flight at edge version 0, then the window is full.
     assert cloud.receive_data(edge.send(build.act(0))) == [build.act(0)]
     cloud.receive_data(edge.send(build.act(1)))
     assert edge.outstanding == cloud.outstanding == (0, 1)
     assert edge.oldest_unanswered == 0
     assert not edge.can_send_act()
     assert_send_refused(edge, build.act(2), WindowExceeded)
-    # Step 2: GRAD 0 at master version 1.
+    # GRAD 0 at master version 1 answers batch 0, but it stays in flight until its ACK:
+    # the window slot frees when its updates are applied (§6.3), not at its GRAD.
     [grad0] = edge.receive_data(cloud.send(build.grad(0, master_version=1)))
     assert isinstance(grad0, Grad) and grad0.master_version == 1
-    assert edge.outstanding == (1,) and edge.can_send_act()
-    # Step 3: EGRAD 0 (computed at version 0) piggybacks on ACT 2.
-    events = cloud.receive_data(edge.send(build.act(2, egrad=build.egrad(0, edge_version=0))))
-    assert [type(frame).__name__ for frame in events] == ["EGrad", "Act"]
-    assert events[0] == build.egrad(0) and events[1] == build.act(2)  # piggyback detached
-    # Steps 4-5: the forecast update makes version 3; DELTA 0→3 piggybacks on GRAD 1.
-    delta = Delta(from_version=0, to_version=3, tensors={"conv.weight": build.tensor((3, 2))})
-    events = edge.receive_data(cloud.send(build.grad(1, master_version=3, delta=delta)))
-    assert [type(frame).__name__ for frame in events] == ["Delta", "Grad"]
-    assert events[0] == delta and events[1] == build.grad(1, master_version=3)
-    # Step 6: soft reconciliation, then a cumulative ACK of batch 0.
-    snap = Snap(master_version=3, tensors={"conv.weight": build.tensor((3, 2))}, reconcile=True)
-    assert edge.receive_data(cloud.send(snap)) == [snap]
+    assert edge.outstanding == (1,) and edge.in_flight == (0, 1) and not edge.can_send_act()
+    assert_send_refused(edge, build.act(2), WindowExceeded)
+    # So EGRAD 0 (computed at version 0) goes alone.
+    assert cloud.receive_data(edge.send(build.egrad(0, edge_version=0))) == [build.egrad(0)]
+    edge.receive_data(cloud.send(build.grad(1, master_version=2)))
+    delta = Delta(
+        checksum=0, from_version=0, to_version=3, tensors={"conv.weight": build.tensor((3, 2))}
+    )
+    assert edge.receive_data(cloud.send(delta)) == [delta]
     edge.receive_data(cloud.send(Ack(seq=0, master_version=3)))
     assert edge.acked_seq == cloud.acked_seq == 0
+    assert edge.in_flight == cloud.in_flight == (1,) and edge.can_send_act()
+    # ACT 2 carries EGRAD 1; the session hands them over piggyback first.
+    events = cloud.receive_data(edge.send(build.act(2, egrad=build.egrad(1, edge_version=0))))
+    assert [type(frame).__name__ for frame in events] == ["EGrad", "Act"]
+    assert events[0] == build.egrad(1) and events[1] == build.act(2)  # piggyback detached
+    # A DELTA may also ride on a GRAD; then soft reconciliation.
+    delta = Delta(
+        checksum=0, from_version=3, to_version=5, tensors={"conv.weight": build.tensor((3, 2))}
+    )
+    events = edge.receive_data(cloud.send(build.grad(2, master_version=5, delta=delta)))
+    assert [type(frame).__name__ for frame in events] == ["Delta", "Grad"]
+    snap = Snap(
+        checksum=0, master_version=5, tensors={"conv.weight": build.tensor((3, 2))}, reconcile=True
+    )
+    assert edge.receive_data(cloud.send(snap)) == [snap]
     assert edge.ledger == cloud.ledger
-    assert edge.outstanding == (2,)
+    assert edge.in_flight == (1, 2) and edge.outstanding == ()
 
 
 def test_split_sync_window_zero_allows_one_act_at_a_time(build: Builders) -> None:
@@ -210,11 +223,13 @@ def test_centralized_mode_acks_answer_acts_without_grads(build: Builders) -> Non
 
 
 def test_syncsgd_uploads_egrads_without_acts(build: Builders) -> None:
-    edge, cloud = build.open_pair()
+    edge, cloud = build.open_pair(egrad_needs_grad=False)
     for seq in range(3):
         [frame] = cloud.receive_data(edge.send(build.egrad(seq, edge_version=seq)))
         assert isinstance(frame, EGrad) and frame.seq == seq
-        edge.receive_data(cloud.send(Snap(master_version=seq + 1, tensors={}, reconcile=False)))
+        edge.receive_data(
+            cloud.send(Snap(checksum=0, master_version=seq + 1, tensors={}, reconcile=False))
+        )
         edge.receive_data(cloud.send(Ack(seq=seq, master_version=seq + 1)))
     assert cloud.ledger.last_egrad_seq == 2 and cloud.acked_seq == 2
 
@@ -226,8 +241,12 @@ def test_resume_continues_above_the_acked_sequence(build: Builders) -> None:
     with pytest.raises(UnexpectedSequence, match="must exceed 10"):
         cloud.receive_data(encode_frame(build.act(7)))
     edge, cloud = build.open_pair(acked_seq=10)
-    cloud.receive_data(edge.send(build.egrad(11)))  # its ACT went before the reconnect
-    cloud.receive_data(edge.send(build.act(12)))
+    # An EGRAD whose ACT went before the reconnect: its GRAD is not of this session, so the
+    # edge must send the batch again (§6.3, §6.5).
+    assert_send_refused(edge, build.egrad(11), UnexpectedSequence)
+    cloud.receive_data(edge.send(build.act(11)))
+    edge.receive_data(cloud.send(build.grad(11)))
+    cloud.receive_data(edge.send(build.act(12, egrad=build.egrad(11))))
 
 
 # -- sequence rules -----------------------------------------------------------------------
@@ -310,7 +329,9 @@ def test_direction_is_enforced_both_ways(build: Builders) -> None:
     assert_send_refused(edge, build.grad(0), IllegalTransition)
     assert_send_refused(cloud, build.act(0), IllegalTransition)
     with pytest.raises(IllegalTransition, match="DELTA is never sent by the edge"):
-        cloud.receive_data(encode_frame(Delta(from_version=0, to_version=1, tensors={})))
+        cloud.receive_data(
+            encode_frame(Delta(checksum=0, from_version=0, to_version=1, tensors={}))
+        )
 
 
 # -- closing ------------------------------------------------------------------------------
@@ -404,7 +425,9 @@ def test_ledgers_agree_and_window_holds(build: Builders, window: int, steps: lis
         elif step == "delta":
             version += 1
             edge.receive_data(
-                cloud.send(Delta(from_version=version - 1, to_version=version, tensors={}))
+                cloud.send(
+                    Delta(checksum=0, from_version=version - 1, to_version=version, tensors={})
+                )
             )
         assert edge.ledger == cloud.ledger
         assert len(edge.outstanding) <= max(window, 1)

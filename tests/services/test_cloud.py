@@ -61,7 +61,7 @@ class FakeEdge:
     def __init__(self, ws: Any, edge_id: str = "edge-a", *, token: str | None = None) -> None:
         self.ws = ws
         self.edge_id = edge_id
-        self.session = EdgeSession(limits=Limits(window=RUN.window + 1))
+        self.session = EdgeSession(limits=Limits(window=RUN.window))
         structure = SPEC.build(0)
         self.runtime = EdgeRuntime(structure.edge_stage, RUN.schedule(), RUN.codecs)
         data = load_dataset("imu")
