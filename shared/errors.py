@@ -15,7 +15,7 @@ can catch "anything SimulTrain refused" without catching programming errors. For
     │   ├── UnknownMessageType          unknown_message_type       1003
     │   ├── ProtocolVersionMismatch     protocol_version_mismatch  4000
     │   ├── HandshakeRejected           handshake_rejected         4001
-    │   ├── ModelMismatch               model_mismatch             4002
+    │   ├── ModelMismatch               model_mismatch             4003
     │   ├── InvalidTensor               invalid_tensor             1007
     │   │   └── NonFiniteTensor         non_finite_tensor          1007
     │   ├── IllegalTransition           illegal_transition         1002
@@ -95,7 +95,7 @@ class CloseCode(enum.IntEnum):
     # Private use (RFC 6455 section 7.4.2).
     PROTOCOL_VERSION_MISMATCH = 4000
     HANDSHAKE_REJECTED = 4001
-    MODEL_MISMATCH = 4002
+    MODEL_MISMATCH = 4003
 
 
 class ErrorCode(enum.StrEnum):
@@ -258,7 +258,7 @@ class HandshakeRejected(ProtocolError):
 
 
 class ModelMismatch(ProtocolError):
-    """HELLO's architecture fingerprint differs from the cloud's model (close code 4002)."""
+    """HELLO's architecture fingerprint differs from the cloud's model (close code 4003)."""
 
     code = ErrorCode.MODEL_MISMATCH
 

@@ -461,6 +461,7 @@ class CloudService:
             "path": "/v1/stream",
             "mode": self.schedule.mode,
             "model_id": self.spec.model_id,
+            "model_fingerprint": self.fingerprint,
             "input_shape": list(self.spec.input_shape),
             "num_classes": self.spec.num_classes,
             "cut_shape": list(self.cut_shape),

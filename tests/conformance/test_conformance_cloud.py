@@ -135,6 +135,7 @@ class Edge:
                 config={"mode": self.spec["mode"]},
                 token=None,
                 resume=self.acked if self.acked >= 0 else None,
+                model_fingerprint=self.spec["model_fingerprint"],
             )
         )
         self.welcome = self.receive()

@@ -47,7 +47,7 @@ RUN = RunConfig(dataset="imu", steps=1)
 HANG_S = 30.0
 # Close codes a refusal may carry (PROTOCOL.md section 7): never 1011, which means the
 # cloud failed for its own reasons.
-PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 4000, 4001})
+PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 4000, 4001, 4003})
 
 
 @dataclasses.dataclass

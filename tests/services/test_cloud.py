@@ -261,7 +261,7 @@ def test_a_bad_frame_closes_only_its_session_and_leaves_the_master_unchanged(
             encode_frame(
                 Hello(edge_id="x", model_id="imu-cnn1d", cut_shape=(32, 32), model_fingerprint="0")
             ),
-            4002,
+            4003,
         ),  # same model id, another architecture
     ],
     ids=["garbage", "cut-shape", "model", "version", "fingerprint"],
