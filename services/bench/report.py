@@ -63,6 +63,7 @@ MODE_ORDER = (
     "simultrain",
     "simultrain-noforecast",
     "simultrain-noreconcile",
+    "synthetic",
 )
 ACCURACY_DATASETS = ("imu", "mnist")
 
