@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest browser fuzz bench study clean
+.PHONY: demo test lint typecheck pytest browser long-tests fuzz bench study clean
 
 $(STAMP): pyproject.toml constraints.txt
 	# systemd-analyze validates the Pi's unit file (tests/deploy); most images ship it.
@@ -46,6 +46,12 @@ browser: $(STAMP)
 	$(BIN)/python -m pytest -m browser -p no:cacheprovider
 
 test: lint typecheck pytest browser
+
+# Long studies and benchmarks kept out of `make test` (tens of minutes): the three-seed
+# services-vs-centralized study, the quick bench end to end, the pipelined kill -9 run,
+# the replica study.
+long-tests: $(STAMP)
+	$(BIN)/python -m pytest -m bench -p no:cacheprovider
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -m fuzz -p no:cacheprovider

@@ -12,6 +12,8 @@ import pytest
 from simultrain.bench.report import MODE_ORDER
 
 
+# `simultrain bench --quick` end to end (about 100 s): `make long-tests`.
+@pytest.mark.bench
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_quick_bench_writes_a_consistent_report(tmp_path: Path) -> None:

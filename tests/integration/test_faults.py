@@ -178,7 +178,11 @@ def restart_coordinator(cluster: Cluster, edge: ServiceProcess) -> int:
     return 1
 
 
-@pytest.mark.parametrize("mode", ["split-sync", "simultrain"])
+# The pipelined case (about 60 s) runs in `make long-tests`; in the default suite the chaos test
+# (tests/integration/test_chaos.py) kills the cloud of a pipelined run as well.
+@pytest.mark.parametrize(
+    "mode", ["split-sync", pytest.param("simultrain", marks=pytest.mark.bench)]
+)
 def test_kill_9_of_the_cloud_loses_no_sample_and_applies_none_twice(
     tmp_path: Path, mode: str
 ) -> None:

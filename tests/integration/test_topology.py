@@ -112,6 +112,8 @@ def test_two_edges_train_against_one_cloud_at_once(topology: Topology) -> None:
     assert status["staleness"]["dropped"] == 0
 
 
+# A three-seed accuracy study (about 3 minutes): outside the default suite, `make long-tests`.
+@pytest.mark.bench
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_services_reach_centralized_accuracy_on_the_same_samples(tmp_path: Path) -> None:

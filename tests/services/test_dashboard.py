@@ -269,7 +269,7 @@ def test_the_static_assets_are_package_data() -> None:
 
 def _snap(reconcile: bool) -> Snap:
     tensor = WireTensor(np.zeros(2, dtype=np.float32))
-    return Snap(master_version=3, tensors={"w": tensor}, reconcile=reconcile)
+    return Snap(master_version=3, tensors={"w": tensor}, reconcile=reconcile, checksum=0)
 
 
 def test_the_cloud_counts_reconciliations_per_edge() -> None:
