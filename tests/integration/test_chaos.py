@@ -10,10 +10,6 @@ same edge and continues its data, it does not enroll again and train its shard t
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,8 @@ from simultrain.demo import _coordinator_env
 from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.training.config import RunConfig
 
+from .waiting import free_port, wait_until
+
 # Eight process starts (a torch import is ~5 s of CPU each) dominate: 64-66 s of CPU in all,
 # measured with pytest's own start. On a shared 2-core machine under load 15-38 the run took
 # 150-294 s (once over 300 s), too close to the suite's 300 s default.
@@ -32,22 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 DEVICES = 2
 STEPS = 80  # batches per device: 160 in all
 BATCH = 32
-
-
-def free_port() -> int:
-    """A port a restarted service can bind again (asked of the kernel with port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        pause.wait(0.05)
 
 
 class Fleet:

@@ -8,9 +8,6 @@ duplicates dropped), so an operator can check exactly-once delivery the same way
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,30 +19,11 @@ from simultrain.demo import _coordinator_env
 from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.training.config import RunConfig
 
+from .waiting import free_port, status, wait_until
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STEPS = 400
-
-
-def free_port() -> int:
-    """A port the restarted cloud can bind again (asked of the kernel with port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        pause.wait(0.05)
-
-
-def status(url: str) -> dict[str, Any]:
-    return httpx.get(f"{url}/v1/status", timeout=30).json()
 
 
 def applied(url: str) -> int:

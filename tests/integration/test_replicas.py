@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,30 +23,12 @@ from simultrain.demo import _coordinator_env
 from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.training.config import RunConfig
 
+from .waiting import free_port, status, wait_until
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STEPS = 100
 BATCH = 32
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        pause.wait(0.05)
-
-
-def status(url: str) -> dict[str, Any]:
-    reply: dict[str, Any] = httpx.get(f"{url}/v1/status", timeout=30).json()
-    return reply
 
 
 class ReplicaCluster:
