@@ -233,6 +233,10 @@ class DashboardFeed:
             "bytes_down": session.get("bytes_out"),
             "duplicates_dropped": session.get("duplicates_dropped"),
             "reconciliations": reconciliations,
+            # This edge's own staleness distribution, as its cloud counts it.
+            "staleness": session.get("staleness")
+            if isinstance(session.get("staleness"), dict)
+            else None,
         }
 
 

@@ -63,7 +63,12 @@ from simultrain.shared.tensors import (
     xor_delta,
 )
 from simultrain.shared.training.deltas import DeltaSequencer, GapStatus, VersionStep
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig, PreparedCloudStep
+from simultrain.shared.training.master import (
+    CloudMaster,
+    OptimizerConfig,
+    PreparedCloudStep,
+    StalenessStats,
+)
 from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES, EdgeRole, Schedule
 from simultrain.shared.training.synthetic import (
     STAGE_PREFIX,
@@ -132,6 +137,8 @@ class CloudSessionState:
     leading_egrads: dict[int, EGrad] = field(default_factory=dict)
     bytes_in: int = 0  # on the wire, across reconnects (the service counts them)
     bytes_out: int = 0
+    # This edge's own gradients' staleness (SPEC: τ per batch); the master keeps the fleet's.
+    staleness: StalenessStats = field(default_factory=StalenessStats)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -144,6 +151,7 @@ class CloudSessionState:
             "replica_version": self.mirror_version,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "staleness": self.staleness.summary(),
         }
 
 
@@ -305,8 +313,8 @@ class CloudRuntime:
         batch = int(labels.shape[0])
         if leading is not None:
             # Checked (names, shapes, finiteness) before anything of this batch lands.
-            self.master.apply_edge_gradient(
-                state_from_wire(leading.grads), leading.edge_version, samples=batch
+            self._apply_edge_gradient(
+                state, state_from_wire(leading.grads), leading.edge_version, samples=batch
             )
         # A batch re-sent after a reconnect may have had its cloud-stage step applied already
         # (its EGRAD was lost): apply nothing twice.
@@ -342,7 +350,7 @@ class CloudRuntime:
         tensors = state_from_wire(egrad.grads)
         if role is EdgeRole.SPLIT:
             samples = state.batch_sizes.pop(egrad.seq, 0)
-            self.master.apply_edge_gradient(tensors, egrad.edge_version, samples=samples)
+            self._apply_edge_gradient(state, tensors, egrad.edge_version, samples=samples)
             # A gradient older than the history is dropped and counted inside the master;
             # the batch is answered all the same so the edge moves on (SPEC step 4).
             self._mark_applied(state, egrad.seq, samples)
@@ -395,6 +403,21 @@ class CloudRuntime:
         # be a straggler's late one from the round before).
         self._round_opened_at = self._clock()
         return out
+
+    def _apply_edge_gradient(
+        self,
+        state: CloudSessionState,
+        grads: Mapping[str, Tensor],
+        edge_version: int,
+        *,
+        samples: int,
+    ) -> None:
+        """SPEC step 4 through the master, with the staleness also counted for this edge."""
+        result = self.master.apply_edge_gradient(grads, edge_version, samples=samples)
+        if result.applied:
+            state.staleness.record(result.staleness)
+        else:
+            state.staleness.dropped += 1
 
     def _mark_applied(self, state: CloudSessionState, seq: int, samples: int) -> None:
         state.highest_applied_seq = max(state.highest_applied_seq, seq)

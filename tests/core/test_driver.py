@@ -179,3 +179,24 @@ def test_config_round_trips_through_its_mapping() -> None:
     assert RunConfig.from_mapping(config.to_mapping(), base=copy.copy(RunConfig())) == RunConfig(
         **{**config.__dict__, "steps": RunConfig().steps}
     )
+
+
+def test_the_cloud_counts_each_edges_staleness_apart_from_the_fleets() -> None:
+    """SPEC: the cloud records τ per batch; per edge too, so a fleet's laggard is visible."""
+    from simultrain.shared.training.factory import build_master
+    from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState
+
+    config = RunConfig(mode="simultrain", dataset="imu", edges=2, window=2, seed=0)
+    schedule = config.schedule()
+    spec = load_dataset("imu", seed=0).model_spec(None)
+    cloud = CloudRuntime(build_master(config, spec, schedule), schedule, config.codecs)
+    laggard, other = CloudSessionState("edge-a"), CloudSessionState("edge-b")
+    grads = {n: torch.zeros_like(t) for n, t in cloud.replica_template().items()}
+    v0 = cloud.master.version
+    cloud._apply_edge_gradient(other, grads, v0, samples=32)
+    cloud._apply_edge_gradient(laggard, grads, v0, samples=32)  # missed the other's update
+    cloud._apply_edge_gradient(laggard, grads, -(10**6), samples=32)  # older than the history
+    assert laggard.summary()["staleness"]["histogram"] == {"1": 1}
+    assert laggard.summary()["staleness"]["dropped"] == 1
+    assert other.summary()["staleness"]["histogram"] == {"0": 1}
+    assert cloud.master.staleness.summary()["histogram"] == {"0": 1, "1": 1}

@@ -117,6 +117,13 @@ def session(steps: int) -> dict[str, Any]:
         "bytes_out": 3000 * steps,
         "duplicates_dropped": 0,
         "connected": True,
+        "staleness": {
+            "batches": steps,
+            "max": 3,
+            "mean": 2.5,
+            "dropped": 0,
+            "histogram": {"2": steps // 2, "3": steps - steps // 2},
+        },
     }
 
 
@@ -164,6 +171,14 @@ def test_the_feed_joins_the_registry_with_each_clouds_figures(
         "bytes_down": 30_000,
         "reconciliations": 2,
         "step_rate": None,  # one sample is no rate yet
+        # the edge's own staleness distribution, passed through from its cloud
+        "staleness": {
+            "batches": 10,
+            "max": 3,
+            "mean": 2.5,
+            "dropped": 0,
+            "histogram": {"2": 5, "3": 5},
+        },
     }
 
 

@@ -178,11 +178,14 @@ def test_the_dashboard_shows_the_edges_of_a_real_run_and_updates(run: tuple[str,
     # The page polled by itself, more than once.
     assert first.polls >= 3, first.polls
     row = first.rows[edge_id]
-    # edge, name, cloud, state, session, steps, steps/s, replica, lag, up, down, reconciliations
+    # edge, name, cloud, state, session, steps, steps/s, replica, lag, staleness, up, down,
+    # reconciliations
     assert row[3] == "up" and row[4] == "connected", row
     assert int(row[5]) >= 20 and float(row[6]) > 0, row
-    assert row[9].endswith(("kB", "MB")) and row[10].endswith(("kB", "MB")), row
-    assert int(row[11]) >= 1, row  # R = 10 and ≥ 20 steps: reconciled at least once
+    # the edge's own staleness distribution: bars (each titled "τ = k: n batches"), mean / max
+    assert "τ = " in row[9] and " / " in row[9], row
+    assert row[10].endswith(("kB", "MB")) and row[11].endswith(("kB", "MB")), row
+    assert int(row[12]) >= 1, row  # R = 10 and ≥ 20 steps: reconciled at least once
     assert first.rows[hostile][1] == HOSTILE_NAME and first.title == "SimulTrain dashboard"
     assert first.figures["mode"] == "simultrain" and first.figures["heartbeat"] == "up"
     assert first.figures["held-out accuracy"].endswith("%"), first.figures

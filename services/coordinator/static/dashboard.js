@@ -162,6 +162,36 @@ function renderClouds(clouds) {
   box.replaceChildren(...cards);
 }
 
+// One edge's staleness distribution: small bars, then mean and max (this edge's own batches).
+function stalenessCell(row, staleness) {
+  const td = cell(row, "");
+  td.className = "edge-staleness";
+  const histogram = (staleness && staleness.histogram) || {};
+  const entries = Object.entries(histogram).map(([k, v]) => [Number(k), v]).sort((a, b) => a[0] - b[0]);
+  if (entries.length === 0) {
+    td.textContent = "–";
+    return td;
+  }
+  const W = 80, H = 18;
+  const svg = svgEl(td, "svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "mini" });
+  const maxTau = entries[entries.length - 1][0];
+  const maxCount = Math.max(...entries.map((e) => e[1]));
+  const slot = W / (maxTau + 1);
+  for (const [tau, count] of entries) {
+    const h = Math.max(1, (count / maxCount) * H);
+    const bar = svgEl(svg, "rect", {
+      x: tau * slot, y: H - h, width: Math.max(1, slot * 0.8), height: h, class: "bar",
+      "data-tau": tau, "data-count": count,
+    });
+    svgEl(bar, "title", {}).textContent = `τ = ${tau}: ${count} batches`;
+  }
+  const summary = document.createElement("span");
+  summary.textContent = ` ${text(staleness.mean, 1)} / ${text(staleness.max)}`;
+  summary.dataset.figure = "edge staleness";
+  td.appendChild(summary);
+  return td;
+}
+
 function renderEdges(edges) {
   const body = document.querySelector("#edges tbody");
   const rows = edges.map((e) => {
@@ -177,6 +207,7 @@ function renderEdges(edges) {
     cell(row, text(e.step_rate, 1));
     cell(row, text(e.replica_version));
     cell(row, text(e.lag));
+    stalenessCell(row, e.staleness);
     cell(row, bytes(e.bytes_up));
     cell(row, bytes(e.bytes_down));
     cell(row, text(e.reconciliations));
