@@ -58,10 +58,12 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
-def _optimizers(master: CloudMaster) -> dict[str, torch.optim.Optimizer]:
+def _optimizers(master: CloudMaster, runtime: CloudRuntime) -> dict[str, torch.optim.Optimizer]:
     named = {"edge": master._edge_opt, "cloud": master._cloud_opt}
     if master._full_opt is not None:
         named["full"] = master._full_opt
+    if runtime.synthetic is not None:  # seed 003's M trains on the cloud: its Adam state too
+        named["synthetic"] = runtime.synthetic.optimizer
     return named
 
 
@@ -73,8 +75,15 @@ def save_checkpoint(
         f"model/{name}": t.detach().to("cpu", copy=True).contiguous()
         for name, t in master.full_state().items()
     }
+    if runtime.synthetic is not None:
+        tensors.update(
+            {
+                f"synthetic/{name}": t.detach().to("cpu", copy=True).contiguous()
+                for name, t in runtime.synthetic.model.state_dict().items()
+            }
+        )
     optim_meta: dict[str, Any] = {}
-    for name, opt in _optimizers(master).items():
+    for name, opt in _optimizers(master, runtime).items():
         state = opt.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
         for index, entries in state["state"].items():
@@ -93,8 +102,12 @@ def save_checkpoint(
         "samples_applied": master.samples_applied,
         "staleness": {"counts": master.staleness.counts, "dropped": master.staleness.dropped},
         "optimizers": optim_meta,
+        "synthetic_steps": None if runtime.synthetic is None else runtime.synthetic.steps,
         "sessions": {
-            edge_id: {f: getattr(state, f) for f in _SESSION_FIELDS}
+            edge_id: {
+                **{f: getattr(state, f) for f in _SESSION_FIELDS},
+                "staleness": {"counts": state.staleness.counts, "dropped": state.staleness.dropped},
+            }
             for edge_id, state in runtime.sessions.items()
         },
     }
@@ -152,7 +165,20 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     with torch.no_grad():
         for name, target in state.items():
             target.copy_(model[name])
-    for name, opt in _optimizers(master).items():
+    if runtime.synthetic is not None and meta.get("synthetic_steps") is not None:
+        m_state = runtime.synthetic.model.state_dict()
+        saved_m = {
+            k.removeprefix("synthetic/"): v
+            for k, v in tensors.items()
+            if k.startswith("synthetic/")
+        }
+        if saved_m.keys() != m_state.keys() or any(
+            saved_m[k].shape != m_state[k].shape for k in m_state
+        ):
+            raise CheckpointError(f"{checkpoint.path}: its synthetic-gradient model does not fit")
+        runtime.synthetic.model.load_state_dict(saved_m)
+        runtime.synthetic.steps = int(meta["synthetic_steps"])
+    for name, opt in _optimizers(master, runtime).items():
         saved = meta["optimizers"].get(name)
         if saved is None:
             continue
@@ -176,5 +202,9 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
             edge_id, **{f: fields[f] for f in _SESSION_FIELDS if f in fields}
         )
         session.durable_seq = session.highest_applied_seq
+        stale = fields.get("staleness")
+        if isinstance(stale, dict):
+            session.staleness.counts = {int(k): int(v) for k, v in stale["counts"].items()}
+            session.staleness.dropped = int(stale["dropped"])
         runtime.sessions[edge_id] = session
     log.info("resumed from %s at master version %d", checkpoint.path.name, master.version)

@@ -41,7 +41,7 @@ from simultrain.shared.protocol import (
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import build_master
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime
+from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, EdgeRuntime
 
 RUN = RunConfig(mode="simultrain", dataset="imu", window=2)
 SPEC = get_model_spec("imu-cnn1d")
@@ -460,3 +460,42 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path
     found = latest_checkpoint(tmp_path)
     assert found is not None and found.meta["version"] == 0
     assert not list(tmp_path.glob(".checkpoint-*"))  # no temporary files left behind
+
+
+def test_a_checkpoint_keeps_the_synthetic_gradient_model_and_each_edges_staleness(
+    tmp_path: Path,
+) -> None:
+    """Seed 003's M is trained state of the cloud: a restart must not reset it to zero."""
+    from simultrain.shared.training.factory import build_synthetic
+
+    run = RunConfig(mode="synthetic", dataset="imu", seed=0)
+    schedule = run.schedule()
+    master = build_master(run, SPEC, schedule)
+    runtime = CloudRuntime(
+        master, schedule, run.codecs, synthetic=build_synthetic(run, SPEC, schedule)
+    )
+    assert runtime.synthetic is not None
+    acts, labels = torch.randn(8, *SPEC.cut_shape), torch.randint(0, 7, (8,))
+    for _ in range(3):
+        runtime.synthetic.train(acts, labels, torch.randn(8, *SPEC.cut_shape))
+    state = runtime.sessions.setdefault("edge-a", CloudSessionState("edge-a"))
+    state.staleness.record(2)
+    save_checkpoint(tmp_path, master, runtime)
+
+    fresh_run = CloudRuntime(
+        build_master(run, SPEC, schedule),
+        schedule,
+        run.codecs,
+        synthetic=build_synthetic(run, SPEC, schedule),
+    )
+    found = latest_checkpoint(tmp_path)
+    assert found is not None
+    restore(found, fresh_run.master, fresh_run)
+    assert fresh_run.synthetic is not None and fresh_run.synthetic.steps == 3
+    assert_same(fresh_run.synthetic.model.state_dict(), runtime.synthetic.model.state_dict())
+    assert fresh_run.sessions["edge-a"].staleness.counts == {2: 1}
+    # and the optimizer of M came back: one more identical step, identical M
+    grad = torch.randn(8, *SPEC.cut_shape)
+    runtime.synthetic.train(acts, labels, grad)
+    fresh_run.synthetic.train(acts, labels, grad)
+    assert_same(fresh_run.synthetic.model.state_dict(), runtime.synthetic.model.state_dict())
