@@ -170,7 +170,7 @@ class EdgeAgent:
             if stored is not None:
                 # A restarted edge is the same edge: never enroll again (SPEC "Fleets").
                 try:
-                    self.assignment = await self.coordinator.resume(_assignment(stored))
+                    self.assignment = await self.coordinator.resume(stored)
                 except (EdgeRemoved, ForeignRun) as exc:
                     raise ForeignEdgeState(f"{settings.state_dir}: {exc}") from exc
                 log.info("resuming as edge %s from %s", stored.edge_id, settings.state_dir)
@@ -597,15 +597,7 @@ class EdgeAgent:
 
     def _remember_identity(self) -> None:
         assert self.state is not None and self.assignment is not None
-        a = self.assignment
-        identity = EdgeIdentity(
-            edge_id=a.edge_id,
-            cloud_url=a.cloud_url,
-            run_config=a.run_config,
-            reconcile_offset=a.reconcile_offset,
-            heartbeat_interval_s=a.heartbeat_interval_s,
-            token=a.token,
-        )
+        identity: EdgeIdentity = self.assignment
         if identity != self.state.identity():
             self.state.save_identity(identity)
 
@@ -689,14 +681,3 @@ def _state_binding(settings: EdgeSettings) -> dict[str, Any]:
         "shard_count": settings.shard_count,
         "dataset": settings.dataset,
     }
-
-
-def _assignment(identity: EdgeIdentity) -> Assignment:
-    return Assignment(
-        edge_id=identity.edge_id,
-        cloud_url=identity.cloud_url,
-        run_config=identity.run_config,
-        reconcile_offset=identity.reconcile_offset,
-        heartbeat_interval_s=identity.heartbeat_interval_s,
-        token=identity.token,
-    )

@@ -47,6 +47,8 @@ import numpy as np
 
 from simultrain.shared.errors import StoreError
 
+from .coordinator_client import Assignment
+
 __all__ = [
     "EXIT_STATE_ERROR",
     "Cursor",
@@ -81,16 +83,8 @@ class EdgeStateFull(EdgeStateError):
     """No room for one more kept batch: the configured bound or the disk is full."""
 
 
-@dataclass(frozen=True)
-class EdgeIdentity:
-    """Who this edge is, as the coordinator enrolled it (or as configured without one)."""
-
-    edge_id: str
-    cloud_url: str
-    run_config: dict[str, Any]
-    reconcile_offset: int
-    heartbeat_interval_s: float
-    token: str | None
+# Who this edge is, exactly as the coordinator enrolled it (or as configured without one).
+EdgeIdentity = Assignment
 
 
 @dataclass(frozen=True)
