@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 	MYPYPATH=build/typeroot $(BIN)/mypy -p simultrain
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered --durations=15
 
 # The dashboard in headless Chromium against a real run: slower than the default suite allows.
 browser: $(STAMP)
