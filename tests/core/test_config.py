@@ -56,7 +56,7 @@ def test_noforecast_removes_the_forecast_from_whatever_chain_is_in_use() -> None
         ({"alpha": 0.5}, "has no 'forecast' part"),  # the default chain, delay-beta1
         ({"alpha": 0.5, "compensation": "none"}, "has no 'forecast' part"),
         ({"alpha": 0.5, "compensation": "forecast:alpha=0.2"}, "alpha is given twice"),
-        ({"alpha": -1.0, "compensation": "forecast"}, "alpha must be a finite number ≥ 0"),
+        ({"alpha": -1.0, "compensation": "forecast"}, "'alpha': must be ≥ 0"),
         ({"compensation": "bogus"}, "unknown compensation 'bogus'"),
         ({"compensation": "forecast:gamma=1"}, "takes no parameter"),
     ],
