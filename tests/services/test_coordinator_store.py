@@ -60,12 +60,14 @@ def test_empty_store(coordinator_store: CoordinatorStore) -> None:
 
 
 def test_run_config_round_trip(coordinator_store: CoordinatorStore) -> None:
-    config = RunConfig(
-        alpha=0.25,
-        compensation="delay-beta1+forecast",
-        reconcile_every=0,
-        act_codec="fp16",
-        dataset="npz:/x.npz",
+    config = RunConfig.from_mapping(
+        {
+            "alpha": 0.25,
+            "compensation": "delay-beta1+forecast",
+            "reconcile_every": 0,
+            "act_codec": "fp16",
+            "dataset": "npz:/x.npz",
+        }
     )
     coordinator_store.put_run_config(config)
     assert coordinator_store.get_run_config() == config
