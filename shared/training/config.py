@@ -186,6 +186,14 @@ class RunConfig:
         }
         return cls.from_mapping(values, base=base, driver=driver)
 
+    def to_strings(self, *, driver: bool = False) -> dict[str, str]:
+        """`to_mapping` as text that `from_strings` reads back (None is ``""``): the
+        coordinator's ``SIMULTRAIN_COORDINATOR_<KEY>`` environment variables."""
+        return {
+            key: "" if value is None else str(value)
+            for key, value in self.to_mapping(driver=driver).items()
+        }
+
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """The run a service's ``run_*`` settings describe (used without a coordinator).
