@@ -30,7 +30,7 @@ def setting_names(settings: type[BaseSettings]) -> list[str]:
 
 
 def _rows(settings: type[BaseSettings]) -> list[tuple[str, str, str]]:
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for name, field in settings.model_fields.items():
         declaration = getattr(field.annotation, "declaration", None)
         if callable(declaration):  # a RunConfig: a variable per key it declares

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from functools import cache
 from typing import Annotated, Any, Self, get_type_hints
 
 from simultrain.shared.data.dataset import PARTITIONS
@@ -247,17 +246,27 @@ def settings_key(setting: str) -> str:
     return _SETTINGS_KEYS.get(key, key)
 
 
-@cache
-def _declared(cls: type[RunConfig]) -> tuple[tuple[str | None, str, RunKey], ...]:
+_Declared = tuple[tuple[str | None, str, RunKey], ...]
+_DECLARED: dict[type[RunConfig], _Declared] = {}
+
+
+def _declared(cls: type[RunConfig]) -> _Declared:
     """(nested field or None, field name, flat key) for every field, in declaration order.
 
     The optimizer's and the codecs' fields are flat keys too (``optimizer_lr``,
     ``act_codec``), their defaults `RunConfig`'s own.
     """
+    if cls in _DECLARED:
+        return _DECLARED[cls]
     out: list[tuple[str | None, str, RunKey]] = []
     hints = get_type_hints(cls, include_extras=True)
     for f in fields(cls):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"run configuration field {f.name!r} has no default")
         if is_dataclass(default):
             inner = get_type_hints(type(default), include_extras=True)
             for g in fields(default):
@@ -271,7 +280,8 @@ def _declared(cls: type[RunConfig]) -> tuple[tuple[str | None, str, RunKey], ...
                 )
         else:
             out.append((None, f.name, RunKey.from_hint(f.name, hints[f.name], default)))
-    return tuple(out)
+    _DECLARED[cls] = tuple(out)
+    return _DECLARED[cls]
 
 
 def _flat_key(prefix: str, name: str) -> str:
