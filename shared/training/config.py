@@ -100,6 +100,8 @@ class RunConfig:
     ] = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.optimizer, OptimizerConfig) or not isinstance(self.codecs, Codecs):
+            raise ConfigError("run configuration: optimizer and codecs must be their own types")
         # Every flat key against its declaration (ints become floats where due), then the
         # keys together: mode, window, β, R, and α against the compensation chain.
         for owner_name, name, key in _declared(type(self)):
