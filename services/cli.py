@@ -127,8 +127,8 @@ def netem(
 
 @app.command()
 def demo(
-    dataset: Annotated[str, typer.Option(help="imu, mnist, video or npz:PATH.")] = "imu",
-    mode: Annotated[str, typer.Option(help=MODES_HELP)] = "simultrain",
+    dataset: Annotated[str | None, typer.Option(help="imu, mnist, video or npz:PATH.")] = None,
+    mode: Annotated[str | None, typer.Option(help=MODES_HELP)] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -136,28 +136,32 @@ def demo(
             "as package.module:factory (README)."
         ),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Batches per edge.")] = 1500,
-    edges: Annotated[int, typer.Option(help="Edge processes (each a data shard).")] = 1,
+    steps: Annotated[int | None, typer.Option(help="Batches per edge.")] = None,
+    edges: Annotated[int | None, typer.Option(help="Edge processes (each a data shard).")] = None,
     partition: Annotated[
-        str, typer.Option(help="How data is dealt to edges: auto, groups, iid, label-skew.")
-    ] = "auto",
-    window: Annotated[int, typer.Option(help="In-flight window W (staleness bound).")] = 4,
+        str | None, typer.Option(help="How data is dealt to edges: auto, groups, iid, label-skew.")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="In-flight window W (staleness bound).")
+    ] = None,
     compensation: Annotated[
         str | None,
         typer.Option(
             help="Staleness compensation chain, e.g. delay-beta1+forecast, or forecast (the "
-            "paper's; default: the run configuration's)."
+            "paper's)."
         ),
     ] = None,
     alpha: Annotated[
         float | None,
         typer.Option(help="Forecast coefficient α (needs a forecast part; 0: off)."),
     ] = None,
-    beta: Annotated[float, typer.Option(help="Reconciliation weight β.")] = 0.9,
+    beta: Annotated[float | None, typer.Option(help="Reconciliation weight β.")] = None,
     reconcile_every: Annotated[
-        int, typer.Option("--reconcile-every", "-R", help="R (0: never).")
-    ] = 10,
-    seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
+        int | None, typer.Option("--reconcile-every", "-R", help="R (0: never).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for data order and initialisation.")
+    ] = None,
     link: Annotated[
         str | None, typer.Option(help="Emulated link: 4g, 5g, lan (default: none).")
     ] = None,
@@ -167,38 +171,41 @@ def demo(
     ] = False,
     log_dir: Annotated[Path | None, typer.Option(help="Keep each service's log here.")] = None,
 ) -> None:
-    """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate."""
+    """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate.
+
+    A run flag left out takes the run configuration's default (README, configuration).
+    """
     from simultrain.demo import DemoOptions, run_demo
     from simultrain.shared.errors import SimulTrainError
     from simultrain.shared.training.config import RunConfig
 
+    given = {
+        "mode": mode,
+        "dataset": dataset,
+        "model_id": model,
+        "steps": steps,
+        "edges": edges,
+        "window": window,
+        "alpha": alpha,
+        "compensation": compensation,
+        "beta": beta,
+        "reconcile_every": reconcile_every,  # 0 = never
+        "seed": seed,
+        "partition": partition,
+    }
     try:
-        run = RunConfig.from_mapping(
-            {
-                "mode": mode,
-                "dataset": dataset,
-                "model_id": model,
-                "window": window,
-                "alpha": alpha,
-                **({"compensation": compensation} if compensation is not None else {}),
-                "beta": beta,
-                "reconcile_every": reconcile_every or None,
-                "seed": seed,
-                "partition": partition,
-            }
-        )
-        run.schedule()  # refuse an unknown mode before starting anything
+        run = RunConfig.from_mapping({k: v for k, v in given.items() if v is not None})
         if model is not None:
             # Refuse a model that does not exist or does not take the dataset's samples
             # before anything starts (the cloud would fail at start-up).
             from simultrain.shared.data import load_dataset
 
-            load_dataset(dataset).model_spec(model)
+            load_dataset(run.dataset).model_spec(model)
         run_demo(
             DemoOptions(
                 run=run,
-                steps=steps,
-                edges=edges,
+                steps=run.steps,
+                edges=run.edges,
                 json_output=json_output,
                 log_dir=log_dir,
                 link_profile=link,

@@ -33,8 +33,8 @@ __all__ = ["DemoOptions", "Topology", "edge_environment", "run_demo", "start_top
 @dataclass(frozen=True)
 class DemoOptions:
     run: RunConfig = field(default_factory=RunConfig)
-    steps: int = 1500  # batches per edge
-    edges: int = 1
+    steps: int = RunConfig.steps  # batches per edge
+    edges: int = RunConfig.edges
     json_output: bool = False
     eval_every_s: float = 3.0
     log_dir: Path | None = None
@@ -50,12 +50,9 @@ def _coordinator_env(run: RunConfig, db_path: Path) -> dict[str, str]:
         "SIMULTRAIN_COORDINATOR_DB_PATH": str(db_path),
         "SIMULTRAIN_COORDINATOR_LOG_LEVEL": "warning",
     }
-    for key, value in run.to_mapping().items():
-        if value is None:
-            if key == "reconcile_every":
-                env["SIMULTRAIN_COORDINATOR_RECONCILE_EVERY"] = "0"  # 0 = never
-            continue
-        env[f"SIMULTRAIN_COORDINATOR_{key.upper()}"] = str(value)
+    # Every run key is a coordinator variable, read back by its declared type ("" is null).
+    for key, text in run.to_strings().items():
+        env[f"SIMULTRAIN_COORDINATOR_{key.upper()}"] = text
     return env
 
 

@@ -1,25 +1,49 @@
 """Markdown tables of the services' settings, so the README's configuration table is generated
-from the settings classes themselves and cannot drift from them (a test checks it)."""
+from the settings classes themselves and cannot drift from them (a test checks it).
+
+A field holding a `RunConfig` (the coordinator's ``run``) is one variable per run key: its
+rows are the keys' declaration (shared/training/keys.py), not a field list of its own.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic_settings import BaseSettings
 
-__all__ = ["settings_table"]
+__all__ = ["setting_names", "settings_table"]
 
 
 def settings_table(settings: type[BaseSettings]) -> str:
     """Every environment variable of ``settings``, its default and its meaning."""
     prefix = str(settings.model_config.get("env_prefix", ""))
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in settings.model_fields.items():
-        default = field.default
-        if field.is_required():
-            shown = "required"
-        elif default is None or default == ():
-            shown = "—"
-        else:
-            shown = f"`{default}`"
-        description = (field.description or "").replace("|", "\\|").replace("\n", " ")
+    for name, shown, description in _rows(settings):
+        description = description.replace("|", "\\|").replace("\n", " ")
         rows.append(f"| `{prefix}{name.upper()}` | {shown} | {description} |")
     return "\n".join(rows)
+
+
+def setting_names(settings: type[BaseSettings]) -> list[str]:
+    """The name of every setting, run keys included (the variable without its prefix)."""
+    return [name for name, _, _ in _rows(settings)]
+
+
+def _rows(settings: type[BaseSettings]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for name, field in settings.model_fields.items():
+        declaration = getattr(field.annotation, "declaration", None)
+        if callable(declaration):  # a RunConfig: a variable per key it declares
+            rows.extend(
+                (key.name, _shown(key.default), key.description)
+                for key in declaration(driver=False)
+            )
+        elif field.is_required():
+            rows.append((name, "required", field.description or ""))
+        else:
+            rows.append((name, _shown(field.default), field.description or ""))
+    return rows
+
+
+def _shown(default: Any) -> str:
+    return "—" if default is None or default == () else f"`{default}`"

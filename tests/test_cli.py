@@ -27,3 +27,20 @@ def test_demo_refuses_what_it_cannot_run(args: list[str], message: str) -> None:
     assert result.exit_code == 1
     assert message in result.output
     assert "LISTENING" not in result.output  # nothing was started
+
+
+def test_demo_run_flags_default_to_the_run_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag left out is RunConfig's default, not a second literal in the CLI; a flag given
+    is that key."""
+    import simultrain.demo
+    from simultrain.demo import DemoOptions
+    from simultrain.shared.training.config import RunConfig
+
+    seen: list[DemoOptions] = []
+    monkeypatch.setattr(simultrain.demo, "run_demo", lambda options: seen.append(options))
+    assert CliRunner().invoke(app, ["demo"]).exit_code == 0
+    assert CliRunner().invoke(app, ["demo", "--window", "2", "-R", "0"]).exit_code == 0
+    default, given = seen
+    assert default.run == RunConfig()
+    assert (default.steps, default.edges) == (RunConfig().steps, RunConfig().edges)
+    assert given.run == RunConfig(window=2, reconcile_every=None)

@@ -146,7 +146,7 @@ class DashboardFeed:
         return (
             self.coordinator.list_clouds(),
             self.coordinator.list_edges(),
-            self.coordinator.run_config.model_dump(mode="json"),
+            self.coordinator.run_config.to_mapping(),
         )
 
     async def _poll(self, client: httpx.AsyncClient, cloud: CloudRecord) -> dict[str, Any]:

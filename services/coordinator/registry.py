@@ -123,10 +123,9 @@ class Coordinator:
         if stored == wanted:
             return wanted
         if stored is not None:
+            before, after = stored.to_mapping(), wanted.to_mapping()
             changed = sorted(
-                name
-                for name in RunConfig.model_fields
-                if getattr(stored, name) != getattr(wanted, name)
+                name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
             )
             logger.warning("run configuration changed since the last start: %s", changed)
         self._store.put_run_config(wanted)

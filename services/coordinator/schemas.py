@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from .records import RunConfig, Status
+from .records import RunConfigField, Status
 
 __all__ = [
     "CloudHeartbeat",
@@ -138,7 +138,7 @@ class EdgeRegistered(_Schedule):
     edge_id: str
     cloud_id: str
     cloud_url: str
-    run_config: RunConfig
+    run_config: RunConfigField
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     token: str | None = Field(None, description="Bearer token for the cloud (auth on).")
@@ -203,7 +203,7 @@ class VersionsView(BaseModel):
 
 
 class ConfigView(BaseModel):
-    run_config: RunConfig
+    run_config: RunConfigField
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     auth_enabled: bool

@@ -3,7 +3,11 @@
 Built once at start-up from keyword arguments and ``SIMULTRAIN_COORDINATOR_*`` environment
 variables, immutable, passed down. Every field is an environment variable of the same name
 in upper case with that prefix (``port`` → ``SIMULTRAIN_COORDINATOR_PORT``); lists are JSON.
-:func:`settings_table` renders the table for the README from the field descriptions.
+The run configuration is one field, ``run`` (the shared `RunConfig`), set key by key: each
+key of its declaration is a variable (``window`` → ``SIMULTRAIN_COORDINATOR_WINDOW``) and a
+keyword (``load_settings(window=8)``), so a key added to `RunConfig` needs no edit here.
+:func:`settings_table` renders the table for the README from the field descriptions and the
+run keys' declaration.
 
 Authentication (issue 5 item 1) is on when any of ``enrollment_secret``, ``token_key`` or
 ``admin_token`` is configured, and then all three are required — a half-configured
@@ -16,18 +20,20 @@ appear in ``repr``, logs or tracebacks.
 
 from __future__ import annotations
 
-import math
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from simultrain.shared.auth import MIN_KEY_BYTES
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.settings_doc import settings_table as shared_settings_table
 
-from .records import Codec, Mode, Partition, RunConfig
+from .records import RunConfig, RunConfigField
 
 __all__ = ["ENV_PREFIX", "CoordinatorSettings", "SettingsError", "load_settings", "settings_table"]
 
@@ -74,51 +80,13 @@ class CoordinatorSettings(BaseSettings):
     )
 
     # --- run configuration handed to every edge (SPEC.md) -----------------------------
-    mode: Mode = Field("simultrain", description="Training mode (SPEC.md modes table).")
-    alpha: float | None = Field(
-        None,
-        ge=0,
-        description="Forecast coefficient α; only with a forecast part (default: its own 0.5).",
+    # One SIMULTRAIN_COORDINATOR_<KEY> variable (or keyword argument) per key of the shared
+    # RunConfig, whose declaration (shared/training/config.py) gives each its type, default,
+    # bounds and meaning: `_RunKeySource` reads them, `_gather_run_keys` builds the run.
+    run: RunConfigField = Field(
+        default_factory=RunConfig,
+        description="The run configuration handed to every edge: one variable per key.",
     )
-    beta: float = Field(0.9, ge=0, le=1, description="Soft-reconciliation weight β.")
-    reconcile_every: int | None = Field(
-        10, ge=0, description="Reconcile each edge every R of its steps; 0 = never (R = ∞)."
-    )
-    window: int = Field(4, ge=0, description="In-flight window τ_max (staleness bound).")
-    act_codec: Codec = Field("lz4", description="Codec for activations (edge → cloud).")
-    delta_codec: Codec = Field("lz4", description="Codec for weight deltas (cloud → edge).")
-    grad_codec: Codec = Field("lz4", description="Codec for cut-layer gradients.")
-    dataset: str = Field("imu", min_length=1, description="Dataset: imu, mnist, video or npz:PATH.")
-    model_id: str | None = Field(
-        None, min_length=1, description="Model id (default: the dataset's own model)."
-    )
-    seed: int = Field(0, description="Seed for data order and model initialisation.")
-    partition: Partition = Field(
-        "auto",
-        description="How training data is dealt to edges: auto, groups (one subject per "
-        "edge), iid or label-skew (Dataset.shard).",
-    )
-    batch_size: int = Field(32, ge=1, description="Samples per edge batch.")
-    egrad_codec: Codec = Field("lz4", description="Codec for edge-stage gradients (edge → cloud).")
-    topk_ratio: float = Field(0.1, gt=0, le=1, description="Share of entries topk keeps.")
-    compensation: str = Field(
-        "delay-beta1", description="Staleness compensation chain, e.g. delay-beta1+forecast."
-    )
-    local_steps: int = Field(5, ge=1, description="FedAvg's local steps E.")
-    round_deadline_s: float | None = Field(
-        None,
-        gt=0,
-        description="Lockstep (FedAvg) rounds: seconds after which a round closes with the "
-        "uploads that arrived (partial aggregation); unset waits for every edge.",
-    )
-    edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
-    optimizer_name: Literal["sgd", "adam"] = Field("adam", description="Optimizer family.")
-    optimizer_lr: float = Field(0.001, gt=0, description="Learning rate.")
-    optimizer_momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
-    optimizer_cloud_momentum: float | None = Field(
-        None, ge=0, lt=1, description="Cloud-stage momentum override (default: momentum)."
-    )
-    optimizer_weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
 
     # --- authentication (issue 5 item 1) ------------------------------------------------
     enrollment_secret: SecretStr | None = Field(
@@ -148,6 +116,72 @@ class CoordinatorSettings(BaseSettings):
     )
     admin_token_file: Path | None = Field(None, description="File holding admin_token.")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments first, then the run keys' variables, then the other variables.
+        return (
+            init_settings,
+            _RunKeySource(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_run_keys(cls, data: Any) -> Any:
+        """Build ``run`` from the run keys given one by one (keywords, or text from the
+        environment read by each key's declared type) over ``run`` itself when given.
+
+        A bad value is refused naming its variable, ``SIMULTRAIN_COORDINATOR_<KEY>``.
+        """
+        if not isinstance(data, dict):
+            return data
+        run_cls = _run_class(cls)
+        declared = {key.name: key for key in run_cls.declaration(driver=False)}
+        data = dict(data)
+        given = data.pop("run", None)
+        base = given if isinstance(given, run_cls) else None
+        values: dict[str, Any] = {}
+        if isinstance(given, Mapping):
+            values.update(given)  # from _RunKeySource, or a keyword run={...}
+        elif given is not None and base is None:
+            raise ValueError(f"run: expected a {run_cls.__name__} or a mapping")
+        values.update({name: data.pop(name) for name in list(data) if name in declared})
+        if not values:
+            if base is not None:
+                data["run"] = base
+            return data
+        problems = []
+        checked: dict[str, Any] = {}
+        for name, value in values.items():
+            key = declared.get(name)
+            if key is None:
+                problems.append(f"{ENV_PREFIX}{str(name).upper()}: not a run configuration key")
+                continue
+            try:
+                checked[name] = key.parse(value) if isinstance(value, str) else key.check(value)
+            except ConfigError as exc:
+                problems.append(f"{ENV_PREFIX}{name.upper()}: {exc}")
+        if not problems:
+            try:
+                data["run"] = run_cls.from_mapping(checked, base=base, driver=False)
+            except ConfigError as exc:  # keys that do not go together (α and the chain)
+                reason = str(exc)
+                problems.append(
+                    reason if "run configuration" in reason else f"run configuration: {reason}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _read_secret_files(cls, data: Any) -> Any:
@@ -176,13 +210,6 @@ class CoordinatorSettings(BaseSettings):
                     )
                 data["token_previous_keys"] = tuple(lines[1:])
         return data
-
-    @field_validator("alpha")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("alpha must be finite")
-        return value
 
     @field_validator("token_key")
     @classmethod
@@ -222,11 +249,6 @@ class CoordinatorSettings(BaseSettings):
             raise ValueError("token_previous_keys needs token_key")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile, or neither")
-        try:
-            self.run_config()
-        except ValidationError as exc:
-            reasons = "; ".join(str(e["msg"]) for e in exc.errors(include_input=False))
-            raise ValueError(f"run configuration: {reasons}") from None
         return self
 
     @property
@@ -244,9 +266,35 @@ class CoordinatorSettings(BaseSettings):
 
     def run_config(self) -> RunConfig:
         """The run configuration these settings describe."""
-        return RunConfig.model_validate(
-            {name: getattr(self, name) for name in RunConfig.model_fields}
-        )
+        return self.run
+
+
+def _run_class(settings_cls: type[BaseSettings]) -> type[RunConfig]:
+    """The `RunConfig` class the settings' ``run`` field holds."""
+    annotation = settings_cls.model_fields["run"].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, RunConfig)
+    return annotation
+
+
+class _RunKeySource(PydanticBaseSettingsSource):
+    """``SIMULTRAIN_COORDINATOR_<KEY>`` for every key the `RunConfig` declares, as text.
+
+    Case-insensitive, like the other variables. The keys come from the declaration, so a key
+    added there is a variable here with no other edit.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every run key at once
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.settings_cls.model_config.get("env_prefix", "")).upper()
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        texts = {
+            key: environ[f"{prefix}{key.upper()}"]
+            for key in _run_class(self.settings_cls).keys(driver=False)
+            if f"{prefix}{key.upper()}" in environ
+        }
+        return {"run": texts} if texts else {}
 
 
 def settings_table() -> str:
@@ -268,8 +316,9 @@ def load_settings(**overrides: Any) -> CoordinatorSettings:
         return CoordinatorSettings(**overrides)
     except ValidationError as exc:
         problems = [
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper() or '(settings)'}: "
-            f"{error['msg']}"
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            if error["loc"]
+            else str(error["msg"])  # a whole-settings check names its variables itself
             for error in exc.errors(include_input=False, include_url=False)
         ]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
 
-from simultrain.shared.errors import StoreError
+from simultrain.shared.errors import ConfigError, StoreError
 
 from .records import CloudRecord, EdgeRecord, RunConfig, Status
 
@@ -309,13 +309,21 @@ class SQLiteStore(CoordinatorStore):
     def get_run_config(self) -> RunConfig | None:
         with self._guard() as conn:
             row = conn.execute("SELECT config FROM run_config WHERE id = 1").fetchone()
-        return None if row is None else RunConfig.model_validate_json(row[0])
+        if row is None:
+            return None
+        try:
+            stored = json.loads(row[0])
+            if not isinstance(stored, dict):
+                raise ConfigError(f"expected a JSON object, got {type(stored).__name__}")
+            return RunConfig.from_mapping(stored, driver=False)
+        except (ValueError, ConfigError) as exc:  # JSON, or a key this version does not know
+            raise StoreError(f"the stored run configuration is unreadable: {exc}") from exc
 
     def put_run_config(self, config: RunConfig) -> None:
         with self._guard() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO run_config (id, config) VALUES (1, ?)",
-                (config.model_dump_json(),),
+                (json.dumps(config.to_mapping()),),
             )
 
     def put_cloud(self, cloud: CloudRecord) -> None:

@@ -6,80 +6,111 @@ so every participant of a run trains the same schedule on the same model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from typing import Annotated, Any, Self, get_type_hints
 
 from simultrain.shared.data.dataset import PARTITIONS
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.compensation import compensation_from_name
+from simultrain.shared.training.keys import Key, RunKey
 from simultrain.shared.training.master import OptimizerConfig
 from simultrain.shared.training.runtime import Codecs
-from simultrain.shared.training.schedule import Schedule, make_schedule
+from simultrain.shared.training.schedule import MODES, Schedule, make_schedule
 
-__all__ = ["DRIVER_ONLY", "RunConfig"]
+__all__ = ["DRIVER_ONLY", "Key", "RunConfig", "RunKey", "settings_key"]
 
 DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run; the services take the same fields from the coordinator."""
+    """Everything that defines a run; the services take the same fields from the coordinator.
 
-    mode: str = "simultrain"
-    dataset: str = "imu"
-    model_id: str | None = None
-    steps: int = 1500  # batches per edge
-    edges: int = 1
-    batch_size: int = 32
-    seed: int = 0
+    Each field is declared once, here (and in `OptimizerConfig` and `Codecs` for the flat
+    ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning
+    (`Key`). The coordinator's API schema, its ``SIMULTRAIN_COORDINATOR_<KEY>`` settings and
+    the README's configuration table are all read from `RunConfig.declaration`.
+    """
+
+    mode: Annotated[str, Key("Training mode (SPEC.md modes table).", choices=tuple(MODES))] = (
+        "simultrain"
+    )
+    dataset: Annotated[str, Key("Dataset: imu, mnist, video or npz:PATH.", nonempty=True)] = "imu"
+    model_id: Annotated[
+        str | None, Key("Model id (default: the dataset's own model).", nonempty=True)
+    ] = None
+    steps: Annotated[int, Key("Batches per edge (the in-process driver's).", ge=0)] = 1500
+    edges: Annotated[int, Key("Edges expected in the run (sizes the history).", ge=1)] = 1
+    batch_size: Annotated[int, Key("Samples per edge batch.", ge=1)] = 32
+    seed: Annotated[int, Key("Seed for data order and model initialisation.")] = 0
     # How the training data is dealt to the edges (`Dataset.shard`): the edges and the
     # in-process driver shard with this same value, so both train on the same split.
-    partition: str = "auto"
-    window: int = 4
+    partition: Annotated[
+        str,
+        Key(
+            "How training data is dealt to edges: auto, groups (one subject per edge), iid "
+            "or label-skew (Dataset.shard).",
+            choices=PARTITIONS,
+        ),
+    ] = "auto"
+    window: Annotated[int, Key("In-flight window τ_max (staleness bound).", ge=0)] = 4
     # The forecast's α (SPEC step 4). None: not given, so a ``forecast`` part in the chain
     # keeps its own (0.5, the paper's); given for a chain without one, it is refused.
-    alpha: float | None = None
-    beta: float = 0.9
-    reconcile_every: int | None = 10
-    local_steps: int = 5
+    alpha: Annotated[
+        float | None,
+        Key("Forecast coefficient α; only with a forecast part (default: its own 0.5).", ge=0),
+    ] = None
+    beta: Annotated[float, Key("Soft-reconciliation weight β.", ge=0, le=1)] = 0.9
+    reconcile_every: Annotated[
+        int | None,
+        Key("Reconcile each edge every R of its steps; 0 or null = never (R = ∞).", ge=0),
+    ] = 10
+    local_steps: Annotated[int, Key("FedAvg's local steps E.", ge=1)] = 5
     # Stragglers in lockstep rounds (FedAvg): close a round this many seconds after it started
     # with the uploads that arrived (partial aggregation); None waits for every edge.
-    round_deadline_s: float | None = None
+    round_deadline_s: Annotated[
+        float | None,
+        Key(
+            "Lockstep (FedAvg) rounds: seconds after which a round closes with the uploads "
+            "that arrived (partial aggregation); unset waits for every edge.",
+            gt=0,
+        ),
+    ] = None
     # Staleness compensation, a chain of parts joined by '+' (shared/training/compensation.py,
     # e.g. ``delay-beta1+forecast``), chosen by the staleness study (docs/STALENESS.md):
     # Adam's β₁ on the cloud stage lowered with the staleness; SGD left alone
     # (``delay-momentum`` opts it in). The plain update at staleness 0, so lockstep modes are
     # unaffected. The paper's SimulTrain is ``forecast`` (α 0.5).
-    compensation: str = "delay-beta1"
+    compensation: Annotated[
+        str, Key("Staleness compensation chain, e.g. delay-beta1+forecast.")
+    ] = "delay-beta1"
     # Adam with the study's default compensation keeps window 4 at parity with window 0 on
     # both datasets (docs/STALENESS.md); plain SGD at lr 0.05 barely moves MNIST in 600
     # steps. Every mode uses this one optimizer family (SPEC: no strawmen).
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", lr=1e-3))
     codecs: Codecs = field(default_factory=Codecs)
-    eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
+    eval_every: Annotated[
+        int, Key("Steps between held-out evaluations (0: only at the end).", ge=0)
+    ] = 0
     # In-process fault injection for the R = ∞ ablation: each additive (lossy-codec) delta is
     # lost with this probability; the edge's version still advances, its weights do not.
-    delta_loss: float = 0.0
+    delta_loss: Annotated[
+        float, Key("Probability that a lossy-codec delta is lost (driver only).", ge=0, le=1)
+    ] = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.optimizer, OptimizerConfig) or not isinstance(self.codecs, Codecs):
             raise ConfigError("run configuration: optimizer and codecs must be their own types")
-        _check_types(self, "")
-        _check_types(self.optimizer, "optimizer")
-        _check_types(self.codecs, "codecs")
-        for key, low in (("steps", 0), ("edges", 1), ("batch_size", 1), ("local_steps", 1)):
-            if getattr(self, key) < low:
-                raise ConfigError(f"run configuration {key!r}: must be ≥ {low}")
-        if not 0.0 <= self.delta_loss <= 1.0:
-            raise ConfigError("run configuration 'delta_loss': must be in [0, 1]")
-        if self.partition not in PARTITIONS:
-            raise ConfigError(
-                f"run configuration 'partition': {self.partition!r} is not one of "
-                f"{', '.join(PARTITIONS)}"
-            )
-        schedule = self.schedule()  # mode, window, β, R, and α against the chain
+        # Every flat key against its declaration (ints become floats where due), then the
+        # keys together: mode, window, β, R, and α against the compensation chain.
+        for owner_name, name, key in _declared(type(self)):
+            owner = self if owner_name is None else getattr(self, owner_name)
+            value = getattr(owner, name)
+            checked = key.check(value)
+            if checked is not value:
+                object.__setattr__(owner, name, checked)
+        schedule = self.schedule()
         compensation_from_name(schedule.compensation, alpha=schedule.alpha)  # every part's name
 
     def schedule(self) -> Schedule:
@@ -101,63 +132,71 @@ class RunConfig:
         left out unless ``driver``: in the services each edge decides how long it trains,
         and faults are real.
         """
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name in DRIVER_ONLY and not driver:
-                continue
-            value = getattr(self, f.name)
-            if f.name == "optimizer":
-                out.update({f"optimizer_{k.name}": getattr(value, k.name) for k in fields(value)})
-            elif f.name == "codecs":
-                out.update(
-                    {
-                        f"{k.name}_codec" if k.name != "topk_ratio" else "topk_ratio": getattr(
-                            value, k.name
-                        )
-                        for k in fields(value)
-                    }
-                )
-            else:
-                out[f.name] = value
-        return out
+        return {
+            key.name: getattr(self if owner is None else getattr(self, owner), name)
+            for owner, name, key in _declared(type(self))
+            if driver or key.name not in DRIVER_ONLY
+        }
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, base: RunConfig | None = None) -> RunConfig:
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, base: RunConfig | None = None, driver: bool = True
+    ) -> Self:
         """Build from :meth:`to_mapping`'s form over ``base`` (default: the defaults).
 
-        Every key must be one of `RunConfig.keys` and every value of that key's type
-        (an int where a float is due is taken): anything else is a `ConfigError` naming the
-        key — a misspelt key silently ignored would train something else than asked.
+        Every key must be one of `RunConfig.keys` (without the driver's own unless
+        ``driver``) and every value of that key's declared type and bounds (an int where a
+        float is due is taken): anything else is a `ConfigError` naming the key — a misspelt
+        key silently ignored would train something else than asked.
         """
-        base = base or cls()
-        flat = base.to_mapping(driver=True)
-        unknown = sorted(str(k) for k in data if k not in flat)
+        if base is not None and not isinstance(base, cls):
+            raise ConfigError(f"run configuration: base must be a {cls.__name__}")
+        start = base if base is not None else cls()
+        where = {key.name: (owner, name) for owner, name, key in _declared(cls)}
+        known = cls.keys(driver=driver)
+        unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
             raise ConfigError(
                 f"unknown run configuration key(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(flat))}"
+                f"known: {', '.join(sorted(known))}"
             )
         top: dict[str, Any] = {}
-        opt: dict[str, Any] = {}
-        codecs: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
         for key, value in data.items():
-            if key.startswith("optimizer_"):
-                opt[key.removeprefix("optimizer_")] = value
-            elif key in _CODEC_KEYS:
-                codecs[_CODEC_KEYS[key]] = value
+            owner, name = where[key]
+            if owner is None:
+                top[name] = value
             else:
-                top[key] = value
-        if top.get("reconcile_every") == 0:
+                nested.setdefault(owner, {})[name] = value
+        if type(top.get("reconcile_every")) is int and top["reconcile_every"] == 0:
             top["reconcile_every"] = None  # 0 = never, as on the command line
-        return replace(
-            base,
-            **top,
-            optimizer=replace(base.optimizer, **opt),
-            codecs=replace(base.codecs, **codecs),
-        )
+        for owner, changes in nested.items():
+            top[owner] = replace(getattr(start, owner), **changes)
+        return replace(start, **top)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> RunConfig:
+    def from_strings(
+        cls, texts: Mapping[str, str], *, base: RunConfig | None = None, driver: bool = True
+    ) -> Self:
+        """Like `from_mapping`, each value given as text (an environment variable) and read
+        by its key's declared type (`RunKey.parse`); an optional key's ``""`` is None."""
+        declared = {key.name: key for key in cls.declaration(driver=driver)}
+        values = {
+            name: declared[name].parse(text) if name in declared else text
+            for name, text in texts.items()
+        }
+        return cls.from_mapping(values, base=base, driver=driver)
+
+    def to_strings(self, *, driver: bool = False) -> dict[str, str]:
+        """`to_mapping` as text that `from_strings` reads back (None is ``""``): the
+        coordinator's ``SIMULTRAIN_COORDINATOR_<KEY>`` environment variables."""
+        return {
+            key: "" if value is None else str(value)
+            for key, value in self.to_mapping(driver=driver).items()
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Self:
         """The run a service's ``run_*`` settings describe (used without a coordinator).
 
         ``settings`` is the service's settings as a mapping; each ``run_KEY`` is the key
@@ -167,14 +206,32 @@ class RunConfig:
         mapping = {}
         for name, value in settings.items():
             if name.startswith("run_"):
-                key = name.removeprefix("run_")
-                mapping[_SETTINGS_KEYS.get(key, key)] = value
+                mapping[settings_key(name)] = value
         return cls.from_mapping(mapping)
 
     @classmethod
-    def keys(cls) -> tuple[str, ...]:
+    def declaration(cls, *, driver: bool = True) -> tuple[RunKey, ...]:
+        """Every flat key as declared — name, type, default, bounds, meaning — in
+        `to_mapping`'s order; without the driver's own keys unless ``driver``."""
+        return tuple(key for _, _, key in _declared(cls) if driver or key.name not in DRIVER_ONLY)
+
+    @classmethod
+    def keys(cls, *, driver: bool = True) -> tuple[str, ...]:
         """Every key `from_mapping` takes, in `to_mapping`'s order."""
-        return tuple(cls().to_mapping(driver=True))
+        return tuple(key.name for key in cls.declaration(driver=driver))
+
+    @classmethod
+    def json_schema(cls, *, driver: bool = False) -> dict[str, Any]:
+        """The flat form as a JSON schema object (the coordinator's API documents it)."""
+        declared = cls.declaration(driver=driver)
+        return {
+            "type": "object",
+            "title": cls.__name__,
+            "description": "The run configuration every edge and cloud trains with (flat "
+            "keys; unknown keys are refused).",
+            "properties": {key.name: key.json_schema() for key in declared},
+            "additionalProperties": False,
+        }
 
 
 # Short names the services' ``run_*`` settings use for optimizer keys.
@@ -184,50 +241,49 @@ _SETTINGS_KEYS = {
     "momentum": "optimizer_momentum",
 }
 
-_CODEC_KEYS = {
-    ("topk_ratio" if f.name == "topk_ratio" else f"{f.name}_codec"): f.name for f in fields(Codecs)
-}
+
+def settings_key(setting: str) -> str:
+    """The run configuration key a service's ``run_*`` setting names."""
+    key = setting.removeprefix("run_")
+    return _SETTINGS_KEYS.get(key, key)
 
 
-def _check_types(owner: object, prefix: str) -> None:
-    """Refuse a value of the wrong type, naming its flat key; ints become floats where due."""
-    hints = get_type_hints(type(owner))
-    for f in fields(cast(Any, owner)):
-        if f.name in ("optimizer", "codecs"):
-            continue
-        key = _flat_key(prefix, f.name)
-        value = getattr(owner, f.name)
-        hint = hints[f.name]
-        args = get_args(hint)
-        optional = type(None) in args
-        if value is None:
-            if not optional:
-                raise ConfigError(f"run configuration {key!r}: must not be null")
-            continue
-        kinds = {a for a in args if a is not type(None)} or {hint}
-        if get_origin(hint) is Literal:
-            if value not in args:
-                raise ConfigError(
-                    f"run configuration {key!r}: {value!r} is not one of "
-                    f"{', '.join(map(repr, args))}"
+_Declared = tuple[tuple[str | None, str, RunKey], ...]
+_DECLARED: dict[type[RunConfig], _Declared] = {}
+
+
+def _declared(cls: type[RunConfig]) -> _Declared:
+    """(nested field or None, field name, flat key) for every field, in declaration order.
+
+    The optimizer's and the codecs' fields are flat keys too (``optimizer_lr``,
+    ``act_codec``), their defaults `RunConfig`'s own.
+    """
+    if cls in _DECLARED:
+        return _DECLARED[cls]
+    out: list[tuple[str | None, str, RunKey]] = []
+    hints = get_type_hints(cls, include_extras=True)
+    for f in fields(cls):
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"run configuration field {f.name!r} has no default")
+        if is_dataclass(default):
+            inner = get_type_hints(type(default), include_extras=True)
+            for g in fields(default):
+                flat = _flat_key(f.name, g.name)
+                out.append(
+                    (
+                        f.name,
+                        g.name,
+                        RunKey.from_hint(flat, inner[g.name], getattr(default, g.name)),
+                    )
                 )
-            continue
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-            object.__setattr__(owner, f.name, value)
-        ok = any(
-            isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-            for kind in kinds
-            if isinstance(kind, type)
-        )
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):
-            wanted = " or ".join(
-                getattr(k, "__name__", str(k)) for k in (*kinds, *([None] if optional else []))
-            )
-            raise ConfigError(
-                f"run configuration {key!r}: expected {wanted}, got {type(value).__name__} "
-                f"{value!r}"
-            )
+        else:
+            out.append((None, f.name, RunKey.from_hint(f.name, hints[f.name], default)))
+    _DECLARED[cls] = tuple(out)
+    return _DECLARED[cls]
 
 
 def _flat_key(prefix: str, name: str) -> str:

@@ -18,7 +18,7 @@ import bisect
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.training.compensation import Compensation, NoCompensation
+from simultrain.shared.training.keys import Key
 
 __all__ = [
     "CloudMaster",
@@ -44,11 +45,14 @@ class OptimizerConfig:
     stage updated at once with high momentum over-corrects for an edge that answers late.
     """
 
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    cloud_momentum: float | None = None
-    weight_decay: float = 0.0
+    # Each field is a flat run configuration key ``optimizer_<field>`` (shared/training/keys.py).
+    name: Annotated[Literal["sgd", "adam"], Key("Optimizer family.")] = "sgd"
+    lr: Annotated[float, Key("Learning rate.", gt=0)] = 0.05
+    momentum: Annotated[float, Key("SGD momentum.", ge=0, lt=1)] = 0.0
+    cloud_momentum: Annotated[
+        float | None, Key("Cloud-stage momentum override (default: momentum).", ge=0, lt=1)
+    ] = None
+    weight_decay: Annotated[float, Key("Weight decay.", ge=0)] = 0.0
 
     def build(
         self, params: Sequence[Tensor], *, stage: Literal["edge", "cloud", "full"]

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ from simultrain.shared.tensors import (
     xor_delta,
 )
 from simultrain.shared.training.deltas import DeltaSequencer, GapStatus, VersionStep
+from simultrain.shared.training.keys import Key
 from simultrain.shared.training.master import (
     CloudMaster,
     OptimizerConfig,
@@ -97,15 +99,21 @@ def checksum_of(tensors: Mapping[str, Tensor]) -> int:
     return replica_checksum({n: t.detach().cpu().numpy() for n, t in tensors.items()})
 
 
+_CODECS = tuple(codec.value for codec in Codec)
+
+
 @dataclass(frozen=True, slots=True)
 class Codecs:
     """Which tensor codec each kind of payload travels with."""
 
-    act: str = "lz4"
-    grad: str = "lz4"
-    delta: str = "lz4"
-    egrad: str = "lz4"
-    topk_ratio: float = 0.1
+    # Each field is a flat run configuration key ``<field>_codec`` (``topk_ratio`` itself).
+    act: Annotated[str, Key("Codec for activations (edge → cloud).", choices=_CODECS)] = "lz4"
+    grad: Annotated[str, Key("Codec for cut-layer gradients.", choices=_CODECS)] = "lz4"
+    delta: Annotated[str, Key("Codec for weight deltas (cloud → edge).", choices=_CODECS)] = "lz4"
+    egrad: Annotated[
+        str, Key("Codec for edge-stage gradients (edge → cloud).", choices=_CODECS)
+    ] = "lz4"
+    topk_ratio: Annotated[float, Key("Share of entries topk keeps.", gt=0, le=1)] = 0.1
 
 
 # --------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal, get_args, get_origin
+
 import pytest
 
 from simultrain.bench.bench import COMPENSATION_VARIANTS, Case
@@ -14,7 +17,7 @@ from simultrain.shared.training.compensation import (
     NoCompensation,
     compensation_from_name,
 )
-from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.config import Key, RunConfig, settings_key
 from simultrain.shared.training.factory import build_master
 
 
@@ -56,7 +59,7 @@ def test_noforecast_removes_the_forecast_from_whatever_chain_is_in_use() -> None
         ({"alpha": 0.5}, "has no 'forecast' part"),  # the default chain, delay-beta1
         ({"alpha": 0.5, "compensation": "none"}, "has no 'forecast' part"),
         ({"alpha": 0.5, "compensation": "forecast:alpha=0.2"}, "alpha is given twice"),
-        ({"alpha": -1.0, "compensation": "forecast"}, "alpha must be a finite number ≥ 0"),
+        ({"alpha": -1.0, "compensation": "forecast"}, "'alpha': must be ≥ 0"),
         ({"compensation": "bogus"}, "unknown compensation 'bogus'"),
         ({"compensation": "forecast:gamma=1"}, "takes no parameter"),
     ],
@@ -137,21 +140,101 @@ def test_the_master_gets_the_configured_chain() -> None:
     assert isinstance(master_compensation(), DelayMomentum)
 
 
-def test_every_service_schema_carries_exactly_the_run_configuration() -> None:
-    """The coordinator's schema and settings hold the same keys as `RunConfig.to_mapping`,
-    and a mapping accepted by one is accepted by the other, with the same values."""
-    from simultrain.coordinator.records import RunConfig as CoordinatorRunConfig
-    from simultrain.coordinator.settings import CoordinatorSettings
+@dataclass(frozen=True)
+class _Extended(RunConfig):
+    """A run configuration with one more key, declared as a field is: nothing else."""
 
-    keys = set(RunConfig().to_mapping())
-    assert set(CoordinatorRunConfig.model_fields) == keys
-    assert keys <= set(CoordinatorSettings.model_fields)
-    shared = RunConfig(compensation="forecast", alpha=0.3, partition="iid", window=2)
-    served = CoordinatorRunConfig.model_validate(shared.to_mapping())
-    assert RunConfig.from_mapping(served.model_dump()) == RunConfig.from_mapping(
-        shared.to_mapping()
-    )
-    assert CoordinatorRunConfig().model_dump() == RunConfig().to_mapping()
+    gradient_coding_s: Annotated[int, Key("Stragglers a round tolerates.", ge=0)] = 0
+
+
+def test_a_key_declared_once_is_in_every_form_of_the_run_configuration() -> None:
+    """The declaration is the only list of keys: the flat form, the JSON schema, the text
+    form (environment variables) and the checks all take a new field from it."""
+    assert _Extended.keys()[-1] == "gradient_coding_s"
+    assert "gradient_coding_s" in _Extended.keys(driver=False)
+    assert _Extended.json_schema()["properties"]["gradient_coding_s"] == {
+        "type": "integer",
+        "minimum": 0,
+        "default": 0,
+        "description": "Stragglers a round tolerates.",
+    }
+    config = _Extended.from_strings({"gradient_coding_s": "2", "window": "8"})
+    assert (config.gradient_coding_s, config.window) == (2, 8)
+    assert _Extended.from_mapping(config.to_mapping()) == config
+    with pytest.raises(ConfigError, match="'gradient_coding_s': must be ≥ 0, got -1"):
+        _Extended.from_mapping({"gradient_coding_s": -1})
+    with pytest.raises(ConfigError, match="'gradient_coding_s': 'two' is not an integer"):
+        _Extended.from_strings({"gradient_coding_s": "two"})
+    with pytest.raises(ConfigError, match=r"unknown run configuration key.*'gradient_coding_s'"):
+        RunConfig.from_mapping({"gradient_coding_s": 2})
+
+
+def test_a_field_without_a_declared_meaning_is_refused() -> None:
+    @dataclass(frozen=True)
+    class Undocumented(RunConfig):
+        extra: int = 0
+
+    with pytest.raises(TypeError, match="'extra' is not declared with a Key"):
+        Undocumented()
+
+
+def test_the_declaration_is_complete_and_its_json_schema_closed() -> None:
+    declared = RunConfig.declaration()
+    assert [key.name for key in declared] == list(RunConfig().to_mapping(driver=True))
+    assert all(key.description for key in declared)
+    assert RunConfig.keys(driver=False) == tuple(RunConfig().to_mapping())
+    schema = RunConfig.json_schema()
+    assert schema["additionalProperties"] is False
+    assert list(schema["properties"]) == list(RunConfig.keys(driver=False))
+    assert {k: p["default"] for k, p in schema["properties"].items()} == RunConfig().to_mapping()
+    assert schema["properties"]["beta"] == {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "default": 0.9,
+        "description": "Soft-reconciliation weight β.",
+    }
+    assert schema["properties"]["optimizer_name"]["enum"] == ["sgd", "adam"]  # a Literal
+    assert schema["properties"]["alpha"]["anyOf"][1] == {"type": "null"}  # optional
+
+
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        ({"alpha": "", "compensation": "forecast"}, {"alpha": None}),
+        ({"round_deadline_s": "null"}, {"round_deadline_s": None}),
+        ({"reconcile_every": "0"}, {"reconcile_every": None}),  # 0 = never
+        ({"reconcile_every": ""}, {"reconcile_every": None}),
+        ({"optimizer_lr": " 1e-2 "}, {"optimizer_lr": 0.01}),
+        ({"topk_ratio": "1"}, {"topk_ratio": 1.0}),
+        ({"dataset": "npz:/data/x.npz"}, {"dataset": "npz:/data/x.npz"}),
+    ],
+)
+def test_text_is_read_by_each_keys_declared_type(
+    texts: dict[str, str], expected: dict[str, object]
+) -> None:
+    mapping = RunConfig.from_strings(texts).to_mapping()
+    assert {key: mapping[key] for key in expected} == expected
+    assert RunConfig.from_strings(RunConfig().to_strings()) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ({"window": "4.5"}, "'window': '4.5' is not an integer"),
+        ({"window": ""}, "'window': '' is not an integer"),  # not optional
+        ({"beta": "high"}, "'beta': 'high' is not a number"),
+        ({"beta": "nan"}, "'beta': expected float"),
+        ({"beta": "1.5"}, "'beta': must be ≤ 1, got 1.5"),
+        ({"act_codec": "zip"}, "'act_codec': 'zip' is not one of raw, lz4"),
+        ({"mode": "turbo"}, "'mode': 'turbo' is not one of"),
+        ({"dataset": ""}, "'dataset': must not be empty"),
+        ({"windw": "4"}, "unknown run configuration key.*'windw'"),
+    ],
+)
+def test_bad_text_is_refused_naming_the_key(texts: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_strings(texts)
 
 
 def test_cloud_and_edge_settings_describe_a_run_config() -> None:
@@ -167,3 +250,26 @@ def test_cloud_and_edge_settings_describe_a_run_config() -> None:
     assert (built.compensation, built.alpha, built.optimizer.lr) == ("forecast", 0.2, 0.01)
     with pytest.raises(ConfigError, match="has no 'forecast' part"):
         RunConfig.from_settings(CloudSettings(run_alpha=0.5).model_dump())
+
+
+def test_cloud_and_edge_run_settings_have_the_declared_types_and_defaults() -> None:
+    """The ``run_*`` fallbacks are deliberate subsets written in the services; each one's
+    type and default are the shared declaration's (a drift fails here)."""
+    from simultrain.cloud.settings import CloudSettings
+    from simultrain.edge.settings import EdgeSettings
+
+    declared = {key.name: key for key in RunConfig.declaration()}
+    for settings in (CloudSettings, EdgeSettings):
+        run_fields = {n: f for n, f in settings.model_fields.items() if n.startswith("run_")}
+        assert run_fields, settings
+        for name, field_info in run_fields.items():
+            key = declared[settings_key(name)]
+            members = get_args(field_info.annotation)
+            optional = type(None) in members
+            kind = next(m for m in members if m is not type(None)) if optional else None
+            kind = kind or field_info.annotation
+            if get_origin(kind) is Literal:
+                assert get_args(kind) == key.key.choices, name
+                kind = str
+            assert (kind, optional) == (key.kind, key.optional), f"{settings.__name__}.{name}"
+            assert field_info.default == key.default, f"{settings.__name__}.{name}"

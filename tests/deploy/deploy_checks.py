@@ -45,6 +45,8 @@ from packaging.utils import canonicalize_name
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from simultrain.shared.settings_doc import setting_names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # --- services and their settings ---------------------------------------------------------------
@@ -146,6 +148,7 @@ def build_settings(
     """
     cls = settings_class(module)
     prefix = env_prefix(module)
+    names = set(setting_names(cls))  # the run configuration's keys included
     problems: list[str] = []
     values: dict[str, Any] = {}
     for key, value in env.items():
@@ -155,7 +158,7 @@ def build_settings(
             problems.append(f"{where}: {key} does not configure {module} (prefix {prefix})")
             continue
         name = key[len(prefix) :].lower()
-        if name not in cls.model_fields:
+        if name not in names:
             problems.append(f"{where}: {key} is not a setting of {module} ({cls.__name__})")
             continue
         # A secret read from a file: in a container, that file must be a mounted secret.
@@ -170,8 +173,11 @@ def build_settings(
         return _isolated(cls)(**values), []
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False):
-            loc = ".".join(str(part) for part in error["loc"]) or "(settings)"
-            problems.append(f"{where}: {prefix}{loc.upper()}: {error['msg']}")
+            loc = ".".join(str(part) for part in error["loc"]).upper()
+            # A whole-settings check (the run configuration's) names its variables itself.
+            problems.append(
+                f"{where}: {prefix}{loc}: {error['msg']}" if loc else f"{where}: {error['msg']}"
+            )
         return None, problems
 
 

@@ -11,8 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
 
 from simultrain.coordinator import CoordinatorSettings, SQLiteStore, create_app
+from simultrain.coordinator.records import RunConfigField
 from simultrain.shared.auth import issue_token, key_id, verify_token
 from simultrain.shared.training.config import RunConfig as SharedRunConfig
 
@@ -79,6 +82,50 @@ async def test_health_ready_and_config(coordinator_client: httpx.AsyncClient) ->
     shared = SharedRunConfig().to_mapping()
     assert set(run_config) == set(shared)
     assert SharedRunConfig.from_mapping(run_config) == SharedRunConfig()
+
+
+def test_the_api_documents_every_run_key_as_declared(coordinator_app: FastAPI) -> None:
+    """The OpenAPI schema of run_config is the shared declaration's: every key, with its
+    type, bounds, default and meaning, and no other key."""
+    schemas = coordinator_app.openapi()["components"]["schemas"]
+    for view in ("ConfigView", "EdgeRegistered"):
+        served = schemas[view]["properties"]["run_config"]
+        assert served["additionalProperties"] is False
+        assert list(served["properties"]) == list(SharedRunConfig.keys(driver=False))
+        for key in SharedRunConfig.declaration(driver=False):
+            assert served["properties"][key.name]["description"] == key.description
+    window = schemas["ConfigView"]["properties"]["run_config"]["properties"]["window"]
+    assert (window["type"], window["minimum"], window["default"]) == ("integer", 0, 4)
+
+
+class _RunConfigBody(BaseModel):
+    run_config: RunConfigField
+
+
+async def _echo_run_config(body: _RunConfigBody) -> _RunConfigBody:
+    return body
+
+
+async def test_a_run_configuration_in_a_request_is_checked_key_by_key(
+    coordinator_app: FastAPI, coordinator_serve: Any
+) -> None:
+    """A request carrying a run configuration (here a test route on the coordinator's app,
+    with its error handling) is a 422 naming the unknown or ill-typed key."""
+    coordinator_app.post("/test/run-config")(_echo_run_config)
+    async with coordinator_serve(coordinator_app) as client:
+        for bad, named in (
+            ({"windw": 4}, "'windw'"),
+            ({"steps": 10}, "'steps'"),  # the in-process driver's own: not on the wire
+            ({"window": "4"}, "'window': expected int, got str"),
+            ({"beta": 2}, "'beta': must be ≤ 1"),
+            ({"mode": "turbo"}, "'mode': 'turbo' is not one of"),
+        ):
+            response = await client.post("/test/run-config", json={"run_config": bad})
+            error = assert_error(response, 422, "invalid_request")
+            assert named in error["message"], error
+        good = await client.post("/test/run-config", json={"run_config": {"window": 2}})
+        assert good.status_code == 200, good.text
+        assert good.json()["run_config"] == SharedRunConfig(window=2).to_mapping()
 
 
 async def test_store_failure_is_503(

@@ -22,7 +22,7 @@ from simultrain.coordinator import (
     create_app,
 )
 from simultrain.coordinator.health import HealthMonitor
-from simultrain.coordinator.records import Status
+from simultrain.coordinator.records import RunConfig, Status
 from simultrain.coordinator.registry import Reassignment
 
 TIMEOUT = 5.0  # coordinator_settings.heartbeat_timeout_s
@@ -193,7 +193,10 @@ def test_changed_run_config_wins_and_reschedules(
         edges = [first.register_edge().edge.edge_id for _ in range(2)]
         assert [first.get_edge(e).edge.reconcile_offset for e in edges] == [0, 5]
 
-    changed = coordinator_settings.model_copy(update={"reconcile_every": 20, "beta": 0.5})
+    run = RunConfig.from_mapping(
+        {"reconcile_every": 20, "beta": 0.5}, base=coordinator_settings.run
+    )
+    changed = coordinator_settings.model_copy(update={"run": run})
     with SQLiteStore(path) as store, caplog.at_level(logging.WARNING, "simultrain"):
         second = Coordinator(store, changed, clock=coordinator_clock)
         assert store.get_run_config() == second.run_config == changed.run_config()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from simultrain.coordinator import CoordinatorSettings, SettingsError, load_settings
-from simultrain.coordinator.records import RunConfig
+from simultrain.coordinator.records import RunConfig, run_config_field
 from simultrain.coordinator.settings import settings_table
+from simultrain.shared.settings_doc import setting_names
+from simultrain.shared.settings_doc import settings_table as shared_settings_table
+from simultrain.shared.training.config import Key
 
 KEY = "k" * 40
 
@@ -22,20 +27,22 @@ def test_defaults() -> None:
     assert settings.db_path == "simultrain-coordinator.db"
     assert settings.auth_enabled is False
     assert settings.token_keys() == []
-    assert settings.run_config() == RunConfig(
-        mode="simultrain",
-        alpha=None,
-        beta=0.9,
-        reconcile_every=10,
-        window=4,
-        act_codec="lz4",
-        delta_codec="lz4",
-        grad_codec="lz4",
-        dataset="imu",
-        model_id=None,
-        seed=0,
-        batch_size=32,
-    )
+    assert settings.run_config() == RunConfig()
+    assert settings.run_config().to_mapping() == {
+        **settings.run_config().to_mapping(),
+        "mode": "simultrain",
+        "alpha": None,
+        "beta": 0.9,
+        "reconcile_every": 10,
+        "window": 4,
+        "act_codec": "lz4",
+        "delta_codec": "lz4",
+        "grad_codec": "lz4",
+        "dataset": "imu",
+        "model_id": None,
+        "seed": 0,
+        "batch_size": 32,
+    }
 
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,7 +56,7 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = CoordinatorSettings()
     assert settings.port == 0 and settings.db_path == ":memory:"
     config = settings.run_config()
-    assert (config.alpha, config.reconcile_every, config.mode, config.act_codec) == (
+    assert (config.alpha, config.reconcile_every, config.mode, config.codecs.act) == (
         0.0,
         None,
         "split-sync",
@@ -165,6 +172,106 @@ def test_secret_file_errors(tmp_path: Path) -> None:
 
 def test_settings_table_documents_every_field() -> None:
     table = settings_table()
-    for name, field in CoordinatorSettings.model_fields.items():
-        assert f"`SIMULTRAIN_COORDINATOR_{name.upper()}`" in table
-        assert field.description, f"{name} is undocumented"
+    names = setting_names(CoordinatorSettings)
+    # The run field is a variable per key of the shared declaration, not one of its own.
+    assert set(RunConfig.keys(driver=False)) <= set(names) and "run" not in names
+    assert set(CoordinatorSettings.model_fields) - {"run"} <= set(names)
+    for name in names:
+        row = next(r for r in table.splitlines() if f"`SIMULTRAIN_COORDINATOR_{name.upper()}`" in r)
+        assert not row.endswith("|  |"), f"{name} is undocumented"
+
+
+def test_every_run_key_is_a_variable_and_keywords_beat_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each key of the shared declaration is ``SIMULTRAIN_COORDINATOR_<KEY>``, read by its
+    declared type (as the demo, compose and k8s set them: text, "" for null)."""
+    wanted = RunConfig.from_mapping(
+        {
+            "mode": "fedavg",
+            "window": 2,
+            "compensation": "delay-beta1+forecast",
+            "alpha": 0.25,
+            "reconcile_every": None,
+            "round_deadline_s": 1.5,
+            "optimizer_name": "sgd",
+            "optimizer_lr": 0.05,
+            "optimizer_cloud_momentum": 0.5,
+            "delta_codec": "fp16",
+            "topk_ratio": 0.2,
+            "model_id": "imu-thin",
+        }
+    )
+    for key, text in wanted.to_strings().items():
+        monkeypatch.setenv(f"SIMULTRAIN_COORDINATOR_{key.upper()}", text)
+    assert CoordinatorSettings().run_config() == wanted
+    assert load_settings(window=8, beta=1).run_config().to_mapping() == {
+        **wanted.to_mapping(),
+        "window": 8,
+        "beta": 1.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "reason"),
+    [
+        ("WINDOW", "four", "'four' is not an integer"),
+        ("BETA", "1.5", "must be ≤ 1"),
+        ("OPTIMIZER_NAME", "rmsprop", "'rmsprop' is not one of sgd, adam"),
+        ("ACT_CODEC", "zip", "'zip' is not one of raw, lz4"),
+        ("BATCH_SIZE", "", "'' is not an integer"),
+    ],
+)
+def test_a_bad_run_variable_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, text: str, reason: str
+) -> None:
+    monkeypatch.setenv(f"SIMULTRAIN_COORDINATOR_{variable}", text)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert f"SIMULTRAIN_COORDINATOR_{variable}: " in str(info.value)
+    assert reason in str(info.value)
+
+
+def test_run_keys_that_do_not_go_together_are_refused() -> None:
+    with pytest.raises(SettingsError, match="run configuration: alpha is the forecast's"):
+        load_settings(alpha=0.5)  # the default chain has no forecast part
+
+
+@dataclass(frozen=True)
+class _Extended(RunConfig):
+    """The shared run configuration with one key more, declared the one way keys are."""
+
+    gradient_coding_s: Annotated[int, Key("Stragglers a round tolerates.", ge=0)] = 0
+
+
+class _ExtendedSettings(CoordinatorSettings):
+    run: run_config_field(_Extended) = Field(  # type: ignore[valid-type]
+        default_factory=_Extended, description="The run configuration: one variable per key."
+    )
+
+
+class _ExtendedView(BaseModel):
+    run_config: run_config_field(_Extended)  # type: ignore[valid-type]
+
+
+def test_a_key_added_to_the_shared_declaration_reaches_settings_table_and_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No edit in the coordinator: the variable, the keyword, the README row, the API schema
+    and the wire form of a new key all come from its declaration."""
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S", "2")
+    assert _ExtendedSettings().run.gradient_coding_s == 2
+    assert _ExtendedSettings(gradient_coding_s=3).run.gradient_coding_s == 3
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S", "-1")
+    with pytest.raises(ValidationError, match=r"SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S: .*≥ 0"):
+        _ExtendedSettings()
+    row = "| `SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S` | `0` | Stragglers a round tolerates. |"
+    assert row in shared_settings_table(_ExtendedSettings)
+    assert "gradient_coding_s" in setting_names(_ExtendedSettings)
+    schema = _ExtendedView.model_json_schema()["properties"]["run_config"]["properties"]
+    assert schema["gradient_coding_s"]["description"] == "Stragglers a round tolerates."
+    view = _ExtendedView.model_validate({"run_config": {"gradient_coding_s": 1}})
+    assert view.model_dump()["run_config"]["gradient_coding_s"] == 1
+    adapter = TypeAdapter(run_config_field(RunConfig))
+    with pytest.raises(ValidationError, match=r"unknown run configuration key.*gradient_coding_s"):
+        adapter.validate_python({"gradient_coding_s": 1})  # not a key of the real one

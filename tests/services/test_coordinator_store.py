@@ -6,6 +6,7 @@ translated to StoreError.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import replace
@@ -60,12 +61,14 @@ def test_empty_store(coordinator_store: CoordinatorStore) -> None:
 
 
 def test_run_config_round_trip(coordinator_store: CoordinatorStore) -> None:
-    config = RunConfig(
-        alpha=0.25,
-        compensation="delay-beta1+forecast",
-        reconcile_every=0,
-        act_codec="fp16",
-        dataset="npz:/x.npz",
+    config = RunConfig.from_mapping(
+        {
+            "alpha": 0.25,
+            "compensation": "delay-beta1+forecast",
+            "reconcile_every": 0,
+            "act_codec": "fp16",
+            "dataset": "npz:/x.npz",
+        }
     )
     coordinator_store.put_run_config(config)
     assert coordinator_store.get_run_config() == config
@@ -191,6 +194,22 @@ def test_sqlite_restart_keeps_edges_versions_and_config(tmp_path: Path) -> None:
         assert reopened.list_clouds() == [cloud]
         assert reopened.list_edges() == [edge]
         assert reopened.schema_version == SCHEMA_VERSION
+
+
+def test_sqlite_refuses_a_stored_run_configuration_it_cannot_read(tmp_path: Path) -> None:
+    """A key this version does not know (a database from another version) is a StoreError
+    naming the key, not a run silently trained with something else."""
+    path = tmp_path / "state.db"
+    with SQLiteStore(path) as store:
+        store.put_run_config(RunConfig(window=2))
+    conn = sqlite3.connect(path)
+    stored = json.loads(conn.execute("SELECT config FROM run_config").fetchone()[0])
+    assert stored == RunConfig(window=2).to_mapping()  # the flat wire form
+    conn.execute("UPDATE run_config SET config = ?", (json.dumps({**stored, "windw": 3}),))
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as reopened, pytest.raises(StoreError, match="'windw'"):
+        reopened.get_run_config()
 
 
 def test_sqlite_migrates_a_version_1_database_and_keeps_its_edges(tmp_path: Path) -> None:

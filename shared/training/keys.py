@@ -1,0 +1,156 @@
+"""How a run configuration key is declared, once: type, default, bounds and meaning.
+
+A field of `RunConfig` — or of the optimizer and codec settings it holds — is written
+``name: Annotated[type, Key("One-line meaning.", ge=0)] = default``. `RunConfig.declaration`
+turns those fields into one `RunKey` per flat key (the coordinator's wire form), and every
+other form of the run configuration is read from that: the validation (`RunKey.check`),
+environment variables and other text (`RunKey.parse`), the coordinator's JSON schema
+(`RunKey.json_schema`) and the README's configuration table. Adding a field here is the
+whole edit: the coordinator's API, its ``SIMULTRAIN_COORDINATOR_<KEY>`` variable and the
+README row follow.
+
+This module imports nothing from the project but its errors, so the modules that declare
+fields (config, master, runtime) can all use it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args, get_origin
+
+from simultrain.shared.errors import ConfigError
+
+__all__ = ["Key", "RunKey"]
+
+# Text that means "not given" for an optional key (an environment variable cannot be null).
+_NULL_TEXT = frozenset({"", "null"})
+_TRUE_TEXT = frozenset({"1", "true", "yes", "on"})
+_FALSE_TEXT = frozenset({"0", "false", "no", "off"})
+_JSON_TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A field's meaning and bounds, carried in its ``Annotated`` type."""
+
+    description: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] = ()
+    nonempty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """One flat run configuration key as declared: the only description of it there is."""
+
+    name: str
+    kind: type  # bool, int, float or str
+    optional: bool  # None is a value (JSON null)
+    default: Any
+    key: Key
+
+    @classmethod
+    def from_hint(cls, name: str, hint: Any, default: Any) -> RunKey:
+        """The key a field ``Annotated[T, Key(...)]`` with that default declares."""
+        args = get_args(hint)
+        if not args or not isinstance(args[-1], Key):
+            raise TypeError(f"run configuration field {name!r} is not declared with a Key")
+        key = args[-1]
+        kind = args[0]
+        members = get_args(kind)
+        optional = type(None) in members
+        if optional:
+            (kind,) = [m for m in members if m is not type(None)]
+        if get_origin(kind) is Literal:  # Literal["sgd", "adam"]: a str with choices
+            literals = get_args(kind)
+            key = replace(key, choices=tuple(literals))
+            kind = str
+        if kind not in _JSON_TYPES:
+            raise TypeError(f"run configuration field {name!r}: unsupported type {kind!r}")
+        return cls(name, kind, optional, default, key)
+
+    @property
+    def description(self) -> str:
+        return self.key.description
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it is one of this key's, an int taken for a float; else ConfigError."""
+        if value is None:
+            if not self.optional:
+                raise self._error("must not be null")
+            return None
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (
+            not isinstance(value, self.kind)
+            or (self.kind is int and isinstance(value, bool))
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
+            wanted = self.kind.__name__ + (" or None" if self.optional else "")
+            raise self._error(f"expected {wanted}, got {type(value).__name__} {value!r}")
+        key = self.key
+        if key.choices and value not in key.choices:
+            raise self._error(f"{value!r} is not one of {', '.join(key.choices)}")
+        if key.nonempty and not value:
+            raise self._error("must not be empty")
+        for bound, holds, sign in (
+            (key.ge, lambda b: value >= b, "≥"),
+            (key.gt, lambda b: value > b, ">"),
+            (key.le, lambda b: value <= b, "≤"),
+            (key.lt, lambda b: value < b, "<"),
+        ):
+            if bound is not None and not holds(bound):
+                raise self._error(f"must be {sign} {bound:g}, got {value!r}")
+        return value
+
+    def parse(self, text: str) -> Any:
+        """The value ``text`` spells (an environment variable): checked like `check`.
+
+        For an optional key, an empty text or ``null`` is None.
+        """
+        stripped = text.strip()
+        if self.optional and stripped.lower() in _NULL_TEXT:
+            return None
+        value: Any = text
+        if self.kind is bool:
+            if stripped.lower() not in _TRUE_TEXT | _FALSE_TEXT:
+                raise self._error(f"{text!r} is not a boolean (true or false)")
+            value = stripped.lower() in _TRUE_TEXT
+        elif self.kind is int:
+            try:
+                value = int(stripped)
+            except ValueError:
+                raise self._error(f"{text!r} is not an integer") from None
+        elif self.kind is float:
+            try:
+                value = float(stripped)
+            except ValueError:
+                raise self._error(f"{text!r} is not a number") from None
+        return self.check(value)
+
+    def json_schema(self) -> dict[str, Any]:
+        """This key as a JSON schema property: type, bounds, default and meaning."""
+        schema: dict[str, Any] = {"type": _JSON_TYPES[self.kind]}
+        key = self.key
+        if key.choices:
+            schema["enum"] = list(key.choices)
+        for bound, word in (
+            (key.ge, "minimum"),
+            (key.gt, "exclusiveMinimum"),
+            (key.le, "maximum"),
+            (key.lt, "exclusiveMaximum"),
+        ):
+            if bound is not None:
+                schema[word] = bound
+        if key.nonempty:
+            schema["minLength"] = 1
+        if self.optional:
+            schema = {"anyOf": [schema, {"type": "null"}]}
+        return {**schema, "default": self.default, "description": key.description}
+
+    def _error(self, reason: str) -> ConfigError:
+        return ConfigError(f"run configuration {self.name!r}: {reason}")
