@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from simultrain.shared.errors import ConfigError
-from simultrain.shared.training.schedule import make_schedule
+from simultrain.shared.training.schedule import check_gradient_coding, make_schedule
 
 __all__ = ["CloudRecord", "Codec", "EdgeRecord", "Mode", "Partition", "RunConfig", "Status"]
 
@@ -78,6 +78,9 @@ class RunConfig(BaseModel):
         None, gt=0, description="Lockstep rounds: close a round this late with what arrived."
     )
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
+    gradient_coding_s: int = Field(
+        0, ge=0, description="syncsgd: stragglers a gradient-coded round tolerates (0 = off)."
+    )
     optimizer_name: Literal["sgd", "adam"] = "adam"
     optimizer_lr: float = Field(0.001, gt=0)
     optimizer_momentum: float = Field(0.0, ge=0, lt=1)
@@ -102,7 +105,7 @@ class RunConfig(BaseModel):
         # The same check every edge and the cloud make (shared schedule): a configuration
         # they would refuse — an α for a chain without a forecast — is refused here first.
         try:
-            make_schedule(
+            schedule = make_schedule(
                 self.mode,
                 window=self.window,
                 alpha=self.alpha,
@@ -110,6 +113,12 @@ class RunConfig(BaseModel):
                 beta=self.beta,
                 local_steps=self.local_steps,
                 compensation=self.compensation,
+            )
+            check_gradient_coding(
+                schedule,
+                self.gradient_coding_s,
+                edges=self.edges,
+                round_deadline_s=self.round_deadline_s,
             )
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc

@@ -108,10 +108,16 @@ class CoordinatorSettings(BaseSettings):
     round_deadline_s: float | None = Field(
         None,
         gt=0,
-        description="Lockstep (FedAvg) rounds: seconds after which a round closes with the "
-        "uploads that arrived (partial aggregation); unset waits for every edge.",
+        description="Lockstep (fedavg, syncsgd) rounds: seconds after which a round closes "
+        "with the uploads that arrived (partial aggregation); unset waits for every edge.",
     )
     edges: int = Field(1, ge=1, description="Edges expected in the run (sizes the history).")
+    gradient_coding_s: int = Field(
+        0,
+        ge=0,
+        description="syncsgd: stragglers a gradient-coded round tolerates (seed 004), 0 = off; "
+        "edge i then holds shards i … i + s (mod edges) and needs edges > s.",
+    )
     optimizer_name: Literal["sgd", "adam"] = Field("adam", description="Optimizer family.")
     optimizer_lr: float = Field(0.001, gt=0, description="Learning rate.")
     optimizer_momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")

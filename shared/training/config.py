@@ -14,9 +14,10 @@ from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 from simultrain.shared.data.dataset import PARTITIONS
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.compensation import compensation_from_name
+from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.master import OptimizerConfig
 from simultrain.shared.training.runtime import Codecs
-from simultrain.shared.training.schedule import Schedule, make_schedule
+from simultrain.shared.training.schedule import Schedule, check_gradient_coding, make_schedule
 
 __all__ = ["DRIVER_ONLY", "RunConfig"]
 
@@ -47,6 +48,11 @@ class RunConfig:
     # Stragglers in lockstep rounds (FedAvg): close a round this many seconds after it started
     # with the uploads that arrived (partial aggregation); None waits for every edge.
     round_deadline_s: float | None = None
+    # Gradient coding against stragglers (seed 004; Tandon et al. 2017), syncsgd only: the
+    # number s of straggling edges a round tolerates, 0 = off. Edge i of ``edges`` holds the
+    # s + 1 partitions the cyclic code assigns it and uploads one coded gradient; the cloud
+    # decodes the full gradient from the first ``edges − s`` of a round (docs/BENCH.md).
+    gradient_coding_s: int = 0
     # Staleness compensation, a chain of parts joined by '+' (shared/training/compensation.py,
     # e.g. ``delay-beta1+forecast``), chosen by the staleness study (docs/STALENESS.md):
     # Adam's β₁ on the cloud stage lowered with the staleness; SGD left alone
@@ -80,7 +86,20 @@ class RunConfig:
                 f"{', '.join(PARTITIONS)}"
             )
         schedule = self.schedule()  # mode, window, β, R, and α against the chain
+        check_gradient_coding(
+            schedule,
+            self.gradient_coding_s,
+            edges=self.edges,
+            round_deadline_s=self.round_deadline_s,
+        )
         compensation_from_name(schedule.compensation, alpha=schedule.alpha)  # every part's name
+
+    def gradient_code(self) -> GradientCode | None:
+        """The run's gradient code (seed 004), or None when coding is off. Every edge and the
+        cloud build it from the same three numbers, so they hold the same ``B``."""
+        if not self.gradient_coding_s:
+            return None
+        return GradientCode.cyclic(self.edges, self.gradient_coding_s, seed=self.seed)
 
     def schedule(self) -> Schedule:
         """The mode's schedule with this run's compensation chain and α (SPEC "Ablations")."""
