@@ -466,15 +466,12 @@ class CloudRuntime:
         weights, on the round's batch of each partition. The first ``n − s`` decode the
         full gradient; one that comes after its round decoded is dropped (its partitions are
         in the master already) and answered, so its edge moves on to the current round.
+        Round v always takes batch v of each partition, so a cloud that resumes from an older
+        checkpoint redoes its lost rounds on the same batches: each applied once.
         """
         code = self.code
         assert code is not None and state.code_row is not None
         version = self.master.version
-        if egrad.edge_version > version:
-            raise TrainingError(
-                f"coded gradient computed at version {egrad.edge_version}, the master is at "
-                f"{version}"
-            )
         per_partition, rest = divmod(egrad.samples, code.s + 1)
         if per_partition < 1 or rest:
             raise TrainingError(
@@ -483,7 +480,10 @@ class CloudRuntime:
             )
         checked = self.master.check_full_gradient(tensors)
         state.samples_received += egrad.samples
-        if egrad.edge_version < version:
+        if egrad.edge_version != version:
+            # Late: its round decoded without it. (Above the master's version: kept by the
+            # edge across a cloud that resumed from an older checkpoint; that round is done
+            # again, at the same version with the same batches, so it is not lost either.)
             self.late_uploads_dropped += 1
             state.late_dropped += 1
             # Settled, not applied: acknowledged so the edge neither waits nor re-sends it.
