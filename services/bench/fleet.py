@@ -137,42 +137,46 @@ def run_fleet(
 
 
 def straggler_plan(
-    base: FleetOptions, *, deadline_s: float | None, slowdown: float = 5.0, edges: int = 8
+    base: FleetOptions,
+    *,
+    deadline_s: float | None,
+    slowdown: float = 5.0,
+    edges: int = 8,
+    modes: Sequence[str] | None = None,
 ) -> list[FleetOptions]:
     """SPEC "Fleets": 8 edges, one or two slowed ``slowdown``×. The lockstep modes waiting
-    for them (FedAvg's round, syncsgd's step), with a round deadline, syncsgd with gradient
-    coding for s = 1 and 2 (seed 004), and SimulTrain, which waits for no one. FedAvg and
+    for them (syncsgd's step, FedAvg's round), syncsgd with gradient coding for s = 1 and 2
+    (seed 004), with a round deadline, and SimulTrain, which waits for no one. FedAvg and
     syncsgd without stragglers are the reference rounds; without ``deadline_s`` a mode's
-    deadline is 1.5× its own reference round."""
+    deadline is 1.5× its own reference round. ``modes`` keeps only those modes' cases."""
     plan = [
-        replace(base, edge_counts=(edges,), mode="fedavg", label="fedavg, no straggler"),
         replace(base, edge_counts=(edges,), mode="syncsgd", label="syncsgd, no straggler"),
+        replace(base, edge_counts=(edges,), mode="fedavg", label="fedavg, no straggler"),
     ]
     for count in (1, 2):
         slow = tuple((i, slowdown) for i in range(count))
         case = replace(base, edge_counts=(edges,), slowdowns=slow)
-        for mode in ("fedavg", "syncsgd"):
-            plan += [
-                replace(case, mode=mode, label=f"{mode}, waits ({count} slow)"),
+        deadline = {
+            "round_deadline_s": deadline_s,
+            "deadline_factor": 0.0 if deadline_s is not None else 1.5,
+        }
+        plan += [
+            replace(case, mode="syncsgd", label=f"syncsgd, waits ({count} slow)"),
+            *(
                 replace(
                     case,
-                    mode=mode,
-                    round_deadline_s=deadline_s,
-                    deadline_factor=0.0 if deadline_s is not None else 1.5,
-                    label=f"{mode}, deadline ({count} slow)",
-                ),
-            ]
-        plan += [
-            replace(
-                case,
-                mode="syncsgd",
-                gradient_coding_s=s,
-                label=f"syncsgd, coded s={s} ({count} slow)",
-            )
-            for s in (1, 2)
+                    mode="syncsgd",
+                    gradient_coding_s=s,
+                    label=f"syncsgd, coded s={s} ({count} slow)",
+                )
+                for s in (1, 2)
+            ),
+            replace(case, mode="syncsgd", label=f"syncsgd, deadline ({count} slow)", **deadline),
+            replace(case, mode="simultrain", label=f"simultrain ({count} slow)"),
+            replace(case, mode="fedavg", label=f"fedavg, waits ({count} slow)"),
+            replace(case, mode="fedavg", label=f"fedavg, deadline ({count} slow)", **deadline),
         ]
-        plan.append(replace(case, mode="simultrain", label=f"simultrain ({count} slow)"))
-    return plan
+    return [case for case in plan if modes is None or case.mode in modes]
 
 
 def run_stragglers(

@@ -10,7 +10,7 @@ from simultrain.bench.fleet import FleetOptions, straggler_plan, stragglers_mark
 def test_the_plan_sets_every_mitigation_beside_waiting_for_one_and_two_stragglers() -> None:
     plan = straggler_plan(FleetOptions(out_dir=Path("unused")), deadline_s=None)
     labels = [p.label for p in plan]
-    assert labels[:2] == ["fedavg, no straggler", "syncsgd, no straggler"]
+    assert labels[:2] == ["syncsgd, no straggler", "fedavg, no straggler"]
     for count in (1, 2):
         cases = {p.label: p for p in plan if p.label.endswith(f"({count} slow)")}
         assert set(cases) == {
@@ -51,3 +51,11 @@ def test_the_table_shows_decoded_rounds_and_late_uploads() -> None:
     table = stragglers_markdown([record], {"cpus": 2, "duration_s": 60})
     assert "| syncsgd, coded s=1 (1 slow) | syncsgd | – | 0.5 | 16.0 | 4.00 | 0.00 | 0 " in table
     assert "| 120 (11) | 30720 | 50.0% | 0 | 704 |" in table
+
+
+def test_modes_keep_only_their_cases() -> None:
+    plan = straggler_plan(
+        FleetOptions(out_dir=Path("unused")), deadline_s=None, modes=("syncsgd", "simultrain")
+    )
+    assert {p.mode for p in plan} == {"syncsgd", "simultrain"}
+    assert len(plan) == 1 + 2 * 5  # the syncsgd reference, then 5 cases per straggler count
