@@ -156,10 +156,7 @@ def straggler_plan(
     for count in (1, 2):
         slow = tuple((i, slowdown) for i in range(count))
         case = replace(base, edge_counts=(edges,), slowdowns=slow)
-        deadline = {
-            "round_deadline_s": deadline_s,
-            "deadline_factor": 0.0 if deadline_s is not None else 1.5,
-        }
+        factor = 0.0 if deadline_s is not None else 1.5
         plan += [
             replace(case, mode="syncsgd", label=f"syncsgd, waits ({count} slow)"),
             *(
@@ -171,10 +168,22 @@ def straggler_plan(
                 )
                 for s in (1, 2)
             ),
-            replace(case, mode="syncsgd", label=f"syncsgd, deadline ({count} slow)", **deadline),
+            replace(
+                case,
+                mode="syncsgd",
+                round_deadline_s=deadline_s,
+                deadline_factor=factor,
+                label=f"syncsgd, deadline ({count} slow)",
+            ),
             replace(case, mode="simultrain", label=f"simultrain ({count} slow)"),
             replace(case, mode="fedavg", label=f"fedavg, waits ({count} slow)"),
-            replace(case, mode="fedavg", label=f"fedavg, deadline ({count} slow)", **deadline),
+            replace(
+                case,
+                mode="fedavg",
+                round_deadline_s=deadline_s,
+                deadline_factor=factor,
+                label=f"fedavg, deadline ({count} slow)",
+            ),
         ]
     return [case for case in plan if modes is None or case.mode in modes]
 
