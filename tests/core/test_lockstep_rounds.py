@@ -307,3 +307,10 @@ def test_an_edge_and_a_cloud_of_one_run_hold_one_code() -> None:
     assert a.identity == b.identity == "cyclic n=8 s=2 seed=3"
     assert np.array_equal(a.matrix, b.matrix)
     assert RunConfig(mode="syncsgd", edges=8).gradient_code() is None
+
+
+def test_the_in_process_driver_refuses_to_run_a_coded_run_uncoded() -> None:
+    from simultrain.shared.training.driver import run_in_process
+
+    with pytest.raises(ConfigError, match="through the services"):
+        run_in_process(RunConfig(mode="syncsgd", edges=4, gradient_coding_s=1, steps=1))
