@@ -113,7 +113,17 @@ def bench(
         typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
         return
     if {"fleet", "stragglers"} & set(parse_list(suites) or ()):
-        _fleet(quick, out, suites or "", fleet_edges, duration, slowdown, log_dir, round_deadline)
+        _fleet(
+            quick,
+            out,
+            suites or "",
+            fleet_edges,
+            duration,
+            slowdown,
+            log_dir,
+            round_deadline,
+            parse_list(modes, known=MODES),
+        )
         return
     try:
         options = BenchOptions(
@@ -159,6 +169,7 @@ def _fleet(
     slowdown: float | None,
     log_dir: Path | None,
     round_deadline: float | None,
+    modes: tuple[str, ...] | None = None,
 ) -> None:
     from simultrain.bench.bench import parse_list
     from simultrain.bench.fleet import (
@@ -190,7 +201,7 @@ def _fleet(
             command=shlex.join(["simultrain", *sys.argv[1:]]),
         )
         if names == ("stragglers",):
-            plan = straggler_plan(options, deadline_s=round_deadline)
+            plan = straggler_plan(options, deadline_s=round_deadline, modes=modes)
             records = run_stragglers(
                 [replace(case, evaluate=True) for case in plan], progress=typer.echo
             )

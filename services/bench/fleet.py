@@ -98,8 +98,10 @@ class FleetOptions:
     evaluate: bool = False
     label: str = ""
     # > 0: the round deadline is this factor × the reference case's measured round (the
-    # first case of a straggler plan), so it tracks how loaded the machine is.
+    # plan's straggler-free case of the same mode), so it tracks how loaded the machine is.
     deadline_factor: float = 0.0
+    # syncsgd with gradient coding (RunConfig.gradient_coding_s): stragglers tolerated.
+    gradient_coding_s: int = 0
 
     def __post_init__(self) -> None:
         if not self.edge_counts or min(self.edge_counts) < 1:
@@ -135,28 +137,55 @@ def run_fleet(
 
 
 def straggler_plan(
-    base: FleetOptions, *, deadline_s: float | None, slowdown: float = 5.0, edges: int = 8
+    base: FleetOptions,
+    *,
+    deadline_s: float | None,
+    slowdown: float = 5.0,
+    edges: int = 8,
+    modes: Sequence[str] | None = None,
 ) -> list[FleetOptions]:
-    """SPEC "Fleets": 8 edges, one or two slowed ``slowdown``×; lockstep FedAvg waiting for
-    them, FedAvg with a round deadline, syncsgd, SimulTrain. FedAvg without stragglers is
-    the reference round; without ``deadline_s`` the deadline is 1.5× its measured round."""
-    plan = [replace(base, edge_counts=(edges,), mode="fedavg", label="fedavg, no straggler")]
+    """SPEC "Fleets": 8 edges, one or two slowed ``slowdown``×. The lockstep modes waiting
+    for them (syncsgd's step, FedAvg's round), syncsgd with gradient coding for s = 1 and 2
+    (seed 004), with a round deadline, and SimulTrain, which waits for no one. FedAvg and
+    syncsgd without stragglers are the reference rounds; without ``deadline_s`` a mode's
+    deadline is 1.5× its own reference round. ``modes`` keeps only those modes' cases."""
+    plan = [
+        replace(base, edge_counts=(edges,), mode="syncsgd", label="syncsgd, no straggler"),
+        replace(base, edge_counts=(edges,), mode="fedavg", label="fedavg, no straggler"),
+    ]
     for count in (1, 2):
         slow = tuple((i, slowdown) for i in range(count))
         case = replace(base, edge_counts=(edges,), slowdowns=slow)
+        factor = 0.0 if deadline_s is not None else 1.5
         plan += [
+            replace(case, mode="syncsgd", label=f"syncsgd, waits ({count} slow)"),
+            *(
+                replace(
+                    case,
+                    mode="syncsgd",
+                    gradient_coding_s=s,
+                    label=f"syncsgd, coded s={s} ({count} slow)",
+                )
+                for s in (1, 2)
+            ),
+            replace(
+                case,
+                mode="syncsgd",
+                round_deadline_s=deadline_s,
+                deadline_factor=factor,
+                label=f"syncsgd, deadline ({count} slow)",
+            ),
+            replace(case, mode="simultrain", label=f"simultrain ({count} slow)"),
             replace(case, mode="fedavg", label=f"fedavg, waits ({count} slow)"),
             replace(
                 case,
                 mode="fedavg",
                 round_deadline_s=deadline_s,
-                deadline_factor=0.0 if deadline_s is not None else 1.5,
+                deadline_factor=factor,
                 label=f"fedavg, deadline ({count} slow)",
             ),
-            replace(case, mode="syncsgd", label=f"syncsgd ({count} slow)"),
-            replace(case, mode="simultrain", label=f"simultrain ({count} slow)"),
         ]
-    return plan
+    return [case for case in plan if modes is None or case.mode in modes]
 
 
 def run_stragglers(
@@ -165,10 +194,11 @@ def run_stragglers(
     """The straggler cases in turn; ``stragglers.json``/``.md`` rewritten after each."""
     records: list[dict[str, Any]] = []
     started = time.monotonic()
-    reference: float | None = None
+    references: dict[str, float] = {}  # mode → its first measured round, without stragglers
     for options in plan:
         edges = options.edge_counts[0]
         if options.deadline_factor > 0:
+            reference = references.get(options.mode)
             if reference is None:
                 records.append({"edges": edges, "label": options.label, "error": "no reference"})
                 continue
@@ -180,8 +210,12 @@ def run_stragglers(
             record = run_fleet_case(edges, options)
         except SimulTrainError as exc:
             record = {"edges": edges, "label": options.label, "error": str(exc)}
-        if reference is None and record.get("seconds_per_update"):
-            reference = float(record["seconds_per_update"])
+        if (
+            options.mode not in references
+            and not options.slowdowns
+            and record.get("seconds_per_update")
+        ):
+            references[options.mode] = float(record["seconds_per_update"])
         records.append(record)
         progress(_straggler_line(record))
         options.out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +241,8 @@ def _straggler_line(record: dict[str, Any]) -> str:
         f"{record['seconds_per_update']} s per update, fast edges "
         f"{record['fast_edge_step_rate_median']:.2f}/s, stragglers "
         f"{record['straggler_step_rates']}, partial rounds {record['partial_rounds']}, "
+        f"coded rounds {record.get('coded_rounds', 0)} "
+        f"(late dropped {record.get('late_uploads_dropped', 0)}), "
         f"accuracy {record['accuracy']}, errors {record['errors']}, lost {record['lost_samples']}"
     )
 
@@ -220,34 +256,43 @@ def stragglers_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any])
         "then a drain and one evaluation).",
         "",
         "| case | mode | round deadline s | s per master update | steps/s in all "
-        "| fast edge steps/s (median) | straggler steps/s | partial rounds | samples applied "
-        "| accuracy | errors | lost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| fast edge steps/s (median) | straggler steps/s | partial rounds "
+        "| coded rounds (late dropped) | samples applied | accuracy | errors | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['label']} | error: {r['error']} | | | | | | | | | | |")
+            lines.append(f"| {r['label']} | error: {r['error']} | | | | | | | | | | | |")
             continue
         accuracy = r["accuracy"]
+        coded = r.get("coded_rounds", 0)
+        decoded = f"{coded} ({r.get('late_uploads_dropped', 0)})" if coded else "–"
         lines.append(
             f"| {r['label']} | {r['mode']} | {r['round_deadline_s'] or '–'} "
             f"| {r['seconds_per_update']} | {r['steps_per_s']:.1f} "
             f"| {r['fast_edge_step_rate_median']:.2f} "
             f"| {', '.join(f'{x:.2f}' for x in r['straggler_step_rates']) or '–'} "
-            f"| {r['partial_rounds']} | {r['eval_samples_applied']} "
+            f"| {r['partial_rounds']} "
+            f"| {decoded} "
+            f"| {r['eval_samples_applied']} "
             f"| {'–' if accuracy is None else f'{accuracy:.1%}'} | {r['errors']} "
             f"| {r['lost_samples']} |"
         )
     lines += [
         "",
         "A step is one batch of 32 samples (a FedAvg round is 5 steps per edge). s per master "
-        "update: the steady window ÷ master versions in it (FedAvg: one per round; syncsgd: one "
-        "per edge gradient; SimulTrain: two per batch). Accuracy: the master on the held-out "
-        "split after the fixed training time and the drain (equal time, not equal samples). "
-        "Lost, in FedAvg: batches of local rounds the edges had not finished when told to "
-        "stop (the agent drops an unfinished round when it drains), not samples the cloud "
-        "lost. Cases with a superseded deadline were run before the deadline counted from "
-        "the round's start.",
+        "update: the steady window ÷ master versions in it (FedAvg and syncsgd: one per round; "
+        "SimulTrain: two per batch). steps/s in all: distinct batches applied per second (a "
+        "coded round applies the 8 partitions' batches, whichever 8 − s edges answered). "
+        "Fast edge and straggler steps/s: batches of each edge's own uploads applied per "
+        "second; a coded upload carries s + 1 batches, so coded edges count (s + 1)× and a "
+        "straggler whose uploads all came late counts 0. Coded rounds: rounds decoded in the "
+        "steady window, and uploads dropped because their round had decoded without them. "
+        "Accuracy: the master on the held-out split after the fixed training time and the "
+        "drain (equal time, not equal samples). Lost: samples the edges sent that no update "
+        "applied — in FedAvg, batches of local rounds the edges had not finished when told to "
+        "stop (the agent drops an unfinished round when it drains); in coded syncsgd, the "
+        "late uploads' batches (their partitions were applied through the other holders).",
         "",
     ]
     return "\n".join(lines)
@@ -269,6 +314,14 @@ def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
                 **(
                     {"SIMULTRAIN_CLOUD_RUN_ROUND_DEADLINE_S": str(options.round_deadline_s)}
                     if options.round_deadline_s is not None
+                    else {}
+                ),
+                **(
+                    {
+                        "SIMULTRAIN_CLOUD_RUN_EDGES": str(edges),
+                        "SIMULTRAIN_CLOUD_RUN_GRADIENT_CODING_S": str(options.gradient_coding_s),
+                    }
+                    if options.gradient_coding_s
                     else {}
                 ),
             },
@@ -314,6 +367,7 @@ def _start_workers(
             "dataset": options.dataset,
             "slowdown": options.slowdown,
             "slowdowns": {str(i): k for i, k in options.slowdowns if i in indices},
+            "gradient_coding_s": options.gradient_coding_s,
         }
         proc = group.start(
             f"fleet-worker-{p}", "simultrain.bench.fleet", {WORKER_VAR: json.dumps(spec)}
@@ -424,6 +478,10 @@ def _record(
         "round_deadline_s": options.round_deadline_s,
         "seconds_per_update": round(window_s / updates, 4) if updates else None,
         "partial_rounds": second.get("partial_rounds", 0) - first.get("partial_rounds", 0),
+        "gradient_coding_s": options.gradient_coding_s,
+        "coded_rounds": second.get("coded_rounds", 0) - first.get("coded_rounds", 0),
+        "late_uploads_dropped": second.get("late_uploads_dropped", 0)
+        - first.get("late_uploads_dropped", 0),
         "accuracy": final.get("eval", {}).get("accuracy"),
         "eval_samples_applied": final.get("eval", {}).get("samples_applied"),
         "cloud_updates": updates,
@@ -548,19 +606,24 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     shards = min(spec["count"], len(set(groups.tolist())) if groups is not None else spec["count"])
     agents = {}
     observers = {}
+    coding = spec.get("gradient_coding_s", 0)
+    # Gradient coding: edge i is row i of the code and holds its partitions (seed 004's
+    # replicated data), so its index is its shard of the run's edges, whatever the groups.
+    coded = {"run_edges": spec["count"], "run_gradient_coding_s": coding} if coding else {}
     for index in indices:
         observer = _FirstAck()
         settings = EdgeSettings(
             cloud_url=spec["cloud_url"],
             edge_id=_edge_id(index),
-            shard_index=index % shards,
-            shard_count=shards,
+            shard_index=index if coding else index % shards,
+            shard_count=spec["count"] if coding else shards,
             compute_threads=1,
             slowdown=spec["slowdowns"].get(str(index), spec["slowdown"]),
             watchdog=False,
             log_level="warning",
             run_mode=spec["mode"],
             run_dataset=spec["dataset"],
+            **coded,
         )
         agents[_edge_id(index)] = EdgeAgent(settings, observer=observer)
         observers[_edge_id(index)] = observer

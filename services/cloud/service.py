@@ -51,6 +51,7 @@ from simultrain.shared.training.factory import (
     resolve_device,
     wire_cut_shape,
 )
+from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
@@ -143,6 +144,7 @@ class CloudService:
             run.codecs,
             round_deadline_s=run.round_deadline_s,
             synthetic=build_synthetic(run, self.spec, self.schedule, device=self.device),
+            code=run.gradient_code(),
         )
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
         self._round_closers: set[asyncio.Task[None]] = set()
@@ -278,6 +280,7 @@ class CloudService:
                 f"cut shape {list(hello.cut_shape)} does not match {list(self.cut_shape)}"
             )
         _check_hello_config(hello.config, self.schedule.mode)
+        code_row = _code_row(hello.config, self.runtime.code)
         edge_id = hello.edge_id
         previous = self.connections.get(edge_id)
         if previous is not None and previous is not conn:
@@ -291,7 +294,12 @@ class CloudService:
         def open_session() -> tuple[CloudSessionState, Snap]:
             if self.replicas is not None:
                 self.replicas.adopt(edge_id, offset)  # it may come from another replica
-            return self.runtime.open_session(edge_id, reconcile_offset=offset)
+            try:
+                return self.runtime.open_session(
+                    edge_id, reconcile_offset=offset, code_row=code_row
+                )
+            except TrainingError as exc:
+                raise HandshakeRejected(str(exc)) from exc
 
         state, snap = await self.compute(open_session)
         conn.state = state
@@ -434,6 +442,8 @@ class CloudService:
             "loss": master.loss_ema,
             "busy_seconds": round(self.busy_seconds, 4),
             "partial_rounds": self.runtime.partial_rounds,
+            "coded_rounds": self.runtime.coded_rounds,
+            "late_uploads_dropped": self.runtime.late_uploads_dropped,
             "uptime_seconds": round(time.monotonic() - self.started_at, 4),
             "staleness": master.staleness.summary(),
             "replica": None if self.replicas is None else self.replicas.status(),
@@ -516,6 +526,21 @@ def _check_hello_config(config: Mapping[str, object], mode: str) -> None:
         isinstance(window, bool) or not isinstance(window, int) or window < 0
     ):
         raise HandshakeRejected("config.window must be a non-negative integer")
+
+
+def _code_row(config: Mapping[str, object], code: GradientCode | None) -> int | None:
+    """HELLO's ``config.code_row`` and ``config.gradient_code`` (PROTOCOL.md §3): a coded
+    edge names its row and the code it encodes with, which must be this cloud's — a coded
+    gradient decoded with another ``B`` would be a wrong gradient, silently."""
+    row, identity = config.get("code_row"), config.get("gradient_code")
+    if row is None and identity is None:
+        return None
+    if isinstance(row, bool) or not isinstance(row, int):
+        raise HandshakeRejected("config.code_row must be an integer")
+    if code is None or identity != code.identity:
+        mine = code.identity if code is not None else "no gradient code"
+        raise HandshakeRejected(f"the edge codes with {identity!r}, this cloud runs {mine!r}")
+    return row
 
 
 def _reconcile_offset(value: object) -> int:

@@ -72,7 +72,17 @@ class CloudSettings(BaseSettings):
     run_lr: float = Field(0.001, gt=0, description="Learning rate (no coordinator).")
     run_momentum: float = Field(0.0, ge=0, lt=1, description="Momentum (no coordinator).")
     run_round_deadline_s: float | None = Field(
-        None, gt=0, description="FedAvg round deadline, partial aggregation (no coordinator)."
+        None,
+        gt=0,
+        description="Lockstep round deadline (fedavg, syncsgd), partial aggregation (no "
+        "coordinator).",
+    )
+    run_edges: int = Field(1, ge=1, description="Edges in the run (no coordinator).")
+    run_gradient_coding_s: int = Field(
+        0,
+        ge=0,
+        description="syncsgd: stragglers a gradient-coded round tolerates, 0 = off (needs "
+        "run_edges > s; no coordinator).",
     )
     eval_dataset: str | None = Field(
         None,

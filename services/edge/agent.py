@@ -34,7 +34,7 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from simultrain.shared.data import BatchStream, load_dataset
+from simultrain.shared.data import BatchStream, Dataset, load_dataset
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
@@ -54,6 +54,7 @@ from simultrain.shared.protocol import (
 )
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import edge_module, wire_cut_shape
+from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.runtime import EdgeRuntime
 
 from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved, ForeignRun
@@ -154,6 +155,9 @@ class EdgeAgent:
         self.runtime: EdgeRuntime | None = None
         self.state: EdgeState | None = None
         self._durable_from = 0  # kept batches below this are gone from the state too
+        # Gradient coding (RunConfig.gradient_coding_s): the code and a stream per partition.
+        self.code: GradientCode | None = None
+        self.partition_streams: dict[int, BatchStream] = {}
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -213,7 +217,19 @@ class EdgeAgent:
         )
         structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
         module = edge_module(structure, self.schedule)
-        self.runtime = EdgeRuntime(module, self.schedule, run.codecs, optimizer=run.optimizer)
+        self.code = run.gradient_code()
+        code_row = None
+        if self.code is not None:
+            code_row = settings.shard_index
+            self.partition_streams = _partition_streams(dataset, run, self.code, code_row)
+        self.runtime = EdgeRuntime(
+            module,
+            self.schedule,
+            run.codecs,
+            optimizer=run.optimizer,
+            code=self.code,
+            code_row=code_row,
+        )
         await asyncio.to_thread(self._restore_progress)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
         self.limits = Limits(window=self.schedule.window)  # one meaning: PROTOCOL.md §6.3
@@ -365,6 +381,11 @@ class EdgeAgent:
             config={
                 "reconcile_offset": self.assignment.reconcile_offset,
                 "mode": self.schedule.mode,
+                **(
+                    {"code_row": runtime.code_row, "gradient_code": self.code.identity}
+                    if self.code is not None
+                    else {}
+                ),
             },
             token=self.assignment.token,
             resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
@@ -495,6 +516,19 @@ class EdgeAgent:
         """
         runtime = self.runtime
         assert runtime is not None
+        if self.code is not None:
+            # Gradient coding: this round's batch of each partition the edge holds, the
+            # batch numbered by the master version, as every holder of it takes.
+            batches = {}
+            for k in runtime.round_partitions():
+                stream = self.partition_streams[k]
+                stream.seek(max(runtime.version, 0))
+                batches[k] = next(stream)
+            self.observer.batch_taken()
+            coded = runtime.produce_coded(batches)
+            self.report.steps = runtime.batches_produced
+            self.report.samples_sent = runtime.samples_produced
+            return coded
         x, y = next(self.stream)
         self.observer.batch_taken()
         frame = runtime.produce(x, y)
@@ -669,6 +703,21 @@ _RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, RESYNC_CLOSE_C
 
 def _worth_reconnecting(code: int, reason: str) -> bool:
     return code in _RECONNECT_CODES or (code == 1008 and "superseded" in reason)
+
+
+def _partition_streams(
+    dataset: Dataset, run: RunConfig, code: GradientCode, row: int
+) -> dict[int, BatchStream]:
+    """Gradient coding (seed 004): the ``s + 1`` partitions code row ``row`` holds — shards
+    ``row … row + s (mod n)`` of the run's ``n`` edges, the replicated data of an edge-node
+    tier — each with the stream every holder of that partition draws the same batches from."""
+    return {
+        k: BatchStream(
+            shard.x_train, shard.y_train, batch_size=run.batch_size, seed=run.seed + 1000 * k
+        )
+        for k in code.partitions(row)
+        for shard in [dataset.shard(k, code.n, partition=run.partition)]
+    }
 
 
 def _state_binding(settings: EdgeSettings) -> dict[str, Any]:

@@ -78,3 +78,10 @@ class EdgeSettings(BaseSettings):
     run_seed: int = Field(0, description="Seed, when there is no coordinator.")
     run_window: int = Field(4, ge=0, description="Window W, when there is no coordinator.")
     run_batch_size: int = Field(32, ge=1, description="Batch size (no coordinator).")
+    run_edges: int = Field(1, ge=1, description="Edges in the run (no coordinator).")
+    run_gradient_coding_s: int = Field(
+        0,
+        ge=0,
+        description="syncsgd: stragglers a gradient-coded round tolerates, 0 = off; the edge "
+        "then holds the shards shard_index … shard_index + s (mod run_edges) (no coordinator).",
+    )

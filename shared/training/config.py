@@ -13,10 +13,16 @@ from typing import Annotated, Any, Self, get_type_hints
 from simultrain.shared.data.dataset import PARTITIONS
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.compensation import compensation_from_name
+from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.keys import Key, RunKey
 from simultrain.shared.training.master import OptimizerConfig
 from simultrain.shared.training.runtime import Codecs
-from simultrain.shared.training.schedule import MODES, Schedule, make_schedule
+from simultrain.shared.training.schedule import (
+    MODES,
+    Schedule,
+    check_gradient_coding,
+    make_schedule,
+)
 
 __all__ = ["DRIVER_ONLY", "Key", "RunConfig", "RunKey", "settings_key"]
 
@@ -72,11 +78,23 @@ class RunConfig:
     round_deadline_s: Annotated[
         float | None,
         Key(
-            "Lockstep (FedAvg) rounds: seconds after which a round closes with the uploads "
-            "that arrived (partial aggregation); unset waits for every edge.",
+            "Lockstep (fedavg, syncsgd) rounds: seconds after which a round closes with the "
+            "uploads that arrived (partial aggregation); unset waits for every edge.",
             gt=0,
         ),
     ] = None
+    # Gradient coding against stragglers (seed 004; Tandon et al. 2017), syncsgd only: the
+    # number s of straggling edges a round tolerates, 0 = off. Edge i of ``edges`` holds the
+    # s + 1 partitions the cyclic code assigns it and uploads one coded gradient; the cloud
+    # decodes the full gradient from the first ``edges − s`` of a round (docs/BENCH.md).
+    gradient_coding_s: Annotated[
+        int,
+        Key(
+            "syncsgd: stragglers a gradient-coded round tolerates (seed 004), 0 = off; edge i "
+            "then holds shards i … i + s (mod edges) and needs edges > s.",
+            ge=0,
+        ),
+    ] = 0
     # Staleness compensation, a chain of parts joined by '+' (shared/training/compensation.py,
     # e.g. ``delay-beta1+forecast``), chosen by the staleness study (docs/STALENESS.md):
     # Adam's β₁ on the cloud stage lowered with the staleness; SGD left alone
@@ -111,7 +129,20 @@ class RunConfig:
             if checked is not value:
                 object.__setattr__(owner, name, checked)
         schedule = self.schedule()
+        check_gradient_coding(
+            schedule,
+            self.gradient_coding_s,
+            edges=self.edges,
+            round_deadline_s=self.round_deadline_s,
+        )
         compensation_from_name(schedule.compensation, alpha=schedule.alpha)  # every part's name
+
+    def gradient_code(self) -> GradientCode | None:
+        """The run's gradient code (seed 004), or None when coding is off. Every edge and the
+        cloud build it from the same three numbers, so they hold the same ``B``."""
+        if not self.gradient_coding_s:
+            return None
+        return GradientCode.cyclic(self.edges, self.gradient_coding_s, seed=self.seed)
 
     def schedule(self) -> Schedule:
         """The mode's schedule with this run's compensation chain and α (SPEC "Ablations")."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from simultrain.shared.data import BatchStream, load_dataset
-from simultrain.shared.errors import TrainingError
+from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -124,6 +124,12 @@ def run_in_process(
     progress: Callable[[int, RunResult | None], None] | None = None,
 ) -> RunResult:
     started = time.perf_counter()
+    if config.gradient_coding_s:
+        # Coding needs each edge's partitions and the cloud's decode (PROTOCOL.md §6.6); run
+        # uncoded here it would silently train something else than the run asks for.
+        raise ConfigError(
+            "gradient_coding_s runs through the services; the in-process driver does not code"
+        )
     schedule = config.schedule()
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)

@@ -77,13 +77,19 @@ class GradientCode:
     n: int
     s: int
     matrix: np.ndarray  # B, n × n; row i supported on partitions i … i+s (mod n)
+    seed: int = 0  # the draw of H: with n and s, all that two parties need to agree on B
+
+    @property
+    def identity(self) -> str:
+        """What defines ``B``: an edge and a cloud with equal identities hold the same code."""
+        return f"cyclic n={self.n} s={self.s} seed={self.seed}"
 
     @classmethod
     def cyclic(cls, n: int, s: int, *, seed: int = 0) -> GradientCode:
         if n < 1 or not 0 <= s < n:
             raise ConfigError(f"a gradient code needs n ≥ 1 and 0 ≤ s < n, got n={n}, s={s}")
         if s == 0:
-            return cls(n, s, np.eye(n))
+            return cls(n, s, np.eye(n), seed)
         rng = np.random.default_rng(seed)
         # Tandon et al., Algorithm 2: H with H·1 = 0; a fresh draw in the (measure-zero)
         # case that some worker's s × s system is singular.
@@ -98,7 +104,7 @@ class GradientCode:
                     b[i, others] = np.linalg.solve(h[:, others], -h[:, i])
             except np.linalg.LinAlgError:
                 continue
-            return cls(n, s, b)
+            return cls(n, s, b, seed)
         raise ConfigError(f"could not build a gradient code for n={n}, s={s}")  # pragma: no cover
 
     def partitions(self, worker: int) -> tuple[int, ...]:

@@ -391,6 +391,14 @@ class CloudMaster:
         opt.step()
         return self._after_full_update(loss, logits, labels, samples=int(labels.shape[0]))
 
+    def check_full_gradient(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A whole-model gradient checked (names, shapes, finite) before it waits in a round."""
+        return _checked_like(grads, self.full_parameters(), "full gradient")
+
+    def check_full_weights(self, weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A FedAvg upload checked (names, shapes, finite) before it waits in a round."""
+        return _checked_like(weights, self.full_state(), "FedAvg upload")
+
     def apply_full_gradient(
         self, grads: Mapping[str, Tensor], *, samples: int, loss: float = 0.0
     ) -> int:

@@ -64,6 +64,7 @@ from simultrain.shared.tensors import (
     xor_delta,
 )
 from simultrain.shared.training.deltas import DeltaSequencer, GapStatus, VersionStep
+from simultrain.shared.training.gradcoding import GradientCode, combine
 from simultrain.shared.training.keys import Key
 from simultrain.shared.training.master import (
     CloudMaster,
@@ -147,6 +148,10 @@ class CloudSessionState:
     bytes_out: int = 0
     # This edge's own gradients' staleness (SPEC: τ per batch); the master keeps the fleet's.
     staleness: StalenessStats = field(default_factory=StalenessStats)
+    # Gradient coding: the row of the code (its partitions) this edge computes, and its coded
+    # uploads that came after their round had decoded without them (dropped, answered).
+    code_row: int | None = None
+    late_dropped: int = 0
 
     def summary(self) -> dict[str, object]:
         return {
@@ -160,6 +165,8 @@ class CloudSessionState:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "staleness": self.staleness.summary(),
+            "code_row": self.code_row,
+            "late_uploads_dropped": self.late_dropped,
         }
 
 
@@ -178,9 +185,14 @@ class CloudRuntime:
         round_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         synthetic: SyntheticGradientTrainer | None = None,
+        code: GradientCode | None = None,
     ) -> None:
         if round_deadline_s is not None and not round_deadline_s > 0:
             raise ConfigError(f"round_deadline_s must be > 0 or None, got {round_deadline_s}")
+        if code is not None and (
+            schedule.edge_role is not EdgeRole.FULL_GRADIENT or round_deadline_s is not None
+        ):
+            raise ConfigError("gradient coding runs syncsgd rounds, without a round deadline")
         self.master = master
         self.schedule = schedule
         self.codecs = codecs
@@ -193,7 +205,7 @@ class CloudRuntime:
         self.connected: set[str] = set()
         # With checkpoints, ACKs carry the durable watermark and edges keep batches above it.
         self.checkpointing = False
-        self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # FedAvg uploads
+        self._round: dict[str, tuple[int, dict[str, Tensor], int]] = {}  # lockstep uploads
         # Straggler mitigation (RunConfig.round_deadline_s): a round closes this long after
         # it started (the previous round's close) with whoever reported; the caller asks
         # ``round_due_in`` and calls ``close_round_if_due`` then (the runtime keeps no
@@ -202,18 +214,48 @@ class CloudRuntime:
         self._clock = clock
         self._round_opened_at: float | None = None
         self.partial_rounds = 0  # rounds the deadline closed without every connected edge
+        # Gradient coding (seed 004; RunConfig.gradient_coding_s): the open round's coded
+        # uploads by code row; the round is the master version they were all computed at.
+        self.code = code
+        self._coded: dict[int, tuple[str, int, dict[str, Tensor], int]] = {}
+        self.coded_rounds = 0  # rounds decoded
+        self.late_uploads_dropped = 0  # coded uploads whose round had decoded without them
 
     # --- sessions -----------------------------------------------------------------------
     def open_session(
-        self, edge_id: str, *, reconcile_offset: int = 0
+        self, edge_id: str, *, reconcile_offset: int = 0, code_row: int | None = None
     ) -> tuple[CloudSessionState, Snap]:
-        """A new or resumed session starts from an exact copy of the master (SPEC step 5)."""
+        """A new or resumed session starts from an exact copy of the master (SPEC step 5).
+
+        With gradient coding the edge says which row of the code it computes (``code_row``,
+        its shard index); two connected edges cannot hold one row. Raises `TrainingError`
+        for a row that does not fit the code, or for one given to an uncoded run.
+        """
+        self._check_code_row(edge_id, code_row)
         state = self.sessions.get(edge_id)
         if state is None:
             state = CloudSessionState(edge_id, reconcile_offset=reconcile_offset)
             self.sessions[edge_id] = state
+        state.code_row = code_row
         self.connected.add(edge_id)
         return state, self._resync(state)
+
+    def _check_code_row(self, edge_id: str, row: int | None) -> None:
+        if self.code is None:
+            if row is not None:
+                raise TrainingError(
+                    "this cloud runs no gradient code: an edge that codes its "
+                    "gradients would have them applied as plain ones"
+                )
+            return
+        if row is None or not 0 <= row < self.code.n:
+            raise TrainingError(
+                f"gradient coding ({self.code.identity}): the edge must name its code row "
+                f"0 … {self.code.n - 1}, got {row}"
+            )
+        for other in self.connected - {edge_id}:
+            if self.sessions[other].code_row == row:
+                raise TrainingError(f"code row {row} is held by the connected edge {other}")
 
     def close_session(self, edge_id: str) -> list[Outgoing]:
         """The edge left; a FedAvg round that only waited for it can close now."""
@@ -363,16 +405,20 @@ class CloudRuntime:
             # the batch is answered all the same so the edge moves on (SPEC step 4).
             self._mark_applied(state, egrad.seq, samples)
             return self._after_update(state, egrad.seq)
-        if role is EdgeRole.FULL_GRADIENT:
-            self.master.apply_full_gradient(tensors, samples=egrad.samples)
-            self._mark_applied(state, egrad.seq, egrad.samples)
-            state.samples_received += egrad.samples
-            return self._after_update(state, egrad.seq)
-        if role is EdgeRole.LOCAL_STEPS:
+        if role is EdgeRole.FULL_GRADIENT and self.code is not None:
+            return self._coded_upload(state, egrad, tensors)
+        if role in WHOLE_MODEL_ROLES:
+            # Lockstep rounds (SPEC modes table: syncsgd waits for new weights every step,
+            # fedavg for the round): checked now, so a bad upload never waits in a round.
+            checked = (
+                self.master.check_full_gradient(tensors)
+                if role is EdgeRole.FULL_GRADIENT
+                else self.master.check_full_weights(tensors)
+            )
             state.samples_received += egrad.samples
             if self._round_opened_at is None:  # the first round starts with its first upload
                 self._round_opened_at = self._clock()
-            self._round[edge_id] = (egrad.seq, tensors, egrad.samples)
+            self._round[edge_id] = (egrad.seq, checked, egrad.samples)
             return self._maybe_close_round()
         raise TrainingError(f"EGRAD frames are not part of the {self.schedule.mode} schedule")
 
@@ -395,11 +441,17 @@ class CloudRuntime:
         return out
 
     def _maybe_close_round(self, *, force: bool = False) -> list[Outgoing]:
-        """FedAvg: average once every connected edge has reported its local model."""
+        """Lockstep round (fedavg, syncsgd): aggregate once every connected edge reported."""
         if not self._round or (not force and not self.connected <= set(self._round)):
             return []
         uploads = [(w, n) for _, w, n in self._round.values()]
-        self.master.average_in(uploads)
+        if self.schedule.edge_role is EdgeRole.LOCAL_STEPS:
+            self.master.average_in(uploads)
+        else:
+            # Synchronous SGD: one step with the sample-weighted mean of the round's gradients.
+            self.master.apply_full_gradient(
+                _weighted_mean(uploads), samples=sum(n for _, n in uploads)
+            )
         out: list[Outgoing] = []
         for edge_id, (seq, _, samples) in sorted(self._round.items()):
             state = self.sessions[edge_id]
@@ -410,6 +462,75 @@ class CloudRuntime:
         # from here, as a server's round timeout does, not from its first upload (which may
         # be a straggler's late one from the round before).
         self._round_opened_at = self._clock()
+        return out
+
+    # --- gradient coding (seed 004; Tandon et al. 2017) ---------------------------------
+    def _coded_upload(
+        self, state: CloudSessionState, egrad: EGrad, tensors: Mapping[str, Tensor]
+    ) -> list[Outgoing]:
+        """A coded gradient ``c_i = Σ_k B[i,k] g_k`` of the round at ``egrad.edge_version``.
+
+        The round is the master version: every coded gradient of it was computed at those
+        weights, on the round's batch of each partition. The first ``n − s`` decode the
+        full gradient; one that comes after its round decoded is dropped (its partitions are
+        in the master already) and answered, so its edge moves on to the current round.
+        Round v always takes batch v of each partition, so a cloud that resumes from an older
+        checkpoint redoes its lost rounds on the same batches: each applied once.
+        """
+        code = self.code
+        assert code is not None and state.code_row is not None
+        version = self.master.version
+        per_partition, rest = divmod(egrad.samples, code.s + 1)
+        if per_partition < 1 or rest:
+            raise TrainingError(
+                f"a coded gradient covers s + 1 = {code.s + 1} equal batches, not "
+                f"{egrad.samples} samples"
+            )
+        checked = self.master.check_full_gradient(tensors)
+        state.samples_received += egrad.samples
+        if egrad.edge_version != version:
+            # Late: its round decoded without it. (Above the master's version: kept by the
+            # edge across a cloud that resumed from an older checkpoint; that round is done
+            # again, at the same version with the same batches, so it is not lost either.)
+            self.late_uploads_dropped += 1
+            state.late_dropped += 1
+            # Settled, not applied: acknowledged so the edge neither waits nor re-sends it.
+            state.highest_applied_seq = max(state.highest_applied_seq, egrad.seq)
+            return self._after_update(state, egrad.seq)
+        if state.code_row in self._coded:
+            state.duplicates += 1  # this row's gradient of this round is here already
+            return []
+        if self._coded:
+            _, _, _, samples = next(iter(self._coded.values()))
+            if samples != egrad.samples:
+                raise TrainingError(
+                    f"coded gradients of one round cover equal batches: {egrad.samples} "
+                    f"samples against {samples}"
+                )
+        self._coded[state.code_row] = (state.edge_id, egrad.seq, checked, egrad.samples)
+        if len(self._coded) < code.n - code.s:
+            return []
+        return self._decode_round()
+
+    def _decode_round(self) -> list[Outgoing]:
+        """``g = Σ_i a_i c_i`` over the arrivals (``aᵀB_F = 1ᵀ``), applied as the mean
+        ``g / n`` of the ``n`` partition gradients: the step an uncoded round of ``n`` edges,
+        one partition each, would take. ``n`` partition batches are applied, each once."""
+        code = self.code
+        assert code is not None
+        a = code.decoding_vector(self._coded)
+        rows = sorted(a)
+        mean = combine([a[r] / code.n for r in rows], [self._coded[r][2] for r in rows])
+        batch = self._coded[rows[0]][3] // (code.s + 1)
+        self.master.apply_full_gradient(mean, samples=code.n * batch)
+        self.coded_rounds += 1
+        out: list[Outgoing] = []
+        for row in rows:
+            edge_id, seq, _, samples = self._coded[row]
+            state = self.sessions[edge_id]
+            self._mark_applied(state, seq, samples)
+            out.extend(self._after_update(state, seq))
+        self._coded.clear()
         return out
 
     def _apply_edge_gradient(
@@ -484,6 +605,16 @@ class CloudRuntime:
         )
 
 
+def _weighted_mean(uploads: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
+    """The sample-weighted mean of a round's gradients (equal weights if none has samples);
+    one upload is used as it is, so one edge trains exactly as without rounds."""
+    if len(uploads) == 1:
+        return uploads[0][0]
+    total = sum(n for _, n in uploads)
+    weights = [n / total if total > 0 else 1 / len(uploads) for _, n in uploads]
+    return dict(combine(weights, [g for g, _ in uploads]))
+
+
 # --------------------------------------------------------------------------------------
 # Edge side
 # --------------------------------------------------------------------------------------
@@ -525,7 +656,17 @@ class EdgeRuntime:
         *,
         optimizer: OptimizerConfig | None = None,
         verify_checksums: bool = True,
+        code: GradientCode | None = None,
+        code_row: int | None = None,
     ) -> None:
+        if (code is None) != (code_row is None) or (
+            code is not None and schedule.edge_role is not EdgeRole.FULL_GRADIENT
+        ):
+            raise ConfigError("a gradient-coded edge runs syncsgd and needs its code row")
+        if code is not None and code_row is not None:
+            code.partitions(code_row)  # a row of the code, or TrainingError
+        self.code = code
+        self.code_row = code_row
         self.schedule = schedule
         self.codecs = codecs
         self._module = module
@@ -708,15 +849,14 @@ class EdgeRuntime:
         if role is EdgeRole.SYNTHETIC:
             return self._synthetic_step(replica, seq, x, y)
         if role is EdgeRole.FULL_GRADIENT:
-            stash = replica.forward(seq, x)
-            loss = F.cross_entropy(stash.activations, y)
-            self.losses.append(float(loss.detach()))
-            logit_grad = torch.autograd.grad(loss, stash.activations, retain_graph=True)[0]
-            grads = EdgeReplica.backward(stash, logit_grad)
             return EGrad(
                 seq=seq,
                 edge_version=replica.version,
-                grads=state_to_wire(grads, self.codecs.egrad, topk_ratio=self.codecs.topk_ratio),
+                grads=state_to_wire(
+                    self._full_gradient(replica, seq, x, y),
+                    self.codecs.egrad,
+                    topk_ratio=self.codecs.topk_ratio,
+                ),
                 samples=int(y.shape[0]),
             )
         if role is EdgeRole.RAW:
@@ -735,6 +875,55 @@ class EdgeRuntime:
             labels=to_wire(y, Codec.RAW.value),
             egrad=egrad,
         )
+
+    def _full_gradient(
+        self, replica: EdgeReplica, seq: int, x: Tensor, y: Tensor
+    ) -> dict[str, Tensor]:
+        """syncsgd: the whole model's gradient of the mean loss of one batch."""
+        stash = replica.forward(seq, x)
+        loss = F.cross_entropy(stash.activations, y)
+        self.losses.append(float(loss.detach()))
+        logit_grad = torch.autograd.grad(loss, stash.activations, retain_graph=True)[0]
+        return EdgeReplica.backward(stash, logit_grad)
+
+    def round_partitions(self) -> tuple[int, ...]:
+        """Gradient coding: the partitions this edge computes each round (``s + 1``)."""
+        if self.code is None or self.code_row is None:
+            raise TrainingError("this edge codes no gradients")
+        return self.code.partitions(self.code_row)
+
+    def produce_coded(self, batches: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> EGrad:
+        """Gradient coding (seed 004): the coded gradient ``Σ_k B[i,k] g_k`` of this round.
+
+        ``batches`` holds the round's batch of each of :meth:`round_partitions` — the batch
+        every edge holding that partition takes at this master version, so the cloud's
+        decode is the gradient of one well-defined set of ``n`` batches. The upload is kept
+        as a frame (not as data): a lost one is a straggler, which the code tolerates.
+        """
+        replica = self._require_replica()
+        assert self.code is not None and self.code_row is not None
+        wanted = self.round_partitions()
+        if sorted(batches) != sorted(wanted):
+            raise TrainingError(f"a coded round needs the batches of partitions {list(wanted)}")
+        seq = self._take_seq()
+        partial = {}
+        samples = 0
+        for k in wanted:
+            x = torch.from_numpy(np.ascontiguousarray(batches[k][0]))
+            y = torch.from_numpy(np.ascontiguousarray(batches[k][1]))
+            partial[k] = self._full_gradient(replica, seq, x, y)
+            samples += int(y.shape[0])
+        coded = self.code.encode(self.code_row, partial)
+        self.batches_produced += 1
+        self.samples_produced += samples
+        upload = EGrad(
+            seq=seq,
+            edge_version=replica.version,
+            grads=state_to_wire(coded, self.codecs.egrad, topk_ratio=self.codecs.topk_ratio),
+            samples=samples,
+        )
+        self.unacked[seq] = upload
+        return upload
 
     def _synthetic_step(self, replica: EdgeReplica, seq: int, x: Tensor, y: Tensor) -> Act:
         """Seed 003: forward, backward from M's synthetic cut gradient at once, and send the

@@ -20,6 +20,7 @@ __all__ = [
     "EdgeRole",
     "Schedule",
     "check_alpha",
+    "check_gradient_coding",
     "forecast_parts",
     "make_schedule",
     "next_reconciliations",
@@ -198,6 +199,35 @@ def check_alpha(chain: str, alpha: float | None) -> None:
     if any("alpha=" in p.replace(" ", "") for p in plain):
         raise ConfigError(
             f"alpha is given twice: as alpha and inside compensation {chain!r}; give it once"
+        )
+
+
+def check_gradient_coding(
+    schedule: Schedule, stragglers: int, *, edges: int, round_deadline_s: float | None
+) -> None:
+    """Refuse gradient coding (seed 004) where it cannot work: it codes whole-model gradients
+    of one lockstep round (``syncsgd``), and tolerating ``s`` stragglers takes ``s + 1`` edges
+    at least (each edge then computes on ``s + 1`` partitions; ``s = edges − 1`` gives every
+    edge all the data)."""
+    key = "run configuration 'gradient_coding_s'"
+    if stragglers < 0:
+        raise ConfigError(f"{key}: must be ≥ 0 (0: off), got {stragglers}")
+    if stragglers == 0:
+        return
+    if schedule.edge_role is not EdgeRole.FULL_GRADIENT:
+        raise ConfigError(
+            f"{key}: gradient coding codes the whole-model gradients of a lockstep round, "
+            f"i.e. mode 'syncsgd', not {schedule.mode!r}"
+        )
+    if stragglers >= edges:
+        raise ConfigError(
+            f"{key}: tolerating {stragglers} straggler(s) needs at least {stragglers + 1} "
+            f"edges, the run has {edges} (set 'edges')"
+        )
+    if round_deadline_s is not None:
+        raise ConfigError(
+            f"{key} and 'round_deadline_s' are two answers to stragglers: a coded round "
+            "closes as soon as it can decode; give one of them"
         )
 
 

@@ -144,29 +144,29 @@ def test_the_master_gets_the_configured_chain() -> None:
 class _Extended(RunConfig):
     """A run configuration with one more key, declared as a field is: nothing else."""
 
-    gradient_coding_s: Annotated[int, Key("Stragglers a round tolerates.", ge=0)] = 0
+    probe_extra_key: Annotated[int, Key("A key only this test declares.", ge=0)] = 0
 
 
 def test_a_key_declared_once_is_in_every_form_of_the_run_configuration() -> None:
     """The declaration is the only list of keys: the flat form, the JSON schema, the text
     form (environment variables) and the checks all take a new field from it."""
-    assert _Extended.keys()[-1] == "gradient_coding_s"
-    assert "gradient_coding_s" in _Extended.keys(driver=False)
-    assert _Extended.json_schema()["properties"]["gradient_coding_s"] == {
+    assert _Extended.keys()[-1] == "probe_extra_key"
+    assert "probe_extra_key" in _Extended.keys(driver=False)
+    assert _Extended.json_schema()["properties"]["probe_extra_key"] == {
         "type": "integer",
         "minimum": 0,
         "default": 0,
-        "description": "Stragglers a round tolerates.",
+        "description": "A key only this test declares.",
     }
-    config = _Extended.from_strings({"gradient_coding_s": "2", "window": "8"})
-    assert (config.gradient_coding_s, config.window) == (2, 8)
+    config = _Extended.from_strings({"probe_extra_key": "2", "window": "8"})
+    assert (config.probe_extra_key, config.window) == (2, 8)
     assert _Extended.from_mapping(config.to_mapping()) == config
-    with pytest.raises(ConfigError, match="'gradient_coding_s': must be ≥ 0, got -1"):
-        _Extended.from_mapping({"gradient_coding_s": -1})
-    with pytest.raises(ConfigError, match="'gradient_coding_s': 'two' is not an integer"):
-        _Extended.from_strings({"gradient_coding_s": "two"})
-    with pytest.raises(ConfigError, match=r"unknown run configuration key.*'gradient_coding_s'"):
-        RunConfig.from_mapping({"gradient_coding_s": 2})
+    with pytest.raises(ConfigError, match="'probe_extra_key': must be ≥ 0, got -1"):
+        _Extended.from_mapping({"probe_extra_key": -1})
+    with pytest.raises(ConfigError, match="'probe_extra_key': 'two' is not an integer"):
+        _Extended.from_strings({"probe_extra_key": "two"})
+    with pytest.raises(ConfigError, match=r"unknown run configuration key.*'probe_extra_key'"):
+        RunConfig.from_mapping({"probe_extra_key": 2})
 
 
 def test_a_field_without_a_declared_meaning_is_refused() -> None:

@@ -241,7 +241,7 @@ def test_run_keys_that_do_not_go_together_are_refused() -> None:
 class _Extended(RunConfig):
     """The shared run configuration with one key more, declared the one way keys are."""
 
-    gradient_coding_s: Annotated[int, Key("Stragglers a round tolerates.", ge=0)] = 0
+    probe_extra_key: Annotated[int, Key("A key only this test declares.", ge=0)] = 0
 
 
 class _ExtendedSettings(CoordinatorSettings):
@@ -259,19 +259,19 @@ def test_a_key_added_to_the_shared_declaration_reaches_settings_table_and_schema
 ) -> None:
     """No edit in the coordinator: the variable, the keyword, the README row, the API schema
     and the wire form of a new key all come from its declaration."""
-    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S", "2")
-    assert _ExtendedSettings().run.gradient_coding_s == 2
-    assert _ExtendedSettings(gradient_coding_s=3).run.gradient_coding_s == 3
-    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S", "-1")
-    with pytest.raises(ValidationError, match=r"SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S: .*≥ 0"):
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_PROBE_EXTRA_KEY", "2")
+    assert _ExtendedSettings().run.probe_extra_key == 2
+    assert _ExtendedSettings(probe_extra_key=3).run.probe_extra_key == 3
+    monkeypatch.setenv("SIMULTRAIN_COORDINATOR_PROBE_EXTRA_KEY", "-1")
+    with pytest.raises(ValidationError, match=r"SIMULTRAIN_COORDINATOR_PROBE_EXTRA_KEY: .*≥ 0"):
         _ExtendedSettings()
-    row = "| `SIMULTRAIN_COORDINATOR_GRADIENT_CODING_S` | `0` | Stragglers a round tolerates. |"
+    row = "| `SIMULTRAIN_COORDINATOR_PROBE_EXTRA_KEY` | `0` | A key only this test declares. |"
     assert row in shared_settings_table(_ExtendedSettings)
-    assert "gradient_coding_s" in setting_names(_ExtendedSettings)
+    assert "probe_extra_key" in setting_names(_ExtendedSettings)
     schema = _ExtendedView.model_json_schema()["properties"]["run_config"]["properties"]
-    assert schema["gradient_coding_s"]["description"] == "Stragglers a round tolerates."
-    view = _ExtendedView.model_validate({"run_config": {"gradient_coding_s": 1}})
-    assert view.model_dump()["run_config"]["gradient_coding_s"] == 1
+    assert schema["probe_extra_key"]["description"] == "A key only this test declares."
+    view = _ExtendedView.model_validate({"run_config": {"probe_extra_key": 1}})
+    assert view.model_dump()["run_config"]["probe_extra_key"] == 1
     adapter = TypeAdapter(run_config_field(RunConfig))
-    with pytest.raises(ValidationError, match=r"unknown run configuration key.*gradient_coding_s"):
-        adapter.validate_python({"gradient_coding_s": 1})  # not a key of the real one
+    with pytest.raises(ValidationError, match=r"unknown run configuration key.*probe_extra_key"):
+        adapter.validate_python({"probe_extra_key": 1})  # not a key of the real one
