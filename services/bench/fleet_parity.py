@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -89,11 +90,23 @@ class Case:
 def _run(case: Case, timeout_s: float) -> dict[str, Any]:
     command = [sys.executable, "-m", "simultrain.cli", *case.command()]
     started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # Ctrl-C, not a kill: the demo stops the services it started (each in a session of
+        # its own, out of reach of a signal to the demo alone) before it exits.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
     seconds = time.perf_counter() - started
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout)[-2000:]
+        tail = (stderr or stdout)[-2000:]
         raise RuntimeError(f"{' '.join(case.command())} failed ({proc.returncode}): {tail}")
     summary = json.loads(lines[-1])
     return {
