@@ -231,6 +231,18 @@ def study(ctx: typer.Context) -> None:
     raise typer.Exit(study_main(list(ctx.args)))
 
 
+@app.command(
+    name="fleet-parity",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def fleet_parity(ctx: typer.Context) -> None:
+    """A fleet against centralized training, through the services (docs/STALENESS.md)."""
+    from simultrain.bench.fleet_parity import main as fleet_main
+
+    raise typer.Exit(fleet_main(list(ctx.args)))
+
+
 def _add_bench() -> None:
     """``simultrain bench`` (issue 4): a Typer sub-app that imports only typer until it runs."""
     from simultrain.bench.cli import bench_app

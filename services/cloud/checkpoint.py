@@ -82,6 +82,15 @@ def save_checkpoint(
                 for name, t in runtime.synthetic.model.state_dict().items()
             }
         )
+    # A fleet batch of edge gradients partly gathered (``fleet-batch``) is held, not applied:
+    # its gradients are acknowledged (and durable with this file), and stepping early would
+    # make a run with checkpoints differ from one without.
+    tensors.update(
+        {
+            f"edge_batch/{name}": t.detach().to("cpu", copy=True).contiguous()
+            for name, t in master.edge_accumulation.items()
+        }
+    )
     optim_meta: dict[str, Any] = {}
     for name, opt in _optimizers(master, runtime).items():
         state = opt.state_dict()
@@ -101,6 +110,10 @@ def save_checkpoint(
         "edge_updates": master.edge_updates,
         "samples_applied": master.samples_applied,
         "staleness": {"counts": master.staleness.counts, "dropped": master.staleness.dropped},
+        "edge_batch": {
+            "gradients": master.edge_accumulated,
+            "staleness": master.edge_accumulated_staleness,
+        },
         "optimizers": optim_meta,
         "synthetic_steps": None if runtime.synthetic is None else runtime.synthetic.steps,
         "sessions": {
@@ -196,6 +209,21 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     master.samples_applied = int(meta["samples_applied"])
     master.staleness.counts = {int(k): int(v) for k, v in meta["staleness"]["counts"].items()}
     master.staleness.dropped = int(meta["staleness"]["dropped"])
+    gathered = meta.get("edge_batch", {"gradients": 0, "staleness": 0})
+    accumulation = {
+        k.removeprefix("edge_batch/"): v.to(master.device)
+        for k, v in tensors.items()
+        if k.startswith("edge_batch/")
+    }
+    edge_params = dict(master.edge_stage.named_parameters())
+    if int(gathered["gradients"]) and (
+        accumulation.keys() != edge_params.keys()
+        or any(accumulation[k].shape != p.shape for k, p in edge_params.items())
+    ):
+        raise CheckpointError(f"{checkpoint.path}: its gathered edge gradients do not fit")
+    master.edge_accumulation = accumulation if int(gathered["gradients"]) else {}
+    master.edge_accumulated = int(gathered["gradients"])
+    master.edge_accumulated_staleness = int(gathered["staleness"])
     master.reset_history()
     for edge_id, fields in meta["sessions"].items():
         session = CloudSessionState(

@@ -3,7 +3,7 @@
 SPEC step 4 and "Pilot findings". A gradient ``g`` was taken at the edge-stage weights of
 master version ``v`` (``w_then``) and is applied when the master holds ``w_now``,
 ``staleness`` (τ) edge-stage updates later. A compensation is a small object (data, like the
-modes) with five hooks, each of which is the plain update at τ = 0:
+modes) with seven hooks, each of which is the plain update at τ = 0 (and with one edge):
 
 - :meth:`~Compensation.edge_gradients` — the gradient to apply at ``w_now`` (forecast,
   DC-ASGD, their adaptive variants); called by the master only when τ > 0;
@@ -14,7 +14,10 @@ modes) with five hooks, each of which is the plain update at τ = 0:
 - :meth:`~Compensation.prediction_horizon` — how many edge-stage updates ahead the weights
   the cloud sends to the edge are extrapolated (weight prediction, SpecTrain / PipeMare), and
   :meth:`~Compensation.prediction_span` — over how many past updates the velocity it
-  extrapolates along is averaged (1: the last update; the staleness: a look-ahead).
+  extrapolates along is averaged (1: the last update; the staleness: a look-ahead);
+- :meth:`~Compensation.edge_batch` — how many edge gradients, from a fleet of E edges, the
+  master averages into one edge-stage step (1: a step per gradient), and
+  :meth:`~Compensation.batch_lr_scale` — the multiplier on that step's learning rate.
 
 ``a+b`` composes compensations (:class:`Combined`); ``name:key=value`` sets a parameter, as in
 ``forecast:alpha=0.2`` or ``delay-momentum:stages=both``. :func:`compensation_from_name`
@@ -45,6 +48,7 @@ __all__ = [
     "Combined",
     "Compensation",
     "DelayMomentum",
+    "FleetBatch",
     "Forecast",
     "LookAhead",
     "NoCompensation",
@@ -97,6 +101,15 @@ class Compensation(Protocol):
         """Past edge-stage updates the extrapolation's velocity is averaged over (≥ 1)."""
         ...
 
+    def edge_batch(self, edges: int) -> int:
+        """Edge gradients averaged into one edge-stage step with ``edges`` in session (≥ 1)."""
+        ...
+
+    def batch_lr_scale(self, gradients: int) -> float:
+        """Multiplier on the edge stage's learning rate for a step that averages
+        ``gradients`` edge gradients."""
+        ...
+
 
 class _Plain:
     """Every hook as the plain update; compensations override the ones they change."""
@@ -128,6 +141,12 @@ class _Plain:
 
     def prediction_span(self, staleness: int) -> int:
         return 1
+
+    def edge_batch(self, edges: int) -> int:
+        return 1
+
+    def batch_lr_scale(self, gradients: int) -> float:
+        return 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +425,40 @@ class LookAhead(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class FleetBatch(_Plain):
+    """Fleet-batched edge-stage updates: one edge-stage step per ``K`` edge gradients.
+
+    With E edges the master steps the edge stage once per batch of *every* edge, so a
+    gradient lands about E·(W+1) edge-stage updates late (docs/STALENESS.md, "A fleet"): the
+    fleet multiplies the staleness, not the window. Averaging the gradients of ``K`` arrivals
+    into one step — synchronous data parallelism over the fleet (Goyal et al., 2017), kept
+    asynchronous across steps — brings that back to about W+1 steps, where one edge is at
+    parity, while the cloud stage still steps on every batch. ``k`` = 0 (the default) takes
+    K = the edges in session; ``lr_power`` = p scales the step's learning rate by ``K^p``
+    (0: the mean's step; 0.5: the square-root scaling of a K-times larger batch, Krizhevsky
+    2014; 1: the linear rule, Goyal et al.). The staleness each gradient reports is counted
+    in edge-stage *steps*, so it falls with the batching; each gradient is still compensated
+    (by the chain's other parts) at its own staleness before it joins the mean.
+    """
+
+    k: float = 0.0
+    lr_power: float = 0.0
+    name: str = "fleet-batch"
+
+    def __post_init__(self) -> None:
+        if self.k < 0 or self.k != int(self.k):
+            raise ConfigError(f"fleet-batch k must be a whole number ≥ 0, got {self.k}")
+        if not 0.0 <= self.lr_power <= 1.0:
+            raise ConfigError(f"fleet-batch lr_power must be in [0, 1], got {self.lr_power}")
+
+    def edge_batch(self, edges: int) -> int:
+        return max(1, int(self.k) if self.k else edges)
+
+    def batch_lr_scale(self, gradients: int) -> float:
+        return float(gradients**self.lr_power) if gradients > 1 else 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Combined(_Plain):
     """Several compensations at once: gradients chained, lr scales and momenta composed,
     the longest prediction horizon."""
@@ -450,6 +503,12 @@ class Combined(_Plain):
         part = max(self.parts, key=lambda p: p.prediction_horizon(staleness))
         return part.prediction_span(staleness)
 
+    def edge_batch(self, edges: int) -> int:
+        return max((p.edge_batch(edges) for p in self.parts), default=1)
+
+    def batch_lr_scale(self, gradients: int) -> float:
+        return math.prod(p.batch_lr_scale(gradients) for p in self.parts)
+
 
 COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
     "none": NoCompensation,
@@ -462,6 +521,7 @@ COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
     "delay-beta1": _delay_beta1,
     "predict": WeightPrediction,
     "lookahead": LookAhead,
+    "fleet-batch": FleetBatch,
 }
 """Every compensation by its configuration name."""
 

@@ -226,6 +226,7 @@ def run_in_process(
                 edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
         if not _pump(edges, cloud):
             break
+    master.flush_edge_batch()  # a fleet batch left partly gathered (``fleet-batch``) steps
 
     accuracy, test_loss = master.evaluate(x_test, y_test)
     losses = [loss for e in edges.values() for loss in e.runtime.losses[-50:]]

@@ -2,7 +2,11 @@
 
 SPEC "Roles" (Cloud) and steps 2 and 4. The master is the only place where updates are
 applied, and it applies them immediately. ``version`` (``v_c``) counts every applied update:
-a cloud-stage step on an ACT and an edge-stage step on an EGRAD each add one.
+a cloud-stage step on an ACT and an edge gradient on an EGRAD each add one. ``edge_updates``
+counts edge-stage *steps*: one per edge gradient, or — with a compensation that batches the
+fleet's edge gradients (``fleet-batch``) — one per K gradients, averaged; a gradient taken
+into that average is applied (it adds its version, its samples and its staleness at once)
+though the weights move only with the K-th. Staleness is counted in edge-stage steps.
 
 The edge-stage history is what the forecast needs: ``w_c@v`` for the version an edge gradient
 was taken at. It is sized in master versions, not per edge, because with several edges the
@@ -171,6 +175,14 @@ class CloudMaster:
         self.staleness = StalenessStats()
         self.samples_applied = 0
         self.loss_ema: float | None = None  # training loss, smoothed over ~50 batches
+        # Edges in session (the runtime keeps it current): a compensation that batches the
+        # fleet's edge gradients (``Compensation.edge_batch``) steps once per that many.
+        self.edges_in_session = 1
+        # The batch being gathered: the sum of its (compensated) gradients, how many, and the
+        # largest staleness among them (what the step's learning rate and momentum are set by).
+        self.edge_accumulation: dict[str, Tensor] = {}
+        self.edge_accumulated = 0
+        self.edge_accumulated_staleness = 0
         self._record_edge_history()
 
     # --- the edge stage's versions ------------------------------------------------------
@@ -331,17 +343,79 @@ class CloudMaster:
             # there keeps window 0 bit-identical to sequential split training.
             now = {n: p.detach() for n, p in self._edge_params.items()}
             applied = self.compensation.edge_gradients(applied, now, entry.weights, staleness)
-        for name, param in self._edge_params.items():
-            param.grad = applied[name].clone()
-        self._edge_opt.step()
-        self._edge_opt.zero_grad(set_to_none=True)
+        batch = self.compensation.edge_batch(self.edges_in_session)
+        if batch > 1 or self.edge_accumulated:
+            self._accumulate(applied, staleness)
+        else:
+            for name, param in self._edge_params.items():
+                param.grad = applied[name].clone()
+            self._edge_opt.step()
+            self._edge_opt.zero_grad(set_to_none=True)
+            self.edge_updates += 1
         self.version += 1
-        self.edge_updates += 1
         self.samples_applied += samples
         self.staleness.record(staleness)
         self.observed_staleness = staleness
-        self._record_edge_history()
+        if not self.edge_accumulated:
+            self._record_edge_history()  # the edge stage moved (one entry per step)
         return EdgeUpdateResult(True, self.version, staleness, self.version - 1 - edge_version)
+
+    def _accumulate(self, grads: Mapping[str, Tensor], staleness: int) -> None:
+        """Add one gradient to the fleet batch; step once it holds ``edge_batch`` of them."""
+        if not self.edge_accumulated:
+            self.edge_accumulation = {n: g.clone() for n, g in grads.items()}
+        else:
+            for name, g in grads.items():
+                self.edge_accumulation[name].add_(g)
+        self.edge_accumulated += 1
+        self.edge_accumulated_staleness = max(self.edge_accumulated_staleness, staleness)
+        if self.edge_accumulated >= self.compensation.edge_batch(self.edges_in_session):
+            self._step_accumulated()
+
+    def _step_accumulated(self) -> None:
+        """One edge-stage step on the mean of the gathered gradients; the batch starts anew."""
+        count = self.edge_accumulated
+        _set_stage(
+            self._edge_opt,
+            self._base_edge_lr,
+            self._base_edge_momentum,
+            self.compensation,
+            self.edge_accumulated_staleness,
+            "edge",
+        )
+        scale = self.compensation.batch_lr_scale(count)
+        for group in self._edge_opt.param_groups:
+            group["lr"] *= scale
+        for name, param in self._edge_params.items():
+            param.grad = self.edge_accumulation[name] / count
+        self._edge_opt.step()
+        self._edge_opt.zero_grad(set_to_none=True)
+        self.edge_updates += 1
+        self.edge_accumulation = {}
+        self.edge_accumulated = 0
+        self.edge_accumulated_staleness = 0
+
+    def set_edges_in_session(self, edges: int) -> bool:
+        """The fleet changed (an edge joined or left). When it shrank, a batch that already
+        holds as many gradients as the new fleet size steps now, and when the last edge left,
+        whatever was gathered steps, so no applied gradient is left out of the weights. A
+        joining edge never steps it (after a restart the fleet reconnects one by one). True
+        if it stepped."""
+        shrank = edges < self.edges_in_session
+        self.edges_in_session = max(1, edges)
+        return shrank and self.flush_edge_batch(only_if_full=edges > 0)
+
+    def flush_edge_batch(self, *, only_if_full: bool = False) -> bool:
+        """Step the edge stage on a partly gathered fleet batch (end of a run); True if it did."""
+        if not self.edge_accumulated:
+            return False
+        full = self.edge_accumulated >= self.compensation.edge_batch(self.edges_in_session)
+        if only_if_full and not full:
+            return False
+        self._step_accumulated()
+        self.version += 1  # the weights moved: a version of their own, so lookups stay exact
+        self._record_edge_history()
+        return True
 
     # --- updates applied by other cloud replicas (docs/REPLICAS.md) ------------------------
 

@@ -238,6 +238,7 @@ class CloudRuntime:
             self.sessions[edge_id] = state
         state.code_row = code_row
         self.connected.add(edge_id)
+        self.master.set_edges_in_session(len(self.connected))
         return state, self._resync(state)
 
     def _check_code_row(self, edge_id: str, row: int | None) -> None:
@@ -261,6 +262,9 @@ class CloudRuntime:
         """The edge left; a FedAvg round that only waited for it can close now."""
         self.connected.discard(edge_id)
         self._round.pop(edge_id, None)
+        # A fleet batch of edge gradients (``fleet-batch``) waits for one per edge in session:
+        # with one fewer it may be complete now, and when the last edge leaves it steps.
+        self.master.set_edges_in_session(len(self.connected))
         return self._maybe_close_round()
 
     def replica_template(self) -> Mapping[str, Tensor]:

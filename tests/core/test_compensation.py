@@ -17,6 +17,7 @@ from simultrain.shared.training.compensation import (
     Combined,
     Compensation,
     DelayMomentum,
+    FleetBatch,
     Forecast,
     LookAhead,
     NoCompensation,
@@ -51,7 +52,9 @@ def every_compensation() -> list[Compensation]:
         DelayMomentum(),
         WeightPrediction(),
         LookAhead(),
+        FleetBatch(),
         compensation_from_name("forecast-adaptive+delay-momentum+predict"),
+        compensation_from_name("delay-beta1+fleet-batch:lr_power=0.5"),
     ]
 
 
@@ -69,6 +72,7 @@ def test_every_compensation_is_the_plain_update_at_staleness_zero(comp: Compensa
             assert comp.momentum(0.9, 0, stage, kind=kind) == 0.9
             assert comp.momentum(0.0, 3, stage, kind=kind) == 0.0  # never adds momentum
     assert comp.prediction_horizon(0) == 0.0
+    assert comp.edge_batch(1) == 1 and comp.batch_lr_scale(1) == 1.0  # one edge: plain
 
 
 def test_forecast_matches_hand_computed_values() -> None:
@@ -309,3 +313,99 @@ def test_lookahead_extrapolates_the_mean_of_the_updates_it_stands_in_for() -> No
         assert not torch.allclose(predicted[name], w[name] + 2 * (w[name] - history[-2][name]))
     master.apply_edge_gradient(grads[0], edge_version=master.version)  # fresh: no prediction
     assert master.edge_weights_for_replica() is master.edge_weights()
+
+
+# --- fleet-batched edge-stage updates ----------------------------------------------------
+
+
+def test_fleet_batch_sizes_its_batch_by_the_fleet_or_a_configured_k() -> None:
+    assert FleetBatch().edge_batch(8) == 8 and FleetBatch().edge_batch(1) == 1
+    assert compensation_from_name("fleet-batch:k=3").edge_batch(8) == 3
+    assert FleetBatch(lr_power=0.5).batch_lr_scale(4) == 2.0
+    assert FleetBatch(lr_power=1.0).batch_lr_scale(8) == 8.0
+    assert FleetBatch().batch_lr_scale(8) == 1.0
+    chain = compensation_from_name("delay-beta1+fleet-batch:lr_power=0.5")
+    assert chain.edge_batch(4) == 4 and chain.batch_lr_scale(4) == 2.0
+    assert NoCompensation().edge_batch(8) == 1
+    for bad in ("fleet-batch:k=1.5", "fleet-batch:k=-1", "fleet-batch:lr_power=2"):
+        with pytest.raises(ConfigError):
+            compensation_from_name(bad)
+
+
+def edge_weights(master: CloudMaster) -> dict[str, torch.Tensor]:
+    return {n: t.clone() for n, t in master.edge_weights().items()}
+
+
+@pytest.mark.parametrize(("lr_power", "lr"), [(0.0, 0.1), (0.5, 0.1 * math.sqrt(2))])
+def test_fleet_batch_steps_once_on_the_mean_of_one_gradient_per_edge(
+    lr_power: float, lr: float
+) -> None:
+    """Two edges: the first gradient waits (a version, no step), the second steps on the mean
+    ``(1 + 3)/2 = 2`` at lr·2^p; staleness is then counted in edge-stage steps."""
+    master = tiny_master(FleetBatch(lr_power=lr_power), OptimizerConfig(lr=0.1))
+    master.set_edges_in_session(2)
+    w0 = edge_weights(master)
+    first = master.apply_edge_gradient(ones(master), edge_version=0, samples=32)
+    assert (first.applied, first.version, first.staleness) == (True, 1, 0)
+    assert master.edge_updates == 0 and master.edge_accumulated == 1
+    for name, w in master.edge_weights().items():
+        assert torch.equal(w, w0[name])  # gathered, not stepped
+    threes = {n: 3 * g for n, g in ones(master).items()}
+    second = master.apply_edge_gradient(threes, edge_version=0, samples=32)
+    assert (second.version, second.staleness, second.staleness_versions) == (2, 0, 1)
+    assert master.edge_updates == 1 and master.edge_accumulated == 0
+    assert master.samples_applied == 64
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(w, w0[name] - lr * 2.0)
+    # A gradient of the weights at version 0 now misses exactly that one step.
+    late = master.apply_edge_gradient(ones(master), edge_version=1)
+    assert late.staleness == 1 and master.staleness.counts == {0: 2, 1: 1}
+    # The edge stage at version 1 (between the two gradients) is still w0: lookups are exact.
+    at_1 = master.edge_weights_at(1)
+    assert at_1 is not None and all(torch.equal(at_1[n], w0[n]) for n in w0)
+
+
+def test_fleet_batch_compensates_each_gradient_at_its_own_staleness() -> None:
+    """``forecast+fleet-batch``: each gradient is forecast from its own weights, then averaged."""
+    master = tiny_master(compensation_from_name("forecast+fleet-batch"), OptimizerConfig(lr=0.1))
+    master.set_edges_in_session(2)
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    master.apply_edge_gradient(ones(master), edge_version=0)  # step 1: w1 = w0 − 0.1
+    w1 = edge_weights(master)
+    master.apply_edge_gradient(ones(master), edge_version=0)  # τ = 1: 1 + 0.5·(w1 − w0)
+    master.apply_edge_gradient(ones(master), edge_version=master.version)  # τ = 0: 1
+    for name, w in master.edge_weights().items():
+        mean = (1 + 0.5 * -0.1 + 1) / 2
+        assert torch.allclose(w, w1[name] - 0.1 * mean)
+
+
+def test_fleet_batch_steps_what_it_holds_when_the_fleet_shrinks_or_ends() -> None:
+    master = tiny_master(FleetBatch(), OptimizerConfig(lr=0.1))
+    master.set_edges_in_session(3)
+    w0 = edge_weights(master)
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    master.apply_edge_gradient(ones(master), edge_version=0)
+    assert master.edge_accumulated == 2 and not master.set_edges_in_session(4)
+    assert not master.set_edges_in_session(3)  # an edge leaves: three still to gather
+    assert master.set_edges_in_session(2)  # two gathered, two edges: that is a full batch
+    assert master.edge_updates == 1 and master.version == 3  # the step is a version
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(w, w0[name] - 0.1)
+    master.apply_edge_gradient(ones(master), edge_version=master.version)
+    assert master.edge_accumulated == 1
+    assert master.set_edges_in_session(0)  # the last edge left: what is gathered steps
+    assert master.edge_updates == 2 and master.edge_accumulated == 0
+    assert not master.flush_edge_batch()  # nothing left
+
+
+def test_fleet_batch_is_the_plain_update_with_one_edge() -> None:
+    plain = tiny_master(NoCompensation(), OptimizerConfig("adam", lr=0.01))
+    batched = tiny_master(FleetBatch(lr_power=0.5), OptimizerConfig("adam", lr=0.01))
+    for master in (plain, batched):
+        master.set_edges_in_session(1)
+        for k in range(4):
+            grads = {n: torch.full_like(g, float(k) - 1.5) for n, g in ones(master).items()}
+            master.apply_edge_gradient(grads, edge_version=max(master.version - 2, 0))
+    assert batched.edge_updates == plain.edge_updates == 4
+    for name, w in plain.edge_weights().items():
+        assert torch.equal(batched.edge_weights()[name], w)

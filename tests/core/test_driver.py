@@ -200,3 +200,19 @@ def test_the_cloud_counts_each_edges_staleness_apart_from_the_fleets() -> None:
     assert laggard.summary()["staleness"]["dropped"] == 1
     assert other.summary()["staleness"]["histogram"] == {"0": 1}
     assert cloud.master.staleness.summary()["histogram"] == {"0": 1, "1": 1}
+
+
+def test_a_fleet_batch_divides_a_fleets_edge_stage_staleness() -> None:
+    """``fleet-batch``: one edge-stage step per batch of every edge, so a gradient misses
+    about W + 1 steps instead of E·(W + 1) updates; every sample is still applied."""
+    runs = {
+        c: run_in_process(RunConfig(mode="simultrain", window=2, steps=8, edges=3, compensation=c))
+        for c in ("none", "fleet-batch")
+    }
+    plain, batched = runs["none"], runs["fleet-batch"]
+    assert batched.master is not None and plain.master is not None
+    assert batched.samples == plain.samples == 8 * 32 * 3
+    assert batched.master.edge_updates == 8 and plain.master.edge_updates == 24
+    assert batched.master.edge_accumulated == 0  # nothing left gathered at the end
+    assert batched.staleness["dropped"] == 0
+    assert batched.max_staleness <= 3 < plain.max_staleness

@@ -449,6 +449,35 @@ def test_checkpoint_round_trip_restores_master_optimizer_and_sessions(tmp_path: 
     assert_same(dict(fresh.full_state()), dict(master.full_state()))
 
 
+def test_a_checkpoint_holds_a_partly_gathered_fleet_batch(tmp_path: Path) -> None:
+    """``fleet-batch``: acknowledged gradients waiting for the rest of the fleet are in the
+    checkpoint, so the resumed cloud takes the same step a cloud without the restart takes."""
+    run = RunConfig(window=2, compensation="fleet-batch")
+    schedule = run.schedule()
+    master = build_master(run, SPEC, schedule)
+    runtime = CloudRuntime(master, schedule, run.codecs)
+    for edge_id in ("edge-a", "edge-b", "edge-c"):
+        runtime.open_session(edge_id)
+    grads = {n: torch.randn_like(p) for n, p in master.edge_stage.named_parameters()}
+    master.apply_edge_gradient(grads, edge_version=0)
+    master.apply_edge_gradient({n: 2 * g for n, g in grads.items()}, edge_version=0)
+    assert master.edge_accumulated == 2 and master.edge_updates == 0
+    save_checkpoint(tmp_path, master, runtime)
+
+    fresh = build_master(run, SPEC, schedule)
+    fresh_runtime = CloudRuntime(fresh, schedule, run.codecs)
+    found = latest_checkpoint(tmp_path)
+    assert found is not None
+    restore(found, fresh, fresh_runtime)
+    for edge_id in ("edge-a", "edge-b", "edge-c"):  # the fleet reconnects
+        fresh_runtime.open_session(edge_id)
+    assert fresh.edge_accumulated == 2
+    for m in (master, fresh):
+        m.apply_edge_gradient(grads, edge_version=m.version)  # the third: one step
+    assert fresh.edge_updates == master.edge_updates == 1
+    assert_same(dict(fresh.full_state()), dict(master.full_state()))
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
     schedule = RUN.schedule()
     master = build_master(RUN, SPEC, schedule)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from fastapi.testclient import TestClient
 
 from simultrain.cloud.app import create_app
@@ -38,3 +39,42 @@ def test_history_grows_with_the_sessions_a_cloud_without_a_coordinator_serves() 
             # 4 edges × (W + 1) = 36 batches in flight, ~72 versions late at most: the
             # history keeps 8× that, more than the one-edge sizing.
             assert master.history_versions == 8 * 2 * (RUN.window + 1) * 4 > sized_for_run
+
+
+def test_a_fleet_batch_steps_the_edge_stage_once_per_edge_in_session() -> None:
+    """``fleet-batch`` through the real cloud: two edges, one edge-stage step per two batches;
+    both batches are acknowledged, and the staleness is counted in edge-stage steps."""
+    from tests.services.test_cloud import FakeEdge
+
+    run = RunConfig(mode="simultrain", dataset="imu", window=2, compensation="fleet-batch")
+    with TestClient(create_app(CloudSettings(), run=run)) as client:
+        master = client.app.state.service.master  # type: ignore[attr-defined]
+        with (
+            client.websocket_connect("/v1/stream") as a,
+            client.websocket_connect("/v1/stream") as b,
+        ):
+            edge_a, edge_b = FakeEdge(a, "edge-a"), FakeEdge(b, "edge-b")
+            edge_a.hello()
+            edge_b.hello()
+            assert master.edges_in_session == 2
+            before = {n: t.clone() for n, t in master.edge_weights().items()}
+            edge_a.step()  # acknowledged, gathered: the edge stage has not moved
+            assert (master.edge_updates, master.edge_accumulated, master.version) == (0, 1, 2)
+            assert all(torch.equal(master.edge_weights()[n], t) for n, t in before.items())
+            edge_b.step()  # the second edge's gradient completes the batch: one step
+            assert (master.edge_updates, master.edge_accumulated, master.version) == (1, 0, 4)
+            assert not all(torch.equal(master.edge_weights()[n], t) for n, t in before.items())
+            edge_a.step()
+            edge_b.step()
+            assert master.edge_updates == 2 and master.samples_applied == 4 * 32
+            # Edge-stage steps missed: edge-a's second batch was taken before the first step
+            # (its replica then was at version 2), edge-b's after it.
+            assert master.staleness.counts == {0: 3, 1: 1}
+            # The edge answered last holds the master's edge stage (lossless deltas).
+            replica = edge_b.runtime.replica
+            assert replica is not None
+            for name, t in master.edge_weights().items():
+                assert torch.equal(replica.current.tensors[name], t)
+            edge_a.step()  # gathered; then edge-a leaves, and edge-b stays
+        # Both left: what was gathered stepped (no acknowledged gradient left out).
+        assert master.edge_accumulated == 0 and master.edge_updates == 3

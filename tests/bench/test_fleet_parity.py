@@ -1,0 +1,73 @@
+"""``simultrain fleet-parity``: the demo command of each case and the table of the records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simultrain.bench import fleet_parity
+from simultrain.bench.fleet_parity import Case, render_table
+
+
+def test_every_method_trains_the_same_samples_on_the_fleets_shards() -> None:
+    fleet = Case("imu", 8, 4, "delay-beta1+fleet-batch", 0).command()
+    assert fleet[fleet.index("--steps") + 1] == "200"  # 8 × 200 = 1 600 batches
+    assert fleet[fleet.index("--partition") + 1] == "groups"
+    assert fleet[fleet.index("--compensation") + 1] == "delay-beta1+fleet-batch"
+    central = Case("mnist", 8, 4, "centralized", 1).command()
+    assert central[central.index("--mode") + 1] == "centralized"
+    assert central[central.index("--partition") + 1] == "label-skew"
+    assert central[central.index("--steps") + 1] == "75"
+    assert "--compensation" not in Case("imu", 8, 4, "default", 0).command()
+    assert "--partition" not in Case("imu", 1, 16, "default", 0).command()
+
+
+def record(method: str, seed: int, accuracy: float) -> dict[str, object]:
+    return {
+        "dataset": "imu",
+        "edges": 8,
+        "window": 4,
+        "method": method,
+        "compensation": "delay-beta1" if method != "x" else "x",
+        "seed": seed,
+        "accuracy": accuracy,
+        "mean_staleness": 3.0,
+        "max_staleness": 5,
+        "seconds": 100.0,
+    }
+
+
+def test_the_table_gives_the_gap_to_centralized_on_the_seeds_both_have() -> None:
+    records = [
+        record("centralized", 0, 0.80),
+        record("centralized", 1, 0.90),
+        record("x", 0, 0.78),
+        record("x", 1, 0.87),
+        record("x", 2, 0.10),  # no centralized run of seed 2: not in the gap
+    ]
+    table = render_table(records)
+    row = next(line for line in table.splitlines() if line.startswith("| x "))
+    assert "| -2.5 |" in row  # (−2 − 3) / 2
+    assert "58.3 ±" in row  # the mean is over every seed
+    assert table.index("| centralized ") < table.index("| x ")
+
+
+def test_resume_skips_the_runs_the_json_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = {**record("centralized", 0, 0.8), "partition": "groups"}
+    (tmp_path / "fleet_parity.json").write_text(json.dumps({"records": [done]}))
+    ran: list[Case] = []
+
+    def fake_run(case: Case, timeout_s: float) -> dict[str, object]:
+        ran.append(case)
+        return {**record(case.method, case.seed, 0.5), "partition": "groups"}
+
+    monkeypatch.setattr(fleet_parity, "_run", fake_run)
+    argv = ["--out-dir", str(tmp_path), "--datasets", "imu", "--methods", "centralized,x"]
+    assert fleet_parity.main([*argv, "--seeds", "0", "--resume"]) == 0
+    assert [(c.method, c.seed) for c in ran] == [("x", 0)]
+    saved = json.loads((tmp_path / "fleet_parity.json").read_text())["records"]
+    assert len(saved) == 2 and (tmp_path / "fleet_parity.md").exists()
