@@ -30,6 +30,7 @@ Mode = Literal[
     "simultrain-noforecast",
     "simultrain-noreconcile",
     "synthetic",
+    "synthetic-nolocal",
 ]
 # SPEC.md "Wire protocol": lossless raw/lz4 and the lossy codecs.
 Codec = Literal["raw", "lz4", "fp16", "int8", "topk"]
