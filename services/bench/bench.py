@@ -589,6 +589,8 @@ def _record(
                 "resyncs",
                 "reconciliations",
                 "resent",
+                "checksum_failures",
+                "local_steps",
                 "compute_seconds",
                 "seconds",
                 "errors",

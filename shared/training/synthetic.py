@@ -246,20 +246,20 @@ class LocalUpdates:
         """The weights for the next forward (compute thread). Bit for bit the replica's when
         nothing is pending."""
         included = self._included  # read the reference exactly once
-        for seq in list(self._pending):
-            epoch = self._pending[seq][0]
+        for seq, (epoch, _) in list(self._pending.items()):
             if seq <= included.acked_seq or epoch != included.epoch:
                 self.steps_dropped += int(epoch != included.epoch and seq > included.acked_seq)
-                del self._pending[seq]
+                self._pending.pop(seq, None)
         base = included.weights
-        if not self._pending:
+        pending = dict(self._pending)
+        if not pending:
             return WorkingWeights(base, included.epoch, ())
-        seqs = tuple(sorted(self._pending))
+        seqs = tuple(sorted(pending))
         tensors: dict[str, Tensor] = {}
         for name, t in base.tensors.items():
             w = t.detach()
             for seq in seqs:
-                step = self._pending[seq][1].get(name)
+                step = pending[seq][1].get(name)
                 if step is not None:
                     w = w + step
             tensors[name] = w

@@ -120,7 +120,7 @@ class EdgeReplica:
         """
         if weights is None:
             weights = self._current  # read the reference exactly once
-        elif tuple(weights.tensors) != self._names:
+        elif weights.tensors.keys() != set(self._names):
             raise TrainingError("forward at weights whose names are not the replica's")
         with torch.enable_grad():
             activations = functional_call(self._module, dict(weights.tensors), (inputs,))
