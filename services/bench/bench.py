@@ -332,9 +332,11 @@ class BenchOptions:
                 variants = tuple(v for v in suite.variants if v in self.variants)
                 suite = replace(suite, variants=variants or suite.variants[:1])
             if self.modes is not None:
-                suite = replace(
-                    suite, modes=tuple(m for m in suite.modes if m in self.modes) or self.modes
-                )
+                kept = tuple(m for m in suite.modes if m in self.modes)
+                # A mode no default suite runs (the synthetic ablation) joins every suite
+                # it is asked of.
+                kept += tuple(m for m in self.modes if m not in ALL_MODES)
+                suite = replace(suite, modes=kept or self.modes)
             if self.links is not None:
                 suite = replace(suite, links=self.links)
             if self.datasets is not None and not restrict:

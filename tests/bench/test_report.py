@@ -186,6 +186,9 @@ def test_plans_cover_every_mode_and_the_overrides_apply() -> None:
         systems = next(s for s in plan if s.name == "systems")
         # Every mode but the synthetic mode's ablation, which is measured on its own.
         assert set(systems.modes) == set(MODES) - {"synthetic-nolocal"} == set(ALL_MODES)
+    # ... and it joins the suites it is asked of, beside their own modes.
+    asked = BenchOptions(suites=("accuracy",), modes=("simultrain", "synthetic-nolocal"))
+    assert [s.modes for s in asked.plan()] == [("simultrain", "synthetic-nolocal")] * 2
     full = {s.name: s for s in full_plan()}
     accuracy = [s for s in full_plan() if s.name == "accuracy"]
     assert all(len(s.seeds) >= 3 for s in accuracy)
