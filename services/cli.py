@@ -23,7 +23,7 @@ app = typer.Typer(
 
 MODES_HELP = (
     "centralized, syncsgd, split-sync, fedavg, simultrain, simultrain-noforecast, "
-    "simultrain-noreconcile, synthetic"
+    "simultrain-noreconcile, synthetic, synthetic-nolocal"
 )
 
 

@@ -62,7 +62,9 @@ __all__ = [
     "run_case",
 ]
 
-ALL_MODES: tuple[str, ...] = tuple(MODES)
+# The synthetic mode's "no local step" ablation is measured on its own (docs/SYNTHETIC.md,
+# `--modes synthetic-nolocal`), not in every systems or accuracy run.
+ALL_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "synthetic-nolocal")
 
 # The bench's "dataset" axis names a workload: a dataset and the split model trained on it.
 # The built-in datasets train their default model; ``imu-thin`` is the IMU data with the
@@ -108,7 +110,7 @@ COMPENSATION_VARIANTS: Mapping[str, Mapping[str, Any]] = {
 VARIANTS: Mapping[str, Mapping[str, Any]] = {**CODEC_VARIANTS, **COMPENSATION_VARIANTS}
 
 # The accuracy suites' modes: the no-forecast mode is the "ablation" suite's business.
-ACCURACY_MODES = tuple(m for m in MODES if m != "simultrain-noforecast")
+ACCURACY_MODES = tuple(m for m in ALL_MODES if m != "simultrain-noforecast")
 
 
 @dataclass(frozen=True)
@@ -330,9 +332,11 @@ class BenchOptions:
                 variants = tuple(v for v in suite.variants if v in self.variants)
                 suite = replace(suite, variants=variants or suite.variants[:1])
             if self.modes is not None:
-                suite = replace(
-                    suite, modes=tuple(m for m in suite.modes if m in self.modes) or self.modes
-                )
+                kept = tuple(m for m in suite.modes if m in self.modes)
+                # A mode no default suite runs (the synthetic ablation) joins every suite
+                # it is asked of.
+                kept += tuple(m for m in self.modes if m not in ALL_MODES)
+                suite = replace(suite, modes=kept or self.modes)
             if self.links is not None:
                 suite = replace(suite, links=self.links)
             if self.datasets is not None and not restrict:
@@ -587,6 +591,8 @@ def _record(
                 "resyncs",
                 "reconciliations",
                 "resent",
+                "checksum_failures",
+                "local_steps",
                 "compute_seconds",
                 "seconds",
                 "errors",

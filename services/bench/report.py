@@ -64,6 +64,7 @@ MODE_ORDER = (
     "simultrain-noforecast",
     "simultrain-noreconcile",
     "synthetic",
+    "synthetic-nolocal",
 )
 ACCURACY_DATASETS = ("imu", "mnist")
 

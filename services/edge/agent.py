@@ -91,6 +91,7 @@ class EdgeReport:
     reconciliations: int = 0
     resyncs: int = 0
     checksum_failures: int = 0  # DELTA or SNAP checksums that did not match (PROTOCOL §3.1)
+    local_steps: int = 0  # synthetic mode: local updates of the edge stage (seed 003)
     bytes_up: int = 0
     bytes_down: int = 0
     edge_version: int = 0
@@ -535,6 +536,8 @@ class EdgeAgent:
         self._keep(x, y)
         self.report.steps = runtime.batches_produced
         self.report.samples_sent = runtime.samples_produced
+        if runtime.local_updates is not None:
+            self.report.local_steps = runtime.local_updates.steps_taken
         return frame
 
     async def _receive_loop(self, ws: ClientConnection, session: EdgeSession) -> None:

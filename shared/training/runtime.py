@@ -75,6 +75,7 @@ from simultrain.shared.training.master import (
 from simultrain.shared.training.schedule import WHOLE_MODEL_ROLES, EdgeRole, Schedule
 from simultrain.shared.training.synthetic import (
     STAGE_PREFIX,
+    LocalUpdates,
     SyntheticEdge,
     SyntheticGradientTrainer,
     predict_cut_grad,
@@ -698,6 +699,9 @@ class EdgeRuntime:
         self.verify_checksums = verify_checksums
         self.replica_corrupt = False
         self.checksum_failures = 0
+        # Synthetic mode: the edge's own local steps not yet in the master (seed 003); the
+        # replica above stays the master's exact copy, the working weights are beside it.
+        self.local_updates: LocalUpdates | None = None
 
     # --- version and window -----------------------------------------------------------
     @property
@@ -733,6 +737,15 @@ class EdgeRuntime:
         # Deltas continue from the snapshot's version.
         self.deltas.reset(snap.master_version)
         self._verify(snap.checksum, f"SNAP v{snap.master_version}")
+        if self.schedule.local_step:
+            # A reconciliation (after an ACK) blends in a master without the pending batches:
+            # their local steps go on top of it. A resync starts a session whose unacknowledged
+            # batches are sent again and take new steps: the old ones are dropped.
+            if self.local_updates is None:
+                self.local_updates = LocalUpdates(self._optimizer, self.replica.current)
+            self.local_updates.include(
+                self.replica.current, self.highest_acked, resync=not snap.reconcile
+            )
 
     def on_delta(self, delta: Delta, *, now: float = 0.0) -> int:
         """SPEC step 5: apply deltas in version order; returns how many were applied.
@@ -799,6 +812,10 @@ class EdgeRuntime:
         self.highest_acked = max(self.highest_acked, ack.seq)
         while self.unanswered and self.unanswered[0] <= ack.seq:
             self.unanswered.popleft()
+        if self.local_updates is not None and self.replica is not None:
+            # The DELTA just before this ACK holds the master's own application of these
+            # batches' gradients: their local steps are done.
+            self.local_updates.include(self.replica.current, self.highest_acked)
         # Keep what is applied but not yet durable: a cloud that crashes resumes from its
         # checkpoint and needs those batches again (Ack.durable_until, PROTOCOL.md).
         until = ack.seq + 1 if ack.durable_until is None else ack.durable_until
@@ -824,6 +841,8 @@ class EdgeRuntime:
         self.unanswered.clear()
         self.pending_egrads.clear()
         self.leading.clear()
+        if self.local_updates is not None and self.replica is not None:
+            self.local_updates.include(self.replica.current, self.highest_acked, resync=True)
         return [(s, self.unacked[s]) for s in sorted(self.unacked) if s > self.highest_acked]
 
     # --- frames out -------------------------------------------------------------------
@@ -931,13 +950,24 @@ class EdgeRuntime:
 
     def _synthetic_step(self, replica: EdgeReplica, seq: int, x: Tensor, y: Tensor) -> Act:
         """Seed 003: forward, backward from M's synthetic cut gradient at once, and send the
-        activations with that gradient; nothing stays in flight waiting for a GRAD."""
+        activations with that gradient; nothing stays in flight waiting for a GRAD.
+
+        With local steps the forward runs at the working weights (the replica plus the
+        pending local steps) and this batch's own step joins them at once, so the next
+        batch is computed with it."""
         module = self._module
         if not isinstance(module, SyntheticEdge):
             raise TrainingError("the synthetic schedule runs a SyntheticEdge module")
-        stash = replica.forward(seq, x)
-        cut_grad = predict_cut_grad(module.synthetic, replica.current.tensors, stash.activations, y)
-        grads = stage_grads(EdgeReplica.backward(stash, cut_grad))
+        local = self.local_updates
+        working = local.working() if local is not None else None
+        stash = replica.forward(seq, x, weights=working.weights if working is not None else None)
+        cut_grad = predict_cut_grad(module.synthetic, stash.weights.tensors, stash.activations, y)
+        all_grads = EdgeReplica.backward(stash, cut_grad)
+        if local is not None and working is not None:
+            local.step(
+                seq, working, {n: g for n, g in all_grads.items() if n.startswith(STAGE_PREFIX)}
+            )
+        grads = stage_grads(all_grads)
         # The protocol piggybacks only earlier batches' EGRADs on an ACT, and refuses an EGRAD
         # after its own ACT until a GRAD answered it (none will): so it goes alone, just
         # before its ACT (`leading`), and the cloud applies the two together.

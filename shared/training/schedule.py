@@ -57,6 +57,10 @@ class Schedule:
     # The staleness-compensation chain (shared/training/compensation.py), e.g.
     # ``delay-beta1+forecast``; every part is the plain update at staleness 0.
     compensation: str = "none"
+    # Synthetic mode (seed 003): the edge applies a local optimizer step from each synthetic
+    # gradient to its working weights at once, instead of waiting for the master's DELTA
+    # (shared/training/synthetic.py, `LocalUpdates`). False is the "no local step" ablation.
+    local_step: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 0:
@@ -68,6 +72,8 @@ class Schedule:
         if self.local_steps < 1:
             raise ConfigError(f"local_steps must be ≥ 1, got {self.local_steps}")
         check_alpha(self.compensation, self.alpha)
+        if self.local_step and self.edge_role is not EdgeRole.SYNTHETIC:
+            raise ConfigError("only the synthetic mode takes local steps on the edge")
 
     @property
     def egrad_needs_grad(self) -> bool:
@@ -313,7 +319,13 @@ def _synthetic(a: _Args) -> Schedule:
         beta=a.beta,
         compensation=a.compensation,
         alpha=a.alpha,
+        local_step=True,
     )
+
+
+def _synthetic_no_local(a: _Args) -> Schedule:
+    # The ablation: the edge stage moves only when the master's DELTA comes back.
+    return replace(_synthetic(a), mode="synthetic-nolocal", local_step=False)
 
 
 MODES: dict[str, Callable[[_Args], Schedule]] = {
@@ -325,6 +337,7 @@ MODES: dict[str, Callable[[_Args], Schedule]] = {
     "simultrain-noforecast": _no_forecast,
     "simultrain-noreconcile": _no_reconcile,
     "synthetic": _synthetic,
+    "synthetic-nolocal": _synthetic_no_local,
 }
 
 

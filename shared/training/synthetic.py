@@ -18,6 +18,15 @@ edge stage can be updated without waiting for the cloud's backward pass. Here:
   run's forecast/compensation at its staleness, as in every other mode — the cloud stays
   the only place where updates are applied (SPEC "Roles").
 
+The edge's own stage is updated at once (DNI's point: the layer below the cut does not wait
+for the layer above). The master stays the only place updates are *applied*; the edge keeps
+the checksummed replica exactly as in every other mode and, beside it, its **working
+weights** = replica + the local optimizer steps of its own synthetic gradients that the
+master has not yet acknowledged (:class:`LocalUpdates`). It forwards with the working
+weights; once the ACK of batch k arrives, the DELTA before it carries the master's own
+application of batch k's gradient, so the local step of k is dropped. docs/SYNTHETIC.md has
+the rules for reconciliation and resync.
+
 M is deliberately small: per cut channel (the cut's first dimension; the rest are positions)
 a one-hidden-layer MLP over the channel vector and the label, ``ĝ = W₂·relu(W₁·a + E·y)``,
 shared across positions like a 1×1 convolution. ``W₂`` starts at zero, as in DNI, so the
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +48,16 @@ from torch.func import functional_call
 
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.training.master import OptimizerConfig
+from simultrain.shared.training.weights import VersionedWeights, freeze
 
 __all__ = [
     "STAGE_PREFIX",
     "SYNTHETIC_PREFIX",
+    "LocalUpdates",
     "SyntheticEdge",
     "SyntheticGradientModel",
     "SyntheticGradientTrainer",
+    "WorkingWeights",
     "predict_cut_grad",
     "stage_grads",
 ]
@@ -160,3 +173,126 @@ class SyntheticGradientTrainer:
             SYNTHETIC_PREFIX + name: t.detach().to("cpu", copy=True)
             for name, t in self.model.named_parameters()
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Included:
+    """What the replica is known to hold: its weights as of the last ACK or SNAP, which
+    contain the master's application of every batch up to ``acked_seq`` (a DELTA always goes
+    out just ahead of the ACK it belongs to, PROTOCOL.md §6.3). ``epoch`` counts resyncs."""
+
+    weights: VersionedWeights
+    acked_seq: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingWeights:
+    """The weights the edge forwards with: the replica ``weights.version`` reflects, plus the
+    local steps of the batches in ``pending`` (oldest first)."""
+
+    weights: VersionedWeights
+    epoch: int
+    pending: tuple[int, ...]
+
+
+class LocalUpdates:
+    """The edge's own updates in the synthetic mode, not yet in the master (seed 003).
+
+    Working weights = replica + Σ local steps of the batches the cloud has not acknowledged.
+    A local step is the run's optimizer rule (SGD, momentum or Adam, with its lr) applied to
+    the edge stage with the edge's own optimizer state: the same rule the master will apply
+    to the same gradient, so the working weights predict where the master's edge stage is
+    going. A plain ``−lr·g`` would be the simplest step, but with the default Adam (lr 1e-3)
+    it is a thousand times smaller than the update the master actually makes and would
+    change nothing. M's weights (``synthetic.*``) are never stepped locally: only the cloud
+    trains M.
+
+    Two sides, no lock (the replica's copy-on-write discipline, weights.py): the event loop
+    only swaps one immutable reference (:meth:`include`, on every ACK and SNAP); the compute
+    thread alone reads it once per batch and owns the pending steps and the optimizer
+    (:meth:`working`, :meth:`step`). The base moves on the ACK, not on the DELTA before it,
+    so a forward never sees a batch's update twice (the master's in the replica and the
+    local step) or not at all.
+    """
+
+    def __init__(self, optimizer: OptimizerConfig, replica: VersionedWeights) -> None:
+        self._config = optimizer
+        self._included = _Included(replica, -1, 0)
+        self._pending: dict[int, tuple[int, dict[str, Tensor]]] = {}  # seq → (epoch, step)
+        self._params: dict[str, Tensor] = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+        self.steps_taken = 0
+        self.steps_dropped = 0  # local steps a resync threw away (their batches go again)
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """Batches whose local steps the last :meth:`working` or :meth:`step` holds."""
+        return tuple(sorted(self._pending))
+
+    def step_of(self, seq: int) -> dict[str, Tensor]:
+        """The pending local step of batch ``seq`` (KeyError once it is dropped)."""
+        return dict(self._pending[seq][1])
+
+    def include(self, replica: VersionedWeights, acked_seq: int, *, resync: bool = False) -> None:
+        """The replica now holds the master's application of every batch up to ``acked_seq``
+        (an ACK, or a reconciliation after one); ``resync``: a session's fresh copy of the
+        master (its batches above ``acked_seq`` will be sent again and take new steps, so
+        every pending step is dropped)."""
+        old = self._included
+        self._included = _Included(replica, acked_seq, old.epoch + 1 if resync else old.epoch)
+
+    def working(self) -> WorkingWeights:
+        """The weights for the next forward (compute thread). Bit for bit the replica's when
+        nothing is pending."""
+        included = self._included  # read the reference exactly once
+        for seq, (epoch, _) in list(self._pending.items()):
+            if seq <= included.acked_seq or epoch != included.epoch:
+                self.steps_dropped += int(epoch != included.epoch and seq > included.acked_seq)
+                self._pending.pop(seq, None)
+        base = included.weights
+        pending = dict(self._pending)
+        if not pending:
+            return WorkingWeights(base, included.epoch, ())
+        seqs = tuple(sorted(pending))
+        tensors: dict[str, Tensor] = {}
+        for name, t in base.tensors.items():
+            w = t.detach()
+            for seq in seqs:
+                step = pending[seq][1].get(name)
+                if step is not None:
+                    w = w + step
+            tensors[name] = w
+        return WorkingWeights(VersionedWeights(base.version, freeze(tensors)), included.epoch, seqs)
+
+    def step(
+        self, seq: int, working: WorkingWeights, grads: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """One local optimizer step of batch ``seq`` from the edge-stage gradient ``grads``
+        (replica names) taken at ``working``; it counts until the ACK of ``seq``."""
+        if not self._params:
+            self._params = {
+                name: torch.zeros_like(t.detach()).requires_grad_(True)
+                for name, t in working.weights.tensors.items()
+                if name.startswith(STAGE_PREFIX)
+            }
+            self._optimizer = self._config.build(list(self._params.values()), stage="edge")
+        if set(grads) != set(self._params):
+            raise TrainingError("local step: the gradient's names are not the edge stage's")
+        for name, g in grads.items():
+            if g.shape != self._params[name].shape:
+                raise TrainingError(f"local step: {name} has shape {tuple(g.shape)}")
+            if not bool(torch.isfinite(g).all()):
+                raise TrainingError(f"local step: the synthetic gradient of {name} is not finite")
+        assert self._optimizer is not None
+        current = {name: working.weights.tensors[name].detach() for name in self._params}
+        with torch.no_grad():
+            for name, param in self._params.items():
+                param.copy_(current[name])
+                param.grad = grads[name].detach().to(param.dtype).clone()
+        self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        step = {name: param.detach() - current[name] for name, param in self._params.items()}
+        self._pending[seq] = (working.epoch, step)
+        self.steps_taken += 1
+        return step

@@ -110,9 +110,18 @@ class EdgeReplica:
     def names(self) -> tuple[str, ...]:
         return self._names
 
-    def forward(self, seq: int, inputs: Tensor) -> StashedForward:
-        """Edge-stage forward at the current weights, keeping the graph (SPEC step 1)."""
-        weights = self._current  # read the reference exactly once
+    def forward(
+        self, seq: int, inputs: Tensor, *, weights: VersionedWeights | None = None
+    ) -> StashedForward:
+        """Edge-stage forward at the current weights, keeping the graph (SPEC step 1).
+
+        ``weights`` forwards at other weights of these names instead (the synthetic mode's
+        working weights: the replica plus the edge's own pending local steps).
+        """
+        if weights is None:
+            weights = self._current  # read the reference exactly once
+        elif weights.tensors.keys() != set(self._names):
+            raise TrainingError("forward at weights whose names are not the replica's")
         with torch.enable_grad():
             activations = functional_call(self._module, dict(weights.tensors), (inputs,))
         return StashedForward(seq, weights, activations, batch_size=int(inputs.shape[0]))

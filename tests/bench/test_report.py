@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from simultrain.bench import report
-from simultrain.bench.bench import BenchOptions, Case, full_plan, quick_plan
+from simultrain.bench.bench import ALL_MODES, BenchOptions, Case, full_plan, quick_plan
 from simultrain.bench.plots import write_plots
 
 MODES = report.MODE_ORDER
@@ -184,7 +184,11 @@ def test_report_and_plots_agree_with_the_records(
 def test_plans_cover_every_mode_and_the_overrides_apply() -> None:
     for plan in (full_plan(), quick_plan()):
         systems = next(s for s in plan if s.name == "systems")
-        assert set(systems.modes) == set(MODES)
+        # Every mode but the synthetic mode's ablation, which is measured on its own.
+        assert set(systems.modes) == set(MODES) - {"synthetic-nolocal"} == set(ALL_MODES)
+    # ... and it joins the suites it is asked of, beside their own modes.
+    asked = BenchOptions(suites=("accuracy",), modes=("simultrain", "synthetic-nolocal"))
+    assert [s.modes for s in asked.plan()] == [("simultrain", "synthetic-nolocal")] * 2
     full = {s.name: s for s in full_plan()}
     accuracy = [s for s in full_plan() if s.name == "accuracy"]
     assert all(len(s.seeds) >= 3 for s in accuracy)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from simultrain.shared.errors import TrainingError
+from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
     Ack,
@@ -18,20 +18,24 @@ from simultrain.shared.protocol import (
     EGrad,
     Frame,
     Grad,
+    Snap,
     decode_frame,
     encode_frame,
 )
+from simultrain.shared.tensors import from_wire, state_from_wire
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.driver import run_in_process
 from simultrain.shared.training.factory import build_master, build_synthetic, edge_module
 from simultrain.shared.training.master import OptimizerConfig
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime
-from simultrain.shared.training.schedule import EdgeRole, make_schedule
+from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, checksum_of
+from simultrain.shared.training.schedule import EdgeRole, Schedule, make_schedule
 from simultrain.shared.training.synthetic import (
+    LocalUpdates,
     SyntheticGradientModel,
     SyntheticGradientTrainer,
     predict_cut_grad,
 )
+from simultrain.shared.training.weights import VersionedWeights, freeze
 
 SPEC = get_model_spec("imu-cnn1d")
 
@@ -70,14 +74,16 @@ def test_m_starts_silent_and_learns_a_cut_gradient() -> None:
 class Pair:
     """One edge and the cloud, every frame through the codec."""
 
-    def __init__(self) -> None:
-        run = RunConfig(mode="synthetic", window=2)
+    def __init__(self, **run_config: object) -> None:
+        run = RunConfig.from_mapping({"mode": "synthetic", "window": 2, **run_config})
         schedule = run.schedule()
         self.master = build_master(run, SPEC, schedule)
         self.cloud = CloudRuntime(
             self.master, schedule, run.codecs, synthetic=build_synthetic(run, SPEC, schedule)
         )
-        self.edge = EdgeRuntime(edge_module(SPEC.build(0), schedule), schedule, run.codecs)
+        self.edge = EdgeRuntime(
+            edge_module(SPEC.build(0), schedule), schedule, run.codecs, optimizer=run.optimizer
+        )
         _, snap = self.cloud.open_session("e")
         self.edge.on_snap(wire(snap))  # type: ignore[arg-type]
         rng = np.random.default_rng(0)
@@ -90,6 +96,32 @@ class Pair:
         egrad = self.edge.leading.popleft()
         assert egrad.seq == act.seq  # its own batch's gradient, sent just before it
         return wire(egrad), wire(act)  # type: ignore[return-value]
+
+    def apply(self, egrad: EGrad, act: Act) -> list[Frame]:
+        """The cloud takes one batch; its replies, through the codec."""
+        assert self.cloud.on_egrad("e", egrad) == []
+        return [wire(frame) for _, frame in self.cloud.on_act("e", act)]
+
+    def deliver(self, replies: list[Frame]) -> None:
+        for frame in replies:
+            if isinstance(frame, Delta):
+                self.edge.on_delta(frame)
+            elif isinstance(frame, Ack):
+                self.edge.on_ack(frame)
+            else:
+                assert isinstance(frame, Snap)
+                self.edge.on_snap(frame)
+
+    def forward(self, weights: VersionedWeights | None = None) -> torch.Tensor:
+        replica = self.edge.replica
+        assert replica is not None
+        x = torch.from_numpy(self.x)
+        return replica.forward(0, x, weights=weights).activations.detach()
+
+    @property
+    def local(self) -> LocalUpdates:
+        assert self.edge.local_updates is not None
+        return self.edge.local_updates
 
 
 def test_a_batch_is_applied_whole_once_and_answered_without_a_grad() -> None:
@@ -149,6 +181,136 @@ def test_the_in_process_driver_trains_the_edge_from_synthetic_gradients(tmp_path
     assert result.samples == steps * 32 and result.master_version == 2 * steps
     assert result.staleness["batches"] == steps  # every edge gradient accounted
     assert edge.losses == [] and not edge.in_flight  # no GRAD ever came, none was awaited
+    assert edge.local_updates is not None and edge.local_updates.steps_taken == steps
     held = edge.replica.current.tensors  # type: ignore[union-attr]
     assert torch.count_nonzero(held["synthetic.out.weight"]) > 0  # M learned, and shipped
     assert result.bytes_down < result.bytes_up  # no cut gradients come down
+
+
+# --- the edge's own stage, updated at once (docs/SYNTHETIC.md) ------------------------------
+
+
+def plus(weights: VersionedWeights, *steps: dict[str, torch.Tensor]) -> VersionedWeights:
+    """``weights`` with local steps added, name by name, in the order given."""
+    out = {}
+    for name, t in weights.tensors.items():
+        w = t.detach()
+        for step in steps:
+            if name in step:
+                w = w + step[name]
+        out[name] = w
+    return VersionedWeights(weights.version, freeze(out))
+
+
+def same(a: VersionedWeights, b: VersionedWeights) -> bool:
+    return a.tensors.keys() == b.tensors.keys() and all(
+        torch.equal(a.tensors[n], b.tensors[n]) for n in a.tensors
+    )
+
+
+def test_the_edge_steps_its_stage_at_once_and_forwards_the_next_batch_with_it() -> None:
+    pair = Pair(window=4, optimizer_name="sgd", optimizer_lr=0.05)
+    pair.deliver(pair.apply(*pair.upload()))  # M has learned one step, and reached the edge
+    replica = pair.edge.replica
+    assert replica is not None
+    egrad, act = pair.upload()
+    step = pair.local.step_of(act.seq)
+    # The run's rule (SGD, lr 0.05) on the very gradient the edge sends; M is not stepped.
+    sent = state_from_wire(egrad.grads)
+    assert set(step) == {f"stage.{n}" for n in sent}
+    for name, g in sent.items():
+        torch.testing.assert_close(step[f"stage.{name}"], -0.05 * g)
+    assert any(torch.count_nonzero(t) for t in step.values())
+    # No DELTA yet: the next batch is computed at the replica plus exactly that step.
+    _, next_act = pair.upload()
+    working = plus(replica.current, step)
+    assert torch.equal(from_wire(next_act.activations), pair.forward(working))
+    assert not torch.equal(pair.forward(working), pair.forward())
+    # Versions still speak of the replica: the master's staleness accounting is unchanged.
+    assert next_act.edge_version == replica.version == pair.master.version
+
+
+def test_the_ack_after_the_masters_delta_drops_the_step_and_the_replica_stays_exact() -> None:
+    pair = Pair(window=4)
+    pair.deliver(pair.apply(*pair.upload()))
+    replica = pair.edge.replica
+    assert replica is not None
+    before = replica.current
+    egrad, act = pair.upload()
+    step = pair.local.step_of(act.seq)
+    delta, ack = pair.apply(egrad, act)
+    assert isinstance(delta, Delta) and isinstance(ack, Ack)
+    pair.edge.on_delta(delta)
+    # The replica is the master's exact copy (its checksum holds) ...
+    assert checksum_of(replica.current.tensors) == delta.checksum
+    assert pair.edge.checksum_failures == 0 and not pair.edge.replica_corrupt
+    # ... but until the ACK the forward base stays where it was: the batch counts once.
+    working = pair.local.working()
+    assert working.pending == (act.seq,) and same(working.weights, plus(before, step))
+    pair.edge.on_ack(ack)
+    working = pair.local.working()
+    assert working.pending == () and working.weights is replica.current  # bit for bit
+
+
+def test_a_reconciliation_keeps_the_pending_steps_and_a_resync_drops_them() -> None:
+    pair = Pair(window=4, reconcile_every=1)
+    pair.deliver(pair.apply(*pair.upload()))
+    first = pair.upload()
+    _, second = pair.upload()  # two batches pending on the edge
+    replies = pair.apply(*first)
+    assert [type(f) for f in replies] == [Delta, Ack, Snap]  # R = 1: a reconciliation too
+    pair.deliver(replies)
+    replica = pair.edge.replica
+    assert replica is not None and pair.edge.reconciliations == 2
+    assert pair.edge.checksum_failures == 0  # the blended replica is still the cloud's mirror
+    # Batch `second` is not in the master: its step goes on top of the blended replica.
+    working = pair.local.working()
+    assert working.pending == (second.seq,)
+    assert same(working.weights, plus(replica.current, pair.local.step_of(second.seq)))
+    # A new session: the cloud's SNAP, and `second` will be sent again.
+    _, snap = pair.cloud.open_session("e")
+    pair.edge.on_snap(wire(snap))  # type: ignore[arg-type]
+    resend = pair.edge.resume(first[1].seq)
+    assert [seq for seq, _ in resend] == [second.seq]
+    working = pair.local.working()
+    assert working.pending == () and working.weights is replica.current
+    assert pair.local.steps_dropped == 1
+    # The re-sent batch takes a new step at the new session's weights, and is applied once.
+    frame = pair.edge.resend(*resend[0])
+    assert isinstance(frame, Act) and pair.local.pending == (second.seq,)
+    replies = pair.apply(wire(pair.edge.leading.popleft()), wire(frame))  # type: ignore[arg-type]
+    pair.deliver(replies)
+    assert pair.cloud.sessions["e"].samples_applied == 3 * 4
+    assert pair.local.working().weights is replica.current
+
+
+def test_the_ablation_moves_the_edge_stage_only_with_the_masters_deltas() -> None:
+    assert make_schedule("synthetic").local_step
+    ablation = make_schedule("synthetic-nolocal", window=4)
+    assert ablation.edge_role is EdgeRole.SYNTHETIC and not ablation.local_step
+    with pytest.raises(ConfigError, match="only the synthetic mode"):
+        Schedule("simultrain", EdgeRole.SPLIT, 4, local_step=True)
+    pair = Pair(mode="synthetic-nolocal", window=4)
+    pair.deliver(pair.apply(*pair.upload()))
+    pair.upload()
+    _, act = pair.upload()
+    assert pair.edge.local_updates is None
+    assert torch.equal(from_wire(act.activations), pair.forward())  # the replica, as before
+
+
+def test_a_local_step_refuses_a_gradient_that_is_not_the_edge_stages() -> None:
+    pair = Pair(window=4)
+    working = pair.local.working()
+    zeros = {
+        n: torch.zeros_like(t.detach())
+        for n, t in working.weights.tensors.items()
+        if n.startswith("stage.")
+    }
+    name = next(iter(zeros))
+    with pytest.raises(TrainingError, match="not finite"):
+        pair.local.step(0, working, {**zeros, name: torch.full_like(zeros[name], float("nan"))})
+    with pytest.raises(TrainingError, match="names"):
+        pair.local.step(0, working, {**zeros, "synthetic.out.weight": torch.zeros(3)})
+    with pytest.raises(TrainingError, match="shape"):
+        pair.local.step(0, working, {**zeros, name: torch.zeros(3)})
+    assert pair.local.pending == () and pair.local.working().weights is working.weights
