@@ -159,6 +159,9 @@ class CloudService:
         self.ready = False
         self.started_at = time.monotonic()
         self.busy_seconds = 0.0  # time the compute thread spent on master operations
+        # The same operations' CPU time (the compute thread's own): unlike busy_seconds it
+        # does not grow while other processes hold the cores (the fleet benchmark's split).
+        self.compute_cpu_seconds = 0.0
         # The address the server bound (port 0 → a free port), set once it listens; made on
         # the event loop by the app's lifespan (this constructor runs on a worker thread).
         self.bound_url: asyncio.Future[str]
@@ -211,10 +214,12 @@ class CloudService:
 
     def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         try:
             return fn(*args)
         finally:
             self.busy_seconds += time.perf_counter() - started
+            self.compute_cpu_seconds += time.thread_time() - cpu_started
 
     def shutdown(self) -> None:
         if self.replicas is not None:
@@ -433,6 +438,7 @@ class CloudService:
             "samples_applied": master.samples_applied,
             "loss": master.loss_ema,
             "busy_seconds": round(self.busy_seconds, 4),
+            "compute_cpu_seconds": round(self.compute_cpu_seconds, 4),
             "partial_rounds": self.runtime.partial_rounds,
             "uptime_seconds": round(time.monotonic() - self.started_at, 4),
             "staleness": master.staleness.summary(),
