@@ -434,6 +434,11 @@ def _record(
     batches = (second["samples_applied"] - first["samples_applied"]) / BATCH
     busy = second["busy_seconds"] - first["busy_seconds"]
     compute_cpu = second.get("compute_cpu_seconds", 0.0) - first.get("compute_cpu_seconds", 0.0)
+    wire = {
+        way: sum(e[way] for e in second["edges"].values())
+        - sum(e[way] for e in first["edges"].values())
+        for way in ("bytes_in", "bytes_out")
+    }
     sent = sum(r["samples_sent"] for r in reports.values())
     applied = sum(e["samples_applied"] for e in final["edges"].values())
     steady_rss = rss[len(rss) // 5 :]  # the first fifth: allocator and caches warming up
@@ -476,6 +481,9 @@ def _record(
         "cloud_loop_cpu_ms_per_update": (
             round(1000 * (cpu_s - compute_cpu) / updates, 3) if updates else None
         ),
+        # What crosses the cloud's sockets per update (the loop's work grows with it).
+        "cloud_bytes_in_per_update": round(wire["bytes_in"] / updates) if updates else None,
+        "cloud_bytes_out_per_update": round(wire["bytes_out"] / updates) if updates else None,
         "rss_mib": rss,
         "rss_start_mib": rss[0][1],
         "rss_end_mib": rss[-1][1],
