@@ -36,7 +36,9 @@ from simultrain.shared.errors import (
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
     PROTOCOL_VERSION,
+    Act,
     CloudSession,
+    EGrad,
     Error,
     Frame,
     Hello,
@@ -326,7 +328,6 @@ class CloudService:
         if conn.bucket is not None:
             conn.bucket.take()
         started = time.perf_counter()
-        handler = self.runtime.on_act if frame.type == "act" else self.runtime.on_egrad
         edge_id = conn.edge_id
         log.debug("%s %s %s seq=%s", edge_id, id(conn), frame.type, getattr(frame, "seq", None))
 
@@ -339,7 +340,11 @@ class CloudService:
             # duplicate with no ACK and the edge would wait for it forever (PROTOCOL.md §6.5).
             if self.connections.get(edge_id) is not conn:
                 return None
-            return handler(edge_id, frame)
+            if isinstance(frame, Act):
+                return self.runtime.on_act(edge_id, frame)
+            if isinstance(frame, EGrad):
+                return self.runtime.on_egrad(edge_id, frame)
+            raise InternalError(f"the service steps on ACT and EGRAD, not {frame.type}")
 
         try:
             outgoing = await self.compute(step)

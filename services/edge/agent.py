@@ -129,6 +129,9 @@ class EdgeObserver:
     def acked(self, acked_seq: int, report: EdgeReport) -> None:
         """An ACK was applied: every batch up to ``acked_seq`` is in the master."""
 
+    def session_ended(self, reason: str, report: EdgeReport) -> None:
+        """A session ended (or could not open) and the agent will try another."""
+
 
 class _SessionEnded(Exception):
     """The current session is over; ``reconnect`` says whether to start another."""
@@ -326,6 +329,7 @@ class EdgeAgent:
     def _session_ended(self, reason: str) -> None:
         if len(self.report.session_ends) < ENDED_REASONS_KEPT:
             self.report.session_ends.append(reason)
+        self.observer.session_ended(reason, self.report)
 
     def _stream_url(self) -> str:
         assert self.assignment is not None

@@ -8,7 +8,7 @@ import socket
 
 import numpy as np
 
-from simultrain.edge.agent import ENDED_REASONS_KEPT, EdgeAgent
+from simultrain.edge.agent import ENDED_REASONS_KEPT, EdgeAgent, EdgeObserver, EdgeReport
 from simultrain.edge.settings import EdgeSettings
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.training.config import RunConfig
@@ -23,6 +23,20 @@ def _closed_port() -> int:
     return port
 
 
+class _Ended(EdgeObserver):
+    """Sets ``enough`` once ``count`` sessions ended."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.reasons: list[str] = []
+        self.enough = asyncio.Event()
+
+    def session_ended(self, reason: str, report: EdgeReport) -> None:
+        self.reasons.append(reason)
+        if len(self.reasons) >= self.count:
+            self.enough.set()
+
+
 async def test_the_report_says_why_each_session_ended() -> None:
     settings = EdgeSettings(
         cloud_url=f"http://127.0.0.1:{_closed_port()}",
@@ -32,13 +46,15 @@ async def test_the_report_says_why_each_session_ended() -> None:
         watchdog=False,
         log_level="critical",
     )
-    agent = EdgeAgent(settings)
+    observer = _Ended(count=3)
+    agent = EdgeAgent(settings, observer=observer)
     task = asyncio.create_task(agent.run())
-    while agent.report.reconnects < 3:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(observer.enough.wait(), timeout=60)
     agent.stop()
     report = await asyncio.wait_for(task, timeout=30)
-    assert report.reconnects >= 3
+    assert len(report.session_ends) >= 3  # the last one may end the agent, not reconnect
+    assert report.reconnects >= len(report.session_ends) - 1
+    assert observer.reasons[: len(report.session_ends)] == report.session_ends
     assert report.session_ends  # the refused connections, with their reason
     assert all("refused" in why.lower() or "errno" in why.lower() for why in report.session_ends)
     assert len(report.session_ends) == min(len(report.errors), ENDED_REASONS_KEPT)
