@@ -217,7 +217,7 @@ class CloudMaster:
         if version > self.version:
             return None
         # Binary search on the deque itself: the history holds up to ~8·2·(W + 1)·E versions
-        # (it grows with the fleet), so one gradient must not read every entry (issue 12).
+        # (it grows with the fleet, SPEC "Fleets"), so one gradient must not read every entry.
         i = bisect.bisect_right(self._history, version, key=_entry_version) - 1
         if i < 0:
             return None  # older than the history
