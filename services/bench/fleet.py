@@ -41,6 +41,7 @@ import signal
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -86,6 +87,10 @@ class FleetOptions:
     dataset: str = "imu"
     slowdown: float = 1.0  # edge CPU emulation; 1: the edges run at this machine's speed
     rss_interval_s: float = 1.0
+    # Niceness the worker processes add to their own (the cloud keeps the benchmark's): on a
+    # machine where the edges share the cloud's cores, > 0 lets the cloud run first, as
+    # it would on cores of its own. 0: everyone at one priority.
+    edge_nice: int = 0
     ready_timeout_s: float = 300.0
     drain_timeout_s: float = 120.0
     log_dir: Path | None = None
@@ -108,6 +113,8 @@ class FleetOptions:
             raise SimulTrainError(f"fleet sizes must be ≥ 1, got {list(self.edge_counts)}")
         if self.duration_s <= 0 or self.agents_per_process < 1 or self.rss_interval_s <= 0:
             raise SimulTrainError("duration, agents per process and RSS interval must be > 0")
+        if not 0 <= self.edge_nice <= 19:
+            raise SimulTrainError(f"edge niceness must be in 0..19, got {self.edge_nice}")
 
 
 @dataclass
@@ -333,6 +340,7 @@ def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
                 worker.proc.wait_for_line("READY", timeout_s=options.ready_timeout_s)
             first = _status(http)
             cpu0 = _cpu_seconds(cloud.popen.pid)
+            switches0 = _context_switches(cloud.popen.pid)
             t0 = time.monotonic()
             rss = [[0.0, _rss_mib(cloud.popen.pid)]]
             while (elapsed := time.monotonic() - t0) < options.duration_s:
@@ -340,6 +348,8 @@ def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
                 rss.append([round(time.monotonic() - t0, 3), _rss_mib(cloud.popen.pid)])
             second = _status(http)
             cpu_s = _cpu_seconds(cloud.popen.pid) - cpu0
+            switches = _context_switches(cloud.popen.pid) - switches0
+            load = os.getloadavg()
             window_s = time.monotonic() - t0
             for worker in workers:
                 worker.proc.popen.send_signal(signal.SIGTERM)
@@ -349,7 +359,13 @@ def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
             final = _status(http)
             if options.evaluate:
                 final["eval"] = http.get("/v1/eval", timeout=120).json()
-        return _record(edges, options, workers, first, second, final, rss, window_s, cpu_s)
+        record = _record(edges, options, workers, first, second, final, rss, window_s, cpu_s)
+        updates = record["cloud_updates"]
+        record["cloud_involuntary_switches_per_update"] = (
+            round(switches / updates, 2) if updates else None
+        )
+        record["load_average"] = [round(x, 2) for x in load]  # 1, 5, 15 min, at the window's end
+        return record
 
 
 def _start_workers(
@@ -368,6 +384,10 @@ def _start_workers(
             "slowdown": options.slowdown,
             "slowdowns": {str(i): k for i, k in options.slowdowns if i in indices},
             "gradient_coding_s": options.gradient_coding_s,
+            # The agents' own drain bound: inside the time the benchmark waits for them, so
+            # a slow drain shows as undelivered batches, never as a silent loss.
+            "drain_timeout_s": max(options.drain_timeout_s - 15.0, 1.0),
+            "nice": options.edge_nice,
         }
         proc = group.start(
             f"fleet-worker-{p}", "simultrain.bench.fleet", {WORKER_VAR: json.dumps(spec)}
@@ -406,6 +426,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _context_switches(pid: int) -> int:
+    """Involuntary context switches of every thread of ``pid`` (``/proc/<pid>/task/*/status``,
+    proc(5)): how often the cores were taken from the cloud while it had work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def rss_slope_mib_per_min(samples: Sequence[Sequence[float]]) -> float:
     """Least-squares slope of ``[seconds, MiB]`` samples, in MiB per minute."""
     if len(samples) < 2:
@@ -441,6 +473,8 @@ def _record(
                 reports[edge_id] = outcome
     connection_errors = sum(len(r["errors"]) for r in reports.values())
     reconnects = sum(r["reconnects"] for r in reports.values())
+    ended = Counter(_close_reason(e) for r in reports.values() for e in r.get("session_ends", []))
+    undelivered = sum(r.get("undelivered", 0) for r in reports.values())
     # Batches (of BATCH samples) applied per edge: the same unit in every mode (a FedAvg
     # upload carries E batches).
     per_edge = {}
@@ -453,6 +487,12 @@ def _record(
     updates = second["master_version"] - first["master_version"]
     batches = (second["samples_applied"] - first["samples_applied"]) / BATCH
     busy = second["busy_seconds"] - first["busy_seconds"]
+    compute_cpu = second.get("compute_cpu_seconds", 0.0) - first.get("compute_cpu_seconds", 0.0)
+    wire = {
+        way: sum(e[way] for e in second["edges"].values())
+        - sum(e[way] for e in first["edges"].values())
+        for way in ("bytes_in", "bytes_out")
+    }
     sent = sum(r["samples_sent"] for r in reports.values())
     applied = sum(e["samples_applied"] for e in final["edges"].values())
     steady_rss = rss[len(rss) // 5 :]  # the first fifth: allocator and caches warming up
@@ -464,6 +504,7 @@ def _record(
         "mode": options.mode,
         "dataset": options.dataset,
         "edge_slowdown": options.slowdown,
+        "edge_nice": options.edge_nice,
         "window_s": round(window_s, 3),
         "step_rate_per_edge": {
             "min": round(min(rates), 3),
@@ -490,6 +531,17 @@ def _record(
         "cloud_ms_per_batch": round(1000 * busy / batches, 3) if batches else None,
         "cloud_cpu_fraction": round(cpu_s / window_s, 3),
         "cloud_cpu_ms_per_update": round(1000 * cpu_s / updates, 3) if updates else None,
+        # The split of that CPU time: the compute thread's own, and the rest (the event
+        # loop: frames in and out, sessions; and the process's other threads).
+        "cloud_compute_cpu_ms_per_update": (
+            round(1000 * compute_cpu / updates, 3) if updates else None
+        ),
+        "cloud_loop_cpu_ms_per_update": (
+            round(1000 * (cpu_s - compute_cpu) / updates, 3) if updates else None
+        ),
+        # What crosses the cloud's sockets per update (the loop's work grows with it).
+        "cloud_bytes_in_per_update": round(wire["bytes_in"] / updates) if updates else None,
+        "cloud_bytes_out_per_update": round(wire["bytes_out"] / updates) if updates else None,
         "rss_mib": rss,
         "rss_start_mib": rss[0][1],
         "rss_end_mib": rss[-1][1],
@@ -500,12 +552,19 @@ def _record(
         "agents_failed": len(failures),
         "connection_errors": connection_errors,
         "reconnects": reconnects,
+        "session_end_reasons": dict(ended.most_common()),
+        "undelivered_batches": undelivered,
         "samples_sent": sent,
         "samples_applied": applied,
         "lost_samples": sent - applied,
         "duplicates_dropped": sum(e["duplicates_dropped"] for e in final["edges"].values()),
         "staleness": final["staleness"],
     }
+
+
+def _close_reason(ended: str) -> str:
+    """A session's end without the numbers that differ between edges (for counting)."""
+    return "".join("#" if c.isdigit() else c for c in ended)[:120]
 
 
 def _one_line(record: dict[str, Any]) -> str:
@@ -547,14 +606,17 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         "| edges | steps/s per edge (min / median / max) | steps/s in all | cloud ms per update "
         "(compute thread, wall) | cloud CPU ms per update | cloud busy | cloud RSS start → end "
         "(max) MiB | RSS slope MiB/min | errors | samples sent / applied | lost "
-        "| staleness mean / max | edge gradients dropped (older than the history) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| staleness mean / max | edge gradients dropped (older than the history) "
+        "| CPU ms per update: compute thread / loop | involuntary switches per update "
+        "| undelivered batches | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['edges']} | error: {r['error']} | | | | | | | | | | | |")
+            lines.append(f"| {r['edges']} | error: {r['error']} | | | | | | | | | | | | | | | |")
             continue
         rate = r["step_rate_per_edge"]
+        load = r.get("load_average")
         lines.append(
             f"| {r['edges']} | {rate['min']:.2f} / {rate['median']:.2f} / {rate['max']:.2f} "
             f"| {r['steps_per_s']:.1f} | {r['cloud_ms_per_update']} "
@@ -564,8 +626,19 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
             f"| {r['rss_slope_mib_per_min']:+.2f} | {r['errors']} "
             f"| {r['samples_sent']} / {r['samples_applied']} | {r['lost_samples']} "
             f"| {r['staleness']['mean']:.0f} / {r['staleness']['max']} "
-            f"| {r['staleness']['dropped']} |"
+            f"| {r['staleness']['dropped']} "
+            f"| {r.get('cloud_compute_cpu_ms_per_update')} / "
+            f"{r.get('cloud_loop_cpu_ms_per_update')} "
+            f"| {r.get('cloud_involuntary_switches_per_update')} "
+            f"| {r.get('undelivered_batches', '–')} "
+            f"| {'–' if not load else ' / '.join(f'{x:.1f}' for x in load)} |"
         )
+    ended = [r for r in records if r.get("session_end_reasons")]
+    if ended:
+        lines += ["", "Why sessions ended before a reconnect (digits as #):", ""]
+        for r in ended:
+            reasons = ", ".join(f"{n}× {why}" for why, n in r["session_end_reasons"].items())
+            lines.append(f"- {r['edges']} edges: {reasons}")
     lines += [
         "",
         "Per-edge step rate: batches the cloud applied for that edge in the steady window ÷ "
@@ -574,8 +647,12 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         "SimulTrain); cloud CPU ms per update: the cloud process's CPU time (every thread: "
         "compute and event loop) ÷ the same updates. RSS slope: least squares over the "
         "window without its first fifth. Lost = samples the edges produced − samples the "
-        "cloud applied, after every edge drained. Errors = agents that failed + connection "
-        "errors + reconnects.",
+        "cloud applied, after every edge drained; undelivered: batches an agent still held "
+        "when its drain timed out (part of lost). Errors = agents that failed + connection "
+        "errors + reconnects. Compute thread CPU: its own CPU time (`time.thread_time`); loop: "
+        "the rest of the process's. Involuntary switches: the cloud's threads' "
+        "`nonvoluntary_ctxt_switches` (proc(5)) ÷ updates. Load average: 1 / 5 / 15 min at the "
+        "window's end.",
         "",
     ]
     return "\n".join(lines)
@@ -624,6 +701,7 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             run_mode=spec["mode"],
             run_dataset=spec["dataset"],
             **coded,
+            drain_timeout_s=spec.get("drain_timeout_s", 30.0),
         )
         agents[_edge_id(index)] = EdgeAgent(settings, observer=observer)
         observers[_edge_id(index)] = observer
@@ -657,6 +735,8 @@ def worker_main() -> int:
         level="WARNING", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     spec = json.loads(os.environ[WORKER_VAR])
+    if spec.get("nice"):
+        os.nice(spec["nice"])  # before any thread starts: they all inherit it
     done = asyncio.run(_worker(spec))
     print("DONE " + json.dumps(done), flush=True)
     return 0

@@ -36,7 +36,9 @@ from simultrain.shared.errors import (
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
     PROTOCOL_VERSION,
+    Act,
     CloudSession,
+    EGrad,
     Error,
     Frame,
     Hello,
@@ -161,6 +163,9 @@ class CloudService:
         self.ready = False
         self.started_at = time.monotonic()
         self.busy_seconds = 0.0  # time the compute thread spent on master operations
+        # The same operations' CPU time (the compute thread's own): unlike busy_seconds it
+        # does not grow while other processes hold the cores (the fleet benchmark's split).
+        self.compute_cpu_seconds = 0.0
         # The address the server bound (port 0 → a free port), set once it listens; made on
         # the event loop by the app's lifespan (this constructor runs on a worker thread).
         self.bound_url: asyncio.Future[str]
@@ -213,10 +218,12 @@ class CloudService:
 
     def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         try:
             return fn(*args)
         finally:
             self.busy_seconds += time.perf_counter() - started
+            self.compute_cpu_seconds += time.thread_time() - cpu_started
 
     def shutdown(self) -> None:
         if self.replicas is not None:
@@ -291,20 +298,23 @@ class CloudService:
         self._size_history_for_fleet()
         offset = _reconcile_offset(hello.config.get("reconcile_offset"))
 
-        def open_session() -> tuple[CloudSessionState, Snap]:
+        def open_session() -> tuple[CloudSessionState, Snap, int]:
             if self.replicas is not None:
                 self.replicas.adopt(edge_id, offset)  # it may come from another replica
             try:
-                return self.runtime.open_session(
+                state, snap = self.runtime.open_session(
                     edge_id, reconcile_offset=offset, code_row=code_row
                 )
             except TrainingError as exc:
                 raise HandshakeRejected(str(exc)) from exc
+            # Read here, with the SNAP: WELCOME's acked_seq and the replica describe one
+            # instant of the master, whatever the compute thread does next.
+            return state, snap, state.highest_applied_seq
 
-        state, snap = await self.compute(open_session)
+        state, snap, highest_applied = await self.compute(open_session)
         conn.state = state
         state.bytes_in += conn.bytes_in  # the HELLO
-        acked = state.highest_applied_seq if state.highest_applied_seq >= 0 else None
+        acked = highest_applied if highest_applied >= 0 else None
         welcome = Welcome(
             session_id=uuid.uuid4().hex,
             master_version=snap.master_version,
@@ -326,20 +336,37 @@ class CloudService:
         if conn.bucket is not None:
             conn.bucket.take()
         started = time.perf_counter()
-        handler = self.runtime.on_act if frame.type == "act" else self.runtime.on_egrad
-        log.debug(
-            "%s %s %s seq=%s", conn.edge_id, id(conn), frame.type, getattr(frame, "seq", None)
-        )
+        edge_id = conn.edge_id
+        log.debug("%s %s %s seq=%s", edge_id, id(conn), frame.type, getattr(frame, "seq", None))
+
+        def step() -> list[Outgoing] | None:
+            # Checked where updates are ordered (the compute thread): once a newer session
+            # of this edge is registered, frames still queued from the old one change
+            # nothing. Its WELCOME's acked_seq was read on this thread too, so every batch is
+            # either in that acked_seq or sent again on the new session and answered there —
+            # never applied behind its back, where the re-sent copy would be dropped as a
+            # duplicate with no ACK and the edge would wait for it forever (PROTOCOL.md §6.5).
+            if self.connections.get(edge_id) is not conn:
+                return None
+            if isinstance(frame, Act):
+                return self.runtime.on_act(edge_id, frame)
+            if isinstance(frame, EGrad):
+                return self.runtime.on_egrad(edge_id, frame)
+            raise InternalError(f"the service steps on ACT and EGRAD, not {frame.type}")
+
         try:
-            outgoing = await self.compute(handler, conn.edge_id, frame)
+            outgoing = await self.compute(step)
         except TrainingError as exc:
             # Passed the decoder yet unusable (e.g. gradient names that do not match the
             # model): the master checks before it changes anything, so refusing is enough.
             raise InvalidTensor(str(exc)) from exc
+        if outgoing is None:
+            log.info("%s: %s of a superseded session not applied", edge_id, frame.type)
+            return
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
         if self.replicas is not None:
             self.replicas.updated()
-        await self.deliver(outgoing)
+        await self.deliver(outgoing, origin=conn)
         self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
@@ -411,10 +438,16 @@ class CloudService:
         self.last_checkpoint_version = self.master.version
         log.info("checkpoint %s", path.name)
 
-    async def deliver(self, outgoing: list[Outgoing]) -> None:
+    async def deliver(self, outgoing: list[Outgoing], *, origin: Connection | None = None) -> None:
+        """Send each frame to its edge. Frames for ``origin``'s edge (the session whose frame
+        produced them) go on that session only: a newer session of the same edge started
+        from its own SNAP and must not receive the old one's GRAD, DELTA or ACK."""
         self.metrics.observe_outgoing(outgoing)
         for edge_id, frame in outgoing:
-            conn = self.connections.get(edge_id)
+            if origin is not None and edge_id == origin.edge_id:
+                conn: Connection | None = origin
+            else:
+                conn = self.connections.get(edge_id)
             if conn is not None:
                 await conn.send(frame)
 
@@ -441,6 +474,7 @@ class CloudService:
             "samples_applied": master.samples_applied,
             "loss": master.loss_ema,
             "busy_seconds": round(self.busy_seconds, 4),
+            "compute_cpu_seconds": round(self.compute_cpu_seconds, 4),
             "partial_rounds": self.runtime.partial_rounds,
             "coded_rounds": self.runtime.coded_rounds,
             "late_uploads_dropped": self.runtime.late_uploads_dropped,

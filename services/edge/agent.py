@@ -75,6 +75,7 @@ log = logging.getLogger("simultrain.edge")
 T = TypeVar("T")
 
 RESYNC_CLOSE_CODE = 4002  # the edge asks for a fresh session: its deltas had a gap
+ENDED_REASONS_KEPT = 20
 
 
 @dataclass
@@ -102,6 +103,12 @@ class EdgeReport:
     heartbeats: int = 0
     heartbeat_failures: int = 0
     errors: list[str] = field(default_factory=list)
+    # Why each session that was followed by a reconnect ended (the close code and reason,
+    # or the connection error): the first ENDED_REASONS_KEPT, the rest only counted.
+    session_ends: list[str] = field(default_factory=list)
+    # Batches still unacknowledged when the drain timed out: without a state directory
+    # they are gone, with one the next start re-sends them.
+    undelivered: int = 0
 
 
 class EdgeObserver:
@@ -123,6 +130,9 @@ class EdgeObserver:
 
     def acked(self, acked_seq: int, report: EdgeReport) -> None:
         """An ACK was applied: every batch up to ``acked_seq`` is in the master."""
+
+    def session_ended(self, reason: str, report: EdgeReport) -> None:
+        """A session ended (or could not open) and the agent will try another."""
 
 
 class _SessionEnded(Exception):
@@ -294,9 +304,13 @@ class EdgeAgent:
         runtime = self.runtime
         assert runtime is not None
         if self._drain_expired():
-            if runtime.unacked:
+            # Not yet applied: the kept batches above the acknowledged one (the others are
+            # applied and only wait to become durable).
+            self.report.undelivered = sum(s > runtime.highest_acked for s in runtime.unacked)
+            if self.report.undelivered:
                 log.error(
-                    "leaving with %d batch(es) not delivered: drain timed out", len(runtime.unacked)
+                    "leaving with %d batch(es) not delivered: drain timed out",
+                    self.report.undelivered,
                 )
             return True
         steps = self.settings.steps
@@ -315,9 +329,11 @@ class EdgeAgent:
                 if not ended.reconnect:
                     raise SimulTrainError(str(ended)) from None
                 log.warning("session ended (%s); reconnecting", ended)
+                self._session_ended(str(ended))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
                 self.report.errors.append(type(exc).__name__)
+                self._session_ended(f"{type(exc).__name__}: {exc}")
                 # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
                 with contextlib.suppress(TimeoutError):
                     # Wakes early on SIGTERM, so a stopping edge never sleeps out a backoff.
@@ -326,6 +342,11 @@ class EdgeAgent:
             if self._finished():
                 break
             self.report.reconnects += 1
+
+    def _session_ended(self, reason: str) -> None:
+        if len(self.report.session_ends) < ENDED_REASONS_KEPT:
+            self.report.session_ends.append(reason)
+        self.observer.session_ended(reason, self.report)
 
     def _stream_url(self) -> str:
         assert self.assignment is not None

@@ -232,8 +232,9 @@ class CloudMaster:
     def _lookup(self, version: int) -> _HistoryEntry | None:
         if version > self.version:
             return None
-        versions = [e.version for e in self._history]
-        i = bisect.bisect_right(versions, version) - 1
+        # Binary search on the deque itself: the history holds up to ~8·2·(W + 1)·E versions
+        # (it grows with the fleet, SPEC "Fleets"), so one gradient must not read every entry.
+        i = bisect.bisect_right(self._history, version, key=_entry_version) - 1
         if i < 0:
             return None  # older than the history
         return self._history[i]
@@ -583,6 +584,10 @@ class CloudMaster:
         unknown = set(grads) - set(self._edge_params)
         if unknown:
             raise TrainingError(f"edge gradient has unknown tensors {sorted(unknown)}")
+
+
+def _entry_version(entry: _HistoryEntry) -> int:
+    return entry.version
 
 
 def _momentum_of(group: Mapping[str, object]) -> float:

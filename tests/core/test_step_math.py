@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -236,6 +240,33 @@ def test_gradient_older_than_history_is_dropped_and_counted() -> None:
     assert master.staleness.dropped == 1
     for n, t in master.edge_weights().items():
         assert torch.equal(t, before[n])
+
+
+class _CountingHistory(deque):  # type: ignore[type-arg]
+    """A history that counts the entries a lookup reads and refuses a full scan."""
+
+    reads = 0
+
+    def __getitem__(self, index: object) -> object:
+        type(self).reads += 1
+        return super().__getitem__(index)  # type: ignore[index]
+
+    def __iter__(self) -> Iterator[object]:
+        raise AssertionError("a history lookup read every entry")
+
+
+def test_history_lookup_reads_a_logarithmic_number_of_entries() -> None:
+    """The history grows with the fleet (≈ 8·2·(W + 1)·E versions): finding the weights a
+    gradient was taken at is a binary search, not a scan of every entry (SPEC step 4)."""
+    master = make_master(history=10_000)
+    for _ in range(1000):
+        master.apply_edge_gradient(edge_grads(master), edge_version=master.version)
+    expected = {v: master.edge_weights_at(v) for v in (0, 1, 499, 500, 998, 999, 1000)}
+    master._history = _CountingHistory(master._history)  # type: ignore[assignment]
+    for version, weights in expected.items():
+        _CountingHistory.reads = 0
+        assert master.edge_weights_at(version) is weights
+        assert _CountingHistory.reads <= 2 * math.ceil(math.log2(1001)) + 2
 
 
 def test_bad_edge_gradient_leaves_master_unchanged() -> None:
