@@ -67,12 +67,14 @@ CASES = {
         Case("1", 1),
         Case("4-sum-k20", 4, "sum", 20),
         Case("4-mean-k20", 4, "mean", 20),
-        Case("4-sum-k4", 4, "sum", 4),
         Case("4-sum-k4-lag12", 4, "sum", 4, 12),
         Case("4-mean-k4-lag12", 4, "mean", 4, 12),
         Case("sgd-1", 1, sgd=True),
-        Case("sgd-4-sum-k4-lag12", 4, "sum", 4, 12, sgd=True),
-        Case("sgd-4-mean-k4-lag12", 4, "mean", 4, 12, sgd=True),
+        Case("sgd-4-sum-k20", 4, "sum", 20, sgd=True),
+        Case("sgd-4-mean-k20", 4, "mean", 20, sgd=True),
+        Case("4-sum-k4", 4, "sum", 4),
+        Case("4-sum-k10-lag40", 4, "sum", 10, 40),
+        Case("4-mean-k10-lag40", 4, "mean", 10, 40),
     ]
 }
 

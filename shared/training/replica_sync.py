@@ -29,11 +29,11 @@ staleness grows with R × (updates per round + the round's latency), and on non-
 each replica's optimizer drifts towards its own edges' optimum at full step (client
 drift, Karimireddy et al. 2020), which the sum multiplies by R. Measured
 (bench/results/replicas.md): with the sum, 4 replicas lost 6 points with Adam and 28 with
-SGD; an in-process reproduction with 20 updates per replica per round lost 15. The mean is
-FedAvg's server step of 1 (Reddi et al. 2021, "Adaptive Federated Optimization"): a round
-moves the model as far as one replica's steps, so the staleness no longer scales with R —
-at the cost of the learning rate of the group, which per sample is that of one replica
-divided by A (the linear-scaling rule, Goyal et al. 2017, is what the sum was).
+SGD; an in-process reproduction at the services' round size lost 22 (the mean: 1.3). The
+mean is FedAvg's server step of 1 (Reddi et al. 2021, "Adaptive Federated Optimization"):
+a round moves the model as far as one replica's steps, so the staleness no longer scales
+with R — at the cost of the learning rate of the group, which per sample is that of one
+replica divided by A (the linear-scaling rule, Goyal et al. 2017, is what the sum was).
 
 The **global version** is ``m`` at the last round: the number of updates applied by all
 replicas and synchronised. Between rounds a replica's version reads ``m`` plus its own
