@@ -3,7 +3,8 @@
 Each replica applies its own edges' updates at once (SPEC "Roles": the cloud applies
 updates immediately); every K updates or T seconds the replicas combine what each of them
 changed since the last round — the intermediate tier of seed 004's hierarchy (workers →
-edge nodes → master), with the combination taken by a collective instead of a master process.
+edge nodes → master), with the combination taken by a collective instead of a master
+process.
 
 Round r at replica i, snapshot at t0 on its compute thread::
 
