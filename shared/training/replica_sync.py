@@ -30,7 +30,7 @@ staleness grows with R × (updates per round + the round's latency), and on non-
 each replica's optimizer drifts towards its own edges' optimum at full step (client
 drift, Karimireddy et al. 2020), which the sum multiplies by R. Measured
 (bench/results/replicas.md): with the sum, 4 replicas lost 6 points with Adam and 28 with
-SGD; an in-process reproduction at the services' round size lost 22 (the mean: 1.3). The
+SGD; an in-process reproduction at the services' round size lost 26 (the mean: 5). The
 mean is FedAvg's server step of 1 (Reddi et al. 2021, "Adaptive Federated Optimization"):
 a round moves the model as far as one replica's steps, so the staleness no longer scales
 with R — at the cost of the learning rate of the group, which per sample is that of one
