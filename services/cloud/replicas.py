@@ -37,6 +37,7 @@ from torch._C._distributed_c10d import PrefixStore, Store, TCPStore
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.replica_sync import (
+    Merge,
     Reference,
     SyncLedger,
     decode_watermarks,
@@ -108,6 +109,7 @@ class ReplicaGroup:
         timeout_s: float,
         join_window_s: float,
         backend: str = "auto",
+        merge: Merge = "mean",
     ) -> None:
         self.rendezvous = rendezvous
         self.master = master
@@ -124,7 +126,7 @@ class ReplicaGroup:
         if backend == "nccl" and master.device.type != "cuda":
             raise ConfigError("the nccl backend needs the master on a CUDA device")
         self.backend = backend
-        self.ledger = SyncLedger(master)
+        self.ledger = SyncLedger(master, merge=merge)
         self.generation = -1  # the last generation this replica was a member of
         self.rank: int | None = None  # in the current generation
         self.size = 0
@@ -178,6 +180,7 @@ class ReplicaGroup:
     def status(self) -> dict[str, object]:
         return {
             "backend": self.backend,
+            "merge": self.ledger.merge_kind,
             "configured_rank": self.rendezvous.rank,
             "generation": self.generation,
             "rank": self.rank,

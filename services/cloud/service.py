@@ -205,6 +205,7 @@ class CloudService:
             timeout_s=settings.replica_timeout_s,
             join_window_s=settings.replica_join_window_s,
             backend=settings.replica_backend,
+            merge=settings.replica_merge,
         )
 
     def _on_compute_blocking(self, fn: Callable[[], T]) -> T:

@@ -123,6 +123,11 @@ class CloudSettings(BaseSettings):
     replica_backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="Replicas: collective backend (auto: nccl on CUDA, else gloo)."
     )
+    replica_merge: Literal["mean", "sum"] = Field(
+        "mean",
+        description="Replicas: a sync round adds the mean of the replicas' deltas (FedAvg) "
+        "or their sum (Downpour; loses accuracy with more replicas).",
+    )
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) → HTTPS/WSS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
     ca_file: Path | None = Field(

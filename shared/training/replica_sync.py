@@ -1,24 +1,40 @@
 """The arithmetic that keeps several cloud replicas' masters one model (docs/REPLICAS.md).
 
 Each replica applies its own edges' updates at once (SPEC "Roles": the cloud applies
-updates immediately); every K updates or T seconds the replicas add up what each of them
+updates immediately); every K updates or T seconds the replicas combine what each of them
 changed since the last round — the intermediate tier of seed 004's hierarchy (workers →
-edge nodes → master), with the sum taken by a collective instead of a master process.
+edge nodes → master), with the combination taken by a collective instead of a master
+process.
 
 Round r at replica i, snapshot at t0 on its compute thread::
 
     d_i = w_i(t0) − b        b: the model the replicas agreed on at round r − 1
     n_i = v_i(t0) − m        m: the global version of b
 
-The replicas all-reduce (sum) ``[d_i, n_i, e_i]`` (e_i: edge-stage updates among the n_i).
-The merge, again on the compute thread at some t1 ≥ t0::
+The replicas all-reduce (sum) ``[d_i, n_i, e_i, a_i]`` (e_i: edge-stage updates among the
+n_i; a_i: 1 when n_i > 0). The round's step is the **mean** of the deltas over the A
+replicas that contributed, ``Δ = D / A`` (``merge="mean"``, the default), or their sum
+``Δ = D`` (``merge="sum"``). The merge, again on the compute thread at some t1 ≥ t0::
 
-    w_i ← w_i + (D − d_i)    v_i ← v_i + (N − n_i)    b ← b + D    m ← m + N
+    w_i ← w_i + (Δ − d_i)    v_i ← v_i + (N − n_i)    b ← b + Δ    m ← m + N
 
-so every update any replica applied lands exactly once in every replica; updates applied
-between t0 and t1 stay, and go out with the next round. The deltas are *summed*, not
-averaged: each replica's updates are distinct samples' steps, and averaging would divide
-the learning rate by the number of replicas.
+so every update any replica applied lands in every replica, each with the same weight
+(1/A, or 1 for the sum), none twice; updates applied between t0 and t1 stay, and go out
+with the next round.
+
+Why the mean. The replicas' deltas are steps taken in parallel from the same ``b``, each
+without the others' steps — local SGD (Stich 2019; Lin et al. 2020) and FedAvg (McMahan et
+al. 2017), which average them. Summing them is Downpour SGD's push (Dean et al. 2012): R
+replicas' steps land at once, each as stale as the others' updates it missed, so the
+staleness grows with R × (updates per round + the round's latency), and on non-IID edges
+each replica's optimizer drifts towards its own edges' optimum at full step (client
+drift, Karimireddy et al. 2020), which the sum multiplies by R. Measured
+(bench/results/replicas.md): with the sum, 4 replicas lost 6 points with Adam and 28 with
+SGD; an in-process reproduction at the services' round size lost 26 (the mean: 5). The
+mean is FedAvg's server step of 1 (Reddi et al. 2021, "Adaptive Federated Optimization"):
+a round moves the model as far as one replica's steps, so the staleness no longer scales
+with R — at the cost of the learning rate of the group, which per sample is that of one
+replica divided by A (the linear-scaling rule, Goyal et al. 2017, is what the sum was).
 
 The **global version** is ``m`` at the last round: the number of updates applied by all
 replicas and synchronised. Between rounds a replica's version reads ``m`` plus its own
@@ -38,6 +54,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -47,7 +64,9 @@ from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.runtime import CloudSessionState
 
 __all__ = [
+    "MERGES",
     "Contribution",
+    "Merge",
     "Reference",
     "SyncLedger",
     "Watermark",
@@ -55,7 +74,11 @@ __all__ = [
     "encode_watermarks",
 ]
 
-TRAILER = 2  # versions and edge-stage updates ride at the end of the summed vector
+# Versions, edge-stage updates and "contributed" (1 or 0) ride at the end of the summed vector.
+TRAILER = 3
+
+Merge = Literal["mean", "sum"]
+MERGES: tuple[Merge, ...] = ("mean", "sum")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -112,10 +135,12 @@ class Contribution:
     watermarks: dict[str, Watermark]
 
     def packed(self, *, joiners: int = 0) -> Tensor:
-        """The vector the replicas sum: the delta, then the counts, then ``joiners`` (how many
-        replicas wait to join, seen by this one: any non-zero sum makes the group re-form)."""
+        """The vector the replicas sum: the delta, then the counts (the last of them 1 when
+        this replica applied anything: the sum counts the contributors the mean divides by),
+        then ``joiners`` (how many replicas wait to join, seen by this one: any non-zero sum
+        makes the group re-form)."""
         counts = torch.tensor(
-            [self.versions, self.edge_updates, joiners],
+            [self.versions, self.edge_updates, 1 if self.versions > 0 else 0, joiners],
             dtype=torch.float64,
             device=self.delta.device,
         )
@@ -137,7 +162,10 @@ class Reference:
 class SyncLedger:
     """One replica's side of the rounds: the agreed base ``b``, its global version ``m``."""
 
-    def __init__(self, master: CloudMaster) -> None:
+    def __init__(self, master: CloudMaster, *, merge: Merge = "mean") -> None:
+        if merge not in MERGES:
+            raise TrainingError(f"replica merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        self.merge_kind: Merge = merge
         state = master.full_state()
         # Parameters and floating buffers (BatchNorm statistics); integer counters stay local.
         self.names = tuple(sorted(n for n, t in state.items() if t.is_floating_point()))
@@ -193,25 +221,29 @@ class SyncLedger:
         watermarks: Iterable[Mapping[str, Watermark]],
         sessions: Mapping[str, CloudSessionState],
     ) -> None:
-        """Apply a completed round (compute thread): the others' deltas and versions land in
-        the master, the base moves, and the gathered watermarks become durable."""
+        """Apply a completed round (compute thread): the round's step (the mean or the sum of
+        the deltas) replaces this replica's own delta, the others' versions land in the
+        master, the base moves, and the gathered watermarks become durable."""
         own = self.pending
         if own is None:
             raise TrainingError("no round in flight to merge")
         if total.numel() != self.size + TRAILER + 1:
             raise TrainingError(
-                f"round result has {total.numel()} values, expected {self.size + 3}"
+                f"round result has {total.numel()} values, expected {self.size + TRAILER + 1}"
             )
         total = total.to(self.base.device, torch.float64)
-        summed = total[: self.size]
-        versions, edge_updates = (round(float(x)) for x in total[self.size : self.size + 2])
-        others = summed - own.delta
+        versions, edge_updates, contributors = (
+            round(float(x)) for x in total[self.size : self.size + TRAILER]
+        )
+        step = total[: self.size]
+        if self.merge_kind == "mean" and contributors > 1:
+            step = step / contributors
         master.absorb(
-            self.unflatten(others),
+            self.unflatten(step - own.delta),
             versions=versions - own.versions,
             edge_updates=edge_updates - own.edge_updates,
         )
-        self.base = self.base + summed
+        self.base = self.base + step
         self.mark_version += versions
         self.mark_edge_updates += edge_updates
         self.rounds += 1

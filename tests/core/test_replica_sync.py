@@ -16,6 +16,7 @@ from torch import nn
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.training.master import CloudMaster, OptimizerConfig
 from simultrain.shared.training.replica_sync import (
+    TRAILER,
     SyncLedger,
     Watermark,
     decode_watermarks,
@@ -50,10 +51,11 @@ def all_reduce(ledgers: list[SyncLedger], masters: list[CloudMaster]) -> torch.T
     return torch.stack([c.packed() for c in contributions]).sum(dim=0)
 
 
-def test_a_round_puts_every_update_in_every_replica_once() -> None:
+@pytest.mark.parametrize("merge", ["mean", "sum"])
+def test_a_round_puts_every_update_in_every_replica_once(merge: str) -> None:
     masters = [make_master(), make_master()]
     start = weights(masters[0])
-    ledgers = [SyncLedger(m) for m in masters]
+    ledgers = [SyncLedger(m, merge=merge) for m in masters]  # type: ignore[arg-type]
     for i in range(3):
         step(masters[0], seed=i)
     step(masters[1], seed=10)
@@ -61,15 +63,48 @@ def test_a_round_puts_every_update_in_every_replica_once() -> None:
     total = all_reduce(ledgers, masters)
     for ledger, master in zip(ledgers, masters, strict=True):
         ledger.merge(master, total, [], {})
+    weight = 0.5 if merge == "mean" else 1.0  # each update, in every replica
     for master in masters:
         for name, value in master.full_state().items():
-            expected = start[name] + own[0][name] + own[1][name]
+            expected = start[name] + weight * (own[0][name] + own[1][name])
             torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
         # 4 updates per step() call: 3 + 1 calls, 2 updates each.
         assert master.version == 8
         assert master.edge_updates == 4
     assert ledgers[0].mark_version == ledgers[1].mark_version == 8
     assert ledgers[0].rounds == 1
+
+
+def test_replicas_that_took_the_same_steps_apply_them_once() -> None:
+    """The defect behind 4 replicas' lost accuracy (docs/REPLICAS.md, "Why the mean"): the
+    replicas' steps are taken in parallel from one model, so a round must move the model as
+    far as one replica's steps did — as local SGD and FedAvg average — not R times as far.
+    With identical data every replica computes the same steps: the sum applied them four
+    times over (a step of 4·lr computed at one point, Downpour's staleness at its worst)."""
+    masters = [make_master() for _ in range(4)]
+    ledgers = [SyncLedger(m) for m in masters]
+    alone = make_master()
+    for i in range(3):
+        for master in [*masters, alone]:
+            step(master, seed=i)
+    total = all_reduce(ledgers, masters)
+    for ledger, master in zip(ledgers, masters, strict=True):
+        ledger.merge(master, total, [], {})
+    for master in masters:
+        for name, value in master.full_state().items():
+            torch.testing.assert_close(value, alone.full_state()[name], rtol=0, atol=1e-6)
+        assert master.version == 4 * alone.version  # every update is counted, once
+    # A replica with no updates in the round does not dilute the others' step.
+    idle = [make_master(), make_master()]
+    idle_ledgers = [SyncLedger(m) for m in idle]
+    step(idle[0], seed=0)
+    total = all_reduce(idle_ledgers, idle)
+    for ledger, master in zip(idle_ledgers, idle, strict=True):
+        ledger.merge(master, total, [], {})
+    one = make_master()
+    step(one, seed=0)
+    for name, value in idle[1].full_state().items():
+        torch.testing.assert_close(value, one.full_state()[name], rtol=0, atol=1e-6)
 
 
 def test_updates_applied_during_a_round_survive_it() -> None:
@@ -165,13 +200,13 @@ def test_bad_round_results_are_refused_whole() -> None:
     master = make_master()
     ledger = SyncLedger(master)
     with pytest.raises(TrainingError, match="no round"):
-        ledger.merge(master, torch.zeros(ledger.size + 3), [], {})
+        ledger.merge(master, torch.zeros(ledger.size + TRAILER + 1), [], {})
     ledger.snapshot(master, {})
     with pytest.raises(TrainingError, match="already in flight"):
         ledger.snapshot(master, {})
     with pytest.raises(TrainingError, match="values"):
         ledger.merge(master, torch.zeros(5), [], {})
-    bad = torch.zeros(ledger.size + 3, dtype=torch.float64)
+    bad = torch.zeros(ledger.size + TRAILER + 1, dtype=torch.float64)
     bad[0] = float("nan")
     version = master.version
     with pytest.raises(TrainingError, match="not finite"):
@@ -183,3 +218,5 @@ def test_bad_round_results_are_refused_whole() -> None:
         decode_watermarks(b"[1, 2")
     marks = {"e": Watermark(1, 2, 3, 4)}
     assert decode_watermarks(encode_watermarks(marks)) == marks
+    with pytest.raises(TrainingError, match="merge"):
+        SyncLedger(master, merge="median")  # type: ignore[arg-type]

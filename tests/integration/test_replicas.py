@@ -15,6 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +43,7 @@ class ReplicaCluster:
         failover_s: float | None = 1.5,
         sync_every: int = 20,
         sync_interval_s: float = 0.3,
+        merge: str = "mean",
     ) -> None:
         """``failover_s``: the coordinator's heartbeat timeout, short so that a killed
         replica's edge moves quickly (None: the default, for runs that kill nothing)."""
@@ -66,6 +68,7 @@ class ReplicaCluster:
                         "SIMULTRAIN_CLOUD_HEARTBEAT_INTERVAL_S": "0.3",
                         "SIMULTRAIN_CLOUD_REPLICA_SYNC_EVERY": str(sync_every),
                         "SIMULTRAIN_CLOUD_REPLICA_SYNC_INTERVAL_S": str(sync_interval_s),
+                        "SIMULTRAIN_CLOUD_REPLICA_MERGE": merge,
                         "SIMULTRAIN_CLOUD_REPLICA_TIMEOUT_S": "10",
                         "SIMULTRAIN_CLOUD_REPLICA_JOIN_WINDOW_S": "1.0",
                         "MASTER_ADDR": "127.0.0.1",
@@ -178,17 +181,26 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
     """The same 4 edges and samples against 1, 2 and 4 cloud replicas; writes
     bench/results/replicas.{json,md}. ``STUDY_STEPS`` (default 300) and ``STUDY_SEEDS``
     (default "0") size it, ``STUDY_REPLICAS`` (default "1,2,4") and ``STUDY_SYNC_EVERY`` /
-    ``STUDY_SYNC_INTERVAL_S`` (20, 0.3) vary it; the command is in docs/REPLICAS.md."""
+    ``STUDY_SYNC_INTERVAL_S`` (20, 0.3) and ``STUDY_MERGE`` (mean; sum is the scheme before
+    the mean) vary it; the command is in docs/REPLICAS.md."""
     steps = int(os.environ.get("STUDY_STEPS", "300"))
     seeds = [int(s) for s in os.environ.get("STUDY_SEEDS", "0").split(",")]
     sync_every = int(os.environ.get("STUDY_SYNC_EVERY", "20"))
     sync_interval_s = float(os.environ.get("STUDY_SYNC_INTERVAL_S", "0.3"))
+    merge = os.environ.get("STUDY_MERGE", "mean")
     optimizer = {  # STUDY_OPTIMIZER=sgd: SGD lr 0.05, no momentum (the pilot's stable row)
         "sgd": {"optimizer_name": "sgd", "optimizer_lr": 0.05, "optimizer_momentum": 0.0},
         "adam": {},
     }[os.environ.get("STUDY_OPTIMIZER", "adam")]
     edges = 4
-    rows = []
+    rows: list[dict[str, Any]] = []
+    meta = {
+        "cpus": os.cpu_count(),
+        "command": f"STUDY_STEPS={steps} STUDY_SEEDS={','.join(map(str, seeds))} "
+        f"STUDY_SYNC_EVERY={sync_every} STUDY_SYNC_INTERVAL_S={sync_interval_s} "
+        f"STUDY_MERGE={merge} .venv/bin/python -m pytest -m bench "
+        "tests/integration/test_replicas.py -k study -s -p no:cacheprovider",
+    }
     for seed in seeds:
         for replicas in [int(r) for r in os.environ.get("STUDY_REPLICAS", "1,2,4").split(",")]:
             run = RunConfig.from_mapping(
@@ -202,6 +214,7 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
                 failover_s=None,
                 sync_every=sync_every,
                 sync_interval_s=sync_interval_s,
+                merge=merge,
             )
             try:
                 started = time.monotonic()
@@ -243,19 +256,21 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
                 "rounds": finals[0]["replica"]["rounds"] if replicas > 1 else 0,
                 "sync_every": sync_every,
                 "sync_interval_s": sync_interval_s,
+                "merge": merge,
                 "optimizer": run.optimizer.name,
                 "seconds": round(elapsed, 2),
                 "aggregate_steps_per_s": round(edges * steps / elapsed, 2),
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
-    meta = {
-        "cpus": os.cpu_count(),
-        "command": f"STUDY_STEPS={steps} STUDY_SEEDS={','.join(map(str, seeds))} "
-        f"STUDY_SYNC_EVERY={sync_every} STUDY_SYNC_INTERVAL_S={sync_interval_s} "
-        ".venv/bin/python -m pytest -m bench tests/integration/test_replicas.py -k study -s "
-        "-p no:cacheprovider",
-    }
+            _write_study(rows, meta)
+    for r in rows:
+        assert r["samples_applied"] == r["samples_sent"]
+
+
+def _write_study(rows: list[dict[str, Any]], meta: dict[str, object]) -> None:
+    """replicas.{json,md}, rewritten after every configuration: a study cut short keeps the
+    rows it measured."""
     out = os.environ.get("STUDY_OUT")
     target = Path(out) if out else RESULTS
     target.mkdir(parents=True, exist_ok=True)
@@ -273,5 +288,3 @@ def test_replica_scaling_study(tmp_path: Path) -> None:
             f"| {r['seconds']} | {r['aggregate_steps_per_s']} |"
         )
     (target / "replicas.md").write_text("\n".join(lines) + "\n")
-    for r in rows:
-        assert r["samples_applied"] == r["samples_sent"]
