@@ -8,7 +8,7 @@ the full gradient from the first n − s coded uploads, whichever s edges never 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -31,13 +31,7 @@ SGD = OptimizerConfig("sgd", lr=0.05)  # linear in the gradient: steps compare e
 BATCH = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny batches: one thread is faster than two fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Clock:

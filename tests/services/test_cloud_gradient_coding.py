@@ -3,7 +3,6 @@ a straggler that never answers, and the master takes the uncoded full-gradient s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,12 +28,7 @@ RUN = RunConfig(mode="syncsgd", dataset="imu", edges=3, gradient_coding_s=1, opt
 BATCH = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CodedEdge:
