@@ -166,6 +166,12 @@ def demo(
         str | None, typer.Option(help="Emulated link: 4g, 5g, lan (default: none).")
     ] = None,
     edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
+    eval_every: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds between held-out evaluations while training (0: only at the end)."
+        ),
+    ] = 3.0,
     json_output: Annotated[
         bool, typer.Option("--json", help="Last stdout line: one JSON object.")
     ] = False,
@@ -210,6 +216,7 @@ def demo(
                 log_dir=log_dir,
                 link_profile=link,
                 edge_slowdown=edge_slowdown,
+                eval_every_s=eval_every,
             )
         )
     except SimulTrainError as exc:

@@ -36,6 +36,9 @@ class DemoOptions:
     steps: int = RunConfig.steps  # batches per edge
     edges: int = RunConfig.edges
     json_output: bool = False
+    # Held-out evaluation while it trains (the progress bar's accuracy, the cloud's periodic
+    # curve): every this many seconds; 0 evaluates once, at the end. Each evaluation runs the
+    # whole test split (10 000 images on MNIST), so fleet studies on a shared machine turn it off.
     eval_every_s: float = 3.0
     log_dir: Path | None = None
     link_profile: str | None = None  # put netem between edges and cloud (4g, 5g, lan, …)
@@ -190,6 +193,7 @@ def _run(
             edges=options.edges,
             link_profile=options.link_profile,
             edge_slowdown=options.edge_slowdown,
+            cloud_env={"SIMULTRAIN_CLOUD_EVAL_INTERVAL_S": str(max(options.eval_every_s, 0.0))},
         )
     cloud_url, edges = topology.cloud_url, topology.edges
     console.print(f"live dashboard: {topology.coordinator_url}/dashboard (while the run lasts)")
@@ -273,7 +277,7 @@ def _follow(
                     pending.remove(edge)
             try:
                 status = client.get(f"{cloud_url}/v1/status").json()
-                if time.monotonic() - last_eval > options.eval_every_s:
+                if options.eval_every_s > 0 and time.monotonic() - last_eval > options.eval_every_s:
                     accuracy = client.get(f"{cloud_url}/v1/eval").json()["accuracy"]
                     last_eval = time.monotonic()
             except httpx.HTTPError:

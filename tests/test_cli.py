@@ -44,3 +44,17 @@ def test_demo_run_flags_default_to_the_run_configuration(monkeypatch: pytest.Mon
     assert default.run == RunConfig()
     assert (default.steps, default.edges) == (RunConfig().steps, RunConfig().edges)
     assert given.run == RunConfig(window=2, reconcile_every=None)
+
+
+def test_demo_eval_every_reaches_the_options_and_refuses_a_negative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import simultrain.demo
+    from simultrain.demo import DemoOptions
+
+    seen: list[DemoOptions] = []
+    monkeypatch.setattr(simultrain.demo, "run_demo", lambda options: seen.append(options))
+    assert CliRunner().invoke(app, ["demo", "--eval-every", "0"]).exit_code == 0
+    assert seen[0].eval_every_s == 0.0
+    result = CliRunner().invoke(app, ["demo", "--eval-every", "-1"])
+    assert result.exit_code == 2 and not seen[1:]
