@@ -35,8 +35,9 @@ class RunConfig:
 
     Each field is declared once, here (and in `OptimizerConfig` and `Codecs` for the flat
     ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning
-    (`Key`). The coordinator's API schema, its ``SIMULTRAIN_COORDINATOR_<KEY>`` settings and
-    the README's configuration table are all read from `RunConfig.declaration`.
+    (`Key`). The coordinator's API schema, the services' run settings
+    (``SIMULTRAIN_COORDINATOR_<KEY>``, ``SIMULTRAIN_CLOUD_RUN_<KEY>``, …) and the README's
+    configuration table are all read from `RunConfig.declaration`.
     """
 
     mode: Annotated[str, Key("Training mode (SPEC.md modes table).", choices=tuple(MODES))] = (

@@ -48,7 +48,7 @@ def test_the_cloud_and_the_edge_take_every_declared_key_with_its_declaration() -
         names = run_setting_names(settings)
         assert list(names.values()) == list(declared)
         assert {"run_optimizer", "run_lr", "run_momentum", "run_window"} <= set(names)
-        assert settings().run == RunConfig()  # type: ignore[attr-defined]
+        assert settings().run == RunConfig()
         table = settings_table(settings)
         prefix = str(settings.model_config["env_prefix"])
         for name, key in names.items():
