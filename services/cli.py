@@ -42,10 +42,9 @@ def coordinator(
 ) -> None:
     """Run the coordinator (registry, versions, schedule, health)."""
     _env("SIMULTRAIN_COORDINATOR_", host=host, port=port, db_path=db)
-    from simultrain.coordinator.server import run
-    from simultrain.coordinator.settings import load_settings
+    from simultrain.coordinator.__main__ import main as coordinator_main
 
-    raise typer.Exit(run(load_settings()))
+    raise typer.Exit(coordinator_main())
 
 
 @app.command()
@@ -65,10 +64,9 @@ def cloud(
         coordinator_url=coordinator_url,
         public_url=public_url,
     )
-    from simultrain.cloud.server import run
-    from simultrain.cloud.settings import CloudSettings
+    from simultrain.cloud.__main__ import main as cloud_main
 
-    raise typer.Exit(run(CloudSettings()))
+    raise typer.Exit(cloud_main())
 
 
 @app.command()
@@ -94,10 +92,9 @@ def edge(
         steps=steps,
         dataset=dataset,
     )
-    from simultrain.edge.main import run
-    from simultrain.edge.settings import EdgeSettings
+    from simultrain.edge.__main__ import main as edge_main
 
-    raise typer.Exit(run(EdgeSettings()))
+    raise typer.Exit(edge_main())
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Markdown tables of the services' settings, so the README's configuration table is generated
 from the settings classes themselves and cannot drift from them (a test checks it).
 
-A field holding a `RunConfig` (the coordinator's ``run``) is one variable per run key: its
-rows are the keys' declaration (shared/training/keys.py), not a field list of its own.
+A field holding a `RunConfig` (the services' ``run``) is one variable per run key: its rows
+are the keys' declaration (shared/training/keys.py), named as the settings spell them
+(shared/run_settings.py), not a field list of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic_settings import BaseSettings
+
+from simultrain.shared.run_settings import run_setting_names
 
 __all__ = ["setting_names", "settings_table"]
 
@@ -32,11 +35,11 @@ def setting_names(settings: type[BaseSettings]) -> list[str]:
 def _rows(settings: type[BaseSettings]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for name, field in settings.model_fields.items():
-        declaration = getattr(field.annotation, "declaration", None)
-        if callable(declaration):  # a RunConfig: a variable per key it declares
+        if callable(getattr(field.annotation, "declaration", None)):
+            # A RunConfig: a variable per key it declares, named as the settings spell it.
             rows.extend(
-                (key.name, _shown(key.default), key.description)
-                for key in declaration(driver=False)
+                (setting, _shown(key.default), key.description)
+                for setting, key in run_setting_names(settings).items()
             )
         elif field.is_required():
             rows.append((name, "required", field.description or ""))

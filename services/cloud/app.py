@@ -46,10 +46,6 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def run_config_from_settings(settings: CloudSettings) -> RunConfig:
-    return RunConfig.from_settings(settings.model_dump())
-
-
 def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> FastAPI:
     """The cloud app. ``run`` overrides the coordinator's and the settings' run config."""
 
@@ -59,7 +55,7 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
         if config is None and settings.coordinator_url:
             config = await fetch_run_config(settings)
         if config is None:
-            config = run_config_from_settings(settings)
+            config = settings.run
         # Loading data and building the model take a while: off the event loop.
         service = await asyncio.to_thread(CloudService, settings, config)
         service.bound_url = asyncio.get_running_loop().create_future()

@@ -2,8 +2,10 @@
 
 Environment variables are the field names upper-cased with the prefix ``SIMULTRAIN_CLOUD_``
 (``SIMULTRAIN_CLOUD_PORT=8800``). The run configuration (mode, model, optimizer, …) comes from
-the coordinator when ``coordinator_url`` is set; the ``run_*`` fields are the fallback for a
-cloud run on its own.
+the coordinator when ``coordinator_url`` is set; without one it is ``run``, set key by key
+from the shared declaration: ``SIMULTRAIN_CLOUD_RUN_<KEY>`` (``run_optimizer``, ``run_lr`` and
+``run_momentum`` for the optimizer's name, learning rate and momentum), a misspelt one refused
+at start-up (shared/run_settings.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from simultrain.shared.run_settings import SHORT_RUN_NAMES, RunConfigField, RunSettings
+from simultrain.shared.training.config import RunConfig
 
 __all__ = ["CloudSettings"]
 
 
-class CloudSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_CLOUD_", frozen=True, extra="forbid")
+class CloudSettings(RunSettings):
+    # extra="ignore" only for the type checker: the run keys are keywords (``run_window=8``)
+    # that are no fields, and RunSettings refuses any other unknown name itself.
+    model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_CLOUD_", frozen=True, extra="ignore")
+    run_prefix = "run_"
+    run_short_names = SHORT_RUN_NAMES
 
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8800, ge=0, le=65535, description="TCP port; 0 picks a free port.")
@@ -54,35 +63,11 @@ class CloudSettings(BaseSettings):
     heartbeat_interval_s: float = Field(
         2.0, gt=0, description="Heartbeat period to the coordinator."
     )
-    # Run configuration when no coordinator is given.
-    run_mode: str = Field("simultrain", description="Mode, when there is no coordinator.")
-    run_dataset: str = Field("imu", description="Dataset, when there is no coordinator.")
-    run_model_id: str | None = Field(None, description="Model id (default: the dataset's).")
-    run_seed: int = Field(0, description="Seed, when there is no coordinator.")
-    run_window: int = Field(4, ge=0, description="Window W, when there is no coordinator.")
-    run_alpha: float | None = Field(
-        None, ge=0, description="Forecast α (only with a forecast part; default: its own)."
-    )
-    run_compensation: str = Field(
-        "delay-beta1", description="Compensation chain, e.g. delay-beta1+forecast (no coordinator)."
-    )
-    run_beta: float = Field(0.9, ge=0, le=1, description="Reconciliation β (no coordinator).")
-    run_reconcile_every: int | None = Field(10, ge=1, description="R (no coordinator).")
-    run_optimizer: Literal["sgd", "adam"] = Field("adam", description="Optimizer (no coordinator).")
-    run_lr: float = Field(0.001, gt=0, description="Learning rate (no coordinator).")
-    run_momentum: float = Field(0.0, ge=0, lt=1, description="Momentum (no coordinator).")
-    run_round_deadline_s: float | None = Field(
-        None,
-        gt=0,
-        description="Lockstep round deadline (fedavg, syncsgd), partial aggregation (no "
-        "coordinator).",
-    )
-    run_edges: int = Field(1, ge=1, description="Edges in the run (no coordinator).")
-    run_gradient_coding_s: int = Field(
-        0,
-        ge=0,
-        description="syncsgd: stragglers a gradient-coded round tolerates, 0 = off (needs "
-        "run_edges > s; no coordinator).",
+    # The run configuration when no coordinator is given: one ``run_<key>`` setting per key
+    # of the shared declaration (SIMULTRAIN_CLOUD_RUN_WINDOW, …; shared/run_settings.py).
+    run: RunConfigField = Field(
+        default_factory=RunConfig,
+        description="The run configuration without a coordinator: one variable per key.",
     )
     eval_dataset: str | None = Field(
         None,

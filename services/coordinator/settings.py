@@ -5,7 +5,9 @@ variables, immutable, passed down. Every field is an environment variable of the
 in upper case with that prefix (``port`` → ``SIMULTRAIN_COORDINATOR_PORT``); lists are JSON.
 The run configuration is one field, ``run`` (the shared `RunConfig`), set key by key: each
 key of its declaration is a variable (``window`` → ``SIMULTRAIN_COORDINATOR_WINDOW``) and a
-keyword (``load_settings(window=8)``), so a key added to `RunConfig` needs no edit here.
+keyword (``load_settings(window=8)``), so a key added to `RunConfig` needs no edit here
+(shared/run_settings.py). Any other ``SIMULTRAIN_COORDINATOR_*`` variable is refused at
+start-up, naming the closest valid one.
 :func:`settings_table` renders the table for the README from the field descriptions and the
 run keys' declaration.
 
@@ -20,17 +22,15 @@ appear in ``repr``, logs or tracebacks.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from simultrain.shared.auth import MIN_KEY_BYTES
-from simultrain.shared.errors import ConfigError
+from simultrain.shared.run_settings import RunSettings, SettingsError
+from simultrain.shared.run_settings import load_settings as load_shared_settings
 from simultrain.shared.settings_doc import settings_table as shared_settings_table
 
 from .records import RunConfig, RunConfigField
@@ -47,7 +47,7 @@ _SECRET_FILES = (
 )
 
 
-class CoordinatorSettings(BaseSettings):
+class CoordinatorSettings(RunSettings):
     """Everything the coordinator process is configured with."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
@@ -82,7 +82,7 @@ class CoordinatorSettings(BaseSettings):
     # --- run configuration handed to every edge (SPEC.md) -----------------------------
     # One SIMULTRAIN_COORDINATOR_<KEY> variable (or keyword argument) per key of the shared
     # RunConfig, whose declaration (shared/training/config.py) gives each its type, default,
-    # bounds and meaning: `_RunKeySource` reads them, `_gather_run_keys` builds the run.
+    # bounds and meaning: `RunSettings` (shared/run_settings.py) reads them and builds it.
     run: RunConfigField = Field(
         default_factory=RunConfig,
         description="The run configuration handed to every edge: one variable per key.",
@@ -115,72 +115,6 @@ class CoordinatorSettings(BaseSettings):
         "registering and heartbeating.",
     )
     admin_token_file: Path | None = Field(None, description="File holding admin_token.")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Keyword arguments first, then the run keys' variables, then the other variables.
-        return (
-            init_settings,
-            _RunKeySource(settings_cls),
-            env_settings,
-            dotenv_settings,
-            file_secret_settings,
-        )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _gather_run_keys(cls, data: Any) -> Any:
-        """Build ``run`` from the run keys given one by one (keywords, or text from the
-        environment read by each key's declared type) over ``run`` itself when given.
-
-        A bad value is refused naming its variable, ``SIMULTRAIN_COORDINATOR_<KEY>``.
-        """
-        if not isinstance(data, dict):
-            return data
-        run_cls = _run_class(cls)
-        declared = {key.name: key for key in run_cls.declaration(driver=False)}
-        data = dict(data)
-        given = data.pop("run", None)
-        base = given if isinstance(given, run_cls) else None
-        values: dict[str, Any] = {}
-        if isinstance(given, Mapping):
-            values.update(given)  # from _RunKeySource, or a keyword run={...}
-        elif given is not None and base is None:
-            raise ValueError(f"run: expected a {run_cls.__name__} or a mapping")
-        values.update({name: data.pop(name) for name in list(data) if name in declared})
-        if not values:
-            if base is not None:
-                data["run"] = base
-            return data
-        problems = []
-        checked: dict[str, Any] = {}
-        for name, value in values.items():
-            key = declared.get(name)
-            if key is None:
-                problems.append(f"{ENV_PREFIX}{str(name).upper()}: not a run configuration key")
-                continue
-            try:
-                checked[name] = key.parse(value) if isinstance(value, str) else key.check(value)
-            except ConfigError as exc:
-                problems.append(f"{ENV_PREFIX}{name.upper()}: {exc}")
-        if not problems:
-            try:
-                data["run"] = run_cls.from_mapping(checked, base=base, driver=False)
-            except ConfigError as exc:  # keys that do not go together (α and the chain)
-                reason = str(exc)
-                problems.append(
-                    reason if "run configuration" in reason else f"run configuration: {reason}"
-                )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -269,56 +203,15 @@ class CoordinatorSettings(BaseSettings):
         return self.run
 
 
-def _run_class(settings_cls: type[BaseSettings]) -> type[RunConfig]:
-    """The `RunConfig` class the settings' ``run`` field holds."""
-    annotation = settings_cls.model_fields["run"].annotation
-    assert isinstance(annotation, type) and issubclass(annotation, RunConfig)
-    return annotation
-
-
-class _RunKeySource(PydanticBaseSettingsSource):
-    """``SIMULTRAIN_COORDINATOR_<KEY>`` for every key the `RunConfig` declares, as text.
-
-    Case-insensitive, like the other variables. The keys come from the declaration, so a key
-    added there is a variable here with no other edit.
-    """
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ reads every run key at once
-
-    def __call__(self) -> dict[str, Any]:
-        prefix = str(self.settings_cls.model_config.get("env_prefix", "")).upper()
-        environ = {name.upper(): value for name, value in os.environ.items()}
-        texts = {
-            key: environ[f"{prefix}{key.upper()}"]
-            for key in _run_class(self.settings_cls).keys(driver=False)
-            if f"{prefix}{key.upper()}" in environ
-        }
-        return {"run": texts} if texts else {}
-
-
 def settings_table() -> str:
     """A Markdown table of every environment variable, its default and its meaning."""
     return shared_settings_table(CoordinatorSettings)
 
 
-class SettingsError(ConfigError):
-    """Invalid settings, described without the offending values (they may be secrets)."""
-
-
 def load_settings(**overrides: Any) -> CoordinatorSettings:
     """Build the settings from ``overrides`` and the environment.
 
-    Raises :class:`SettingsError` whose message lists each bad field and why, but never the
-    value given: pydantic's own message echoes inputs, and an input may be a key.
+    Raises :class:`SettingsError` whose message lists each bad setting, one a line, but
+    never the value given: pydantic's own message echoes inputs, and an input may be a key.
     """
-    try:
-        return CoordinatorSettings(**overrides)
-    except ValidationError as exc:
-        problems = [
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            if error["loc"]
-            else str(error["msg"])  # a whole-settings check names its variables itself
-            for error in exc.errors(include_input=False, include_url=False)
-        ]
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    return load_shared_settings(CoordinatorSettings, **overrides)

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import sys
 
+from simultrain.shared.run_settings import SettingsError, load_settings
+
 from .main import run
 from .settings import EdgeSettings
 
+
+def main() -> int:
+    try:
+        settings = load_settings(EdgeSettings)
+    except SettingsError as exc:
+        print(f"simultrain edge: {exc}", file=sys.stderr)
+        return 2
+    return run(settings)
+
+
 if __name__ == "__main__":
-    sys.exit(run(EdgeSettings()))
+    raise SystemExit(main())

@@ -196,7 +196,7 @@ class EdgeAgent:
         else:
             if not settings.cloud_url:
                 raise SimulTrainError("give coordinator_url or cloud_url")
-            run = RunConfig.from_settings(settings.model_dump())
+            run = settings.run
             self.assignment = Assignment(
                 edge_id=settings.edge_id or f"edge-{settings.shard_index}",
                 cloud_url=settings.cloud_url,

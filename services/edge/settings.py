@@ -3,7 +3,10 @@
 Environment variables are the field names upper-cased with the prefix ``SIMULTRAIN_EDGE_``
 (``SIMULTRAIN_EDGE_COORDINATOR_URL=http://coordinator:8700``). With a coordinator the agent
 registers and receives its cloud and run configuration; without one it connects to
-``cloud_url`` with the ``run_*`` fallback fields.
+``cloud_url`` and trains ``run``, set key by key from the shared declaration:
+``SIMULTRAIN_EDGE_RUN_<KEY>`` (``run_optimizer``, ``run_lr`` and ``run_momentum`` for the
+optimizer's name, learning rate and momentum), a misspelt one refused at start-up
+(shared/run_settings.py).
 """
 
 from __future__ import annotations
@@ -12,13 +15,20 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from simultrain.shared.run_settings import SHORT_RUN_NAMES, RunConfigField, RunSettings
+from simultrain.shared.training.config import RunConfig
 
 __all__ = ["EdgeSettings"]
 
 
-class EdgeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_EDGE_", frozen=True, extra="forbid")
+class EdgeSettings(RunSettings):
+    # extra="ignore" only for the type checker: the run keys are keywords (``run_window=8``)
+    # that are no fields, and RunSettings refuses any other unknown name itself.
+    model_config = SettingsConfigDict(env_prefix="SIMULTRAIN_EDGE_", frozen=True, extra="ignore")
+    run_prefix = "run_"
+    run_short_names = SHORT_RUN_NAMES
 
     coordinator_url: str | None = Field(None, description="Coordinator base URL (http/https).")
     cloud_url: str | None = Field(
@@ -71,17 +81,9 @@ class EdgeSettings(BaseSettings):
         "stops with an error (exit status 78).",
     )
     watchdog: bool = Field(True, description="Ping systemd's watchdog when run under it.")
-    # Run configuration when there is no coordinator.
-    run_mode: str = Field("simultrain", description="Mode, when there is no coordinator.")
-    run_dataset: str = Field("imu", description="Dataset, when there is no coordinator.")
-    run_model_id: str | None = Field(None, description="Model id (default: the dataset's).")
-    run_seed: int = Field(0, description="Seed, when there is no coordinator.")
-    run_window: int = Field(4, ge=0, description="Window W, when there is no coordinator.")
-    run_batch_size: int = Field(32, ge=1, description="Batch size (no coordinator).")
-    run_edges: int = Field(1, ge=1, description="Edges in the run (no coordinator).")
-    run_gradient_coding_s: int = Field(
-        0,
-        ge=0,
-        description="syncsgd: stragglers a gradient-coded round tolerates, 0 = off; the edge "
-        "then holds the shards shard_index … shard_index + s (mod run_edges) (no coordinator).",
+    # The run configuration when there is no coordinator: one ``run_<key>`` setting per key
+    # of the shared declaration (SIMULTRAIN_EDGE_RUN_WINDOW, …; shared/run_settings.py).
+    run: RunConfigField = Field(
+        default_factory=RunConfig,
+        description="The run configuration without a coordinator: one variable per key.",
     )

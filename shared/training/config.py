@@ -24,7 +24,7 @@ from simultrain.shared.training.schedule import (
     make_schedule,
 )
 
-__all__ = ["DRIVER_ONLY", "Key", "RunConfig", "RunKey", "settings_key"]
+__all__ = ["DRIVER_ONLY", "Key", "RunConfig", "RunKey"]
 
 DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"})
 
@@ -35,8 +35,9 @@ class RunConfig:
 
     Each field is declared once, here (and in `OptimizerConfig` and `Codecs` for the flat
     ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning
-    (`Key`). The coordinator's API schema, its ``SIMULTRAIN_COORDINATOR_<KEY>`` settings and
-    the README's configuration table are all read from `RunConfig.declaration`.
+    (`Key`). The coordinator's API schema, the services' run settings
+    (``SIMULTRAIN_COORDINATOR_<KEY>``, ``SIMULTRAIN_CLOUD_RUN_<KEY>``, …) and the README's
+    configuration table are all read from `RunConfig.declaration`.
     """
 
     mode: Annotated[str, Key("Training mode (SPEC.md modes table).", choices=tuple(MODES))] = (
@@ -227,20 +228,6 @@ class RunConfig:
         }
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> Self:
-        """The run a service's ``run_*`` settings describe (used without a coordinator).
-
-        ``settings`` is the service's settings as a mapping; each ``run_KEY`` is the key
-        ``KEY`` (``run_optimizer``, ``run_lr`` and ``run_momentum`` are the optimizer's), so
-        the cloud's and the edge's settings carry no run configuration of their own.
-        """
-        mapping = {}
-        for name, value in settings.items():
-            if name.startswith("run_"):
-                mapping[settings_key(name)] = value
-        return cls.from_mapping(mapping)
-
-    @classmethod
     def declaration(cls, *, driver: bool = True) -> tuple[RunKey, ...]:
         """Every flat key as declared — name, type, default, bounds, meaning — in
         `to_mapping`'s order; without the driver's own keys unless ``driver``."""
@@ -263,20 +250,6 @@ class RunConfig:
             "properties": {key.name: key.json_schema() for key in declared},
             "additionalProperties": False,
         }
-
-
-# Short names the services' ``run_*`` settings use for optimizer keys.
-_SETTINGS_KEYS = {
-    "optimizer": "optimizer_name",
-    "lr": "optimizer_lr",
-    "momentum": "optimizer_momentum",
-}
-
-
-def settings_key(setting: str) -> str:
-    """The run configuration key a service's ``run_*`` setting names."""
-    key = setting.removeprefix("run_")
-    return _SETTINGS_KEYS.get(key, key)
 
 
 _Declared = tuple[tuple[str | None, str, RunKey], ...]

@@ -6,8 +6,9 @@ turns those fields into one `RunKey` per flat key (the coordinator's wire form),
 other form of the run configuration is read from that: the validation (`RunKey.check`),
 environment variables and other text (`RunKey.parse`), the coordinator's JSON schema
 (`RunKey.json_schema`) and the README's configuration table. Adding a field here is the
-whole edit: the coordinator's API, its ``SIMULTRAIN_COORDINATOR_<KEY>`` variable and the
-README row follow.
+whole edit: the coordinator's API, its ``SIMULTRAIN_COORDINATOR_<KEY>`` variable, the
+cloud's and the edge's ``SIMULTRAIN_CLOUD_RUN_<KEY>`` / ``SIMULTRAIN_EDGE_RUN_<KEY>``
+(shared/run_settings.py) and the README rows follow.
 
 This module imports nothing from the project but its errors, so the modules that declare
 fields (config, master, runtime) can all use it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, get_args, get_origin
+from typing import Annotated
 
 import pytest
 
@@ -17,7 +17,7 @@ from simultrain.shared.training.compensation import (
     NoCompensation,
     compensation_from_name,
 )
-from simultrain.shared.training.config import Key, RunConfig, settings_key
+from simultrain.shared.training.config import Key, RunConfig
 from simultrain.shared.training.factory import build_master
 
 
@@ -235,41 +235,3 @@ def test_text_is_read_by_each_keys_declared_type(
 def test_bad_text_is_refused_naming_the_key(texts: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_strings(texts)
-
-
-def test_cloud_and_edge_settings_describe_a_run_config() -> None:
-    """Without a coordinator the services build their run from ``run_*`` settings: every one
-    names a RunConfig key, and the defaults are RunConfig's own."""
-    from simultrain.cloud.settings import CloudSettings
-    from simultrain.edge.settings import EdgeSettings
-
-    for settings in (CloudSettings(), EdgeSettings()):
-        assert RunConfig.from_settings(settings.model_dump()) == RunConfig()
-    cloud = CloudSettings(run_compensation="forecast", run_alpha=0.2, run_lr=0.01)
-    built = RunConfig.from_settings(cloud.model_dump())
-    assert (built.compensation, built.alpha, built.optimizer.lr) == ("forecast", 0.2, 0.01)
-    with pytest.raises(ConfigError, match="has no 'forecast' part"):
-        RunConfig.from_settings(CloudSettings(run_alpha=0.5).model_dump())
-
-
-def test_cloud_and_edge_run_settings_have_the_declared_types_and_defaults() -> None:
-    """The ``run_*`` fallbacks are deliberate subsets written in the services; each one's
-    type and default are the shared declaration's (a drift fails here)."""
-    from simultrain.cloud.settings import CloudSettings
-    from simultrain.edge.settings import EdgeSettings
-
-    declared = {key.name: key for key in RunConfig.declaration()}
-    for settings in (CloudSettings, EdgeSettings):
-        run_fields = {n: f for n, f in settings.model_fields.items() if n.startswith("run_")}
-        assert run_fields, settings
-        for name, field_info in run_fields.items():
-            key = declared[settings_key(name)]
-            members = get_args(field_info.annotation)
-            optional = type(None) in members
-            kind = next(m for m in members if m is not type(None)) if optional else None
-            kind = kind or field_info.annotation
-            if get_origin(kind) is Literal:
-                assert get_args(kind) == key.key.choices, name
-                kind = str
-            assert (kind, optional) == (key.kind, key.optional), f"{settings.__name__}.{name}"
-            assert field_info.default == key.default, f"{settings.__name__}.{name}"
