@@ -45,6 +45,9 @@ MD_NAME = "fleet_parity.md"
 # samples); MNIST 600 (the study's MNIST budget, docs/STALENESS.md "The study").
 TOTAL_BATCHES = {"imu": 1600, "mnist": 600}
 PARTITIONS = {"imu": "groups", "mnist": "label-skew"}
+# The targets: the largest gap to centralized training, in points, by (edges, window)
+# (docs/STALENESS.md, "A fleet").
+TARGETS = {(8, 4): 0.5, (1, 16): 0.5, (32, 4): 1.0}
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,11 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
         "seeds both have). Staleness: edge-stage steps a gradient missed (mean / max over seeds).",
         "",
     ]
+    out += _targets(cells)
     for (dataset, edges, window), methods in sorted(cells.items()):
         reference = {r["seed"]: r["accuracy"] for r in methods.get("centralized", [])}
         out += [
-            f"## {dataset} · {edges} edges × W {window}",
+            f"## {dataset} · {edges} edge{'s' if edges > 1 else ''} × W {window}",
             "",
             "| method | compensation | per seed | mean ± std | gap | staleness | seconds |",
             "|---|---|---|---|---|---|---|",
@@ -163,8 +167,7 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
             accs = [100 * r["accuracy"] for r in runs]
             mean = statistics.fmean(accs)
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            shared = [r for r in runs if r["seed"] in reference]
-            diffs = [100 * (r["accuracy"] - reference[r["seed"]]) for r in shared]
+            diffs = _paired_gaps(runs, reference)
             gap = f"{statistics.fmean(diffs):+.1f}" if diffs and method != "centralized" else "–"
             seeds = " / ".join(f"{a:.1f} (s{r['seed']})" for a, r in zip(accs, runs, strict=True))
             stale = (
@@ -180,6 +183,44 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
             )
         out.append("")
     return "\n".join(out)
+
+
+def _paired_gaps(runs: Sequence[dict[str, Any]], reference: dict[int, float]) -> list[float]:
+    return [100 * (r["accuracy"] - reference[r["seed"]]) for r in runs if r["seed"] in reference]
+
+
+def _targets(cells: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """One row per (cell, method) that has a target: the gap, its standard error over the
+    seeds (paired with centralized on the same seed) and whether the target holds."""
+    rows = []
+    for (dataset, edges, window), methods in sorted(cells.items()):
+        target = TARGETS.get((edges, window))
+        reference = {r["seed"]: r["accuracy"] for r in methods.get("centralized", [])}
+        if target is None or not reference:
+            continue
+        for method in sorted(m for m in methods if m != "centralized"):
+            gaps = _paired_gaps(methods[method], reference)
+            if not gaps:
+                continue
+            mean = statistics.fmean(gaps)
+            sem = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
+            rows.append(
+                f"| {dataset} | {edges} × W {window} | {method} | {len(gaps)} | {mean:+.1f} "
+                f"| {sem:.1f} | −{target} | {'yes' if mean >= -target else '**no**'} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Targets",
+        "",
+        "Gap: mean over seeds of (method − centralized on the same seed), points; ± is its",
+        "standard error. The target holds when the mean gap is no lower than −target.",
+        "",
+        "| dataset | fleet | method | seeds | gap | ± | target | holds |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _save(out_dir: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:

@@ -51,7 +51,11 @@ def test_the_table_gives_the_gap_to_centralized_on_the_seeds_both_have() -> None
     row = next(line for line in table.splitlines() if line.startswith("| x "))
     assert "| -2.5 |" in row  # (−2 − 3) / 2
     assert "58.3 ±" in row  # the mean is over every seed
-    assert table.index("| centralized ") < table.index("| x ")
+    cell = table[table.index("## imu · 8 edges × W 4") :]
+    assert cell.index("| centralized ") < cell.index("| x ")
+    # 8 × W 4 has a target of 0.5 point: a 2.5-point gap does not meet it.
+    target = next(line for line in table.splitlines() if line.startswith("| imu | 8 × W 4 | x "))
+    assert "| 2 | -2.5 | 0.5 | −0.5 | **no** |" in target
 
 
 def test_resume_skips_the_runs_the_json_holds(
