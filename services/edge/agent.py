@@ -34,7 +34,7 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from simultrain.shared.data import BatchStream, Dataset, load_dataset
+from simultrain.shared.data import BatchStream, Dataset, load_dataset, release_caches
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
@@ -233,6 +233,10 @@ class EdgeAgent:
         if self.code is not None:
             code_row = settings.shard_index
             self.partition_streams = _partition_streams(dataset, run, self.code, code_row)
+        # The streams hold copies of this edge's samples: the rest of the data set goes.
+        samples = len(shard.y_train)
+        del dataset, shard
+        release_caches()
         self.runtime = EdgeRuntime(
             module,
             self.schedule,
@@ -251,7 +255,7 @@ class EdgeAgent:
             run.dataset,
             settings.shard_index,
             settings.shard_count,
-            len(shard.y_train),
+            samples,
             self.assignment.cloud_url,
         )
 

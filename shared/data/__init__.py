@@ -17,7 +17,7 @@ from simultrain.shared.data.errors import (
     UnknownDataset,
 )
 from simultrain.shared.data.imu import load_imu
-from simultrain.shared.data.loader import list_datasets, load_dataset
+from simultrain.shared.data.loader import list_datasets, load_dataset, release_caches
 from simultrain.shared.data.mnist import load_mnist
 from simultrain.shared.data.npz import load_npz
 from simultrain.shared.data.stream import BatchStream
@@ -36,4 +36,5 @@ __all__ = [
     "load_mnist",
     "load_npz",
     "load_video",
+    "release_caches",
 ]

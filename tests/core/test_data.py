@@ -480,3 +480,27 @@ def test_model_spec_is_the_datasets_default_or_one_that_fits() -> None:
         imu.model_spec("mnist-cnn")
     with pytest.raises(InvalidDataset, match=r"with 6 classes; .* with 7"):
         imu.model_spec("imu-cnn1d-c6")  # fewer classes than the labels name
+
+
+def test_mnist_standardisation_uses_the_training_pixels_and_release_forgets_the_data() -> None:
+    from simultrain.shared.data import release_caches
+
+    ds = load_dataset("mnist")
+    (train_images, _, _, _), _ = mnist_module.read_digits("auto")
+    pixels = train_images.astype(np.float64) / 255.0
+    # Of the float32 pixel values: within float32 rounding of the float64 ones.
+    assert ds.info["pixel_mean"] == pytest.approx(pixels.mean(), abs=1e-7)
+    assert ds.info["pixel_std"] == pytest.approx(pixels.std(), abs=1e-7)
+    head = np.array(ds.x_train[:64])
+    # (x / 255 − mean) / std, in float32, as a fresh computation gives it.
+    expected = (
+        train_images[:64].astype(np.float32) / np.float32(255.0) - np.float32(ds.info["pixel_mean"])
+    ) / np.float32(ds.info["pixel_std"])
+    np.testing.assert_array_equal(head[:, 0], expected)
+
+    release_caches()
+    assert mnist_module.read_digits.cache_info().currsize == 0
+    assert mnist_module._normalised.cache_info().currsize == 0
+    again = load_dataset("mnist")
+    assert again is not ds  # read anew, the same values
+    np.testing.assert_array_equal(again.x_train[:64], head)
