@@ -492,9 +492,9 @@ class Dana(_Plain):
 
     For Adam (our form; docs/STALENESS.md, "Compensations"): one first moment per edge, the
     second moment and the step count shared, ``m_i ← β₁·m_i + (1−β₁)·g``,
-    ``s ← β₂·s + (1−β₂)·g²``, ``θ ← θ − η·m̂_i/(√ŝ + ε)`` with ``m̂_i = m_i/(1 − β₁^{n_i})``
+    ``u ← β₂·u + (1−β₂)·g²``, ``θ ← θ − η·m̂_i/(√û + ε)`` with ``m̂_i = m_i/(1 − β₁^{n_i})``
     (``n_i`` the edge's own gradients: its moment is debiased by what it has seen) and
-    ``ŝ = s/(1 − β₂^t)``; the look-ahead is ``θ̂ = θ − η·β₁·Σ_j m̂_j/(√ŝ + ε)``.
+    ``û = u/(1 − β₂^t)``; the look-ahead is ``θ̂ = θ − η·β₁·Σ_j m̂_j/(√û + ε)``.
 
     The master does the arithmetic (``shared/training/dana.py``); this part only asks for
     it. ``lookahead`` scales the look-ahead (0: off, per-edge momenta only); it is applied

@@ -26,26 +26,29 @@ import torch
 from torch import Tensor
 
 from simultrain.shared.errors import TrainingError
+from simultrain.shared.protocol.codec import MAX_NAME_BYTES
 
-__all__ = ["IMPLICIT_EDGE", "MAX_EDGE_ID_CHARS", "EdgeMomenta", "check_edge_id"]
+__all__ = ["IMPLICIT_EDGE", "EdgeMomenta", "check_edge_id"]
 
 IMPLICIT_EDGE = ""
 """The edge of a caller that names none (a single edge)."""
 
-MAX_EDGE_ID_CHARS = 256
-"""An edge id longer than this is refused (the protocol's names are shorter still)."""
-
 
 def check_edge_id(edge_id: object) -> str:
     """``edge_id`` as the key of an edge's state: None is the implicit single edge; anything
-    but a non-empty, printable string of at most MAX_EDGE_ID_CHARS characters is refused."""
+    but what the protocol accepts as an id (HELLO's ``edge_id``: 1 to MAX_NAME_BYTES bytes of
+    UTF-8) is refused."""
     if edge_id is None:
         return IMPLICIT_EDGE
     if not isinstance(edge_id, str):
         raise TrainingError(f"edge id must be a string, got {type(edge_id).__name__}")
-    if not edge_id or len(edge_id) > MAX_EDGE_ID_CHARS or not edge_id.isprintable():
+    try:
+        size = len(edge_id.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates
+        size = -1
+    if not 0 < size <= MAX_NAME_BYTES:
         raise TrainingError(
-            f"edge id must be 1 to {MAX_EDGE_ID_CHARS} printable characters, got {edge_id!r:.80}"
+            f"edge id must be 1 to {MAX_NAME_BYTES} bytes of UTF-8, got {edge_id!r:.80}"
         )
     return edge_id
 
@@ -121,8 +124,8 @@ class EdgeMomenta:
     def lookahead(self, lr: float, momentum: float) -> dict[str, Tensor]:
         """The displacement ``θ̂ − θ`` of the look-ahead, per parameter name.
 
-        SGD: ``−η·γ·Σ_j v_j``; Adam: ``−η·β₁·Σ_j m̂_j/(√ŝ + ε)`` with each ``m̂_j`` debiased
-        by its own edge's count and ``ŝ`` by the shared step (the denominator the next step
+        SGD: ``−η·γ·Σ_j v_j``; Adam: ``−η·β₁·Σ_j m̂_j/(√û + ε)`` with each ``m̂_j`` debiased
+        by its own edge's count and ``û`` by the shared step (the denominator the next step
         of any edge divides by). Zero before any edge has stepped.
         """
         out: dict[str, Tensor] = {}

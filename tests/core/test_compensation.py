@@ -531,7 +531,8 @@ def test_dana_bounds_its_state_and_refuses_bad_input() -> None:
     for edge_id, grads in (
         ("", ones(master)),
         (7, ones(master)),
-        ("x\n", ones(master)),
+        ("x" * 257, ones(master)),
+        ("\ud800", ones(master)),
         ("d", nan),
     ):
         with pytest.raises(TrainingError):
