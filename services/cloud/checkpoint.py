@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.errors import SimulTrainError, TrainingError
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState
 
@@ -91,6 +91,13 @@ def save_checkpoint(
             for name, t in master.edge_accumulation.items()
         }
     )
+    # DANA's per-edge momenta of the edge stage (``dana``): the optimizer's own state holds
+    # the shared moments; each edge's momentum is here, by the edge's index in the metadata.
+    momenta_meta = None
+    if master.edge_momenta is not None:
+        edges, counts, momenta = master.edge_momenta.state()
+        tensors.update({f"edge_momentum/{key}": t for key, t in momenta.items()})
+        momenta_meta = {"edges": edges, "counts": counts, "evicted": master.edge_momenta.evicted}
     optim_meta: dict[str, Any] = {}
     for name, opt in _optimizers(master, runtime).items():
         state = opt.state_dict()
@@ -115,6 +122,7 @@ def save_checkpoint(
             "staleness": master.edge_accumulated_staleness,
         },
         "optimizers": optim_meta,
+        "edge_momenta": momenta_meta,
         "synthetic_steps": None if runtime.synthetic is None else runtime.synthetic.steps,
         "sessions": {
             edge_id: {
@@ -224,6 +232,7 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     master.edge_accumulation = accumulation if int(gathered["gradients"]) else {}
     master.edge_accumulated = int(gathered["gradients"])
     master.edge_accumulated_staleness = int(gathered["staleness"])
+    _restore_edge_momenta(checkpoint, master)
     master.reset_history()
     for edge_id, fields in meta["sessions"].items():
         session = CloudSessionState(
@@ -236,3 +245,29 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
             session.staleness.dropped = int(stale["dropped"])
         runtime.sessions[edge_id] = session
     log.info("resumed from %s at master version %d", checkpoint.path.name, master.version)
+
+
+def _restore_edge_momenta(checkpoint: Checkpoint, master: CloudMaster) -> None:
+    """Each edge's momentum back (``dana``); a checkpoint of a run with per-edge momenta
+    does not fit a run without them (nor the reverse when it holds some)."""
+    saved = checkpoint.meta.get("edge_momenta")
+    tensors = {
+        k.removeprefix("edge_momentum/"): v
+        for k, v in checkpoint.tensors.items()
+        if k.startswith("edge_momentum/")
+    }
+    if master.edge_momenta is None:
+        if saved is not None or tensors:
+            raise CheckpointError(
+                f"{checkpoint.path} holds per-edge momenta (dana) but this run keeps none"
+            )
+        return
+    if saved is None:
+        return  # written by a run without them: every edge starts its momentum anew
+    try:
+        if not isinstance(saved, dict):
+            raise TrainingError("per-edge momenta: not a table")
+        master.edge_momenta.load(saved["edges"], saved["counts"], tensors)
+        master.edge_momenta.evicted = int(saved.get("evicted", 0))
+    except (TrainingError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: its per-edge momenta do not fit: {exc}") from exc

@@ -3,7 +3,7 @@
 SPEC step 4 and "Pilot findings". A gradient ``g`` was taken at the edge-stage weights of
 master version ``v`` (``w_then``) and is applied when the master holds ``w_now``,
 ``staleness`` (τ) edge-stage updates later. A compensation is a small object (data, like the
-modes) with seven hooks, each of which is the plain update at τ = 0 (and with one edge):
+modes) with nine hooks, each of which is the plain update at τ = 0 (and with one edge):
 
 - :meth:`~Compensation.edge_gradients` — the gradient to apply at ``w_now`` (forecast,
   DC-ASGD, their adaptive variants); called by the master only when τ > 0;
@@ -17,7 +17,11 @@ modes) with seven hooks, each of which is the plain update at τ = 0 (and with o
   extrapolates along is averaged (1: the last update; the staleness: a look-ahead);
 - :meth:`~Compensation.edge_batch` — how many edge gradients, from a fleet of E edges, the
   master averages into one edge-stage step (1: a step per gradient), and
-  :meth:`~Compensation.batch_lr_scale` — the multiplier on that step's learning rate.
+  :meth:`~Compensation.batch_lr_scale` — the multiplier on that step's learning rate;
+- :meth:`~Compensation.per_edge_momentum` — whether the master keeps one edge-stage momentum
+  (SGD's buffer, Adam's first moment) per edge, and for how many edges (DANA), and
+  :meth:`~Compensation.momentum_lookahead` — how far along the sum of those momenta the
+  weights sent to the edges look ahead.
 
 ``a+b`` composes compensations (:class:`Combined`); ``name:key=value`` sets a parameter, as in
 ``forecast:alpha=0.2`` or ``delay-momentum:stages=both``. :func:`compensation_from_name`
@@ -47,6 +51,7 @@ __all__ = [
     "AdaptiveForecast",
     "Combined",
     "Compensation",
+    "Dana",
     "DelayMomentum",
     "FleetBatch",
     "Forecast",
@@ -110,6 +115,15 @@ class Compensation(Protocol):
         ``gradients`` edge gradients."""
         ...
 
+    def per_edge_momentum(self) -> int:
+        """0: one edge-stage optimizer state (the plain update); n > 0: one momentum per edge,
+        for at most the n edges most recently updated."""
+        ...
+
+    def momentum_lookahead(self, staleness: int) -> float:
+        """Scale of the look-ahead along the per-edge momenta sent to the edge (0: none)."""
+        ...
+
 
 class _Plain:
     """Every hook as the plain update; compensations override the ones they change."""
@@ -147,6 +161,12 @@ class _Plain:
 
     def batch_lr_scale(self, gradients: int) -> float:
         return 1.0
+
+    def per_edge_momentum(self) -> int:
+        return 0
+
+    def momentum_lookahead(self, staleness: int) -> float:
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,12 +479,70 @@ class FleetBatch(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class Dana(_Plain):
+    """DANA-Zero: one edge-stage momentum per edge, and edges sent the look-ahead position.
+
+    Hakimi et al., "Taming Momentum in a Distributed Asynchronous Environment" (2019),
+    DANA-Zero: the master keeps a momentum ``v_i`` per worker; a gradient from worker i
+    updates only its own, ``v_i ← γ·v_i + g``, and the master steps ``θ ← θ − η·v_i``; a
+    worker is sent ``θ̂ = θ − η·γ·Σ_j v_j``, where the master will be once every worker's
+    next update has added its momentum, instead of ``θ``. One momentum shared by a fleet
+    mixes the edges' non-IID gradients and carries each stale gradient into the next steps
+    of every other edge; per edge, it only carries an edge's own gradients forward.
+
+    For Adam (our form; docs/STALENESS.md, "Compensations"): one first moment per edge, the
+    second moment and the step count shared, ``m_i ← β₁·m_i + (1−β₁)·g``,
+    ``u ← β₂·u + (1−β₂)·g²``, ``θ ← θ − η·m̂_i/(√û + ε)`` with ``m̂_i = m_i/(1 − β₁^{n_i})``
+    (``n_i`` the edge's own gradients: its moment is debiased by what it has seen) and
+    ``û = u/(1 − β₂^t)``; the look-ahead is ``θ̂ = θ − η·β₁·Σ_j m̂_j/(√û + ε)``.
+
+    The master does the arithmetic (``shared/training/dana.py``); this part only asks for
+    it. ``lookahead`` scales the look-ahead (0: off, per-edge momenta only); it is applied
+    only when gradients arrive late (τ > 0), so at window 0 with one edge — one momentum,
+    no look-ahead — DANA is the plain update bit for bit. ``max_edges`` bounds the state:
+    beyond it the least recently updated edge's momentum is dropped (an edge that leaves
+    keeps its momentum for when it returns until then).
+    """
+
+    lookahead: float = 1.0
+    max_edges: float = 1024.0
+    name: str = "dana"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lookahead) and self.lookahead >= 0.0):
+            raise ConfigError(f"dana lookahead must be a number ≥ 0, got {self.lookahead}")
+        if self.max_edges < 1 or self.max_edges != int(self.max_edges):
+            raise ConfigError(f"dana max_edges must be a whole number ≥ 1, got {self.max_edges}")
+
+    def per_edge_momentum(self) -> int:
+        return int(self.max_edges)
+
+    def momentum_lookahead(self, staleness: int) -> float:
+        return self.lookahead if staleness > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Combined(_Plain):
     """Several compensations at once: gradients chained, lr scales and momenta composed,
     the longest prediction horizon."""
 
     parts: tuple[Compensation, ...] = ()
     name: str = "combined"
+
+    def __post_init__(self) -> None:
+        # Per-edge momenta step the edge stage once per gradient, with that edge's momentum:
+        # a step on the mean of several edges' gradients has no one edge's momentum, and a
+        # second look-ahead would count the same future updates twice.
+        if any(p.per_edge_momentum() for p in self.parts):
+            if any(p.edge_batch(2) > 1 for p in self.parts):
+                raise ConfigError("dana and fleet-batch do not compose: a fleet batch has no edge")
+            if any(p.momentum_lookahead(1) for p in self.parts) and any(
+                p.prediction_horizon(1) for p in self.parts
+            ):
+                raise ConfigError(
+                    "dana's look-ahead and predict/lookahead do not compose (two look-aheads);"
+                    " use dana:lookahead=0 to keep only its per-edge momenta"
+                )
 
     def edge_gradients(
         self,
@@ -509,6 +587,12 @@ class Combined(_Plain):
     def batch_lr_scale(self, gradients: int) -> float:
         return math.prod(p.batch_lr_scale(gradients) for p in self.parts)
 
+    def per_edge_momentum(self) -> int:
+        return max((p.per_edge_momentum() for p in self.parts), default=0)
+
+    def momentum_lookahead(self, staleness: int) -> float:
+        return max((p.momentum_lookahead(staleness) for p in self.parts), default=0.0)
+
 
 COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
     "none": NoCompensation,
@@ -522,6 +606,7 @@ COMPENSATIONS: dict[str, Callable[..., Compensation]] = {
     "predict": WeightPrediction,
     "lookahead": LookAhead,
     "fleet-batch": FleetBatch,
+    "dana": Dana,
 }
 """Every compensation by its configuration name."""
 

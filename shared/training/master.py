@@ -13,6 +13,11 @@ was taken at. It is sized in master versions, not per edge, because with several
 master moves faster than any one edge's window (SPEC step 4). A gradient older than the
 history is dropped and counted, never applied blindly.
 
+With a compensation that keeps one edge-stage momentum per edge (``dana``: DANA-Zero,
+Hakimi et al., 2019), each edge gradient steps the edge stage with its own edge's momentum
+(``shared/training/dana.py``), named by ``edge_id`` (None: one implicit edge), and the
+weights sent to the edges look ahead along the sum of those momenta.
+
 Not thread-safe by design: a service runs every master operation on one compute thread.
 """
 
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 
 from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.training.compensation import Compensation, NoCompensation
+from simultrain.shared.training.dana import EdgeMomenta, check_edge_id
 from simultrain.shared.training.keys import Key
 
 __all__ = [
@@ -183,6 +189,13 @@ class CloudMaster:
         self.edge_accumulation: dict[str, Tensor] = {}
         self.edge_accumulated = 0
         self.edge_accumulated_staleness = 0
+        # DANA: one edge-stage momentum per edge (None: the optimizer's one, shared).
+        per_edge = self.compensation.per_edge_momentum()
+        self.edge_momenta = (
+            EdgeMomenta(self._edge_opt, self._edge_params, max_edges=per_edge) if per_edge else None
+        )
+        # The look-ahead of the newest edge-stage entry, computed once per version.
+        self._lookahead: tuple[_HistoryEntry, int, float, Mapping[str, Tensor]] | None = None
         self._record_edge_history()
 
     # --- the edge stage's versions ------------------------------------------------------
@@ -202,6 +215,9 @@ class CloudMaster:
         never extrapolated.
         """
         current = self.edge_weights()
+        scale = self.compensation.momentum_lookahead(self.observed_staleness)
+        if scale and self.edge_momenta is not None:
+            return self._momentum_lookahead(scale)
         horizon = self.compensation.prediction_horizon(self.observed_staleness)
         if horizon == 0.0 or len(self._history) < 2:
             return current
@@ -220,6 +236,20 @@ class CloudMaster:
             n: (t + rate * (t - previous.weights[n])) if n in self._edge_params else t
             for n, t in current.items()
         }
+
+    def _momentum_lookahead(self, scale: float) -> Mapping[str, Tensor]:
+        """DANA's look-ahead ``θ̂ = θ − s·η·γ·Σ_j v_j`` (Adam: the first moments through the
+        shared denominator; ``shared/training/dana.py``) with the edge stage's base η and
+        γ (β₁), ``s`` = ``scale``; buffers are sent as they are."""
+        assert self.edge_momenta is not None
+        newest = self._history[-1]
+        cached = self._lookahead
+        if cached is not None and cached[0] is newest and cached[1:3] == (self.version, scale):
+            return cached[3]
+        step = self.edge_momenta.lookahead(self._base_edge_lr[0], self._base_edge_momentum[0])
+        weights = {n: (t + scale * step[n]) if n in step else t for n, t in newest.weights.items()}
+        self._lookahead = (newest, self.version, scale, weights)
+        return weights
 
     def edge_weights_at(self, version: int) -> Mapping[str, Tensor] | None:
         entry = self._lookup(version)
@@ -321,8 +351,21 @@ class CloudMaster:
     # --- SPEC step 4: edge stage, with staleness compensation ----------------------------
 
     def apply_edge_gradient(
-        self, grads: Mapping[str, Tensor], edge_version: int, *, samples: int = 0
+        self,
+        grads: Mapping[str, Tensor],
+        edge_version: int,
+        *,
+        samples: int = 0,
+        edge_id: str | None = None,
     ) -> EdgeUpdateResult:
+        """SPEC step 4: apply edge ``edge_id``'s gradient taken at ``edge_version``.
+
+        ``edge_id`` names the edge whose momentum the step uses when the compensation keeps
+        one per edge (``dana``); None is one implicit edge. Refused (`TrainingError`, nothing
+        changed): an edge id that is not a non-empty printable string, gradients that do not
+        fit the edge stage or are not finite.
+        """
+        edge_key = check_edge_id(edge_id)
         self._check_edge_grads(grads)
         entry = self._lookup(edge_version)
         if entry is None:
@@ -350,7 +393,10 @@ class CloudMaster:
         else:
             for name, param in self._edge_params.items():
                 param.grad = applied[name].clone()
-            self._edge_opt.step()
+            if self.edge_momenta is not None:
+                self.edge_momenta.step(edge_key)  # DANA: this edge's momentum only
+            else:
+                self._edge_opt.step()
             self._edge_opt.zero_grad(set_to_none=True)
             self.edge_updates += 1
         self.version += 1

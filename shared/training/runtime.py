@@ -546,8 +546,11 @@ class CloudRuntime:
         *,
         samples: int,
     ) -> None:
-        """SPEC step 4 through the master, with the staleness also counted for this edge."""
-        result = self.master.apply_edge_gradient(grads, edge_version, samples=samples)
+        """SPEC step 4 through the master, with the staleness also counted for this edge
+        (and, with per-edge momenta, ``dana``, stepped with this edge's momentum)."""
+        result = self.master.apply_edge_gradient(
+            grads, edge_version, samples=samples, edge_id=state.edge_id
+        )
         if result.applied:
             state.staleness.record(result.staleness)
         else:

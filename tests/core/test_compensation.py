@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from simultrain.shared.errors import ConfigError
+from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.training.compensation import (
     DCASGD,
     AdaptiveDCASGD,
     AdaptiveForecast,
     Combined,
     Compensation,
+    Dana,
     DelayMomentum,
     FleetBatch,
     Forecast,
@@ -55,6 +56,8 @@ def every_compensation() -> list[Compensation]:
         FleetBatch(),
         compensation_from_name("forecast-adaptive+delay-momentum+predict"),
         compensation_from_name("delay-beta1+fleet-batch:lr_power=0.5"),
+        Dana(),
+        compensation_from_name("delay-beta1+dana"),
     ]
 
 
@@ -73,6 +76,7 @@ def test_every_compensation_is_the_plain_update_at_staleness_zero(comp: Compensa
             assert comp.momentum(0.0, 3, stage, kind=kind) == 0.0  # never adds momentum
     assert comp.prediction_horizon(0) == 0.0
     assert comp.edge_batch(1) == 1 and comp.batch_lr_scale(1) == 1.0  # one edge: plain
+    assert comp.momentum_lookahead(0) == 0.0  # per-edge momenta with one edge: plain
 
 
 def test_forecast_matches_hand_computed_values() -> None:
@@ -409,3 +413,143 @@ def test_fleet_batch_is_the_plain_update_with_one_edge() -> None:
     assert batched.edge_updates == plain.edge_updates == 4
     for name, w in plain.edge_weights().items():
         assert torch.equal(batched.edge_weights()[name], w)
+
+
+# --- DANA: one edge-stage momentum per edge, the look-ahead along their sum ---------------
+
+
+def fill(master: CloudMaster, value: float) -> dict[str, torch.Tensor]:
+    return {n: torch.full_like(p, value) for n, p in master.edge_stage.named_parameters()}
+
+
+def test_dana_keeps_one_momentum_per_edge_and_looks_ahead_along_their_sum() -> None:
+    """Two edges, SGD lr 0.1, γ 0.5, by hand (Hakimi et al., 2019, DANA-Zero)::
+
+        a, g = 1:  v_a = 1              θ1 = θ0 − 0.1·1            = θ0 − 0.1
+        b, g = 2:  v_b = 2 (its own)    θ2 = θ1 − 0.1·2            = θ0 − 0.3
+        a, g = 4:  v_a = 0.5·1 + 4 = 4.5, θ3 = θ2 − 0.45          = θ0 − 0.75
+        sent:      θ̂ = θ3 − 0.1·0.5·(4.5 + 2) = θ3 − 0.325
+
+    One shared momentum would give v = 1, 2.5, 5.25 and θ0 − 0.875."""
+    master = tiny_master(Dana(), OptimizerConfig(lr=0.1, momentum=0.5))
+    w0 = edge_weights(master)
+    master.apply_edge_gradient(fill(master, 1.0), edge_version=0, edge_id="a")
+    master.apply_edge_gradient(fill(master, 2.0), edge_version=0, edge_id="b")
+    master.apply_edge_gradient(fill(master, 4.0), edge_version=0, edge_id="a")
+    momenta = master.edge_momenta
+    assert momenta is not None and list(momenta.buffers) == ["b", "a"]  # least recent first
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(w, w0[name] - 0.75)
+        assert torch.allclose(momenta.buffers["a"][name], torch.full_like(w, 4.5))
+        assert torch.allclose(momenta.buffers["b"][name], torch.full_like(w, 2.0))
+    assert master.observed_staleness == 2
+    sent = master.edge_weights_for_replica()
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(sent[name], w - 0.325)
+    assert master.edge_weights_for_replica() is sent  # computed once per version
+    # Fresh again (τ = 0): no look-ahead, the master's own weights.
+    master.apply_edge_gradient(fill(master, 0.0), edge_version=master.version, edge_id="b")
+    assert master.edge_weights_for_replica() is master.edge_weights()
+    # dana:lookahead=0 keeps the per-edge momenta and sends the master's weights.
+    off = tiny_master(
+        compensation_from_name("dana:lookahead=0"), OptimizerConfig(lr=0.1, momentum=0.5)
+    )
+    for g, e in ((1.0, "a"), (2.0, "b"), (4.0, "a")):
+        off.apply_edge_gradient(fill(off, g), edge_version=0, edge_id=e)
+    assert off.edge_weights_for_replica() is off.edge_weights()
+    for name, w in off.edge_weights().items():
+        assert torch.allclose(w, w0[name] - 0.75)
+
+
+def test_dana_with_adam_keeps_one_first_moment_per_edge_and_shares_the_second() -> None:
+    """Two edges, Adam lr 0.01, β = (0.9, 0.999), ε = 1e-8, by hand: the first moments are
+    per edge and debiased by the edge's own count n, the second moment and its step t
+    shared; the look-ahead divides the debiased first moments by the shared denominator."""
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    master = tiny_master(Dana(), OptimizerConfig("adam", lr=lr))
+    w0 = edge_weights(master)
+    s = 0.0
+    theta = 0.0  # the displacement from w0, the same in every element
+    moments = {"a": 0.0, "b": 0.0}
+    counts = {"a": 0, "b": 0}
+    for t, (g, edge) in enumerate(((1.0, "a"), (2.0, "b"), (4.0, "a")), start=1):
+        master.apply_edge_gradient(fill(master, g), edge_version=0, edge_id=edge)
+        counts[edge] += 1
+        moments[edge] = b1 * moments[edge] + (1 - b1) * g
+        s = b2 * s + (1 - b2) * g * g
+        denom = math.sqrt(s / (1 - b2**t)) + eps
+        theta -= lr * moments[edge] / (1 - b1 ** counts[edge]) / denom
+    # Written out: m_a = 0.9·0.1 + 0.1·4 = 0.49 over n_a = 2 (÷ 0.19); m_b = 0.2 over n_b = 1.
+    assert moments == pytest.approx({"a": 0.49, "b": 0.2})
+    momenta = master.edge_momenta
+    assert momenta is not None and momenta.counts == {"b": 1, "a": 2}
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(w, w0[name] + theta, rtol=0, atol=1e-6)
+        assert torch.allclose(momenta.buffers["a"][name], torch.full_like(w, 0.49))
+    mean_hat = moments["a"] / (1 - b1**2) + moments["b"] / (1 - b1)
+    ahead = -lr * b1 * mean_hat / denom
+    sent = master.edge_weights_for_replica()
+    for name, w in master.edge_weights().items():
+        assert torch.allclose(sent[name], w + ahead, rtol=0, atol=1e-6)
+    # One shared first moment (plain Adam) steps elsewhere: the per-edge state matters.
+    plain = tiny_master(NoCompensation(), OptimizerConfig("adam", lr=lr))
+    for g in (1.0, 2.0, 4.0):
+        plain.apply_edge_gradient(fill(plain, g), edge_version=0)
+    name = next(iter(w0))
+    assert not torch.allclose(plain.edge_weights()[name], master.edge_weights()[name], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [OptimizerConfig(lr=0.1, momentum=0.9), OptimizerConfig("adam", lr=0.01)],
+    ids=["momentum", "adam"],
+)
+def test_dana_with_one_edge_is_the_plain_update_bit_for_bit(optimizer: OptimizerConfig) -> None:
+    """One edge: its momentum is the optimizer's, and fresh gradients get no look-ahead."""
+    plain = tiny_master(NoCompensation(), optimizer)
+    dana = tiny_master(Dana(), optimizer)
+    for master in (plain, dana):
+        for k in range(5):
+            g = {n: torch.full_like(t, float(k) - 1.5) for n, t in ones(master).items()}
+            master.apply_edge_gradient(g, edge_version=master.version, edge_id="only")
+    for name, w in plain.edge_weights().items():
+        assert torch.equal(dana.edge_weights()[name], w)
+    assert dana.edge_weights_for_replica() is dana.edge_weights()
+
+
+def test_dana_bounds_its_state_and_refuses_bad_input() -> None:
+    master = tiny_master(
+        compensation_from_name("dana:max_edges=2"), OptimizerConfig(lr=0.1, momentum=0.5)
+    )
+    for edge in ("a", "b", "a", "c"):  # c pushes out b, the least recently updated
+        master.apply_edge_gradient(ones(master), edge_version=master.version, edge_id=edge)
+    momenta = master.edge_momenta
+    assert momenta is not None and list(momenta.buffers) == ["a", "c"] and momenta.evicted == 1
+    # Bad edge ids and non-finite gradients: refused, nothing changed.
+    before = edge_weights(master)
+    nan = {n: torch.full_like(g, math.nan) for n, g in ones(master).items()}
+    for edge_id, grads in (
+        ("", ones(master)),
+        (7, ones(master)),
+        ("x" * 257, ones(master)),
+        ("\ud800", ones(master)),
+        ("d", nan),
+    ):
+        with pytest.raises(TrainingError):
+            master.apply_edge_gradient(grads, edge_version=master.version, edge_id=edge_id)  # type: ignore[arg-type]
+    assert list(momenta.buffers) == ["a", "c"] and master.version == 4
+    for name, w in master.edge_weights().items():
+        assert torch.equal(w, before[name])
+    for bad in (
+        "dana:lookahead=-1",
+        "dana:max_edges=0",
+        "dana:max_edges=1.5",
+        "dana+fleet-batch",
+        "dana+lookahead",
+        "predict+dana",
+    ):
+        with pytest.raises(ConfigError):
+            compensation_from_name(bad)
+    chain = compensation_from_name("delay-beta1+dana:lookahead=0+lookahead")
+    assert chain.per_edge_momentum() == 1024 and chain.momentum_lookahead(3) == 0.0
+    assert compensation_from_name("delay-beta1+dana").momentum_lookahead(3) == 1.0

@@ -216,3 +216,49 @@ def test_a_fleet_batch_divides_a_fleets_edge_stage_staleness() -> None:
     assert batched.master.edge_accumulated == 0  # nothing left gathered at the end
     assert batched.staleness["dropped"] == 0
     assert batched.max_staleness <= 3 < plain.max_staleness
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize(
+    "optimizer",
+    [OptimizerConfig(lr=0.01, momentum=0.9), OptimizerConfig("adam", lr=1e-3)],
+    ids=["momentum", "adam"],
+)
+def test_dana_at_window_zero_is_sequential_split_training_bit_for_bit(
+    optimizer: OptimizerConfig,
+) -> None:
+    """``dana`` with one edge at window 0: its one momentum is the optimizer's and no
+    gradient is late, so nothing is looked ahead: the plain update, bit for bit."""
+    config = RunConfig(
+        mode="simultrain", window=0, steps=20, optimizer=optimizer, compensation="dana"
+    )
+    result = run_in_process(config)
+    assert result.master is not None and result.master.edge_momenta is not None
+    assert result.master.edge_momenta.counts == {"edge-0": 20}
+    reference = sequential_split_training(config)
+    for name, tensor in reference.items():
+        assert torch.equal(result.master.full_state()[name], tensor), name
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_dana_in_a_fleet_steps_each_edge_with_its_own_momentum_and_sends_the_lookahead() -> None:
+    """Three edges: the runtime names each edge's gradient by its session, so the master keeps
+    three momenta; the edges' replicas receive the look-ahead, not the master's weights."""
+    result = run_in_process(
+        RunConfig(mode="simultrain", window=2, steps=6, edges=3, compensation="delay-beta1+dana")
+    )
+    master = result.master
+    assert master is not None and master.edge_momenta is not None
+    assert master.edge_momenta.counts == {f"edge-{i}": 6 for i in range(3)}
+    assert result.samples == 6 * 32 * 3 and result.staleness["dropped"] == 0
+    assert master.observed_staleness > 0
+    sent, own = master.edge_weights_for_replica(), master.edge_weights()
+    latest = [
+        r.replica
+        for r in result.edges.values()
+        if r.replica is not None and r.replica.version == master.version
+    ]
+    assert latest  # the edge answered last holds the master's newest version
+    for name, tensor in sent.items():
+        assert torch.equal(latest[0].current.tensors[name].detach(), tensor), name
+    assert any(not torch.equal(sent[n], own[n]) for n in own)  # it is a look-ahead

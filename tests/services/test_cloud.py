@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -476,6 +477,60 @@ def test_a_checkpoint_holds_a_partly_gathered_fleet_batch(tmp_path: Path) -> Non
         m.apply_edge_gradient(grads, edge_version=m.version)  # the third: one step
     assert fresh.edge_updates == master.edge_updates == 1
     assert_same(dict(fresh.full_state()), dict(master.full_state()))
+
+
+def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
+    """``dana``: the per-edge momenta (Adam's per-edge first moments, their counts) are in the
+    checkpoint, so the resumed cloud takes the steps, and sends the look-ahead, a cloud
+    without the restart does; a run that keeps no per-edge momenta refuses the file, and
+    so does one whose momenta are not finite."""
+    from safetensors.torch import save_file
+
+    from simultrain.cloud.checkpoint import CheckpointError
+
+    run = RunConfig(window=2, compensation="delay-beta1+dana")
+    schedule = run.schedule()
+    master = build_master(run, SPEC, schedule)
+    runtime = CloudRuntime(master, schedule, run.codecs)
+    torch.manual_seed(0)
+    grads = [
+        {n: torch.randn_like(p) for n, p in master.edge_stage.named_parameters()} for _ in "abc"
+    ]
+    for g, edge_id in zip(grads, ("edge-a", "edge-b", "edge-a"), strict=True):
+        master.apply_edge_gradient(g, edge_version=0, edge_id=edge_id)
+    save_checkpoint(tmp_path, master, runtime)
+
+    fresh = build_master(run, SPEC, schedule)
+    found = latest_checkpoint(tmp_path)
+    assert found is not None
+    restore(found, fresh, CloudRuntime(fresh, schedule, run.codecs))
+    assert fresh.edge_momenta is not None and master.edge_momenta is not None
+    assert fresh.edge_momenta.counts == master.edge_momenta.counts == {"edge-b": 1, "edge-a": 2}
+    for m in (master, fresh):  # the same gradients from the same edges, the second late
+        v = m.version  # (a resumed cloud knows no version before its own: history anew)
+        m.apply_edge_gradient(grads[2], edge_version=v, edge_id="edge-b")
+        assert m.apply_edge_gradient(grads[0], edge_version=v, edge_id="edge-a").staleness == 1
+    assert_same(dict(fresh.full_state()), dict(master.full_state()))
+    assert_same(dict(fresh.edge_weights_for_replica()), dict(master.edge_weights_for_replica()))
+
+    plain_run = RunConfig(window=2)
+    plain = build_master(plain_run, SPEC, plain_run.schedule())
+    with pytest.raises(CheckpointError, match="per-edge momenta"):
+        restore(found, plain, CloudRuntime(plain, plain_run.schedule(), plain_run.codecs))
+    name = next(k for k in found.tensors if k.startswith("edge_momentum/"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    tensors = {**found.tensors, name: torch.full_like(found.tensors[name], math.nan)}
+    save_file(
+        tensors,
+        str(bad / "checkpoint-000000000099.safetensors"),
+        metadata={"simultrain": json.dumps(found.meta)},
+    )
+    corrupt = latest_checkpoint(bad)
+    assert corrupt is not None
+    other = build_master(run, SPEC, schedule)
+    with pytest.raises(CheckpointError, match="not finite"):
+        restore(corrupt, other, CloudRuntime(other, schedule, run.codecs))
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
