@@ -3,7 +3,10 @@
 Each case is one ``simultrain demo --json`` run: coordinator, cloud and E edge processes on
 127.0.0.1, every edge a shard (IMU: one subject per edge; MNIST: ``--partition
 label-skew``), ``steps`` batches per edge, so every method — centralized training included —
-trains the same samples. The cases run ``workers`` at a time (each is E + 2 processes).
+trains the same samples. The cases run ``workers`` at a time (each is E + 2 processes),
+fleets above ``LARGE_FLEET`` edges one at a time. ``--targets`` runs the committed grid
+(``TARGET_GRID``): ``simultrain fleet-parity --targets --resume`` adds what the results
+file lacks.
 
 Outputs, in ``out_dir``:
 
@@ -48,6 +51,36 @@ PARTITIONS = {"imu": "groups", "mnist": "label-skew"}
 # The targets: the largest gap to centralized training, in points, by (edges, window)
 # (docs/STALENESS.md, "A fleet").
 TARGETS = {(8, 4): 0.5, (1, 16): 0.5, (32, 4): 1.0}
+# ``--targets``: every run behind bench/results/fleet_parity.{json,md}, as
+# (datasets, edges, window, methods, seeds). docs/STALENESS.md, "A fleet", reads them.
+TARGET_GRID: tuple[tuple[tuple[str, ...], int, int, tuple[str, ...], tuple[int, ...]], ...] = (
+    (("imu", "mnist"), 8, 4, ("centralized", "default", "delay-beta1+dana"), (0, 1, 2, 3, 4)),
+    (
+        ("imu",),
+        8,
+        4,
+        (
+            "delay-beta1+fleet-batch",
+            "delay-beta1+fleet-batch:lr_power=0.5",
+            "delay-beta1:cap=0+fleet-batch",
+            "delay-beta1+lookahead",
+        ),
+        (0, 1, 2),
+    ),
+    (("mnist",), 8, 4, ("delay-beta1+lookahead",), (0, 1, 2)),
+    (("imu", "mnist"), 1, 16, ("centralized", "default", "delay-beta1+dana"), (0, 1, 2)),
+    (
+        ("imu", "mnist"),
+        32,
+        4,
+        ("centralized", "default", "delay-beta1+fleet-batch:k=8"),
+        (0, 1, 2),
+    ),
+    (("imu",), 32, 4, ("delay-beta1+dana",), (0, 1, 2)),
+)
+# Fleets above this size run one at a time, whatever ``--workers`` says: 32 edge processes
+# already share the cores, and two such runs would not fit a 24 GiB machine (MNIST).
+LARGE_FLEET = 8
 
 
 @dataclass(frozen=True)
@@ -238,7 +271,8 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``simultrain fleet-parity [--datasets imu,mnist] [--methods …] [--resume]``; 0 on success."""
+    """``simultrain fleet-parity [--targets | --datasets imu,mnist --methods …] [--resume]``;
+    0 on success."""
     parser = argparse.ArgumentParser(
         prog="simultrain fleet-parity", description=__doc__.split("\n")[0]
     )
@@ -256,6 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs at once")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="run the committed grid (every fleet, method and seed of the results file) "
+        "instead of --datasets/--edges/--window/--methods/--seeds",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.datasets) - set(TOTAL_BATCHES)
     if unknown:
@@ -266,38 +306,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and path.exists():
         records = json.loads(path.read_text())["records"]
     done = {(r["dataset"], r["edges"], r["window"], r["method"], r["seed"]) for r in records}
+    if args.targets:
+        grid = TARGET_GRID
+    else:
+        grid = tuple(
+            (tuple(args.datasets), edges, args.window, tuple(args.methods), tuple(args.seeds))
+            for edges in args.edges
+        )
     # Seed-major, so that an interrupted run leaves whole seeds of every method.
     cases = [
-        Case(dataset, edges, args.window, method, seed)
-        for dataset in args.datasets
-        for edges in args.edges
-        for seed in args.seeds
-        for method in args.methods
+        Case(dataset, edges, window, method, seed)
+        for datasets, edges, window, methods, seeds in grid
+        for dataset in datasets
+        for seed in seeds
+        for method in methods
     ]
     todo = [c for c in cases if c.key not in done]
     meta = {"command": "simultrain fleet-parity " + " ".join(argv or sys.argv[1:])}
     lock = Lock()
     failures = 0
     print(f"{len(todo)} of {len(cases)} runs to do", flush=True)
-    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = {pool.submit(_run, case, args.timeout): case for case in todo}
-        for future in as_completed(futures):
-            case = futures[future]
-            try:
-                record = future.result()
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                failures += 1
-                print(f"FAILED {case}: {exc}", file=sys.stderr, flush=True)
-                continue
-            with lock:
-                records.append(record)
-                _save(args.out_dir, records, meta)
-            print(
-                f"{case.dataset} E{case.edges} W{case.window} {case.method} s{case.seed}: "
-                f"{100 * record['accuracy']:.1f} % (τ mean {record['mean_staleness']}) "
-                f"in {record['seconds']:.0f} s",
-                flush=True,
-            )
+    small = [c for c in todo if c.edges <= LARGE_FLEET]
+    large = [c for c in todo if c.edges > LARGE_FLEET]
+    for batch, workers in ((small, args.workers), (large, 1)):
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {pool.submit(_run, case, args.timeout): case for case in batch}
+            for future in as_completed(futures):
+                case = futures[future]
+                try:
+                    record = future.result()
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    failures += 1
+                    print(f"FAILED {case}: {exc}", file=sys.stderr, flush=True)
+                    continue
+                with lock:
+                    records.append(record)
+                    _save(args.out_dir, records, meta)
+                print(
+                    f"{case.dataset} E{case.edges} W{case.window} {case.method} s{case.seed}: "
+                    f"{100 * record['accuracy']:.1f} % (τ mean {record['mean_staleness']}) "
+                    f"in {record['seconds']:.0f} s",
+                    flush=True,
+                )
     _save(args.out_dir, records, meta)
     return 1 if failures else 0
 

@@ -75,3 +75,47 @@ def test_resume_skips_the_runs_the_json_holds(
     assert [(c.method, c.seed) for c in ran] == [("x", 0)]
     saved = json.loads((tmp_path / "fleet_parity.json").read_text())["records"]
     assert len(saved) == 2 and (tmp_path / "fleet_parity.md").exists()
+
+
+def test_targets_runs_the_committed_grid_and_large_fleets_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    running: list[int] = []
+    overlap: list[int] = []
+    lock = threading.Lock()
+    ran: list[Case] = []
+
+    def fake_run(case: Case, timeout_s: float) -> dict[str, object]:
+        with lock:
+            running.append(case.edges)
+            if case.edges > fleet_parity.LARGE_FLEET and len(running) > 1:
+                overlap.append(case.edges)
+            ran.append(case)
+        with lock:
+            running.remove(case.edges)
+        return {
+            **record(case.method, case.seed, 0.5),
+            "dataset": case.dataset,
+            "edges": case.edges,
+            "window": case.window,
+            "partition": "x",
+        }
+
+    monkeypatch.setattr(fleet_parity, "_run", fake_run)
+    assert fleet_parity.main(["--out-dir", str(tmp_path), "--targets", "--workers", "4"]) == 0
+    expected = {
+        (dataset, edges, window, method, seed)
+        for datasets, edges, window, methods, seeds in fleet_parity.TARGET_GRID
+        for dataset in datasets
+        for method in methods
+        for seed in seeds
+    }
+    assert {c.key for c in ran} == expected and len(ran) == len(expected)
+    assert not overlap
+    # Every fleet with a target has its centralized reference in the grid.
+    cells = {
+        (d, e, w) for ds, e, w, ms, _ in fleet_parity.TARGET_GRID for d in ds if "centralized" in ms
+    }
+    assert {(e, w) for _, e, w in cells} == set(fleet_parity.TARGETS)
