@@ -236,10 +236,10 @@ def _targets(cells: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]])
             if not gaps:
                 continue
             mean = statistics.fmean(gaps)
-            sem = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
+            sem = f"{statistics.stdev(gaps) / len(gaps) ** 0.5:.1f}" if len(gaps) > 1 else "–"
             rows.append(
                 f"| {dataset} | {edges} × W {window} | {method} | {len(gaps)} | {mean:+.1f} "
-                f"| {sem:.1f} | −{target} | {'yes' if mean >= -target else '**no**'} |"
+                f"| {sem} | −{target} | {'yes' if mean >= -target else '**no**'} |"
             )
     if not rows:
         return []
