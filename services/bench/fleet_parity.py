@@ -54,7 +54,13 @@ TARGETS = {(8, 4): 0.5, (1, 16): 0.5, (32, 4): 1.0}
 # ``--targets``: every run behind bench/results/fleet_parity.{json,md}, as
 # (datasets, edges, window, methods, seeds). docs/STALENESS.md, "A fleet", reads them.
 TARGET_GRID: tuple[tuple[tuple[str, ...], int, int, tuple[str, ...], tuple[int, ...]], ...] = (
-    (("imu", "mnist"), 8, 4, ("centralized", "default", "delay-beta1+dana"), (0, 1, 2, 3, 4)),
+    (
+        ("imu", "mnist"),
+        8,
+        4,
+        ("centralized", "default", "delay-beta1+dana", "delay-beta1+dana:lookahead=0"),
+        (0, 1, 2, 3, 4),
+    ),
     (
         ("imu",),
         8,
