@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
@@ -45,6 +46,7 @@ __all__ = [
     "load_settings",
     "run_config_field",
     "run_setting_names",
+    "serve_from_environment",
 ]
 
 # The cloud's and the edge's names for three optimizer keys (their variables predate the
@@ -263,3 +265,14 @@ def load_settings(settings: type[S], **overrides: Any) -> S:
             else:  # a whole-settings check names its variables itself
                 problems.extend(message.splitlines())
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+def serve_from_environment(settings: type[S], run: Callable[[S], int], program: str) -> int:
+    """A service's ``python -m`` entry: its settings from the environment, then ``run``; a bad
+    setting is one line on stderr (``program: …``) and exit status 2, never a traceback."""
+    try:
+        loaded = load_settings(settings)
+    except SettingsError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return 2
+    return run(loaded)

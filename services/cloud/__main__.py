@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
-from simultrain.shared.run_settings import SettingsError, load_settings
+from simultrain.shared.run_settings import serve_from_environment
 
 from .server import run
 from .settings import CloudSettings
 
 
 def main() -> int:
-    try:
-        settings = load_settings(CloudSettings)
-    except SettingsError as exc:
-        print(f"simultrain cloud: {exc}", file=sys.stderr)
-        return 2
-    return run(settings)
+    return serve_from_environment(CloudSettings, run, "simultrain cloud")
 
 
 if __name__ == "__main__":

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+from simultrain.shared.run_settings import serve_from_environment
 
 from .server import run
-from .settings import SettingsError, load_settings
+from .settings import CoordinatorSettings
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"simultrain coordinator: {exc}", file=sys.stderr)
-        return 2
-    return run(settings)
+    return serve_from_environment(CoordinatorSettings, run, "simultrain coordinator")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
-from simultrain.shared.run_settings import SettingsError, load_settings
+from simultrain.shared.run_settings import serve_from_environment
 
 from .main import run
 from .settings import EdgeSettings
 
 
 def main() -> int:
-    try:
-        settings = load_settings(EdgeSettings)
-    except SettingsError as exc:
-        print(f"simultrain edge: {exc}", file=sys.stderr)
-        return 2
-    return run(settings)
+    return serve_from_environment(EdgeSettings, run, "simultrain edge")
 
 
 if __name__ == "__main__":
