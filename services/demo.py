@@ -193,7 +193,10 @@ def _run(
             edges=options.edges,
             link_profile=options.link_profile,
             edge_slowdown=options.edge_slowdown,
-            cloud_env={"SIMULTRAIN_CLOUD_EVAL_INTERVAL_S": str(max(options.eval_every_s, 0.0))},
+            # 0 also turns off the cloud's own periodic evaluation (the dashboard's curve).
+            cloud_env={"SIMULTRAIN_CLOUD_EVAL_INTERVAL_S": "0"}
+            if options.eval_every_s <= 0
+            else None,
         )
     cloud_url, edges = topology.cloud_url, topology.edges
     console.print(f"live dashboard: {topology.coordinator_url}/dashboard (while the run lasts)")
