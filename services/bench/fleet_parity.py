@@ -1,4 +1,4 @@
-"""A fleet at parity? Staleness compensation measured through the real services (issue 10).
+"""A fleet at parity? Staleness compensation measured through the real services (SPEC "Fleets").
 
 Each case is one ``simultrain demo --json`` run: coordinator, cloud and E edge processes on
 127.0.0.1, every edge a shard (IMU: one subject per edge; MNIST: ``--partition
