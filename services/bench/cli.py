@@ -52,12 +52,26 @@ def bench(
             "--suites",
             "--suite",
             help="Only these suites: systems, accuracy, ablation, compression, window; or fleet "
-            "(N edges against one cloud) or stragglers (8 edges, 1-2 slowed 5×), each alone.",
+            "(N edges against one cloud), stragglers (8 edges, 1-2 slowed 5×) or control-plane "
+            "(the coordinator under N simulated edges, HTTP only), each alone.",
         ),
     ] = None,
     fleet_edges: Annotated[
-        str | None, typer.Option(help="Fleet sizes of the fleet suite (default 1,8,32,64).")
+        str | None,
+        typer.Option(
+            help="Fleet sizes of the fleet suite (default 1,8,32,64) or of the control-plane "
+            "suite (default 100,1000,10000)."
+        ),
     ] = None,
+    stores: Annotated[
+        str | None,
+        typer.Option(help="Control plane: sqlite, postgres-1, postgres-2 (coordinator replicas)."),
+    ] = None,
+    coordinator_tree: Annotated[
+        Path | None,
+        typer.Option(help="Control plane: run the coordinator from this checkout (a baseline)."),
+    ] = None,
+    label: Annotated[str, typer.Option(help="Control plane: a label for the records.")] = "",
     duration: Annotated[
         float | None,
         typer.Option(help="Fleet/stragglers: training seconds per case (default 60)."),
@@ -111,6 +125,9 @@ def bench(
         meta_path = out / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
+        return
+    if "control-plane" in (parse_list(suites) or ()):
+        _control_plane(out, suites or "", fleet_edges, stores, duration, coordinator_tree, label)
         return
     if {"fleet", "stragglers"} & set(parse_list(suites) or ()):
         _fleet(
@@ -215,6 +232,50 @@ def _fleet(
         raise typer.Exit(1) from exc
     failed = [r for r in records if "error" in r or r["errors"] or r["lost_samples"]]
     typer.echo(f"{len(records) - len(failed)}/{len(records)} cases clean; results in {out}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _control_plane(
+    out: Path,
+    suites: str,
+    edges: str | None,
+    stores: str | None,
+    duration: float | None,
+    coordinator_tree: Path | None,
+    label: str,
+) -> None:
+    from simultrain.bench.bench import parse_list
+    from simultrain.bench.control_plane import (
+        BACKENDS,
+        ControlPlaneOptions,
+        run_control_plane,
+    )
+    from simultrain.shared.errors import SimulTrainError
+
+    if parse_list(suites) != ("control-plane",):
+        typer.echo("error: the control-plane suite runs alone", err=True)
+        raise typer.Exit(2)
+    try:
+        defaults = ControlPlaneOptions()
+        options = ControlPlaneOptions(
+            out_dir=out if out != Path("bench/results") else defaults.out_dir,
+            edge_counts=tuple(int(n) for n in parse_list(edges) or defaults.edge_counts),
+            backends=parse_list(stores, known=tuple(BACKENDS)) or defaults.backends,
+            steady_s=duration if duration is not None else defaults.steady_s,
+            coordinator_tree=coordinator_tree,
+            label=label,
+            command=shlex.join(["simultrain", *sys.argv[1:]]),
+        )
+        records = run_control_plane(options, progress=typer.echo)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except SimulTrainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    failed = [r for r in records if r.get("error")]
+    typer.echo(f"{len(records) - len(failed)}/{len(records)} cases; results in {options.out_dir}")
     if failed:
         raise typer.Exit(1)
 
