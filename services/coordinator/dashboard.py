@@ -1,6 +1,6 @@
 """The live dashboard: ``GET /dashboard`` (a page) and ``GET /v1/dashboard`` (what it draws).
 
-A training run is watched while it runs (issue 13). The coordinator already knows the fleet
+A training run is watched while it runs. The coordinator already knows the fleet
 (its registry of clouds and edges, their heartbeats and the versions they last reported); the
 figures only the master has — per-edge steps, bytes and replica versions, staleness, loss,
 held-out accuracy over time, reconciliations — it reads from each cloud it knows, over the
@@ -27,14 +27,14 @@ from importlib import resources
 from typing import Any, TypeGuard
 
 import httpx
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .records import CloudRecord, EdgeRecord
 from .registry import Coordinator
 
-__all__ = ["DashboardFeed", "cloud_http_url", "register_dashboard"]
+__all__ = ["DashboardFeed", "cloud_http_url", "dashboard_router"]
 
 # The page's assets: a fixed list, so no request path ever reaches the file system.
 ASSETS: Mapping[str, str] = {
@@ -118,12 +118,14 @@ class DashboardFeed:
             return snapshot
 
     async def _build(self) -> dict[str, Any]:
-        # The store may block (SQLite): off the event loop, as the plain-def handlers are.
-        clouds, edges, run_config = await asyncio.to_thread(self._registry)
+        # The store may block: off the event loop, as the plain-def handlers are.
+        clouds, edges, sessions, run_config = await asyncio.to_thread(self._registry)
         async with httpx.AsyncClient(
             timeout=self.poll_timeout_s, transport=self.transport, follow_redirects=False
         ) as client:
-            polled = await asyncio.gather(*(self._poll(client, cloud) for cloud, _ in clouds))
+            polled = await asyncio.gather(
+                *(self._poll(client, c, sessions.get(c.cloud_id, [])) for c, _ in clouds)
+            )
         now = self.clock()
         by_cloud = {view["cloud_id"]: view for view in polled}
         edge_views = [self._edge_view(edge, by_cloud.get(edge.cloud_id), now) for edge in edges]
@@ -142,14 +144,19 @@ class DashboardFeed:
 
     def _registry(
         self,
-    ) -> tuple[list[tuple[CloudRecord, int]], list[EdgeRecord], dict[str, Any]]:
+    ) -> tuple[
+        list[tuple[CloudRecord, int]], list[EdgeRecord], dict[str, list[str]], dict[str, Any]
+    ]:
         return (
             self.coordinator.list_clouds(),
             self.coordinator.list_edges(),
+            self.coordinator.sessions(),
             self.coordinator.run_config.to_mapping(),
         )
 
-    async def _poll(self, client: httpx.AsyncClient, cloud: CloudRecord) -> dict[str, Any]:
+    async def _poll(
+        self, client: httpx.AsyncClient, cloud: CloudRecord, connected: list[str]
+    ) -> dict[str, Any]:
         base = cloud_http_url(cloud.url)
         view: dict[str, Any] = {
             "cloud_id": cloud.cloud_id,
@@ -157,7 +164,7 @@ class DashboardFeed:
             "status": cloud.status.value,
             "last_heartbeat": cloud.last_heartbeat,
             "master_version": cloud.master_version,
-            "connected_edges": list(cloud.connected_edges),
+            "connected_edges": connected,
             "reachable": False,
             "error": None,
             "detail": None,
@@ -261,23 +268,28 @@ def _asset(name: str) -> bytes:
     return resources.files("simultrain.coordinator").joinpath("static", name).read_bytes()
 
 
-def register_dashboard(app: FastAPI, feed: DashboardFeed) -> None:
-    """Add the dashboard's routes to the coordinator's app."""
-    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
+_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
 
-    @app.get("/dashboard", tags=["status"], response_class=HTMLResponse)
-    async def dashboard_page() -> HTMLResponse:
-        """The live dashboard (a page for a browser)."""
-        return HTMLResponse(_asset("dashboard.html"), headers=headers)
+# The feed is the app's (``app.state.dashboard``), so a test can swap its transport.
+dashboard_router = APIRouter(tags=["status"])
 
-    @app.get("/dashboard/{name}", tags=["status"], include_in_schema=False)
-    async def dashboard_asset(name: str) -> Response:
-        media_type = ASSETS.get(name)
-        if media_type is None:
-            raise StarletteHTTPException(404, f"no dashboard asset {name!r}")
-        return Response(_asset(name), media_type=media_type, headers=headers)
 
-    @app.get("/v1/dashboard", tags=["status"])
-    async def dashboard_data() -> JSONResponse:
-        """What the dashboard shows: the registry, and each cloud's figures as it reports."""
-        return JSONResponse(await feed.snapshot(), headers={"Cache-Control": "no-store"})
+@dashboard_router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard_page() -> HTMLResponse:
+    """The live dashboard (a page for a browser)."""
+    return HTMLResponse(_asset("dashboard.html"), headers=_HEADERS)
+
+
+@dashboard_router.get("/dashboard/{name}", include_in_schema=False)
+async def dashboard_asset(name: str) -> Response:
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise StarletteHTTPException(404, f"no dashboard asset {name!r}")
+    return Response(_asset(name), media_type=media_type, headers=_HEADERS)
+
+
+@dashboard_router.get("/v1/dashboard")
+async def dashboard_data(request: Request) -> JSONResponse:
+    """What the dashboard shows: the registry, and each cloud's figures as it reports."""
+    feed: DashboardFeed = request.app.state.dashboard
+    return JSONResponse(await feed.snapshot(), headers={"Cache-Control": "no-store"})

@@ -4,6 +4,11 @@ Records are immutable values; a store keeps the latest value per id and updates 
 values (``dataclasses.replace``). Version counters are "as last reported" by the cloud
 (master version ``v_c``) and the edge (replica version ``v_e``); SPEC.md "Version counters
 are the backbone".
+
+An edge is live while it heartbeats or while a cloud reports a session with it (liveness
+through the data plane, PROTOCOL.md §9.4): ``session_cloud_id`` names that cloud, and
+``expires_at`` is when the edge is silent unless it heartbeats again (``None`` while a
+session holds it).
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-# The run configuration as the coordinator's API, store and settings carry it (SPEC.md,
-# issue 3 item 3): the shared `RunConfig` in its flat wire form, documented by the JSON
-# schema its declaration generates — no key is listed here.
+# The run configuration as the coordinator's API, store and settings carry it (SPEC.md): the
+# shared `RunConfig` in its flat wire form, documented by the JSON schema its declaration
+# generates — no key is listed here.
 from simultrain.shared.run_settings import RunConfigField, run_config_field
 from simultrain.shared.training.config import RunConfig
 
@@ -33,7 +38,6 @@ class CloudRecord:
     last_heartbeat: float
     registered_at: float
     master_version: int = 0
-    connected_edges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +56,9 @@ class EdgeRecord:
     shard_count: int | None = None
     edge_version: int = 0
     step: int = 0
+    # The cloud that last reported a live session with this edge; None while none does.
+    session_cloud_id: str | None = None
+    # Silent after this instant (Unix seconds) unless a heartbeat or a session comes first.
+    expires_at: float | None = None
+    # The client's key of the enrollment that made this edge: a retry gets this edge back.
+    enrollment_id: str | None = None

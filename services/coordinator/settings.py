@@ -1,4 +1,4 @@
-"""The coordinator's one settings object (STYLE.md point 7; issue 3 item 5).
+"""The coordinator's one settings object (STYLE.md point 7).
 
 Built once at start-up from keyword arguments and ``SIMULTRAIN_COORDINATOR_*`` environment
 variables, immutable, passed down. Every field is an environment variable of the same name
@@ -11,7 +11,7 @@ start-up, naming the closest valid one.
 :func:`settings_table` renders the table for the README from the field descriptions and the
 run keys' declaration.
 
-Authentication (issue 5 item 1) is on when any of ``enrollment_secret``, ``token_key`` or
+Authentication is on when any of ``enrollment_secret``, ``token_key`` or
 ``admin_token`` is configured, and then all three are required — a half-configured
 coordinator would enroll edges it cannot vouch for. With none configured it runs in
 development mode: anyone may register, no tokens are issued, and a warning is logged.
@@ -44,6 +44,7 @@ _SECRET_FILES = (
     ("enrollment_secret", "enrollment_secret_file"),
     ("token_key", "token_key_file"),
     ("admin_token", "admin_token_file"),
+    ("database_url", "database_url_file"),
 )
 
 
@@ -63,9 +64,16 @@ class CoordinatorSettings(RunSettings):
         "simultrain-coordinator.db",
         description='SQLite database file holding the state; ":memory:" keeps it in memory.',
     )
-    ssl_certfile: Path | None = Field(
-        None, description="TLS certificate chain (PEM): serve HTTPS (issue 5 item 2)."
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host/db) holding the state "
+        "instead of db_path: several coordinator replicas may share it (docs/DEPLOY.md).",
     )
+    database_url_file: Path | None = Field(None, description="File holding database_url.")
+    database_pool_size: int = Field(
+        16, ge=1, le=1000, description="PostgreSQL connections one replica keeps at most."
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate chain (PEM): serve HTTPS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) of ssl_certfile.")
 
     # --- health ----------------------------------------------------------------------
@@ -78,6 +86,19 @@ class CoordinatorSettings(RunSettings):
         description="A cloud or edge silent this long is marked down; a down cloud's edges "
         "are reassigned to a live cloud (seconds).",
     )
+    edge_heartbeats_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="The most heartbeats per second edges that are not streaming are asked "
+        "for together: past heartbeat_interval_s × this many edges, the interval (and the "
+        "timeout) each edge is given grows with the fleet (PROTOCOL.md §9.4).",
+    )
+    streaming_heartbeat_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often an edge heartbeats while its cloud reports its session (which "
+        "keeps it live meanwhile); never more often than an edge that is not streaming.",
+    )
 
     # --- run configuration handed to every edge (SPEC.md) -----------------------------
     # One SIMULTRAIN_COORDINATOR_<KEY> variable (or keyword argument) per key of the shared
@@ -88,7 +109,7 @@ class CoordinatorSettings(RunSettings):
         description="The run configuration handed to every edge: one variable per key.",
     )
 
-    # --- authentication (issue 5 item 1) ------------------------------------------------
+    # --- authentication ------------------------------------------------------------------
     enrollment_secret: SecretStr | None = Field(
         None, description="Secret an edge presents to register (X-Enrollment-Secret)."
     )
@@ -183,6 +204,10 @@ class CoordinatorSettings(RunSettings):
             raise ValueError("token_previous_keys needs token_key")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile, or neither")
+        if self.database_url is not None:
+            scheme = self.database_url.get_secret_value().partition("://")[0]
+            if scheme not in ("postgresql", "postgres"):
+                raise ValueError("database_url must be a postgresql:// URL")
         return self
 
     @property

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from simultrain.bench.pgserver import PostgresUnavailable, TemporaryPostgres
 from simultrain.coordinator import (
     CoordinatorSettings,
     CoordinatorStore,
@@ -19,6 +20,7 @@ from simultrain.coordinator import (
     SQLiteStore,
     create_app,
 )
+from simultrain.coordinator.postgres import PostgresStore
 
 # --- coordinator ---------------------------------------------------------------------------
 
@@ -95,14 +97,37 @@ def coordinator_auth_settings(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def coordinator_postgres() -> Iterator[TemporaryPostgres]:
+    """One real PostgreSQL server for the whole session (initdb on a unix socket in a
+    temporary directory), each test in a database of its own. A server that cannot start
+    fails the tests that need it: the PostgreSQL tier never skips silently."""
+    try:
+        server = TemporaryPostgres().start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"the PostgreSQL store tier needs a PostgreSQL server: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def coordinator_postgres_url(coordinator_postgres: TemporaryPostgres) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return coordinator_postgres.create_database()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def coordinator_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoordinatorStore]:
-    """Each store implementation in turn: the one shared suite runs against both."""
+    """Each store implementation in turn: the one shared suite runs against all three."""
     store: CoordinatorStore
     if request.param == "memory":
         store = InMemoryStore()
-    else:
+    elif request.param == "sqlite":
         store = SQLiteStore(tmp_path / "coordinator.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("coordinator_postgres_url"))
     with store:
         yield store
 
