@@ -98,6 +98,7 @@ class ControlPlaneOptions:
     command: str = ""
     seed: int = 0
     loadgen_nice: int = 10
+    failover_limit_s: float = 180.0
 
     def __post_init__(self) -> None:
         if not self.edge_counts or min(self.edge_counts) < 1:
@@ -126,6 +127,17 @@ class PhaseStats:
 
 
 @dataclass(frozen=True)
+class FailoverStats:
+    """One cloud killed: how long its streaming edges took to be told another cloud."""
+
+    edges: int
+    moved: int
+    p50_s: float | None
+    max_s: float | None
+    cloud_timeout_s: float
+
+
+@dataclass(frozen=True)
 class SteadyStats:
     stats: PhaseStats
     edge_heartbeats: int
@@ -139,6 +151,7 @@ class SteadyStats:
     false_down: int
     clouds_down: int
     edges_up_at_end: int | None
+    failover: FailoverStats | None = None
 
 
 @dataclass(frozen=True)
@@ -269,9 +282,28 @@ class _Edge:
 
 @dataclass
 class _Cloud:
+    """A simulated cloud: it heartbeats from registration to the end of the case and reports
+    the sessions it holds as the real one does (services/cloud/coordinator_client.py)."""
+
     cloud_id: str
     interval_s: float
-    streaming: list[str] = field(default_factory=list)
+    timeout_s: float
+    sessions: set[str] = field(default_factory=set)
+    reported: set[str] | None = None  # acknowledged by the coordinator; None: it holds none
+    alive: bool = True
+    version: int = 0
+
+    def body(self) -> dict[str, Any]:
+        reported = self.reported or set()
+        self.version += 1
+        return {
+            "master_version": self.version,
+            "session_changes": {
+                "opened": sorted(self.sessions - reported),
+                "closed": sorted(reported - self.sessions),
+            },
+            "list_assigned_edges": False,
+        }
 
 
 @dataclass
@@ -280,45 +312,55 @@ class _Recorder:
 
     backend: _Backend
     latencies: list[float] = field(default_factory=list)
-    finished_at: list[float] = field(default_factory=list)
     errors: int = 0
     started: float = 0.0
     cpu0: float = 0.0
     db_cpu0: float = 0.0
+    active: bool = True
 
     def start(self) -> _Recorder:
+        self.latencies.clear()
+        self.errors = 0
         self.started = time.perf_counter()
         self.cpu0 = self.backend.coordinator_cpu()
         self.db_cpu0 = self.backend.db_cpu()
+        self.active = True
         return self
 
     def ok(self, latency: float) -> None:
-        self.latencies.append(latency)
-        self.finished_at.append(time.perf_counter())
+        if self.active:
+            self.latencies.append(latency)
 
-    def stats(self, requests: int | None = None) -> PhaseStats:
+    def failed(self) -> None:
+        if self.active:
+            self.errors += 1
+
+    def stats(self, extra: _Recorder | None = None) -> PhaseStats:
+        """This phase (and ``extra``, recorded over the same span) in one figure."""
         seconds = time.perf_counter() - self.started
         cpu = self.backend.coordinator_cpu() - self.cpu0
         db_cpu = self.backend.db_cpu() - self.db_cpu0
-        count = len(self.latencies) if requests is None else requests
-        ms = sorted(x * 1000 for x in self.latencies)
+        latencies = [*self.latencies, *(extra.latencies if extra else [])]
+        errors = self.errors + (extra.errors if extra else 0)
+        count = len(latencies)
+        ms = sorted(x * 1000 for x in latencies)
         return PhaseStats(
             requests=count,
             seconds=round(seconds, 2),
             per_s=round(count / seconds, 1) if seconds > 0 else 0.0,
             p50_ms=_quantile(ms, 0.50),
             p99_ms=_quantile(ms, 0.99),
-            errors=self.errors,
+            errors=errors,
             cpu_ms_per_request=round(1000 * cpu / count, 3) if count else None,
             db_cpu_ms_per_request=round(1000 * db_cpu / count, 3) if count and db_cpu else None,
         )
 
 
-def _quantile(sorted_ms: Sequence[float], q: float) -> float | None:
-    if not sorted_ms:
+def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
         return None
-    index = min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))
-    return round(sorted_ms[index], 2)
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
+    return round(sorted_values[index], 2)
 
 
 class _Fleet:
@@ -340,18 +382,54 @@ class _Fleet:
             await client.aclose()
 
 
+_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 async def _register_clouds(fleet: _Fleet, count: int) -> list[_Cloud]:
     clouds = []
     for i in range(count):
         reply = await fleet.next().post(
-            "/v1/clouds",
-            json={"url": f"ws://cloud-{i}.bench.invalid:8000"},
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            "/v1/clouds", json={"url": f"ws://cloud-{i}.bench.invalid:8000"}, headers=_ADMIN
         )
         reply.raise_for_status()
         body = reply.json()
-        clouds.append(_Cloud(body["cloud_id"], float(body["heartbeat_interval_s"])))
+        clouds.append(
+            _Cloud(
+                body["cloud_id"],
+                float(body["heartbeat_interval_s"]),
+                float(body["heartbeat_timeout_s"]),
+            )
+        )
     return clouds
+
+
+async def _cloud_beat(fleet: _Fleet, cloud: _Cloud, recorder: _Recorder | None) -> None:
+    body = cloud.body()
+    sent = set(cloud.sessions)
+    started = time.perf_counter()
+    try:
+        reply = await fleet.next().post(
+            f"/v1/clouds/{cloud.cloud_id}/heartbeat", json=body, headers=_ADMIN
+        )
+        reply.raise_for_status()
+        # The coordinator dropped this cloud's sessions (it had marked it down): all again.
+        cloud.reported = None if reply.json().get("sessions_snapshot_wanted") else sent
+    except httpx.HTTPError:
+        if recorder is not None:
+            recorder.failed()
+        return
+    if recorder is not None:
+        recorder.ok(time.perf_counter() - started)
+
+
+async def _keep_alive(
+    fleet: _Fleet, cloud: _Cloud, recorder: _Recorder, stop: asyncio.Event
+) -> None:
+    """A cloud's heartbeat loop, for the whole case (until killed or stopped)."""
+    while cloud.alive and not stop.is_set():
+        await _cloud_beat(fleet, cloud, recorder)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), cloud.interval_s)
 
 
 async def _enroll(
@@ -365,17 +443,17 @@ async def _enroll(
 
     async def one(index: int) -> None:
         body = {"name": f"sim-{index}", "enrollment_id": f"bench-{secrets.token_hex(8)}"}
+        last = ""
         for attempt in range(attempts):
-            client = fleet.next()
             started = time.perf_counter()
             try:
-                reply = await client.post("/v1/edges", json=body, headers=headers)
-            except httpx.TransportError:
-                recorder.errors += 1
-                await asyncio.sleep(0.05 * (attempt + 1))
-                continue
-            if reply.status_code != 201:
-                recorder.errors += 1
+                reply = await fleet.next().post("/v1/edges", json=body, headers=headers)
+            except httpx.TransportError as exc:
+                reply, last = None, f"{type(exc).__name__}: {exc}"
+            if reply is None or reply.status_code != 201:
+                if reply is not None:
+                    last = f"{reply.status_code} {reply.text[:200]}"
+                recorder.failed()
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue
             recorder.ok(time.perf_counter() - started)
@@ -389,7 +467,7 @@ async def _enroll(
                 streaming_interval_s=data.get("streaming_heartbeat_interval_s"),
             )
             return
-        raise SimulTrainError(f"edge {index} could not enroll in {attempts} attempts")
+        raise SimulTrainError(f"edge {index} could not enroll in {attempts} attempts: {last}")
 
     async def worker() -> None:
         for index in todo:
@@ -400,11 +478,12 @@ async def _enroll(
 
 
 async def _heartbeat(fleet: _Fleet, edge: _Edge) -> dict[str, Any] | None:
+    """One heartbeat as the agent sends it; the edge takes the cadence and cloud it is told."""
     headers = {"Authorization": f"Bearer {edge.token}"} if edge.token else {}
     try:
         reply = await fleet.next().post(
             f"/v1/edges/{edge.edge_id}/heartbeat",
-            json={"edge_version": 1, "step": 1},
+            json={"edge_version": 1, "step": 1, "streaming": edge.streaming},
             headers=headers,
         )
     except httpx.TransportError:
@@ -412,7 +491,18 @@ async def _heartbeat(fleet: _Fleet, edge: _Edge) -> dict[str, Any] | None:
     if reply.status_code != 200:
         return None
     data: dict[str, Any] = reply.json()
+    edge.cloud_id = str(data.get("cloud_id", edge.cloud_id))
+    edge.interval_s = float(data.get("heartbeat_interval_s", edge.interval_s))
+    edge.timeout_s = float(data.get("heartbeat_timeout_s", edge.timeout_s))
+    stated = data.get("streaming_heartbeat_interval_s")
+    edge.streaming_interval_s = None if stated is None else float(stated)
     return data
+
+
+def _next_interval(edge: _Edge) -> float:
+    if edge.streaming and edge.streaming_interval_s is not None:
+        return max(edge.interval_s, edge.streaming_interval_s)
+    return edge.interval_s
 
 
 async def _burst(
@@ -426,45 +516,65 @@ async def _burst(
             edge = edges[rng.randrange(len(edges))]
             started = time.perf_counter()
             if await _heartbeat(fleet, edge) is None:
-                recorder.errors += 1
+                recorder.failed()
             else:
                 recorder.ok(time.perf_counter() - started)
 
     await asyncio.gather(*(worker() for _ in range(clients)))
 
 
-def _cloud_body(master_version: int, opened: Sequence[str] = ()) -> dict[str, Any]:
-    # What the cloud sends (services/cloud/coordinator_client.py): session changes since its
-    # last heartbeat, no list of its assigned edges. An older coordinator ignores both.
-    return {
-        "master_version": master_version,
-        "session_changes": {"opened": list(opened), "closed": []},
-        "list_assigned_edges": False,
-    }
-
-
 async def _cloud_burst(
     fleet: _Fleet, clouds: Sequence[_Cloud], beats: int, recorder: _Recorder
 ) -> None:
     per_cloud = max(1, beats // len(clouds))
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
-    async def cloud_loop(cloud: _Cloud) -> None:
-        for version in range(per_cloud):
-            started = time.perf_counter()
-            try:
-                reply = await fleet.next().post(
-                    f"/v1/clouds/{cloud.cloud_id}/heartbeat",
-                    json=_cloud_body(version),
-                    headers=admin,
-                )
-                reply.raise_for_status()
-            except httpx.HTTPError:
-                recorder.errors += 1
-                continue
-            recorder.ok(time.perf_counter() - started)
+    async def beat_on(cloud: _Cloud) -> None:
+        for _ in range(per_cloud):
+            await _cloud_beat(fleet, cloud, recorder)
 
-    await asyncio.gather(*(cloud_loop(c) for c in clouds))
+    await asyncio.gather(*(beat_on(c) for c in clouds))
+
+
+@dataclass
+class _Live:
+    """The steady fleet: each edge on its own schedule, each cloud on its loop."""
+
+    fleet: _Fleet
+    edges: Sequence[_Edge]
+    clients: int
+    recorder: _Recorder
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    late: list[float] = field(default_factory=list)
+    moved_at: dict[str, float] = field(default_factory=dict)
+    wakes: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    async def run_edge(self, edge: _Edge, gate: asyncio.Semaphore, first_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        wake = self.wakes[edge.edge_id] = asyncio.Event()
+        await self._pause(first_s, wake)
+        while not self.stop.is_set():
+            due = loop.time()
+            async with gate:
+                self.late.append(loop.time() - due)
+                started = time.perf_counter()
+                before = edge.cloud_id
+                reply = await _heartbeat(self.fleet, edge)
+            if reply is None:
+                self.recorder.failed()
+            else:
+                self.recorder.ok(time.perf_counter() - started)
+                if edge.cloud_id != before:
+                    self.moved_at.setdefault(edge.edge_id, time.perf_counter())
+            await self._pause(_next_interval(edge), wake)
+
+    async def _pause(self, seconds: float, wake: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(wake.wait())}
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            wake.clear()
 
 
 async def _steady(
@@ -472,124 +582,86 @@ async def _steady(
     backend: _Backend,
     edges: Sequence[_Edge],
     clouds: Sequence[_Cloud],
+    cloud_recorder: _Recorder,
     options: ControlPlaneOptions,
 ) -> SteadyStats:
-    """The fleet on its schedule; false deaths counted after a warm-up of one interval."""
-    by_cloud = {cloud.cloud_id: cloud for cloud in clouds}
+    """The fleet on its schedule; false deaths counted after a warm-up of one interval;
+    then one cloud dies and its streaming edges are timed until they learn a new cloud."""
     for cloud in clouds:
         mine = [e for e in edges if e.cloud_id == cloud.cloud_id]
         for edge in mine[: round(len(mine) * options.streaming_share)]:
             edge.streaming = True
-            cloud.streaming.append(edge.edge_id)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+            cloud.sessions.add(edge.edge_id)
+    live = _Live(fleet, edges, options.clients, _Recorder(backend))
     gate = asyncio.Semaphore(options.clients)
-    edge_recorder = _Recorder(backend)
-    cloud_recorder = _Recorder(backend)
-    late: list[float] = []
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-    async def pause(seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-
-    async def live_edge(edge: _Edge, first_s: float) -> None:
-        await pause(first_s)
-        while not stop.is_set():
-            due = loop.time()
-            async with gate:
-                late.append(loop.time() - due)
-                started = time.perf_counter()
-                reply = await _heartbeat(fleet, edge)
-            if reply is None:
-                edge_recorder.errors += 1
-            else:
-                edge_recorder.ok(time.perf_counter() - started)
-                edge.interval_s = float(reply.get("heartbeat_interval_s", edge.interval_s))
-                edge.timeout_s = float(reply.get("heartbeat_timeout_s", edge.timeout_s))
-                stated = reply.get("streaming_heartbeat_interval_s")
-                edge.streaming_interval_s = None if stated is None else float(stated)
-            interval = edge.interval_s
-            if edge.streaming and edge.streaming_interval_s is not None:
-                interval = edge.streaming_interval_s
-            await pause(interval)
-
-    async def live_cloud(cloud: _Cloud) -> None:
-        version = 0
-        opened: Sequence[str] = cloud.streaming
-        while not stop.is_set():
-            version += 1
-            started = time.perf_counter()
-            try:
-                reply = await fleet.next().post(
-                    f"/v1/clouds/{cloud.cloud_id}/heartbeat",
-                    json=_cloud_body(version, opened),
-                    headers=admin,
-                )
-                reply.raise_for_status()
-                # The coordinator lost this cloud's sessions (it had marked it down): all again.
-                wanted = reply.json().get("sessions_snapshot_wanted")
-                opened = cloud.streaming if wanted else ()
-                cloud_recorder.ok(time.perf_counter() - started)
-            except httpx.HTTPError:
-                cloud_recorder.errors += 1
-            await pause(cloud.interval_s)
-
     rng = random.Random(options.seed)
-    first_spread = max(e.interval_s for e in edges)
-    tasks = [asyncio.create_task(live_cloud(c)) for c in clouds]
-    for edge in edges:
-        spread = edge.interval_s
-        if edge.streaming and edge.streaming_interval_s is not None:
-            spread = edge.streaming_interval_s
-        tasks.append(asyncio.create_task(live_edge(edge, rng.uniform(0, spread))))
-    sweep_s = max(c.interval_s for c in by_cloud.values())
-    warmup = first_spread + 2 * sweep_s
+    tasks = [
+        asyncio.create_task(live.run_edge(edge, gate, rng.uniform(0, _next_interval(edge))))
+        for edge in edges
+    ]
+    sweep_s = max(c.interval_s for c in clouds)
+    warmup = max(e.interval_s for e in edges) + 2 * sweep_s
     await asyncio.sleep(warmup)
     offsets = backend.log_sizes()
-    for recorder in (edge_recorder, cloud_recorder):
-        recorder.start()
-    late.clear()
+    live.recorder.start()
+    cloud_recorder.start()
+    live.late.clear()
     await asyncio.sleep(options.steady_s)
-    edge_stats = edge_recorder.stats()
-    cloud_stats = cloud_recorder.stats()
+    stats = live.recorder.stats(extra=cloud_recorder)
+    edge_beats, cloud_beats = len(live.recorder.latencies), len(cloud_recorder.latencies)
     logged = backend.log_since(offsets)
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
     edges_up = None
     with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
         edges_up = int((await fleet.next().get("/readyz")).json()["edges_up"])
-    # One figure for the window: every request (edge and cloud heartbeats) and its cost.
-    requests = edge_stats.requests + cloud_stats.requests
-    seconds = edge_stats.seconds
-    cpu_total = (edge_stats.cpu_ms_per_request or 0) * edge_stats.requests
-    db_total = (edge_stats.db_cpu_ms_per_request or 0) * edge_stats.requests
-    merged = sorted([*edge_recorder.latencies, *cloud_recorder.latencies])
-    ms = [x * 1000 for x in merged]
-    stats = PhaseStats(
-        requests=requests,
-        seconds=seconds,
-        per_s=round(requests / seconds, 1) if seconds else 0.0,
-        p50_ms=_quantile(ms, 0.5),
-        p99_ms=_quantile(ms, 0.99),
-        errors=edge_stats.errors + cloud_stats.errors,
-        cpu_ms_per_request=round(cpu_total / requests, 3) if requests else None,
-        db_cpu_ms_per_request=round(db_total / requests, 3) if requests and db_total else None,
-    )
-    stream_intervals = [e.streaming_interval_s for e in edges if e.streaming_interval_s]
+    failover = await _failover(live, clouds, options) if len(clouds) > 1 else None
+    live.stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    streaming_intervals = [e.streaming_interval_s for e in edges if e.streaming_interval_s]
     return SteadyStats(
         stats=stats,
-        edge_heartbeats=edge_stats.requests,
-        cloud_heartbeats=cloud_stats.requests,
+        edge_heartbeats=edge_beats,
+        cloud_heartbeats=cloud_beats,
         interval_s=max(e.interval_s for e in edges),
-        streaming_interval_s=max(stream_intervals) if stream_intervals else None,
+        streaming_interval_s=max(streaming_intervals) if streaming_intervals else None,
         timeout_s=max(e.timeout_s for e in edges),
         streaming_edges=sum(e.streaming for e in edges),
         warmup_s=round(warmup, 1),
-        late_p99_ms=_quantile(sorted(x * 1000 for x in late), 0.99),
+        late_p99_ms=_quantile(sorted(x * 1000 for x in live.late), 0.99),
         false_down=len(_FALSE_DOWN.findall(logged)),
         clouds_down=len(_CLOUD_DOWN.findall(logged)),
         edges_up_at_end=edges_up,
+        failover=failover,
+    )
+
+
+async def _failover(
+    live: _Live, clouds: Sequence[_Cloud], options: ControlPlaneOptions
+) -> FailoverStats:
+    """Kill the first cloud (it stops heartbeating and its sessions break, as a kill -9
+    breaks their sockets): each edge streaming with it stops streaming and heartbeats at
+    once, as the agent does, then when told; time until a reply names another cloud."""
+    dead = clouds[0]
+    victims = [e for e in live.edges if e.streaming and e.cloud_id == dead.cloud_id]
+    dead.alive = False
+    killed = time.perf_counter()
+    live.moved_at.clear()
+    for edge in victims:
+        edge.streaming = False
+        live.wakes[edge.edge_id].set()
+    deadline = killed + options.failover_limit_s
+    while time.perf_counter() < deadline:
+        if all(e.edge_id in live.moved_at for e in victims):
+            break
+        await asyncio.sleep(0.2)
+    seconds = sorted(
+        live.moved_at[e.edge_id] - killed for e in victims if e.edge_id in live.moved_at
+    )
+    return FailoverStats(
+        edges=len(victims),
+        moved=len(seconds),
+        p50_s=_quantile(seconds, 0.5),
+        max_s=round(seconds[-1], 2) if seconds else None,
+        cloud_timeout_s=dead.timeout_s,
     )
 
 
@@ -598,8 +670,14 @@ async def _play(
 ) -> CaseRecord:
     fleet = _Fleet(backend.urls, options.clients)
     loadgen0 = time.process_time()
+    stop = asyncio.Event()
+    cloud_recorder = _Recorder(backend)
+    cloud_recorder.active = False
+    keepers: list[asyncio.Task[None]] = []
     try:
         clouds = await _register_clouds(fleet, options.clouds)
+        # Clouds heartbeat for the whole case, as real ones do.
+        keepers = [asyncio.create_task(_keep_alive(fleet, c, cloud_recorder, stop)) for c in clouds]
         enroll = _Recorder(backend).start()
         edges = await _enroll(fleet, edges_wanted, options.clients, enroll)
         enroll_stats = enroll.stats()
@@ -617,8 +695,10 @@ async def _play(
             cloud_stats = recorder.stats()
         steady = None
         if options.steady_s > 0:
-            steady = await _steady(fleet, backend, edges, clouds, options)
+            steady = await _steady(fleet, backend, edges, clouds, cloud_recorder, options)
     finally:
+        stop.set()
+        await asyncio.gather(*keepers, return_exceptions=True)
         await fleet.aclose()
     return CaseRecord(
         label=options.label,
@@ -653,7 +733,12 @@ def run_control_plane_case(
             initargs=(options.loadgen_nice,),
         ) as pool,
     ):
-        return pool.submit(_play_in_process, backend_name, backend, edges, options).result()
+        try:
+            return pool.submit(_play_in_process, backend_name, backend, edges, options).result()
+        finally:
+            # Interrupted (or failed): the load generator stops with the case.
+            for child in multiprocessing.active_children():
+                child.terminate()
 
 
 def _play_in_process(
@@ -745,19 +830,28 @@ def control_plane_markdown(records: Sequence[dict[str, Any]], meta: dict[str, An
         "| label | store | edges | enrollments/s | enroll p50 / p99 ms | enroll CPU ms "
         "| heartbeats/s | heartbeat p50 / p99 ms | heartbeat CPU ms | cloud heartbeat CPU ms "
         "| steady req/s | steady p50 / p99 ms | steady CPU ms | intervals s (idle / streaming) "
-        "| false down | enrolled once |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| false down | cloud killed: edges told a new cloud after p50 / max s "
+        "| enrolled once |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if r.get("error"):
             lines.append(
                 f"| {r.get('label', '')} | {r['backend']} | {r['edges']} | error: {r['error']} "
-                "| | | | | | | | | | | | |"
+                "| | | | | | | | | | | | | |"
             )
             continue
         enroll, beat = r["enroll"], r.get("edge_heartbeat") or {}
         cloud, steady = r.get("cloud_heartbeat") or {}, r.get("steady") or {}
         stats = steady.get("stats") or {}
+
+        def failover(moved: dict[str, Any] | None) -> str:
+            if not moved:
+                return "–"
+            return (
+                f"{_fmt(moved['p50_s'])} / {_fmt(moved['max_s'])} "
+                f"({moved['moved']} of {moved['edges']})"
+            )
 
         def cpu(phase: dict[str, Any]) -> str:
             text = _fmt(phase.get("cpu_ms_per_request"))
@@ -773,6 +867,7 @@ def control_plane_markdown(records: Sequence[dict[str, Any]], meta: dict[str, An
             f"| {_fmt(stats.get('per_s'))} | {_fmt(stats.get('p50_ms'))} / "
             f"{_fmt(stats.get('p99_ms'))} | {cpu(stats)} "
             f"| {_fmt(steady.get('interval_s'))} / {_fmt(steady.get('streaming_interval_s'))} "
-            f"| {_fmt(steady.get('false_down'))} | {r['enrolled_once']} |"
+            f"| {_fmt(steady.get('false_down'))} | {failover(steady.get('failover'))} "
+            f"| {r['enrolled_once']} |"
         )
     return "\n".join(lines) + "\n"

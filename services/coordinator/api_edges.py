@@ -68,7 +68,9 @@ def edge_heartbeat(
     """Report the replica version and step; returns the (possibly new) assignment and the
     cadence to heartbeat at."""
     credentials.require_edge_token(request, edge_id, authorization)
-    assignment = coordinator.edge_heartbeat(edge_id, body.edge_version, body.step)
+    assignment = coordinator.edge_heartbeat(
+        edge_id, body.edge_version, body.step, streaming=body.streaming
+    )
     edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
     token, expires_at = credentials.token_for(edge.edge_id)
     return EdgeHeartbeatReply(

@@ -53,8 +53,6 @@ Clock = Callable[[], float]
 # Edges one transaction of the sweep marks down or moves; the next transaction goes on.
 SWEEP_BATCH = 500
 HEALTH_LEASE = "health-sweep"
-# How stale the enrolled count behind a cadence may be (seconds of monotonic time).
-FLEET_SIZE_MAX_AGE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +160,10 @@ def _log_moves(moves: Iterable[Reassignment]) -> None:
 class Coordinator:
     """Registry and health of one training run's clouds and edges (one replica of them)."""
 
+    # How stale the enrolled count behind a cadence may be (seconds of monotonic time): an
+    # interval needs no exact count, so most requests do not read it.
+    fleet_size_max_age_s = 1.0
+
     def __init__(
         self,
         store: CoordinatorStore,
@@ -232,10 +234,9 @@ class Coordinator:
     # --- liveness and assignment -------------------------------------------------------
 
     def _cadence(self, tx: StoreTransaction) -> Cadence:
-        """The cadence for the fleet as enrolled a moment ago (re-read at most once a
-        second: an interval needs no exact count)."""
+        """The cadence for the fleet as enrolled a moment ago."""
         enrolled, read_at = self._fleet_size
-        if time.monotonic() - read_at > FLEET_SIZE_MAX_AGE_S:
+        if time.monotonic() - read_at > self.fleet_size_max_age_s:
             enrolled = tx.enrolled()
             self._fleet_size = (enrolled, time.monotonic())
         return cadence_for(self._settings, enrolled)
@@ -455,8 +456,17 @@ class Coordinator:
             logger.info("edge %s enrolled again with the same enrollment id", edge_id)
         return assignment
 
-    def edge_heartbeat(self, edge_id: str, edge_version: int, step: int) -> Assignment:
-        """Record an edge's heartbeat; moves it to a live cloud if its cloud is down."""
+    def edge_heartbeat(
+        self, edge_id: str, edge_version: int, step: int, *, streaming: bool | None = None
+    ) -> Assignment:
+        """Record an edge's heartbeat; moves it to a live cloud if its cloud is down.
+
+        ``streaming=False`` while its cloud still reports the edge's session: the edge lost
+        a session its cloud did not report closed, perhaps because the cloud died without a
+        word. Its next heartbeat is asked for right after the sweep that would find that
+        out, not a fleet-sized interval later, so a reassignment reaches it as fast in a
+        fleet of thousands as in a fleet of ten. (An edge that merely is not streaming holds
+        no session and keeps the fleet's cadence.)"""
         now = self._clock()
 
         def decide(tx: StoreTransaction) -> tuple[Assignment, bool, Reassignment | None]:
@@ -482,6 +492,10 @@ class Coordinator:
                     moved = Reassignment(edge_id, cloud.cloud_id, target.cloud_id)
                     beat, cloud = replace(beat, cloud_id=target.cloud_id), target
             tx.put_edge(beat)
+            if streaming is False and beat.session_cloud_id == cloud.cloud_id:
+                # Its cloud still holds a session the edge says it lost: that cloud may have
+                # died without a word.
+                cadence = self._hurry(cadence, cloud, now)
             return Assignment(beat, cloud, cadence), came_back, moved
 
         assignment, came_back, moved = self._store.atomic(decide)
@@ -489,6 +503,13 @@ class Coordinator:
             logger.info("edge %s is up again", edge_id)
         _log_moves(() if moved is None else (moved,))
         return assignment
+
+    def _hurry(self, cadence: Cadence, cloud: CloudRecord, now: float) -> Cadence:
+        """The cadence for an edge that lost its session with ``cloud`` (still up here)."""
+        settings = self._settings
+        found_out_in = max(0.0, cloud.last_heartbeat + settings.heartbeat_timeout_s - now)
+        soon = max(settings.heartbeat_interval_s, found_out_in + settings.heartbeat_interval_s)
+        return replace(cadence, interval_s=min(cadence.interval_s, soon))
 
     def get_edge(self, edge_id: str) -> Assignment:
         def look(tx: StoreTransaction) -> Assignment:

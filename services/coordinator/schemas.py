@@ -192,6 +192,12 @@ class EdgeRegistered(_Schedule, _Cadence):
 class EdgeHeartbeat(_Request):
     edge_version: Count = Field(description="Master version the edge replica reflects (v_e).")
     step: Count = Field(description="The edge's last completed step.")
+    streaming: bool | None = Field(
+        None,
+        description="Whether the edge has a live session with its cloud. Not streaming while "
+        "its cloud still reports its session, it is told to ask again as soon as a cloud "
+        "that died would be found out (PROTOCOL.md §9.4).",
+    )
 
 
 class EdgeHeartbeatReply(_Schedule, _Cadence):

@@ -41,9 +41,7 @@ EDGE_COLUMNS = (
     "enrollment_id"
 )
 _EDGE_NAMES = [name.strip() for name in EDGE_COLUMNS.split(",")]
-_CLOUD_NAMES = [name.strip() for name in CLOUD_COLUMNS.split(",")]
 _EDGE_SET = ", ".join(f"{name} = ?" for name in _EDGE_NAMES[1:])
-_CLOUD_UPDATE = ", ".join(f"{name} = excluded.{name}" for name in _CLOUD_NAMES[1:])
 
 
 class Cursor(Protocol):
@@ -195,21 +193,27 @@ class SQLTransaction(StoreTransaction):
         return [cloud_from_row(row) for row in rows]
 
     def put_cloud(self, cloud: CloudRecord) -> None:
-        # A new cloud counts the live edges already assigned to it (only edges put by hand
-        # or by a tool can be); an existing one keeps its count.
+        values = (
+            cloud.url,
+            cloud.status.value,
+            cloud.last_heartbeat,
+            cloud.registered_at,
+            cloud.master_version,
+            cloud.cloud_id,
+        )
+        updated = self._run(
+            "UPDATE clouds SET url = ?, status = ?, last_heartbeat = ?, registered_at = ?, "
+            "master_version = ? WHERE cloud_id = ?",
+            values,
+        ).rowcount
+        if updated:
+            return  # an existing cloud keeps its count
+        # A new cloud counts the live edges already assigned to it (only edges put by hand or
+        # by a tool can be): once, at insert.
         self._run(
             f"INSERT INTO clouds ({CLOUD_COLUMNS}, live_edges) VALUES (?, ?, ?, ?, ?, ?, "
-            "(SELECT COUNT(*) FROM edges WHERE cloud_id = ? AND status = 'up')) "
-            f"ON CONFLICT (cloud_id) DO UPDATE SET {_CLOUD_UPDATE}",
-            (
-                cloud.cloud_id,
-                cloud.url,
-                cloud.status.value,
-                cloud.last_heartbeat,
-                cloud.registered_at,
-                cloud.master_version,
-                cloud.cloud_id,
-            ),
+            "(SELECT COUNT(*) FROM edges WHERE cloud_id = ? AND status = 'up'))",
+            (cloud.cloud_id, *values[:-1], cloud.cloud_id),
         )
 
     def cloud_loads(self) -> dict[str, int]:
