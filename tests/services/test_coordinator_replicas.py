@@ -3,7 +3,7 @@
 In-process: two :class:`Coordinator` objects, each with its own store (its own connection
 pool), on one database of the session's real PostgreSQL server, racing from threads. The
 real-process test (kill -9 of either replica during enrollment) is
-``tests/integration/test_coordinator_replicas.py``.
+``test_coordinator_replicas_process.py``.
 """
 
 from __future__ import annotations
