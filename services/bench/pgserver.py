@@ -203,7 +203,7 @@ class TemporaryPostgres:
         if name is None:
             self._databases += 1
             name = f"db{self._databases}"
-        import psycopg  # the `postgres` extra
+        import psycopg  # the `server` extra
 
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')

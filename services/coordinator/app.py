@@ -55,10 +55,11 @@ def create_app(
     """
     owns_store = store is None
     if store is None:
-        database_url = settings.database_url
+        url, password = settings.database_url, settings.database_password
         store = open_store(
             settings.db_path,
-            database_url=None if database_url is None else database_url.get_secret_value(),
+            database_url=None if url is None else url.get_secret_value(),
+            database_password=None if password is None else password.get_secret_value(),
             pool_size=settings.database_pool_size,
         )
     coordinator = Coordinator(store, settings, clock=clock)

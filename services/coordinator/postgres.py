@@ -13,8 +13,8 @@ The schema is versioned like SQLite's, with its own forward-only migrations; a r
 migrates under an advisory lock, so replicas starting together migrate once. A database
 written by a newer coordinator is refused.
 
-Needs the ``postgres`` extra (``pip install 'simultrain[postgres]'``); the edge never
-imports this module.
+Needs psycopg, which the ``server`` extra installs (``pip install 'simultrain[server]'``);
+the edge never imports this module.
 """
 
 from __future__ import annotations
@@ -112,15 +112,17 @@ def _where(url: str) -> str:
 class PostgresStore(CoordinatorStore):
     """A PostgreSQL database (``database_url``) shared by every coordinator replica.
 
-    ``pool_size``: connections this replica keeps at most (one per concurrent transaction);
-    ``timeout_s``: how long a transaction waits for a connection, and the first connect.
-    ``attempts``: how often a transaction that lost a race is run again.
+    ``password``: for a URL that carries none. ``pool_size``: connections this replica
+    keeps at most (one per concurrent transaction). ``timeout_s``: how long a transaction
+    waits for a connection, and the first connect. ``attempts``: how often a transaction
+    that lost a race is run again.
     """
 
     def __init__(
         self,
         url: str,
         *,
+        password: str | None = None,
         pool_size: int = 16,
         timeout_s: float = 10.0,
         attempts: int = 10,
@@ -131,8 +133,7 @@ class PostgresStore(CoordinatorStore):
             from psycopg_pool import ConnectionPool, PoolTimeout
         except ImportError as exc:
             raise StoreError(
-                "the PostgreSQL store needs the `postgres` extra: "
-                "pip install 'simultrain[postgres]'"
+                "the PostgreSQL store needs psycopg: pip install 'simultrain[server]'"
             ) from exc
         self._retryable: tuple[type[Exception], ...] = (
             errors.SerializationFailure,
@@ -149,7 +150,7 @@ class PostgresStore(CoordinatorStore):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **({} if password is None else {"password": password})},
             open=False,
             timeout=timeout_s,
             name="simultrain-coordinator",

@@ -45,6 +45,7 @@ _SECRET_FILES = (
     ("token_key", "token_key_file"),
     ("admin_token", "admin_token_file"),
     ("database_url", "database_url_file"),
+    ("database_password", "database_password_file"),
 )
 
 
@@ -70,6 +71,10 @@ class CoordinatorSettings(RunSettings):
         "instead of db_path: several coordinator replicas may share it (docs/DEPLOY.md).",
     )
     database_url_file: Path | None = Field(None, description="File holding database_url.")
+    database_password: SecretStr | None = Field(
+        None, description="Password for database_url, when the URL does not carry one."
+    )
+    database_password_file: Path | None = Field(None, description="File holding database_password.")
     database_pool_size: int = Field(
         16, ge=1, le=1000, description="PostgreSQL connections one replica keeps at most."
     )
@@ -78,13 +83,16 @@ class CoordinatorSettings(RunSettings):
 
     # --- health ----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(
-        2.0, gt=0, description="How often clouds and edges are asked to heartbeat (seconds)."
+        2.0,
+        gt=0,
+        description="How often clouds heartbeat, and edges while the fleet is small (see "
+        "edge_heartbeats_per_s); the health sweep runs this often (seconds).",
     )
     heartbeat_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="A cloud or edge silent this long is marked down; a down cloud's edges "
-        "are reassigned to a live cloud (seconds).",
+        description="A cloud silent this long is marked down and its edges are reassigned to "
+        "a live cloud; an edge is given the same multiple of its own interval (seconds).",
     )
     edge_heartbeats_per_s: float = Field(
         200.0,
@@ -208,6 +216,8 @@ class CoordinatorSettings(RunSettings):
             scheme = self.database_url.get_secret_value().partition("://")[0]
             if scheme not in ("postgresql", "postgres"):
                 raise ValueError("database_url must be a postgresql:// URL")
+        elif self.database_password is not None:
+            raise ValueError("database_password needs database_url")
         return self
 
     @property

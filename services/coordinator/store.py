@@ -253,7 +253,11 @@ class CoordinatorStore(ABC):
 
 
 def open_store(
-    db_path: str | os.PathLike[str], *, database_url: str | None = None, pool_size: int = 16
+    db_path: str | os.PathLike[str],
+    *,
+    database_url: str | None = None,
+    database_password: str | None = None,
+    pool_size: int = 16,
 ) -> CoordinatorStore:
     """The store the settings name: a PostgreSQL ``database_url`` (``pool_size``
     connections at most) if given, else ``db_path``: ``":memory:"`` in memory, anything else
@@ -261,7 +265,7 @@ def open_store(
     if database_url:
         from .postgres import PostgresStore
 
-        return PostgresStore(database_url, pool_size=pool_size)
+        return PostgresStore(database_url, password=database_password, pool_size=pool_size)
     from .sqlite import InMemoryStore, SQLiteStore
 
     if os.fspath(db_path) == MEMORY:
