@@ -72,6 +72,13 @@ def bench(
         typer.Option(help="Control plane: run the coordinator from this checkout (a baseline)."),
     ] = None,
     label: Annotated[str, typer.Option(help="Control plane: a label for the records.")] = "",
+    failover: Annotated[
+        bool,
+        typer.Option(
+            "--failover",
+            help="Control plane: kill a cloud under real streaming edges and time the move.",
+        ),
+    ] = False,
     duration: Annotated[
         float | None,
         typer.Option(help="Fleet/stragglers: training seconds per case (default 60)."),
@@ -127,6 +134,9 @@ def bench(
         typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
         return
     if "control-plane" in (parse_list(suites) or ()):
+        if failover:
+            _failover(out, coordinator_tree, label)
+            return
         _control_plane(out, suites or "", fleet_edges, stores, duration, coordinator_tree, label)
         return
     if {"fleet", "stragglers"} & set(parse_list(suites) or ()):
@@ -277,6 +287,21 @@ def _control_plane(
     failed = [r for r in records if r.get("error")]
     typer.echo(f"{len(records) - len(failed)}/{len(records)} cases; results in {options.out_dir}")
     if failed:
+        raise typer.Exit(1)
+
+
+def _failover(out: Path, coordinator_tree: Path | None, label: str) -> None:
+    from simultrain.bench.failover import FailoverOptions, run_failover
+
+    defaults = FailoverOptions()
+    options = FailoverOptions(
+        out_dir=out if out != Path("bench/results") else defaults.out_dir,
+        coordinator_tree=coordinator_tree,
+        label=label,
+        command=shlex.join(["simultrain", *sys.argv[1:]]),
+    )
+    records = run_failover(options, progress=typer.echo)
+    if any(r.get("error") for r in records):
         raise typer.Exit(1)
 
 

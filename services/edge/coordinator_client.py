@@ -220,8 +220,16 @@ class CoordinatorClient:
                 )
             reply.raise_for_status()
             data = reply.json()
-            interval, streaming_interval = self._cadence(data)
-        except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
+            # A reply without a cadence keeps the one the edge has.
+            interval, streaming_interval = (
+                self._cadence(data)
+                if "heartbeat_interval_s" in data
+                else (
+                    self.assignment.heartbeat_interval_s,
+                    self.assignment.streaming_heartbeat_interval_s,
+                )
+            )
+        except (httpx.HTTPError, ValueError, TypeError) as exc:
             raise SimulTrainError(f"heartbeat to {self.base} failed: {exc}") from exc
         self.assignment = replace(
             self.assignment,
