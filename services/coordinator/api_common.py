@@ -35,17 +35,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _coordinator(request: Request) -> Coordinator:
+# ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, a hop that costs more
+# than the lookup itself.
+async def _coordinator(request: Request) -> Coordinator:
     coordinator: Coordinator = request.app.state.coordinator
     return coordinator
 
 
-def _settings(request: Request) -> CoordinatorSettings:
+async def _settings(request: Request) -> CoordinatorSettings:
     settings: CoordinatorSettings = request.app.state.settings
     return settings
 
 
-def _credentials(request: Request) -> Credentials:
+async def _credentials(request: Request) -> Credentials:
     credentials: Credentials = request.app.state.credentials
     return credentials
 
