@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	command -v systemd-analyze >/dev/null || { apt-get update && apt-get install -y --no-install-recommends systemd; }
 	# Headless Chromium drives the dashboard's browser test (tests/services/test_dashboard_browser.py).
 	command -v chromium >/dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }
+	# PostgreSQL server binaries: the coordinator's PostgreSQL store tests start their own server.
+	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends postgresql; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'

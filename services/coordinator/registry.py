@@ -214,9 +214,11 @@ class Coordinator:
             if stored is None:
                 return []
             if stored.reconcile_every != wanted.reconcile_every:
-                for edge in tx.list_edges():
-                    offset = self._offset(edge, wanted.reconcile_every)
-                    tx.put_edge(replace(edge, reconcile_offset=offset))
+                for listed in tx.list_edges():
+                    edge = tx.get_edge(listed.edge_id, lock=True)
+                    if edge is not None:
+                        offset = self._offset(edge, wanted.reconcile_every)
+                        tx.put_edge(replace(edge, reconcile_offset=offset))
             before, after = stored.to_mapping(), wanted.to_mapping()
             return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
@@ -241,10 +243,6 @@ class Coordinator:
             self._fleet_size = (enrolled, time.monotonic())
         return cadence_for(self._settings, enrolled)
 
-    def cadence(self) -> Cadence:
-        """The cadence edges are asked for now."""
-        return self._store.read(self._cadence)
-
     def _silent(self, last_heartbeat: float, now: float) -> bool:
         seen = max(last_heartbeat, self._started_at)
         return now - seen >= self._settings.heartbeat_timeout_s
@@ -267,7 +265,11 @@ class Coordinator:
         for cloud in tx.list_clouds():
             if cloud.status is Status.UP or not loads.get(cloud.cloud_id):
                 continue
-            for edge in tx.live_edges_of(cloud.cloud_id, limit=limit - len(moves)):
+            for candidate in tx.live_edges_of(cloud.cloud_id, limit=limit - len(moves)):
+                # Again under its lock: another replica may have moved it, or it went down.
+                edge = tx.get_edge(candidate.edge_id, lock=True)
+                if edge is None or edge.status is not Status.UP or edge.cloud_id != cloud.cloud_id:
+                    continue
                 target = tx.least_loaded_cloud(lock=True)
                 if target is None:
                     return moves
