@@ -1,7 +1,13 @@
-"""``/v1/clouds``: clouds register, heartbeat (reporting their sessions) and are listed."""
+"""``/v1/clouds``: clouds register, heartbeat (reporting their sessions) and are listed.
+
+The heartbeat is ``async`` and runs its store transaction with ``asyncio.to_thread`` (one
+worker-thread hop, as in ``api_edges.py``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -41,7 +47,7 @@ def register_cloud(
 
 # Fields a request did not ask for are left out, so an older cloud sees the reply it knows.
 @router.post("/{cloud_id}/heartbeat", response_model_exclude_none=True)
-def cloud_heartbeat(
+async def cloud_heartbeat(
     request: Request,
     cloud_id: str,
     body: CloudHeartbeat,
@@ -53,13 +59,16 @@ def cloud_heartbeat(
     since the last heartbeat); returns the edges assigned here and revoked edges."""
     credentials.require_admin(request, authorization)
     changes = body.session_changes
-    beat = coordinator.cloud_heartbeat(
-        cloud_id,
-        body.master_version,
-        body.connected_edges if changes is None else None,
-        opened=() if changes is None else changes.opened,
-        closed=() if changes is None else changes.closed,
-        list_assigned=body.list_assigned_edges,
+    beat = await asyncio.to_thread(
+        functools.partial(
+            coordinator.cloud_heartbeat,
+            cloud_id,
+            body.master_version,
+            body.connected_edges if changes is None else None,
+            opened=() if changes is None else changes.opened,
+            closed=() if changes is None else changes.closed,
+            list_assigned=body.list_assigned_edges,
+        )
     )
     return CloudHeartbeatReply(
         cloud_id=beat.cloud.cloud_id,

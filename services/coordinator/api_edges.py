@@ -1,7 +1,14 @@
-"""``/v1/edges``: edges enroll, heartbeat and are listed, read and removed (PROTOCOL.md §9)."""
+"""``/v1/edges``: edges enroll, heartbeat and are listed, read and removed (PROTOCOL.md §9).
+
+Enrollment and the heartbeat, the requests a fleet makes, are ``async`` and run their store
+transaction with ``asyncio.to_thread``: one hop to a worker thread per request, where a plain
+``def`` handler takes two (the handler, then the serialization of its reply).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
@@ -21,7 +28,7 @@ router = APIRouter(prefix="/v1/edges", tags=["edges"])
 
 
 @router.post("", status_code=201)
-def register_edge(
+async def register_edge(
     request: Request,
     coordinator: CoordinatorDep,
     credentials: CredentialsDep,
@@ -32,11 +39,14 @@ def register_edge(
     token. The same ``enrollment_id`` again returns the same edge."""
     credentials.require_enrollment(request, x_enrollment_secret, body)
     body = body or EdgeRegistration.model_validate({})
-    assignment = coordinator.register_edge(
-        name=body.name,
-        shard_index=body.shard_index,
-        shard_count=body.shard_count,
-        enrollment_id=body.enrollment_id,
+    assignment = await asyncio.to_thread(
+        functools.partial(
+            coordinator.register_edge,
+            name=body.name,
+            shard_index=body.shard_index,
+            shard_count=body.shard_count,
+            enrollment_id=body.enrollment_id,
+        )
     )
     edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
     token, expires_at = credentials.token_for(edge.edge_id)
@@ -57,7 +67,7 @@ def register_edge(
 
 
 @router.post("/{edge_id}/heartbeat")
-def edge_heartbeat(
+async def edge_heartbeat(
     request: Request,
     edge_id: str,
     body: EdgeHeartbeat,
@@ -68,8 +78,8 @@ def edge_heartbeat(
     """Report the replica version and step; returns the (possibly new) assignment and the
     cadence to heartbeat at."""
     credentials.require_edge_token(request, edge_id, authorization)
-    assignment = coordinator.edge_heartbeat(
-        edge_id, body.edge_version, body.step, streaming=body.streaming
+    assignment = await asyncio.to_thread(
+        coordinator.edge_heartbeat, edge_id, body.edge_version, body.step, streaming=body.streaming
     )
     edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
     token, expires_at = credentials.token_for(edge.edge_id)

@@ -9,8 +9,10 @@ one router per concern:
 - ``api_status.py``: ``GET /v1/versions``, ``GET /v1/config``, ``GET /healthz``, ``GET /readyz``
 - ``dashboard.py``: ``GET /dashboard`` (the live dashboard page), ``GET /v1/dashboard``
 
-Who may call what is ``credentials.py``. Handlers are plain ``def``: FastAPI runs them in
-its worker threads, so store transactions never block the event loop (see ``store.py``).
+Who may call what is ``credentials.py``. Store transactions never run on the event loop:
+most handlers are plain ``def``, which FastAPI runs in its worker threads; the requests a
+fleet makes all the time (enrollment, edge and cloud heartbeats) are ``async`` and hand their
+transaction to a worker thread themselves (``asyncio.to_thread``), saving a hop.
 """
 
 from __future__ import annotations
