@@ -613,6 +613,7 @@ async def _steady(
     edges_up = None
     with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
         edges_up = int((await fleet.next().get("/readyz")).json()["edges_up"])
+    streaming_edges = sum(e.streaming for e in edges)  # before the failover turns some
     failover = await _failover(live, clouds, options) if len(clouds) > 1 else None
     live.stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -624,7 +625,7 @@ async def _steady(
         interval_s=max(e.interval_s for e in edges),
         streaming_interval_s=max(streaming_intervals) if streaming_intervals else None,
         timeout_s=max(e.timeout_s for e in edges),
-        streaming_edges=sum(e.streaming for e in edges),
+        streaming_edges=streaming_edges,
         warmup_s=round(warmup, 1),
         late_p99_ms=_quantile(sorted(x * 1000 for x in live.late), 0.99),
         false_down=len(_FALSE_DOWN.findall(logged)),
