@@ -209,6 +209,13 @@ class TemporaryPostgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def drop_database(self, name: str) -> None:
+        """Drop a database (closing whatever connections are left on it)."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def server_pids(self) -> list[int]:
         """The postmaster and its children (backends, background workers)."""
         return postgres_pids(self.data_dir)

@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -113,9 +114,11 @@ def coordinator_postgres() -> Iterator[TemporaryPostgres]:
 
 
 @pytest.fixture
-def coordinator_postgres_url(coordinator_postgres: TemporaryPostgres) -> str:
-    """A fresh, empty database on the session's PostgreSQL server."""
-    return coordinator_postgres.create_database()
+def coordinator_postgres_url(coordinator_postgres: TemporaryPostgres) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped afterwards."""
+    url = coordinator_postgres.create_database()
+    yield url
+    coordinator_postgres.drop_database(urlsplit(url).path.lstrip("/"))
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
