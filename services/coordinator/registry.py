@@ -50,8 +50,11 @@ __all__ = [
 logger = logging.getLogger("simultrain.coordinator")
 
 Clock = Callable[[], float]
-# Edges one transaction of the sweep marks down or moves; the next transaction goes on.
+# Edges one transaction of the sweep marks down; the next transaction goes on.
 SWEEP_BATCH = 500
+# Edges one transaction moves off down clouds. Fewer: each move holds its target cloud's row
+# (its load) until the commit, and every enrollment and every other move waits for that row.
+MOVE_BATCH = 50
 HEALTH_LEASE = "health-sweep"
 
 
@@ -305,7 +308,7 @@ class Coordinator:
                 )
                 tx.release_sessions(cloud.cloud_id, now + self._cadence(tx).timeout_s)
             tx.put_cloud(cloud)
-            return cloud, existing is None, self._reassign_orphans(tx, limit=SWEEP_BATCH)
+            return cloud, existing is None, self._reassign_orphans(tx, limit=MOVE_BATCH)
 
         cloud, new, moves = self._store.atomic(decide)
         logger.info(
@@ -357,7 +360,7 @@ class Coordinator:
                 cloud, status=Status.UP, last_heartbeat=now, master_version=master_version
             )
             tx.put_cloud(cloud)
-            moves = self._reassign_orphans(tx, limit=SWEEP_BATCH) if was_down else []
+            moves = self._reassign_orphans(tx, limit=MOVE_BATCH) if was_down else []
             assigned = tx.assigned_edge_ids(cloud_id) if list_assigned else None
             revoked = tx.list_revocations()
             return CloudBeat(cloud, assigned, revoked, was_down and full is None), was_down, moves
@@ -568,7 +571,8 @@ class Coordinator:
         With several replicas on one database, one sweeps at a time: the one holding the
         health lease, renewed by every sweep; another takes it over once it has not been
         renewed for three sweep intervals (its holder died). The work is batched, one
-        transaction per :data:`SWEEP_BATCH` edges, so no transaction holds many rows."""
+        transaction per :data:`SWEEP_BATCH` edges marked down and per :data:`MOVE_BATCH` edges
+        moved, so no transaction holds many rows for long."""
         now = self._clock()
         ttl = 3 * self._settings.heartbeat_interval_s
 
@@ -581,9 +585,9 @@ class Coordinator:
         edges_down = self._sweep_edges(now)
         moves: list[Reassignment] = []
         while True:
-            batch = self._store.atomic(lambda tx: self._reassign_orphans(tx, limit=SWEEP_BATCH))
+            batch = self._store.atomic(lambda tx: self._reassign_orphans(tx, limit=MOVE_BATCH))
             moves += batch
-            if len(batch) < SWEEP_BATCH:
+            if len(batch) < MOVE_BATCH:
                 break
         _log_moves(moves)
         prune_before = now - self._settings.token_ttl_s - 60.0
