@@ -247,6 +247,17 @@ def fleet_parity(ctx: typer.Context) -> None:
     raise typer.Exit(fleet_main(list(ctx.args)))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def conformance(ctx: typer.Context) -> None:
+    """PROTOCOL.md's edge cases against an edge client (docs/CONFORMANCE.md); --help."""
+    from simultrain.conformance.kit import main as conformance_main
+
+    raise typer.Exit(conformance_main(list(ctx.args)))
+
+
 def _add_bench() -> None:
     """``simultrain bench`` (issue 4): a Typer sub-app that imports only typer until it runs."""
     from simultrain.bench.cli import bench_app
