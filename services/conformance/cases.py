@@ -13,7 +13,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from simultrain.shared.protocol import Act, Bye, Delta
+from simultrain.shared.protocol import Ack, Act, Bye, Delta
 from simultrain.shared.protocol.versions import subprotocol_version
 
 from .proxy import Fault, Link
@@ -166,7 +166,7 @@ def _resumes(obs: Observation) -> Outcome:
     accepted = obs.accepted
     if len(accepted) < 2:
         return False, "did not reconnect after the 1012 close"
-    acks = [frame.seq for frame in accepted[0].to_client if frame.type == "ack"]
+    acks = [frame.seq for frame in accepted[0].to_client if isinstance(frame, Ack)]
     hello = accepted[1].hello
     expected = max(acks) if acks else None
     if hello is None or hello.resume != expected:

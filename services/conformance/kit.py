@@ -33,7 +33,7 @@ from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared import auth
 
 from .cases import CASES, Case, End, Observation, Token
-from .proxy import Proxy
+from .proxy import Fault, Proxy
 
 __all__ = [
     "KIT_RUN",
@@ -51,7 +51,7 @@ __all__ = [
 # spec; the reference agent is given it as its run settings.
 KIT_RUN: Mapping[str, str] = {"window": "2", "batch_size": "8", "reconcile_every": "2"}
 DEFAULT_STEPS = 6
-WATCH_AFTER_REFUSAL_S = 5.0  # how long a refused client is watched for a retry
+STOP_WITHIN_S = 30.0  # a refused client must exit within this, without a new connection
 STOP_GRACE_S = 5.0
 
 
@@ -112,6 +112,7 @@ class KitCloud:
             "SIMULTRAIN_CLOUD_TOKEN_KEY": self.token_key,
             "SIMULTRAIN_CLOUD_EVAL_INTERVAL_S": "0",
             "SIMULTRAIN_CLOUD_COMPUTE_THREADS": "1",
+            "SIMULTRAIN_CLOUD_GRACEFUL_SHUTDOWN_S": "1",
             **{f"SIMULTRAIN_CLOUD_RUN_{key.upper()}": value for key, value in KIT_RUN.items()},
         }
         self.process = self.group.start("cloud", "simultrain.cloud", env)
@@ -162,8 +163,13 @@ async def run_case(
     *,
     steps: int = DEFAULT_STEPS,
     timeout_s: float = 120.0,
+    stop_within_s: float = STOP_WITHIN_S,
 ) -> CaseResult:
-    """One run of ``client`` with ``case``'s fault; the checks applied to what was seen."""
+    """One run of ``client`` with ``case``'s fault; the checks applied to what was seen.
+
+    A client that must stop is watched until it exits, tries again, or ``stop_within_s``
+    passed since the refusal.
+    """
     started = time.monotonic()
     edge_id = f"conf-{client.name}-{case.id}-{secrets.token_hex(3)}"
     proxy = Proxy(cloud.url, case.fault, cloud.spec)
@@ -188,7 +194,7 @@ async def run_case(
                 start_new_session=True,
             )
             try:
-                await _watch(case, process, proxy, timeout_s)
+                await _watch(case, process, proxy, timeout_s, stop_within_s)
             finally:
                 exit_code = await _stop(process)
     finally:
@@ -206,7 +212,11 @@ async def run_case(
 
 
 async def _watch(
-    case: Case, process: asyncio.subprocess.Process, proxy: Proxy, timeout_s: float
+    case: Case,
+    process: asyncio.subprocess.Process,
+    proxy: Proxy,
+    timeout_s: float,
+    stop_within_s: float,
 ) -> None:
     """Until the case's end: the client's exit, or what the case waits for (bounded)."""
     exited = asyncio.ensure_future(process.wait())
@@ -216,9 +226,10 @@ async def _watch(
             fault_closed = any(link.fault_at is not None and link.closed_at for link in proxy.links)
             if case.end is End.FAULT_CLOSED and fault_closed:
                 return
-            if case.end is End.STOPPED:
-                closed = [link.closed_at for link in proxy.links if link.closed_at is not None]
-                if closed and time.monotonic() > min(closed) + WATCH_AFTER_REFUSAL_S:
+            if case.end is End.STOPPED and (refused := _refused_at(proxy)) is not None:
+                if any(link.opened_at > refused for link in proxy.links):
+                    return  # it tried again: the verdict is in
+                if time.monotonic() > refused + stop_within_s:
                     return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -230,6 +241,15 @@ async def _watch(
     finally:
         if not exited.done():
             exited.cancel()
+
+
+def _refused_at(proxy: Proxy) -> float | None:
+    """When the session the case refuses ended: the fault's, or else the first one."""
+    struck = [link for link in proxy.links if link.fault_at is not None]
+    link = struck[0] if struck else (proxy.links[0] if proxy.links else None)
+    if link is None or (link.fault_at is None and proxy.fault is not Fault.NONE):
+        return None
+    return link.closed_at
 
 
 async def _stop(process: asyncio.subprocess.Process) -> int | None:
@@ -285,7 +305,8 @@ def render(results: Sequence[CaseResult], *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, cloud: KitCloud | None = None) -> int:
+    """The command line; 0 when every case passed. ``cloud``: one already started (tests)."""
     parser = argparse.ArgumentParser(
         prog="simultrain conformance",
         description="Run PROTOCOL.md's edge conformance cases against an edge client, through "
@@ -325,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = [case for case in CASES if not args.case or case.id in args.case]
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="simultrain-conformance-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    with KitCloud(log_dir) as cloud:
+    with contextlib.ExitStack() as stack:
+        if cloud is None:
+            cloud = stack.enter_context(KitCloud(log_dir))
+        cloud.log_dir = log_dir
         print(
             f"cloud {cloud.url} ({', '.join(cloud.spec['subprotocols'])}; "
             f"window {cloud.spec['window']}, R {cloud.spec['config'].get('reconcile_every')}); "

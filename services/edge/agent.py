@@ -442,7 +442,11 @@ class EdgeAgent:
         async with self._send_lock:
             data = session.send(frame)
             self.report.bytes_up += len(data)
-            await ws.send(data)
+            try:
+                await ws.send(data)
+            except ConnectionClosed as exc:
+                # The cloud's close may reach a send before the receiver: same verdict.
+                raise self._ended(exc) from exc
 
     async def _handshake(self, ws: ClientConnection, session: EdgeSession) -> None:
         runtime = self.runtime
@@ -493,13 +497,7 @@ class EdgeAgent:
         try:
             data = await ws.recv()
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            code = rcvd.code if rcvd is not None else 1006
-            reason = rcvd.reason if rcvd is not None else ""
-            _raise_if_final(code, reason, self._stream_url())
-            raise _SessionEnded(
-                f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
-            ) from exc
+            raise self._ended(exc) from exc
         self.report.bytes_down += len(data)
         try:
             return session.receive_data(data)
@@ -510,6 +508,16 @@ class EdgeAgent:
                     await ws.send(session.refuse(exc))
                 await ws.close(code=exc.close_code, reason=exc.reason)
             raise
+
+    def _ended(self, exc: ConnectionClosed) -> _SessionEnded:
+        """What a close means for the agent (PROTOCOL.md §7): a new session, or none."""
+        rcvd = exc.rcvd
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else ""
+        _raise_if_final(code, reason, self._stream_url())
+        return _SessionEnded(
+            f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
+        )
 
     def _handle_control(self, frame: Frame) -> None:
         if isinstance(frame, Error):
