@@ -59,6 +59,7 @@ log = logging.getLogger("simultrain.conformance")
 FOREIGN_VERSION = 99  # the major version the kit's "cloud of another version" speaks
 _ACKS_BEFORE_FAULT = 2  # restart and revocation strike after this many ACKs reached the client
 _READ_ANY = Limits(window=None)  # what the kit reads for its record, whatever the session
+_REFUSAL_DELAY_S = 1.0  # the kit's cloud of another version answers after this
 
 
 class Fault(enum.Enum):
@@ -254,8 +255,14 @@ class Proxy:
         offered = [v for name in link.offered if (v := subprotocol_version(name)) is not None]
         refusal = version_mismatch(offered, supported=(FOREIGN_VERSION,))
         session = CloudSession(version=None)
-        link.cloud_error = Error.from_exception(refusal)
         self._strike(link)
+        # A second before the refusal (a cloud may take its time): a client that sends a
+        # HELLO without looking at the selected subprotocol shows it here (PROTOCOL.md §1.1).
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            async with asyncio.timeout(_REFUSAL_DELAY_S):
+                async for message in connection:
+                    self._observe_client(link, None, message)
+        link.cloud_error = Error.from_exception(refusal)
         with contextlib.suppress(ConnectionClosed):
             await connection.send(session.refuse(refusal))
             await connection.close(refusal.close_code, refusal.reason)
