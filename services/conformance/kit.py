@@ -62,12 +62,20 @@ class Client:
     name: str
     argv: tuple[str, ...]
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Variables of the kit's own environment the client must not inherit (the reference
+    # agent would take a developer's SIMULTRAIN_EDGE_COORDINATOR_URL, say).
+    unset_prefix: str | None = None
 
     def command(self, values: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
         argv = [arg.format_map(values) for arg in self.argv]
         env = {key: value.format_map(values) for key, value in self.env.items()}
         conformance = {f"SIMULTRAIN_CONFORMANCE_{k.upper()}": v for k, v in values.items()}
-        return argv, {**os.environ, **conformance, **env}
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if self.unset_prefix is None or not key.startswith(self.unset_prefix)
+        }
+        return argv, {**inherited, **conformance, **env}
 
 
 def command_client(command: str, *, name: str = "client") -> Client:
@@ -81,6 +89,7 @@ def reference_client() -> Client:
     return Client(
         name="reference",
         argv=(sys.executable, "-m", "simultrain.edge"),
+        unset_prefix="SIMULTRAIN_EDGE_",
         env={
             "SIMULTRAIN_EDGE_CLOUD_URL": "{url}",
             "SIMULTRAIN_EDGE_EDGE_ID": "{edge_id}",
