@@ -194,14 +194,19 @@ async def run_case(
     log_path = cloud.log_dir / f"{client.name}-{case.id}.log"
     try:
         with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                seconds = time.monotonic() - started
+                unstarted = (("starts", False, f"{argv[0]}: {exc}"),)
+                return CaseResult(case, client.name, unstarted, None, seconds, log_path)
             try:
                 await _watch(case, process, proxy, timeout_s, stop_within_s)
             finally:

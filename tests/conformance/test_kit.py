@@ -146,6 +146,8 @@ def test_a_failed_case_is_printed_and_exits_1(
     assert "FAIL  handshake" in printed and "0/1 cases passed" in printed
     assert "offers the current version: connection 0 offered nothing" in printed
     assert main(["--client-cmd", DOC_EDGE, "--case", "handshake"], cloud=cloud) == 0
+    assert main(["--client-cmd", "/no/such/client", "--case", "version"], cloud=cloud) == 1
+    assert "starts: /no/such/client" in capsys.readouterr().out
 
 
 def test_the_real_cloud_tells_the_first_release_to_upgrade(cloud: KitCloud) -> None:
