@@ -351,7 +351,7 @@ class EdgeAgent:
                 if exc.response.status_code in (401, 403) and self.coordinator is None:
                     # The cloud refused the token before the upgrade. With a coordinator the
                     # next heartbeat brings a fresh one; without, retrying cannot succeed
-                    # (PROTOCOL.md §7, "What an edge does on each close code").
+                    # (PROTOCOL.md §7, "What an edge does after each close").
                     raise Unauthorized(
                         f"the cloud refused this edge's token (HTTP {exc.response.status_code})"
                     ) from exc

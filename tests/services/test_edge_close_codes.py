@@ -1,5 +1,5 @@
-"""What the edge agent does after each close code (PROTOCOL.md §7, "What an edge does"):
-reconnect, stop, or stop for good with exit status 78 (services/edge/main.py)."""
+"""What the edge agent does after each close code (PROTOCOL.md §7, "What an edge does after
+each close"): reconnect, stop, or stop for good with exit status 78 (services/edge/main.py)."""
 
 from __future__ import annotations
 
