@@ -18,6 +18,7 @@ import msgpack
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from simultrain.conformance.cases import CASES, Case
 from simultrain.conformance.kit import (
@@ -148,6 +149,20 @@ def test_a_failed_case_is_printed_and_exits_1(
     assert main(["--client-cmd", DOC_EDGE, "--case", "handshake"], cloud=cloud) == 0
     assert main(["--client-cmd", "/no/such/client", "--case", "version"], cloud=cloud) == 1
     assert "starts: /no/such/client" in capsys.readouterr().out
+
+
+def test_the_real_cloud_refuses_a_version_it_does_not_speak_before_any_frame(
+    cloud: KitCloud,
+) -> None:
+    """RFC 6455 §4.2.2 through uvicorn: accepted without a subprotocol, refused unasked."""
+    url = cloud.url.replace("http://", "ws://") + "/v1/stream"
+    with connect(url, subprotocols=[Subprotocol("simultrain.v1")], open_timeout=30) as ws:
+        assert ws.subprotocol is None
+        error = msgpack.unpackb(ws.recv(timeout=30), raw=False)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert error["v"] == 1 and error["code"] == "protocol_version_mismatch"
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
 
 
 def test_the_real_cloud_tells_the_first_release_to_upgrade(cloud: KitCloud) -> None:
