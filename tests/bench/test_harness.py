@@ -162,22 +162,25 @@ def test_an_unexpected_error_stops_the_run_and_keeps_what_was_saved(tmp_path: Pa
 
 
 def test_on_a_pool_records_are_saved_in_case_order(tmp_path: Path) -> None:
-    """Case 1 finishes last; the file still lists 1, 2, 3, 4."""
-    released = threading.Event()
+    """Case 1 finishes only once another case's record was saved; the file still lists the
+    cases in order, and the save before it held the others in order too."""
+    saved_one = threading.Event()
 
     class Slow(SquaresExperiment):
         pool = "thread"
 
         def run_one(self, case: int) -> Square | SquareFailure:
             if case == 1:
-                assert released.wait(10)
-            elif case == 4:
-                released.set()
+                assert saved_one.wait(10)
             return super().run_one(case)
+
+        def save(self, records: Sequence[Square | SquareFailure]) -> None:
+            super().save(records)
+            saved_one.set()
 
     experiment = Slow(tmp_path, numbers=(1, 2, 3, 4))
     outcome = run(experiment, workers=4)
-    assert experiment.ran[-1] == 1
+    assert experiment.ran[-1] == 1 and not experiment.tables[0].startswith("| 1 |")
     assert [r["n"] for r in saved(tmp_path)] == [1, 2, 3, 4] == [r.n for r in outcome.records]
 
 

@@ -55,16 +55,15 @@ def cloud_bodies() -> dict[str, Any]:
     """What a real cloud answers on each read endpoint while one edge has a session."""
     run = RunConfig(mode="simultrain", dataset="imu", window=2)
     spec = get_model_spec("imu-cnn1d")
-    with TestClient(create_cloud_app(CloudSettings(eval_interval_s=0), run=run)) as client:
-        with client.websocket_connect("/v1/stream") as ws:
-            session = EdgeSession(limits=Limits(window=run.window))
-            hello = Hello(edge_id="edge-a", model_id=spec.model_id, cut_shape=tuple(spec.cut_shape))
-            ws.send_bytes(session.send(hello))
-            frames: list[object] = []
-            while not any(isinstance(f, Snap) for f in frames):
-                frames += session.receive_data(ws.receive_bytes())
-            bodies = {path: client.get(path).json() for path in BODIES}
-    return bodies
+    app = create_cloud_app(CloudSettings(eval_interval_s=0), run=run)
+    with TestClient(app) as client, client.websocket_connect("/v1/stream") as ws:
+        session = EdgeSession(limits=Limits(window=run.window))
+        hello = Hello(edge_id="edge-a", model_id=spec.model_id, cut_shape=tuple(spec.cut_shape))
+        ws.send_bytes(session.send(hello))
+        frames: list[object] = []
+        while not any(isinstance(f, Snap) for f in frames):
+            frames += session.receive_data(ws.receive_bytes())
+        return {path: client.get(path).json() for path in BODIES}
 
 
 @pytest.mark.parametrize("path", list(BODIES))
