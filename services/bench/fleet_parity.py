@@ -42,8 +42,8 @@ __all__ = ["METHODS", "Case", "FleetParity", "Method", "grid_cases", "render_tab
 JSON_NAME = "fleet_parity.json"
 MD_NAME = "fleet_parity.md"
 
-# Batches per edge by dataset at 8 edges: IMU 1 600 batches in all (the issue's 51 200
-# samples); MNIST 600 (the study's MNIST budget, docs/STALENESS.md "The study").
+# Batches in all, dealt to the edges: IMU 1 600 (51 200 samples, docs/STALENESS.md "A fleet");
+# MNIST 600 (the study's MNIST budget, docs/STALENESS.md "The study").
 TOTAL_BATCHES = {"imu": 1600, "mnist": 600}
 PARTITIONS = {"imu": "groups", "mnist": "label-skew"}
 # The targets: the largest gap to centralized training, in points, by (edges, window)

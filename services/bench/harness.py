@@ -39,6 +39,7 @@ from simultrain.shared.errors import SimulTrainError
 __all__ = [
     "Earlier",
     "Experiment",
+    "Lines",
     "Outcome",
     "Progress",
     "SuiteOptions",

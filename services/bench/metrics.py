@@ -1,4 +1,4 @@
-"""The benchmark's metrics: pure functions over timelines (issue 4, item 5).
+"""The benchmark's metrics: pure functions over timelines (docs/BENCH.md, "Metrics").
 
 Every figure in ``results.json`` and the report is computed here from three recordings of
 one run, all in ``time.monotonic()`` seconds of the host:

@@ -93,7 +93,7 @@ class StudyConfig:
     # window alone, sets the staleness a compensation must hold at.
     edges: tuple[int, ...] = (1,)
     # How a fleet's shards are dealt (Dataset.shard): one IMU subject per edge, MNIST skewed
-    # by label, so that edges disagree as real ones do (issue 10's targets).
+    # by label, so that edges disagree as real ones do (docs/STALENESS.md, "A fleet").
     partitions: Mapping[str, str] = field(
         default_factory=lambda: {"imu": "groups", "mnist": "label-skew"}
     )
