@@ -526,6 +526,8 @@ def _record(
     slowdown: float,
     wall_s: float,
 ) -> BenchRecord:
+    """The case's record from what the benchmark saw, the cloud's last status and evaluation
+    (docs/BENCH.md, "Metrics"). Long because the record is: one field a line."""
     report = dict(recording.report or {})
     timeline = report.pop("timeline")
     profile = parse_profile(case.link if case.link != LOOPBACK else "none")

@@ -396,85 +396,6 @@ def stragglers_markdown(results: FleetFile) -> str:
     return "\n".join(lines)
 
 
-def _one_line(record: FleetResult) -> str:
-    if isinstance(record, FleetFailure):
-        return f"  {record.edges} edge(s): error: {record.error}"
-    rate = record.step_rate_per_edge
-    return (
-        f"  {record.edges} edge(s): {rate.median:.2f} steps/s per edge (median), "
-        f"{record.steps_per_s:.1f} in all; cloud {record.cloud_ms_per_update} ms/update "
-        f"({record.cloud_cpu_ms_per_update} ms CPU), "
-        f"busy {record.cloud_busy_fraction:.0%}; RSS {record.rss_start_mib:.0f}→"
-        f"{record.rss_end_mib:.0f} MiB; errors {record.errors}, "
-        f"lost {record.lost_samples}"
-    )
-
-
-def fleet_markdown(results: FleetFile) -> str:
-    meta = results.meta
-    lines = [
-        "# Fleet load test: N edges against one cloud process",
-        "",
-        f"Command: `{meta.command or 'simultrain bench --suite fleet'}` "
-        f"({meta.cpus} CPUs, shared; steady window {meta.duration_s} s per size, "
-        f"{meta.agents_per_process} agents per worker process).",
-        "",
-        "| edges | steps/s per edge (min / median / max) | steps/s in all | cloud ms per update "
-        "(compute thread, wall) | cloud CPU ms per update | cloud busy | cloud RSS start → end "
-        "(max) MiB | RSS slope MiB/min | errors | samples sent / applied | lost "
-        "| staleness mean / max | edge gradients dropped (older than the history) "
-        "| CPU ms per update: compute thread / loop | involuntary switches per update "
-        "| undelivered batches | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results.records:
-        if isinstance(r, FleetFailure):
-            lines.append(f"| {r.edges} | error: {r.error} | | | | | | | | | | | | | | | |")
-            continue
-        rate = r.step_rate_per_edge
-        load = r.load_average
-        undelivered = "–" if r.undelivered_batches is None else r.undelivered_batches
-        lines.append(
-            f"| {r.edges} | {rate.min:.2f} / {rate.median:.2f} / {rate.max:.2f} "
-            f"| {r.steps_per_s:.1f} | {r.cloud_ms_per_update} "
-            f"| {r.cloud_cpu_ms_per_update} "
-            f"| {r.cloud_busy_fraction:.0%} "
-            f"| {r.rss_start_mib:.0f} → {r.rss_end_mib:.0f} ({r.rss_max_mib:.0f}) "
-            f"| {r.rss_slope_mib_per_min:+.2f} | {r.errors} "
-            f"| {r.samples_sent} / {r.samples_applied} | {r.lost_samples} "
-            f"| {r.staleness.mean:.0f} / {r.staleness.max} "
-            f"| {r.staleness.dropped} "
-            f"| {r.cloud_compute_cpu_ms_per_update} / "
-            f"{r.cloud_loop_cpu_ms_per_update} "
-            f"| {r.cloud_involuntary_switches_per_update} "
-            f"| {undelivered} "
-            f"| {'–' if not load else ' / '.join(f'{x:.1f}' for x in load)} |"
-        )
-    ended = [r for r in results.records if isinstance(r, FleetRecord) and r.session_end_reasons]
-    if ended:
-        lines += ["", "Why sessions ended before a reconnect (digits as #):", ""]
-        for r in ended:
-            reasons = ", ".join(f"{n}× {why}" for why, n in (r.session_end_reasons or {}).items())
-            lines.append(f"- {r.edges} edges: {reasons}")
-    lines += [
-        "",
-        "Per-edge step rate: batches the cloud applied for that edge in the steady window ÷ "
-        "its length. Cloud ms per update: compute-thread busy time (wall clock, so it grows "
-        "when other processes take the cores) ÷ master updates (two per batch in "
-        "SimulTrain); cloud CPU ms per update: the cloud process's CPU time (every thread: "
-        "compute and event loop) ÷ the same updates. RSS slope: least squares over the "
-        "window without its first fifth. Lost = samples the edges produced − samples the "
-        "cloud applied, after every edge drained; undelivered: batches an agent still held "
-        "when its drain timed out (part of lost). Errors = agents that failed + connection "
-        "errors + reconnects. Compute thread CPU: its own CPU time (`time.thread_time`); loop: "
-        "the rest of the process's. Involuntary switches: the cloud's threads' "
-        "`nonvoluntary_ctxt_switches` (proc(5)) ÷ updates. Load average: 1 / 5 / 15 min at the "
-        "window's end.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # --- one case --------------------------------------------------------------------------------
 
 
@@ -643,6 +564,9 @@ def _record(
     final: CloudStatus,
     evaluation: Evaluation | None,
 ) -> FleetRecord:
+    """The case's record from the edges' reports and the cloud's counts (module docstring).
+
+    Long because the record is: one keyword a field, each figure computed next to it."""
     reports: dict[str, EdgeReport] = {}
     failures: list[str] = []
     for worker in workers:
@@ -752,6 +676,85 @@ def _record(
 def _close_reason(ended: str) -> str:
     """A session's end without the numbers that differ between edges (for counting)."""
     return "".join("#" if c.isdigit() else c for c in ended)[:120]
+
+
+def _one_line(record: FleetResult) -> str:
+    if isinstance(record, FleetFailure):
+        return f"  {record.edges} edge(s): error: {record.error}"
+    rate = record.step_rate_per_edge
+    return (
+        f"  {record.edges} edge(s): {rate.median:.2f} steps/s per edge (median), "
+        f"{record.steps_per_s:.1f} in all; cloud {record.cloud_ms_per_update} ms/update "
+        f"({record.cloud_cpu_ms_per_update} ms CPU), "
+        f"busy {record.cloud_busy_fraction:.0%}; RSS {record.rss_start_mib:.0f}→"
+        f"{record.rss_end_mib:.0f} MiB; errors {record.errors}, "
+        f"lost {record.lost_samples}"
+    )
+
+
+def fleet_markdown(results: FleetFile) -> str:
+    meta = results.meta
+    lines = [
+        "# Fleet load test: N edges against one cloud process",
+        "",
+        f"Command: `{meta.command or 'simultrain bench --suite fleet'}` "
+        f"({meta.cpus} CPUs, shared; steady window {meta.duration_s} s per size, "
+        f"{meta.agents_per_process} agents per worker process).",
+        "",
+        "| edges | steps/s per edge (min / median / max) | steps/s in all | cloud ms per update "
+        "(compute thread, wall) | cloud CPU ms per update | cloud busy | cloud RSS start → end "
+        "(max) MiB | RSS slope MiB/min | errors | samples sent / applied | lost "
+        "| staleness mean / max | edge gradients dropped (older than the history) "
+        "| CPU ms per update: compute thread / loop | involuntary switches per update "
+        "| undelivered batches | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results.records:
+        if isinstance(r, FleetFailure):
+            lines.append(f"| {r.edges} | error: {r.error} | | | | | | | | | | | | | | | |")
+            continue
+        rate = r.step_rate_per_edge
+        load = r.load_average
+        undelivered = "–" if r.undelivered_batches is None else r.undelivered_batches
+        lines.append(
+            f"| {r.edges} | {rate.min:.2f} / {rate.median:.2f} / {rate.max:.2f} "
+            f"| {r.steps_per_s:.1f} | {r.cloud_ms_per_update} "
+            f"| {r.cloud_cpu_ms_per_update} "
+            f"| {r.cloud_busy_fraction:.0%} "
+            f"| {r.rss_start_mib:.0f} → {r.rss_end_mib:.0f} ({r.rss_max_mib:.0f}) "
+            f"| {r.rss_slope_mib_per_min:+.2f} | {r.errors} "
+            f"| {r.samples_sent} / {r.samples_applied} | {r.lost_samples} "
+            f"| {r.staleness.mean:.0f} / {r.staleness.max} "
+            f"| {r.staleness.dropped} "
+            f"| {r.cloud_compute_cpu_ms_per_update} / "
+            f"{r.cloud_loop_cpu_ms_per_update} "
+            f"| {r.cloud_involuntary_switches_per_update} "
+            f"| {undelivered} "
+            f"| {'–' if not load else ' / '.join(f'{x:.1f}' for x in load)} |"
+        )
+    ended = [r for r in results.records if isinstance(r, FleetRecord) and r.session_end_reasons]
+    if ended:
+        lines += ["", "Why sessions ended before a reconnect (digits as #):", ""]
+        for r in ended:
+            reasons = ", ".join(f"{n}× {why}" for why, n in (r.session_end_reasons or {}).items())
+            lines.append(f"- {r.edges} edges: {reasons}")
+    lines += [
+        "",
+        "Per-edge step rate: batches the cloud applied for that edge in the steady window ÷ "
+        "its length. Cloud ms per update: compute-thread busy time (wall clock, so it grows "
+        "when other processes take the cores) ÷ master updates (two per batch in "
+        "SimulTrain); cloud CPU ms per update: the cloud process's CPU time (every thread: "
+        "compute and event loop) ÷ the same updates. RSS slope: least squares over the "
+        "window without its first fifth. Lost = samples the edges produced − samples the "
+        "cloud applied, after every edge drained; undelivered: batches an agent still held "
+        "when its drain timed out (part of lost). Errors = agents that failed + connection "
+        "errors + reconnects. Compute thread CPU: its own CPU time (`time.thread_time`); loop: "
+        "the rest of the process's. Involuntary switches: the cloud's threads' "
+        "`nonvoluntary_ctxt_switches` (proc(5)) ÷ updates. Load average: 1 / 5 / 15 min at the "
+        "window's end.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 # --- the worker process: several agents on one event loop ------------------------------
