@@ -259,7 +259,7 @@ def study(
         bool, typer.Option("--resume", help="Skip runs already in the JSON.")
     ] = False,
 ) -> None:
-    """Staleness compensation study, in-process (docs/STALENESS.md)."""
+    """Staleness compensation study: compensation × optimizer × window, in-process."""
     from dataclasses import replace
 
     from simultrain.bench.harness import Lines
@@ -330,7 +330,7 @@ def fleet_parity(
         ),
     ] = False,
 ) -> None:
-    """A fleet against centralized training, through the services (docs/STALENESS.md)."""
+    """A fleet against centralized training on the same samples, through the services."""
     from simultrain.bench.fleet_parity import TARGET_GRID, TOTAL_BATCHES, FleetParity
     from simultrain.bench.harness import Lines, run
 
@@ -375,7 +375,7 @@ def replicas(
         bool, typer.Option("--resume", help="Skip runs already in the JSON.")
     ] = False,
 ) -> None:
-    """Cloud replicas in one process: the sync scheme's arithmetic (docs/REPLICAS.md)."""
+    """Cloud replicas in one process: the sync scheme's arithmetic, deterministic."""
     from simultrain.bench.harness import Lines, run
     from simultrain.bench.replicas_inprocess import CASES, Replicas
 
