@@ -225,6 +225,17 @@ def demo(
         raise typer.Exit(130) from None
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def conformance(ctx: typer.Context) -> None:
+    """PROTOCOL.md's edge cases against an edge client (docs/CONFORMANCE.md); --help."""
+    from simultrain.conformance.kit import main as conformance_main
+
+    raise typer.Exit(conformance_main(list(ctx.args)))
+
+
 def _add_bench() -> None:
     """``simultrain bench`` (a Typer sub-app that imports only typer until it runs) and the
     other experiments' commands (services/bench/cli.py)."""

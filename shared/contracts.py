@@ -39,6 +39,7 @@ __all__ = [
     "HistoryPoint",
     "ReplicaGroupStatus",
     "ReplicaTensor",
+    "SessionArchitecture",
     "SessionLimits",
     "SessionSpec",
     "StalenessSummary",
@@ -152,6 +153,7 @@ class SessionLimits(Contract):
     max_tensor_rank: int
     max_weight_tensors: int | None
     max_messages_per_s: float
+    max_message_burst: float = Field(description="Messages that may come at once (§5).")
 
 
 class ReplicaTensor(Contract):
@@ -160,14 +162,27 @@ class ReplicaTensor(Contract):
     dtype: str
 
 
+class SessionArchitecture(Contract):
+    """What the model fingerprint covers (PROTOCOL.md §3.3)."""
+
+    input_shape: list[int]
+    cut_shape: list[int] = Field(description="The model's cut (also in centralized mode).")
+    edge_stage: list[ReplicaTensor] = Field(description="Edge-stage parameters, by name.")
+    cloud_stage_digest: str = Field(description="SHA-256 of the cloud stage's listing.")
+
+
 class SessionSpec(Contract):
     """``GET /v1/session-spec``: what an edge must send and will receive (PROTOCOL.md §3.2)."""
 
-    protocol_version: int
+    protocol_version: int = Field(description="The newest major version the cloud speaks.")
+    protocol_versions: list[int] = Field(description="Every major version it speaks (§1.1).")
+    subprotocols: list[str] = Field(description="The same, as WebSocket subprotocols.")
+    capabilities: list[str] = Field(description="Capabilities it can grant (§10.2).")
     path: str
     mode: str
     model_id: str
     model_fingerprint: str
+    architecture: SessionArchitecture
     input_shape: list[int]
     num_classes: int
     cut_shape: list[int]

@@ -29,7 +29,16 @@ from starlette.websockets import WebSocketDisconnect
 from simultrain.shared import auth
 from simultrain.shared.contracts import CloudHistory, CloudStatus, Evaluation, SessionSpec
 from simultrain.shared.errors import IllegalTransition, ProtocolError, Unauthorized
-from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Frame, Hello
+from simultrain.shared.protocol import (
+    Act,
+    Bye,
+    CloudSession,
+    EGrad,
+    Error,
+    Frame,
+    Hello,
+    negotiate,
+)
 from simultrain.shared.training.config import RunConfig
 
 from .coordinator_client import CoordinatorLink, fetch_run_config
@@ -187,13 +196,25 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
     @app.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:
         service = service_of(websocket)
+        # PROTOCOL.md §1.1: the edge offers `simultrain.v<N>` subprotocols, newest first;
+        # the cloud picks the newest it speaks too (RFC 6455 §4.2.2). None offered: the
+        # HELLO's `v` decides (the first release offered none).
+        negotiation = negotiate(websocket.scope.get("subprotocols") or [])
         conn = Connection(
             websocket,
             CloudSession(
                 limits=service.limits,
                 egrad_needs_grad=service.schedule.egrad_needs_grad,
+                version=negotiation.version,
             ),
         )
+        if negotiation.refusal is not None:
+            # Versions offered, none spoken here: accept without a subprotocol and refuse
+            # at once, before any frame, with 4000 and the versions this cloud speaks.
+            await websocket.accept()
+            service.metrics.rejected.labels(negotiation.refusal.code.value).inc()
+            await conn.fail(negotiation.refusal)
+            return
         header = websocket.headers.get("authorization")
         if service.auth_enabled and header is not None:
             # Checked before the upgrade completes: a bad token never gets a session
@@ -209,7 +230,7 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
                 await websocket.close(code=exc.close_code, reason=exc.reason)
                 return
         conn.bucket = TokenBucket(service.settings.max_messages_per_s)
-        await websocket.accept()
+        await websocket.accept(subprotocol=negotiation.subprotocol)
         try:
             await _serve_session(service, conn)
         except WebSocketDisconnect:
@@ -248,6 +269,12 @@ async def _serve_session(service: CloudService, conn: Connection) -> None:
                     await service.checkpoint()
                     await websocket.close(code=1000, reason="bye")
                     return
+                elif isinstance(frame, Error):
+                    # The edge ends the session and closes it (PROTOCOL.md §7): nothing is
+                    # answered; what still comes before its close is discarded unread.
+                    log.warning(
+                        "%s ended its session: %s %s", conn.edge_id, frame.code, frame.reason
+                    )
                 else:
                     raise IllegalTransition(f"the cloud does not accept {frame.type} frames")
         except ProtocolError as exc:

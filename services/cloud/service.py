@@ -26,6 +26,7 @@ from simultrain.shared.contracts import (
     EdgeSessionStatus,
     Evaluation,
     ReplicaTensor,
+    SessionArchitecture,
     SessionLimits,
     SessionSpec,
     StalenessSummary,
@@ -42,18 +43,21 @@ from simultrain.shared.errors import (
     TrainingError,
     Unauthorized,
 )
-from simultrain.shared.models import architecture_fingerprint
+from simultrain.shared.models import model_architecture
 from simultrain.shared.protocol import (
+    CAPABILITIES,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Act,
     CloudSession,
     EGrad,
-    Error,
     Frame,
     Hello,
     Limits,
     Snap,
     Welcome,
+    grant_capabilities,
+    subprotocol_name,
 )
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import (
@@ -115,12 +119,16 @@ class Connection:
                 return
             # A session already closing refuses to send more: the close code says it all.
             with contextlib.suppress(ProtocolError):
-                await self.websocket.send_bytes(self.session.send(Error.from_exception(exc)))
+                await self.websocket.send_bytes(self.session.refuse(exc))
             await self.websocket.close(code=exc.close_code, reason=exc.reason)
 
 
 class TokenBucket:
-    """Per-session message rate limit (issue 5, item 3): ``rate`` per second, burst ``2·rate``."""
+    """Per-session message rate limit (PROTOCOL.md §5): ``rate`` per second, burst ``2·rate``.
+
+    One token per ACT or EGRAD message (a piggybacked EGRAD rides on its ACT's); HELLO and
+    BYE are not counted. The bucket starts full.
+    """
 
     def __init__(self, rate_per_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate_per_s
@@ -146,7 +154,8 @@ class CloudService:
         torch.set_num_threads(settings.compute_threads)
         dataset = load_dataset(settings.eval_dataset or run.dataset, seed=run.seed)
         self.spec = dataset.model_spec(run.model_id)
-        self.fingerprint = architecture_fingerprint(self.spec)
+        self.architecture = model_architecture(self.spec)
+        self.fingerprint = self.architecture.fingerprint
         self.device = resolve_device(settings.device)
         self.master = build_master(run, self.spec, self.schedule, device=self.device)
         self.cut_shape = wire_cut_shape(self.spec, self.schedule)
@@ -333,6 +342,9 @@ class CloudService:
             window=self.limits.window,
             acked_seq=acked,
             config={k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
+            # The offered capabilities this cloud speaks; unknown names are ignored
+            # (PROTOCOL.md §10.2).
+            capabilities=grant_capabilities(hello.capabilities),
         )
         await conn.send(welcome)
         await conn.send(snap)
@@ -510,10 +522,14 @@ class CloudService:
         limits = self.limits
         return SessionSpec(
             protocol_version=PROTOCOL_VERSION,
+            protocol_versions=list(SUPPORTED_VERSIONS),
+            subprotocols=[subprotocol_name(v) for v in reversed(SUPPORTED_VERSIONS)],
+            capabilities=sorted(CAPABILITIES),
             path="/v1/stream",
             mode=self.schedule.mode,
             model_id=self.spec.model_id,
             model_fingerprint=self.fingerprint,
+            architecture=SessionArchitecture.model_validate(self.architecture.to_json()),
             input_shape=list(self.spec.input_shape),
             num_classes=self.spec.num_classes,
             cut_shape=list(self.cut_shape),
@@ -526,6 +542,7 @@ class CloudService:
                 max_tensor_rank=limits.max_tensor_rank,
                 max_weight_tensors=limits.max_weight_tensors,
                 max_messages_per_s=self.settings.max_messages_per_s,
+                max_message_burst=TokenBucket(self.settings.max_messages_per_s).capacity,
             ),
             replica=[
                 ReplicaTensor(

@@ -32,10 +32,18 @@ from typing import Any, TypeVar
 
 import torch
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from simultrain.shared.data import BatchStream, Dataset, load_dataset, release_caches
-from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.errors import (
+    ErrorCode,
+    ModelMismatch,
+    ProtocolError,
+    ProtocolVersionMismatch,
+    SimulTrainError,
+    Unauthorized,
+)
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
     Ack,
@@ -51,6 +59,8 @@ from simultrain.shared.protocol import (
     Limits,
     Snap,
     Welcome,
+    decode_frame,
+    offered_subprotocols,
 )
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import edge_module, wire_cut_shape
@@ -76,6 +86,9 @@ T = TypeVar("T")
 
 RESYNC_CLOSE_CODE = 4002  # the edge asks for a fresh session: its deltas had a gap
 ENDED_REASONS_KEPT = 20
+# A cloud that selected none of the offered subprotocols sends its refusal (ERROR, close 4000)
+# at once (PROTOCOL.md §1.1); one of the first release sends nothing and waits for a HELLO.
+VERSION_REFUSAL_WAIT_S = 5.0
 
 
 @dataclass
@@ -203,7 +216,7 @@ class EdgeAgent:
                 run_config=run.to_mapping(),
                 reconcile_offset=0,
                 heartbeat_interval_s=settings.heartbeat_interval_s or 2.0,
-                token=None,
+                token=settings.token.get_secret_value() if settings.token else None,
             )
         if self._run_override is not None:
             run = self._run_override
@@ -334,18 +347,31 @@ class EdgeAgent:
                     raise SimulTrainError(str(ended)) from None
                 log.warning("session ended (%s); reconnecting", ended)
                 self._session_ended(str(ended))
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403) and self.coordinator is None:
+                    # The cloud refused the token before the upgrade. With a coordinator the
+                    # next heartbeat brings a fresh one; without, retrying cannot succeed
+                    # (PROTOCOL.md §7, "What an edge does after each close").
+                    raise Unauthorized(
+                        f"the cloud refused this edge's token (HTTP {exc.response.status_code})"
+                    ) from exc
+                await self._backoff(exc, delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
-                self.report.errors.append(type(exc).__name__)
-                self._session_ended(f"{type(exc).__name__}: {exc}")
-                # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
-                with contextlib.suppress(TimeoutError):
-                    # Wakes early on SIGTERM, so a stopping edge never sleeps out a backoff.
-                    await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
+                await self._backoff(exc, delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
             if self._finished():
                 break
             self.report.reconnects += 1
+
+    async def _backoff(self, exc: Exception, delay: float) -> None:
+        log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
+        self.report.errors.append(type(exc).__name__)
+        self._session_ended(f"{type(exc).__name__}: {exc}")
+        # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
+        with contextlib.suppress(TimeoutError):
+            # Wakes early on SIGTERM, so a stopping edge never sleeps out a backoff.
+            await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
 
     def _session_ended(self, reason: str) -> None:
         if len(self.report.session_ends) < ENDED_REASONS_KEPT:
@@ -375,6 +401,8 @@ class EdgeAgent:
         async with connect(
             url,
             additional_headers=headers,
+            # PROTOCOL.md §1.1: the versions this agent speaks, newest first.
+            subprotocols=[Subprotocol(name) for name in offered_subprotocols()],
             ssl=self._ssl(url),
             max_size=None,  # the protocol's Limits bound frames, per message type
             open_timeout=10,
@@ -382,6 +410,8 @@ class EdgeAgent:
             ping_timeout=60,  # a long cloud step must not look like a dead link
             compression=None,  # tensors are lz4-compressed already
         ) as ws:
+            if ws.subprotocol is None:
+                await self._version_refused(ws, url)
             self.report.sessions += 1
             session = EdgeSession(
                 limits=self.limits,
@@ -390,12 +420,33 @@ class EdgeAgent:
             await self._handshake(ws, session)
             await self._stream(ws, session)
 
+    async def _version_refused(self, ws: ClientConnection, url: str) -> None:
+        """The cloud selected none of the offered versions (PROTOCOL.md §1.1): send nothing,
+        read its refusal (bounded), close with 4000 and raise: retrying cannot help."""
+        said = "it selected no subprotocol and sent no refusal (a cloud of the first release)"
+        with contextlib.suppress(TimeoutError, ConnectionClosed, ProtocolError):
+            async with asyncio.timeout(VERSION_REFUSAL_WAIT_S):
+                data = await ws.recv()
+                # An ERROR is readable whatever version wrote it.
+                frame = decode_frame(data, version=None)
+                if isinstance(frame, Error):
+                    said = frame.reason
+        if ws.close_code is None:
+            await ws.close(code=4000, reason="no common protocol version")
+        elif ws.close_reason:
+            said = ws.close_reason
+        raise ProtocolVersionMismatch(_version_line(url, said))
+
     async def _send(self, ws: ClientConnection, session: EdgeSession, frame: Frame) -> None:
         # The session's ledger and the wire must see frames in one order: serialize.
         async with self._send_lock:
             data = session.send(frame)
             self.report.bytes_up += len(data)
-            await ws.send(data)
+            try:
+                await ws.send(data)
+            except ConnectionClosed as exc:
+                # The cloud's close may reach a send before the receiver: same verdict.
+                raise self._ended(exc) from exc
 
     async def _handshake(self, ws: ClientConnection, session: EdgeSession) -> None:
         runtime = self.runtime
@@ -416,6 +467,7 @@ class EdgeAgent:
             token=self.assignment.token,
             resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
             model_fingerprint=architecture_fingerprint(self.spec),
+            capabilities={},  # none implemented yet (PROTOCOL.md §10.2)
         )
         await self._send(ws, session, hello)
         welcome: Welcome | None = None
@@ -445,17 +497,31 @@ class EdgeAgent:
         try:
             data = await ws.recv()
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            code = rcvd.code if rcvd is not None else 1006
-            reason = rcvd.reason if rcvd is not None else ""
-            raise _SessionEnded(
-                f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
-            ) from exc
+            raise self._ended(exc) from exc
         self.report.bytes_down += len(data)
-        return session.receive_data(data)
+        try:
+            return session.receive_data(data)
+        except ProtocolError as exc:
+            # The refusing side says why, then closes with the code's close code (§7).
+            async with self._send_lock:
+                with contextlib.suppress(ProtocolError, ConnectionClosed):
+                    await ws.send(session.refuse(exc))
+                await ws.close(code=exc.close_code, reason=exc.reason)
+            raise
+
+    def _ended(self, exc: ConnectionClosed) -> _SessionEnded:
+        """What a close means for the agent (PROTOCOL.md §7): a new session, or none."""
+        rcvd = exc.rcvd
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else ""
+        _raise_if_final(code, reason, self._stream_url())
+        return _SessionEnded(
+            f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
+        )
 
     def _handle_control(self, frame: Frame) -> None:
         if isinstance(frame, Error):
+            _raise_if_final(_FINAL_ERRORS.get(frame.code, 0), frame.reason, self._stream_url())
             raise _SessionEnded(f"cloud error {frame.code}: {frame.reason}", reconnect=False)
         if isinstance(frame, Bye):
             raise _SessionEnded(f"cloud said bye: {frame.reason}", reconnect=True)
@@ -731,6 +797,30 @@ _RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, RESYNC_CLOSE_C
 
 def _worth_reconnecting(code: int, reason: str) -> bool:
     return code in _RECONNECT_CODES or (code == 1008 and "superseded" in reason)
+
+
+# Close codes after which no restart of this agent can succeed either: another protocol
+# version (upgrade one side), another model for the same id (fix the deployment). The agent
+# stops with exit status 78 (services/edge/main.py), which systemd does not restart.
+_FINAL_ERRORS = {
+    ErrorCode.PROTOCOL_VERSION_MISMATCH.value: 4000,
+    ErrorCode.MODEL_MISMATCH.value: 4003,
+}
+
+
+def _raise_if_final(code: int, reason: str, url: str) -> None:
+    if code == 4000:
+        raise ProtocolVersionMismatch(_version_line(url, reason))
+    if code == 4003:
+        raise ModelMismatch(f"the cloud at {url} builds another model: {reason} (not retrying)")
+
+
+def _version_line(url: str, said: str) -> str:
+    ours = ", ".join(offered_subprotocols())
+    return (
+        f"protocol version mismatch: the cloud at {url} speaks none of this agent's versions "
+        f"({ours}): {said or 'no reason given'} (not retrying)"
+    )
 
 
 def _partition_streams(
