@@ -160,7 +160,8 @@ class WebSocketsTransport:
             ws = await connect(
                 url,
                 additional_headers=dict(headers),
-                subprotocols=[Subprotocol(name) for name in subprotocols],
+                # None, not []: an empty offer would send an empty header, which is refused.
+                subprotocols=[Subprotocol(name) for name in subprotocols] or None,
                 ssl=self.ssl_context(url),
                 max_size=None,  # the protocol's Limits bound frames, per message type
                 open_timeout=self.open_timeout_s,
