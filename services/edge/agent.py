@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 
 from simultrain.shared.data import BatchStream, Dataset, load_dataset, release_caches
-from simultrain.shared.errors import SimulTrainError, Unauthorized
+from simultrain.shared.errors import ConfigError, SimulTrainError, Unauthorized
 from simultrain.shared.protocol import Act, EGrad, Limits, offered_subprotocols
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.factory import edge_module, wire_cut_shape
@@ -533,8 +533,11 @@ class EdgeAgent:
         if path is None:
             return
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.report)) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(asdict(self.report)) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the status file {path}: {exc}") from exc
 
 
 # The close-code policy lives with the session (PROTOCOL.md §7); its earlier names stay here.

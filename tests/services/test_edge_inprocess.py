@@ -27,7 +27,12 @@ from simultrain.edge.agent import EdgeAgent, EdgeObserver, EdgeReport
 from simultrain.edge.inprocess import ASGITransport
 from simultrain.edge.settings import EdgeSettings
 from simultrain.edge.transport import StreamConnection
-from simultrain.shared.errors import ModelMismatch, ProtocolVersionMismatch, Unauthorized
+from simultrain.shared.errors import (
+    ConfigError,
+    ModelMismatch,
+    ProtocolVersionMismatch,
+    Unauthorized,
+)
 from simultrain.shared.training.config import RunConfig
 
 RUN = RunConfig(mode="simultrain", dataset="imu", window=2)
@@ -164,6 +169,19 @@ async def test_a_restarted_agent_resumes_from_its_state_and_loses_nor_repeats_a_
     assert report.steps == STEPS and report.samples_sent == STEPS * RUN.batch_size
     assert report.batches_acked == STEPS
     assert_every_batch_applied_once(cloud)
+
+
+async def test_a_status_file_that_cannot_be_written_stops_the_agent_with_a_clear_error(
+    cloud: FastAPI, tmp_path: Path
+) -> None:
+    """Not taken for a broken link (which would be retried forever, failing at every ACK)."""
+    status_file = tmp_path / "missing-directory" / "status.json"
+    agent = EdgeAgent(
+        edge_settings(status_file=status_file), run=RUN, transport=ASGITransport(cloud)
+    )
+    with pytest.raises(ConfigError, match="cannot write the status file"):
+        await run_agent(agent)
+    assert agent.report.reconnects == 0
 
 
 class OfferOnly:

@@ -189,9 +189,7 @@ async def test_in_process_a_dropped_link_is_1006_on_both_sides() -> None:
     assert len(probe.sends_after_drop) == 1
 
 
-async def test_in_process_the_applications_exception_is_raised_where_the_connection_ends() -> (
-    None
-):
+async def test_in_process_the_applications_exception_is_raised_at_the_end() -> None:
     transport = ASGITransport(Probe())
     with pytest.raises(RuntimeError, match="the application failed"):
         async with transport.connect("ws://probe.test/crash", subprotocols=[], headers={}) as conn:
