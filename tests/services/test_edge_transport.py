@@ -195,3 +195,17 @@ async def test_in_process_the_applications_exception_is_raised_at_the_end() -> N
         async with transport.connect("ws://probe.test/crash", subprotocols=[], headers={}) as conn:
             with pytest.raises(StreamClosed):
                 await conn.recv()
+
+
+async def test_in_process_an_application_that_fails_before_accepting() -> None:
+    async def fails(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise LookupError("no such route")
+
+    with pytest.raises(LookupError, match="no such route"):
+        async with ASGITransport(fails).connect("ws://probe.test/", subprotocols=[], headers={}):
+            pytest.fail("a failed application opened a connection")
+    with pytest.raises(UpgradeRefused) as refused:
+        transport = ASGITransport(fails, raise_app_exceptions=False)
+        async with transport.connect("ws://probe.test/", subprotocols=[], headers={}):
+            pytest.fail("a failed application opened a connection")
+    assert refused.value.status_code == 500  # what uvicorn answers
