@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from simultrain.shared.data import BatchStream, load_dataset
-from simultrain.shared.errors import ConfigError, TrainingError
+from simultrain.shared.data import BatchStream, Dataset, load_dataset
+from simultrain.shared.errors import TrainingError
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -49,6 +49,7 @@ from simultrain.shared.training.factory import (
     edge_module,
     wire_cut_shape,
 )
+from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.runtime import (
     CloudRuntime,
@@ -116,6 +117,37 @@ class _Edge:
     delta_loss: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
     deltas_lost: int = 0
+    # Gradient coding: a stream per partition the edge's code row holds.
+    partitions: dict[int, BatchStream] = field(default_factory=dict)
+
+
+def _partition_streams(
+    dataset: Dataset, config: RunConfig, code: GradientCode, row: int
+) -> dict[int, BatchStream]:
+    """The ``s + 1`` partitions code row ``row`` holds, each with the stream every holder of
+    that partition draws the same batches from (as services/edge/agent.py does)."""
+    return {
+        k: BatchStream(
+            shard.x_train, shard.y_train, batch_size=config.batch_size, seed=config.seed + 1000 * k
+        )
+        for k in code.partitions(row)
+        for shard in [dataset.shard(k, code.n, partition=config.partition)]
+    }
+
+
+def _produce(edge: _Edge) -> Act | EGrad | None:
+    """The edge's next frame: its next batch, or with gradient coding the round's batch of
+    each partition it holds, numbered by the master version (PROTOCOL.md §6.6)."""
+    runtime = edge.runtime
+    if runtime.code is None:
+        xb, yb = next(edge.stream)
+        return runtime.produce(xb, yb)
+    batches = {}
+    for k in runtime.round_partitions():
+        stream = edge.partitions[k]
+        stream.seek(max(runtime.version, 0))
+        batches[k] = next(stream)
+    return runtime.produce_coded(batches)
 
 
 def run_in_process(
@@ -124,18 +156,18 @@ def run_in_process(
     progress: Callable[[int, RunResult | None], None] | None = None,
 ) -> RunResult:
     started = time.perf_counter()
-    if config.gradient_coding_s:
-        # Coding needs each edge's partitions and the cloud's decode (PROTOCOL.md §6.6); run
-        # uncoded here it would silently train something else than the run asks for.
-        raise ConfigError(
-            "gradient_coding_s runs through the services; the in-process driver does not code"
-        )
     schedule = config.schedule()
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)
     master = build_master(config, spec, schedule)
+    code = config.gradient_code()
     cloud = CloudRuntime(
-        master, schedule, config.codecs, synthetic=build_synthetic(config, spec, schedule)
+        master,
+        schedule,
+        config.codecs,
+        round_deadline_s=config.round_deadline_s,
+        synthetic=build_synthetic(config, spec, schedule),
+        code=code,
     )
     # One window everywhere (PROTOCOL.md §6.3): W batches in flight, ACT to ACK.
     limits = Limits(window=schedule.window)
@@ -162,6 +194,8 @@ def run_in_process(
                 config.codecs,
                 optimizer=config.optimizer,
                 verify_checksums=verify,
+                code=code,
+                code_row=i if code is not None else None,
             ),
             EdgeSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
             CloudSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
@@ -174,6 +208,7 @@ def run_in_process(
             _Link(),
             delta_loss=config.delta_loss,
             rng=random.Random(config.seed * 7919 + i),
+            partitions=_partition_streams(dataset, config, code, i) if code else {},
         )
         edges[edge_id] = edge
         hello = Hello(
@@ -185,7 +220,9 @@ def run_in_process(
         for frame in edge.cloud_session.receive_data(edge.session.send(hello)):
             assert isinstance(frame, Hello)
         offset = schedule.reconcile_offset(i, config.edges)
-        _, snap = cloud.open_session(edge_id, reconcile_offset=offset)
+        _, snap = cloud.open_session(
+            edge_id, reconcile_offset=offset, code_row=i if code is not None else None
+        )
         welcome = Welcome(
             session_id=edge_id,
             master_version=master.version,
@@ -206,8 +243,7 @@ def run_in_process(
             while not edge.runtime.can_produce():
                 if not _pump(edges, cloud):
                     raise TrainingError("pipeline stalled: window full and nothing in flight")
-            xb, yb = next(edge.stream)
-            upload = edge.runtime.produce(xb, yb)
+            upload = _produce(edge)
             while edge.runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
                 edge.link.send_up(edge.session.send(edge.runtime.leading.popleft()))
             if upload is not None:

@@ -109,6 +109,17 @@ CASES: dict[str, dict[str, Any]] = {
         f"mode-{mode}-3edges": {"mode": mode, "edges": 3, "window": 2, "steps": 8}
         for mode in ("centralized", "syncsgd", "fedavg", "synthetic", "split-sync")
     },
+    # Gradient coding (syncsgd): in process the last s edges of each round are its stragglers.
+    "coded-4edges-s1": {"mode": "syncsgd", "edges": 4, "gradient_coding_s": 1, "steps": 6},
+    "coded-5edges-s2-sgd": {
+        "mode": "syncsgd",
+        "edges": 5,
+        "gradient_coding_s": 2,
+        "steps": 5,
+        **_SGD,
+    },
+    # A round deadline closes nothing in process: every edge reports at once.
+    "fedavg-deadline-3edges": {"mode": "fedavg", "edges": 3, "steps": 10, "round_deadline_s": 30.0},
     "mode-fedavg-local3-sgd": {"mode": "fedavg", "local_steps": 3, "steps": 9, **_SGD},
     "mode-noforecast-chain": {
         "mode": "simultrain-noforecast",

@@ -305,8 +305,20 @@ def test_an_edge_and_a_cloud_of_one_run_hold_one_code() -> None:
     assert RunConfig(mode="syncsgd", edges=8).gradient_code() is None
 
 
-def test_the_in_process_driver_refuses_to_run_a_coded_run_uncoded() -> None:
+def test_the_in_process_driver_codes_like_the_services_and_decodes_the_uncoded_step() -> None:
+    """The driver builds coded edges and a decoding cloud from the run, as the services do:
+    each round's decode is the uncoded round's mean of the n partition gradients (edge k's
+    batches are partition k's), to the float32 rounding the decoding coefficients amplify."""
     from simultrain.shared.training.driver import run_in_process
 
-    with pytest.raises(ConfigError, match="through the services"):
-        run_in_process(RunConfig(mode="syncsgd", edges=4, gradient_coding_s=1, steps=1))
+    common = {"mode": "syncsgd", "edges": 4, "steps": 6, "optimizer_name": "sgd"}
+    coded = run_in_process(RunConfig.from_mapping({**common, "gradient_coding_s": 1}))
+    uncoded = run_in_process(RunConfig.from_mapping(common))
+    assert coded.master is not None and uncoded.master is not None
+    assert coded.master_version == uncoded.master_version == 6
+    assert coded.samples == uncoded.samples == 6 * 4 * RunConfig().batch_size
+    _close(coded.master.full_state(), uncoded.master.full_state())
+    assert not all(
+        torch.equal(t, uncoded.master.full_state()[n])
+        for n, t in coded.master.full_state().items()
+    )  # decoded, not averaged: the same step to rounding, not bit for bit
