@@ -1,9 +1,10 @@
 """A whole training run in one process, every frame through the real encoder and decoder.
 
-The fast path for tests and the basis of the simulation mode. Edges and the cloud are the same
-:class:`EdgeRuntime` / :class:`CloudRuntime` objects the services use; between them sits an
-in-memory link that carries *bytes*: each frame is encoded by the sender's protocol session and
-decoded and validated by the receiver's, exactly as over a WebSocket.
+The fast path for tests and the basis of the simulation mode. Edges and the cloud are built by
+the assembly the services build theirs with (shared/training/assembly.py): the same runtimes,
+master, limits and codecs; between them sits an in-memory link that carries *bytes*: each
+frame is encoded by the sender's protocol session and decoded and validated by the
+receiver's, exactly as over a WebSocket.
 
 Timing is a deterministic event order, not a clock: each edge produces its next batch as soon
 as its window allows, and otherwise the cloud and the edges take turns handling one message
