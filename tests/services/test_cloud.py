@@ -476,6 +476,12 @@ def test_a_checkpoint_holds_a_partly_gathered_fleet_batch(tmp_path: Path) -> Non
         m.apply_edge_gradient(grads, edge_version=m.version)  # the third: one step
     assert fresh.edge_updates == master.edge_updates == 1
     assert_same(dict(fresh.full_state()), dict(master.full_state()))
+    # A run whose compensation gathers nothing could not apply them: the file is refused.
+    from simultrain.cloud.checkpoint import CheckpointError
+
+    plain = build_cloud(RunConfig(window=2), SPEC)
+    with pytest.raises(CheckpointError, match="partly gathered fleet batch"):
+        restore(found, plain.master, plain.runtime)
 
 
 def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
