@@ -40,7 +40,9 @@ from simultrain.shared.training.driver import (
     LinkedEdge,
     cloud_handle,
     connect_edge,
+    drain,
     edge_receive,
+    produce_round,
 )
 from simultrain.shared.training.replica_sync import MERGES, Merge, SyncLedger
 from simultrain.shared.training.runtime import CloudRuntime
@@ -154,19 +156,8 @@ def run_replicated(
         return moved
 
     for _ in range(config.steps):
-        for edge in edges.values():
-            while not edge.runtime.can_produce():
-                if not pump():
-                    raise TrainingError("pipeline stalled: window full and nothing in flight")
-            upload = edge.runtime.produce_next(edge.assembly.stream)
-            if upload is not None:
-                edge.link.send_up(edge.session.send(upload))
-    while True:
-        for edge in edges.values():
-            while edge.runtime.pending_egrads:
-                edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-        if not pump():
-            break
+        produce_round(edges, pump)
+    drain(edges, pump)
     if replicas > 1:
         if in_flight:
             finish_round()

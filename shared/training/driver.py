@@ -15,6 +15,7 @@ plain sequential split training.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import deque
@@ -143,15 +144,16 @@ def run_in_process(
     master = cloud.master
     curve: list[tuple[int, float]] = []
     loss_curve: list[tuple[int, float]] = []
+    step_once = functools.partial(pump, edges, cloud.runtime)
     for step in range(config.steps):
-        produce_round(edges, cloud.runtime)
+        produce_round(edges, step_once)
         if config.eval_every and (step + 1) % config.eval_every == 0:
             acc, loss = master.evaluate(x_test, y_test)
             curve.append((master.samples_applied, acc))
             loss_curve.append((master.samples_applied, loss))
         if progress is not None:
             progress(step + 1, None)
-    drain(edges, cloud.runtime)
+    drain(edges, step_once)
     master.flush_edge_step()  # gradients gathered and not yet stepped (``fleet-batch``) step
     accuracy, test_loss = master.evaluate(x_test, y_test)
     losses = [loss for e in edges.values() for loss in e.runtime.losses[-50:]]
@@ -223,12 +225,12 @@ def connect_edge(
     return edge
 
 
-def produce_round(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> None:
+def produce_round(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]) -> None:
     """Each edge produces its next batch as soon as its window allows; until then the
-    cloud and the edges take turns handling one message each."""
+    cloud and the edges take turns handling one message each (``step_once``: `pump`)."""
     for edge in edges.values():
         while not edge.runtime.can_produce():
-            if not pump(edges, cloud):
+            if not step_once():
                 raise TrainingError("pipeline stalled: window full and nothing in flight")
         upload = edge.runtime.produce_next(edge.assembly.stream)
         while edge.runtime.leading:  # synthetic role: a batch's EGRAD precedes its ACT
@@ -237,14 +239,14 @@ def produce_round(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> None:
             edge.link.send_up(edge.session.send(upload))
 
 
-def drain(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> None:
+def drain(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]) -> None:
     """Every batch answered, every gradient applied. No ACT will come to carry a
     piggybacked EGRAD any more, so each goes alone."""
     while True:
         for edge in edges.values():
             while edge.runtime.pending_egrads:
                 edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-        if not pump(edges, cloud):
+        if not step_once():
             break
 
 
