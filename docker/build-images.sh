@@ -24,7 +24,11 @@ readonly UPSTREAM_BASE=python:3.11.13-slim-bookworm
 readonly DEBIAN_BASE=simultrain-python:3.11-bookworm
 base=auto tag="${SIMULTRAIN_TAG:-0.1.0}" wheelhouse="" index_url="" torch_index_url=""
 trusted_host="" save="" stats="" debian_mirror="" targets="coordinator cloud netem edge"
+# The wheelhouse's index is served on a fixed port: its URL is a build argument, and a build
+# argument that changes invalidates every cached layer after it (torch included).
+index_port=3141
 python="${PYTHON:-python3}"
+no_cache=()
 
 usage() {
     cat <<USAGE
@@ -39,7 +43,10 @@ usage: $PROG [options]
   --trusted-host HOST          an http:// mirror's host, for pip
   --tag TAG                    image tag (default: \$SIMULTRAIN_TAG or 0.1.0)
   --targets "T ..."            which images (default: "$targets")
+  --no-cache                   rebuild every layer (the first image's build refreshes the
+                               cache that the others then reuse: torch is fetched once)
   --save FILE                  also write the images to one tarball (docker load -i FILE)
+  --index-port PORT            with --wheelhouse: its port on 127.0.0.1 (default $index_port)
   --index-stats FILE           with --wheelhouse: what the builds asked of it, as JSON
 USAGE
 }
@@ -56,6 +63,8 @@ while [[ $# -gt 0 ]]; do
         --tag) need_value "$@"; tag="$2"; shift 2 ;;
         --targets) need_value "$@"; targets="$2"; shift 2 ;;
         --save) need_value "$@"; save="$2"; shift 2 ;;
+        --no-cache) no_cache=(--no-cache); shift ;;
+        --index-port) need_value "$@"; index_port="$2"; shift 2 ;;
         --index-stats) need_value "$@"; stats="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -97,7 +106,8 @@ trap cleanup EXIT
 if [[ -n "$wheelhouse" ]]; then
     [[ -d "$wheelhouse" ]] || die "no such wheelhouse: $wheelhouse (docker/wheelhouse.sh fills one)"
     log="$(mktemp)"
-    "$python" docker/serve_index.py "$wheelhouse" ${stats:+--stats "$stats"} > "$log" 2>&1 &
+    "$python" docker/serve_index.py "$wheelhouse" --port "$index_port" \
+        ${stats:+--stats "$stats"} > "$log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do
         grep -q '^LISTENING ' "$log" && break
@@ -125,9 +135,10 @@ for target in $targets; do
     echo "$PROG: building $image (base $python_image)"
     log="$(mktemp)"
     docker build --file docker/Dockerfile --target "$target" --tag "$image" \
-        "${network[@]}" "${args[@]}" . > "$log" 2>&1 \
+        "${no_cache[@]}" "${network[@]}" "${args[@]}" . > "$log" 2>&1 \
         || { tail -30 "$log" >&2; rm -f "$log"; die "building $image failed"; }
     rm -f "$log"
+    no_cache=()
     size="$(docker image inspect --format '{{.Size}}' "$image")"
     echo "$PROG: $image: $((size / 1000000)) MB, built in $((SECONDS - started)) s"
     images+=("$image")

@@ -10,10 +10,13 @@ it opens the notification socket, starts the agent with the environment the unit
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,8 +92,106 @@ def test_agent_signals_ready_and_feeds_the_watchdog(tmp_path: Path) -> None:
         ready = [m for m in messages if "READY=1" in m.split("\n")]
         assert ready, f"no READY=1 among {messages[:5]}"
         assert "WATCHDOG=1" in messages, messages[:5]
+        # Done with its steps, it tells systemd it is leaving, after it said it was ready.
+        stopping = [i for i, m in enumerate(messages) if "STOPPING=1" in m.split("\n")]
+        assert len(stopping) == 1 and stopping[0] > messages.index(ready[0]), messages
         # The unit's StateDirectory holds the progress file it points the agent at.
         assert (state / "simultrain-edge" / "status.json").is_file()
+    finally:
+        cloud.stop(30)
+        cloud.reap()
+
+
+class _NotifySocket:
+    """systemd's end of NOTIFY_SOCKET: the datagrams the agent sends, as they arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.messages.append(self._sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def wait_for(self, line: str, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for i, message in enumerate(list(self.messages)):
+                if line in message.split("\n"):
+                    return i
+            time.sleep(0.05)
+        pytest.fail(f"no {line} within {timeout_s} s: {self.messages[:5]}")
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[_NotifySocket]:
+    receiver = _NotifySocket(tmp_path / "notify.sock")
+    yield receiver
+    receiver.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_sigterm_tells_systemd_the_agent_is_stopping(
+    tmp_path: Path, notify_socket: _NotifySocket
+) -> None:
+    """`systemctl stop` sends SIGTERM: the agent says STOPPING=1 at once, drains, exits 0."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SIMULTRAIN_")}
+    cloud_dir = tmp_path / "cloud"
+    cloud_dir.mkdir()
+    cloud = ServiceProcess(
+        "cloud",
+        [sys.executable, "-m", "simultrain.cloud"],
+        {**clean, "SIMULTRAIN_CLOUD_PORT": "0"},
+        cloud_dir,
+    )
+    try:
+        url = cloud.wait_listening(60)
+        state, credentials = tmp_path / "state", tmp_path / "credentials"
+        (state / "simultrain-edge").mkdir(parents=True)
+        credentials.mkdir()
+        (credentials / "enrollment_secret").write_text(
+            (REPO_ROOT / "deploy" / "secrets" / "enrollment_secret.example").read_text()
+        )
+        env = {
+            **clean,
+            **_unit_environment(state, credentials),
+            "NOTIFY_SOCKET": str(notify_socket.path),
+            "SIMULTRAIN_EDGE_CLOUD_URL": url.replace("http://", "ws://"),
+            "SIMULTRAIN_EDGE_EDGE_ID": "edge-stopped-by-systemd",
+            "SIMULTRAIN_EDGE_STEPS": "0",  # until stopped
+        }
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "simultrain.edge"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            ready = notify_socket.wait_for("READY=1", 120)
+            assert not any("STOPPING=1" in m for m in notify_socket.messages)
+            agent.send_signal(signal.SIGTERM)
+            stopping = notify_socket.wait_for("STOPPING=1", 30)
+            _, stderr = agent.communicate(timeout=60)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait(timeout=10)
+        assert agent.returncode == 0, stderr[-3000:]
+        assert stopping > ready
+        assert sum("STOPPING=1" in m for m in notify_socket.messages) == 1
     finally:
         cloud.stop(30)
         cloud.reap()
