@@ -216,7 +216,7 @@ def test_the_cloud_keeps_its_documented_port_and_replicas_get_one_each() -> None
     merged = merge_compose(base, load_compose(REPLICAS_OVERRIDE))
     assert merged["services"]["cloud"]["ports"] == ["127.0.0.1::8800"]
     guide = (REPO_ROOT / "docs" / "DEPLOY.md").read_text("utf-8")
-    assert "localhost:8800/v1/eval" in guide and "docker compose port" in guide
+    assert "localhost:8800/v1/eval" in guide and "port --index" in guide
 
 
 def test_each_image_is_built_by_one_service() -> None:

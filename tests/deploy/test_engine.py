@@ -157,14 +157,14 @@ class Stack:
             command += ["--file", str(file)]
         return _run([*command, *args], timeout_s=timeout_s, cwd=REPO_ROOT, env=self.env)
 
-    def container(self, service: str, index: int = 1) -> str:
-        return self.compose("ps", "--all", "--quiet", "--index", str(index), service).strip()
-
     def inspect(self, service: str, template: str, index: int = 1) -> str:
-        container = self.container(service, index)
-        if not container:
-            return ""
-        return _run(["docker", "inspect", "--format", template, container]).strip()
+        """``docker inspect`` of a service's container (compose names it project-service-N);
+        an empty string while there is none."""
+        result = subprocess.run(
+            ["docker", "inspect", "--format", template, f"{self.name}-{service}-{index}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def _secrets(folder: Path) -> Path:
@@ -185,7 +185,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
+def stack(images: dict[str, Any], stack_env: dict[str, str]) -> Iterator[Stack]:
     stack = Stack("simultrain-enginetest", [COMPOSE], {**stack_env, "SIMULTRAIN_STEPS": str(STEPS)})
     try:
         yield stack
@@ -280,7 +280,7 @@ def test_compose_trains_every_sample_once_through_a_kill_and_a_restart(stack: St
 
 
 @pytest.fixture
-def replicas(stack_env: dict[str, str]) -> Iterator[Stack]:
+def replicas(images: dict[str, Any], stack_env: dict[str, str]) -> Iterator[Stack]:
     env = {**stack_env, "SIMULTRAIN_STEPS": str(REPLICA_STEPS), "SIMULTRAIN_CLOUD_REPLICAS": "2"}
     stack = Stack("simultrain-enginetest-replicas", [COMPOSE, REPLICAS], env)
     try:
@@ -328,7 +328,7 @@ def test_replicas_form_one_group_in_sync_and_one_without_it_is_not_ready(
             applied[edge_id] = max(applied.get(edge_id, 0), edge["steps_applied"])
     assert sorted(applied.values()) == [REPLICA_STEPS, REPLICA_STEPS], applied
     health = {
-        name: replicas.inspect(name, "{{.State.Health.Status}}", index)
+        f"{name}-{index}": replicas.inspect(name, "{{.State.Health.Status}}", index)
         for name, index in (("cloud-rendezvous", 1), ("cloud", 1), ("cloud", 2))
     }
     assert set(health.values()) == {"healthy"}, health
