@@ -111,7 +111,8 @@ if [[ -n "$wheelhouse" ]]; then
     server_pid=$!
     for _ in $(seq 100); do
         grep -q '^LISTENING ' "$log" && break
-        kill -0 "$server_pid" 2> /dev/null || { cat "$log" >&2; die "the wheelhouse index did not start"; }
+        kill -0 "$server_pid" 2> /dev/null \
+            || { tail -1 "$log" >&2; die "the wheelhouse index did not start (--index-port)"; }
         sleep 0.1
     done
     index_url="$(sed -n 's/^LISTENING //p' "$log")"

@@ -19,10 +19,12 @@ import argparse
 import html
 import http.server
 import json
+import os
 import re
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -136,13 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     index = Index(args.wheelhouse)
     if not index.files:
         parser.error(f"no wheels or sdists in {args.wheelhouse}")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(index))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(index))
+    except OSError as exc:
+        parser.error(f"cannot serve on 127.0.0.1:{args.port}: {exc.strerror} (--port)")
 
     def stop(*_: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def stop_with_parent(parent: int) -> None:
+        # The index lives only as long as the build that started it, even one killed hard.
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        stop()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=stop_with_parent, args=(os.getppid(),), daemon=True).start()
     print(f"LISTENING http://127.0.0.1:{server.server_address[1]}/simple/", flush=True)
     try:
         server.serve_forever()
