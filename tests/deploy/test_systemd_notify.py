@@ -2,9 +2,10 @@
 
 With ``Type=notify`` systemd waits for ``READY=1`` and, with ``WatchdogSec=``, kills the
 agent unless ``WATCHDOG=1`` keeps arriving; ``STOPPING=1`` tells it the agent is draining.
-No systemd runs here, so this test plays its part: it opens the notification socket, starts the agent with the environment the unit gives it
-(its ``Environment=`` lines with ``%S`` and ``%d`` expanded, ``NOTIFY_SOCKET``,
-``WATCHDOG_USEC``) against a cloud on 127.0.0.1, and reads the datagrams.
+No systemd runs here, so this test plays its part: it opens the notification socket, starts
+the agent with the environment the unit gives it (its ``Environment=`` lines with ``%S`` and
+``%d`` expanded, ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``) against a cloud on 127.0.0.1, reads
+the datagrams, and stops the agent as ``systemctl stop`` would.
 """
 
 from __future__ import annotations
