@@ -1,6 +1,6 @@
 """Cloud replicas in one process: the sync scheme without sockets, timing or processes.
 
-``python -m simultrain.bench.replicas_inprocess [--seeds 0] [--cases NAME,...] [--jobs 2]``
+``simultrain replicas [--seeds 0] [--cases NAME,...] [--jobs 2] [--resume]``
 
 docs/REPLICAS.md's scheme, driven deterministically: R masters built by the cloud's build
 path (``build_master``), each behind its own :class:`CloudRuntime`, the same edges as the
@@ -15,23 +15,23 @@ group between rounds (non-IID).
 
 If the services lost accuracy where this does not, the loss would be a services defect;
 where this loses it too, it is the scheme's arithmetic. bench/results/replicas.md reads
-the results (``replicas-inprocess.{json,md}`` in ``--out``, rewritten after each case).
+the results (``replicas-inprocess.{json,md}`` in ``--out``, rewritten after each case;
+:class:`~simultrain.bench.records.ReplicaFile`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from simultrain.bench.harness import Experiment
+from simultrain.bench.records import ReplicaFile, ReplicaMeta, ReplicaRecord
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.protocol import CloudSession, EdgeSession, Hello, Limits, Welcome
@@ -46,7 +46,7 @@ from simultrain.shared.training.factory import (
 from simultrain.shared.training.replica_sync import MERGES, Merge, SyncLedger
 from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime
 
-__all__ = ["CASES", "Case", "main", "run_replicated"]
+__all__ = ["CASES", "Case", "ReplicaCase", "Replicas", "render_table", "run_replicated"]
 
 SGD = {"optimizer_name": "sgd", "optimizer_lr": 0.05, "optimizer_momentum": 0.0}
 
@@ -229,72 +229,95 @@ def run_replicated(
     }
 
 
-def _run_case(case: Case, seed: int, steps: int) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    run = RunConfig.from_mapping(
-        {"edges": 4, "steps": steps, "seed": seed, **(SGD if case.sgd else {})}
-    )
-    started = time.perf_counter()
-    result = run_replicated(
-        run, case.replicas, sync_every=case.sync_every, merge=case.merge, lag=case.lag
-    )
-    return {
-        "case": case.name,
-        "seed": seed,
-        **{k: v for k, v in asdict(case).items() if k != "name"},
-        "optimizer": run.optimizer.name,
-        "steps_per_edge": steps,
-        **result,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+@dataclass(frozen=True, slots=True)
+class ReplicaCase:
+    case: str  # a name of CASES
+    seed: int
 
 
-def _write(out: Path, rows: list[dict[str, Any]], command: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r["seed"], list(CASES).index(r["case"])))
-    meta = {"command": command, "cpus": os.cpu_count()}
-    (out / "replicas-inprocess.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+@dataclass
+class Replicas(Experiment[ReplicaCase, ReplicaRecord]):
+    """The cases × seeds; ``replicas-inprocess.{json,md}`` in ``out_dir`` after each."""
+
+    names: Sequence[str]
+    seeds: Sequence[int]
+    steps: int = 300  # batches per edge
+    out_dir: Path = Path("bench/results")
+    command: str = "simultrain replicas"
+
+    failures = ()  # a run that raises is a defect: the whole run stops
+
+    def cases(self) -> list[ReplicaCase]:
+        return [ReplicaCase(name, seed) for seed in self.seeds for name in self.names]
+
+    def record_key(self, record: ReplicaRecord) -> ReplicaCase:
+        return ReplicaCase(record.case, record.seed)
+
+    def run_one(self, case: ReplicaCase) -> ReplicaRecord:
+        spec = CASES[case.case]
+        torch.set_num_threads(1)
+        run = RunConfig.from_mapping(
+            {"edges": 4, "steps": self.steps, "seed": case.seed, **(SGD if spec.sgd else {})}
+        )
+        started = time.perf_counter()
+        result = run_replicated(
+            run, spec.replicas, sync_every=spec.sync_every, merge=spec.merge, lag=spec.lag
+        )
+        return ReplicaRecord(
+            case=spec.name,
+            seed=case.seed,
+            replicas=spec.replicas,
+            merge=spec.merge,
+            sync_every=spec.sync_every,
+            lag=spec.lag,
+            sgd=spec.sgd,
+            optimizer=run.optimizer.name,
+            steps_per_edge=self.steps,
+            accuracy=result["accuracy"],
+            global_version=result["global_version"],
+            samples_applied=result["samples_applied"],
+            rounds=result["rounds"],
+            staleness_mean=result["staleness_mean"],
+            seconds=round(time.perf_counter() - started, 1),
+        )
+
+    def describe(self, case: ReplicaCase) -> str:
+        return f"{case.case} s{case.seed}"
+
+    def summary(self, record: ReplicaRecord) -> str:
+        return f"accuracy {record.accuracy[0]:.3f} after {record.rounds} rounds"
+
+    def load(self) -> list[ReplicaRecord]:
+        path = self.out_dir / "replicas-inprocess.json"
+        return ReplicaFile.read(path).rows if path.exists() else []
+
+    def save(self, records: Sequence[ReplicaRecord]) -> None:
+        rows = sorted(records, key=lambda r: (r.seed, list(CASES).index(r.case)))
+        meta = ReplicaMeta(command=self.command, cpus=os.cpu_count())
+        ReplicaFile(meta=meta, rows=rows).write(self.out_dir / "replicas-inprocess.json")
+        (self.out_dir / "replicas-inprocess.md").write_text(render_table(rows))
+
+
+def render_table(rows: Sequence[ReplicaRecord]) -> str:
     lines = [
         "| case | seed | replicas | merge | sync every | lag | optimizer | accuracy "
         "| rounds | mean staleness | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        merge = r["merge"] if r["replicas"] > 1 else "–"
+        merge = r.merge if r.replicas > 1 else "–"
         lines.append(
-            f"| {r['case']} | {r['seed']} | {r['replicas']} | {merge} | "
-            f"{r['sync_every'] if r['replicas'] > 1 else '–'} | {r['lag']} | {r['optimizer']} "
-            f"| {r['accuracy'][0]:.3f} | {r['rounds']} | {r['staleness_mean']} "
-            f"| {r['seconds']} |"
+            f"| {r.case} | {r.seed} | {r.replicas} | {merge} | "
+            f"{r.sync_every if r.replicas > 1 else '–'} | {r.lag} | {r.optimizer} "
+            f"| {r.accuracy[0]:.3f} | {r.rounds} | {r.staleness_mean} "
+            f"| {r.seconds} |"
         )
-    (out / "replicas-inprocess.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--cases", default=",".join(CASES), help=", ".join(CASES))
-    parser.add_argument("--steps", type=int, default=300, help="batches per edge")
-    parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args(argv)
-    unknown = [c for c in args.cases.split(",") if c not in CASES]
-    if unknown:
-        parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    cases = [CASES[c] for c in args.cases.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    command = "python -m simultrain.bench.replicas_inprocess " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_run_case, c, s, args.steps) for s in seeds for c in cases]
-        for future in futures:
-            row = future.result()
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            _write(args.out, rows, command)
+if __name__ == "__main__":  # the earlier entry point: ``simultrain replicas`` is the same
+    import typer
 
+    from simultrain.bench.cli import replicas
 
-if __name__ == "__main__":
-    main()
+    typer.run(replicas)

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from simultrain.shared import auth
+from simultrain.shared.contracts import CloudHistory, CloudStatus, Evaluation, SessionSpec
 from simultrain.shared.errors import IllegalTransition, ProtocolError, Unauthorized
 from simultrain.shared.protocol import Act, Bye, CloudSession, EGrad, Frame, Hello
 from simultrain.shared.training.config import RunConfig
@@ -123,28 +123,28 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
         return JSONResponse({"status": "ready", "master_version": service.master.version})
 
     @app.get("/v1/status")
-    async def status(request: Request) -> dict[str, Any]:
+    async def status(request: Request) -> CloudStatus:
         return service_of(request).status()
 
     @app.get("/v1/session-spec")
-    async def session_spec(request: Request) -> dict[str, Any]:
+    async def session_spec(request: Request) -> SessionSpec:
         """The cut shape, window, limits and edge-stage tensors of a session (PROTOCOL §3.2)."""
         return service_of(request).session_spec()
 
     @app.get("/v1/eval")
-    async def evaluate(request: Request) -> dict[str, Any]:
+    async def evaluate(request: Request) -> Evaluation:
         return await service_of(request).evaluate()
 
     @app.get("/v1/history")
-    async def history(request: Request) -> dict[str, Any]:
+    async def history(request: Request) -> CloudHistory:
         """The master's loss and held-out accuracy over time (one point per periodic
         evaluation) and the reconciliations sent to each edge: what the dashboard draws."""
         metrics = service_of(request).metrics
-        return {
-            "eval_interval_s": settings.eval_interval_s,
-            "points": list(metrics.history.points),
-            "reconciliations": dict(metrics.reconciliations_by_edge),
-        }
+        return CloudHistory(
+            eval_interval_s=settings.eval_interval_s,
+            points=list(metrics.history.points),
+            reconciliations=dict(metrics.reconciliations_by_edge),
+        )
 
     def require_admin(request: Request) -> JSONResponse | None:
         expected = settings.admin_secret()

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, Store, TCPStore
 
+from simultrain.shared.contracts import ReplicaGroupStatus
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.replica_sync import (
@@ -187,23 +188,23 @@ class ReplicaGroup:
         """Before a session opens (compute thread): start from what the rounds carried."""
         self.ledger.adopt(self.sessions, edge_id, reconcile_offset=reconcile_offset)
 
-    def status(self) -> dict[str, object]:
-        return {
-            "backend": self.backend,
-            "problem": self.problem,
-            "merge": self.ledger.merge_kind,
-            "configured_rank": self.rendezvous.rank,
-            "generation": self.generation,
-            "rank": self.rank,
-            "size": self.size if self._pg is not None else 0,
-            "rounds": self.ledger.rounds,
-            "global_version": self.ledger.mark_version,
-            "failures": self.failures,
-            "committed_edges": {
+    def status(self) -> ReplicaGroupStatus:
+        return ReplicaGroupStatus(
+            backend=self.backend,
+            problem=self.problem,
+            merge=self.ledger.merge_kind,
+            configured_rank=self.rendezvous.rank,
+            generation=self.generation,
+            rank=self.rank,
+            size=self.size if self._pg is not None else 0,
+            rounds=self.ledger.rounds,
+            global_version=self.ledger.mark_version,
+            failures=self.failures,
+            committed_edges={
                 edge: {"applied_seq": m.applied_seq, "samples": m.samples}
                 for edge, m in sorted(self.ledger.committed.items())
             },
-        }
+        )
 
     # --- the thread -----------------------------------------------------------------------
 

@@ -15,12 +15,21 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from starlette.websockets import WebSocket, WebSocketState
 
 from simultrain.shared import auth
+from simultrain.shared.contracts import (
+    CloudStatus,
+    EdgeSessionStatus,
+    Evaluation,
+    ReplicaTensor,
+    SessionLimits,
+    SessionSpec,
+    StalenessSummary,
+)
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import (
     EncodeError,
@@ -54,6 +63,7 @@ from simultrain.shared.training.factory import (
     wire_cut_shape,
 )
 from simultrain.shared.training.gradcoding import GradientCode
+from simultrain.shared.training.master import StalenessStats
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
@@ -463,35 +473,32 @@ class CloudService:
 
     # --- reads --------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CloudStatus:
         master = self.master
-        return {
-            "cloud_id": self.cloud_id,
-            "mode": self.schedule.mode,
-            "model_id": self.spec.model_id,
-            "device": str(self.device),
-            "master_version": master.version,
-            "edge_updates": master.edge_updates,
-            "samples_applied": master.samples_applied,
-            "loss": master.loss_ema,
-            "busy_seconds": round(self.busy_seconds, 4),
-            "compute_cpu_seconds": round(self.compute_cpu_seconds, 4),
-            "partial_rounds": self.runtime.partial_rounds,
-            "coded_rounds": self.runtime.coded_rounds,
-            "late_uploads_dropped": self.runtime.late_uploads_dropped,
-            "uptime_seconds": round(time.monotonic() - self.started_at, 4),
-            "staleness": master.staleness.summary(),
-            "replica": None if self.replicas is None else self.replicas.status(),
-            "edges": {
-                edge_id: {
-                    **state.summary(),
-                    "connected": edge_id in self.connections,
-                }
+        return CloudStatus(
+            cloud_id=self.cloud_id,
+            mode=self.schedule.mode,
+            model_id=self.spec.model_id,
+            device=str(self.device),
+            master_version=master.version,
+            edge_updates=master.edge_updates,
+            samples_applied=master.samples_applied,
+            loss=master.loss_ema,
+            busy_seconds=round(self.busy_seconds, 4),
+            compute_cpu_seconds=round(self.compute_cpu_seconds, 4),
+            partial_rounds=self.runtime.partial_rounds,
+            coded_rounds=self.runtime.coded_rounds,
+            late_uploads_dropped=self.runtime.late_uploads_dropped,
+            uptime_seconds=round(time.monotonic() - self.started_at, 4),
+            staleness=_staleness(master.staleness),
+            replica=None if self.replicas is None else self.replicas.status(),
+            edges={
+                edge_id: _session_status(state, connected=edge_id in self.connections)
                 for edge_id, state in sorted(self.runtime.sessions.items())
             },
-        }
+        )
 
-    def session_spec(self) -> dict[str, Any]:
+    def session_spec(self) -> SessionSpec:
         """What an edge must send and will receive (PROTOCOL.md §3.2): ``GET /v1/session-spec``.
 
         The cut shape HELLO must name, the window WELCOME grants, the limits this cloud
@@ -501,41 +508,43 @@ class CloudService:
         """
         weights = self.runtime.replica_template()
         limits = self.limits
-        return {
-            "protocol_version": PROTOCOL_VERSION,
-            "path": "/v1/stream",
-            "mode": self.schedule.mode,
-            "model_id": self.spec.model_id,
-            "model_fingerprint": self.fingerprint,
-            "input_shape": list(self.spec.input_shape),
-            "num_classes": self.spec.num_classes,
-            "cut_shape": list(self.cut_shape),
-            "window": limits.window,
-            "egrad_needs_grad": self.schedule.egrad_needs_grad,
-            "limits": {
-                "max_frame_bytes": limits.max_frame_bytes,
-                "max_decompressed_bytes": limits.max_decompressed_bytes,
-                "max_tensor_elements": limits.max_tensor_elements,
-                "max_tensor_rank": limits.max_tensor_rank,
-                "max_weight_tensors": limits.max_weight_tensors,
-                "max_messages_per_s": self.settings.max_messages_per_s,
-            },
-            "replica": [
-                {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        return SessionSpec(
+            protocol_version=PROTOCOL_VERSION,
+            path="/v1/stream",
+            mode=self.schedule.mode,
+            model_id=self.spec.model_id,
+            model_fingerprint=self.fingerprint,
+            input_shape=list(self.spec.input_shape),
+            num_classes=self.spec.num_classes,
+            cut_shape=list(self.cut_shape),
+            window=limits.window,
+            egrad_needs_grad=self.schedule.egrad_needs_grad,
+            limits=SessionLimits(
+                max_frame_bytes=limits.max_frame_bytes,
+                max_decompressed_bytes=limits.max_decompressed_bytes,
+                max_tensor_elements=limits.max_tensor_elements,
+                max_tensor_rank=limits.max_tensor_rank,
+                max_weight_tensors=limits.max_weight_tensors,
+                max_messages_per_s=self.settings.max_messages_per_s,
+            ),
+            replica=[
+                ReplicaTensor(
+                    name=name, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch.")
+                )
                 for name, t in sorted(weights.items(), key=lambda item: item[0].encode())
             ],
-            "config": {k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
-        }
+            config={k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
+        )
 
-    async def evaluate(self) -> dict[str, Any]:
+    async def evaluate(self) -> Evaluation:
         accuracy, loss = await self.compute(self.master.evaluate, self.x_test, self.y_test)
-        return {
-            "accuracy": accuracy,
-            "loss": loss,
-            "samples": int(self.y_test.shape[0]),
-            "master_version": self.master.version,
-            "samples_applied": self.master.samples_applied,
-        }
+        return Evaluation(
+            accuracy=accuracy,
+            loss=loss,
+            samples=int(self.y_test.shape[0]),
+            master_version=self.master.version,
+            samples_applied=self.master.samples_applied,
+        )
 
     async def model_state(self) -> dict[str, torch.Tensor]:
         return await self.compute(
@@ -546,8 +555,38 @@ class CloudService:
         )
 
 
-def _scalar(value: object) -> bool:
+def _scalar(value: object) -> TypeGuard[str | int | float | bool | None]:
     return value is None or isinstance(value, bool | int | float | str)
+
+
+def _staleness(stats: StalenessStats) -> StalenessSummary:
+    return StalenessSummary(
+        batches=stats.total,
+        max=stats.max,
+        mean=round(stats.mean, 3),
+        dropped=stats.dropped,
+        histogram={str(k): v for k, v in sorted(stats.counts.items())},
+    )
+
+
+def _session_status(state: CloudSessionState, *, connected: bool) -> EdgeSessionStatus:
+    """One edge's figures for ``/v1/status``: the session state counts bytes as the cloud
+    sees them (in = up from the edge, out = down to it)."""
+    return EdgeSessionStatus(
+        samples_received=state.samples_received,
+        samples_applied=state.samples_applied,
+        steps_applied=state.steps_applied,
+        highest_applied_seq=state.highest_applied_seq,
+        duplicates_dropped=state.duplicates,
+        last_edge_version=state.last_edge_version,
+        replica_version=state.mirror_version,
+        bytes_up=state.bytes_in,
+        bytes_down=state.bytes_out,
+        staleness=_staleness(state.staleness),
+        code_row=state.code_row,
+        late_uploads_dropped=state.late_dropped,
+        connected=connected,
+    )
 
 
 def _check_hello_config(config: Mapping[str, object], mode: str) -> None:

@@ -22,6 +22,7 @@ from simultrain.cloud.checkpoint import latest_checkpoint, restore, save_checkpo
 from simultrain.cloud.service import TokenBucket
 from simultrain.cloud.settings import CloudSettings
 from simultrain.shared import auth
+from simultrain.shared.contracts import CloudStatus, Evaluation
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import RateLimited
 from simultrain.shared.models import get_model_spec
@@ -130,11 +131,11 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def test_health_ready_status_eval_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
-    status = client.get("/v1/status").json()
-    assert status["master_version"] == 0 and status["edges"] == {}
-    assert status["model_id"] == "imu-cnn1d" and status["mode"] == "simultrain"
-    evaluation = client.get("/v1/eval").json()
-    assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["samples"] == 773
+    status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+    assert status.master_version == 0 and status.edges == {}
+    assert status.model_id == "imu-cnn1d" and status.mode == "simultrain"
+    evaluation = Evaluation.model_validate_json(client.get("/v1/eval").content)
+    assert 0.0 <= evaluation.accuracy <= 1.0 and evaluation.samples == 773
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and "simultrain_cloud_master_version" in metrics.text
 
@@ -177,12 +178,12 @@ def test_a_session_trains_and_status_counts_what_the_edge_sent(client: TestClien
         assert replica is not None and replica.version == master.version
         for name, t in master.edge_weights().items():
             assert torch.equal(replica.current.tensors[name].detach(), t)
-    status = client.get("/v1/status").json()
-    session = status["edges"]["edge-a"]
-    assert session["samples_received"] == session["samples_applied"] == 5 * 32
-    assert session["highest_applied_seq"] == 4 and session["duplicates_dropped"] == 0
-    assert status["master_version"] == 10  # a cloud-stage and an edge-stage update per batch
-    assert session["bytes_in"] > 0 and session["bytes_out"] > 0
+    status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+    session = status.edges["edge-a"]
+    assert session.samples_received == session.samples_applied == 5 * 32
+    assert session.highest_applied_seq == 4 and session.duplicates_dropped == 0
+    assert status.master_version == 10  # a cloud-stage and an edge-stage update per batch
+    assert session.bytes_up > 0 and session.bytes_down > 0
 
 
 def test_a_resumed_session_learns_what_is_applied(client: TestClient) -> None:

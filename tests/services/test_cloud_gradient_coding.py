@@ -14,6 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from simultrain.cloud.app import create_app
 from simultrain.cloud.settings import CloudSettings
+from simultrain.shared.contracts import CloudStatus
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import Ack, Delta, EdgeSession, Error, Hello, Limits, Snap, Welcome
@@ -129,12 +130,12 @@ def test_a_coded_round_completes_without_its_straggler_and_takes_the_full_step()
             frames = edge.until_ack()
             assert any(isinstance(f, Delta) and f.to_version == 1 for f in frames)
             assert edge.runtime.version == 1  # ready for the next round
-        status = client.get("/v1/status").json()
-        assert status["coded_rounds"] == 1 and status["master_version"] == 1
+        status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+        assert status.coded_rounds == 1 and status.master_version == 1
         # n = 3 partition batches applied once each, whoever answered.
-        assert status["samples_applied"] == RUN.edges * BATCH
-        assert status["edges"]["edge-0"]["samples_applied"] == 2 * BATCH
-        assert status["edges"]["edge-2"]["samples_applied"] == 0
+        assert status.samples_applied == RUN.edges * BATCH
+        assert status.edges["edge-0"].samples_applied == 2 * BATCH
+        assert status.edges["edge-2"].samples_applied == 0
         expected = _uncoded_step(start, batches)
         state = service.master.full_state()
         for name, tensor in expected.items():
@@ -143,9 +144,9 @@ def test_a_coded_round_completes_without_its_straggler_and_takes_the_full_step()
         edges[2].send_round(batches)
         frames = edges[2].until_ack()
         assert edges[2].runtime.version == 1
-        status = client.get("/v1/status").json()
-        assert status["late_uploads_dropped"] == 1 and status["master_version"] == 1
-        assert status["edges"]["edge-2"]["late_uploads_dropped"] == 1
+        status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+        assert status.late_uploads_dropped == 1 and status.master_version == 1
+        assert status.edges["edge-2"].late_uploads_dropped == 1
 
 
 @pytest.mark.parametrize(

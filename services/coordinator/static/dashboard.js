@@ -152,7 +152,7 @@ function renderClouds(clouds) {
     figure(dl, "training loss", text(d.loss, 4));
     const last = cloud.history.length ? cloud.history[cloud.history.length - 1] : null;
     figure(dl, "held-out accuracy", last && typeof last.accuracy === "number" ? `${(100 * last.accuracy).toFixed(1)} %` : "–");
-    figure(dl, "compute busy", typeof d.busy_share === "number" ? `${(100 * d.busy_share).toFixed(0)} %` : "–");
+    figure(dl, "compute busy", typeof cloud.busy_share === "number" ? `${(100 * cloud.busy_share).toFixed(0)} %` : "–");
     figure(dl, "uptime", typeof d.uptime_seconds === "number" ? `${Math.round(d.uptime_seconds)} s` : "–");
     if (cloud.error) figure(dl, "error", cloud.error);
     drawProgress(card.querySelector("svg.progress"), cloud.history);
