@@ -239,7 +239,7 @@ class DashboardEdge(Contract):
     edge_id: str
     name: str | None
     cloud_id: str
-    status: str
+    status: str = Field(description="up, down (silent: a failure) or finished (its steps done).")
     connected: bool | None = Field(description="Its cloud session; null while unknown.")
     last_heartbeat: float
     step: int = Field(description="The step it last reported in a heartbeat.")
