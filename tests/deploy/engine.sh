@@ -34,8 +34,12 @@ stop_engine() {
         kill -TERM "$dockerd_pid" 2> /dev/null || true
         for _ in $(seq 60); do kill -0 "$dockerd_pid" 2> /dev/null || break; sleep 0.5; done
         kill -KILL "$dockerd_pid" 2> /dev/null || true
-        # Its data: images, layers, volumes (the next run starts cold again).
-        rm -rf "$state/data" "$state/exec"
+        # What dockerd leaves mounted (its network namespace), then its data: images, layers,
+        # volumes (the next run starts cold again). Cleaning up never changes the verdict.
+        awk -v root="$state/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r \
+            | while read -r mounted; do umount "$mounted" 2> /dev/null || true; done
+        rm -rf "$state/data" "$state/exec" \
+            || echo "$PROG: could not remove all of $state (left for the next run)" >&2
     fi
 }
 trap stop_engine EXIT

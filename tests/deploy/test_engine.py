@@ -228,6 +228,7 @@ def test_compose_trains_every_sample_once_through_a_kill_and_a_restart(stack: St
     at_kill = _steps()[edge0]
     _kill_the_agent(stack, "edge-0")
     _wait(lambda: stack.inspect("edge-0", "{{.RestartCount}}") == "1", 60, "edge-0 restarted")
+    restarts = int(stack.inspect("edge-0", "{{.RestartCount}}"))
     _wait(lambda: _steps().get(edge0, 0) > at_kill + 20, 300, "edge-0 training again")
 
     # `down` then `up` in the middle of the run: every service stops (the cloud checkpoints
@@ -269,7 +270,7 @@ def test_compose_trains_every_sample_once_through_a_kill_and_a_restart(stack: St
             "samples_applied": status["samples_applied"],
             "master_version": status["master_version"],
             "accuracy": evaluation["accuracy"],
-            "edge_0_restarts": int(stack.inspect("edge-0", "{{.RestartCount}}")),
+            "edge_0_restarts_after_kill": restarts,
             "steps_at_kill": at_kill,
             "steps_at_down": before_down,
         }
