@@ -94,6 +94,8 @@ if [[ ! -x "$root/usr/bin/python3" ]]; then
 fi
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The root trusts what this machine trusts (a TLS-inspecting proxy's CA, where there is one).
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 # No systemd runs in a chroot: systemctl records what it was asked instead.
 printf '#!/bin/sh\necho "systemctl $*" >> /var/log/systemctl-calls\n' > "$root/usr/local/bin/systemctl"
 chmod 755 "$root/usr/local/bin/systemctl"
@@ -102,7 +104,7 @@ mkdir -p "$root/opt/src"
 git -C "$REPO_DIR" archive HEAD | tar -x -C "$root/opt/src"
 cp "$REPO_DIR/deploy/secrets/enrollment_secret.example" "$root/opt/enrollment_secret"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
-    QEMU_CPU="$QEMU_CPU" "$@"; }
+    QEMU_CPU="$QEMU_CPU" PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$@"; }
 echo "$PROG: $(in_root uname -m) root, $qemu, QEMU_CPU=$QEMU_CPU"
 
 # --- 3. the installer, as on a Pi ----------------------------------------------------------
