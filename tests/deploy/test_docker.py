@@ -306,3 +306,20 @@ def test_no_build_step_needs_a_registry_or_buildkit() -> None:
     assert os.access(REPO_ROOT / "docker" / "healthcheck.py", os.X_OK)
     # The only base image is the build argument: the upstream one, or one from Debian.
     assert {s.base for s in parsed.stages.values()} - set(parsed.stages) == {"${PYTHON_IMAGE}"}
+
+
+def test_the_wheel_the_images_install_lists_every_package(tmp_path: Path) -> None:
+    """The images install the project's wheel: it carries the dashboard's files, and
+    setuptools finds no importable folder missing from pyproject.toml's `packages`."""
+    import zipfile
+
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path), str(REPO_ROOT)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr
+    (wheel,) = tmp_path.glob("simultrain-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "simultrain/coordinator/static/dashboard.html" in names
