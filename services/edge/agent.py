@@ -267,7 +267,10 @@ class EdgeAgent:
             if heartbeat.done() and not sessions.done():
                 heartbeat.result()  # raises EdgeRemoved; without a coordinator it just returns
             await sessions
+            await self._say_finished()
         finally:
+            if self.notifier is not None:
+                self.notifier.stopping()  # done with its steps (or stopped): leaving
             tasks = (sessions, heartbeat, watchdog)
             for task in tasks:
                 task.cancel()
@@ -289,6 +292,8 @@ class EdgeAgent:
         """
         if self._stop.is_set():
             return
+        if self.notifier is not None:
+            self.notifier.stopping()  # systemd: deactivating while the drain runs
         self._stop.set()
         self._stop_deadline = time.monotonic() + self.settings.drain_timeout_s
         asyncio.get_running_loop().call_later(self.settings.drain_timeout_s, self._changed.set)
@@ -678,6 +683,21 @@ class EdgeAgent:
             self.assignment = update
             # The token is refreshed by every heartbeat: store the newest for a restart.
             await asyncio.to_thread(self._remember_identity)
+
+    async def _say_finished(self) -> None:
+        """Its steps done, the edge tells the coordinator it leaves on purpose (finished, not
+        down). Best effort: a coordinator that misses it marks the edge down later."""
+        steps = self.settings.steps
+        if self.coordinator is None or self._stop.is_set() or not steps:
+            return
+        if self.report.batches_acked < steps:
+            return
+        runtime = self.runtime
+        version = runtime.version if runtime is not None and runtime.version >= 0 else 0
+        try:
+            await self.coordinator.heartbeat(version, self.report.batches_acked, finished=True)
+        except SimulTrainError as exc:
+            log.warning("could not tell the coordinator this edge finished: %s", exc)
 
     async def _watchdog_loop(self) -> None:
         if self.notifier is None or self.notifier.watchdog_interval_s is None:
