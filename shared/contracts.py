@@ -101,6 +101,9 @@ class ReplicaGroupStatus(Contract):
     """Cloud replicas (docs/REPLICAS.md): this replica's group and its sync rounds."""
 
     backend: str
+    problem: str | None = Field(
+        None, description="Why this replica is not a member of its group (then not ready)."
+    )
     merge: str
     configured_rank: int | None
     generation: int
@@ -251,7 +254,7 @@ class DashboardEdge(Contract):
     edge_id: str
     name: str | None
     cloud_id: str
-    status: str
+    status: str = Field(description="up, down (silent: a failure) or finished (its steps done).")
     connected: bool | None = Field(description="Its cloud session; null while unknown.")
     last_heartbeat: float
     step: int = Field(description="The step it last reported in a heartbeat.")

@@ -2,9 +2,9 @@
 
 ``simultrain replicas [--seeds 0] [--cases NAME,...] [--jobs 2] [--resume]``
 
-docs/REPLICAS.md's scheme, driven deterministically: R masters built by the cloud's build
-path (``build_master``), each behind its own :class:`CloudRuntime`, the same edges as the
-in-process driver (every frame through the real encoder and decoder), and the
+docs/REPLICAS.md's scheme, driven deterministically: R clouds assembled as the cloud service
+assembles its one (``build_cloud``), the same edges as the in-process driver (``build_edge``,
+every frame through the real encoder and decoder), and the
 :class:`SyncLedger` arithmetic of shared/training/replica_sync.py with the all-reduce taken
 as a sum in memory. A round starts when one replica has applied ``sync_every`` updates
 since its last snapshot (the service's ``updated()`` kick); every replica snapshots then,
@@ -32,19 +32,20 @@ import torch
 
 from simultrain.bench.harness import Experiment
 from simultrain.bench.records import ReplicaFile, ReplicaMeta, ReplicaRecord
-from simultrain.shared.data import BatchStream, load_dataset
+from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import TrainingError
-from simultrain.shared.protocol import CloudSession, EdgeSession, Hello, Limits, Welcome
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.driver import _cloud_handle, _Edge, _edge_receive, _Link
-from simultrain.shared.training.factory import (
-    build_master,
-    build_synthetic,
-    edge_module,
-    wire_cut_shape,
+from simultrain.shared.training.driver import (
+    LinkedEdge,
+    cloud_handle,
+    connect_edge,
+    drain,
+    edge_receive,
+    produce_round,
 )
 from simultrain.shared.training.replica_sync import MERGES, Merge, SyncLedger
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime
+from simultrain.shared.training.runtime import CloudRuntime
 
 __all__ = ["CASES", "Case", "ReplicaCase", "Replicas", "render_table", "run_replicated"]
 
@@ -90,65 +91,21 @@ def run_replicated(
     """One run; the replicas' held-out accuracy after a last round (one model again)."""
     if merge not in MERGES:
         raise TrainingError(f"merge must be one of {MERGES}")
-    schedule = config.schedule()
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)
-    clouds = [
-        CloudRuntime(
-            build_master(config, spec, schedule),
-            schedule,
-            config.codecs,
-            synthetic=build_synthetic(config, spec, schedule),
-        )
-        for _ in range(replicas)
-    ]
+    assemblies = [build_cloud(config, spec) for _ in range(replicas)]
+    clouds = [a.runtime for a in assemblies]
     ledgers = [SyncLedger(c.master, merge=merge) for c in clouds]
-    limits = Limits(window=schedule.window)
-    cut_shape = wire_cut_shape(spec, schedule)
-    edges: dict[str, _Edge] = {}
+    # Edge i is served by replica i mod R; every edge holds its own shard (non-IID by subject).
+    edges: dict[str, LinkedEdge] = {}
     owner: dict[str, CloudRuntime] = {}
     for i in range(config.edges):
-        shard = dataset.shard(i, config.edges, partition=config.partition)
-        edge_id = f"edge-{i}"
-        edge = _Edge(
-            edge_id,
-            EdgeRuntime(
-                edge_module(spec.build(config.seed), schedule),
-                schedule,
-                config.codecs,
-                optimizer=config.optimizer,
-            ),
-            EdgeSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
-            CloudSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
-            BatchStream(
-                shard.x_train,
-                shard.y_train,
-                batch_size=config.batch_size,
-                seed=config.seed + 1000 * i,
-            ),
-            _Link(),
+        shard = Shard(dataset, i, config.edges)
+        edge = connect_edge(
+            config, assemblies[i % replicas], i, build_edge(config, spec, shard), spec
         )
-        edges[edge_id] = edge
-        cloud = owner[edge_id] = clouds[i % replicas]
-        hello = Hello(
-            edge_id=edge_id,
-            model_id=spec.model_id,
-            cut_shape=cut_shape,
-            config={"mode": schedule.mode, "window": schedule.window},
-        )
-        list(edge.cloud_session.receive_data(edge.session.send(hello)))
-        offset = schedule.reconcile_offset(i, config.edges)
-        _, snap = cloud.open_session(edge_id, reconcile_offset=offset)
-        welcome = Welcome(
-            session_id=edge_id,
-            master_version=cloud.master.version,
-            cut_shape=cut_shape,
-            window=limits.window,
-        )
-        for frame in (welcome, snap):
-            edge.link.send_down(edge.cloud_session.send(frame))
-        while edge.link.down:
-            _edge_receive(edge)
+        edges[edge.edge_id] = edge
+        owner[edge.edge_id] = clouds[i % replicas]
 
     rounds = 0
     in_flight: list[Any] = []  # [total, watermark tables, updates until the merge]
@@ -188,30 +145,19 @@ def run_replicated(
             if edge.link.up:
                 cloud = owner[edge.edge_id]
                 for frame in edge.cloud_session.receive_data(edge.link.up.popleft()):
-                    for edge_id, reply in _cloud_handle(cloud, edge.edge_id, frame):
+                    for edge_id, reply in cloud_handle(cloud, edge.edge_id, frame):
                         target = edges[edge_id]
                         target.link.send_down(target.cloud_session.send(reply))
                     updated(cloud)
                 moved = True
             if edge.link.down:
-                _edge_receive(edge)
+                edge_receive(edge)
                 moved = True
         return moved
 
     for _ in range(config.steps):
-        for edge in edges.values():
-            while not edge.runtime.can_produce():
-                if not pump():
-                    raise TrainingError("pipeline stalled: window full and nothing in flight")
-            upload = edge.runtime.produce(*next(edge.stream))
-            if upload is not None:
-                edge.link.send_up(edge.session.send(upload))
-    while True:
-        for edge in edges.values():
-            while edge.runtime.pending_egrads:
-                edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-        if not pump():
-            break
+        produce_round(edges, pump)
+    drain(edges, pump)
     if replicas > 1:
         if in_flight:
             finish_round()

@@ -44,10 +44,14 @@ from simultrain.bench.records import (
     StudyMeta,
     StudyRecord,
 )
-from simultrain.shared.training.compensation import Combined, DelayMomentum, compensation_from_name
+from simultrain.shared.training.compensation import (
+    Compensation,
+    DelayMomentum,
+    parse_compensation,
+)
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.driver import run_in_process
-from simultrain.shared.training.master import OptimizerConfig
+from simultrain.shared.training.options import OptimizerConfig
 
 __all__ = [
     "OPTIMIZERS",
@@ -151,13 +155,19 @@ def plain_for(compensation: str, optimizer: str) -> bool:
     with any SGD it is ``none``: such cells are not run again; the table shows the ``none``
     runs for them and says so.
     """
-    comp = compensation_from_name(compensation)
-    parts = comp.parts if isinstance(comp, Combined) else (comp,)
+    comp = parse_compensation(compensation)
+    rules = comp.step_rules
+    # Nothing but delay-matched momentum in the chain (at least one part of it).
+    momentum_only = (
+        bool(rules)
+        and all(isinstance(r, DelayMomentum) for r in rules)
+        and comp == Compensation(step_rules=rules, name=comp.name)
+    )
     opt = OPTIMIZERS[optimizer]
-    if opt.name != "sgd" or not all(isinstance(p, DelayMomentum) for p in parts):
+    if opt.name != "sgd" or not momentum_only:
         return False
     return opt.momentum == 0.0 or all(
-        isinstance(p, DelayMomentum) and p.optimizers == "adam" for p in parts
+        isinstance(r, DelayMomentum) and r.optimizers == "adam" for r in rules
     )
 
 

@@ -2,8 +2,9 @@
 
 - ``WS /v1/stream``: one session per edge; the handler only moves bytes between the socket and
   the sans-I/O :class:`CloudSession`, and frames between the session and the service.
-- ``GET /healthz`` (the process serves), ``GET /readyz`` (the master is built and, with a
-  coordinator, registered), ``GET /v1/status``, ``GET /v1/session-spec``, ``GET /v1/eval``,
+- ``GET /healthz`` (the process serves), ``GET /readyz`` (the master is built, with a
+  coordinator registered, and as a replica a member of its group), ``GET /v1/status``,
+  ``GET /v1/session-spec``, ``GET /v1/eval``,
   ``GET /v1/history`` (loss and held-out accuracy over time, for the coordinator's dashboard),
   ``GET /v1/model`` (safetensors), ``GET /metrics`` (Prometheus).
 
@@ -82,6 +83,9 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
             # Edges find this cloud through the coordinator: until it knows us, we are not
             # ready for them (compose's service_healthy and Kubernetes readiness wait on it).
             return _error(503, "not_registered", "not yet registered with the coordinator")
+        if service.replicas is not None and service.replicas.problem is not None:
+            # A replica outside its group would train a master of its own (docs/REPLICAS.md).
+            return _error(503, "replica_group_unreachable", service.replicas.problem)
         return JSONResponse({"status": "ready", "master_version": service.master.version})
 
     @app.get("/v1/status")

@@ -59,16 +59,11 @@ from simultrain.shared.protocol import (
     grant_capabilities,
     subprotocol_name,
 )
+from simultrain.shared.training.assembly import build_cloud, resolve_device
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import (
-    build_master,
-    build_synthetic,
-    resolve_device,
-    wire_cut_shape,
-)
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.master import StalenessStats
-from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
+from simultrain.shared.training.runtime import CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .metrics import CloudMetrics
@@ -150,32 +145,32 @@ class CloudService:
     def __init__(self, settings: CloudSettings, run: RunConfig) -> None:
         self.settings = settings
         self.run = run
-        self.schedule = run.schedule()
         torch.set_num_threads(settings.compute_threads)
         dataset = load_dataset(settings.eval_dataset or run.dataset, seed=run.seed)
         self.spec = dataset.model_spec(run.model_id)
         self.architecture = model_architecture(self.spec)
         self.fingerprint = self.architecture.fingerprint
         self.device = resolve_device(settings.device)
-        self.master = build_master(run, self.spec, self.schedule, device=self.device)
-        self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.runtime = CloudRuntime(
-            self.master,
-            self.schedule,
-            run.codecs,
-            round_deadline_s=run.round_deadline_s,
-            synthetic=build_synthetic(run, self.spec, self.schedule, device=self.device),
-            code=run.gradient_code(),
+        # The run's one assembly (shared/training/assembly.py): the window of the limits is
+        # the run's, the sizes this cloud's settings.
+        cloud = build_cloud(
+            run,
+            self.spec,
+            device=self.device,
+            limits=Limits(
+                max_frame_bytes=settings.max_frame_bytes,
+                max_decompressed_bytes=settings.max_decompressed_bytes,
+            ),
         )
+        self.schedule = cloud.schedule
+        self.master = cloud.master
+        self.runtime = cloud.runtime
+        self.cut_shape = cloud.cut_shape
+        self.limits = cloud.limits
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
         self._round_closers: set[asyncio.Task[None]] = set()
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
-        self.limits = Limits(
-            max_frame_bytes=settings.max_frame_bytes,
-            max_decompressed_bytes=settings.max_decompressed_bytes,
-            window=self.schedule.window,  # one meaning everywhere: PROTOCOL.md §6.3
-        )
         self.connections: dict[str, Connection] = {}
         self.metrics = CloudMetrics()
         self.cloud_id: str | None = None

@@ -366,7 +366,9 @@ def create_app(
     ) -> EdgeHeartbeatReply:
         """Report the replica version and step; returns the (possibly new) assignment."""
         require_edge_token(request, edge_id, authorization)
-        assignment: Assignment = coordinator.edge_heartbeat(edge_id, body.edge_version, body.step)
+        assignment: Assignment = coordinator.edge_heartbeat(
+            edge_id, body.edge_version, body.step, finished=body.finished
+        )
         edge, cloud = assignment.edge, assignment.cloud
         token, expires_at = token_for(edge.edge_id)
         return EdgeHeartbeatReply(

@@ -295,17 +295,22 @@ class Coordinator:
             logger.info("edge %s registered, assigned to cloud %s", edge.edge_id, cloud.cloud_id)
             return Assignment(edge, cloud)
 
-    def edge_heartbeat(self, edge_id: str, edge_version: int, step: int) -> Assignment:
-        """Record an edge's heartbeat; moves it to a live cloud if its cloud is down."""
+    def edge_heartbeat(
+        self, edge_id: str, edge_version: int, step: int, *, finished: bool = False
+    ) -> Assignment:
+        """Record an edge's heartbeat; moves it to a live cloud if its cloud is down.
+        ``finished``: its last one, the steps done; the sweep never marks it down."""
         with self._lock:
             edge = self._store.get_edge(edge_id)
             if edge is None:
                 raise UnknownEdge(edge_id)
-            if edge.status is Status.DOWN:
+            if finished:
+                logger.info("edge %s finished at step %d", edge_id, step)
+            elif edge.status is not Status.UP:
                 logger.info("edge %s is up again", edge_id)
             edge = replace(
                 edge,
-                status=Status.UP,
+                status=Status.FINISHED if finished else Status.UP,
                 last_heartbeat=self._clock(),
                 edge_version=edge_version,
                 step=step,

@@ -148,6 +148,11 @@ class EdgeRegistered(_Schedule):
 class EdgeHeartbeat(_Request):
     edge_version: Count = Field(description="Master version the edge replica reflects (v_e).")
     step: Count = Field(description="The edge's last completed step.")
+    finished: bool = Field(
+        False,
+        description="The edge has trained its configured steps and leaves: it is marked "
+        "finished, not down, when its heartbeats stop.",
+    )
 
 
 class EdgeHeartbeatReply(_Schedule):

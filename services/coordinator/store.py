@@ -200,6 +200,31 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked_at REAL NOT NULL
         )""",
     ),
+    # An edge may be 'finished' (records.Status). SQLite cannot change a CHECK in place:
+    # the table is copied, keeping each rowid (registration order).
+    (
+        """CREATE TABLE edges_v3 (
+            edge_id TEXT PRIMARY KEY,
+            cloud_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('up', 'down', 'finished')),
+            last_heartbeat REAL NOT NULL,
+            registered_at REAL NOT NULL,
+            ordinal INTEGER NOT NULL,
+            reconcile_offset INTEGER NOT NULL,
+            name TEXT,
+            shard_index INTEGER,
+            shard_count INTEGER,
+            edge_version INTEGER NOT NULL,
+            step INTEGER NOT NULL
+        )""",
+        "INSERT INTO edges_v3 (rowid, "
+        + "edge_id, cloud_id, status, last_heartbeat, registered_at, ordinal, "
+        + "reconcile_offset, name, shard_index, shard_count, edge_version, step) "
+        + "SELECT rowid, edge_id, cloud_id, status, last_heartbeat, registered_at, ordinal, "
+        + "reconcile_offset, name, shard_index, shard_count, edge_version, step FROM edges",
+        "DROP TABLE edges",
+        "ALTER TABLE edges_v3 RENAME TO edges",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

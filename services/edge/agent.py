@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from simultrain.shared.data import BatchStream, Dataset, load_dataset, release_caches
+from simultrain.shared.data import load_dataset, release_caches
 from simultrain.shared.errors import ConfigError, SimulTrainError, Unauthorized
-from simultrain.shared.protocol import Act, EGrad, Limits, offered_subprotocols
+from simultrain.shared.protocol import Act, EGrad, offered_subprotocols
+from simultrain.shared.training.assembly import Shard, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import edge_module, wire_cut_shape
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.runtime import EdgeRuntime
 
@@ -147,9 +147,8 @@ class EdgeAgent:
         self.runtime: EdgeRuntime | None = None
         self.state: EdgeState | None = None
         self._durable_from = 0  # kept batches below this are gone from the state too
-        # Gradient coding (RunConfig.gradient_coding_s): the code and a stream per partition.
+        # Gradient coding (RunConfig.gradient_coding_s): the code HELLO names.
         self.code: GradientCode | None = None
-        self.partition_streams: dict[int, BatchStream] = {}
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -199,44 +198,26 @@ class EdgeAgent:
         if settings.dataset:
             run = RunConfig.from_mapping({"dataset": settings.dataset}, base=run)
         self.run_config = run
-        self.schedule = run.schedule()
         self.report.edge_id = self.assignment.edge_id
         torch.set_num_threads(settings.compute_threads)
         dataset = await asyncio.to_thread(load_dataset, run.dataset, seed=run.seed)
-        shard = (
-            dataset.shard(settings.shard_index, settings.shard_count, partition=run.partition)
-            if settings.shard_count > 1
-            else dataset
-        )
         self.spec = dataset.model_spec(run.model_id)
-        self.stream = BatchStream(
-            shard.x_train,
-            shard.y_train,
-            batch_size=run.batch_size,
-            seed=run.seed + 1000 * settings.shard_index,
+        # The run's one assembly (shared/training/assembly.py): the runtime of the run's role,
+        # this edge's batches (shard_index of shard_count) and, with gradient coding, its
+        # code row's partitions. The streams hold copies of the samples: the data set goes.
+        edge = build_edge(
+            run, self.spec, Shard(dataset, settings.shard_index, settings.shard_count)
         )
-        structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
-        module = edge_module(structure, self.schedule)
-        self.code = run.gradient_code()
-        code_row = None
-        if self.code is not None:
-            code_row = settings.shard_index
-            self.partition_streams = _partition_streams(dataset, run, self.code, code_row)
-        # The streams hold copies of this edge's samples: the rest of the data set goes.
-        samples = len(shard.y_train)
-        del dataset, shard
+        del dataset
         release_caches()
-        self.runtime = EdgeRuntime(
-            module,
-            self.schedule,
-            run.codecs,
-            optimizer=run.optimizer,
-            code=self.code,
-            code_row=code_row,
-        )
+        samples = edge.samples
+        self.schedule = edge.schedule
+        self.stream = edge.stream
+        self.runtime = edge.runtime
+        self.code = edge.runtime.code
         await asyncio.to_thread(self._restore_progress)
-        self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.limits = Limits(window=self.schedule.window)  # one meaning: PROTOCOL.md §6.3
+        self.cut_shape = edge.cut_shape
+        self.limits = edge.limits  # one meaning of the window: PROTOCOL.md §6.3
         log.info(
             "edge %s: %s on %s shard %d/%d (%d train samples), cloud %s",
             self.assignment.edge_id,
@@ -263,7 +244,10 @@ class EdgeAgent:
             if heartbeat.done() and not sessions.done():
                 heartbeat.result()  # raises EdgeRemoved; without a coordinator it just returns
             await sessions
+            await self._say_finished()
         finally:
+            if self.notifier is not None:
+                self.notifier.stopping()  # done with its steps (or stopped): leaving
             tasks = (sessions, heartbeat, watchdog)
             for task in tasks:
                 task.cancel()
@@ -285,6 +269,8 @@ class EdgeAgent:
         """
         if self._stop.is_set():
             return
+        if self.notifier is not None:
+            self.notifier.stopping()  # systemd: deactivating while the drain runs
         self._stop.set()
         self._stop_deadline = time.monotonic() + self.settings.drain_timeout_s
         asyncio.get_running_loop().call_later(self.settings.drain_timeout_s, self._changed.set)
@@ -403,31 +389,16 @@ class EdgeAgent:
 
         One step, so a session that ends meanwhile cannot separate the two: a batch taken
         is a batch kept (and re-sent on the next session), and one not taken stays in the
-        stream.
+        stream. What a batch is — one from this edge's stream, or with gradient coding the
+        round's batch of each partition the edge holds — is the runtime's role.
         """
         runtime = self.runtime
         assert runtime is not None
-        if self.code is not None:
-            # Gradient coding: this round's batch of each partition the edge holds, the
-            # batch numbered by the master version, as every holder of it takes.
-            batches = {}
-            for k in runtime.round_partitions():
-                stream = self.partition_streams[k]
-                stream.seek(max(runtime.version, 0))
-                batches[k] = next(stream)
-            self.observer.batch_taken()
-            coded = runtime.produce_coded(batches)
-            self.report.steps = runtime.batches_produced
-            self.report.samples_sent = runtime.samples_produced
-            return coded
-        x, y = next(self.stream)
-        self.observer.batch_taken()
-        frame = runtime.produce(x, y)
-        self._keep(x, y)
+        frame = runtime.produce_next(self.stream, taken=self.observer.batch_taken)
+        self._keep()
         self.report.steps = runtime.batches_produced
         self.report.samples_sent = runtime.samples_produced
-        if runtime.local_updates is not None:
-            self.report.local_steps = runtime.local_updates.steps_taken
+        self.report.local_steps = runtime.local_steps
         return frame
 
     def _produced(self) -> int:
@@ -461,6 +432,21 @@ class EdgeAgent:
             self.assignment = update
             # The token is refreshed by every heartbeat: store the newest for a restart.
             await asyncio.to_thread(self._remember_identity)
+
+    async def _say_finished(self) -> None:
+        """Its steps done, the edge tells the coordinator it leaves on purpose (finished, not
+        down). Best effort: a coordinator that misses it marks the edge down later."""
+        steps = self.settings.steps
+        if self.coordinator is None or self._stop.is_set() or not steps:
+            return
+        if self.report.batches_acked < steps:
+            return
+        runtime = self.runtime
+        version = runtime.version if runtime is not None and runtime.version >= 0 else 0
+        try:
+            await self.coordinator.heartbeat(version, self.report.batches_acked, finished=True)
+        except SimulTrainError as exc:
+            log.warning("could not tell the coordinator this edge finished: %s", exc)
 
     async def _watchdog_loop(self) -> None:
         if self.notifier is None or self.notifier.watchdog_interval_s is None:
@@ -500,16 +486,19 @@ class EdgeAgent:
             len(kept),
         )
 
-    def _keep(self, inputs: Any, labels: Any) -> None:
+    def _keep(self) -> None:
         """Commit the batch just taken, and the cursor past it, before its frame is sent.
 
-        FedAvg keeps upload frames, not batches: only its identity is durable.
+        Roles that keep upload frames (FedAvg, gradient coding) keep no batch: only their
+        identity is durable.
         """
         runtime, state = self.runtime, self.state
         assert runtime is not None and state is not None
         seq = runtime.next_seq - 1
-        if seq < 0 or not isinstance(runtime.unacked.get(seq), tuple):
+        kept = runtime.unacked.get(seq)
+        if seq < 0 or not isinstance(kept, tuple):
             return
+        inputs, labels = kept
         cursor = Cursor(
             next_seq=runtime.next_seq,
             stream_index=self.stream.batch_index,
@@ -543,21 +532,6 @@ class EdgeAgent:
 # The close-code policy lives with the session (PROTOCOL.md §7); its earlier names stay here.
 _raise_if_final = raise_if_final
 _worth_reconnecting = worth_reconnecting
-
-
-def _partition_streams(
-    dataset: Dataset, run: RunConfig, code: GradientCode, row: int
-) -> dict[int, BatchStream]:
-    """Gradient coding (seed 004): the ``s + 1`` partitions code row ``row`` holds — shards
-    ``row … row + s (mod n)`` of the run's ``n`` edges, the replicated data of an edge-node
-    tier — each with the stream every holder of that partition draws the same batches from."""
-    return {
-        k: BatchStream(
-            shard.x_train, shard.y_train, batch_size=run.batch_size, seed=run.seed + 1000 * k
-        )
-        for k in code.partitions(row)
-        for shard in [dataset.shard(k, code.n, partition=run.partition)]
-    }
 
 
 def _state_binding(settings: EdgeSettings) -> dict[str, Any]:

@@ -137,9 +137,10 @@ class CoordinatorClient:
             return stored
 
     async def heartbeat(
-        self, edge_version: int, step: int, *, resuming: bool = False
+        self, edge_version: int, step: int, *, resuming: bool = False, finished: bool = False
     ) -> Assignment:
-        """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved)."""
+        """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved).
+        ``finished``: the last one, its steps done (the coordinator marks it finished)."""
         assert self.assignment is not None
         headers = {}
         if self.assignment.token:
@@ -147,7 +148,8 @@ class CoordinatorClient:
         try:
             reply = await self.client.post(
                 f"{self.base}/v1/edges/{self.assignment.edge_id}/heartbeat",
-                json={"edge_version": edge_version, "step": step},
+                json={"edge_version": edge_version, "step": step}
+                | ({"finished": True} if finished else {}),
                 headers=headers,
             )
             if reply.status_code == 404 and _error_code(reply) == "unknown_edge":

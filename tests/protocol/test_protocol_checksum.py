@@ -25,9 +25,10 @@ from simultrain.shared.protocol import (
     encode_frame,
     replica_checksum,
 )
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master
-from simultrain.shared.training.runtime import CloudRuntime, Codecs, EdgeRuntime, checksum_of
+from simultrain.shared.training.options import Codecs
+from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, checksum_of
 from simultrain.shared.training.weights import blend
 
 DOC = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
@@ -68,9 +69,8 @@ def _pair(delta_codec: str) -> tuple[CloudRuntime, EdgeRuntime, BatchStream]:
     )
     data = load_dataset("imu", seed=0)
     spec = data.model_spec(None)
-    schedule = run.schedule()
-    cloud = CloudRuntime(build_master(run, spec, schedule), schedule, run.codecs)
-    edge = EdgeRuntime(spec.build(0).edge_stage, schedule, run.codecs)
+    cloud = build_cloud(run, spec).runtime
+    edge = build_edge(run, spec, Shard(data)).runtime
     _, snap = cloud.open_session("e")
     edge.on_snap(snap)
     stream = BatchStream(data.x_train, data.y_train, batch_size=8, seed=1)

@@ -16,7 +16,8 @@ from torch import nn
 
 from simultrain.cloud.replicas import Rendezvous, ReplicaGroup
 from simultrain.shared.errors import ConfigError
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.options import OptimizerConfig
 from simultrain.shared.training.runtime import CloudSessionState
 
 T = TypeVar("T")

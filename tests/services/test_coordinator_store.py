@@ -227,7 +227,7 @@ def test_sqlite_migrates_a_version_1_database_and_keeps_its_edges(tmp_path: Path
     conn.commit()
     conn.close()
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert [e.edge_id for e in store.list_edges()] == ["edge-1"]
         store.put_revocation("edge-0", 5.0)
     with SQLiteStore(path) as reopened:

@@ -200,7 +200,7 @@ function renderEdges(edges) {
     cell(row, e.edge_id);
     cell(row, text(e.name));
     cell(row, e.cloud_id);
-    cell(row, e.status, e.status === "up" ? "good" : "bad");
+    cell(row, e.status, e.status === "down" ? "bad" : "good");  // up, or finished its steps
     cell(row, e.connected === null ? "–" : (e.connected ? "connected" : "disconnected"),
       e.connected ? "good" : "");
     cell(row, text(e.steps_applied));
