@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -58,52 +59,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> FastAPI:
     """The cloud app. ``run`` overrides the coordinator's and the settings' run config."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = run
-        if config is None and settings.coordinator_url:
-            config = await fetch_run_config(settings)
-        if config is None:
-            config = settings.run
-        # Loading data and building the model take a while: off the event loop.
-        service = await asyncio.to_thread(CloudService, settings, config)
-        service.bound_url = asyncio.get_running_loop().create_future()
-        app.state.service = service
-        if service.replicas is not None:
-            service.replicas.start()  # joins its group in the background (docs/REPLICAS.md)
-        link: CoordinatorLink | None = None
-        if settings.coordinator_url:
-            link = CoordinatorLink(settings, service)
-            await link.start()
-        service.ready = True
-        evaluation: asyncio.Task[None] | None = None
-        if settings.eval_interval_s > 0:
-            evaluator = PeriodicEvaluator(service, settings.eval_interval_s)
-            evaluation = asyncio.create_task(evaluator.run(), name="cloud-eval")
-        try:
-            yield
-        finally:
-            service.ready = False
-            if evaluation is not None:
-                evaluation.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await evaluation
-            if link is not None:
-                await link.stop()
-            for conn in list(service.connections.values()):
-                # 1012 "service restart": the edge reconnects at once (uvicorn does the same
-                # for connections it closes itself).
-                with contextlib.suppress(RuntimeError):
-                    await conn.websocket.close(code=1012, reason="cloud restarting")
-            await service.checkpoint()  # on SIGTERM: nothing applied is lost
-            await asyncio.to_thread(service.shutdown)
-
+    lifespan = _lifespan(settings, run)
     app = FastAPI(title="SimulTrain cloud", version="1", lifespan=lifespan)
-
-    def service_of(request: Request | WebSocket) -> CloudService:
-        service: CloudService = request.app.state.service
-        return service
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,41 +112,12 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
             reconciliations=dict(metrics.reconciliations_by_edge),
         )
 
-    def require_admin(request: Request) -> JSONResponse | None:
-        expected = settings.admin_secret()
-        if expected is None:
-            return None  # development: no admin token configured
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return _error(401, "admin_token_missing", "this endpoint needs the admin token")
-        if not auth.constant_time_equals(presented, expected):
-            log.warning("refused %s: wrong admin token", request.url.path)
-            return _error(403, "admin_token_invalid", "wrong admin token")
-        return None
-
     @app.get("/v1/model")
     async def model(request: Request) -> Response:
-        refused = require_admin(request)
+        refused = _refuse_non_admin(settings, request)
         if refused is not None:
             return refused
-        service = service_of(request)
-        state = await service.model_state()
-        body = save_safetensors(
-            state,
-            metadata={
-                "model_id": service.spec.model_id,
-                "master_version": str(service.master.version),
-                "format": "simultrain full model: edge.* and cloud.* tensors",
-            },
-        )
-        return Response(
-            body,
-            media_type="application/octet-stream",
-            headers={
-                "Content-Disposition": f'attachment; filename="{service.spec.model_id}.safetensors"'
-            },
-        )
+        return await _model_file(service_of(request))
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -197,53 +125,145 @@ def create_app(settings: CloudSettings, *, run: RunConfig | None = None) -> Fast
             generate_latest(service_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
-    @app.websocket("/v1/stream")
-    async def stream(websocket: WebSocket) -> None:
-        service = service_of(websocket)
-        # PROTOCOL.md §1.1: the edge offers `simultrain.v<N>` subprotocols, newest first;
-        # the cloud picks the newest it speaks too (RFC 6455 §4.2.2). None offered: the
-        # HELLO's `v` decides (the first release offered none).
-        negotiation = negotiate(websocket.scope.get("subprotocols") or [])
-        conn = Connection(
-            websocket,
-            CloudSession(
-                limits=service.limits,
-                egrad_needs_grad=service.schedule.egrad_needs_grad,
-                version=negotiation.version,
-            ),
-        )
-        if negotiation.refusal is not None:
-            # Versions offered, none spoken here: accept without a subprotocol and refuse
-            # at once, before any frame, with 4000 and the versions this cloud speaks.
-            await websocket.accept()
-            service.metrics.rejected.labels(negotiation.refusal.code.value).inc()
-            await conn.fail(negotiation.refusal)
-            return
-        header = websocket.headers.get("authorization")
-        if service.auth_enabled and header is not None:
-            # Checked before the upgrade completes: a bad token never gets a session
-            # (the client sees HTTP 403). Without the header, HELLO's token is checked.
-            scheme, _, token = header.partition(" ")
-            try:
-                if scheme.lower() != "bearer":
-                    raise Unauthorized("expected an Authorization: Bearer token")
-                conn.token = service.authenticate(token)
-            except Unauthorized as exc:
-                log.warning("refused a stream: %s", exc.reason)
-                service.metrics.rejected.labels(exc.code.value).inc()
-                await websocket.close(code=exc.close_code, reason=exc.reason)
-                return
-        conn.bucket = TokenBucket(service.settings.max_messages_per_s)
-        await websocket.accept(subprotocol=negotiation.subprotocol)
-        try:
-            await _serve_session(service, conn)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            conn.session.connection_closed()
-            await service.close(conn)
-
+    app.add_api_websocket_route("/v1/stream", _stream)
     return app
+
+
+def _lifespan(
+    settings: CloudSettings, run: RunConfig | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up (the master built off the event loop, the coordinator link, periodic
+    evaluation) and shutdown (sessions closed with 1012, a last checkpoint)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = run
+        if config is None and settings.coordinator_url:
+            config = await fetch_run_config(settings)
+        if config is None:
+            config = settings.run
+        # Loading data and building the model take a while: off the event loop.
+        service = await asyncio.to_thread(CloudService, settings, config)
+        service.bound_url = asyncio.get_running_loop().create_future()
+        app.state.service = service
+        if service.replicas is not None:
+            service.replicas.start()  # joins its group in the background (docs/REPLICAS.md)
+        link: CoordinatorLink | None = None
+        if settings.coordinator_url:
+            link = CoordinatorLink(settings, service)
+            await link.start()
+        service.ready = True
+        evaluation: asyncio.Task[None] | None = None
+        if settings.eval_interval_s > 0:
+            evaluator = PeriodicEvaluator(service, settings.eval_interval_s)
+            evaluation = asyncio.create_task(evaluator.run(), name="cloud-eval")
+        try:
+            yield
+        finally:
+            service.ready = False
+            if evaluation is not None:
+                evaluation.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await evaluation
+            if link is not None:
+                await link.stop()
+            for conn in list(service.connections.values()):
+                # 1012 "service restart": the edge reconnects at once (uvicorn does the same
+                # for connections it closes itself).
+                with contextlib.suppress(RuntimeError):
+                    await conn.websocket.close(code=1012, reason="cloud restarting")
+            await service.checkpoint()  # on SIGTERM: nothing applied is lost
+            await asyncio.to_thread(service.shutdown)
+
+    return lifespan
+
+
+def _refuse_non_admin(settings: CloudSettings, request: Request) -> JSONResponse | None:
+    """The refusal of a request without the admin token, or ``None`` to serve it."""
+    expected = settings.admin_secret()
+    if expected is None:
+        return None  # development: no admin token configured
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return _error(401, "admin_token_missing", "this endpoint needs the admin token")
+    if not auth.constant_time_equals(presented, expected):
+        log.warning("refused %s: wrong admin token", request.url.path)
+        return _error(403, "admin_token_invalid", "wrong admin token")
+    return None
+
+
+def service_of(request: Request | WebSocket) -> CloudService:
+    service: CloudService = request.app.state.service
+    return service
+
+
+async def _model_file(service: CloudService) -> Response:
+    """``GET /v1/model``: the whole model as safetensors, with its id and master version."""
+    state = await service.model_state()
+    body = save_safetensors(
+        state,
+        metadata={
+            "model_id": service.spec.model_id,
+            "master_version": str(service.master.version),
+            "format": "simultrain full model: edge.* and cloud.* tensors",
+        },
+    )
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{service.spec.model_id}.safetensors"'
+        },
+    )
+
+
+async def _stream(websocket: WebSocket) -> None:
+    """``WS /v1/stream``: negotiate the version, check a header token, then serve the
+    session until it ends (PROTOCOL.md §1.1, §7)."""
+    service = service_of(websocket)
+    # PROTOCOL.md §1.1: the edge offers `simultrain.v<N>` subprotocols, newest first;
+    # the cloud picks the newest it speaks too (RFC 6455 §4.2.2). None offered: the
+    # HELLO's `v` decides (the first release offered none).
+    negotiation = negotiate(websocket.scope.get("subprotocols") or [])
+    conn = Connection(
+        websocket,
+        CloudSession(
+            limits=service.limits,
+            egrad_needs_grad=service.schedule.egrad_needs_grad,
+            version=negotiation.version,
+        ),
+    )
+    if negotiation.refusal is not None:
+        # Versions offered, none spoken here: accept without a subprotocol and refuse
+        # at once, before any frame, with 4000 and the versions this cloud speaks.
+        await websocket.accept()
+        service.metrics.rejected.labels(negotiation.refusal.code.value).inc()
+        await conn.fail(negotiation.refusal)
+        return
+    header = websocket.headers.get("authorization")
+    if service.auth_enabled and header is not None:
+        # Checked before the upgrade completes: a bad token never gets a session
+        # (the client sees HTTP 403). Without the header, HELLO's token is checked.
+        scheme, _, token = header.partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise Unauthorized("expected an Authorization: Bearer token")
+            conn.token = service.authenticate(token)
+        except Unauthorized as exc:
+            log.warning("refused a stream: %s", exc.reason)
+            service.metrics.rejected.labels(exc.code.value).inc()
+            await websocket.close(code=exc.close_code, reason=exc.reason)
+            return
+    conn.bucket = TokenBucket(service.settings.max_messages_per_s)
+    await websocket.accept(subprotocol=negotiation.subprotocol)
+    try:
+        await _serve_session(service, conn)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        conn.session.connection_closed()
+        await service.close(conn)
 
 
 async def _serve_session(service: CloudService, conn: Connection) -> None:

@@ -1,14 +1,13 @@
 """The edge agent: registers, then streams its data to the assigned cloud (SPEC "Roles": Edge).
 
-Three tasks per session, all on one event loop:
+Three tasks, all on one event loop:
 
-- the **producer** takes the next batch as soon as the window allows (SPEC step 1) and runs
-  the edge-stage forward on the compute thread;
-- the **receiver** handles what the cloud sends: backward from cut gradients (compute thread),
-  deltas and reconciliation (applied right on the loop: they build new tensors and swap one
-  reference, so a forward running meanwhile keeps its weights and never waits — SPEC step 5);
+- the **sessions**: one session with the cloud at a time (:mod:`.streaming`: the handshake,
+  then a producer and a receiver), each over a connection the agent's transport opens
+  (:mod:`.transport`: ``websockets`` on a real link, an ASGI application in-process);
 - the **heartbeat** to the coordinator, independent of compute, so a long step never looks
-  like a dead edge.
+  like a dead edge;
+- the **watchdog** pings to systemd.
 
 A lost connection is retried with exponential backoff and full jitter. Batches stay with the
 edge until the cloud acknowledges applying them and are re-sent on the next session, so no
@@ -24,43 +23,16 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.typing import Subprotocol
 
 from simultrain.shared.data import load_dataset, release_caches
-from simultrain.shared.errors import (
-    ErrorCode,
-    ModelMismatch,
-    ProtocolError,
-    ProtocolVersionMismatch,
-    SimulTrainError,
-    Unauthorized,
-)
-from simultrain.shared.models import architecture_fingerprint
-from simultrain.shared.protocol import (
-    Ack,
-    Act,
-    Bye,
-    Delta,
-    EdgeSession,
-    EGrad,
-    Error,
-    Frame,
-    Grad,
-    Hello,
-    Snap,
-    Welcome,
-    decode_frame,
-    offered_subprotocols,
-)
+from simultrain.shared.errors import ConfigError, SimulTrainError, Unauthorized
+from simultrain.shared.protocol import Act, EGrad, offered_subprotocols
 from simultrain.shared.training.assembly import Shard, build_edge
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.gradcoding import GradientCode
@@ -77,17 +49,15 @@ from .state import (
     KeptBatch,
     open_edge_state,
 )
+from .streaming import SessionEnded, StreamingSession, raise_if_final, worth_reconnecting
+from .transport import LinkError, StreamTransport, UpgradeRefused, WebSocketsTransport
 
 __all__ = ["EdgeAgent", "EdgeObserver", "EdgeReport"]
 
 log = logging.getLogger("simultrain.edge")
 T = TypeVar("T")
 
-RESYNC_CLOSE_CODE = 4002  # the edge asks for a fresh session: its deltas had a gap
 ENDED_REASONS_KEPT = 20
-# A cloud that selected none of the offered subprotocols sends its refusal (ERROR, close 4000)
-# at once (PROTOCOL.md §1.1); one of the first release sends nothing and waits for a HELLO.
-VERSION_REFUSAL_WAIT_S = 5.0
 
 
 @dataclass
@@ -147,31 +117,30 @@ class EdgeObserver:
         """A session ended (or could not open) and the agent will try another."""
 
 
-class _SessionEnded(Exception):
-    """The current session is over; ``reconnect`` says whether to start another."""
-
-    def __init__(self, reason: str, *, reconnect: bool) -> None:
-        super().__init__(reason)
-        self.reconnect = reconnect
-
-
 class EdgeAgent:
+    """One edge: set-up, the sessions with its cloud, liveness, durable progress.
+
+    ``transport`` opens the connections to the cloud (:mod:`.transport`); by default the
+    real one on ``websockets``, trusting ``settings.ca_file`` for ``wss://``.
+    """
+
     def __init__(
         self,
         settings: EdgeSettings,
         *,
         run: RunConfig | None = None,
         observer: EdgeObserver | None = None,
+        transport: StreamTransport | None = None,
     ) -> None:
         self.settings = settings
         self._run_override = run
         self.observer = observer or EdgeObserver()
+        self.transport = transport or WebSocketsTransport(ca_file=settings.ca_file)
         self.report = EdgeReport()
         self.coordinator = CoordinatorClient(settings) if settings.coordinator_url else None
         self.notifier = SystemdNotifier.from_environment() if settings.watchdog else None
         self._compute = asyncio.Semaphore(1)  # one compute section at a time, like one CPU budget
         self._changed = asyncio.Event()  # something the producer may be waiting on happened
-        self._send_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._stop_deadline = float("inf")
         self.assignment: Assignment | None = None
@@ -183,7 +152,9 @@ class EdgeAgent:
 
     # --- set-up -------------------------------------------------------------------------
 
-    async def _prepare(self) -> None:
+    async def _assign(self) -> RunConfig:
+        """Open the state directory and learn this edge's assignment and run: from the
+        coordinator (enrolling, or resuming the stored identity), or from the settings."""
         settings = self.settings
         self.state = await asyncio.to_thread(
             open_edge_state,
@@ -216,6 +187,12 @@ class EdgeAgent:
                 heartbeat_interval_s=settings.heartbeat_interval_s or 2.0,
                 token=settings.token.get_secret_value() if settings.token else None,
             )
+        return run
+
+    async def _prepare(self) -> None:
+        settings = self.settings
+        run = await self._assign()
+        assert self.assignment is not None
         if self._run_override is not None:
             run = self._run_override
         if settings.dataset:
@@ -327,22 +304,22 @@ class EdgeAgent:
             try:
                 await self._one_session()
                 delay = self.settings.reconnect_initial_s
-            except _SessionEnded as ended:
+            except SessionEnded as ended:
                 if not ended.reconnect:
                     raise SimulTrainError(str(ended)) from None
                 log.warning("session ended (%s); reconnecting", ended)
                 self._session_ended(str(ended))
-            except InvalidStatus as exc:
-                if exc.response.status_code in (401, 403) and self.coordinator is None:
+            except UpgradeRefused as exc:
+                if exc.status_code in (401, 403) and self.coordinator is None:
                     # The cloud refused the token before the upgrade. With a coordinator the
                     # next heartbeat brings a fresh one; without, retrying cannot succeed
                     # (PROTOCOL.md §7, "What an edge does after each close").
                     raise Unauthorized(
-                        f"the cloud refused this edge's token (HTTP {exc.response.status_code})"
+                        f"the cloud refused this edge's token (HTTP {exc.status_code})"
                     ) from exc
                 await self._backoff(exc, delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+            except LinkError as exc:
                 await self._backoff(exc, delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
             if self._finished():
@@ -369,147 +346,17 @@ class EdgeAgent:
         base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return base.rstrip("/") + "/v1/stream"
 
-    def _ssl(self, url: str) -> ssl.SSLContext | None:
-        if not url.startswith("wss://"):
-            return None
-        ctx = ssl.create_default_context(
-            cafile=str(self.settings.ca_file) if self.settings.ca_file else None
-        )
-        return ctx
-
     async def _one_session(self) -> None:
-        assert self.assignment is not None and self.runtime is not None
+        """Connect through the transport and run one session until it ends."""
+        assert self.assignment is not None
         url = self._stream_url()
         headers = {}
         if self.assignment.token:
             headers["Authorization"] = f"Bearer {self.assignment.token}"
-        async with connect(
-            url,
-            additional_headers=headers,
-            # PROTOCOL.md §1.1: the versions this agent speaks, newest first.
-            subprotocols=[Subprotocol(name) for name in offered_subprotocols()],
-            ssl=self._ssl(url),
-            max_size=None,  # the protocol's Limits bound frames, per message type
-            open_timeout=10,
-            ping_interval=20,
-            ping_timeout=60,  # a long cloud step must not look like a dead link
-            compression=None,  # tensors are lz4-compressed already
-        ) as ws:
-            if ws.subprotocol is None:
-                await self._version_refused(ws, url)
-            self.report.sessions += 1
-            session = EdgeSession(
-                limits=self.limits,
-                egrad_needs_grad=self.schedule.egrad_needs_grad,
-            )
-            await self._handshake(ws, session)
-            await self._stream(ws, session)
-
-    async def _version_refused(self, ws: ClientConnection, url: str) -> None:
-        """The cloud selected none of the offered versions (PROTOCOL.md §1.1): send nothing,
-        read its refusal (bounded), close with 4000 and raise: retrying cannot help."""
-        said = "it selected no subprotocol and sent no refusal (a cloud of the first release)"
-        with contextlib.suppress(TimeoutError, ConnectionClosed, ProtocolError):
-            async with asyncio.timeout(VERSION_REFUSAL_WAIT_S):
-                data = await ws.recv()
-                # An ERROR is readable whatever version wrote it.
-                frame = decode_frame(data, version=None)
-                if isinstance(frame, Error):
-                    said = frame.reason
-        if ws.close_code is None:
-            await ws.close(code=4000, reason="no common protocol version")
-        elif ws.close_reason:
-            said = ws.close_reason
-        raise ProtocolVersionMismatch(_version_line(url, said))
-
-    async def _send(self, ws: ClientConnection, session: EdgeSession, frame: Frame) -> None:
-        # The session's ledger and the wire must see frames in one order: serialize.
-        async with self._send_lock:
-            data = session.send(frame)
-            self.report.bytes_up += len(data)
-            try:
-                await ws.send(data)
-            except ConnectionClosed as exc:
-                # The cloud's close may reach a send before the receiver: same verdict.
-                raise self._ended(exc) from exc
-
-    async def _handshake(self, ws: ClientConnection, session: EdgeSession) -> None:
-        runtime = self.runtime
-        assert runtime is not None and self.assignment is not None
-        hello = Hello(
-            edge_id=self.assignment.edge_id,
-            model_id=self.spec.model_id,
-            cut_shape=self.cut_shape,
-            config={
-                "reconcile_offset": self.assignment.reconcile_offset,
-                "mode": self.schedule.mode,
-                **(
-                    {"code_row": runtime.code_row, "gradient_code": self.code.identity}
-                    if self.code is not None
-                    else {}
-                ),
-            },
-            token=self.assignment.token,
-            resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
-            model_fingerprint=architecture_fingerprint(self.spec),
-            capabilities={},  # none implemented yet (PROTOCOL.md §10.2)
-        )
-        await self._send(ws, session, hello)
-        welcome: Welcome | None = None
-        synced = False  # a session starts from an exact copy of the master (SNAP, replace)
-        while welcome is None or not synced:
-            for frame in await self._receive(ws, session):
-                if isinstance(frame, Welcome):
-                    welcome = frame
-                elif isinstance(frame, Snap):
-                    runtime.on_snap(frame)
-                    await self._resync_if_needed(ws)
-                    synced = True
-                else:
-                    self._handle_control(frame)
-        self._resend = runtime.resume(welcome.acked_seq)
-        self.report.resent += len(self._resend)
-        if self.notifier is not None:
-            self.notifier.ready()
-        log.info(
-            "session open: master v%d, acked up to %s, %d batch(es) to re-send",
-            welcome.master_version,
-            welcome.acked_seq,
-            len(self._resend),
-        )
-
-    async def _receive(self, ws: ClientConnection, session: EdgeSession) -> list[Frame]:
-        try:
-            data = await ws.recv()
-        except ConnectionClosed as exc:
-            raise self._ended(exc) from exc
-        self.report.bytes_down += len(data)
-        try:
-            return session.receive_data(data)
-        except ProtocolError as exc:
-            # The refusing side says why, then closes with the code's close code (§7).
-            async with self._send_lock:
-                with contextlib.suppress(ProtocolError, ConnectionClosed):
-                    await ws.send(session.refuse(exc))
-                await ws.close(code=exc.close_code, reason=exc.reason)
-            raise
-
-    def _ended(self, exc: ConnectionClosed) -> _SessionEnded:
-        """What a close means for the agent (PROTOCOL.md §7): a new session, or none."""
-        rcvd = exc.rcvd
-        code = rcvd.code if rcvd is not None else 1006
-        reason = rcvd.reason if rcvd is not None else ""
-        _raise_if_final(code, reason, self._stream_url())
-        return _SessionEnded(
-            f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
-        )
-
-    def _handle_control(self, frame: Frame) -> None:
-        if isinstance(frame, Error):
-            _raise_if_final(_FINAL_ERRORS.get(frame.code, 0), frame.reason, self._stream_url())
-            raise _SessionEnded(f"cloud error {frame.code}: {frame.reason}", reconnect=False)
-        if isinstance(frame, Bye):
-            raise _SessionEnded(f"cloud said bye: {frame.reason}", reconnect=True)
+        # PROTOCOL.md §1.1: the versions this agent speaks, newest first.
+        offered = offered_subprotocols()
+        async with self.transport.connect(url, subprotocols=offered, headers=headers) as conn:
+            await StreamingSession(self, conn, url).run()
 
     async def _in_compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on a worker thread, then stretch it by the CPU emulation factor.
@@ -537,53 +384,6 @@ class EdgeAgent:
         )
         return result
 
-    async def _stream(self, ws: ClientConnection, session: EdgeSession) -> None:
-        producer = asyncio.create_task(self._produce(ws, session), name="edge-producer")
-        receiver = asyncio.create_task(self._receive_loop(ws, session), name="edge-receiver")
-        try:
-            done, _ = await asyncio.wait({producer, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # re-raise what ended the session
-            if producer in done and self._finished():
-                # The cloud checkpoints what we sent before it closes: wait for its close.
-                await self._send(ws, session, Bye(reason="training finished"))
-                try:
-                    await asyncio.wait_for(ws.wait_closed(), timeout=60)
-                except TimeoutError:
-                    await ws.close(code=1000, reason="training finished")
-        finally:
-            for task in (producer, receiver):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _SessionEnded, ConnectionClosed):
-                    await task
-
-    async def _produce(self, ws: ClientConnection, session: EdgeSession) -> None:
-        runtime = self.runtime
-        assert runtime is not None
-        resend = list(self._resend)
-        while True:
-            while not runtime.can_produce() and not self._finished():
-                self._changed.clear()
-                await self._changed.wait()
-            if self._finished():
-                return
-            if resend:
-                seq, kept = resend.pop(0)
-                frame = await self._in_compute(runtime.resend, seq, kept)
-            elif self._no_more_acts():
-                # Nothing new to send: wait for the acknowledgements of what is in flight.
-                while runtime.pending_egrads:
-                    await self._send(ws, session, runtime.pending_egrads.popleft())
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            else:
-                frame = await self._in_compute(self._produce_next)
-            while runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
-                await self._send(ws, session, runtime.leading.popleft())
-            if frame is not None:
-                await self._send(ws, session, frame)
-
     def _produce_next(self) -> Act | EGrad | None:
         """Take the next batch and produce its frame, as one step on the compute thread.
 
@@ -600,57 +400,6 @@ class EdgeAgent:
         self.report.samples_sent = runtime.samples_produced
         self.report.local_steps = runtime.local_steps
         return frame
-
-    async def _receive_loop(self, ws: ClientConnection, session: EdgeSession) -> None:
-        runtime = self.runtime
-        assert runtime is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            for frame in await self._receive(ws, session):
-                if isinstance(frame, Grad):
-                    egrad = await self._in_compute(runtime.on_grad, frame)
-                    if frame.loss is not None:
-                        self.report.last_loss = frame.loss
-                    # Piggyback on the next ACT when one can go now (SPEC step 3); a window
-                    # that holds the producer back means this EGRAD must go alone.
-                    if (
-                        self.schedule.window > 0
-                        and runtime.can_produce()
-                        and not self._no_more_acts()
-                    ):
-                        runtime.pending_egrads.append(egrad)
-                    else:
-                        await self._send(ws, session, egrad)
-                elif isinstance(frame, Delta):
-                    runtime.on_delta(frame, now=loop.time())
-                    await self._resync_if_needed(ws)
-                elif isinstance(frame, Snap):
-                    runtime.on_snap(frame)
-                    await self._resync_if_needed(ws)
-                    self.report.reconciliations = runtime.reconciliations
-                    self.report.resyncs = runtime.resyncs
-                elif isinstance(frame, Ack):
-                    runtime.on_ack(frame)
-                    self._forget_durable()
-                    self.report.batches_acked = runtime.highest_acked + 1
-                    self.report.edge_version = runtime.version
-                    self._write_status()
-                    self.observer.acked(runtime.highest_acked, self.report)
-                else:
-                    self._handle_control(frame)
-                self._changed.set()
-
-    async def _resync_if_needed(self, ws: ClientConnection) -> None:
-        """A delta gap, or a replica whose checksum is not the cloud's (PROTOCOL.md §3.1):
-        end the session with 4002; the next one starts from an exact SNAP of the master."""
-        runtime = self.runtime
-        assert runtime is not None
-        if not runtime.needs_resync(now=asyncio.get_running_loop().time()):
-            return
-        self.report.checksum_failures = runtime.checksum_failures
-        reason = "replica checksum mismatch: resync" if runtime.replica_corrupt else "delta gap"
-        await ws.close(code=RESYNC_CLOSE_CODE, reason=reason)
-        raise _SessionEnded(reason, reconnect=True)
 
     def _produced(self) -> int:
         return self.runtime.batches_produced if self.runtime is not None else 0
@@ -773,42 +522,16 @@ class EdgeAgent:
         if path is None:
             return
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.report)) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(asdict(self.report)) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the status file {path}: {exc}") from exc
 
 
-# Close codes after which a new session can succeed: a normal end, a restart or going away,
-# an abnormal drop, a server error, a resync the edge asked for. Protocol errors (1002, 1003,
-# 1007, 1009, 4001) would only repeat: the agent gives up loudly on those.
-_RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, RESYNC_CLOSE_CODE})
-
-
-def _worth_reconnecting(code: int, reason: str) -> bool:
-    return code in _RECONNECT_CODES or (code == 1008 and "superseded" in reason)
-
-
-# Close codes after which no restart of this agent can succeed either: another protocol
-# version (upgrade one side), another model for the same id (fix the deployment). The agent
-# stops with exit status 78 (services/edge/main.py), which systemd does not restart.
-_FINAL_ERRORS = {
-    ErrorCode.PROTOCOL_VERSION_MISMATCH.value: 4000,
-    ErrorCode.MODEL_MISMATCH.value: 4003,
-}
-
-
-def _raise_if_final(code: int, reason: str, url: str) -> None:
-    if code == 4000:
-        raise ProtocolVersionMismatch(_version_line(url, reason))
-    if code == 4003:
-        raise ModelMismatch(f"the cloud at {url} builds another model: {reason} (not retrying)")
-
-
-def _version_line(url: str, said: str) -> str:
-    ours = ", ".join(offered_subprotocols())
-    return (
-        f"protocol version mismatch: the cloud at {url} speaks none of this agent's versions "
-        f"({ours}): {said or 'no reason given'} (not retrying)"
-    )
+# The close-code policy lives with the session (PROTOCOL.md §7); its earlier names stay here.
+_raise_if_final = raise_if_final
+_worth_reconnecting = worth_reconnecting
 
 
 def _state_binding(settings: EdgeSettings) -> dict[str, Any]:
