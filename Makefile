@@ -8,7 +8,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest browser long-tests fuzz bench study clean
+.PHONY: demo test lint typecheck pytest browser long-tests fuzz bench study clean \
+	images engine-test arm64-check
 
 $(STAMP): pyproject.toml constraints.txt
 	# systemd-analyze validates the Pi's unit file (tests/deploy); most images ship it.
@@ -57,6 +58,25 @@ long-tests: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -m fuzz -p no:cacheprovider
+
+# Every image, with only a Debian mirror and a package index or wheelhouse if need be
+# (docs/DEPLOY.md §2): `make images WHEELHOUSE=dir` or `make images ARGS="--index-url URL"`.
+images:
+	bash docker/build-images.sh $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(ARGS)
+
+# The deployment under a real container engine (installs and starts Debian's docker.io if
+# none runs, and stops what it started): images built the air-gapped way, compose and the
+# replicas trained and counted. CI runs it after `make test`. Figures: build/engine/results.json.
+engine-test: $(STAMP)
+	rm -f build/engine/results.json
+	bash tests/deploy/engine.sh $(BIN)/python -m pytest -m engine tests/deploy/test_engine.py \
+		-p no:cacheprovider
+	cat build/engine/results.json
+
+# The Pi installer in an arm64 Debian root under qemu-user, training against local services
+# (docs/DEPLOY.md §4). Not in CI: it downloads an aarch64 torch.
+arm64-check: $(STAMP)
+	bash deploy/pi/arm64-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -14,8 +14,9 @@ Writes ``OUT_DIR/fleet-before-after.json``.
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from simultrain.bench.fleet import FleetOptions, run_fleet_case
+from simultrain.bench.records import BeforeAfterFile, BeforeAfterRecord
 from simultrain.procs import ServiceGroup, ServiceProcess
 
 
@@ -57,7 +59,8 @@ def main() -> None:
             env = {**env, "PYTHONPATH": str(before_path)}
         return start(group, name, module, env, **kw)
 
-    records = []
+    records: list[BeforeAfterRecord] = []
+    command = shlex.join(["python", *sys.argv])
     with tempfile.TemporaryDirectory(prefix="fleet-before-") as tmp:
         before_path = _tree_of(args.base, Path(tmp))
         ServiceGroup.start = start_with_cloud  # type: ignore[method-assign]
@@ -68,15 +71,19 @@ def main() -> None:
                 options = FleetOptions(
                     out_dir=args.out, edge_counts=(edges,), duration_s=args.duration
                 )
-                record = run_fleet_case(edges, options)
-                record.pop("rss_mib")
-                record["cloud_code"] = args.base if cloud == "before" else "working tree"
-                record["case_wall_s"] = round(time.monotonic() - started, 1)
-                records.append(record)
-                print(edges, cloud, record["cloud_cpu_ms_per_update"], flush=True)
-                (args.out / "fleet-before-after.json").write_text(
-                    json.dumps({"base": args.base, "records": records}, indent=1)
+                fields = run_fleet_case(edges, options).to_json()
+                del fields["rss_mib"]
+                record = BeforeAfterRecord.model_validate(
+                    {
+                        **fields,
+                        "cloud_code": args.base if cloud == "before" else "working tree",
+                        "case_wall_s": round(time.monotonic() - started, 1),
+                    }
                 )
+                records.append(record)
+                print(edges, cloud, record.cloud_cpu_ms_per_update, flush=True)
+                results = BeforeAfterFile(base=args.base, command=command, records=records)
+                results.write(args.out / "fleet-before-after.json")
 
 
 if __name__ == "__main__":

@@ -15,29 +15,21 @@ import time
 import numpy as np
 import torch
 
-from simultrain.shared.models import get_model_spec
+from simultrain.shared.data import load_dataset
 from simultrain.shared.protocol import Ack, Snap, decode_frame, encode_frame
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, build_synthetic, edge_module
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime
+from simultrain.shared.training.runtime import EdgeRuntime
 
-MODELS = {"imu": "imu-cnn1d", "mnist": "mnist-cnn"}
 WARM_UP = 20
 
 
 def edge_for(mode: str, dataset: str) -> EdgeRuntime:
-    spec = get_model_spec(MODELS[dataset])
+    data = load_dataset(dataset)
+    spec = data.model_spec()
     run = RunConfig(mode=mode, dataset=dataset)
-    schedule = run.schedule()
-    cloud = CloudRuntime(
-        build_master(run, spec, schedule),
-        schedule,
-        run.codecs,
-        synthetic=build_synthetic(run, spec, schedule),
-    )
-    edge = EdgeRuntime(
-        edge_module(spec.build(0), schedule), schedule, run.codecs, optimizer=run.optimizer
-    )
+    cloud = build_cloud(run, spec).runtime
+    edge = build_edge(run, spec, Shard(data)).runtime
     _, snap = cloud.open_session("e")
     welcome = decode_frame(encode_frame(snap))
     assert isinstance(welcome, Snap)
@@ -49,7 +41,7 @@ def main() -> None:
     dataset = sys.argv[1] if len(sys.argv) > 1 else "imu"
     batches = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     torch.set_num_threads(1)
-    spec = get_model_spec(MODELS[dataset])
+    spec = load_dataset(dataset).model_spec()
     edges = {mode: edge_for(mode, dataset) for mode in ("synthetic", "synthetic-nolocal")}
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, *spec.input_shape)).astype(np.float32)

@@ -5,6 +5,7 @@
     simultrain-healthcheck cloud         # GET /readyz of the cloud (https when it serves TLS)
     simultrain-healthcheck netem         # GET /healthz of the cloud *through* the emulated link
     simultrain-healthcheck edge          # the agent's status file was written recently
+    simultrain-healthcheck rendezvous    # the replicas' store accepts connections (MASTER_PORT)
 
 It reads the same ``SIMULTRAIN_*`` variables as the service it checks, so a port or TLS
 change in the environment needs no change here. Docker's HEALTHCHECK, compose's
@@ -14,7 +15,9 @@ Standard library only, and quick: the edge image runs on a Raspberry Pi.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import ssl
 import sys
 import time
@@ -47,7 +50,12 @@ def _get(url: str) -> str | None:
                 return None
             return f"{url} answered {response.status}"
     except urllib.error.HTTPError as exc:
-        return f"{url} answered {exc.code}"
+        # The services say why in {"error": {"message": …}}: pass it on, on the same line.
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{url} answered {exc.code}"
+        return f"{url} answered {exc.code}: {' '.join(str(message).split())}"
     except (OSError, ValueError) as exc:
         return f"{url} unreachable: {exc}"
 
@@ -83,12 +91,24 @@ def check(service: str) -> str | None:
         if age_s > max_age_s:
             return f"no batch acknowledged for {age_s:.0f} s (limit {max_age_s:.0f} s)"
         return None
-    return f"unknown service {service!r} (coordinator, cloud, netem or edge)"
+    if service == "rendezvous":
+        # The store of docker-compose.replicas.yml (python -m simultrain.cloud.replicas PORT):
+        # healthy while it accepts connections, which is all its replicas need of it.
+        port = env.get("MASTER_PORT", "29500")
+        try:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=TIMEOUT_S):
+                return None
+        except (OSError, ValueError) as exc:
+            return f"rendezvous store on port {port} unreachable: {exc}"
+    return f"unknown service {service!r} (coordinator, cloud, netem, edge or rendezvous)"
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: simultrain-healthcheck coordinator|cloud|netem|edge", file=sys.stderr)
+        print(
+            "usage: simultrain-healthcheck coordinator|cloud|netem|edge|rendezvous",
+            file=sys.stderr,
+        )
         return 1
     problem = check(argv[1])
     if problem is not None:

@@ -1,4 +1,5 @@
-"""The ``simultrain`` command: run a service, the demo, the benchmark, the link emulator.
+"""The ``simultrain`` command: run a service, the demo, the benchmark and the other
+experiments, the link emulator.
 
 Every service option is also an environment variable (README, "Configuration"); the flags
 here are the ones people type most. Services are imported lazily, so ``simultrain edge`` on a
@@ -228,30 +229,22 @@ def demo(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
 )
-def study(ctx: typer.Context) -> None:
-    """Staleness compensation study (docs/STALENESS.md); --help for its options."""
-    from simultrain.bench.study import main as study_main
+def conformance(ctx: typer.Context) -> None:
+    """PROTOCOL.md's edge cases against an edge client (docs/CONFORMANCE.md); --help."""
+    from simultrain.conformance.kit import main as conformance_main
 
-    raise typer.Exit(study_main(list(ctx.args)))
-
-
-@app.command(
-    name="fleet-parity",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def fleet_parity(ctx: typer.Context) -> None:
-    """A fleet against centralized training, through the services (docs/STALENESS.md)."""
-    from simultrain.bench.fleet_parity import main as fleet_main
-
-    raise typer.Exit(fleet_main(list(ctx.args)))
+    raise typer.Exit(conformance_main(list(ctx.args)))
 
 
 def _add_bench() -> None:
-    """``simultrain bench`` (issue 4): a Typer sub-app that imports only typer until it runs."""
-    from simultrain.bench.cli import bench_app
+    """``simultrain bench`` (a Typer sub-app that imports only typer until it runs) and the
+    other experiments' commands (services/bench/cli.py)."""
+    from simultrain.bench.cli import bench_app, fleet_parity, replicas, study
 
     app.add_typer(bench_app, name="bench")
+    app.command()(study)
+    app.command(name="fleet-parity")(fleet_parity)
+    app.command()(replicas)
 
 
 _add_bench()

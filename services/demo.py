@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.contracts import CloudStatus, DemoSummary, Evaluation
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
@@ -59,7 +60,7 @@ def _coordinator_env(run: RunConfig, db_path: Path) -> dict[str, str]:
     return env
 
 
-def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[str, Any]:
+def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSummary:
     """Train through real services; return the summary (also printed)."""
     console = console or Console(stderr=options.json_output)
     started = time.perf_counter()
@@ -76,10 +77,10 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
             summary = _run(group, run, options, Path(tmp), console)
         finally:
             group.stop_all()
-    summary["seconds"] = round(time.perf_counter() - started, 2)
+    summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 2)})
     _print_summary(summary, console)
     if options.json_output:
-        print(json.dumps(summary), flush=True)
+        print(summary.model_dump_json(), flush=True)
     return summary
 
 
@@ -183,7 +184,7 @@ def edge_environment(
 
 def _run(
     group: ServiceGroup, run: RunConfig, options: DemoOptions, tmp: Path, console: Console
-) -> dict[str, Any]:
+) -> DemoSummary:
     with console.status("starting coordinator, cloud and edge processes…"):
         topology = start_topology(
             group,
@@ -202,39 +203,40 @@ def _run(
     console.print(f"live dashboard: {topology.coordinator_url}/dashboard (while the run lasts)")
     reports = _follow(cloud_url, edges, run, options, console)
     with httpx.Client(timeout=60) as client:
-        final = client.get(f"{cloud_url}/v1/eval").json()
-        status = client.get(f"{cloud_url}/v1/status").json()
-    sessions = status["edges"].values()
+        final = Evaluation.model_validate_json(client.get(f"{cloud_url}/v1/eval").content)
+        status = CloudStatus.model_validate_json(client.get(f"{cloud_url}/v1/status").content)
+    sessions = status.edges.values()
     schedule = run.schedule()
-    return {
-        "mode": run.mode,
-        "dataset": run.dataset,
-        "model_id": status["model_id"],
-        "edges": options.edges,
-        "steps": sum(r["steps"] for r in reports),
-        "samples": final["samples_applied"],
-        "accuracy": round(final["accuracy"], 4),
-        "test_loss": round(final["loss"], 4),
-        "test_samples": final["samples"],
-        "bytes_up": sum(s["bytes_in"] for s in sessions),
-        "bytes_down": sum(s["bytes_out"] for s in sessions),
-        "max_staleness": status["staleness"]["max"],
-        "mean_staleness": status["staleness"]["mean"],
-        "master_version": status["master_version"],
-        "window": run.window,
-        "compensation": schedule.compensation,
+    return DemoSummary(
+        mode=run.mode,
+        dataset=run.dataset,
+        model_id=status.model_id,
+        edges=options.edges,
+        steps=sum(r["steps"] for r in reports),
+        samples=final.samples_applied,
+        accuracy=round(final.accuracy, 4),
+        test_loss=round(final.loss, 4),
+        test_samples=final.samples,
+        bytes_up=status.bytes_up,
+        bytes_down=status.bytes_down,
+        max_staleness=status.staleness.max,
+        mean_staleness=status.staleness.mean,
+        master_version=status.master_version,
+        window=run.window,
+        compensation=schedule.compensation,
         # The α that acted: the forecast part's (its own 0.5 when not given), else none.
-        "alpha": (schedule.alpha if schedule.alpha is not None else 0.5)
+        alpha=(schedule.alpha if schedule.alpha is not None else 0.5)
         if schedule.forecasts
         else None,
-        "beta": run.beta,
-        "reconcile_every": run.reconcile_every,
-        "seed": run.seed,
-        "link": options.link_profile or "loopback",
-        "samples_received": sum(s["samples_received"] for s in sessions),
-        "duplicates_dropped": sum(s["duplicates_dropped"] for s in sessions),
-        "reconnects": sum(r["reconnects"] for r in reports),
-    }
+        beta=run.beta,
+        reconcile_every=run.reconcile_every,
+        seed=run.seed,
+        link=options.link_profile or "loopback",
+        samples_received=sum(s.samples_received for s in sessions),
+        duplicates_dropped=sum(s.duplicates_dropped for s in sessions),
+        reconnects=sum(r["reconnects"] for r in reports),
+        seconds=0.0,  # run_demo's, once every process has stopped
+    )
 
 
 def _follow(
@@ -279,23 +281,23 @@ def _follow(
                     reports.append(json.loads(line[5:]))
                     pending.remove(edge)
             try:
-                status = client.get(f"{cloud_url}/v1/status").json()
+                status = CloudStatus.model_validate_json(
+                    client.get(f"{cloud_url}/v1/status").content
+                )
                 if options.eval_every_s > 0 and time.monotonic() - last_eval > options.eval_every_s:
-                    accuracy = client.get(f"{cloud_url}/v1/eval").json()["accuracy"]
+                    reply = client.get(f"{cloud_url}/v1/eval")
+                    accuracy = Evaluation.model_validate_json(reply.content).accuracy
                     last_eval = time.monotonic()
             except httpx.HTTPError:
                 continue
-            sessions = status["edges"].values()
-            steps = sum(s["steps_applied"] for s in sessions)
-            up = sum(s["bytes_in"] for s in sessions)
-            down = sum(s["bytes_out"] for s in sessions)
-            loss = status.get("loss")
+            steps = sum(s.steps_applied for s in status.edges.values())
+            loss = status.loss
             stats = (
                 (f"loss {loss:.3f} " if loss is not None else "")
                 + (f"acc {accuracy:.1%} " if accuracy is not None else "")
                 + (
-                    f"staleness ≤{status['staleness']['max']} "
-                    f"↑{up / 1e6:.1f} MB ↓{down / 1e6:.1f} MB"
+                    f"staleness ≤{status.staleness.max} "
+                    f"↑{status.bytes_up / 1e6:.1f} MB ↓{status.bytes_down / 1e6:.1f} MB"
                 )
             )
             progress.update(task, completed=min(steps, total), stats=stats)
@@ -303,34 +305,25 @@ def _follow(
     return reports
 
 
-def _print_summary(summary: dict[str, Any], console: Console) -> None:
+def _print_summary(summary: DemoSummary, console: Console) -> None:
     table = Table(title="SimulTrain demo", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     rows = [
-        (
-            "mode / dataset / model",
-            f"{summary['mode']} / {summary['dataset']} / {summary['model_id']}",
-        ),
-        ("edges, link", f"{summary['edges']}, {summary['link']}"),
-        ("steps (batches), samples applied", f"{summary['steps']}, {summary['samples']}"),
-        ("held-out accuracy", f"{summary['accuracy']:.2%} on {summary['test_samples']} samples"),
-        ("held-out loss", f"{summary['test_loss']:.4f}"),
-        ("staleness (max / mean)", f"{summary['max_staleness']} / {summary['mean_staleness']}"),
-        (
-            "bytes up / down",
-            f"{summary['bytes_up'] / 1e6:.2f} MB / {summary['bytes_down'] / 1e6:.2f} MB",
-        ),
+        ("mode / dataset / model", f"{summary.mode} / {summary.dataset} / {summary.model_id}"),
+        ("edges, link", f"{summary.edges}, {summary.link}"),
+        ("steps (batches), samples applied", f"{summary.steps}, {summary.samples}"),
+        ("held-out accuracy", f"{summary.accuracy:.2%} on {summary.test_samples} samples"),
+        ("held-out loss", f"{summary.test_loss:.4f}"),
+        ("staleness (max / mean)", f"{summary.max_staleness} / {summary.mean_staleness}"),
+        ("bytes up / down", f"{summary.bytes_up / 1e6:.2f} MB / {summary.bytes_down / 1e6:.2f} MB"),
         (
             "compensation (α)",
-            f"{summary['compensation']}"
-            + (f" (α {summary['alpha']})" if summary["alpha"] is not None else ""),
+            f"{summary.compensation}"
+            + (f" (α {summary.alpha})" if summary.alpha is not None else ""),
         ),
-        (
-            "window, β, R",
-            ", ".join(str(summary[k]) for k in ("window", "beta", "reconcile_every")),
-        ),
-        ("wall time", f"{summary['seconds']:.1f} s"),
+        ("window, β, R", f"{summary.window}, {summary.beta}, {summary.reconcile_every}"),
+        ("wall time", f"{summary.seconds:.1f} s"),
     ]
     for what, value in rows:
         table.add_row(what, value)

@@ -246,9 +246,17 @@ class UnknownMessageType(ProtocolError):
 
 
 class ProtocolVersionMismatch(ProtocolError):
-    """The frame's ``"v"`` is not this implementation's ``PROTOCOL_VERSION``."""
+    """The peer speaks no major version this side speaks (PROTOCOL.md §1.1): upgrade.
+
+    ``peer_version`` is the version the peer wrote or offered (None: unknown); the ERROR
+    that refuses it is written in that version, so that the peer can read it.
+    """
 
     code = ErrorCode.PROTOCOL_VERSION_MISMATCH
+
+    def __init__(self, message: str, *, peer_version: int | None = None) -> None:
+        super().__init__(message)
+        self.peer_version = peer_version
 
 
 class HandshakeRejected(ProtocolError):

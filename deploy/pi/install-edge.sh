@@ -7,10 +7,13 @@
 #       --enrollment-secret-file ./enrollment_secret \
 #       --shard-index 0 --shard-count 2
 #
-# It creates a venv in /opt/simultrain/venv, installs torch (PyPI's aarch64 wheels are CPU
-# builds) and the edge agent with its datasets (`simultrain[data]`, from this repository or
-# from --source, a directory or a wheel), writes /etc/simultrain/edge.env and the credential
-# /etc/simultrain/enrollment_secret, installs simultrain-edge.service and enables it.
+# It creates a venv in /opt/simultrain/venv, installs torch's CPU build from the PyTorch CPU
+# index (PyPI's aarch64 torch is a CUDA build: 60 wheels, ~3 GB, a ~5 GB venv), the edge
+# agent (from this repository or from --source, a directory or a wheel) and the datasets'
+# files (docker/dataset-packages.txt, without scikit-learn and scipy), writes
+# /etc/simultrain/edge.env and the credential /etc/simultrain/enrollment_secret, installs
+# simultrain-edge.service and enables it. Offline: --wheelhouse DIR (docker/wheelhouse.sh
+# --platform aarch64 fills one) or --torch-index-url and --index-url of a mirror.
 # Running it again upgrades in place; the enrollment secret is kept unless a new one is given.
 # --dry-run prints every step and writes nothing (no root needed). docs/DEPLOY.md has more.
 set -euo pipefail
@@ -20,8 +23,10 @@ SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd -- "$SCRIPT_DIR/../.." && pwd)"
 readonly SCRIPT_DIR REPO_DIR
 readonly UNIT_NAME=simultrain-edge.service
-# The torch CI tests with (constraints.txt); PyPI serves CPU wheels of it for aarch64.
+# The torch CI tests with (constraints.txt), as a CPU build: the PyTorch CPU index has it for
+# aarch64 and x86_64. PyPI's torch for either is a CUDA build (gigabytes a Pi cannot use).
 readonly DEFAULT_TORCH_SPEC="torch==2.13.0"
+readonly CPU_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 usage() {
     cat <<USAGE
@@ -42,8 +47,11 @@ options:
   --source PATH                  repository directory or simultrain wheel to install
                                  (default: the repository holding this script)
   --torch-spec SPEC              torch requirement (default: $DEFAULT_TORCH_SPEC)
-  --torch-index-url URL          index to take torch from (default: PyPI on aarch64, whose
-                                 wheels are CPU builds; the PyTorch CPU index elsewhere)
+  --torch-index-url URL          index to take torch from (default: the PyTorch CPU index,
+                                 $CPU_TORCH_INDEX; a mirror of it offline)
+  --index-url URL                index (PyPI mirror) for everything else (default: pip's)
+  --wheelhouse DIR               install from DIR only, no index (docker/wheelhouse.sh
+                                 --platform aarch64 fills one on a connected machine)
   --prefix DIR                   install root for the venv (default: /opt/simultrain)
   --config-dir DIR               configuration directory (default: /etc/simultrain)
   --unit-dir DIR                 systemd unit directory (default: /etc/systemd/system)
@@ -60,6 +68,7 @@ note() { echo "==> $*"; }
 
 coordinator_url="" secret_file="" shard_index="" shard_count="" name="" steps="0"
 ca_file="" source_path="$REPO_DIR" torch_spec="$DEFAULT_TORCH_SPEC" torch_index_url=""
+index_url="" wheelhouse=""
 prefix=/opt/simultrain config_dir=/etc/simultrain unit_dir=/etc/systemd/system
 start=yes any_arch=no dry_run=no
 
@@ -76,6 +85,8 @@ while [[ $# -gt 0 ]]; do
         --source) need_value "$@"; source_path="$2"; shift 2 ;;
         --torch-spec) need_value "$@"; torch_spec="$2"; shift 2 ;;
         --torch-index-url) need_value "$@"; torch_index_url="$2"; shift 2 ;;
+        --index-url) need_value "$@"; index_url="$2"; shift 2 ;;
+        --wheelhouse) need_value "$@"; wheelhouse="$2"; shift 2 ;;
         --prefix) need_value "$@"; prefix="$2"; shift 2 ;;
         --config-dir) need_value "$@"; config_dir="$2"; shift 2 ;;
         --unit-dir) need_value "$@"; unit_dir="$2"; shift 2 ;;
@@ -102,6 +113,11 @@ done
 if [[ -d "$source_path" && ! -f "$source_path/pyproject.toml" ]]; then
     die "--source $source_path is not the SimulTrain repository (no pyproject.toml)"
 fi
+[[ -z "$wheelhouse" || -d "$wheelhouse" ]] || die "no such --wheelhouse: $wheelhouse"
+[[ -z "$wheelhouse" || ( -z "$torch_index_url" && -z "$index_url" ) ]] \
+    || die_usage "--wheelhouse takes every package from the folder: no --index-url with it"
+datasets="$REPO_DIR/docker/dataset-packages.txt"
+[[ -f "$datasets" ]] || die "dataset package list not found: $datasets"
 
 venv="$prefix/venv"
 env_file="$config_dir/edge.env"
@@ -203,18 +219,21 @@ run install -d -m 0755 "$prefix"
 if [[ ! -x "$venv/bin/python" ]]; then
     run "$python" -m venv "$venv"
 fi
-run "$venv/bin/python" -m pip install --upgrade pip
-# On aarch64 PyPI's torch wheels are CPU builds; on x86_64 PyPI's are CUDA builds of several
-# GB, hence the PyTorch CPU index there.
-if [[ -z "$torch_index_url" && "$arch" != aarch64 ]]; then
-    torch_index_url=https://download.pytorch.org/whl/cpu
-fi
-if [[ -n "$torch_index_url" ]]; then
-    run "$venv/bin/python" -m pip install --index-url "$torch_index_url" "$torch_spec"
+# Where pip finds packages: a wheelhouse alone, or the indexes given (pip's own by default).
+if [[ -n "$wheelhouse" ]]; then
+    from_index=(--no-index --find-links "$wheelhouse")
+    torch_from=("${from_index[@]}")
 else
-    run "$venv/bin/python" -m pip install "$torch_spec"
+    from_index=(${index_url:+--index-url "$index_url"})
+    # torch's CPU build (and its dependencies) from the PyTorch CPU index or its mirror.
+    torch_from=(--index-url "${torch_index_url:-$CPU_TORCH_INDEX}")
 fi
-run "$venv/bin/python" -m pip install "${source_path}[data]"
+run "$venv/bin/python" -m pip install "${from_index[@]}" --upgrade pip
+run "$venv/bin/python" -m pip install "${torch_from[@]}" "$torch_spec"
+# The agent with its core dependencies, then the datasets' files without their dependencies
+# (shared/data reads the files by path: no scikit-learn, scipy or pandas on the Pi).
+run "$venv/bin/python" -m pip install "${from_index[@]}" "$source_path"
+run "$venv/bin/python" -m pip install "${from_index[@]}" --no-deps -r "$datasets"
 # The installed agent must import (its settings class is what edge.env feeds).
 run "$venv/bin/python" -c "import simultrain.edge.settings, torch; print('torch', torch.__version__)"
 

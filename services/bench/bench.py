@@ -1,11 +1,12 @@
-"""``simultrain bench``: every mode through the real services, side by side (issue 4).
+"""``simultrain bench``: every mode through the real services, side by side (docs/BENCH.md).
 
 One *case* is one training run: a mode, a dataset, a link profile, a seed, a codec variant
 and a number of steps. The benchmark starts the same process topology as ``simultrain demo``
 (:func:`simultrain.demo.start_topology`: coordinator, cloud, netem, one edge — the edge
 through :mod:`simultrain.bench.probe`, the unchanged agent plus a step timeline), polls the
 cloud while it trains, evaluates, stops everything, and turns the recordings into one
-record of ``results.json`` with :mod:`simultrain.bench.metrics`.
+:class:`~simultrain.bench.records.BenchRecord` of ``results.json`` with
+:mod:`simultrain.bench.metrics`. :class:`Bench` is the experiment (:mod:`simultrain.bench.harness`).
 
 A *plan* is a list of :class:`Suite` grids. The default (full) plan has three:
 
@@ -34,16 +35,28 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from simultrain.bench import metrics
 from simultrain.bench.calibrate import Calibration, calibrate
+from simultrain.bench.harness import Experiment, Progress, run
 from simultrain.bench.probe import PRELOAD_VAR, SETTINGS_FIFO_VAR
+from simultrain.bench.records import (
+    BenchFailure,
+    BenchMeta,
+    BenchRecord,
+    BenchResults,
+    EdgeReportSummary,
+    HostInfo,
+    SuitePlan,
+    write_json,
+)
 from simultrain.demo import edge_environment, start_topology
 from simultrain.netem.profiles import parse_profile
 from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.contracts import CloudStatus, Evaluation
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.schedule import MODES
@@ -53,6 +66,7 @@ __all__ = [
     "COMPENSATION_VARIANTS",
     "VARIANTS",
     "WORKLOADS",
+    "Bench",
     "BenchOptions",
     "Case",
     "Suite",
@@ -126,6 +140,10 @@ class Suite:
     variants: tuple[str, ...] = ("lz4",)
     evals: int = 0  # evaluations during training, evenly spaced in samples (final one extra)
     windows: tuple[int | None, ...] = (None,)  # in-flight windows W (None: RunConfig's)
+
+    def describe(self) -> SuitePlan:
+        """The suite as ``meta.json`` records it."""
+        return SuitePlan.model_validate({**asdict(self), "steps": dict(self.steps)})
 
     def cases(self) -> list[Case]:
         return [
@@ -364,7 +382,7 @@ class _Recording:
 
     busy: list[list[float]] = field(default_factory=list)  # [t, busy_seconds]
     pauses: list[list[float]] = field(default_factory=list)  # [start, end] of /v1/eval
-    evals: list[dict[str, Any]] = field(default_factory=list)  # {t, samples, accuracy, loss}
+    evals: list[tuple[float, Evaluation]] = field(default_factory=list)  # (t, evaluation)
     report: dict[str, Any] | None = None
 
 
@@ -376,7 +394,7 @@ def run_case(
     log_dir: Path | None = None,
     timeout_s: float = 900.0,
     on_progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> BenchRecord:
     """Train one case through the real services; its ``results.json`` record."""
     run = case.run_config()
     link = None if case.link == LOOPBACK else case.link
@@ -417,9 +435,9 @@ def run_case(
             budget_s = min(timeout_s, 120.0 + 3.0 * case.steps)
             recording = _follow(topology.cloud_url, edge, group, case, run, budget_s, on_progress)
             with httpx.Client(timeout=120) as client:
-                status = client.get(f"{topology.cloud_url}/v1/status").json()
+                status = _read(client, f"{topology.cloud_url}/v1/status", CloudStatus)
                 before = time.monotonic()
-                final = client.get(f"{topology.cloud_url}/v1/eval").json()
+                final = _read(client, f"{topology.cloud_url}/v1/eval", Evaluation)
                 eval_cost_s = time.monotonic() - before
         finally:
             group.stop_all()
@@ -434,6 +452,15 @@ def run_case(
         slowdown=slowdown,
         wall_s=time.monotonic() - started,
     )
+
+
+BodyT = TypeVar("BodyT", CloudStatus, Evaluation)
+
+
+def _read(client: httpx.Client, url: str, contract: type[BodyT]) -> BodyT:
+    response = client.get(url)
+    response.raise_for_status()
+    return contract.model_validate_json(response.content)
 
 
 def _follow(
@@ -471,27 +498,20 @@ def _follow(
                         f"{case.case_id} trained{proc._log_hint()}"
                     )
             try:
-                status = client.get(f"{cloud_url}/v1/status").json()
+                status = _read(client, f"{cloud_url}/v1/status", CloudStatus)
             except httpx.HTTPError:
                 continue
-            recording.busy.append([time.monotonic(), float(status["busy_seconds"])])
-            samples = int(status["samples_applied"])
+            recording.busy.append([time.monotonic(), status.busy_seconds])
+            samples = status.samples_applied
             if on_progress is not None:
                 on_progress(samples // run.batch_size)
             if thresholds and samples >= thresholds[0]:
                 thresholds.pop(0)
                 before = time.monotonic()
-                result = client.get(f"{cloud_url}/v1/eval").json()
+                result = _read(client, f"{cloud_url}/v1/eval", Evaluation)
                 after = time.monotonic()
                 recording.pauses.append([before, after])
-                recording.evals.append(
-                    {
-                        "t": before,
-                        "samples": result["samples_applied"],
-                        "accuracy": result["accuracy"],
-                        "loss": result["loss"],
-                    }
-                )
+                recording.evals.append((before, result))
     return recording
 
 
@@ -499,18 +519,20 @@ def _record(
     case: Case,
     run: RunConfig,
     recording: _Recording,
-    status: Mapping[str, Any],
-    final: Mapping[str, Any],
+    status: CloudStatus,
+    final: Evaluation,
     eval_cost_s: float,
     *,
     slowdown: float,
     wall_s: float,
-) -> dict[str, Any]:
+) -> BenchRecord:
+    """The case's record from what the benchmark saw, the cloud's last status and evaluation
+    (docs/BENCH.md, "Metrics"). Long because the record is: one field a line."""
     report = dict(recording.report or {})
     timeline = report.pop("timeline")
     profile = parse_profile(case.link if case.link != LOOPBACK else "none")
     # The busy polls end before the edge's last ACK; close them with the final status.
-    busy = [*recording.busy, [time.monotonic(), float(status["busy_seconds"])]]
+    busy = [*recording.busy, [time.monotonic(), status.busy_seconds]]
     step = metrics.step_metrics(
         timeline,
         busy,
@@ -524,81 +546,67 @@ def _record(
     acked_at = metrics.ack_times(timeline["batch_frame"], timeline["acks"])
     end = max(t for t in acked_at if t is not None)
     curve = [
-        [
-            round(metrics.training_time_s(e["t"], origin, recording.pauses), 3),
-            e["samples"],
-            round(e["accuracy"], 4),
-            round(e["loss"], 4),
-        ]
-        for e in recording.evals
+        (
+            round(metrics.training_time_s(t, origin, recording.pauses), 3),
+            e.samples_applied,
+            round(e.accuracy, 4),
+            round(e.loss, 4),
+        )
+        for t, e in recording.evals
     ]
     train_s = metrics.training_time_s(end, origin, recording.pauses)
     curve.append(
-        [
-            round(train_s, 3),
-            final["samples_applied"],
-            round(final["accuracy"], 4),
-            round(final["loss"], 4),
-        ]
+        (round(train_s, 3), final.samples_applied, round(final.accuracy, 4), round(final.loss, 4))
     )
-    staleness = status["staleness"]
-    window = step.window
-    latencies = metrics.step_latencies_s(timeline["batch_start"], acked_at, window)
+    staleness = status.staleness
+    latencies = metrics.step_latencies_s(timeline["batch_start"], acked_at, step.window)
     # A bounded sample of per-step latencies for the distribution plots.
     stride = max(1, len(latencies) // 200)
-    sessions = list(status["edges"].values())
-    return {
-        "suite": case.suite,
-        "case": case.case_id,
-        "mode": case.mode,
-        "link": case.link,
-        "dataset": case.dataset,
-        "seed": case.seed,
-        "variant": case.variant,
-        "model_id": status["model_id"],
-        "steps": case.steps,
-        **step.as_dict(),
-        "accuracy": round(float(final["accuracy"]), 4),
-        "test_loss": round(float(final["loss"]), 4),
-        "test_samples": final["samples"],
-        "samples": final["samples_applied"],
-        "max_staleness": staleness["max"],
-        "mean_staleness": staleness["mean"],
-        "p95_staleness": metrics.staleness_percentile(staleness["histogram"], 0.95),
-        "staleness_histogram": staleness["histogram"],
-        "stale_dropped": staleness["dropped"],
-        "master_version": status["master_version"],
-        "bytes_up_total": sum(s["bytes_in"] for s in sessions),
-        "bytes_down_total": sum(s["bytes_out"] for s in sessions),
-        "train_seconds": round(train_s, 3),
-        "wall_seconds": round(wall_s, 2),
-        "eval_seconds": round(eval_cost_s, 3),
-        "accuracy_curve": curve,
-        "latency_sample_ms": [round(v * 1e3, 2) for v in latencies[::stride]],
-        "edge_slowdown": slowdown,
-        "uplink_rate_bps": profile.uplink.rate_bps,
-        "downlink_rate_bps": profile.downlink.rate_bps,
-        "rtt_ms": round(profile.rtt_s * 1e3, 3),
-        "run_config": run.to_mapping(),
-        "window_size": run.schedule().window,
-        "window_override": case.window,
-        "edge_report": {
-            k: report.get(k)
-            for k in (
-                "steps",
-                "samples_sent",
-                "reconnects",
-                "resyncs",
-                "reconciliations",
-                "resent",
-                "checksum_failures",
-                "local_steps",
-                "compute_seconds",
-                "seconds",
-                "errors",
-            )
-        },
-    }
+    return BenchRecord.model_validate(
+        {
+            **_case_fields(case),
+            "model_id": status.model_id,
+            "steps": case.steps,
+            **step.to_json(),
+            "accuracy": round(final.accuracy, 4),
+            "test_loss": round(final.loss, 4),
+            "test_samples": final.samples,
+            "samples": final.samples_applied,
+            "max_staleness": staleness.max,
+            "mean_staleness": staleness.mean,
+            "p95_staleness": metrics.staleness_percentile(staleness.histogram, 0.95),
+            "staleness_histogram": staleness.histogram,
+            "stale_dropped": staleness.dropped,
+            "master_version": status.master_version,
+            "bytes_up_total": status.bytes_up,
+            "bytes_down_total": status.bytes_down,
+            "train_seconds": round(train_s, 3),
+            "wall_seconds": round(wall_s, 2),
+            "eval_seconds": round(eval_cost_s, 3),
+            "accuracy_curve": curve,
+            "latency_sample_ms": [round(v * 1e3, 2) for v in latencies[::stride]],
+            "edge_slowdown": slowdown,
+            "uplink_rate_bps": profile.uplink.rate_bps,
+            "downlink_rate_bps": profile.downlink.rate_bps,
+            "rtt_ms": round(profile.rtt_s * 1e3, 3),
+            "run_config": run.to_mapping(),
+            "window_size": run.schedule().window,
+            "window_override": case.window,
+            "edge_report": EdgeReportSummary(
+                steps=report.get("steps"),
+                samples_sent=report.get("samples_sent"),
+                reconnects=report.get("reconnects"),
+                resyncs=report.get("resyncs"),
+                reconciliations=report.get("reconciliations"),
+                resent=report.get("resent"),
+                checksum_failures=report.get("checksum_failures"),
+                local_steps=report.get("local_steps"),
+                compute_seconds=report.get("compute_seconds"),
+                seconds=report.get("seconds"),
+                errors=report.get("errors"),
+            ),
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -606,107 +614,174 @@ def _record(
 # --------------------------------------------------------------------------------------
 
 
-def _host() -> dict[str, Any]:
+def _host() -> HostInfo:
     import torch
 
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-    }
+    commit: str | None = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        info["git_commit"] = subprocess.run(
+        commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
-    return info
+    host = HostInfo(
+        platform=platform.platform(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        cpus=os.cpu_count(),
+    )
+    return host if commit is None else host.model_copy(update={"git_commit": commit})
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+BenchResult = BenchRecord | BenchFailure
+
+
+@dataclass
+class Bench(Experiment[Case, BenchResult]):
+    """The plan's cases through the services: ``results.json`` after every case, then
+    ``meta.json``, the report and the plots (``--append`` keeps the earlier records and meta)."""
+
+    options: BenchOptions
+    slowdown: float
+    calibration: Calibration | None = None
+    # Each case's progress in batches (the progress bar's); the cases run one at a time.
+    on_progress: Callable[[int], None] | None = None
+    earlier_meta: BenchMeta | None = None
+    started: float = field(default_factory=time.monotonic)
+    meta: BenchMeta = field(init=False)
+
+    failures = (SimulTrainError, httpx.HTTPError, ValueError, KeyError)
+
+    def __post_init__(self) -> None:
+        plan = self.options.plan()
+        self.meta = BenchMeta(
+            command=self.options.command,
+            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            host=_host(),
+            edge_slowdown=self.slowdown,
+            edge_threads=self.options.edge_threads,
+            calibration=self.calibration.as_dict() if self.calibration else None,
+            plan=[suite.describe() for suite in plan],
+            cases=sum(len(suite.cases()) for suite in plan),
+        )
+
+    @property
+    def results_path(self) -> Path:
+        return self.options.out_dir / "results.json"
+
+    def cases(self) -> list[Case]:
+        return [case for suite in self.options.plan() for case in suite.cases()]
+
+    def run_one(self, case: Case) -> BenchResult:
+        return run_case(
+            case,
+            slowdown=self.slowdown,
+            edge_threads=self.options.edge_threads,
+            log_dir=self.options.log_dir,
+            timeout_s=self.options.case_timeout_s,
+            on_progress=self.on_progress,
+        )
+
+    def failed(self, case: Case, exc: BaseException) -> BenchResult:
+        return BenchFailure(**_case_fields(case), error=f"{type(exc).__name__}: {exc}")
+
+    def describe(self, case: Case) -> str:
+        return case.case_id
+
+    def load(self) -> list[BenchResult]:
+        meta_path = self.options.out_dir / "meta.json"
+        if meta_path.exists():
+            self.earlier_meta = BenchMeta.model_validate_json(meta_path.read_bytes())
+        return BenchResults.read(self.results_path).records if self.results_path.exists() else []
+
+    def save(self, records: Sequence[BenchResult]) -> None:
+        BenchResults(records=list(records)).write(self.results_path)
+
+    def finish(self, records: Sequence[BenchResult]) -> None:
+        from simultrain.bench.report import write_report
+
+        self.save(records)
+        meta = self.meta.model_copy(update={"seconds": round(time.monotonic() - self.started, 1)})
+        if self.earlier_meta is not None:
+            # One meta for the whole results.json: the first run's, and each appended run.
+            appended = [*(self.earlier_meta.appended or []), meta]
+            meta = self.earlier_meta.model_copy(update={"appended": appended})
+        self.meta = meta
+        write_json(self.options.out_dir / "meta.json", meta.to_json())
+        write_report(records, meta, self.options.out_dir, plots=self.options.plots)
 
 
 def run_bench(
-    options: BenchOptions,
-    *,
-    progress: Callable[[Sequence[Case]], Any] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    options: BenchOptions, *, progress: Progress | None = None
+) -> tuple[list[BenchResult], BenchMeta]:
     """Run every case of the plan; write ``results.json``, ``meta.json``, report, plots.
 
     ``results.json`` is rewritten after every case, so an interrupted run keeps what it did.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from simultrain.bench.report import write_report
-
-    console = Console(stderr=True)
-    out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    cases = [case for suite in options.plan() for case in suite.cases()]
+    options.out_dir.mkdir(parents=True, exist_ok=True)
     calibration: Calibration | None = None
     slowdown = options.slowdown
     if slowdown is None:
         calibration = calibrate(threads=options.edge_threads)
         slowdown = round(calibration.slowdown, 2)
-    meta: dict[str, Any] = {
-        "command": options.command,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": _host(),
-        "edge_slowdown": slowdown,
-        "edge_threads": options.edge_threads,
-        "calibration": calibration.as_dict() if calibration else None,
-        "plan": [{**asdict(suite), "steps": dict(suite.steps)} for suite in options.plan()],
-        "cases": len(cases),
-    }
-    records: list[dict[str, Any]] = []
-    earlier: dict[str, Any] | None = None
-    if options.append and (out / "results.json").exists():
-        records = json.loads((out / "results.json").read_text())
-        if (out / "meta.json").exists():
-            earlier = json.loads((out / "meta.json").read_text())
-    started = time.monotonic()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        overall = bar.add_task("bench", total=len(cases), detail="")
-        current = bar.add_task("case", total=1, detail="")
-        for case in cases:
-            bar.update(overall, detail=case.case_id)
-            bar.reset(current, total=case.steps, description=f"{case.mode}", detail="")
+    bench = Bench(options, slowdown, calibration)
+    with _Bar(bench) as bar:
+        outcome = run(
+            bench, earlier="append" if options.append else "replace", progress=progress or bar
+        )
+    return outcome.records, bench.meta
 
-            def tick(steps: int, task: Any = current) -> None:
-                bar.update(task, completed=min(steps, bar.tasks[task].total or steps))
 
-            try:
-                record = run_case(
-                    case,
-                    slowdown=slowdown,
-                    edge_threads=options.edge_threads,
-                    log_dir=options.log_dir,
-                    timeout_s=options.case_timeout_s,
-                    on_progress=tick,
-                )
-            except (SimulTrainError, httpx.HTTPError, ValueError, KeyError) as exc:
-                console.print(f"[red]{case.case_id} failed:[/red] {exc}")
-                record = {**_case_fields(case), "error": f"{type(exc).__name__}: {exc}"}
-            records.append(record)
-            _write_json(out / "results.json", records)
-            bar.advance(overall)
-    meta["seconds"] = round(time.monotonic() - started, 1)
-    if earlier is not None:
-        # One meta for the whole results.json: the first run's, and each appended run.
-        meta = {**earlier, "appended": [*earlier.get("appended", []), meta]}
-    _write_json(out / "meta.json", meta)
-    write_report(records, meta, out, plots=options.plots)
-    return records, meta
+class _Bar:
+    """The bench's progress on stderr: a bar over the cases, one over the current case's
+    batches (the cloud's count, as the benchmark polls it)."""
+
+    def __init__(self, bench: Bench) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.bench = bench
+        self.cases = {case.case_id: case for case in bench.cases()}
+        self.overall = self.bar.add_task("bench", total=len(self.cases), detail="")
+        self.current = self.bar.add_task("case", total=1, detail="")
+
+    def __enter__(self) -> _Bar:
+        self.bar.start()
+        self.bench.on_progress = self.tick
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bench.on_progress = None
+        self.bar.stop()
+
+    def tick(self, steps: int) -> None:
+        total = self.bar.tasks[self.current].total
+        self.bar.update(self.current, completed=min(steps, total or steps))
+
+    def started(self, description: str, index: int, total: int) -> None:
+        case = self.cases[description]
+        self.bar.update(self.overall, total=total, detail=description)
+        self.bar.reset(self.current, total=case.steps, description=case.mode, detail="")
+
+    def finished(self, description: str, summary: str, index: int, total: int) -> None:
+        self.bar.update(self.overall, completed=index)
+
+    def failed(self, description: str, error: BaseException, index: int, total: int) -> None:
+        self.console.print(f"[red]{description} failed:[/red] {error}")
+        self.bar.update(self.overall, completed=index)
 
 
 def _case_fields(case: Case) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Edge CPU calibration: how much slower a Raspberry Pi 4 is than this machine (issue 4, item 3).
+"""Edge CPU calibration: how much slower a Raspberry Pi 4 is than this machine (docs/BENCH.md).
 
 The edge agent emulates a slow CPU by time dilation (``SIMULTRAIN_EDGE_SLOWDOWN`` = k: after
 each compute section it sleeps (k − 1)× the section's measured duration). k is the ratio of
@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 PI4_RESNET18_FORWARD_MS = 100.0
-"""Published Raspberry Pi 4 figure: ResNet-18 forward, batch 1, 224×224, 4 threads (issue 4)."""
+"""Published Raspberry Pi 4 figure: ResNet-18 forward, batch 1, 224×224, 4 threads
+(docs/BENCH.md)."""
 
 
 class BasicBlock(nn.Module):

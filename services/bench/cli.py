@@ -1,7 +1,9 @@
-"""``simultrain bench``: the command line of the benchmark (a Typer sub-app).
+"""The experiments' command lines: ``simultrain bench`` (a Typer sub-app), ``simultrain study``,
+``simultrain fleet-parity`` and ``simultrain replicas`` (commands the main app adds).
 
-Imports only typer at module level, so ``simultrain --help`` stays fast; the benchmark, torch
-and matplotlib load when the command runs.
+Imports only typer at module level, so ``simultrain --help`` stays fast; the experiments,
+torch and matplotlib load when a command runs. Every experiment runs through
+:func:`simultrain.bench.harness.run`; a command exits 1 when a case failed or was not clean.
 """
 
 from __future__ import annotations
@@ -9,19 +11,56 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-__all__ = ["bench_app", "main"]
+from simultrain.bench.suites import SUITES
+
+if TYPE_CHECKING:
+    from simultrain.bench.harness import Experiment, Outcome
+
+__all__ = ["bench_app", "fleet_parity", "main", "replicas", "study"]
+
+# The suites of the plan (bench.py); the others run alone (suites.py).
+PLAN_SUITES = ("systems", "accuracy", "ablation", "compression", "window")
 
 bench_app = typer.Typer(
     name="bench",
     help="Every mode through the real services over emulated links; report and plots.",
     pretty_exceptions_enable=False,
 )
+
+
+def _command() -> str:
+    return shlex.join(["simultrain", *sys.argv[1:]])
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    """``"a,b"`` → ``("a", "b")``."""
+    if text is None:
+        return None
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    names = _names(text)
+    if names is None:
+        return None
+    try:
+        return tuple(int(n) for n in names)
+    except ValueError:
+        raise typer.BadParameter(
+            f"whole numbers, comma-separated: {text!r}", param_hint=option
+        ) from None
+
+
+def _finish(experiment: Experiment[Any, Any], outcome: Outcome[Any], where: Path) -> None:
+    clean = sum(1 for r in outcome.records if experiment.clean(r))
+    typer.echo(f"{clean}/{len(outcome.records)} cases clean; results in {where}")
+    if outcome.failed or clean < len(outcome.records):
+        raise typer.Exit(1)
 
 
 @bench_app.callback(invoke_without_command=True)
@@ -51,9 +90,9 @@ def bench(
         typer.Option(
             "--suites",
             "--suite",
-            help="Only these suites: systems, accuracy, ablation, compression, window; or fleet "
-            "(N edges against one cloud), stragglers (8 edges, 1-2 slowed 5×) or control-plane "
-            "(the coordinator under N simulated edges, HTTP only), each alone.",
+            help=f"Only these suites: {', '.join(PLAN_SUITES)}; or one that runs alone: "
+            + "; ".join(f"{name} ({what})" for name, (_, what) in SUITES.items())
+            + ".",
         ),
     ] = None,
     fleet_edges: Annotated[
@@ -104,13 +143,8 @@ def bench(
     ] = False,
 ) -> None:
     """Run modes × links × datasets × seeds through the real services; write results."""
-    from simultrain.bench.bench import (
-        VARIANTS,
-        WORKLOADS,
-        BenchOptions,
-        parse_list,
-        run_bench,
-    )
+    # Long because the command has many options, a parameter each; the work is elsewhere.
+    from simultrain.bench.bench import VARIANTS, WORKLOADS, BenchOptions, parse_list, run_bench
     from simultrain.bench.calibrate import calibrate as measure
     from simultrain.shared.errors import SimulTrainError
     from simultrain.shared.training.schedule import MODES
@@ -126,33 +160,34 @@ def bench(
         typer.echo(json.dumps(result.as_dict()))
         return
     if report_only:
+        from simultrain.bench.records import BenchMeta, BenchResults
         from simultrain.bench.report import write_report
 
-        records = json.loads((out / "results.json").read_text())
-        meta_path = out / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        records = BenchResults.read(out / "results.json").records
+        meta = BenchMeta.model_validate_json((out / "meta.json").read_bytes())
         typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
         return
-    if "control-plane" in (parse_list(suites) or ()):
-        if failover:
-            _failover(out, coordinator_tree, label)
-            return
-        _control_plane(out, suites or "", fleet_edges, stores, duration, coordinator_tree, label)
-        return
-    if {"fleet", "stragglers"} & set(parse_list(suites) or ()):
-        _fleet(
-            quick,
-            out,
-            suites or "",
-            fleet_edges,
-            duration,
-            slowdown,
-            log_dir,
-            round_deadline,
-            parse_list(modes, known=MODES),
-        )
-        return
+    names = _names(suites) or ()
+    if failover and names == ("control-plane",):
+        names = ("control-plane-failover",)
+    alone = [name for name in names if name in SUITES]
     try:
+        if alone:
+            _suite_alone(
+                names,
+                out=out,
+                quick=quick,
+                modes=parse_list(modes, known=MODES),
+                fleet_edges=fleet_edges,
+                duration=duration,
+                round_deadline=round_deadline,
+                slowdown=slowdown,
+                log_dir=log_dir,
+                stores=stores,
+                coordinator_tree=coordinator_tree,
+                label=label,
+            )
+            return
         options = BenchOptions(
             out_dir=out,
             quick=quick,
@@ -162,15 +197,13 @@ def bench(
             seeds=seeds,
             steps=steps,
             variants=parse_list(variants, known=VARIANTS),
-            suites=parse_list(
-                suites, known=("systems", "accuracy", "ablation", "compression", "window")
-            ),
+            suites=parse_list(suites, known=PLAN_SUITES),
             slowdown=slowdown,
             edge_threads=edge_threads,
             log_dir=log_dir,
             plots=not no_plots,
             append=append,
-            command=shlex.join(["simultrain", *sys.argv[1:]]),
+            command=_command(),
         )
         records, _ = run_bench(options)
     except SimulTrainError as exc:
@@ -181,128 +214,218 @@ def bench(
             "interrupted: every service stopped; results.json has the finished cases", err=True
         )
         raise typer.Exit(130) from None
-    failed = sum(1 for r in records if "error" in r)
+    from simultrain.bench.records import BenchFailure
+
+    failed = sum(1 for r in records if isinstance(r, BenchFailure))
     typer.echo(f"{len(records) - failed}/{len(records)} cases; report: {out / 'report.md'}")
     if failed:
         raise typer.Exit(1)
 
 
-def _fleet(
-    quick: bool,
+def _suite_alone(
+    names: tuple[str, ...],
+    *,
     out: Path,
-    suites: str,
+    quick: bool,
+    modes: tuple[str, ...] | None,
     fleet_edges: str | None,
     duration: float | None,
+    round_deadline: float | None,
     slowdown: float | None,
     log_dir: Path | None,
-    round_deadline: float | None,
-    modes: tuple[str, ...] | None = None,
+    stores: str | None = None,
+    coordinator_tree: Path | None = None,
+    label: str = "",
 ) -> None:
-    from simultrain.bench.bench import parse_list
-    from simultrain.bench.fleet import (
-        FULL_EDGE_COUNTS,
-        QUICK_EDGE_COUNTS,
-        FleetOptions,
-        run_fleet,
-        run_stragglers,
-        straggler_plan,
-    )
-    from simultrain.shared.errors import SimulTrainError
+    """A suite of :data:`SUITES`: it runs alone, through the harness."""
+    from simultrain.bench.harness import Lines, SuiteOptions, run, suite
 
-    names = parse_list(suites)
-    if names not in (("fleet",), ("stragglers",)):
-        typer.echo("error: the fleet and stragglers suites each run alone", err=True)
+    if len(names) != 1:
+        typer.echo(f"error: the {', '.join(sorted(SUITES))} suites each run alone", err=True)
         raise typer.Exit(2)
-    try:
-        counts = (
-            tuple(int(n) for n in parse_list(fleet_edges) or ())
-            if fleet_edges
-            else (QUICK_EDGE_COUNTS if quick else FULL_EDGE_COUNTS)
-        )
-        options = FleetOptions(
-            out_dir=out,
-            edge_counts=counts,
-            duration_s=duration if duration is not None else (5.0 if quick else 60.0),
-            slowdown=slowdown or 1.0,
-            log_dir=log_dir,
-            command=shlex.join(["simultrain", *sys.argv[1:]]),
-        )
-        if names == ("stragglers",):
-            plan = straggler_plan(options, deadline_s=round_deadline, modes=modes)
-            records = run_stragglers(
-                [replace(case, evaluate=True) for case in plan], progress=typer.echo
-            )
-        else:
-            records = run_fleet(options, progress=typer.echo)
-    except ValueError as exc:
-        typer.echo(f"error: --fleet-edges: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except SimulTrainError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    failed = [r for r in records if "error" in r or r["errors"] or r["lost_samples"]]
-    typer.echo(f"{len(records) - len(failed)}/{len(records)} cases clean; results in {out}")
-    if failed:
-        raise typer.Exit(1)
-
-
-def _control_plane(
-    out: Path,
-    suites: str,
-    edges: str | None,
-    stores: str | None,
-    duration: float | None,
-    coordinator_tree: Path | None,
-    label: str,
-) -> None:
-    from simultrain.bench.bench import parse_list
-    from simultrain.bench.control_plane import (
-        BACKENDS,
-        ControlPlaneOptions,
-        run_control_plane,
-    )
-    from simultrain.shared.errors import SimulTrainError
-
-    if parse_list(suites) != ("control-plane",):
-        typer.echo("error: the control-plane suite runs alone", err=True)
-        raise typer.Exit(2)
-    try:
-        defaults = ControlPlaneOptions()
-        options = ControlPlaneOptions(
-            out_dir=out if out != Path("bench/results") else defaults.out_dir,
-            edge_counts=tuple(int(n) for n in parse_list(edges) or defaults.edge_counts),
-            backends=parse_list(stores, known=tuple(BACKENDS)) or defaults.backends,
-            steady_s=duration if duration is not None else defaults.steady_s,
-            coordinator_tree=coordinator_tree,
-            label=label,
-            command=shlex.join(["simultrain", *sys.argv[1:]]),
-        )
-        records = run_control_plane(options, progress=typer.echo)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except SimulTrainError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    failed = [r for r in records if r.get("error")]
-    typer.echo(f"{len(records) - len(failed)}/{len(records)} cases; results in {options.out_dir}")
-    if failed:
-        raise typer.Exit(1)
-
-
-def _failover(out: Path, coordinator_tree: Path | None, label: str) -> None:
-    from simultrain.bench.failover import FailoverOptions, run_failover
-
-    defaults = FailoverOptions()
-    options = FailoverOptions(
-        out_dir=out if out != Path("bench/results") else defaults.out_dir,
+    options = SuiteOptions(
+        out_dir=out,
+        quick=quick,
+        modes=modes,
+        edge_counts=_ints(fleet_edges, "--fleet-edges"),
+        duration_s=duration,
+        round_deadline_s=round_deadline,
+        slowdown=slowdown,
+        log_dir=log_dir,
+        stores=_names(stores),
         coordinator_tree=coordinator_tree,
         label=label,
-        command=shlex.join(["simultrain", *sys.argv[1:]]),
+        command=_command(),
     )
-    records = run_failover(options, progress=typer.echo)
-    if any(r.get("error") for r in records):
-        raise typer.Exit(1)
+    out.mkdir(parents=True, exist_ok=True)
+    experiment = suite(names[0])(options)
+    _finish(experiment, run(experiment, progress=Lines(typer.echo)), out)
+
+
+def study(
+    tiny: Annotated[bool, typer.Option("--tiny", help="A seconds-long configuration.")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where staleness.json, .md, .png go.")] = Path(
+        "bench/results"
+    ),
+    datasets: Annotated[str | None, typer.Option(help="imu, mnist (comma-separated).")] = None,
+    compensations: Annotated[
+        str | None, typer.Option(help="Compensation chains (comma-separated).")
+    ] = None,
+    optimizers: Annotated[
+        str | None, typer.Option(help="Of sgd, momentum, adam (comma-separated).")
+    ] = None,
+    windows: Annotated[str | None, typer.Option(help="Windows W, e.g. 0,2,4,8.")] = None,
+    edges: Annotated[
+        str | None, typer.Option(help="Fleet sizes, e.g. 1,8,32 (each trains steps/E batches).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
+    steps: Annotated[
+        str | None, typer.Option(help="Batches per dataset, e.g. imu=1500,mnist=600.")
+    ] = None,
+    no_ablations: Annotated[
+        bool, typer.Option("--no-ablations", help="Only the grid, not the paper's ablations.")
+    ] = False,
+    ablation_seeds: Annotated[str | None, typer.Option(help="Seeds of the ablations.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes, one torch thread each.")] = 1,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip runs already in the JSON.")
+    ] = False,
+) -> None:
+    """Staleness compensation study: compensation × optimizer × window, in-process."""
+    from dataclasses import replace
+
+    from simultrain.bench.harness import Lines
+    from simultrain.bench.study import OPTIMIZERS, StudyConfig, run_study
+
+    config = StudyConfig.tiny() if tiny else StudyConfig()
+    overrides: dict[str, Any] = {}
+    for name, value in (
+        ("datasets", _names(datasets)),
+        ("compensations", _names(compensations)),
+        ("optimizers", _names(optimizers)),
+        ("windows", _ints(windows, "--windows")),
+        ("edges", _ints(edges, "--edges")),
+        ("seeds", _ints(seeds, "--seeds")),
+        ("ablation_seeds", _ints(ablation_seeds, "--ablation-seeds")),
+    ):
+        if value is not None:
+            overrides[name] = value
+    if steps:
+        try:
+            given = {k: int(v) for k, v in (s.split("=") for s in _names(steps) or ())}
+        except ValueError:
+            raise typer.BadParameter(
+                f"DATASET=N, comma-separated: {steps!r}", param_hint="--steps"
+            ) from None
+        overrides["steps"] = {**config.steps, **given}
+    if no_ablations:
+        overrides["ablations"] = False
+    unknown = set(overrides.get("optimizers", ())) - set(OPTIMIZERS)
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown optimizer(s) {sorted(unknown)}; choose from {list(OPTIMIZERS)}",
+            param_hint="--optimizers",
+        )
+    run_study(
+        replace(config, **overrides),
+        out_dir,
+        workers=workers,
+        resume=resume,
+        progress=Lines(typer.echo),
+    )
+    typer.echo(f"wrote {out_dir}/staleness.json, .md and .png")
+
+
+def fleet_parity(
+    out_dir: Annotated[Path, typer.Option(help="Where fleet_parity.json and .md go.")] = Path(
+        "bench/results"
+    ),
+    datasets: Annotated[str, typer.Option(help="imu, mnist (comma-separated).")] = "imu,mnist",
+    methods: Annotated[
+        str,
+        typer.Option(help="centralized, default, or compensation chains (comma-separated)."),
+    ] = "centralized,default,delay-beta1+fleet-batch",
+    edges: Annotated[str, typer.Option(help="Fleet sizes (comma-separated).")] = "8",
+    window: Annotated[int, typer.Option(help="In-flight window W.")] = 4,
+    seeds: Annotated[str, typer.Option(help="Seeds (comma-separated).")] = "0,1,2",
+    workers: Annotated[int, typer.Option(help="Runs at once.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Seconds per run.")] = 1800.0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip runs already in the JSON.")
+    ] = False,
+    targets: Annotated[
+        bool,
+        typer.Option(
+            "--targets",
+            help="Run the committed grid (every fleet, method and seed of the results file) "
+            "instead of --datasets/--edges/--window/--methods/--seeds.",
+        ),
+    ] = False,
+) -> None:
+    """A fleet against centralized training on the same samples, through the services."""
+    from simultrain.bench.fleet_parity import TARGET_GRID, TOTAL_BATCHES, FleetParity
+    from simultrain.bench.harness import Lines, run
+
+    names = _names(datasets) or ()
+    unknown = set(names) - set(TOTAL_BATCHES)
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown dataset(s) {sorted(unknown)}; choose from {list(TOTAL_BATCHES)}",
+            param_hint="--datasets",
+        )
+    grid = (
+        TARGET_GRID
+        if targets
+        else tuple(
+            (names, size, window, _names(methods) or (), _ints(seeds, "--seeds") or ())
+            for size in _ints(edges, "--edges") or ()
+        )
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment = FleetParity(out_dir, grid, timeout_s=timeout, command=_command())
+    outcome = run(
+        experiment,
+        earlier="resume" if resume else "replace",
+        workers=workers,
+        progress=Lines(typer.echo),
+    )
+    typer.echo(f"{outcome.skipped} run(s) kept from {out_dir / 'fleet_parity.json'}")
+    _finish(experiment, outcome, out_dir)
+
+
+def replicas(
+    seeds: Annotated[str, typer.Option(help="Seeds (comma-separated).")] = "0",
+    cases: Annotated[
+        str | None, typer.Option(help="Cases (comma-separated; default: all of them).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Batches per edge.")] = 300,
+    jobs: Annotated[int, typer.Option(help="Cases run in parallel (processes).")] = 1,
+    out: Annotated[Path, typer.Option(help="Where replicas-inprocess.json and .md go.")] = Path(
+        "bench/results"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip runs already in the JSON.")
+    ] = False,
+) -> None:
+    """Cloud replicas in one process: the sync scheme's arithmetic, deterministic."""
+    from simultrain.bench.harness import Lines, run
+    from simultrain.bench.replicas_inprocess import CASES, Replicas
+
+    names = _names(cases) or tuple(CASES)
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown case(s) {unknown}; known: {', '.join(CASES)}", param_hint="--cases"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    experiment = Replicas(names, _ints(seeds, "--seeds") or (), steps, out, command=_command())
+    outcome = run(
+        experiment,
+        earlier="resume" if resume else "replace",
+        workers=jobs,
+        progress=Lines(typer.echo),
+    )
+    _finish(experiment, outcome, out)
 
 
 def main(argv: list[str] | None = None) -> None:

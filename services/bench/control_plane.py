@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import os
 import random
@@ -44,25 +43,40 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from simultrain.bench.harness import Experiment, SuiteOptions
+from simultrain.bench.records import (
+    ControlPlaneFailover as FailoverStats,
+)
+from simultrain.bench.records import (
+    ControlPlaneFailure,
+    ControlPlaneFile,
+    ControlPlaneMeta,
+    ControlPlaneRecord,
+)
+from simultrain.bench.records import (
+    ControlPlanePhase as PhaseStats,
+)
+from simultrain.bench.records import (
+    ControlPlaneSteady as SteadyStats,
+)
 from simultrain.procs import ServiceGroup
 from simultrain.shared.errors import SimulTrainError
 
 __all__ = [
     "BACKENDS",
-    "CaseRecord",
     "ControlPlaneOptions",
-    "PhaseStats",
+    "ControlPlaneSuite",
     "control_plane_markdown",
-    "run_control_plane",
+    "control_plane_suite",
     "run_control_plane_case",
 ]
 
@@ -110,65 +124,6 @@ class ControlPlaneOptions:
             raise SimulTrainError("clouds and clients must be ≥ 1, cloud beats ≥ 0")
         if self.burst_s < 0 or self.steady_s < 0 or not 0 <= self.streaming_share <= 1:
             raise SimulTrainError("durations must be ≥ 0 and the streaming share in [0, 1]")
-
-
-@dataclass(frozen=True)
-class PhaseStats:
-    """One phase: how many requests, how fast, what they cost the coordinator."""
-
-    requests: int
-    seconds: float
-    per_s: float
-    p50_ms: float | None
-    p99_ms: float | None
-    errors: int
-    cpu_ms_per_request: float | None
-    db_cpu_ms_per_request: float | None = None
-
-
-@dataclass(frozen=True)
-class FailoverStats:
-    """One cloud killed: how long its streaming edges took to be told another cloud."""
-
-    edges: int
-    moved: int
-    p50_s: float | None
-    max_s: float | None
-    cloud_timeout_s: float
-
-
-@dataclass(frozen=True)
-class SteadyStats:
-    stats: PhaseStats
-    edge_heartbeats: int
-    cloud_heartbeats: int
-    interval_s: float
-    streaming_interval_s: float | None
-    timeout_s: float
-    streaming_edges: int
-    warmup_s: float
-    late_p99_ms: float | None  # how late the load generator sent a heartbeat (its own lag)
-    false_down: int
-    clouds_down: int
-    edges_up_at_end: int | None
-    failover: FailoverStats | None = None
-
-
-@dataclass(frozen=True)
-class CaseRecord:
-    label: str
-    backend: str
-    replicas: int
-    edges: int
-    clouds: int
-    clients: int
-    enroll: PhaseStats
-    edge_heartbeat: PhaseStats | None
-    cloud_heartbeat: PhaseStats | None
-    steady: SteadyStats | None
-    enrolled_once: bool
-    loadgen_cpu_s: float
-    error: str | None = None
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -668,7 +623,7 @@ async def _failover(
 
 async def _play(
     backend_name: str, backend: _Backend, edges_wanted: int, options: ControlPlaneOptions
-) -> CaseRecord:
+) -> ControlPlaneRecord:
     fleet = _Fleet(backend.urls, options.clients)
     loadgen0 = time.process_time()
     stop = asyncio.Event()
@@ -701,7 +656,7 @@ async def _play(
         stop.set()
         await asyncio.gather(*keepers, return_exceptions=True)
         await fleet.aclose()
-    return CaseRecord(
+    return ControlPlaneRecord(
         label=options.label,
         backend=backend_name,
         replicas=len(backend.urls),
@@ -719,7 +674,7 @@ async def _play(
 
 def run_control_plane_case(
     backend_name: str, edges: int, options: ControlPlaneOptions
-) -> CaseRecord:
+) -> ControlPlaneRecord:
     """One store, replica count and fleet size, from start to a stopped coordinator."""
     kind, replicas = BACKENDS[backend_name]
     # The load generator runs in a process of its own at a lower priority, so on a machine
@@ -744,70 +699,101 @@ def run_control_plane_case(
 
 def _play_in_process(
     backend_name: str, backend: _Backend, edges: int, options: ControlPlaneOptions
-) -> CaseRecord:
+) -> ControlPlaneRecord:
     return asyncio.run(_play(backend_name, backend, edges, options))
 
 
-def run_control_plane(
-    options: ControlPlaneOptions, *, progress: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
-    """Every store × fleet size in turn; the results are rewritten after each case."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    for backend_name in options.backends:
-        for edges in options.edge_counts:
-            progress(f"control plane: {backend_name}, {edges} edges …")
-            try:
-                record = asdict(run_control_plane_case(backend_name, edges, options))
-            except (
-                SimulTrainError,
-                httpx.HTTPError,
-                OSError,
-                subprocess.SubprocessError,
-                BrokenProcessPool,
-            ) as exc:
-                record = {
-                    "label": options.label,
-                    "backend": backend_name,
-                    "edges": edges,
-                    "error": f"{type(exc).__name__}: {exc}",
-                }
-            records.append(record)
-            progress(_one_line(record))
-            _write(records, options)
-    return records
+class ControlPlaneSuite(Experiment[tuple[str, int], ControlPlaneRecord | ControlPlaneFailure]):
+    """Every store × fleet size in turn; ``control-plane.json`` and ``.md`` after each case."""
 
-
-def _write(records: list[dict[str, Any]], options: ControlPlaneOptions) -> None:
-    meta = {
-        "command": options.command,
-        "label": options.label,
-        "cpus": os.cpu_count(),
-        "clients": options.clients,
-        "clouds": options.clouds,
-        "burst_s": options.burst_s,
-        "steady_s": options.steady_s,
-        "streaming_share": options.streaming_share,
-        "coordinator_tree": str(options.coordinator_tree) if options.coordinator_tree else None,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-    (options.out_dir / "control-plane.json").write_text(
-        json.dumps({"meta": meta, "records": records}, indent=1) + "\n"
+    failures = (
+        SimulTrainError,
+        httpx.HTTPError,
+        OSError,
+        subprocess.SubprocessError,
+        BrokenProcessPool,
     )
-    (options.out_dir / "control-plane.md").write_text(control_plane_markdown(records, meta))
+
+    def __init__(self, options: ControlPlaneOptions) -> None:
+        self.options = options
+
+    def cases(self) -> list[tuple[str, int]]:
+        return [(b, n) for b in self.options.backends for n in self.options.edge_counts]
+
+    def run_one(self, case: tuple[str, int]) -> ControlPlaneRecord:
+        return run_control_plane_case(case[0], case[1], self.options)
+
+    def failed(self, case: tuple[str, int], exc: BaseException) -> ControlPlaneFailure:
+        return ControlPlaneFailure(
+            label=self.options.label,
+            backend=case[0],
+            edges=case[1],
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    def describe(self, case: tuple[str, int]) -> str:
+        return f"control plane: {case[0]}, {case[1]} edges"
+
+    def summary(self, record: ControlPlaneRecord | ControlPlaneFailure) -> str:
+        if isinstance(record, ControlPlaneFailure):
+            return f"error: {record.error}"
+        beat, steady = record.edge_heartbeat, record.steady
+        return (
+            f"enroll {record.enroll.per_s}/s ({record.enroll.cpu_ms_per_request} ms CPU), "
+            f"heartbeats {beat and beat.per_s}/s p50/p99 {beat and beat.p50_ms}/"
+            f"{beat and beat.p99_ms} ms ({beat and beat.cpu_ms_per_request} ms CPU); "
+            f"steady false down {steady and steady.false_down}"
+        )
+
+    def clean(self, record: ControlPlaneRecord | ControlPlaneFailure) -> bool:
+        """Every edge enrolled once and no live edge marked down."""
+        if isinstance(record, ControlPlaneFailure) or record.error is not None:
+            return False
+        return record.enrolled_once and (record.steady is None or record.steady.false_down == 0)
+
+    def save(self, records: Sequence[ControlPlaneRecord | ControlPlaneFailure]) -> None:
+        options = self.options
+        options.out_dir.mkdir(parents=True, exist_ok=True)
+        results = ControlPlaneFile(
+            meta=ControlPlaneMeta(
+                command=options.command,
+                label=options.label,
+                cpus=os.cpu_count(),
+                clients=options.clients,
+                clouds=options.clouds,
+                burst_s=options.burst_s,
+                steady_s=options.steady_s,
+                streaming_share=options.streaming_share,
+                coordinator_tree=str(options.coordinator_tree)
+                if options.coordinator_tree
+                else None,
+                load_average=[round(x, 2) for x in os.getloadavg()],
+            ),
+            records=list(records),
+        )
+        results.write(options.out_dir / "control-plane.json")
+        (options.out_dir / "control-plane.md").write_text(control_plane_markdown(results))
 
 
-def _one_line(record: dict[str, Any]) -> str:
-    if record.get("error"):
-        return f"  {record['backend']} N={record['edges']}: error: {record['error']}"
-    enroll, beat = record["enroll"], record.get("edge_heartbeat") or {}
-    steady = record.get("steady") or {}
-    return (
-        f"  {record['backend']} N={record['edges']}: enroll {enroll['per_s']}/s "
-        f"({enroll['cpu_ms_per_request']} ms CPU), heartbeats {beat.get('per_s')}/s "
-        f"p50/p99 {beat.get('p50_ms')}/{beat.get('p99_ms')} ms "
-        f"({beat.get('cpu_ms_per_request')} ms CPU); steady false down "
-        f"{steady.get('false_down')}"
+def control_plane_suite(options: SuiteOptions) -> ControlPlaneSuite:
+    """``simultrain bench --suite control-plane``: ``--fleet-edges``, ``--stores``,
+    ``--duration`` (the steady window), ``--coordinator-tree``, ``--label``; the results go to
+    ``bench/results/control-plane`` unless ``--out`` says otherwise."""
+    defaults = ControlPlaneOptions()
+    stores = options.stores or defaults.backends
+    return ControlPlaneSuite(
+        ControlPlaneOptions(
+            out_dir=defaults.out_dir
+            if options.out_dir == Path("bench/results")
+            else options.out_dir,
+            edge_counts=options.edge_counts or defaults.edge_counts,
+            backends=tuple(stores),
+            steady_s=options.duration_s if options.duration_s is not None else defaults.steady_s,
+            coordinator_tree=options.coordinator_tree,
+            label=options.label,
+            log_dir=options.log_dir,
+            command=options.command,
+        )
     )
 
 
@@ -815,7 +801,10 @@ def _fmt(value: object, suffix: str = "") -> str:
     return "–" if value is None else f"{value}{suffix}"
 
 
-def control_plane_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def control_plane_markdown(results: ControlPlaneFile) -> str:
+    """The table of ``control-plane.md``."""
+    records = [r.to_json() for r in results.records]
+    meta = results.meta.to_json()
     lines = [
         "# Control-plane load test: one simulated fleet against the coordinator",
         "",

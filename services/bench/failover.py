@@ -15,24 +15,25 @@ change. The same machinery as the control-plane load test (``control_plane.py``)
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from simultrain.bench.harness import Experiment, SuiteOptions
+from simultrain.bench.records import FailoverFailure, FailoverFile, FailoverMeta, FailoverRecord
 from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.errors import SimulTrainError
 
 from .control_plane import _source_root
 
-__all__ = ["FailoverOptions", "FailoverRecord", "run_failover"]
+__all__ = ["FailoverOptions", "FailoverSuite", "failover_suite"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,6 @@ class FailoverOptions:
     log_dir: Path | None = None
     command: str = ""
     limit_s: float = 120.0
-
-
-@dataclass(frozen=True)
-class FailoverRecord:
-    label: str
-    run: int
-    edges: int
-    reassigned_s: list[float]
-    streaming_s: list[float]
-    error: str | None = None
 
 
 def _get(url: str) -> Any:
@@ -185,27 +176,63 @@ def _one_run(options: FailoverOptions, run: int) -> FailoverRecord:
         )
 
 
-def run_failover(
-    options: FailoverOptions, *, progress: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
+class FailoverSuite(Experiment[int, FailoverRecord | FailoverFailure]):
     """``runs`` kills of a cloud in turn; ``failover.json`` is rewritten after each."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    for run in range(options.runs):
-        progress(f"failover: run {run + 1} of {options.runs} …")
-        try:
-            record = asdict(_one_run(options, run))
-        except (SimulTrainError, httpx.HTTPError, OSError) as exc:
-            record = {"label": options.label, "run": run, "error": f"{type(exc).__name__}: {exc}"}
-        records.append(record)
-        progress(f"  {record}")
-        meta = {
-            "command": options.command,
-            "label": options.label,
-            "cpus": os.cpu_count(),
-            "coordinator_tree": str(options.coordinator_tree) if options.coordinator_tree else None,
-        }
-        (options.out_dir / "failover.json").write_text(
-            json.dumps({"meta": meta, "records": records}, indent=1) + "\n"
+
+    failures = (SimulTrainError, httpx.HTTPError, OSError)
+
+    def __init__(self, options: FailoverOptions) -> None:
+        self.options = options
+
+    def cases(self) -> list[int]:
+        return list(range(self.options.runs))
+
+    def run_one(self, case: int) -> FailoverRecord:
+        return _one_run(self.options, case)
+
+    def failed(self, case: int, exc: BaseException) -> FailoverFailure:
+        return FailoverFailure(
+            label=self.options.label, run=case, error=f"{type(exc).__name__}: {exc}"
         )
-    return records
+
+    def describe(self, case: int) -> str:
+        return f"failover: run {case + 1} of {self.options.runs}"
+
+    def summary(self, record: FailoverRecord | FailoverFailure) -> str:
+        if isinstance(record, FailoverFailure):
+            return f"error: {record.error}"
+        return f"reassigned after {record.reassigned_s} s, streaming after {record.streaming_s} s"
+
+    def clean(self, record: FailoverRecord | FailoverFailure) -> bool:
+        return isinstance(record, FailoverRecord) and record.error is None
+
+    def save(self, records: Sequence[FailoverRecord | FailoverFailure]) -> None:
+        options = self.options
+        tree = str(options.coordinator_tree) if options.coordinator_tree else None
+        FailoverFile(
+            meta=FailoverMeta(
+                command=options.command,
+                label=options.label,
+                cpus=os.cpu_count(),
+                coordinator_tree=tree,
+            ),
+            records=list(records),
+        ).write(options.out_dir / "failover.json")
+
+
+def failover_suite(options: SuiteOptions) -> FailoverSuite:
+    """``simultrain bench --suite control-plane --failover`` (or ``--suite
+    control-plane-failover``): ``--coordinator-tree``, ``--label``; the results go to
+    ``bench/results/control-plane`` unless ``--out`` says otherwise."""
+    defaults = FailoverOptions()
+    return FailoverSuite(
+        FailoverOptions(
+            out_dir=defaults.out_dir
+            if options.out_dir == Path("bench/results")
+            else options.out_dir,
+            coordinator_tree=options.coordinator_tree,
+            label=options.label,
+            log_dir=options.log_dir,
+            command=options.command,
+        )
+    )

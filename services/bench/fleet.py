@@ -1,9 +1,11 @@
-"""``simultrain bench --suite fleet``: many edges against one cloud process (issue 12, point 1).
+"""``simultrain bench --suite fleet``: many edges against one cloud process; and ``--suite
+stragglers``: eight edges, one or two of them slowed (docs/BENCH.md).
 
-One *case* is one fleet size N. The benchmark starts one cloud process (no coordinator: the
-edges connect straight to it, so the coordinator's registrations and heartbeats do not share
-the cloud's two cores) and ⌈N ÷ agents-per-process⌉ **worker processes**, each running several
-unchanged :class:`~simultrain.edge.agent.EdgeAgent` on one asyncio loop. Every agent is its own
+One *case* is one fleet: N edges, a mode, and (stragglers) which edges are slowed and how the
+rounds end. The benchmark starts one cloud process (no coordinator: the edges connect
+straight to it, so the coordinator's registrations and heartbeats do not share the cloud's
+two cores) and ⌈N ÷ agents-per-process⌉ **worker processes**, each running several unchanged
+:class:`~simultrain.edge.agent.EdgeAgent` on one asyncio loop. Every agent is its own
 WebSocket session doing the real protocol (HELLO, SNAP, ACT/GRAD/EGRAD/DELTA/ACK, BYE); the
 agents of a worker share only the loop, the process's torch and the cached dataset, the way
 several Python clients share one host. Each agent has its own compute slot (an
@@ -23,17 +25,19 @@ Measurement, per case:
 3. SIGTERM the workers: every agent stops producing and drains (its un-acknowledged batches
    are applied or re-sent); each worker prints ``DONE`` with every agent's report;
 4. **lost samples** = samples the edges produced − samples the cloud applied (its status, per
-   edge, after the drain); **errors** = agents that raised, plus every connection error or
-   reconnect an agent recorded.
+   edge, after the drain) − the samples of **late** coded uploads (gradient coding: an upload
+   that comes after its round decoded without it is dropped by design, its partitions
+   applied through the other holders); **errors** = agents that raised, plus every
+   connection error or reconnect an agent recorded.
 
-The results are ``fleet.json`` (one record per N) and ``fleet.md`` in ``--out``.
+The results are ``fleet.json`` / ``stragglers.json`` (one record per case,
+:class:`~simultrain.bench.records.FleetFile`) and their ``.md`` tables in ``--out``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -42,17 +46,27 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
+from simultrain.bench.harness import Experiment, SuiteOptions
+from simultrain.bench.records import (
+    FleetFailure,
+    FleetFile,
+    FleetMeta,
+    FleetRecord,
+    RateSummary,
+)
 from simultrain.edge.agent import EdgeAgent, EdgeObserver, EdgeReport
 from simultrain.edge.settings import EdgeSettings
 from simultrain.procs import ServiceGroup, ServiceProcess
+from simultrain.shared.contracts import CloudStatus, Evaluation
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import SimulTrainError
 
@@ -60,13 +74,15 @@ __all__ = [
     "FULL_EDGE_COUNTS",
     "QUICK_EDGE_COUNTS",
     "FleetOptions",
+    "FleetSuite",
+    "Stragglers",
     "fleet_markdown",
+    "fleet_suite",
     "rss_slope_mib_per_min",
-    "run_fleet",
     "run_fleet_case",
-    "run_stragglers",
     "straggler_plan",
     "stragglers_markdown",
+    "stragglers_suite",
 ]
 
 log = logging.getLogger("simultrain.bench.fleet")
@@ -76,9 +92,13 @@ QUICK_EDGE_COUNTS = (1, 4)
 WORKER_VAR = "SIMULTRAIN_FLEET_WORKER"  # the worker's JSON spec
 BATCH = 32  # the run configuration's batch size (RunConfig default), samples per step
 
+FleetResult = FleetRecord | FleetFailure
+
 
 @dataclass(frozen=True)
 class FleetOptions:
+    """One fleet case, or (``edge_counts`` with several sizes) the fleet suite's cases."""
+
     out_dir: Path = Path("bench/results")
     edge_counts: tuple[int, ...] = FULL_EDGE_COUNTS
     duration_s: float = 60.0  # the steady window of each case
@@ -116,31 +136,134 @@ class FleetOptions:
         if not 0 <= self.edge_nice <= 19:
             raise SimulTrainError(f"edge niceness must be in 0..19, got {self.edge_nice}")
 
+    @property
+    def edges(self) -> int:
+        """The fleet size of one case."""
+        if len(self.edge_counts) != 1:
+            raise SimulTrainError(f"one case is one fleet size, not {list(self.edge_counts)}")
+        return self.edge_counts[0]
+
 
 @dataclass
 class _Worker:
     proc: ServiceProcess
     edge_ids: list[str]
-    done: dict[str, Any] = field(default_factory=dict)
+    done: WorkerDone | None = None
 
 
-def run_fleet(
-    options: FleetOptions, *, progress: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
-    """Every fleet size in turn; ``fleet.json`` is rewritten after each case."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    started = time.monotonic()
-    for edges in options.edge_counts:
-        progress(f"fleet: {edges} edge(s) for {options.duration_s:g} s …")
-        try:
-            record = run_fleet_case(edges, options)
-        except SimulTrainError as exc:
-            record = {"edges": edges, "error": str(exc)}
-        records.append(record)
-        progress(_one_line(record))
-        _write(records, options, time.monotonic() - started)
-    return records
+# --- the suites --------------------------------------------------------------------------
+
+
+@dataclass
+class FleetSuite(Experiment[FleetOptions, FleetResult]):
+    """Every fleet size of ``options.edge_counts`` in turn; ``fleet.json``/``.md`` after each."""
+
+    options: FleetOptions
+    results_name: str = "fleet"
+    started: float = field(default_factory=time.monotonic)
+
+    def cases(self) -> list[FleetOptions]:
+        return [replace(self.options, edge_counts=(n,)) for n in self.options.edge_counts]
+
+    def run_one(self, case: FleetOptions) -> FleetResult:
+        return run_fleet_case(case.edges, case)
+
+    def failed(self, case: FleetOptions, exc: BaseException) -> FleetResult:
+        return FleetFailure(edges=case.edges, label=case.label or None, error=str(exc))
+
+    def clean(self, record: FleetResult) -> bool:
+        return isinstance(record, FleetRecord) and record.clean
+
+    def describe(self, case: FleetOptions) -> str:
+        return f"fleet: {case.edges} edge(s) for {case.duration_s:g} s"
+
+    def summary(self, record: FleetResult) -> str:
+        return _one_line(record)
+
+    def meta(self) -> FleetMeta:
+        return FleetMeta(
+            command=self.options.command,
+            duration_s=self.options.duration_s,
+            agents_per_process=self.options.agents_per_process,
+            cpus=os.cpu_count(),
+            wall_seconds=round(time.monotonic() - self.started, 1),
+        )
+
+    def save(self, records: Sequence[FleetResult]) -> None:
+        out = self.options.out_dir
+        results = FleetFile(meta=self.meta(), records=list(records))
+        results.write(out / f"{self.results_name}.json")
+        (out / f"{self.results_name}.md").write_text(self.markdown(results))
+
+    def markdown(self, results: FleetFile) -> str:
+        return fleet_markdown(results)
+
+
+@dataclass
+class Stragglers(FleetSuite):
+    """The straggler cases in turn; ``stragglers.json``/``.md`` after each. A case with a
+    ``deadline_factor`` takes its deadline from the measured round of its mode's reference
+    (the plan's first straggler-free case of that mode), so the cases run in plan order."""
+
+    plan: Sequence[FleetOptions] = ()
+    results_name: str = "stragglers"
+    references: dict[str, float] = field(default_factory=dict)  # mode → measured round
+
+    def cases(self) -> list[FleetOptions]:
+        return list(self.plan)
+
+    def run_one(self, case: FleetOptions) -> FleetResult:
+        if case.deadline_factor > 0:
+            reference = self.references.get(case.mode)
+            if reference is None:
+                return FleetFailure(edges=case.edges, label=case.label, error="no reference")
+            case = replace(case, round_deadline_s=round(case.deadline_factor * reference, 3))
+        record = run_fleet_case(case.edges, case)
+        if case.mode not in self.references and not case.slowdowns and record.seconds_per_update:
+            self.references[case.mode] = record.seconds_per_update
+        return record
+
+    def describe(self, case: FleetOptions) -> str:
+        return f"stragglers: {case.label} for {case.duration_s:g} s"
+
+    def summary(self, record: FleetResult) -> str:
+        return _straggler_line(record)
+
+    def markdown(self, results: FleetFile) -> str:
+        return stragglers_markdown(results)
+
+
+def fleet_suite(options: SuiteOptions) -> FleetSuite:
+    """``simultrain bench --suite fleet``."""
+    counts = options.edge_counts or (QUICK_EDGE_COUNTS if options.quick else FULL_EDGE_COUNTS)
+    fleet = FleetOptions(
+        out_dir=options.out_dir,
+        edge_counts=counts,
+        duration_s=_duration(options),
+        slowdown=options.slowdown or 1.0,
+        log_dir=options.log_dir,
+        command=options.command,
+    )
+    return FleetSuite(fleet)
+
+
+def stragglers_suite(options: SuiteOptions) -> Stragglers:
+    """``simultrain bench --suite stragglers``: the plan, each case evaluated after its drain."""
+    base = FleetOptions(
+        out_dir=options.out_dir,
+        duration_s=_duration(options),
+        slowdown=options.slowdown or 1.0,
+        log_dir=options.log_dir,
+        command=options.command,
+    )
+    plan = straggler_plan(base, deadline_s=options.round_deadline_s, modes=options.modes)
+    return Stragglers(base, plan=[replace(case, evaluate=True) for case in plan])
+
+
+def _duration(options: SuiteOptions) -> float:
+    if options.duration_s is not None:
+        return options.duration_s
+    return 5.0 if options.quick else 60.0
 
 
 def straggler_plan(
@@ -195,71 +318,31 @@ def straggler_plan(
     return [case for case in plan if modes is None or case.mode in modes]
 
 
-def run_stragglers(
-    plan: Sequence[FleetOptions], *, progress: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
-    """The straggler cases in turn; ``stragglers.json``/``.md`` rewritten after each."""
-    records: list[dict[str, Any]] = []
-    started = time.monotonic()
-    references: dict[str, float] = {}  # mode → its first measured round, without stragglers
-    for options in plan:
-        edges = options.edge_counts[0]
-        if options.deadline_factor > 0:
-            reference = references.get(options.mode)
-            if reference is None:
-                records.append({"edges": edges, "label": options.label, "error": "no reference"})
-                continue
-            options = replace(
-                options, round_deadline_s=round(options.deadline_factor * reference, 3)
-            )
-        progress(f"stragglers: {options.label} for {options.duration_s:g} s …")
-        try:
-            record = run_fleet_case(edges, options)
-        except SimulTrainError as exc:
-            record = {"edges": edges, "label": options.label, "error": str(exc)}
-        if (
-            options.mode not in references
-            and not options.slowdowns
-            and record.get("seconds_per_update")
-        ):
-            references[options.mode] = float(record["seconds_per_update"])
-        records.append(record)
-        progress(_straggler_line(record))
-        options.out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "command": options.command,
-            "duration_s": options.duration_s,
-            "cpus": os.cpu_count(),
-            "wall_seconds": round(time.monotonic() - started, 1),
-        }
-        (options.out_dir / "stragglers.json").write_text(
-            json.dumps({"meta": meta, "records": records}, indent=1)
-        )
-        (options.out_dir / "stragglers.md").write_text(stragglers_markdown(records, meta))
-    return records
+# --- the tables ----------------------------------------------------------------------------
 
 
-def _straggler_line(record: dict[str, Any]) -> str:
-    if "error" in record:
-        return f"  {record['label']}: error: {record['error']}"
+def _straggler_line(record: FleetResult) -> str:
+    if isinstance(record, FleetFailure):
+        return f"  {record.label}: error: {record.error}"
     return (
-        f"  {record['label']} (deadline {record['round_deadline_s']}): "
-        f"{record['steps_per_s']:.1f} steps/s in all, "
-        f"{record['seconds_per_update']} s per update, fast edges "
-        f"{record['fast_edge_step_rate_median']:.2f}/s, stragglers "
-        f"{record['straggler_step_rates']}, partial rounds {record['partial_rounds']}, "
-        f"coded rounds {record.get('coded_rounds', 0)} "
-        f"(late dropped {record.get('late_uploads_dropped', 0)}), "
-        f"accuracy {record['accuracy']}, errors {record['errors']}, lost {record['lost_samples']}"
+        f"  {record.label} (deadline {record.round_deadline_s}): "
+        f"{record.steps_per_s:.1f} steps/s in all, "
+        f"{record.seconds_per_update} s per update, fast edges "
+        f"{record.fast_edge_step_rate_median:.2f}/s, stragglers "
+        f"{record.straggler_step_rates}, partial rounds {record.partial_rounds}, "
+        f"coded rounds {record.coded_rounds or 0} "
+        f"(late dropped {record.late_uploads_dropped or 0}), "
+        f"accuracy {record.accuracy}, errors {record.errors}, lost {record.lost_samples}"
     )
 
 
-def stragglers_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def stragglers_markdown(results: FleetFile) -> str:
+    meta = results.meta
     lines = [
         "# Stragglers: 8 edges, one or two slowed 5×",
         "",
-        f"Command: `{meta.get('command') or 'simultrain bench --suite stragglers'}` "
-        f"({meta.get('cpus')} CPUs, shared; {meta.get('duration_s')} s of training per case, "
+        f"Command: `{meta.command or 'simultrain bench --suite stragglers'}` "
+        f"({meta.cpus} CPUs, shared; {meta.duration_s} s of training per case, "
         "then a drain and one evaluation).",
         "",
         "| case | mode | round deadline s | s per master update | steps/s in all "
@@ -267,23 +350,23 @@ def stragglers_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any])
         "| coded rounds (late dropped) | samples applied | accuracy | errors | lost |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
-        if "error" in r:
-            lines.append(f"| {r['label']} | error: {r['error']} | | | | | | | | | | | |")
+    for r in results.records:
+        if isinstance(r, FleetFailure):
+            lines.append(f"| {r.label} | error: {r.error} | | | | | | | | | | | |")
             continue
-        accuracy = r["accuracy"]
-        coded = r.get("coded_rounds", 0)
-        decoded = f"{coded} ({r.get('late_uploads_dropped', 0)})" if coded else "–"
+        accuracy = r.accuracy
+        coded = r.coded_rounds or 0
+        decoded = f"{coded} ({r.late_uploads_dropped or 0})" if coded else "–"
         lines.append(
-            f"| {r['label']} | {r['mode']} | {r['round_deadline_s'] or '–'} "
-            f"| {r['seconds_per_update']} | {r['steps_per_s']:.1f} "
-            f"| {r['fast_edge_step_rate_median']:.2f} "
-            f"| {', '.join(f'{x:.2f}' for x in r['straggler_step_rates']) or '–'} "
-            f"| {r['partial_rounds']} "
+            f"| {r.label} | {r.mode} | {r.round_deadline_s or '–'} "
+            f"| {r.seconds_per_update} | {r.steps_per_s:.1f} "
+            f"| {r.fast_edge_step_rate_median:.2f} "
+            f"| {', '.join(f'{x:.2f}' for x in r.straggler_step_rates) or '–'} "
+            f"| {r.partial_rounds} "
             f"| {decoded} "
-            f"| {r['eval_samples_applied']} "
-            f"| {'–' if accuracy is None else f'{accuracy:.1%}'} | {r['errors']} "
-            f"| {r['lost_samples']} |"
+            f"| {r.eval_samples_applied} "
+            f"| {'–' if accuracy is None else f'{accuracy:.1%}'} | {r.errors} "
+            f"| {r.lost_samples}{f' (late {r.late_samples})' if r.late_samples else ''} |"
         )
     lines += [
         "",
@@ -298,14 +381,25 @@ def stragglers_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any])
         "Accuracy: the master on the held-out split after the fixed training time and the "
         "drain (equal time, not equal samples). Lost: samples the edges sent that no update "
         "applied — in FedAvg, batches of local rounds the edges had not finished when told to "
-        "stop (the agent drops an unfinished round when it drains); in coded syncsgd, the "
-        "late uploads' batches (their partitions were applied through the other holders).",
+        "stop (the agent drops an unfinished round when it drains); "
+        + (
+            # Records of before the late uploads had their own count: lost included them.
+            "in coded syncsgd, the late uploads' batches (their partitions were applied "
+            "through the other holders)."
+            if all(r.late_samples is None for r in results.records if isinstance(r, FleetRecord))
+            else "late: the batches of coded uploads that came after their round had decoded, "
+            "dropped by design (their partitions were applied through the other holders), "
+            "not lost."
+        ),
         "",
     ]
     return "\n".join(lines)
 
 
-def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
+# --- one case --------------------------------------------------------------------------------
+
+
+def run_fleet_case(edges: int, options: FleetOptions) -> FleetRecord:
     """One fleet size: start, wait ready, measure the steady window, drain, count."""
     log_dir = options.log_dir / f"fleet-{edges}" if options.log_dir else None
     with ServiceGroup(log_dir) as group:
@@ -342,10 +436,10 @@ def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
             cpu0 = _cpu_seconds(cloud.popen.pid)
             switches0 = _context_switches(cloud.popen.pid)
             t0 = time.monotonic()
-            rss = [[0.0, _rss_mib(cloud.popen.pid)]]
+            rss = [(0.0, _rss_mib(cloud.popen.pid))]
             while (elapsed := time.monotonic() - t0) < options.duration_s:
                 time.sleep(min(options.rss_interval_s, options.duration_s - elapsed))
-                rss.append([round(time.monotonic() - t0, 3), _rss_mib(cloud.popen.pid)])
+                rss.append((round(time.monotonic() - t0, 3), _rss_mib(cloud.popen.pid)))
             second = _status(http)
             cpu_s = _cpu_seconds(cloud.popen.pid) - cpu0
             switches = _context_switches(cloud.popen.pid) - switches0
@@ -355,17 +449,15 @@ def run_fleet_case(edges: int, options: FleetOptions) -> dict[str, Any]:
                 worker.proc.popen.send_signal(signal.SIGTERM)
             for worker in workers:
                 line = worker.proc.wait_for_line("DONE ", timeout_s=options.drain_timeout_s)
-                worker.done = json.loads(line)
+                worker.done = WorkerDone.model_validate_json(line)
             final = _status(http)
-            if options.evaluate:
-                final["eval"] = http.get("/v1/eval", timeout=120).json()
-        record = _record(edges, options, workers, first, second, final, rss, window_s, cpu_s)
-        updates = record["cloud_updates"]
-        record["cloud_involuntary_switches_per_update"] = (
-            round(switches / updates, 2) if updates else None
-        )
-        record["load_average"] = [round(x, 2) for x in load]  # 1, 5, 15 min, at the window's end
-        return record
+            evaluation = (
+                Evaluation.model_validate_json(http.get("/v1/eval", timeout=120).content)
+                if options.evaluate
+                else None
+            )
+        window = _Window(first, second, rss, window_s, cpu_s, switches, load)
+        return _record(edges, options, workers, window, final, evaluation)
 
 
 def _start_workers(
@@ -375,22 +467,22 @@ def _start_workers(
     workers = []
     for p in range(processes):
         indices = list(range(p, edges, processes))  # round-robin: sizes differ by ≤ 1
-        spec = {
-            "cloud_url": cloud_url,
-            "indices": indices,
-            "count": edges,
-            "mode": options.mode,
-            "dataset": options.dataset,
-            "slowdown": options.slowdown,
-            "slowdowns": {str(i): k for i, k in options.slowdowns if i in indices},
-            "gradient_coding_s": options.gradient_coding_s,
+        spec = WorkerSpec(
+            cloud_url=cloud_url,
+            indices=indices,
+            count=edges,
+            mode=options.mode,
+            dataset=options.dataset,
+            slowdown=options.slowdown,
+            slowdowns={i: k for i, k in options.slowdowns if i in indices},
+            gradient_coding_s=options.gradient_coding_s,
             # The agents' own drain bound: inside the time the benchmark waits for them, so
             # a slow drain shows as undelivered batches, never as a silent loss.
-            "drain_timeout_s": max(options.drain_timeout_s - 15.0, 1.0),
-            "nice": options.edge_nice,
-        }
+            drain_timeout_s=max(options.drain_timeout_s - 15.0, 1.0),
+            nice=options.edge_nice,
+        )
         proc = group.start(
-            f"fleet-worker-{p}", "simultrain.bench.fleet", {WORKER_VAR: json.dumps(spec)}
+            f"fleet-worker-{p}", "simultrain.bench.fleet", {WORKER_VAR: spec.model_dump_json()}
         )
         workers.append(_Worker(proc, [_edge_id(i) for i in indices]))
     return workers
@@ -400,11 +492,10 @@ def _edge_id(index: int) -> str:
     return f"fleet-{index:03d}"
 
 
-def _status(http: httpx.Client) -> dict[str, Any]:
+def _status(http: httpx.Client) -> CloudStatus:
     response = http.get("/v1/status")
     response.raise_for_status()
-    status: dict[str, Any] = response.json()
-    return status
+    return CloudStatus.model_validate_json(response.content)
 
 
 def _rss_mib(pid: int) -> float:
@@ -452,114 +543,134 @@ def rss_slope_mib_per_min(samples: Sequence[Sequence[float]]) -> float:
     return 60.0 * cov / var
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The steady window: the cloud's status at its start and end, and what was sampled."""
+
+    first: CloudStatus
+    second: CloudStatus
+    rss: list[tuple[float, float]]  # [seconds into the window, MiB]
+    seconds: float
+    cpu_s: float  # the cloud process's CPU time in the window
+    switches: int  # its involuntary context switches in the window
+    load: tuple[float, float, float]  # load average at its end
+
+
 def _record(
     edges: int,
     options: FleetOptions,
     workers: list[_Worker],
-    first: dict[str, Any],
-    second: dict[str, Any],
-    final: dict[str, Any],
-    rss: list[list[float]],
-    window_s: float,
-    cpu_s: float,
-) -> dict[str, Any]:
-    reports: dict[str, dict[str, Any]] = {}
+    window: _Window,
+    final: CloudStatus,
+    evaluation: Evaluation | None,
+) -> FleetRecord:
+    """The case's record from the edges' reports and the cloud's counts (module docstring).
+
+    Long because the record is: one keyword a field, each figure computed next to it."""
+    reports: dict[str, EdgeReport] = {}
     failures: list[str] = []
     for worker in workers:
-        for edge_id, outcome in worker.done.get("agents", {}).items():
-            if "error" in outcome:
-                failures.append(f"{edge_id}: {outcome['error']}")
+        for edge_id, outcome in (worker.done.agents if worker.done else {}).items():
+            if isinstance(outcome, AgentFailure):
+                failures.append(f"{edge_id}: {outcome.error}")
             else:
                 reports[edge_id] = outcome
-    connection_errors = sum(len(r["errors"]) for r in reports.values())
-    reconnects = sum(r["reconnects"] for r in reports.values())
-    ended = Counter(_close_reason(e) for r in reports.values() for e in r.get("session_ends", []))
-    undelivered = sum(r.get("undelivered", 0) for r in reports.values())
+    connection_errors = sum(len(r.errors) for r in reports.values())
+    reconnects = sum(r.reconnects for r in reports.values())
+    ended = Counter(_close_reason(e) for r in reports.values() for e in r.session_ends)
+    undelivered = sum(r.undelivered for r in reports.values())
+    first, second, window_s = window.first, window.second, window.seconds
     # Batches (of BATCH samples) applied per edge: the same unit in every mode (a FedAvg
     # upload carries E batches).
     per_edge = {}
     for edge_id in sorted({e for w in workers for e in w.edge_ids}):
-        before = first["edges"].get(edge_id, {}).get("samples_applied", 0)
-        after = second["edges"].get(edge_id, {}).get("samples_applied", 0)
+        before = first.edges[edge_id].samples_applied if edge_id in first.edges else 0
+        after = second.edges[edge_id].samples_applied if edge_id in second.edges else 0
         per_edge[edge_id] = (after - before) / BATCH / window_s
     rates = list(per_edge.values())
     slow = {_edge_id(i) for i, _ in options.slowdowns}
-    updates = second["master_version"] - first["master_version"]
-    batches = (second["samples_applied"] - first["samples_applied"]) / BATCH
-    busy = second["busy_seconds"] - first["busy_seconds"]
-    compute_cpu = second.get("compute_cpu_seconds", 0.0) - first.get("compute_cpu_seconds", 0.0)
-    wire = {
-        way: sum(e[way] for e in second["edges"].values())
-        - sum(e[way] for e in first["edges"].values())
-        for way in ("bytes_in", "bytes_out")
-    }
-    sent = sum(r["samples_sent"] for r in reports.values())
-    applied = sum(e["samples_applied"] for e in final["edges"].values())
-    steady_rss = rss[len(rss) // 5 :]  # the first fifth: allocator and caches warming up
+    updates = second.master_version - first.master_version
+    batches = (second.samples_applied - first.samples_applied) / BATCH
+    busy = second.busy_seconds - first.busy_seconds
+    compute_cpu = second.compute_cpu_seconds - first.compute_cpu_seconds
+    cpu_s = window.cpu_s
+    bytes_up = second.bytes_up - first.bytes_up
+    bytes_down = second.bytes_down - first.bytes_down
+    sent = sum(r.samples_sent for r in reports.values())
+    applied = sum(e.samples_applied for e in final.edges.values())
+    # A coded upload carries s + 1 batches; one that came after its round decoded was
+    # dropped by design (docs/BENCH.md, "Stragglers"), not lost.
+    late_samples = (options.gradient_coding_s + 1) * BATCH * final.late_uploads_dropped
+    steady_rss = window.rss[len(window.rss) // 5 :]  # the first fifth: caches warming up
     fast = [r for e, r in per_edge.items() if e not in slow] or [0.0]
-    return {
-        "edges": edges,
-        "label": options.label,
-        "processes": len(workers),
-        "mode": options.mode,
-        "dataset": options.dataset,
-        "edge_slowdown": options.slowdown,
-        "edge_nice": options.edge_nice,
-        "window_s": round(window_s, 3),
-        "step_rate_per_edge": {
-            "min": round(min(rates), 3),
-            "median": round(statistics.median(rates), 3),
-            "max": round(max(rates), 3),
-            "mean": round(statistics.fmean(rates), 3),
-        },
-        "steps_per_s": round(batches / window_s, 2),
-        "fast_edge_step_rate_median": round(statistics.median(fast), 3),
-        "straggler_step_rates": [round(per_edge[e], 3) for e in sorted(slow & set(per_edge))],
-        "stragglers": {_edge_id(i): k for i, k in options.slowdowns},
-        "round_deadline_s": options.round_deadline_s,
-        "seconds_per_update": round(window_s / updates, 4) if updates else None,
-        "partial_rounds": second.get("partial_rounds", 0) - first.get("partial_rounds", 0),
-        "gradient_coding_s": options.gradient_coding_s,
-        "coded_rounds": second.get("coded_rounds", 0) - first.get("coded_rounds", 0),
-        "late_uploads_dropped": second.get("late_uploads_dropped", 0)
-        - first.get("late_uploads_dropped", 0),
-        "accuracy": final.get("eval", {}).get("accuracy"),
-        "eval_samples_applied": final.get("eval", {}).get("samples_applied"),
-        "cloud_updates": updates,
-        "cloud_busy_fraction": round(busy / window_s, 3),
-        "cloud_ms_per_update": round(1000 * busy / updates, 3) if updates else None,
-        "cloud_ms_per_batch": round(1000 * busy / batches, 3) if batches else None,
-        "cloud_cpu_fraction": round(cpu_s / window_s, 3),
-        "cloud_cpu_ms_per_update": round(1000 * cpu_s / updates, 3) if updates else None,
+    rss = window.rss
+    return FleetRecord(
+        edges=edges,
+        label=options.label,
+        processes=len(workers),
+        mode=options.mode,
+        dataset=options.dataset,
+        edge_slowdown=options.slowdown,
+        edge_nice=options.edge_nice,
+        window_s=round(window_s, 3),
+        step_rate_per_edge=RateSummary(
+            min=round(min(rates), 3),
+            median=round(statistics.median(rates), 3),
+            max=round(max(rates), 3),
+            mean=round(statistics.fmean(rates), 3),
+        ),
+        steps_per_s=round(batches / window_s, 2),
+        fast_edge_step_rate_median=round(statistics.median(fast), 3),
+        straggler_step_rates=[round(per_edge[e], 3) for e in sorted(slow & set(per_edge))],
+        stragglers={_edge_id(i): k for i, k in options.slowdowns},
+        round_deadline_s=options.round_deadline_s,
+        seconds_per_update=round(window_s / updates, 4) if updates else None,
+        partial_rounds=second.partial_rounds - first.partial_rounds,
+        gradient_coding_s=options.gradient_coding_s,
+        coded_rounds=second.coded_rounds - first.coded_rounds,
+        late_uploads_dropped=second.late_uploads_dropped - first.late_uploads_dropped,
+        late_samples=late_samples,
+        accuracy=None if evaluation is None else evaluation.accuracy,
+        eval_samples_applied=None if evaluation is None else evaluation.samples_applied,
+        cloud_updates=updates,
+        cloud_busy_fraction=round(busy / window_s, 3),
+        cloud_ms_per_update=round(1000 * busy / updates, 3) if updates else None,
+        cloud_ms_per_batch=round(1000 * busy / batches, 3) if batches else None,
+        cloud_cpu_fraction=round(cpu_s / window_s, 3),
+        cloud_cpu_ms_per_update=round(1000 * cpu_s / updates, 3) if updates else None,
         # The split of that CPU time: the compute thread's own, and the rest (the event
         # loop: frames in and out, sessions; and the process's other threads).
-        "cloud_compute_cpu_ms_per_update": (
+        cloud_compute_cpu_ms_per_update=(
             round(1000 * compute_cpu / updates, 3) if updates else None
         ),
-        "cloud_loop_cpu_ms_per_update": (
+        cloud_loop_cpu_ms_per_update=(
             round(1000 * (cpu_s - compute_cpu) / updates, 3) if updates else None
         ),
         # What crosses the cloud's sockets per update (the loop's work grows with it).
-        "cloud_bytes_in_per_update": round(wire["bytes_in"] / updates) if updates else None,
-        "cloud_bytes_out_per_update": round(wire["bytes_out"] / updates) if updates else None,
-        "rss_mib": rss,
-        "rss_start_mib": rss[0][1],
-        "rss_end_mib": rss[-1][1],
-        "rss_max_mib": max(m for _, m in rss),
-        "rss_slope_mib_per_min": round(rss_slope_mib_per_min(steady_rss), 3),
-        "errors": len(failures) + connection_errors + reconnects,
-        "error_details": failures[:20],
-        "agents_failed": len(failures),
-        "connection_errors": connection_errors,
-        "reconnects": reconnects,
-        "session_end_reasons": dict(ended.most_common()),
-        "undelivered_batches": undelivered,
-        "samples_sent": sent,
-        "samples_applied": applied,
-        "lost_samples": sent - applied,
-        "duplicates_dropped": sum(e["duplicates_dropped"] for e in final["edges"].values()),
-        "staleness": final["staleness"],
-    }
+        cloud_bytes_up_per_update=round(bytes_up / updates) if updates else None,
+        cloud_bytes_down_per_update=round(bytes_down / updates) if updates else None,
+        rss_mib=rss,
+        rss_start_mib=rss[0][1],
+        rss_end_mib=rss[-1][1],
+        rss_max_mib=max(m for _, m in rss),
+        rss_slope_mib_per_min=round(rss_slope_mib_per_min(steady_rss), 3),
+        errors=len(failures) + connection_errors + reconnects,
+        error_details=failures[:20],
+        agents_failed=len(failures),
+        connection_errors=connection_errors,
+        reconnects=reconnects,
+        session_end_reasons=dict(ended.most_common()),
+        undelivered_batches=undelivered,
+        samples_sent=sent,
+        samples_applied=applied,
+        lost_samples=sent - applied - late_samples,
+        duplicates_dropped=sum(e.duplicates_dropped for e in final.edges.values()),
+        staleness=final.staleness,
+        cloud_involuntary_switches_per_update=(
+            round(window.switches / updates, 2) if updates else None
+        ),
+        load_average=[round(x, 2) for x in window.load],  # 1, 5, 15 min, at the window's end
+    )
 
 
 def _close_reason(ended: str) -> str:
@@ -567,41 +678,28 @@ def _close_reason(ended: str) -> str:
     return "".join("#" if c.isdigit() else c for c in ended)[:120]
 
 
-def _one_line(record: dict[str, Any]) -> str:
-    if "error" in record:
-        return f"  {record['edges']} edge(s): error: {record['error']}"
-    rate = record["step_rate_per_edge"]
+def _one_line(record: FleetResult) -> str:
+    if isinstance(record, FleetFailure):
+        return f"  {record.edges} edge(s): error: {record.error}"
+    rate = record.step_rate_per_edge
     return (
-        f"  {record['edges']} edge(s): {rate['median']:.2f} steps/s per edge (median), "
-        f"{record['steps_per_s']:.1f} in all; cloud {record['cloud_ms_per_update']} ms/update "
-        f"({record['cloud_cpu_ms_per_update']} ms CPU), "
-        f"busy {record['cloud_busy_fraction']:.0%}; RSS {record['rss_start_mib']:.0f}→"
-        f"{record['rss_end_mib']:.0f} MiB; errors {record['errors']}, "
-        f"lost {record['lost_samples']}"
+        f"  {record.edges} edge(s): {rate.median:.2f} steps/s per edge (median), "
+        f"{record.steps_per_s:.1f} in all; cloud {record.cloud_ms_per_update} ms/update "
+        f"({record.cloud_cpu_ms_per_update} ms CPU), "
+        f"busy {record.cloud_busy_fraction:.0%}; RSS {record.rss_start_mib:.0f}→"
+        f"{record.rss_end_mib:.0f} MiB; errors {record.errors}, "
+        f"lost {record.lost_samples}"
     )
 
 
-def _write(records: list[dict[str, Any]], options: FleetOptions, seconds: float) -> None:
-    meta = {
-        "command": options.command,
-        "duration_s": options.duration_s,
-        "agents_per_process": options.agents_per_process,
-        "cpus": os.cpu_count(),
-        "wall_seconds": round(seconds, 1),
-    }
-    out = options.out_dir
-    name = options.results_name
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
-    (out / f"{name}.md").write_text(fleet_markdown(records, meta))
-
-
-def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def fleet_markdown(results: FleetFile) -> str:
+    meta = results.meta
     lines = [
         "# Fleet load test: N edges against one cloud process",
         "",
-        f"Command: `{meta.get('command') or 'simultrain bench --suite fleet'}` "
-        f"({meta.get('cpus')} CPUs, shared; steady window {meta.get('duration_s')} s per size, "
-        f"{meta.get('agents_per_process')} agents per worker process).",
+        f"Command: `{meta.command or 'simultrain bench --suite fleet'}` "
+        f"({meta.cpus} CPUs, shared; steady window {meta.duration_s} s per size, "
+        f"{meta.agents_per_process} agents per worker process).",
         "",
         "| edges | steps/s per edge (min / median / max) | steps/s in all | cloud ms per update "
         "(compute thread, wall) | cloud CPU ms per update | cloud busy | cloud RSS start → end "
@@ -611,34 +709,35 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
         "| undelivered batches | load average |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
-        if "error" in r:
-            lines.append(f"| {r['edges']} | error: {r['error']} | | | | | | | | | | | | | | | |")
+    for r in results.records:
+        if isinstance(r, FleetFailure):
+            lines.append(f"| {r.edges} | error: {r.error} | | | | | | | | | | | | | | | |")
             continue
-        rate = r["step_rate_per_edge"]
-        load = r.get("load_average")
+        rate = r.step_rate_per_edge
+        load = r.load_average
+        undelivered = "–" if r.undelivered_batches is None else r.undelivered_batches
         lines.append(
-            f"| {r['edges']} | {rate['min']:.2f} / {rate['median']:.2f} / {rate['max']:.2f} "
-            f"| {r['steps_per_s']:.1f} | {r['cloud_ms_per_update']} "
-            f"| {r.get('cloud_cpu_ms_per_update')} "
-            f"| {r['cloud_busy_fraction']:.0%} "
-            f"| {r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f}) "
-            f"| {r['rss_slope_mib_per_min']:+.2f} | {r['errors']} "
-            f"| {r['samples_sent']} / {r['samples_applied']} | {r['lost_samples']} "
-            f"| {r['staleness']['mean']:.0f} / {r['staleness']['max']} "
-            f"| {r['staleness']['dropped']} "
-            f"| {r.get('cloud_compute_cpu_ms_per_update')} / "
-            f"{r.get('cloud_loop_cpu_ms_per_update')} "
-            f"| {r.get('cloud_involuntary_switches_per_update')} "
-            f"| {r.get('undelivered_batches', '–')} "
+            f"| {r.edges} | {rate.min:.2f} / {rate.median:.2f} / {rate.max:.2f} "
+            f"| {r.steps_per_s:.1f} | {r.cloud_ms_per_update} "
+            f"| {r.cloud_cpu_ms_per_update} "
+            f"| {r.cloud_busy_fraction:.0%} "
+            f"| {r.rss_start_mib:.0f} → {r.rss_end_mib:.0f} ({r.rss_max_mib:.0f}) "
+            f"| {r.rss_slope_mib_per_min:+.2f} | {r.errors} "
+            f"| {r.samples_sent} / {r.samples_applied} | {r.lost_samples} "
+            f"| {r.staleness.mean:.0f} / {r.staleness.max} "
+            f"| {r.staleness.dropped} "
+            f"| {r.cloud_compute_cpu_ms_per_update} / "
+            f"{r.cloud_loop_cpu_ms_per_update} "
+            f"| {r.cloud_involuntary_switches_per_update} "
+            f"| {undelivered} "
             f"| {'–' if not load else ' / '.join(f'{x:.1f}' for x in load)} |"
         )
-    ended = [r for r in records if r.get("session_end_reasons")]
+    ended = [r for r in results.records if isinstance(r, FleetRecord) and r.session_end_reasons]
     if ended:
         lines += ["", "Why sessions ended before a reconnect (digits as #):", ""]
         for r in ended:
-            reasons = ", ".join(f"{n}× {why}" for why, n in r["session_end_reasons"].items())
-            lines.append(f"- {r['edges']} edges: {reasons}")
+            reasons = ", ".join(f"{n}× {why}" for why, n in (r.session_end_reasons or {}).items())
+            lines.append(f"- {r.edges} edges: {reasons}")
     lines += [
         "",
         "Per-edge step rate: batches the cloud applied for that edge in the steady window ÷ "
@@ -661,6 +760,39 @@ def fleet_markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> s
 # --- the worker process: several agents on one event loop ------------------------------
 
 
+class WorkerSpec(BaseModel):
+    """What a worker process runs (its ``SIMULTRAIN_FLEET_WORKER`` variable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cloud_url: str
+    indices: list[int] = Field(description="The fleet's edges this worker runs.")
+    count: int = Field(description="Edges in the whole fleet.")
+    mode: str
+    dataset: str
+    slowdown: float
+    slowdowns: dict[int, float] = Field(description="Edge index → its own slowdown.")
+    gradient_coding_s: int = 0
+    drain_timeout_s: float = 30.0
+    nice: int = 0
+
+
+class AgentFailure(BaseModel):
+    """An agent that raised instead of returning its report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error: str
+
+
+class WorkerDone(BaseModel):
+    """A worker's ``DONE`` line: each agent's report, or why it failed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agents: dict[str, Annotated[AgentFailure | EdgeReport, Field(union_mode="left_to_right")]]
+
+
 class _FirstAck(EdgeObserver):
     """Sets an event on the agent's first ACK: its session is open and trains."""
 
@@ -671,37 +803,39 @@ class _FirstAck(EdgeObserver):
         self.event.set()
 
 
-async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
-    indices: list[int] = spec["indices"]
+async def _worker(spec: WorkerSpec) -> WorkerDone:
+    indices = spec.indices
     loop = asyncio.get_running_loop()
     # One thread per agent (its compute slot), plus a few for the loop's own uses.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=len(indices) + 4))
-    dataset = await asyncio.to_thread(load_dataset, spec["dataset"], seed=0)  # cached for all
+    dataset = await asyncio.to_thread(load_dataset, spec.dataset, seed=0)  # cached for all
     # IMU shards by subject (8 in the training split): beyond that, edges share a shard
     # (and its batch order). The load on the cloud is the same; the data is not the point.
     groups = dataset.groups_train
-    shards = min(spec["count"], len(set(groups.tolist())) if groups is not None else spec["count"])
+    shards = min(spec.count, len(set(groups.tolist())) if groups is not None else spec.count)
     agents = {}
     observers = {}
-    coding = spec.get("gradient_coding_s", 0)
+    coding = spec.gradient_coding_s
     # Gradient coding: edge i is row i of the code and holds its partitions (seed 004's
     # replicated data), so its index is its shard of the run's edges, whatever the groups.
-    coded = {"run_edges": spec["count"], "run_gradient_coding_s": coding} if coding else {}
+    coded: dict[str, Any] = (
+        {"run_edges": spec.count, "run_gradient_coding_s": coding} if coding else {}
+    )
     for index in indices:
         observer = _FirstAck()
         settings = EdgeSettings(
-            cloud_url=spec["cloud_url"],
+            cloud_url=spec.cloud_url,
             edge_id=_edge_id(index),
             shard_index=index if coding else index % shards,
-            shard_count=spec["count"] if coding else shards,
+            shard_count=spec.count if coding else shards,
             compute_threads=1,
-            slowdown=spec["slowdowns"].get(str(index), spec["slowdown"]),
+            slowdown=spec.slowdowns.get(index, spec.slowdown),
             watchdog=False,
             log_level="warning",
-            run_mode=spec["mode"],
-            run_dataset=spec["dataset"],
+            run_mode=spec.mode,
+            run_dataset=spec.dataset,
             **coded,
-            drain_timeout_s=spec.get("drain_timeout_s", 30.0),
+            drain_timeout_s=spec.drain_timeout_s,
         )
         agents[_edge_id(index)] = EdgeAgent(settings, observer=observer)
         observers[_edge_id(index)] = observer
@@ -720,13 +854,13 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(asyncio.CancelledError):
         await ready
     outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
-    result: dict[str, Any] = {}
+    result: dict[str, AgentFailure | EdgeReport] = {}
     for edge_id, outcome in zip(tasks, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            result[edge_id] = {"error": f"{type(outcome).__name__}: {outcome}"}
+            result[edge_id] = AgentFailure(error=f"{type(outcome).__name__}: {outcome}")
         else:
-            result[edge_id] = asdict(outcome)
-    return {"agents": result}
+            result[edge_id] = outcome
+    return WorkerDone(agents=result)
 
 
 def worker_main() -> int:
@@ -734,11 +868,11 @@ def worker_main() -> int:
     logging.basicConfig(
         level="WARNING", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    spec = json.loads(os.environ[WORKER_VAR])
-    if spec.get("nice"):
-        os.nice(spec["nice"])  # before any thread starts: they all inherit it
+    spec = WorkerSpec.model_validate_json(os.environ[WORKER_VAR])
+    if spec.nice:
+        os.nice(spec.nice)  # before any thread starts: they all inherit it
     done = asyncio.run(_worker(spec))
-    print("DONE " + json.dumps(done), flush=True)
+    print("DONE " + done.model_dump_json(), flush=True)
     return 0
 
 

@@ -1,59 +1,63 @@
 """A fleet at parity? Staleness compensation measured through the real services (SPEC "Fleets").
 
-Each case is one ``simultrain demo --json`` run: coordinator, cloud and E edge processes on
-127.0.0.1, every edge a shard (IMU: one subject per edge; MNIST: ``--partition
-label-skew``), ``steps`` batches per edge, so every method — centralized training included —
-trains the same samples. The cases run ``workers`` at a time (each is E + 2 processes),
-fleets above ``LARGE_FLEET`` edges one at a time. ``--targets`` runs the committed grid
-(``TARGET_GRID``): ``simultrain fleet-parity --targets --resume`` adds what the results
-file lacks.
+Each case is one ``simultrain demo`` run, called as a function (:func:`simultrain.demo.run_demo`):
+coordinator, cloud and E edge processes on 127.0.0.1, every edge a shard (IMU: one subject per
+edge; MNIST: ``--partition label-skew``), ``steps`` batches per edge, so every method —
+centralized training included — trains the same samples. The cases run ``workers`` at a time
+(each is E + 2 processes), fleets above ``LARGE_FLEET`` edges one at a time. ``--targets`` runs
+the committed grid (``TARGET_GRID``): ``simultrain fleet-parity --targets --resume`` adds what
+the results file lacks.
 
 Outputs, in ``out_dir``:
 
-- ``fleet_parity.json`` — ``{"meta", "records"}``; one record per run with ``dataset,
-  partition, edges, window, steps`` (batches per edge), ``method`` (``centralized`` or a
-  compensation chain; ``default`` is the run configuration's), ``compensation`` (the chain
-  the cloud ran), ``seed, accuracy, test_loss, mean_staleness, max_staleness`` (edge-stage
-  steps the gradient missed, the master's histogram), ``master_version, samples, seconds``
-  and the ``command``. Rewritten after every run; ``--resume`` skips what it holds.
+- ``fleet_parity.json`` — :class:`~simultrain.bench.records.FleetParityFile`: one record per
+  run (``method`` is ``centralized``, ``default`` — the run configuration's chain — or a
+  compensation chain; ``compensation`` the chain the cloud ran; ``command`` the demo command
+  that runs the same case). Rewritten after every run; ``--resume`` skips what it holds.
 - ``fleet_parity.md`` — mean ± std over seeds per (dataset, edges, window, method) and the
   gap to centralized training of the same cell, in accuracy points.
 
-``simultrain fleet-parity`` calls :func:`main`.
+A method is a name in :data:`METHODS` (the run keys it sets, and how it trains a case), or
+else a compensation chain; a new kind of case is one entry there.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from threading import Lock
 from typing import Any
 
-__all__ = ["Case", "main", "render_table"]
+import httpx
+
+from simultrain.bench.harness import Experiment
+from simultrain.bench.records import FleetParityFile, FleetParityMeta, FleetParityRecord
+from simultrain.shared.errors import SimulTrainError
+
+__all__ = ["METHODS", "Case", "FleetParity", "Method", "grid_cases", "render_table"]
 
 JSON_NAME = "fleet_parity.json"
 MD_NAME = "fleet_parity.md"
 
-# Batches per edge by dataset at 8 edges: IMU 1 600 batches in all (the issue's 51 200
-# samples); MNIST 600 (the study's MNIST budget, docs/STALENESS.md "The study").
+# Batches in all, dealt to the edges: IMU 1 600 (51 200 samples, docs/STALENESS.md "A fleet");
+# MNIST 600 (the study's MNIST budget, docs/STALENESS.md "The study").
 TOTAL_BATCHES = {"imu": 1600, "mnist": 600}
 PARTITIONS = {"imu": "groups", "mnist": "label-skew"}
 # The targets: the largest gap to centralized training, in points, by (edges, window)
 # (docs/STALENESS.md, "A fleet").
 TARGETS = {(8, 4): 0.5, (1, 16): 0.5, (32, 4): 1.0}
-# ``--targets``: every run behind bench/results/fleet_parity.{json,md}, as
-# (datasets, edges, window, methods, seeds). docs/STALENESS.md, "A fleet", reads them.
-TARGET_GRID: tuple[tuple[tuple[str, ...], int, int, tuple[str, ...], tuple[int, ...]], ...] = (
+# The method every other is compared with, on the same seed (the table's gap).
+REFERENCE = "centralized"
+
+GridRow = tuple[tuple[str, ...], int, int, tuple[str, ...], tuple[int, ...]]
+"""(datasets, edges, window, methods, seeds): every combination is a case."""
+
+# ``--targets``: every run behind bench/results/fleet_parity.{json,md}. docs/STALENESS.md,
+# "A fleet", reads them.
+TARGET_GRID: tuple[GridRow, ...] = (
     (
         ("imu", "mnist"),
         8,
@@ -94,7 +98,7 @@ class Case:
     dataset: str
     edges: int
     window: int
-    method: str  # "centralized", "default" or a compensation chain
+    method: str  # a name of METHODS or a compensation chain
     seed: int
 
     @property
@@ -105,84 +109,158 @@ class Case:
     def key(self) -> tuple[str, int, int, str, int]:
         return (self.dataset, self.edges, self.window, self.method, self.seed)
 
-    def command(self) -> list[str]:
-        args = [
-            "demo",
-            "--dataset",
-            self.dataset,
-            "--edges",
-            str(self.edges),
-            "--steps",
-            str(self.steps),
-            "--window",
-            str(self.window),
-            "--seed",
-            str(self.seed),
-            "--json",
-            # One evaluation, at the end: a periodic one reads the whole test split every few
-            # seconds (10 000 images on MNIST), which dominates a fleet run on two cores.
-            "--eval-every",
-            "0",
-        ]
+    @property
+    def partition(self) -> str:
+        return PARTITIONS[self.dataset] if self.edges > 1 else "none"
+
+    def run_keys(self) -> dict[str, Any]:
+        """The run configuration's keys this case sets (the rest keep their defaults)."""
+        keys: dict[str, Any] = {
+            "dataset": self.dataset,
+            "edges": self.edges,
+            "steps": self.steps,
+            "window": self.window,
+            "seed": self.seed,
+        }
         if self.edges > 1:
-            args += ["--partition", PARTITIONS[self.dataset]]
-        if self.method == "centralized":
-            args += ["--mode", "centralized"]
-        elif self.method != "default":
-            args += ["--compensation", self.method]
+            keys["partition"] = PARTITIONS[self.dataset]
+        return {**keys, **method_of(self.method).run}
+
+    def command(self) -> list[str]:
+        """The ``simultrain demo`` arguments that run the same case by hand."""
+        keys = self.run_keys()
+        args = ["demo"]
+        for key in ("dataset", "edges", "steps", "window", "seed"):
+            args += [f"--{key}", str(keys.pop(key))]
+        # One evaluation, at the end: a periodic one reads the whole test split every few
+        # seconds (10 000 images on MNIST), which dominates a fleet run on two cores.
+        args += ["--json", "--eval-every", "0"]
+        for key, value in keys.items():  # every demo flag is its run key's name
+            args += [f"--{key.replace('_', '-')}", str(value)]
         return args
 
 
-def _run(case: Case, timeout_s: float) -> dict[str, Any]:
-    command = [sys.executable, "-m", "simultrain.cli", *case.command()]
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        # Ctrl-C, not a kill: the demo stops the services it started (each in a session of
-        # its own, out of reach of a signal to the demo alone) before it exits.
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        raise
-    seconds = time.perf_counter() - started
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (stderr or stdout)[-2000:]
-        raise RuntimeError(f"{' '.join(case.command())} failed ({proc.returncode}): {tail}")
-    summary = json.loads(lines[-1])
-    return {
-        "dataset": case.dataset,
-        "partition": PARTITIONS[case.dataset] if case.edges > 1 else "none",
-        "edges": case.edges,
-        "window": case.window,
-        "steps": case.steps,
-        "method": case.method,
-        "mode": summary["mode"],
-        "compensation": summary["compensation"],
-        "seed": case.seed,
-        "accuracy": summary["accuracy"],
-        "test_loss": summary["test_loss"],
-        "mean_staleness": summary["mean_staleness"],
-        "max_staleness": summary["max_staleness"],
-        "master_version": summary["master_version"],
-        "samples": summary["samples"],
-        "seconds": round(seconds, 1),
-        "command": "simultrain " + " ".join(case.command()),
-    }
+def through_services(case: Case, timeout_s: float) -> FleetParityRecord:
+    """Train ``case`` with the demo's processes (:func:`simultrain.demo.run_demo`)."""
+    from rich.console import Console
 
+    from simultrain.demo import DemoOptions, run_demo
+    from simultrain.shared.training.config import RunConfig
 
-def render_table(records: Sequence[dict[str, Any]]) -> str:
-    """Mean ± std per cell and the gap to centralized training of the same cell."""
-    cells: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]] = defaultdict(
-        lambda: defaultdict(list)
+    run = RunConfig.from_mapping(case.run_keys())
+    options = DemoOptions(
+        run=run, steps=run.steps, edges=run.edges, eval_every_s=0.0, timeout_s=timeout_s
     )
+    started = time.perf_counter()
+    summary = run_demo(options, console=Console(quiet=True))
+    return FleetParityRecord(
+        dataset=case.dataset,
+        partition=case.partition,
+        edges=case.edges,
+        window=case.window,
+        steps=case.steps,
+        method=case.method,
+        mode=summary.mode,
+        compensation=summary.compensation,
+        seed=case.seed,
+        accuracy=summary.accuracy,
+        test_loss=summary.test_loss,
+        mean_staleness=summary.mean_staleness,
+        max_staleness=summary.max_staleness,
+        master_version=summary.master_version,
+        samples=summary.samples,
+        seconds=round(time.perf_counter() - started, 1),
+        command="simultrain " + " ".join(case.command()),
+    )
+
+
+@dataclass(frozen=True)
+class Method:
+    """A column of the table: the run keys it sets on a case, and how it trains one."""
+
+    run: Mapping[str, Any] = field(default_factory=dict)
+    train: Callable[[Case, float], FleetParityRecord] = through_services
+
+
+METHODS: dict[str, Method] = {
+    "centralized": Method({"mode": "centralized"}),
+    "default": Method(),  # the run configuration's compensation chain
+}
+
+
+def method_of(name: str) -> Method:
+    """The method ``name``: one of :data:`METHODS`, else the compensation chain ``name``."""
+    return METHODS.get(name) or Method({"compensation": name})
+
+
+def grid_cases(grid: Sequence[GridRow]) -> list[Case]:
+    """Every case of ``grid``, seed-major: an interrupted run leaves whole seeds."""
+    return [
+        Case(dataset, edges, window, method, seed)
+        for datasets, edges, window, methods, seeds in grid
+        for dataset in datasets
+        for seed in seeds
+        for method in methods
+    ]
+
+
+@dataclass
+class FleetParity(Experiment[Case, FleetParityRecord]):
+    """``simultrain fleet-parity``: the cases of a grid, their records and table."""
+
+    out_dir: Path
+    grid: Sequence[GridRow]
+    timeout_s: float = 1800.0
+    command: str = "simultrain fleet-parity"
+
+    failures = (SimulTrainError, httpx.HTTPError)
+    pool = "process"  # the cases are processes; Ctrl-C reaches each worker's demo
+
+    def cases(self) -> list[Case]:
+        return grid_cases(self.grid)
+
+    def case_key(self, case: Case) -> tuple[str, int, int, str, int]:
+        return case.key
+
+    def record_key(self, record: FleetParityRecord) -> tuple[str, int, int, str, int]:
+        return (record.dataset, record.edges, record.window, record.method, record.seed)
+
+    def alone(self, case: Case) -> bool:
+        return case.edges > LARGE_FLEET
+
+    def run_one(self, case: Case) -> FleetParityRecord:
+        return method_of(case.method).train(case, self.timeout_s)
+
+    def describe(self, case: Case) -> str:
+        return f"{case.dataset} E{case.edges} W{case.window} {case.method} s{case.seed}"
+
+    def summary(self, record: FleetParityRecord) -> str:
+        return (
+            f"{100 * record.accuracy:.1f} % (τ mean {record.mean_staleness}) "
+            f"in {record.seconds:.0f} s"
+        )
+
+    def load(self) -> list[FleetParityRecord]:
+        path = self.out_dir / JSON_NAME
+        return FleetParityFile.read(path).records if path.exists() else []
+
+    def save(self, records: Sequence[FleetParityRecord]) -> None:
+        ordered = sorted(records, key=self.record_key)
+        results = FleetParityFile(meta=FleetParityMeta(command=self.command), records=ordered)
+        results.write(self.out_dir / JSON_NAME)
+        (self.out_dir / MD_NAME).write_text(render_table(ordered) + "\n")
+
+
+# --- the table ---------------------------------------------------------------------------
+
+Cells = dict[tuple[str, int, int], dict[str, list[FleetParityRecord]]]
+
+
+def render_table(records: Sequence[FleetParityRecord]) -> str:
+    """Mean ± std per cell and the gap to centralized training of the same cell."""
+    cells: Cells = defaultdict(lambda: defaultdict(list))
     for r in records:
-        cells[(r["dataset"], r["edges"], r["window"])][r["method"]].append(r)
+        cells[(r.dataset, r.edges, r.window)][r.method].append(r)
     out = [
         "# A fleet at parity? Services, held-out accuracy (%)",
         "",
@@ -193,51 +271,51 @@ def render_table(records: Sequence[dict[str, Any]]) -> str:
     ]
     out += _targets(cells)
     for (dataset, edges, window), methods in sorted(cells.items()):
-        reference = {r["seed"]: r["accuracy"] for r in methods.get("centralized", [])}
+        reference = {r.seed: r.accuracy for r in methods.get(REFERENCE, [])}
         out += [
             f"## {dataset} · {edges} edge{'s' if edges > 1 else ''} × W {window}",
             "",
             "| method | compensation | per seed | mean ± std | gap | staleness | seconds |",
             "|---|---|---|---|---|---|---|",
         ]
-        order = sorted(methods, key=lambda m: (m != "centralized", m != "default", m))
+        order = sorted(methods, key=lambda m: (m != REFERENCE, m != "default", m))
         for method in order:
-            runs = sorted(methods[method], key=lambda r: r["seed"])
-            accs = [100 * r["accuracy"] for r in runs]
+            runs = sorted(methods[method], key=lambda r: r.seed)
+            accs = [100 * r.accuracy for r in runs]
             mean = statistics.fmean(accs)
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
             diffs = _paired_gaps(runs, reference)
-            gap = f"{statistics.fmean(diffs):+.1f}" if diffs and method != "centralized" else "–"
-            seeds = " / ".join(f"{a:.1f} (s{r['seed']})" for a, r in zip(accs, runs, strict=True))
+            gap = f"{statistics.fmean(diffs):+.1f}" if diffs and method != REFERENCE else "–"
+            seeds = " / ".join(f"{a:.1f} (s{r.seed})" for a, r in zip(accs, runs, strict=True))
             stale = (
-                f"{statistics.fmean(r['mean_staleness'] for r in runs):.1f} / "
-                f"{max(r['max_staleness'] for r in runs)}"
-                if method != "centralized"
+                f"{statistics.fmean(r.mean_staleness for r in runs):.1f} / "
+                f"{max(r.max_staleness for r in runs)}"
+                if method != REFERENCE
                 else "–"
             )
-            secs = f"{statistics.fmean(r['seconds'] for r in runs):.0f}"
+            secs = f"{statistics.fmean(r.seconds for r in runs):.0f}"
             out.append(
-                f"| {method} | {runs[0]['compensation'] if method != 'centralized' else '–'} "
+                f"| {method} | {runs[0].compensation if method != REFERENCE else '–'} "
                 f"| {seeds} | {mean:.1f} ± {std:.1f} | {gap} | {stale} | {secs} |"
             )
         out.append("")
     return "\n".join(out)
 
 
-def _paired_gaps(runs: Sequence[dict[str, Any]], reference: dict[int, float]) -> list[float]:
-    return [100 * (r["accuracy"] - reference[r["seed"]]) for r in runs if r["seed"] in reference]
+def _paired_gaps(runs: Sequence[FleetParityRecord], reference: dict[int, float]) -> list[float]:
+    return [100 * (r.accuracy - reference[r.seed]) for r in runs if r.seed in reference]
 
 
-def _targets(cells: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]]) -> list[str]:
+def _targets(cells: Cells) -> list[str]:
     """One row per (cell, method) that has a target: the gap, its standard error over the
     seeds (paired with centralized on the same seed) and whether the target holds."""
     rows = []
     for (dataset, edges, window), methods in sorted(cells.items()):
         target = TARGETS.get((edges, window))
-        reference = {r["seed"]: r["accuracy"] for r in methods.get("centralized", [])}
+        reference = {r.seed: r.accuracy for r in methods.get(REFERENCE, [])}
         if target is None or not reference:
             continue
-        for method in sorted(m for m in methods if m != "centralized"):
+        for method in sorted(m for m in methods if m != REFERENCE):
             gaps = _paired_gaps(methods[method], reference)
             if not gaps:
                 continue
@@ -260,103 +338,3 @@ def _targets(cells: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]])
         *rows,
         "",
     ]
-
-
-def _save(out_dir: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    records.sort(key=lambda r: (r["dataset"], r["edges"], r["window"], r["method"], r["seed"]))
-    (out_dir / JSON_NAME).write_text(json.dumps({"meta": meta, "records": records}, indent=1))
-    (out_dir / MD_NAME).write_text(render_table(records) + "\n")
-
-
-def _strs(text: str) -> list[str]:
-    return [s for s in text.split(",") if s]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(s) for s in _strs(text)]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``simultrain fleet-parity [--targets | --datasets imu,mnist --methods …] [--resume]``;
-    0 on success."""
-    parser = argparse.ArgumentParser(
-        prog="simultrain fleet-parity", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
-    parser.add_argument("--datasets", type=_strs, default=["imu", "mnist"])
-    parser.add_argument(
-        "--methods",
-        type=_strs,
-        default=["centralized", "default", "delay-beta1+fleet-batch"],
-        help="centralized, default, or compensation chains (comma-separated)",
-    )
-    parser.add_argument("--edges", type=_ints, default=[8])
-    parser.add_argument("--window", type=int, default=4)
-    parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2, help="runs at once")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
-    parser.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
-    parser.add_argument(
-        "--targets",
-        action="store_true",
-        help="run the committed grid (every fleet, method and seed of the results file) "
-        "instead of --datasets/--edges/--window/--methods/--seeds",
-    )
-    args = parser.parse_args(argv)
-    unknown = set(args.datasets) - set(TOTAL_BATCHES)
-    if unknown:
-        parser.error(f"unknown dataset(s) {sorted(unknown)}; choose from {list(TOTAL_BATCHES)}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / JSON_NAME
-    records: list[dict[str, Any]] = []
-    if args.resume and path.exists():
-        records = json.loads(path.read_text())["records"]
-    done = {(r["dataset"], r["edges"], r["window"], r["method"], r["seed"]) for r in records}
-    if args.targets:
-        grid = TARGET_GRID
-    else:
-        grid = tuple(
-            (tuple(args.datasets), edges, args.window, tuple(args.methods), tuple(args.seeds))
-            for edges in args.edges
-        )
-    # Seed-major, so that an interrupted run leaves whole seeds of every method.
-    cases = [
-        Case(dataset, edges, window, method, seed)
-        for datasets, edges, window, methods, seeds in grid
-        for dataset in datasets
-        for seed in seeds
-        for method in methods
-    ]
-    todo = [c for c in cases if c.key not in done]
-    meta = {"command": "simultrain fleet-parity " + " ".join(argv or sys.argv[1:])}
-    lock = Lock()
-    failures = 0
-    print(f"{len(todo)} of {len(cases)} runs to do", flush=True)
-    small = [c for c in todo if c.edges <= LARGE_FLEET]
-    large = [c for c in todo if c.edges > LARGE_FLEET]
-    for batch, workers in ((small, args.workers), (large, 1)):
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(_run, case, args.timeout): case for case in batch}
-            for future in as_completed(futures):
-                case = futures[future]
-                try:
-                    record = future.result()
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    failures += 1
-                    print(f"FAILED {case}: {exc}", file=sys.stderr, flush=True)
-                    continue
-                with lock:
-                    records.append(record)
-                    _save(args.out_dir, records, meta)
-                print(
-                    f"{case.dataset} E{case.edges} W{case.window} {case.method} s{case.seed}: "
-                    f"{100 * record['accuracy']:.1f} % (τ mean {record['mean_staleness']}) "
-                    f"in {record['seconds']:.0f} s",
-                    flush=True,
-                )
-    _save(args.out_dir, records, meta)
-    return 1 if failures else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

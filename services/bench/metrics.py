@@ -1,4 +1,4 @@
-"""The benchmark's metrics: pure functions over timelines (issue 4, item 5).
+"""The benchmark's metrics: pure functions over timelines (docs/BENCH.md, "Metrics").
 
 Every figure in ``results.json`` and the report is computed here from three recordings of
 one run, all in ``time.monotonic()`` seconds of the host:
@@ -46,8 +46,10 @@ import bisect
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from simultrain.bench.records import StepMetrics
 
 __all__ = [
     "HEAD_FRACTION",
@@ -252,35 +254,6 @@ class StageTimes:
         return max(stages, key=lambda name: stages[name])
 
 
-@dataclass(frozen=True)
-class StepMetrics:
-    """Everything the steady-state window says about one run (milliseconds, bytes)."""
-
-    batches: int
-    window: tuple[int, int]
-    step_interval_ms: float
-    step_latency_ms: float
-    step_latency_p50_ms: float
-    step_latency_p95_ms: float
-    bytes_up_per_step: float
-    bytes_down_per_step: float
-    edge_compute_ms: float
-    cloud_compute_ms: float
-    uplink_ms: float
-    downlink_ms: float
-    pipeline_bound_ms: float
-    sequential_bound_ms: float
-    bottleneck: str
-    edge_busy: float
-    cloud_busy: float
-    btp_byte_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["window"] = list(self.window)
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
-
-
 def step_metrics(
     timeline: Mapping[str, Any],
     cloud_busy: Sequence[Sequence[float]],
@@ -326,23 +299,28 @@ def step_metrics(
     return StepMetrics(
         batches=n,
         window=window,
-        step_interval_ms=interval * 1e3,
-        step_latency_ms=latency["mean"] * 1e3,
-        step_latency_p50_ms=latency["p50"] * 1e3,
-        step_latency_p95_ms=latency["p95"] * 1e3,
-        bytes_up_per_step=bytes_up,
-        bytes_down_per_step=bytes_down,
-        edge_compute_ms=stages.edge_s * 1e3,
-        cloud_compute_ms=stages.cloud_s * 1e3,
-        uplink_ms=stages.uplink_s * 1e3,
-        downlink_ms=stages.downlink_s * 1e3,
-        pipeline_bound_ms=stages.pipeline_bound_s * 1e3,
-        sequential_bound_ms=stages.sequential_bound_s * 1e3,
+        step_interval_ms=_r(interval * 1e3),
+        step_latency_ms=_r(latency["mean"] * 1e3),
+        step_latency_p50_ms=_r(latency["p50"] * 1e3),
+        step_latency_p95_ms=_r(latency["p95"] * 1e3),
+        bytes_up_per_step=_r(bytes_up),
+        bytes_down_per_step=_r(bytes_down),
+        edge_compute_ms=_r(stages.edge_s * 1e3),
+        cloud_compute_ms=_r(stages.cloud_s * 1e3),
+        uplink_ms=_r(stages.uplink_s * 1e3),
+        downlink_ms=_r(stages.downlink_s * 1e3),
+        pipeline_bound_ms=_r(stages.pipeline_bound_s * 1e3),
+        sequential_bound_ms=_r(stages.sequential_bound_s * 1e3),
         bottleneck=stages.bottleneck,
-        edge_busy=busy_fraction(stages.edge_s, interval),
-        cloud_busy=busy_fraction(stages.cloud_s, interval),
-        btp_byte_s=bandwidth_time_product(bytes_up, bytes_down, interval),
+        edge_busy=_r(busy_fraction(stages.edge_s, interval)),
+        cloud_busy=_r(busy_fraction(stages.cloud_s, interval)),
+        btp_byte_s=_r(bandwidth_time_product(bytes_up, bytes_down, interval)),
     )
+
+
+def _r(value: float) -> float:
+    """Four decimals: what a record keeps of a figure."""
+    return round(value, 4)
 
 
 def cloud_compute_s(

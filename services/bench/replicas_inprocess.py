@@ -1,10 +1,10 @@
 """Cloud replicas in one process: the sync scheme without sockets, timing or processes.
 
-``python -m simultrain.bench.replicas_inprocess [--seeds 0] [--cases NAME,...] [--jobs 2]``
+``simultrain replicas [--seeds 0] [--cases NAME,...] [--jobs 2] [--resume]``
 
-docs/REPLICAS.md's scheme, driven deterministically: R masters built by the cloud's build
-path (``build_master``), each behind its own :class:`CloudRuntime`, the same edges as the
-in-process driver (every frame through the real encoder and decoder), and the
+docs/REPLICAS.md's scheme, driven deterministically: R clouds assembled as the cloud service
+assembles its one (``build_cloud``), the same edges as the in-process driver (``build_edge``,
+every frame through the real encoder and decoder), and the
 :class:`SyncLedger` arithmetic of shared/training/replica_sync.py with the all-reduce taken
 as a sum in memory. A round starts when one replica has applied ``sync_every`` updates
 since its last snapshot (the service's ``updated()`` kick); every replica snapshots then,
@@ -15,38 +15,39 @@ group between rounds (non-IID).
 
 If the services lost accuracy where this does not, the loss would be a services defect;
 where this loses it too, it is the scheme's arithmetic. bench/results/replicas.md reads
-the results (``replicas-inprocess.{json,md}`` in ``--out``, rewritten after each case).
+the results (``replicas-inprocess.{json,md}`` in ``--out``, rewritten after each case;
+:class:`~simultrain.bench.records.ReplicaFile`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from simultrain.shared.data import BatchStream, load_dataset
+from simultrain.bench.harness import Experiment
+from simultrain.bench.records import ReplicaFile, ReplicaMeta, ReplicaRecord
+from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import TrainingError
-from simultrain.shared.protocol import CloudSession, EdgeSession, Hello, Limits, Welcome
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.driver import _cloud_handle, _Edge, _edge_receive, _Link
-from simultrain.shared.training.factory import (
-    build_master,
-    build_synthetic,
-    edge_module,
-    wire_cut_shape,
+from simultrain.shared.training.driver import (
+    LinkedEdge,
+    cloud_handle,
+    connect_edge,
+    drain,
+    edge_receive,
+    produce_round,
 )
 from simultrain.shared.training.replica_sync import MERGES, Merge, SyncLedger
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime
+from simultrain.shared.training.runtime import CloudRuntime
 
-__all__ = ["CASES", "Case", "main", "run_replicated"]
+__all__ = ["CASES", "Case", "ReplicaCase", "Replicas", "render_table", "run_replicated"]
 
 SGD = {"optimizer_name": "sgd", "optimizer_lr": 0.05, "optimizer_momentum": 0.0}
 
@@ -90,65 +91,21 @@ def run_replicated(
     """One run; the replicas' held-out accuracy after a last round (one model again)."""
     if merge not in MERGES:
         raise TrainingError(f"merge must be one of {MERGES}")
-    schedule = config.schedule()
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)
-    clouds = [
-        CloudRuntime(
-            build_master(config, spec, schedule),
-            schedule,
-            config.codecs,
-            synthetic=build_synthetic(config, spec, schedule),
-        )
-        for _ in range(replicas)
-    ]
+    assemblies = [build_cloud(config, spec) for _ in range(replicas)]
+    clouds = [a.runtime for a in assemblies]
     ledgers = [SyncLedger(c.master, merge=merge) for c in clouds]
-    limits = Limits(window=schedule.window)
-    cut_shape = wire_cut_shape(spec, schedule)
-    edges: dict[str, _Edge] = {}
+    # Edge i is served by replica i mod R; every edge holds its own shard (non-IID by subject).
+    edges: dict[str, LinkedEdge] = {}
     owner: dict[str, CloudRuntime] = {}
     for i in range(config.edges):
-        shard = dataset.shard(i, config.edges, partition=config.partition)
-        edge_id = f"edge-{i}"
-        edge = _Edge(
-            edge_id,
-            EdgeRuntime(
-                edge_module(spec.build(config.seed), schedule),
-                schedule,
-                config.codecs,
-                optimizer=config.optimizer,
-            ),
-            EdgeSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
-            CloudSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
-            BatchStream(
-                shard.x_train,
-                shard.y_train,
-                batch_size=config.batch_size,
-                seed=config.seed + 1000 * i,
-            ),
-            _Link(),
+        shard = Shard(dataset, i, config.edges)
+        edge = connect_edge(
+            config, assemblies[i % replicas], i, build_edge(config, spec, shard), spec
         )
-        edges[edge_id] = edge
-        cloud = owner[edge_id] = clouds[i % replicas]
-        hello = Hello(
-            edge_id=edge_id,
-            model_id=spec.model_id,
-            cut_shape=cut_shape,
-            config={"mode": schedule.mode, "window": schedule.window},
-        )
-        list(edge.cloud_session.receive_data(edge.session.send(hello)))
-        offset = schedule.reconcile_offset(i, config.edges)
-        _, snap = cloud.open_session(edge_id, reconcile_offset=offset)
-        welcome = Welcome(
-            session_id=edge_id,
-            master_version=cloud.master.version,
-            cut_shape=cut_shape,
-            window=limits.window,
-        )
-        for frame in (welcome, snap):
-            edge.link.send_down(edge.cloud_session.send(frame))
-        while edge.link.down:
-            _edge_receive(edge)
+        edges[edge.edge_id] = edge
+        owner[edge.edge_id] = clouds[i % replicas]
 
     rounds = 0
     in_flight: list[Any] = []  # [total, watermark tables, updates until the merge]
@@ -188,30 +145,19 @@ def run_replicated(
             if edge.link.up:
                 cloud = owner[edge.edge_id]
                 for frame in edge.cloud_session.receive_data(edge.link.up.popleft()):
-                    for edge_id, reply in _cloud_handle(cloud, edge.edge_id, frame):
+                    for edge_id, reply in cloud_handle(cloud, edge.edge_id, frame):
                         target = edges[edge_id]
                         target.link.send_down(target.cloud_session.send(reply))
                     updated(cloud)
                 moved = True
             if edge.link.down:
-                _edge_receive(edge)
+                edge_receive(edge)
                 moved = True
         return moved
 
     for _ in range(config.steps):
-        for edge in edges.values():
-            while not edge.runtime.can_produce():
-                if not pump():
-                    raise TrainingError("pipeline stalled: window full and nothing in flight")
-            upload = edge.runtime.produce(*next(edge.stream))
-            if upload is not None:
-                edge.link.send_up(edge.session.send(upload))
-    while True:
-        for edge in edges.values():
-            while edge.runtime.pending_egrads:
-                edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-        if not pump():
-            break
+        produce_round(edges, pump)
+    drain(edges, pump)
     if replicas > 1:
         if in_flight:
             finish_round()
@@ -229,72 +175,95 @@ def run_replicated(
     }
 
 
-def _run_case(case: Case, seed: int, steps: int) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    run = RunConfig.from_mapping(
-        {"edges": 4, "steps": steps, "seed": seed, **(SGD if case.sgd else {})}
-    )
-    started = time.perf_counter()
-    result = run_replicated(
-        run, case.replicas, sync_every=case.sync_every, merge=case.merge, lag=case.lag
-    )
-    return {
-        "case": case.name,
-        "seed": seed,
-        **{k: v for k, v in asdict(case).items() if k != "name"},
-        "optimizer": run.optimizer.name,
-        "steps_per_edge": steps,
-        **result,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+@dataclass(frozen=True, slots=True)
+class ReplicaCase:
+    case: str  # a name of CASES
+    seed: int
 
 
-def _write(out: Path, rows: list[dict[str, Any]], command: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r["seed"], list(CASES).index(r["case"])))
-    meta = {"command": command, "cpus": os.cpu_count()}
-    (out / "replicas-inprocess.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+@dataclass
+class Replicas(Experiment[ReplicaCase, ReplicaRecord]):
+    """The cases × seeds; ``replicas-inprocess.{json,md}`` in ``out_dir`` after each."""
+
+    names: Sequence[str]
+    seeds: Sequence[int]
+    steps: int = 300  # batches per edge
+    out_dir: Path = Path("bench/results")
+    command: str = "simultrain replicas"
+
+    failures = ()  # a run that raises is a defect: the whole run stops
+
+    def cases(self) -> list[ReplicaCase]:
+        return [ReplicaCase(name, seed) for seed in self.seeds for name in self.names]
+
+    def record_key(self, record: ReplicaRecord) -> ReplicaCase:
+        return ReplicaCase(record.case, record.seed)
+
+    def run_one(self, case: ReplicaCase) -> ReplicaRecord:
+        spec = CASES[case.case]
+        torch.set_num_threads(1)
+        run = RunConfig.from_mapping(
+            {"edges": 4, "steps": self.steps, "seed": case.seed, **(SGD if spec.sgd else {})}
+        )
+        started = time.perf_counter()
+        result = run_replicated(
+            run, spec.replicas, sync_every=spec.sync_every, merge=spec.merge, lag=spec.lag
+        )
+        return ReplicaRecord(
+            case=spec.name,
+            seed=case.seed,
+            replicas=spec.replicas,
+            merge=spec.merge,
+            sync_every=spec.sync_every,
+            lag=spec.lag,
+            sgd=spec.sgd,
+            optimizer=run.optimizer.name,
+            steps_per_edge=self.steps,
+            accuracy=result["accuracy"],
+            global_version=result["global_version"],
+            samples_applied=result["samples_applied"],
+            rounds=result["rounds"],
+            staleness_mean=result["staleness_mean"],
+            seconds=round(time.perf_counter() - started, 1),
+        )
+
+    def describe(self, case: ReplicaCase) -> str:
+        return f"{case.case} s{case.seed}"
+
+    def summary(self, record: ReplicaRecord) -> str:
+        return f"accuracy {record.accuracy[0]:.3f} after {record.rounds} rounds"
+
+    def load(self) -> list[ReplicaRecord]:
+        path = self.out_dir / "replicas-inprocess.json"
+        return ReplicaFile.read(path).rows if path.exists() else []
+
+    def save(self, records: Sequence[ReplicaRecord]) -> None:
+        rows = sorted(records, key=lambda r: (r.seed, list(CASES).index(r.case)))
+        meta = ReplicaMeta(command=self.command, cpus=os.cpu_count())
+        ReplicaFile(meta=meta, rows=rows).write(self.out_dir / "replicas-inprocess.json")
+        (self.out_dir / "replicas-inprocess.md").write_text(render_table(rows))
+
+
+def render_table(rows: Sequence[ReplicaRecord]) -> str:
     lines = [
         "| case | seed | replicas | merge | sync every | lag | optimizer | accuracy "
         "| rounds | mean staleness | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        merge = r["merge"] if r["replicas"] > 1 else "–"
+        merge = r.merge if r.replicas > 1 else "–"
         lines.append(
-            f"| {r['case']} | {r['seed']} | {r['replicas']} | {merge} | "
-            f"{r['sync_every'] if r['replicas'] > 1 else '–'} | {r['lag']} | {r['optimizer']} "
-            f"| {r['accuracy'][0]:.3f} | {r['rounds']} | {r['staleness_mean']} "
-            f"| {r['seconds']} |"
+            f"| {r.case} | {r.seed} | {r.replicas} | {merge} | "
+            f"{r.sync_every if r.replicas > 1 else '–'} | {r.lag} | {r.optimizer} "
+            f"| {r.accuracy[0]:.3f} | {r.rounds} | {r.staleness_mean} "
+            f"| {r.seconds} |"
         )
-    (out / "replicas-inprocess.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--cases", default=",".join(CASES), help=", ".join(CASES))
-    parser.add_argument("--steps", type=int, default=300, help="batches per edge")
-    parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args(argv)
-    unknown = [c for c in args.cases.split(",") if c not in CASES]
-    if unknown:
-        parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    cases = [CASES[c] for c in args.cases.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    command = "python -m simultrain.bench.replicas_inprocess " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_run_case, c, s, args.steps) for s in seeds for c in cases]
-        for future in futures:
-            row = future.result()
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            _write(args.out, rows, command)
+if __name__ == "__main__":  # the earlier entry point: ``simultrain replicas`` is the same
+    import typer
 
+    from simultrain.bench.cli import replicas
 
-if __name__ == "__main__":
-    main()
+    typer.run(replicas)

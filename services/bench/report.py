@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from simultrain.bench import metrics
+from simultrain.bench.records import BenchFailure, BenchMeta, BenchRecord
 
 __all__ = [
     "PAPER",
@@ -29,7 +30,7 @@ __all__ = [
     "write_report",
 ]
 
-Record = Mapping[str, Any]
+Record = BenchRecord
 
 # SPEC "What the paper claims" and the paper's own tables (seeds 001/002).
 PAPER: dict[str, Any] = {
@@ -69,15 +70,15 @@ MODE_ORDER = (
 ACCURACY_DATASETS = ("imu", "mnist")
 
 
-def select(records: Iterable[Record], **where: Any) -> list[Record]:
+def select(records: Iterable[BenchRecord | BenchFailure], **where: Any) -> list[BenchRecord]:
     """Successful records whose fields equal every ``where`` value (a tuple: any of)."""
     out = []
     for record in records:
-        if "error" in record:
+        if isinstance(record, BenchFailure):
             continue
         ok = True
         for key, want in where.items():
-            value = record.get(key)
+            value = getattr(record, key)
             ok = value in want if isinstance(want, tuple) else value == want
             if not ok:
                 break
@@ -96,7 +97,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _mean_of(records: Sequence[Record], key: str) -> float:
-    return mean_std([float(r[key]) for r in records])[0] if records else math.nan
+    return mean_std([float(getattr(r, key)) for r in records])[0] if records else math.nan
 
 
 def _signed(x: float, digits: int = 1) -> str:
@@ -144,8 +145,8 @@ def _timing_suite(records: Sequence[Record]) -> list[Record]:
 
 def _stage_summary(record: Record) -> str:
     return (
-        f"edge {record['edge_compute_ms']:.0f} ms, uplink {record['uplink_ms']:.0f} ms, "
-        f"cloud {record['cloud_compute_ms']:.0f} ms, downlink {record['downlink_ms']:.0f} ms"
+        f"edge {record.edge_compute_ms:.0f} ms, uplink {record.uplink_ms:.0f} ms, "
+        f"cloud {record.cloud_compute_ms:.0f} ms, downlink {record.downlink_ms:.0f} ms"
     )
 
 
@@ -156,7 +157,7 @@ def latency_claims(records: Sequence[Record]) -> list[Claim]:
     for link in ("4g", "5g"):
         paper = PAPER["latency_reduction"][link]
         target = TARGETS["latency_reduction"][link]
-        for dataset in sorted({r["dataset"] for r in timing}):
+        for dataset in sorted({r.dataset for r in timing}):
             sim = select(timing, mode="simultrain", link=link, dataset=dataset)
             sync = select(timing, mode="syncsgd", link=link, dataset=dataset)
             if not sim or not sync:
@@ -169,30 +170,27 @@ def latency_claims(records: Sequence[Record]) -> list[Claim]:
                 best = _mean_of(sim, "pipeline_bound_ms")
                 ceiling = metrics.reduction(best, b_int)
                 reason = (
-                    f"SimulTrain is {sim[0]['bottleneck']}-bound ({_stage_summary(sim[0])}); "
+                    f"SimulTrain is {sim[0].bottleneck}-bound ({_stage_summary(sim[0])}); "
                     f"even at its pipeline bound ({best:.0f} ms) the cut would be "
                     f"{ceiling * 100:.0f} %. SyncSGD's step is {b_int:.0f} ms "
-                    f"({_stage_summary(sync[0])}, RTT {sync[0]['rtt_ms']:.0f} ms): "
+                    f"({_stage_summary(sync[0])}, RTT {sync[0].rtt_ms:.0f} ms): "
                     "pipelining hides every stage but the slowest, and here the slowest "
                     "is a large share of SyncSGD's whole step."
                 )
                 if ceiling >= target:
                     reason = (
-                        f"SimulTrain is {sim[0]['bottleneck']}-bound "
+                        f"SimulTrain is {sim[0].bottleneck}-bound "
                         f"({_stage_summary(sim[0])}); at its pipeline bound ({best:.0f} ms) "
                         f"the cut would be {ceiling * 100:.0f} %, which meets the target. "
-                        f"What is missing is the window: W = {sim[0]['window_size']} does "
+                        f"What is missing is the window: W = {sim[0].window_size} does "
                         "not cover the batch → ACK round trip (see the interval ÷ pipeline "
                         "bound rows and the window sweep)."
                     )
-                if (
-                    sim[0]["bottleneck"] == "edge"
-                    and sim[0]["edge_compute_ms"] > sync[0]["edge_compute_ms"]
-                ):
+                if sim[0].bottleneck == "edge" and sim[0].edge_compute_ms > sync[0].edge_compute_ms:
                     reason += (
-                        f" SimulTrain's edge compute per step ({sim[0]['edge_compute_ms']:.0f} "
+                        f" SimulTrain's edge compute per step ({sim[0].edge_compute_ms:.0f} "
                         f"ms) exceeds SyncSGD's whole-model edge compute "
-                        f"({sync[0]['edge_compute_ms']:.0f} ms) although it does less work: "
+                        f"({sync[0].edge_compute_ms:.0f} ms) although it does less work: "
                         "it runs while the cloud computes on the same two shared cores, and "
                         "the time dilation multiplies that contention by k."
                     )
@@ -213,7 +211,7 @@ def btp_claims(records: Sequence[Record]) -> list[Claim]:
     out: list[Claim] = []
     timing = _timing_suite(records)
     for link in ("4g", "5g"):
-        for dataset in sorted({r["dataset"] for r in timing}):
+        for dataset in sorted({r.dataset for r in timing}):
             sim = select(timing, mode="simultrain", link=link, dataset=dataset)
             sync = select(timing, mode="syncsgd", link=link, dataset=dataset)
             if not sim or not sync:
@@ -244,18 +242,18 @@ def btp_claims(records: Sequence[Record]) -> list[Claim]:
 
 def _bound_reason(record: Record) -> str:
     """Why a pipelined run steps slower than its slowest stage, from its own figures."""
-    in_flight = record["window_size"] + 1
-    latency = record["step_latency_ms"]
-    interval = record["step_interval_ms"]
+    in_flight = record.window_size + 1
+    latency = record.step_latency_ms
+    interval = record.step_interval_ms
     text = (
-        f"bound = {record['bottleneck']} {record['pipeline_bound_ms']:.0f} ms "
+        f"bound = {record.bottleneck} {record.pipeline_bound_ms:.0f} ms "
         f"({_stage_summary(record)}). "
     )
     if latency / in_flight >= 0.85 * interval:
         return text + (
             f"Window-limited: {in_flight} batches in flight over a {latency:.0f} ms round "
             f"trip (batch → ACK) allow one step per {latency / in_flight:.0f} ms at best. The "
-            f"round trip exceeds the stages' sum plus RTT ({record['sequential_bound_ms']:.0f} "
+            f"round trip exceeds the stages' sum plus RTT ({record.sequential_bound_ms:.0f} "
             "ms) by queueing and by the services' per-frame work outside any stage "
             "(encoding, lz4, WebSocket, the emulator) on two shared cores; a larger window "
             "(see the window sweep) covers it."
@@ -270,16 +268,15 @@ def _bound_reason(record: Record) -> str:
 def bound_claims(records: Sequence[Record]) -> list[Claim]:
     out: list[Claim] = []
     for record in select(_timing_suite(records), mode="simultrain"):
-        ratio = record["step_interval_ms"] / record["pipeline_bound_ms"]
+        ratio = record.step_interval_ms / record.pipeline_bound_ms
         holds = ratio <= TARGETS["bound_ratio"]
         out.append(
             Claim(
-                f"interval ÷ pipeline bound, {record['link'].upper()}, {record['dataset']}, "
-                f"W = {record['window_size']}",
+                f"interval ÷ pipeline bound, {record.link.upper()}, {record.dataset}, "
+                f"W = {record.window_size}",
                 "“near-optimal utilization”",
                 f"≤ {TARGETS['bound_ratio']:.2f}",
-                f"{ratio:.2f} ({record['step_interval_ms']:.1f} / "
-                f"{record['pipeline_bound_ms']:.1f} ms)",
+                f"{ratio:.2f} ({record.step_interval_ms:.1f} / {record.pipeline_bound_ms:.1f} ms)",
                 holds,
                 "" if holds else _bound_reason(record),
             )
@@ -292,13 +289,13 @@ def window_records(records: Sequence[Record]) -> list[Record]:
     sweep = select(records, suite="window", variant="lz4")
     if not sweep:
         return []
-    cells = {(r["dataset"], r["link"]) for r in sweep}
+    cells = {(r.dataset, r.link) for r in sweep}
     base = [
         r
         for r in select(records, suite="systems", mode="simultrain", variant="lz4")
-        if (r["dataset"], r["link"]) in cells
+        if (r.dataset, r.link) in cells
     ]
-    return sorted([*sweep, *base], key=lambda r: (r["dataset"], r["link"], r["window_size"]))
+    return sorted([*sweep, *base], key=lambda r: (r.dataset, r.link, r.window_size))
 
 
 def window_claims(records: Sequence[Record]) -> list[Claim]:
@@ -306,18 +303,17 @@ def window_claims(records: Sequence[Record]) -> list[Claim]:
     out: list[Claim] = []
     rows = window_records(records)
     timing = _timing_suite(records)
-    for dataset, link in dict.fromkeys((r["dataset"], r["link"]) for r in rows):
-        cell = [r for r in rows if r["dataset"] == dataset and r["link"] == link]
-        best = min(cell, key=lambda r: r["step_interval_ms"])
-        ratio = best["step_interval_ms"] / best["pipeline_bound_ms"]
-        w = best["window_size"]
+    for dataset, link in dict.fromkeys((r.dataset, r.link) for r in rows):
+        cell = [r for r in rows if r.dataset == dataset and r.link == link]
+        best = min(cell, key=lambda r: r.step_interval_ms)
+        ratio = best.step_interval_ms / best.pipeline_bound_ms
+        w = best.window_size
         out.append(
             Claim(
                 f"interval ÷ pipeline bound, {link.upper()}, {dataset}, best W = {w}",
                 "“near-optimal utilization”",
                 f"≤ {TARGETS['bound_ratio']:.2f}",
-                f"{ratio:.2f} ({best['step_interval_ms']:.1f} / "
-                f"{best['pipeline_bound_ms']:.1f} ms)",
+                f"{ratio:.2f} ({best.step_interval_ms:.1f} / {best.pipeline_bound_ms:.1f} ms)",
                 ratio <= TARGETS["bound_ratio"],
                 "" if ratio <= TARGETS["bound_ratio"] else _bound_reason(best),
             )
@@ -326,17 +322,17 @@ def window_claims(records: Sequence[Record]) -> list[Claim]:
         target = TARGETS["latency_reduction"].get(link)
         if sync and target is not None:
             base = _mean_of(sync, "step_interval_ms")
-            cut = metrics.reduction(best["step_interval_ms"], base)
+            cut = metrics.reduction(best.step_interval_ms, base)
             out.append(
                 Claim(
                     f"step time vs SyncSGD, {link.upper()}, {dataset}, best W = {w}",
                     f"−{PAPER['latency_reduction'][link] * 100:.0f} %",
                     f"≤ −{target * 100:.0f} %",
-                    f"{_pct(-cut)} ({best['step_interval_ms']:.1f} vs {base:.1f} ms)",
+                    f"{_pct(-cut)} ({best.step_interval_ms:.1f} vs {base:.1f} ms)",
                     cut >= target,
                     ""
                     if cut >= target
-                    else f"at its best window SimulTrain is {best['bottleneck']}-bound "
+                    else f"at its best window SimulTrain is {best.bottleneck}-bound "
                     f"({_stage_summary(best)}).",
                 )
             )
@@ -349,36 +345,38 @@ def _accuracy_records(records: Sequence[Record]) -> list[Record]:
     if acc:
         return acc
     plain = select(records, variant="lz4")
-    return select(plain, suite=plain[0]["suite"]) if plain else []
+    return select(plain, suite=plain[0].suite) if plain else []
 
 
 def accuracy_table(records: Sequence[Record]) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset → mode → {mean, std, n, loss, link, steps}: final accuracy over seeds."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     source = _accuracy_records(records)
-    for dataset in sorted({r["dataset"] for r in source}):
+    for dataset in sorted({r.dataset for r in source}):
         for mode in MODE_ORDER:
             rows = select(source, dataset=dataset, mode=mode)
             if not rows:
                 continue
             # One link per (dataset, mode): the accuracy suite has one; else the first.
-            link = rows[0]["link"]
-            rows = [r for r in rows if r["link"] == link]
-            mean, std = mean_std([float(r["accuracy"]) for r in rows])
-            loss, _ = mean_std([float(r["test_loss"]) for r in rows])
+            link = rows[0].link
+            rows = [r for r in rows if r.link == link]
+            mean, std = mean_std([float(r.accuracy) for r in rows])
+            loss, _ = mean_std([float(r.test_loss) for r in rows])
             out.setdefault(dataset, {})[mode] = {
                 "mean": mean,
                 "std": std,
                 "n": len(rows),
                 "loss": loss,
                 "link": link,
-                "steps": rows[0]["steps"],
-                "seeds": sorted(r["seed"] for r in rows),
+                "steps": rows[0].steps,
+                "seeds": sorted(r.seed for r in rows),
             }
     return out
 
 
 def accuracy_claims(records: Sequence[Record]) -> list[Claim]:
+    """Accuracy against centralized, FedAvg's gap and the two ablations, per dataset: one
+    claim each, in a row, each with its own reason where it does not hold."""
     out: list[Claim] = []
     table = accuracy_table(records)
     for dataset, modes in table.items():
@@ -470,7 +468,7 @@ def accuracy_claims(records: Sequence[Record]) -> list[Claim]:
 
 def _stale(records: Sequence[Record], dataset: str) -> int:
     rows = select(_accuracy_records(records), dataset=dataset, mode="simultrain")
-    return max((int(r["max_staleness"]) for r in rows), default=0)
+    return max((int(r.max_staleness) for r in rows), default=0)
 
 
 def claims(records: Sequence[Record]) -> list[Claim]:
@@ -553,11 +551,14 @@ DEFINITIONS = "\n".join(
 )
 
 
-def render_report(records: Sequence[Record], meta: Mapping[str, Any], plots: Sequence[str]) -> str:
+def render_report(
+    records: Sequence[BenchRecord | BenchFailure], meta: BenchMeta, plots: Sequence[str]
+) -> str:
     lines: list[str] = ["# SimulTrain benchmark: the paper's claims, measured", ""]
     lines += _header(records, meta)
+    measured = select(records)
     lines += ["## Claims: paper, target, measured", ""]
-    rows = claims(records)
+    rows = claims(measured)
     lines += _table(
         ["claim", "paper", "target", "measured", "verdict"],
         [(c.claim, c.paper, c.target, c.measured, _verdict(c.holds)) for c in rows],
@@ -568,16 +569,16 @@ def render_report(records: Sequence[Record], meta: Mapping[str, Any], plots: Seq
         lines += [f"- *{c.claim}*: {c.reason}" for c in reasons]
         lines += [""]
     lines += ["## Metrics", "", DEFINITIONS]
-    lines += _paper_tables(records)
-    lines += _systems_tables(records)
-    lines += _accuracy_section(records)
-    lines += _compression_section(records)
-    lines += _window_section(records)
-    lines += _repeatability_section(records)
-    failures = [r for r in records if "error" in r]
+    lines += _paper_tables(measured)
+    lines += _systems_tables(measured)
+    lines += _accuracy_section(measured)
+    lines += _compression_section(measured)
+    lines += _window_section(measured)
+    lines += _repeatability_section(measured)
+    failures = [r for r in records if isinstance(r, BenchFailure)]
     if failures:
         lines += ["## Failed cases", ""]
-        lines += [f"- `{r['case']}`: {r['error']}" for r in failures]
+        lines += [f"- `{r.case}`: {r.error}" for r in failures]
         lines += [""]
     if plots:
         lines += ["## Plots", ""]
@@ -586,29 +587,29 @@ def render_report(records: Sequence[Record], meta: Mapping[str, Any], plots: Seq
     return "\n".join(lines)
 
 
-def _header(records: Sequence[Record], meta: Mapping[str, Any]) -> list[str]:
-    cal = meta.get("calibration") or {}
-    host = meta.get("host") or {}
-    ok = len([r for r in records if "error" not in r])
+def _header(records: Sequence[BenchRecord | BenchFailure], meta: BenchMeta) -> list[str]:
+    cal = meta.calibration or {}
+    host = meta.host
+    ok = len([r for r in records if not isinstance(r, BenchFailure)])
+    seconds = "?" if meta.seconds is None else meta.seconds
     lines = [
-        f"Command: `{meta.get('command', '')}`  ",
-        f"Started {meta.get('started', '?')}, {meta.get('seconds', '?')} s, "
-        f"{ok}/{len(records)} cases succeeded.  ",
-        f"Host: {host.get('platform', '?')}, {host.get('cpus', '?')} CPUs, torch "
-        f"{host.get('torch', '?')}, commit `{str(host.get('git_commit', '?'))[:12]}`.  ",
+        f"Command: `{meta.command}`  ",
+        f"Started {meta.started}, {seconds} s, {ok}/{len(records)} cases succeeded.  ",
+        f"Host: {host.platform}, {host.cpus} CPUs, torch "
+        f"{host.torch}, commit `{(host.git_commit or '?')[:12]}`.  ",
         "Every case runs the real services as separate processes (coordinator, cloud, netem "
         "link emulator, one edge) on 127.0.0.1; the link profiles are SPEC's (4G: 50 Mbit/s, "
         "30 ms RTT; 5G: 300 Mbit/s, 10 ms RTT; LAN: 1 Gbit/s, 0.2 ms).  ",
     ]
     if cal:
         lines.append(
-            f"Edge CPU: time dilation k = {meta.get('edge_slowdown')} "
+            f"Edge CPU: time dilation k = {meta.edge_slowdown} "
             f"(ResNet-18 forward here {cal.get('forward_ms', 0):.1f} ms with "
             f"{cal.get('threads')} thread(s), Raspberry Pi 4 ≈ {cal.get('reference_ms')} ms; "
-            f"k = Pi ÷ here), edge torch threads {meta.get('edge_threads')}.  "
+            f"k = Pi ÷ here), edge torch threads {meta.edge_threads}.  "
         )
     else:
-        lines.append(f"Edge CPU: time dilation k = {meta.get('edge_slowdown')} (given).  ")
+        lines.append(f"Edge CPU: time dilation k = {meta.edge_slowdown} (given).  ")
     lines += [
         "The cloud runs on this CPU too (one compute thread), so a cloud stage is no faster "
         "than it would be on a small server: the cloud-side figures are pessimistic for a "
@@ -621,7 +622,7 @@ def _header(records: Sequence[Record], meta: Mapping[str, Any]) -> list[str]:
 def _paper_tables(records: Sequence[Record]) -> list[str]:
     lines = ["## The paper's tables beside ours", "", "### Bytes per step (kB)", ""]
     timing = select(_timing_suite(records), link="4g") or _timing_suite(records)
-    datasets = sorted({r["dataset"] for r in timing})
+    datasets = sorted({r.dataset for r in timing})
     header = ["mode", "paper up", "paper down"]
     for dataset in datasets:
         header += [f"{dataset} up", f"{dataset} down"]
@@ -676,8 +677,8 @@ def _systems_tables(records: Sequence[Record]) -> list[str]:
         "τ max / mean",
         "vs SyncSGD",
     ]
-    for dataset in sorted({r["dataset"] for r in timing}):
-        for link in sorted({r["link"] for r in timing if r["dataset"] == dataset}):
+    for dataset in sorted({r.dataset for r in timing}):
+        for link in sorted({r.link for r in timing if r.dataset == dataset}):
             rs = select(timing, dataset=dataset, link=link)
             sync = select(rs, mode="syncsgd")
             base = _mean_of(sync, "step_interval_ms") if sync else math.nan
@@ -686,27 +687,27 @@ def _systems_tables(records: Sequence[Record]) -> list[str]:
             for mode in MODE_ORDER:
                 for r in select(rs, mode=mode):
                     vs = (
-                        _pct(-metrics.reduction(r["step_interval_ms"], base))
+                        _pct(-metrics.reduction(r.step_interval_ms, base))
                         if not math.isnan(base)
                         else "–"
                     )
                     rows.append(
                         [
                             mode,
-                            _ms(r["step_interval_ms"]),
-                            f"{_ms(r['step_latency_ms'])} ({_ms(r['step_latency_p95_ms'])})",
-                            _ms(r["pipeline_bound_ms"]),
-                            f"{r['step_interval_ms'] / r['pipeline_bound_ms']:.2f}"
-                            if r["pipeline_bound_ms"] > 0
+                            _ms(r.step_interval_ms),
+                            f"{_ms(r.step_latency_ms)} ({_ms(r.step_latency_p95_ms)})",
+                            _ms(r.pipeline_bound_ms),
+                            f"{r.step_interval_ms / r.pipeline_bound_ms:.2f}"
+                            if r.pipeline_bound_ms > 0
                             else "–",
-                            r["bottleneck"],
-                            _ms(r["sequential_bound_ms"]),
-                            _kb(r["bytes_up_per_step"]),
-                            _kb(r["bytes_down_per_step"]),
-                            f"{r['btp_byte_s'] / 1e3:.2f}",
-                            f"{r['edge_busy']:.2f}",
-                            f"{r['cloud_busy']:.2f}",
-                            f"{r['max_staleness']} / {r['mean_staleness']:.2f}",
+                            r.bottleneck,
+                            _ms(r.sequential_bound_ms),
+                            _kb(r.bytes_up_per_step),
+                            _kb(r.bytes_down_per_step),
+                            f"{r.btp_byte_s / 1e3:.2f}",
+                            f"{r.edge_busy:.2f}",
+                            f"{r.cloud_busy:.2f}",
+                            f"{r.max_staleness} / {r.mean_staleness:.2f}",
                             vs,
                         ]
                     )
@@ -740,7 +741,7 @@ def _accuracy_section(records: Sequence[Record]) -> list[str]:
         rows = []
         for mode, m in modes.items():
             rs = select(source, dataset=dataset, mode=mode, link=m["link"])
-            ttt = [metrics.time_to_accuracy(r["accuracy_curve"], target) for r in rs]
+            ttt = [metrics.time_to_accuracy(r.accuracy_curve, target) for r in rs]
             reached = [t for t in ttt if t is not None]
             ttt_text = (
                 f"{statistics.fmean(reached):.1f} ({len(reached)}/{len(ttt)})"
@@ -755,7 +756,7 @@ def _accuracy_section(records: Sequence[Record]) -> list[str]:
                     _signed((m["mean"] - central["mean"]) * 100, 2) if central else "–",
                     ",".join(str(s) for s in m["seeds"]),
                     ttt_text,
-                    max(int(r["max_staleness"]) for r in rs),
+                    max(int(r.max_staleness) for r in rs),
                 ]
             )
         lines += _table(header, rows)
@@ -789,11 +790,11 @@ def _compression_section(records: Sequence[Record]) -> list[str]:
         "Δ interval vs lz4",
     ]
     rows = []
-    for dataset in sorted({r["dataset"] for r in rs}):
-        for link in sorted({r["link"] for r in rs if r["dataset"] == dataset}):
+    for dataset in sorted({r.dataset for r in rs}):
+        for link in sorted({r.link for r in rs if r.dataset == dataset}):
             base = select(rs, dataset=dataset, link=link, variant="lz4")
             b = _mean_of(base, "step_interval_ms")
-            for variant in dict.fromkeys(r["variant"] for r in rs):
+            for variant in dict.fromkeys(r.variant for r in rs):
                 v = select(rs, dataset=dataset, link=link, variant=variant)
                 if not v:
                     continue
@@ -805,7 +806,7 @@ def _compression_section(records: Sequence[Record]) -> list[str]:
                         variant,
                         _ms(interval),
                         _ms(_mean_of(v, "pipeline_bound_ms")),
-                        v[0]["bottleneck"],
+                        v[0].bottleneck,
                         _kb(_mean_of(v, "bytes_up_per_step")),
                         _kb(_mean_of(v, "bytes_down_per_step")),
                         f"{_mean_of(v, 'btp_byte_s') / 1e3:.2f}",
@@ -850,21 +851,21 @@ def _window_section(records: Sequence[Record]) -> list[str]:
     ]
     table = []
     for r in rows:
-        sync = select(timing, mode="syncsgd", link=r["link"], dataset=r["dataset"])
+        sync = select(timing, mode="syncsgd", link=r.link, dataset=r.dataset)
         base = _mean_of(sync, "step_interval_ms") if sync else math.nan
         table.append(
             [
-                r["dataset"],
-                r["link"],
-                r["window_size"],
-                _ms(r["step_interval_ms"]),
-                _ms(r["pipeline_bound_ms"]),
-                f"{r['step_interval_ms'] / r['pipeline_bound_ms']:.2f}",
-                r["bottleneck"],
-                _ms(r["step_latency_ms"]),
-                f"{r['max_staleness']} / {r['mean_staleness']:.2f}",
-                _acc(r["accuracy"]),
-                _pct(-metrics.reduction(r["step_interval_ms"], base)) if sync else "–",
+                r.dataset,
+                r.link,
+                r.window_size,
+                _ms(r.step_interval_ms),
+                _ms(r.pipeline_bound_ms),
+                f"{r.step_interval_ms / r.pipeline_bound_ms:.2f}",
+                r.bottleneck,
+                _ms(r.step_latency_ms),
+                f"{r.max_staleness} / {r.mean_staleness:.2f}",
+                _acc(r.accuracy),
+                _pct(-metrics.reduction(r.step_interval_ms, base)) if sync else "–",
             ]
         )
     lines += _table(header, table)
@@ -878,9 +879,9 @@ def _repeatability_section(records: Sequence[Record]) -> list[str]:
         twins = select(
             records,
             suite="systems",
-            mode=r["mode"],
-            link=r["link"],
-            dataset=r["dataset"],
+            mode=r.mode,
+            link=r.link,
+            dataset=r.dataset,
             variant="lz4",
         )
         if twins:
@@ -896,13 +897,13 @@ def _repeatability_section(records: Sequence[Record]) -> list[str]:
     ]
     rows = [
         [
-            a["dataset"],
-            a["link"],
-            _ms(a["step_interval_ms"]),
-            _ms(b["step_interval_ms"]),
-            f"{abs(a['step_interval_ms'] / b['step_interval_ms'] - 1) * 100:.0f} %",
-            _ms(a["edge_compute_ms"]),
-            _ms(b["edge_compute_ms"]),
+            a.dataset,
+            a.link,
+            _ms(a.step_interval_ms),
+            _ms(b.step_interval_ms),
+            f"{abs(a.step_interval_ms / b.step_interval_ms - 1) * 100:.0f} %",
+            _ms(a.edge_compute_ms),
+            _ms(b.edge_compute_ms),
         ]
         for a, b in pairs
     ]
@@ -927,7 +928,11 @@ def _repeatability_section(records: Sequence[Record]) -> list[str]:
 
 
 def write_report(
-    records: Sequence[Record], meta: Mapping[str, Any], out_dir: Path, *, plots: bool = True
+    records: Sequence[BenchRecord | BenchFailure],
+    meta: BenchMeta,
+    out_dir: Path,
+    *,
+    plots: bool = True,
 ) -> Path:
     """``report.md`` (and the PNG plots) in ``out_dir``."""
     made: list[str] = []

@@ -1,4 +1,4 @@
-"""The staleness study: compensation × optimizer × window × dataset × seed (issue 7).
+"""The staleness study: compensation × optimizer × window × dataset × seed (docs/STALENESS.md).
 
 Every run goes through the in-process driver (:func:`run_in_process`): the real runtimes and
 every frame through the real codec, with a deterministic event order in which a window of W
@@ -9,49 +9,57 @@ be the same run.
 
 Outputs, in ``out_dir``:
 
-- ``staleness.json`` — ``{"default", "meta", "records", "ablations"}``; ``default`` names
-  the run configuration's default compensation chain; one record per run with
-  ``compensation, optimizer, edges, window, dataset, seed, steps`` (batches per edge),
-  ``accuracy, final_loss`` (held-out loss at the end), ``train_loss`` (mean of the last 50
-  batches), ``max_staleness``, ``mean_staleness`` (edge-stage updates), ``seconds``.
-  Rewritten after every run, so an interrupted study keeps what it finished and
-  ``resume=True`` skips it.
+- ``staleness.json`` — :class:`~simultrain.bench.records.StudyFile`: ``default`` names the
+  run configuration's default compensation chain; one :class:`StudyRecord` per run of the
+  grid, one ablation record per run of the ablations. Rewritten after every run, so an
+  interrupted study keeps what it finished and ``resume`` skips it.
 - ``staleness.md`` — mean ± std over seeds per cell, and the gap to the same optimizer's
   window 0, in accuracy points; then the ablations.
 - ``staleness.png`` — accuracy against window per compensation, one panel per dataset and
   optimizer.
 
-``simultrain study`` calls :func:`main`; ``run_study`` is the library entry.
+``simultrain study`` (services/bench/cli.py) and ``run_study`` run :class:`Study`, the
+experiment (:mod:`simultrain.bench.harness`).
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
-import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from simultrain.shared.training.compensation import Combined, DelayMomentum, compensation_from_name
+from simultrain.bench.harness import Experiment, Progress, run
+from simultrain.bench.records import (
+    AblationRecord,
+    ForecastAblation,
+    ReconcileAblation,
+    StudyFile,
+    StudyMeta,
+    StudyRecord,
+)
+from simultrain.shared.training.compensation import (
+    Compensation,
+    DelayMomentum,
+    parse_compensation,
+)
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.driver import run_in_process
-from simultrain.shared.training.master import OptimizerConfig
+from simultrain.shared.training.options import OptimizerConfig
 
 __all__ = [
     "OPTIMIZERS",
+    "Study",
     "StudyConfig",
-    "main",
     "render_table",
     "run_study",
+    "summarize",
 ]
 
 OPTIMIZERS: dict[str, OptimizerConfig] = {
@@ -89,7 +97,7 @@ class StudyConfig:
     # window alone, sets the staleness a compensation must hold at.
     edges: tuple[int, ...] = (1,)
     # How a fleet's shards are dealt (Dataset.shard): one IMU subject per edge, MNIST skewed
-    # by label, so that edges disagree as real ones do (issue 10's targets).
+    # by label, so that edges disagree as real ones do (docs/STALENESS.md, "A fleet").
     partitions: Mapping[str, str] = field(
         default_factory=lambda: {"imu": "groups", "mnist": "label-skew"}
     )
@@ -147,13 +155,19 @@ def plain_for(compensation: str, optimizer: str) -> bool:
     with any SGD it is ``none``: such cells are not run again; the table shows the ``none``
     runs for them and says so.
     """
-    comp = compensation_from_name(compensation)
-    parts = comp.parts if isinstance(comp, Combined) else (comp,)
+    comp = parse_compensation(compensation)
+    rules = comp.step_rules
+    # Nothing but delay-matched momentum in the chain (at least one part of it).
+    momentum_only = (
+        bool(rules)
+        and all(isinstance(r, DelayMomentum) for r in rules)
+        and comp == Compensation(step_rules=rules, name=comp.name)
+    )
     opt = OPTIMIZERS[optimizer]
-    if opt.name != "sgd" or not all(isinstance(p, DelayMomentum) for p in parts):
+    if opt.name != "sgd" or not momentum_only:
         return False
     return opt.momentum == 0.0 or all(
-        isinstance(p, DelayMomentum) and p.optimizers == "adam" for p in parts
+        isinstance(r, DelayMomentum) and r.optimizers == "adam" for r in rules
     )
 
 
@@ -266,8 +280,8 @@ def _ablation_jobs(study: StudyConfig) -> list[_Job]:
     return jobs
 
 
-def _job_key(job: _Job | Mapping[str, Any]) -> str:
-    labels = job.labels if isinstance(job, _Job) else job
+def _job_key(labels: Mapping[str, Any]) -> str:
+    """A run's identity: its labels, without what the run measured."""
     keep = {k: v for k, v in labels.items() if k not in _RESULT_FIELDS}
     return json.dumps(keep, sort_keys=True)
 
@@ -289,8 +303,10 @@ _RESULT_FIELDS = frozenset(
     }
 )
 
+StudyResult = StudyRecord | ForecastAblation | ReconcileAblation
 
-def _run_job(job: _Job) -> dict[str, Any]:
+
+def _run_job(job: _Job) -> StudyResult:
     """One run in this process (a worker sets one torch thread: runs share the cores)."""
     import torch
 
@@ -306,17 +322,19 @@ def _run_job(job: _Job) -> dict[str, Any]:
         "mean_staleness": round(result.master.staleness.mean, 3) if result.master else 0.0,
         "seconds": round(result.seconds, 2),
     }
-    if job.kind != "grid":
-        losses = [x for e in result.edges.values() for x in e.losses]
-        every = max(job.config.eval_every, 1)
-        record["curve"] = [[s, round(a, 4)] for s, a in result.curve]
-        record["loss_curve"] = [[s, round(v, 4)] for s, v in result.loss_curve]
-        record["train_curve"] = [
-            round(statistics.fmean(losses[i : i + every]), 4) for i in range(0, len(losses), every)
-        ]
-        record["deltas_lost"] = result.deltas_lost
-        record["replica_drift"] = round(_replica_drift(result), 6)
-    return record
+    if job.kind == "grid":
+        return StudyRecord.model_validate(record)
+    losses = [x for e in result.edges.values() for x in e.losses]
+    every = max(job.config.eval_every, 1)
+    record["curve"] = [[s, round(a, 4)] for s, a in result.curve]
+    record["loss_curve"] = [[s, round(v, 4)] for s, v in result.loss_curve]
+    record["train_curve"] = [
+        round(statistics.fmean(losses[i : i + every]), 4) for i in range(0, len(losses), every)
+    ]
+    record["deltas_lost"] = result.deltas_lost
+    record["replica_drift"] = round(_replica_drift(result), 6)
+    kind = ForecastAblation if job.kind == "forecast" else ReconcileAblation
+    return kind.model_validate(record)
 
 
 def _replica_drift(result: Any) -> float:
@@ -333,10 +351,70 @@ def _replica_drift(result: Any) -> float:
     return math.sqrt(num / den) if den else float("nan")
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+JSON_NAME = "staleness.json"
+
+
+@dataclass
+class Study(Experiment[_Job, StudyResult]):
+    """The grid (and the ablations) of ``study``: ``staleness.json`` after every run, then
+    ``staleness.md`` and ``staleness.png``. A study can be run in parts (resume): every
+    part's grid is kept in the meta."""
+
+    study: StudyConfig
+    out_dir: Path
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    earlier_parts: list[dict[str, Any]] = field(default_factory=list)
+
+    failures = ()  # a run that raises is a defect: the study stops (what it saved stays)
+
+    def cases(self) -> list[_Job]:
+        return _grid_jobs(self.study) + (_ablation_jobs(self.study) if self.study.ablations else [])
+
+    def case_key(self, case: _Job) -> str:
+        return _job_key(case.labels)
+
+    def record_key(self, record: StudyResult) -> str:
+        return _job_key(record.to_json())
+
+    def run_one(self, case: _Job) -> StudyResult:
+        return _run_job(case)
+
+    def describe(self, case: _Job) -> str:
+        keys = ("ablation", "dataset", "optimizer", "compensation", "edges", "window", "seed")
+        return ", ".join(f"{k}={case.labels[k]}" for k in keys if k in case.labels)
+
+    def summary(self, record: StudyResult) -> str:
+        return f"accuracy {100 * record.accuracy:.1f} ({record.seconds:.0f} s)"
+
+    def load(self) -> list[StudyResult]:
+        path = self.out_dir / JSON_NAME
+        if not path.exists():
+            return []
+        earlier = StudyFile.read(path)
+        self.earlier_parts = list(earlier.meta.parts)
+        return [*earlier.records, *earlier.ablations]
+
+    def results(self, records: Sequence[StudyResult], *, finished: bool = False) -> StudyFile:
+        described = _describe(self.study)
+        meta = StudyMeta(
+            study=described,
+            optimizers={k: asdict(v) for k, v in OPTIMIZERS.items()},
+            started=self.started,
+            parts=[*self.earlier_parts, described],
+        )
+        if finished:
+            meta = meta.model_copy(update={"finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        # "default": the chain every run uses unless told otherwise (RunConfig.compensation).
+        return StudyFile(default=RunConfig().compensation, meta=meta, **StudyFile.split(records))
+
+    def save(self, records: Sequence[StudyResult]) -> None:
+        self.results(records).write(self.out_dir / JSON_NAME)
+
+    def finish(self, records: Sequence[StudyResult]) -> None:
+        results = self.results(records, finished=True)
+        results.write(self.out_dir / JSON_NAME)
+        (self.out_dir / "staleness.md").write_text(render_table(results))
+        plot_study(results, self.out_dir / "staleness.png")
 
 
 def run_study(
@@ -345,71 +423,23 @@ def run_study(
     *,
     workers: int = 1,
     resume: bool = False,
-    progress: Callable[[dict[str, Any], int, int], None] | None = None,
-) -> dict[str, Any]:
+    progress: Progress | None = None,
+) -> StudyFile:
     """Run the grid (and the ablations), writing JSON after every run, then table and plot.
 
     ``workers`` > 1 runs that many processes with one torch thread each. With ``resume``,
-    records already in ``out_dir/staleness.json`` are kept and their runs skipped. Returns the
-    JSON payload.
+    records already in ``out_dir/staleness.json`` are kept and their runs skipped. Returns
+    the results file as written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "staleness.json"
-    records: list[dict[str, Any]] = []
-    ablations: list[dict[str, Any]] = []
-    previous_parts: list[Any] = []
-    if resume and json_path.exists():
-        previous = json.loads(json_path.read_text())
-        records, ablations = list(previous["records"]), list(previous.get("ablations", []))
-        # Records from before the fleet axis are one-edge runs.
-        for record in records:
-            record.setdefault("edges", 1)
-        previous_parts = list(previous.get("meta", {}).get("parts", []))
-    done = {_job_key(r) for r in (*records, *ablations)}
-    jobs = _grid_jobs(study) + (_ablation_jobs(study) if study.ablations else [])
-    todo = [j for j in jobs if _job_key(j) not in done]
-    meta: dict[str, Any] = {
-        "study": _describe(study),
-        "optimizers": {k: asdict(v) for k, v in OPTIMIZERS.items()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    # A study can be run in parts (``resume``): every part's grid is kept.
-    meta["parts"] = [*previous_parts, meta["study"]]
-
-    def payload() -> dict[str, Any]:
-        # "default": the chain every run uses unless told otherwise (RunConfig.compensation).
-        return {
-            "default": RunConfig().compensation,
-            "meta": meta,
-            "records": records,
-            "ablations": ablations,
-        }
-
-    finished = 0
-
-    def collect(record: dict[str, Any]) -> None:
-        nonlocal finished
-        (ablations if "ablation" in record else records).append(record)
-        _write_json(json_path, payload())
-        finished += 1
-        if progress is not None:
-            progress(record, finished, len(todo))
-
-    if workers <= 1:
-        for job in todo:
-            collect(_run_job(job))
-    else:
-        # spawn: a forked child of a process with torch's threads may deadlock.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for record in pool.map(_run_job, todo):
-                collect(record)
-    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result = payload()
-    _write_json(json_path, result)
-    (out / "staleness.md").write_text(render_table(result))
-    plot_study(result, out / "staleness.png")
-    return result
+    run(
+        Study(study, out),
+        earlier="resume" if resume else "replace",
+        workers=workers,
+        progress=progress,
+    )
+    return StudyFile.read(out / JSON_NAME)
 
 
 def _describe(study: StudyConfig) -> dict[str, Any]:
@@ -429,17 +459,12 @@ Cell = tuple[str, str, str, int, int]
 """(dataset, optimizer, compensation, window, edges)."""
 
 
-def _cells(records: Iterable[Mapping[str, Any]]) -> dict[Cell, list[float]]:
+def _cells(records: Iterable[StudyRecord]) -> dict[Cell, list[float]]:
     cells: dict[Cell, list[float]] = defaultdict(list)
     for r in records:
-        key = (
-            r["dataset"],
-            r["optimizer"],
-            r["compensation"],
-            int(r["window"]),
-            int(r.get("edges", 1)),
+        cells[(r.dataset, r.optimizer, r.compensation, r.window, r.edges)].append(
+            100.0 * r.accuracy
         )
-        cells[key].append(100.0 * float(r["accuracy"]))
     return cells
 
 
@@ -448,7 +473,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(records: Iterable[Mapping[str, Any]]) -> dict[Cell, dict[str, float]]:
+def summarize(records: Iterable[StudyRecord]) -> dict[Cell, dict[str, float]]:
     """Per (dataset, optimizer, compensation, window, edges): mean, std, n and the gap to
     window 0 of the same fleet (sequential split training on the same samples).
 
@@ -482,14 +507,14 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> dict[Cell, dict[str, floa
     return out
 
 
-def render_table(payload: Mapping[str, Any]) -> str:
+def render_table(results: StudyFile) -> str:
     """The markdown report: one table per dataset × optimizer, then the ablations."""
-    summary = summarize(payload["records"])
+    summary = summarize(results.records)
     lines = ["# Staleness study", ""]
-    study = payload.get("meta", {}).get("study", {})
+    study = results.meta.study
     if study:
         lines += [
-            f"Held-out accuracy (%), mean ± std over seeds {study.get('seeds')}; in brackets "
+            f"Held-out accuracy (%), mean ± std over seeds {tuple(study['seeds'])}; in brackets "
             "the gap to the same optimizer's window 0, in points. Window 0 is one run shared "
             "by every compensation (each is the plain update at staleness 0); so are the "
             "`none` runs by a compensation that is the plain update for that optimizer "
@@ -518,7 +543,7 @@ def render_table(payload: Mapping[str, Any]) -> str:
                 row.append(_format_cell(here.get((dataset, optimizer, comp, w, edges)), w))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    lines += _render_ablations(payload.get("ablations", []))
+    lines += _render_ablations(results.ablations)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -536,22 +561,22 @@ def _format_cell(cell: Mapping[str, float] | None, window: int) -> str:
     return text
 
 
-def _render_ablations(ablations: Sequence[Mapping[str, Any]]) -> list[str]:
+def _render_ablations(ablations: Sequence[AblationRecord]) -> list[str]:
     if not ablations:
         return []
     lines = ["## Ablation: no forecast (α = 0) against the paper's α", ""]
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, int, float], list[ForecastAblation]] = defaultdict(list)
     for r in ablations:
-        if r["ablation"] == "forecast":
-            groups[(r["optimizer"], r["window"], r["alpha"])].append(r)
+        if isinstance(r, ForecastAblation):
+            groups[(r.optimizer, r.window, r.alpha)].append(r)
     lines += [
         "| optimizer | W | α | accuracy (%) | held-out loss | train loss, steps 400–600 → last 200 "
         "| worst train loss after step 500 |",
         "|---|---|---|---|---|---|---|",
     ]
     for (optimizer, window, alpha), rs in sorted(groups.items()):
-        acc = _mean_std([100 * r["accuracy"] for r in rs])
-        loss = _mean_std([r["final_loss"] for r in rs])
+        acc = _mean_std([100 * r.accuracy for r in rs])
+        loss = _mean_std([r.final_loss for r in rs])
         mid, last, worst = zip(*(_train_phases(r) for r in rs), strict=True)
         lines.append(
             f"| {optimizer} | {window} | {alpha} | {acc[0]:.1f} ± {acc[1]:.1f} | "
@@ -564,23 +589,23 @@ def _render_ablations(ablations: Sequence[Mapping[str, Any]]) -> list[str]:
         "loss ratio R=∞ / R=10 | replica drift ‖w_e − w_c‖/‖w_c‖ |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rgroups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    rgroups: dict[tuple[str, float, int | None], list[ReconcileAblation]] = defaultdict(list)
     for r in ablations:
-        if r["ablation"] == "reconcile":
-            rgroups[(r["delta_codec"], r["delta_loss"], r["reconcile_every"])].append(r)
-    for (codec, lost, reconcile), rs in sorted(
+        if isinstance(r, ReconcileAblation):
+            rgroups[(r.delta_codec, r.delta_loss, r.reconcile_every)].append(r)
+    for (codec, lost, reconcile), runs in sorted(
         rgroups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] is None)
     ):
-        acc = _mean_std([100 * r["accuracy"] for r in rs])
-        held_out = statistics.fmean(r["final_loss"] for r in rs)
-        train = statistics.fmean(r["train_loss"] for r in rs)
+        acc = _mean_std([100 * r.accuracy for r in runs])
+        held_out = statistics.fmean(r.final_loss for r in runs)
+        train = statistics.fmean(r.train_loss for r in runs)
         ref = rgroups.get((codec, lost, 10))
         ratio = (
-            f"{held_out / statistics.fmean(r['final_loss'] for r in ref):.3f}"
+            f"{held_out / statistics.fmean(r.final_loss for r in ref):.3f}"
             if reconcile is None and ref
             else ""
         )
-        drift = statistics.fmean(r["replica_drift"] for r in rs)
+        drift = statistics.fmean(r.replica_drift for r in runs)
         lines.append(
             f"| {codec} | {lost:.0%} | {'∞' if reconcile is None else reconcile} | "
             f"{acc[0]:.1f} ± {acc[1]:.1f} | {held_out:.3f} | {train:.3f} | {ratio} | {drift:.2e} |"
@@ -588,28 +613,29 @@ def _render_ablations(ablations: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _train_phases(record: Mapping[str, Any]) -> tuple[float, float, float]:
+def _train_phases(record: AblationRecord) -> tuple[float, float, float]:
     """Mean train loss around step 500, over the last 200 steps, and the worst after 500."""
-    curve = record.get("train_curve") or [float("nan")]
-    every = max(record["steps"] // 15, 1)
+    curve = record.train_curve or [float("nan")]
+    steps = record.steps
+    every = max(steps // 15, 1)
 
     def window(lo: int, hi: int) -> list[float]:
         return curve[lo // every : max(hi // every, lo // every + 1)] or curve[-1:]
 
     mid = statistics.fmean(window(400, 600))
-    last = statistics.fmean(window(record["steps"] - 200, record["steps"]))
-    worst = max(window(500, record["steps"]))
+    last = statistics.fmean(window(steps - 200, steps))
+    worst = max(window(500, steps))
     return mid, last, worst
 
 
-def plot_study(payload: Mapping[str, Any], path: Path) -> None:
+def plot_study(results: StudyFile, path: Path) -> None:
     """Accuracy against window per compensation; one panel per dataset × optimizer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = summarize(payload["records"])
+    summary = summarize(results.records)
     summary = {k: v for k, v in summary.items() if k[4] == 1}  # the window axis, one edge
     panels = sorted(
         {(k[0], k[1]) for k in summary}, key=lambda p: (p[0], list(OPTIMIZERS).index(p[1]))
@@ -640,73 +666,3 @@ def plot_study(payload: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.08 if len(labels) > 4 else 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# --- command line ------------------------------------------------------------------------
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
-def _strs(text: str) -> tuple[str, ...]:
-    return tuple(x for x in text.split(",") if x)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``simultrain study [--tiny] [--datasets imu,mnist] [--workers 2] …``; returns 0."""
-    parser = argparse.ArgumentParser(prog="simultrain study", description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a seconds-long configuration")
-    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
-    parser.add_argument("--datasets", type=_strs)
-    parser.add_argument("--compensations", type=_strs, help="comma-separated names")
-    parser.add_argument("--optimizers", type=_strs, help=f"of {','.join(OPTIMIZERS)}")
-    parser.add_argument("--windows", type=_ints)
-    parser.add_argument(
-        "--edges", type=_ints, help="fleet sizes, e.g. 1,8,32 (each trains steps/E batches)"
-    )
-    parser.add_argument("--seeds", type=_ints)
-    parser.add_argument("--steps", type=_strs, help="per dataset, e.g. imu=1500,mnist=600")
-    parser.add_argument("--no-ablations", action="store_true")
-    parser.add_argument("--ablation-seeds", type=_ints)
-    parser.add_argument("--workers", type=int, default=1, help="processes, one thread each")
-    parser.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
-    args = parser.parse_args(argv)
-    study = StudyConfig.tiny() if args.tiny else StudyConfig()
-    overrides: dict[str, Any] = {}
-    for name in ("datasets", "compensations", "optimizers", "windows", "edges", "seeds"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    if args.steps:
-        overrides["steps"] = {
-            **study.steps,
-            **{k: int(v) for k, v in (s.split("=") for s in args.steps)},
-        }
-    if args.no_ablations:
-        overrides["ablations"] = False
-    if args.ablation_seeds is not None:
-        overrides["ablation_seeds"] = args.ablation_seeds
-    unknown = set(overrides.get("optimizers", ())) - set(OPTIMIZERS)
-    if unknown:
-        parser.error(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(OPTIMIZERS)}")
-    study = replace(study, **overrides)
-
-    def report(record: dict[str, Any], done: int, total: int) -> None:
-        what = ", ".join(
-            f"{k}={record[k]}"
-            for k in ("ablation", "dataset", "optimizer", "compensation", "edges", "window", "seed")
-            if k in record
-        )
-        print(
-            f"[{done}/{total}] {what}: accuracy {100 * record['accuracy']:.1f} "
-            f"({record['seconds']:.0f} s)",
-            flush=True,
-        )
-
-    run_study(study, args.out_dir, workers=args.workers, resume=args.resume, progress=report)
-    print(f"wrote {args.out_dir}/staleness.json, .md and .png", flush=True)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -58,15 +58,6 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
-def _optimizers(master: CloudMaster, runtime: CloudRuntime) -> dict[str, torch.optim.Optimizer]:
-    named = {"edge": master._edge_opt, "cloud": master._cloud_opt}
-    if master._full_opt is not None:
-        named["full"] = master._full_opt
-    if runtime.synthetic is not None:  # seed 003's M trains on the cloud: its Adam state too
-        named["synthetic"] = runtime.synthetic.optimizer
-    return named
-
-
 def save_checkpoint(
     directory: Path, master: CloudMaster, runtime: CloudRuntime, *, keep: int = 2
 ) -> Path:
@@ -75,31 +66,15 @@ def save_checkpoint(
         f"model/{name}": t.detach().to("cpu", copy=True).contiguous()
         for name, t in master.full_state().items()
     }
-    if runtime.synthetic is not None:
-        tensors.update(
-            {
-                f"synthetic/{name}": t.detach().to("cpu", copy=True).contiguous()
-                for name, t in runtime.synthetic.model.state_dict().items()
-            }
-        )
-    # A fleet batch of edge gradients partly gathered (``fleet-batch``) is held, not applied:
-    # its gradients are acknowledged (and durable with this file), and stepping early would
-    # make a run with checkpoints differ from one without.
-    tensors.update(
-        {
-            f"edge_batch/{name}": t.detach().to("cpu", copy=True).contiguous()
-            for name, t in master.edge_accumulation.items()
-        }
-    )
-    # DANA's per-edge momenta of the edge stage (``dana``): the optimizer's own state holds
-    # the shared moments; each edge's momentum is here, by the edge's index in the metadata.
-    momenta_meta = None
-    if master.edge_momenta is not None:
-        edges, counts, momenta = master.edge_momenta.state()
-        tensors.update({f"edge_momentum/{key}": t for key, t in momenta.items()})
-        momenta_meta = {"edges": edges, "counts": counts, "evicted": master.edge_momenta.evicted}
+    # What the role trains besides the master (the synthetic role's M), and the state of the
+    # compensation's edge-step strategy: a partly gathered fleet batch (acknowledged, so
+    # durable with this file), or DANA's per-edge momenta.
+    role_tensors, role_meta = runtime.role_state()
+    step_tensors, step_meta = master.edge_step.state()
+    tensors.update(role_tensors)
+    tensors.update(step_tensors)
     optim_meta: dict[str, Any] = {}
-    for name, opt in _optimizers(master, runtime).items():
+    for name, opt in runtime.optimizers().items():
         state = opt.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
         for index, entries in state["state"].items():
@@ -117,13 +92,9 @@ def save_checkpoint(
         "edge_updates": master.edge_updates,
         "samples_applied": master.samples_applied,
         "staleness": {"counts": master.staleness.counts, "dropped": master.staleness.dropped},
-        "edge_batch": {
-            "gradients": master.edge_accumulated,
-            "staleness": master.edge_accumulated_staleness,
-        },
+        **step_meta,
         "optimizers": optim_meta,
-        "edge_momenta": momenta_meta,
-        "synthetic_steps": None if runtime.synthetic is None else runtime.synthetic.steps,
+        **role_meta,
         "sessions": {
             edge_id: {
                 **{f: getattr(state, f) for f in _SESSION_FIELDS},
@@ -186,20 +157,11 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     with torch.no_grad():
         for name, target in state.items():
             target.copy_(model[name])
-    if runtime.synthetic is not None and meta.get("synthetic_steps") is not None:
-        m_state = runtime.synthetic.model.state_dict()
-        saved_m = {
-            k.removeprefix("synthetic/"): v
-            for k, v in tensors.items()
-            if k.startswith("synthetic/")
-        }
-        if saved_m.keys() != m_state.keys() or any(
-            saved_m[k].shape != m_state[k].shape for k in m_state
-        ):
-            raise CheckpointError(f"{checkpoint.path}: its synthetic-gradient model does not fit")
-        runtime.synthetic.model.load_state_dict(saved_m)
-        runtime.synthetic.steps = int(meta["synthetic_steps"])
-    for name, opt in _optimizers(master, runtime).items():
+    try:
+        runtime.load_role_state(meta, tensors)
+    except TrainingError as exc:
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
+    for name, opt in runtime.optimizers().items():
         saved = meta["optimizers"].get(name)
         if saved is None:
             continue
@@ -217,22 +179,10 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     master.samples_applied = int(meta["samples_applied"])
     master.staleness.counts = {int(k): int(v) for k, v in meta["staleness"]["counts"].items()}
     master.staleness.dropped = int(meta["staleness"]["dropped"])
-    gathered = meta.get("edge_batch", {"gradients": 0, "staleness": 0})
-    accumulation = {
-        k.removeprefix("edge_batch/"): v.to(master.device)
-        for k, v in tensors.items()
-        if k.startswith("edge_batch/")
-    }
-    edge_params = dict(master.edge_stage.named_parameters())
-    if int(gathered["gradients"]) and (
-        accumulation.keys() != edge_params.keys()
-        or any(accumulation[k].shape != p.shape for k, p in edge_params.items())
-    ):
-        raise CheckpointError(f"{checkpoint.path}: its gathered edge gradients do not fit")
-    master.edge_accumulation = accumulation if int(gathered["gradients"]) else {}
-    master.edge_accumulated = int(gathered["gradients"])
-    master.edge_accumulated_staleness = int(gathered["staleness"])
-    _restore_edge_momenta(checkpoint, master)
+    try:
+        master.load_edge_step(meta, tensors)
+    except TrainingError as exc:
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
     master.reset_history()
     for edge_id, fields in meta["sessions"].items():
         session = CloudSessionState(
@@ -245,29 +195,3 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
             session.staleness.dropped = int(stale["dropped"])
         runtime.sessions[edge_id] = session
     log.info("resumed from %s at master version %d", checkpoint.path.name, master.version)
-
-
-def _restore_edge_momenta(checkpoint: Checkpoint, master: CloudMaster) -> None:
-    """Each edge's momentum back (``dana``); a checkpoint of a run with per-edge momenta
-    does not fit a run without them (nor the reverse when it holds some)."""
-    saved = checkpoint.meta.get("edge_momenta")
-    tensors = {
-        k.removeprefix("edge_momentum/"): v
-        for k, v in checkpoint.tensors.items()
-        if k.startswith("edge_momentum/")
-    }
-    if master.edge_momenta is None:
-        if saved is not None or tensors:
-            raise CheckpointError(
-                f"{checkpoint.path} holds per-edge momenta (dana) but this run keeps none"
-            )
-        return
-    if saved is None:
-        return  # written by a run without them: every edge starts its momentum anew
-    try:
-        if not isinstance(saved, dict):
-            raise TrainingError("per-edge momenta: not a table")
-        master.edge_momenta.load(saved["edges"], saved["counts"], tensors)
-        master.edge_momenta.evicted = int(saved.get("evicted", 0))
-    except (TrainingError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{checkpoint.path}: its per-edge momenta do not fit: {exc}") from exc

@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from simultrain.shared.contracts import HistoryPoint
 from simultrain.shared.protocol import Snap
 from simultrain.shared.training.master import CloudMaster
 
@@ -135,7 +136,7 @@ class TrainingHistory:
     def __init__(
         self, *, max_points: int = HISTORY_POINTS, clock: Callable[[], float] = time.time
     ) -> None:
-        self.points: deque[dict[str, Any]] = deque(maxlen=max_points)
+        self.points: deque[HistoryPoint] = deque(maxlen=max_points)
         self.clock = clock
 
     def record(
@@ -148,14 +149,14 @@ class TrainingHistory:
         eval_loss: float,
     ) -> None:
         self.points.append(
-            {
-                "time": round(self.clock(), 3),
-                "master_version": master_version,
-                "samples_applied": samples_applied,
-                "train_loss": _finite(train_loss),
-                "accuracy": _finite(accuracy),
-                "eval_loss": _finite(eval_loss),
-            }
+            HistoryPoint(
+                time=round(self.clock(), 3),
+                master_version=master_version,
+                samples_applied=samples_applied,
+                train_loss=_finite(train_loss),
+                accuracy=_finite(accuracy),
+                eval_loss=_finite(eval_loss),
+            )
         )
 
 

@@ -17,6 +17,10 @@ rebases onto, keeping its own un-synchronised updates. This needs no coordinator
 data path and no collective that outlives a failure; its cost is one join window of
 standalone training per membership change. Should rank 0 itself die, its store goes with
 it: survivors train standalone and reconnect once the StatefulSet has restarted it.
+
+Readiness: a replica that cannot reach its group (it has not joined one yet, or the
+rendezvous store does not answer) is not ready (:attr:`ReplicaGroup.problem`, which the
+cloud's ``/readyz`` returns), and logs so once, not at every retry.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, Store, TCPStore
 
+from simultrain.shared.contracts import ReplicaGroupStatus
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.replica_sync import (
@@ -93,6 +98,10 @@ def _rank(env: Mapping[str, str]) -> int | None:
 class _Broken(Exception):
     """The generation is over (a collective or the store failed)."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # the store itself did not answer
+
 
 class ReplicaGroup:
     """This replica's membership and the thread that runs the sync rounds."""
@@ -131,6 +140,8 @@ class ReplicaGroup:
         self.rank: int | None = None  # in the current generation
         self.size = 0
         self.failures = 0
+        # Why this replica is not (yet) a member of its group; None while it is.
+        self.problem: str | None = f"joining the replica group at {self._where()}"
         self._store: Store | None = None
         self._pg: Any = None
         self._kick = threading.Event()
@@ -177,22 +188,23 @@ class ReplicaGroup:
         """Before a session opens (compute thread): start from what the rounds carried."""
         self.ledger.adopt(self.sessions, edge_id, reconcile_offset=reconcile_offset)
 
-    def status(self) -> dict[str, object]:
-        return {
-            "backend": self.backend,
-            "merge": self.ledger.merge_kind,
-            "configured_rank": self.rendezvous.rank,
-            "generation": self.generation,
-            "rank": self.rank,
-            "size": self.size if self._pg is not None else 0,
-            "rounds": self.ledger.rounds,
-            "global_version": self.ledger.mark_version,
-            "failures": self.failures,
-            "committed_edges": {
+    def status(self) -> ReplicaGroupStatus:
+        return ReplicaGroupStatus(
+            backend=self.backend,
+            problem=self.problem,
+            merge=self.ledger.merge_kind,
+            configured_rank=self.rendezvous.rank,
+            generation=self.generation,
+            rank=self.rank,
+            size=self.size if self._pg is not None else 0,
+            rounds=self.ledger.rounds,
+            global_version=self.ledger.mark_version,
+            failures=self.failures,
+            committed_edges={
                 edge: {"applied_seq": m.applied_seq, "samples": m.samples}
                 for edge, m in sorted(self.ledger.committed.items())
             },
-        }
+        )
 
     # --- the thread -----------------------------------------------------------------------
 
@@ -209,9 +221,24 @@ class ReplicaGroup:
                 self._round()
             except _Broken as exc:
                 self.failures += 1
-                log.warning("replica group generation %d ended: %s", self.generation, exc)
                 self._pg = None
+                if exc.unreachable:
+                    self._unreachable(str(exc))
+                else:
+                    log.warning("replica group generation %d ended: %s", self.generation, exc)
                 self._stop.wait(0.2)
+
+    def _where(self) -> str:
+        return f"tcp://{self.rendezvous.master_addr}:{self.rendezvous.master_port}"
+
+    def _unreachable(self, reason: str) -> None:
+        """Not ready, and one line saying why; the retries that follow stay quiet."""
+        first = self.problem is None or self.problem.startswith("joining")
+        self.problem = f"cannot reach the replica group at {self._where()}: {reason}"
+        if first:
+            log.error("%s; not ready until it can (retrying)", self.problem)
+        else:
+            log.debug("%s", self.problem)
 
     def _connect(self, *, is_master: bool) -> Store:
         return TCPStore(
@@ -227,7 +254,7 @@ class ReplicaGroup:
             try:
                 self._store = self._connect(is_master=False)
             except (RuntimeError, OSError) as exc:
-                raise _Broken(f"rendezvous store unreachable: {exc}") from exc
+                raise _Broken(_first_line(exc), unreachable=True) from exc
             # A store we (re)connect to may be a new one (rank 0 restarted): its generations
             # count from 0 again, and the reference rebase merges us in whatever we held.
             self.generation = -1
@@ -247,7 +274,7 @@ class ReplicaGroup:
         except (RuntimeError, ValueError) as exc:
             if self.rendezvous.rank != 0:
                 self._store = None  # reconnect: rank 0 may have restarted with a new store
-            raise _Broken(f"rendezvous failed: {exc}") from exc
+            raise _Broken(f"rendezvous failed: {_first_line(exc)}", unreachable=True) from exc
         self.generation = generation
         if rank >= size:
             log.info("generation %d formed without us; joining the next one", generation)
@@ -266,6 +293,9 @@ class ReplicaGroup:
         except (RuntimeError, ValueError) as exc:
             self._pg = None
             raise _Broken(f"forming generation {generation} failed: {exc}") from exc
+        if self.problem is not None and not self.problem.startswith("joining"):
+            log.info("replica group at %s reachable again", self._where())
+        self.problem = None
         log.info(
             "replica group generation %d: rank %d of %d (%s), global version %d",
             generation,
@@ -369,12 +399,20 @@ class ReplicaGroup:
         return bytes(buf.cpu().numpy())
 
 
+def _first_line(exc: BaseException) -> str:
+    """torch's errors carry a C++ stack trace after the first line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def serve_store(port: int, *, host: str = "0.0.0.0") -> None:
     """Host the rendezvous store alone, for replicas that have no rank 0 to host it (compose's
-    ``--scale`` gives containers no ordinal): ``python -m simultrain.cloud.replicas PORT``.
+    ``--scale`` gives containers no ordinal): ``python -m simultrain.cloud.replicas PORT``
+    (0: any free port; the LISTENING line names the one bound).
     The store outlives any replica, so every replica can die and rejoin."""
-    TCPStore(host, port, is_master=True, wait_for_workers=False)
-    print(f"LISTENING tcp://{host}:{port}", flush=True)
+    # Held for the life of the process: a TCPStore serves only while the object lives.
+    store = TCPStore(host, port, is_master=True, wait_for_workers=False)
+    print(f"LISTENING tcp://{host}:{store.port}", flush=True)
     threading.Event().wait()  # until the process is stopped
 
 

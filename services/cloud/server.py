@@ -6,8 +6,8 @@ import sys
 
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.serving import listening_line, run_until_signal, serve_app
+from simultrain.shared.training.assembly import resolve_device
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import resolve_device
 
 from .app import create_app
 from .settings import CloudSettings

@@ -15,12 +15,22 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from starlette.websockets import WebSocket, WebSocketState
 
 from simultrain.shared import auth
+from simultrain.shared.contracts import (
+    CloudStatus,
+    EdgeSessionStatus,
+    Evaluation,
+    ReplicaTensor,
+    SessionArchitecture,
+    SessionLimits,
+    SessionSpec,
+    StalenessSummary,
+)
 from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import (
     EncodeError,
@@ -33,28 +43,27 @@ from simultrain.shared.errors import (
     TrainingError,
     Unauthorized,
 )
-from simultrain.shared.models import architecture_fingerprint
+from simultrain.shared.models import model_architecture
 from simultrain.shared.protocol import (
+    CAPABILITIES,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Act,
     CloudSession,
     EGrad,
-    Error,
     Frame,
     Hello,
     Limits,
     Snap,
     Welcome,
+    grant_capabilities,
+    subprotocol_name,
 )
+from simultrain.shared.training.assembly import build_cloud, resolve_device
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import (
-    build_master,
-    build_synthetic,
-    resolve_device,
-    wire_cut_shape,
-)
 from simultrain.shared.training.gradcoding import GradientCode
-from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
+from simultrain.shared.training.master import StalenessStats
+from simultrain.shared.training.runtime import CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .metrics import CloudMetrics
@@ -105,12 +114,16 @@ class Connection:
                 return
             # A session already closing refuses to send more: the close code says it all.
             with contextlib.suppress(ProtocolError):
-                await self.websocket.send_bytes(self.session.send(Error.from_exception(exc)))
+                await self.websocket.send_bytes(self.session.refuse(exc))
             await self.websocket.close(code=exc.close_code, reason=exc.reason)
 
 
 class TokenBucket:
-    """Per-session message rate limit (issue 5, item 3): ``rate`` per second, burst ``2·rate``."""
+    """Per-session message rate limit (PROTOCOL.md §5): ``rate`` per second, burst ``2·rate``.
+
+    One token per ACT or EGRAD message (a piggybacked EGRAD rides on its ACT's); HELLO and
+    BYE are not counted. The bucket starts full.
+    """
 
     def __init__(self, rate_per_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate_per_s
@@ -132,31 +145,32 @@ class CloudService:
     def __init__(self, settings: CloudSettings, run: RunConfig) -> None:
         self.settings = settings
         self.run = run
-        self.schedule = run.schedule()
         torch.set_num_threads(settings.compute_threads)
         dataset = load_dataset(settings.eval_dataset or run.dataset, seed=run.seed)
         self.spec = dataset.model_spec(run.model_id)
-        self.fingerprint = architecture_fingerprint(self.spec)
+        self.architecture = model_architecture(self.spec)
+        self.fingerprint = self.architecture.fingerprint
         self.device = resolve_device(settings.device)
-        self.master = build_master(run, self.spec, self.schedule, device=self.device)
-        self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.runtime = CloudRuntime(
-            self.master,
-            self.schedule,
-            run.codecs,
-            round_deadline_s=run.round_deadline_s,
-            synthetic=build_synthetic(run, self.spec, self.schedule, device=self.device),
-            code=run.gradient_code(),
+        # The run's one assembly (shared/training/assembly.py): the window of the limits is
+        # the run's, the sizes this cloud's settings.
+        cloud = build_cloud(
+            run,
+            self.spec,
+            device=self.device,
+            limits=Limits(
+                max_frame_bytes=settings.max_frame_bytes,
+                max_decompressed_bytes=settings.max_decompressed_bytes,
+            ),
         )
+        self.schedule = cloud.schedule
+        self.master = cloud.master
+        self.runtime = cloud.runtime
+        self.cut_shape = cloud.cut_shape
+        self.limits = cloud.limits
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
         self._round_closers: set[asyncio.Task[None]] = set()
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
-        self.limits = Limits(
-            max_frame_bytes=settings.max_frame_bytes,
-            max_decompressed_bytes=settings.max_decompressed_bytes,
-            window=self.schedule.window,  # one meaning everywhere: PROTOCOL.md §6.3
-        )
         self.connections: dict[str, Connection] = {}
         self.metrics = CloudMetrics()
         self.cloud_id: str | None = None
@@ -323,6 +337,9 @@ class CloudService:
             window=self.limits.window,
             acked_seq=acked,
             config={k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
+            # The offered capabilities this cloud speaks; unknown names are ignored
+            # (PROTOCOL.md §10.2).
+            capabilities=grant_capabilities(hello.capabilities),
         )
         await conn.send(welcome)
         await conn.send(snap)
@@ -463,35 +480,32 @@ class CloudService:
 
     # --- reads --------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CloudStatus:
         master = self.master
-        return {
-            "cloud_id": self.cloud_id,
-            "mode": self.schedule.mode,
-            "model_id": self.spec.model_id,
-            "device": str(self.device),
-            "master_version": master.version,
-            "edge_updates": master.edge_updates,
-            "samples_applied": master.samples_applied,
-            "loss": master.loss_ema,
-            "busy_seconds": round(self.busy_seconds, 4),
-            "compute_cpu_seconds": round(self.compute_cpu_seconds, 4),
-            "partial_rounds": self.runtime.partial_rounds,
-            "coded_rounds": self.runtime.coded_rounds,
-            "late_uploads_dropped": self.runtime.late_uploads_dropped,
-            "uptime_seconds": round(time.monotonic() - self.started_at, 4),
-            "staleness": master.staleness.summary(),
-            "replica": None if self.replicas is None else self.replicas.status(),
-            "edges": {
-                edge_id: {
-                    **state.summary(),
-                    "connected": edge_id in self.connections,
-                }
+        return CloudStatus(
+            cloud_id=self.cloud_id,
+            mode=self.schedule.mode,
+            model_id=self.spec.model_id,
+            device=str(self.device),
+            master_version=master.version,
+            edge_updates=master.edge_updates,
+            samples_applied=master.samples_applied,
+            loss=master.loss_ema,
+            busy_seconds=round(self.busy_seconds, 4),
+            compute_cpu_seconds=round(self.compute_cpu_seconds, 4),
+            partial_rounds=self.runtime.partial_rounds,
+            coded_rounds=self.runtime.coded_rounds,
+            late_uploads_dropped=self.runtime.late_uploads_dropped,
+            uptime_seconds=round(time.monotonic() - self.started_at, 4),
+            staleness=_staleness(master.staleness),
+            replica=None if self.replicas is None else self.replicas.status(),
+            edges={
+                edge_id: _session_status(state, connected=edge_id in self.connections)
                 for edge_id, state in sorted(self.runtime.sessions.items())
             },
-        }
+        )
 
-    def session_spec(self) -> dict[str, Any]:
+    def session_spec(self) -> SessionSpec:
         """What an edge must send and will receive (PROTOCOL.md §3.2): ``GET /v1/session-spec``.
 
         The cut shape HELLO must name, the window WELCOME grants, the limits this cloud
@@ -501,41 +515,48 @@ class CloudService:
         """
         weights = self.runtime.replica_template()
         limits = self.limits
-        return {
-            "protocol_version": PROTOCOL_VERSION,
-            "path": "/v1/stream",
-            "mode": self.schedule.mode,
-            "model_id": self.spec.model_id,
-            "model_fingerprint": self.fingerprint,
-            "input_shape": list(self.spec.input_shape),
-            "num_classes": self.spec.num_classes,
-            "cut_shape": list(self.cut_shape),
-            "window": limits.window,
-            "egrad_needs_grad": self.schedule.egrad_needs_grad,
-            "limits": {
-                "max_frame_bytes": limits.max_frame_bytes,
-                "max_decompressed_bytes": limits.max_decompressed_bytes,
-                "max_tensor_elements": limits.max_tensor_elements,
-                "max_tensor_rank": limits.max_tensor_rank,
-                "max_weight_tensors": limits.max_weight_tensors,
-                "max_messages_per_s": self.settings.max_messages_per_s,
-            },
-            "replica": [
-                {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        return SessionSpec(
+            protocol_version=PROTOCOL_VERSION,
+            protocol_versions=list(SUPPORTED_VERSIONS),
+            subprotocols=[subprotocol_name(v) for v in reversed(SUPPORTED_VERSIONS)],
+            capabilities=sorted(CAPABILITIES),
+            path="/v1/stream",
+            mode=self.schedule.mode,
+            model_id=self.spec.model_id,
+            model_fingerprint=self.fingerprint,
+            architecture=SessionArchitecture.model_validate(self.architecture.to_json()),
+            input_shape=list(self.spec.input_shape),
+            num_classes=self.spec.num_classes,
+            cut_shape=list(self.cut_shape),
+            window=limits.window,
+            egrad_needs_grad=self.schedule.egrad_needs_grad,
+            limits=SessionLimits(
+                max_frame_bytes=limits.max_frame_bytes,
+                max_decompressed_bytes=limits.max_decompressed_bytes,
+                max_tensor_elements=limits.max_tensor_elements,
+                max_tensor_rank=limits.max_tensor_rank,
+                max_weight_tensors=limits.max_weight_tensors,
+                max_messages_per_s=self.settings.max_messages_per_s,
+                max_message_burst=TokenBucket(self.settings.max_messages_per_s).capacity,
+            ),
+            replica=[
+                ReplicaTensor(
+                    name=name, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch.")
+                )
                 for name, t in sorted(weights.items(), key=lambda item: item[0].encode())
             ],
-            "config": {k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
-        }
+            config={k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
+        )
 
-    async def evaluate(self) -> dict[str, Any]:
+    async def evaluate(self) -> Evaluation:
         accuracy, loss = await self.compute(self.master.evaluate, self.x_test, self.y_test)
-        return {
-            "accuracy": accuracy,
-            "loss": loss,
-            "samples": int(self.y_test.shape[0]),
-            "master_version": self.master.version,
-            "samples_applied": self.master.samples_applied,
-        }
+        return Evaluation(
+            accuracy=accuracy,
+            loss=loss,
+            samples=int(self.y_test.shape[0]),
+            master_version=self.master.version,
+            samples_applied=self.master.samples_applied,
+        )
 
     async def model_state(self) -> dict[str, torch.Tensor]:
         return await self.compute(
@@ -546,8 +567,38 @@ class CloudService:
         )
 
 
-def _scalar(value: object) -> bool:
+def _scalar(value: object) -> TypeGuard[str | int | float | bool | None]:
     return value is None or isinstance(value, bool | int | float | str)
+
+
+def _staleness(stats: StalenessStats) -> StalenessSummary:
+    return StalenessSummary(
+        batches=stats.total,
+        max=stats.max,
+        mean=round(stats.mean, 3),
+        dropped=stats.dropped,
+        histogram={str(k): v for k, v in sorted(stats.counts.items())},
+    )
+
+
+def _session_status(state: CloudSessionState, *, connected: bool) -> EdgeSessionStatus:
+    """One edge's figures for ``/v1/status``: the session state counts bytes as the cloud
+    sees them (in = up from the edge, out = down to it)."""
+    return EdgeSessionStatus(
+        samples_received=state.samples_received,
+        samples_applied=state.samples_applied,
+        steps_applied=state.steps_applied,
+        highest_applied_seq=state.highest_applied_seq,
+        duplicates_dropped=state.duplicates,
+        last_edge_version=state.last_edge_version,
+        replica_version=state.mirror_version,
+        bytes_up=state.bytes_in,
+        bytes_down=state.bytes_out,
+        staleness=_staleness(state.staleness),
+        code_row=state.code_row,
+        late_uploads_dropped=state.late_dropped,
+        connected=connected,
+    )
 
 
 def _check_hello_config(config: Mapping[str, object], mode: str) -> None:

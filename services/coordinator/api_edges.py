@@ -79,7 +79,12 @@ async def edge_heartbeat(
     cadence to heartbeat at."""
     credentials.require_edge_token(request, edge_id, authorization)
     assignment = await asyncio.to_thread(
-        coordinator.edge_heartbeat, edge_id, body.edge_version, body.step, streaming=body.streaming
+        coordinator.edge_heartbeat,
+        edge_id,
+        body.edge_version,
+        body.step,
+        streaming=body.streaming,
+        finished=body.finished,
     )
     edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
     token, expires_at = credentials.token_for(edge.edge_id)

@@ -24,12 +24,21 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any, TypeGuard
+from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from simultrain.shared.contracts import (
+    CloudHistory,
+    CloudStatus,
+    DashboardCloud,
+    DashboardEdge,
+    DashboardSnapshot,
+    EdgeSessionStatus,
+)
 
 from .records import CloudRecord, EdgeRecord
 from .registry import Coordinator
@@ -104,10 +113,10 @@ class DashboardFeed:
         self.clock = clock
         self._rates: dict[str, _StepRate] = {}
         self._lock = asyncio.Lock()
-        self._latest: dict[str, Any] | None = None
+        self._latest: DashboardSnapshot | None = None
         self._latest_at = -math.inf
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> DashboardSnapshot:
         async with self._lock:
             if self._latest is not None and self.clock() - self._latest_at < (
                 self.min_poll_interval_s
@@ -117,30 +126,31 @@ class DashboardFeed:
             self._latest, self._latest_at = snapshot, self.clock()
             return snapshot
 
-    async def _build(self) -> dict[str, Any]:
+    async def _build(self) -> DashboardSnapshot:
         # The store may block: off the event loop, as the plain-def handlers are.
         clouds, edges, sessions, run_config = await asyncio.to_thread(self._registry)
         async with httpx.AsyncClient(
             timeout=self.poll_timeout_s, transport=self.transport, follow_redirects=False
         ) as client:
             polled = await asyncio.gather(
-                *(self._poll(client, c, sessions.get(c.cloud_id, [])) for c, _ in clouds)
+                *(
+                    self._poll(client, cloud, load, sessions.get(cloud.cloud_id, []))
+                    for cloud, load in clouds
+                )
             )
         now = self.clock()
-        by_cloud = {view["cloud_id"]: view for view in polled}
+        by_cloud = {view.cloud_id: view for view in polled}
         edge_views = [self._edge_view(edge, by_cloud.get(edge.cloud_id), now) for edge in edges]
         live = {edge.edge_id for edge in edges}
         for edge_id in list(self._rates):
             if edge_id not in live:
                 del self._rates[edge_id]
-        return {
-            "generated_at": round(self.coordinator.now(), 3),
-            "run_config": run_config,
-            "clouds": [
-                {**view, "live_edges": load} for view, (_, load) in zip(polled, clouds, strict=True)
-            ],
-            "edges": edge_views,
-        }
+        return DashboardSnapshot(
+            generated_at=round(self.coordinator.now(), 3),
+            run_config=run_config,
+            clouds=polled,
+            edges=edge_views,
+        )
 
     def _registry(
         self,
@@ -155,96 +165,94 @@ class DashboardFeed:
         )
 
     async def _poll(
-        self, client: httpx.AsyncClient, cloud: CloudRecord, connected: list[str]
-    ) -> dict[str, Any]:
+        self,
+        client: httpx.AsyncClient,
+        cloud: CloudRecord,
+        live_edges: int,
+        connected: list[str],
+    ) -> DashboardCloud:
         base = cloud_http_url(cloud.url)
-        view: dict[str, Any] = {
-            "cloud_id": cloud.cloud_id,
-            "url": cloud.url,
-            "status": cloud.status.value,
-            "last_heartbeat": cloud.last_heartbeat,
-            "master_version": cloud.master_version,
-            "connected_edges": connected,
-            "reachable": False,
-            "error": None,
-            "detail": None,
-            "history": [],
-            "reconciliations": {},
-            "eval_interval_s": None,
-        }
+        view = DashboardCloud(
+            cloud_id=cloud.cloud_id,
+            url=cloud.url,
+            status=cloud.status.value,
+            last_heartbeat=cloud.last_heartbeat,
+            master_version=cloud.master_version,
+            connected_edges=connected,
+            live_edges=live_edges,
+            reachable=False,
+            error=None,
+            detail=None,
+            busy_share=None,
+            history=[],
+            reconciliations={},
+            eval_interval_s=None,
+        )
         try:
-            status, history = await asyncio.gather(
+            replies = await asyncio.gather(
                 client.get(f"{base}/v1/status"), client.get(f"{base}/v1/history")
             )
-            status.raise_for_status()
-            history.raise_for_status()
-            detail, progress = _json_object(status), _json_object(history)
-            points = progress.get("points", [])
-            reconciliations = progress.get("reconciliations", {})
-            if not isinstance(points, list) or not isinstance(reconciliations, dict):
-                raise ValueError("/v1/history is not the expected shape")
+            for reply in replies:
+                reply.raise_for_status()
+            detail = CloudStatus.model_validate(_json_object(replies[0]))
+            progress = CloudHistory.model_validate(_json_object(replies[1]))
         except (httpx.HTTPError, ValueError) as exc:
-            # Unreachable or answering nonsense: that is the cloud's health, shown as such.
-            view["error"] = f"{type(exc).__name__}: {exc}"[:300]
-            return view
-        uptime = detail.get("uptime_seconds")
-        busy = detail.get("busy_seconds")
-        if _number(uptime) and _number(busy) and uptime > 0:
-            detail["busy_share"] = round(min(busy / uptime, 1.0), 4)
-        if _number(detail.get("master_version")):
-            view["master_version"] = detail["master_version"]
-        view.update(
-            reachable=True,
-            detail=detail,
-            history=points,
-            reconciliations=reconciliations,
-            eval_interval_s=progress.get("eval_interval_s"),
+            # Unreachable or answering nonsense (a pydantic ValidationError is a ValueError):
+            # that is the cloud's health, shown as such.
+            return view.model_copy(update={"error": f"{type(exc).__name__}: {exc}"[:300]})
+        busy_share = (
+            round(min(detail.busy_seconds / detail.uptime_seconds, 1.0), 4)
+            if detail.uptime_seconds > 0
+            else None
         )
-        return view
+        return view.model_copy(
+            update={
+                "master_version": detail.master_version,
+                "reachable": True,
+                "detail": detail,
+                "busy_share": busy_share,
+                "history": progress.points,
+                "reconciliations": progress.reconciliations,
+                "eval_interval_s": progress.eval_interval_s,
+            }
+        )
 
     def _edge_view(
-        self, edge: EdgeRecord, cloud: dict[str, Any] | None, now: float
-    ) -> dict[str, Any]:
-        session: dict[str, Any] = {}
-        if cloud is not None and cloud["detail"] is not None:
-            sessions = cloud["detail"].get("edges")
-            if isinstance(sessions, dict) and isinstance(sessions.get(edge.edge_id), dict):
-                session = sessions[edge.edge_id]
+        self, edge: EdgeRecord, cloud: DashboardCloud | None, now: float
+    ) -> DashboardEdge:
+        session: EdgeSessionStatus | None = None
+        if cloud is not None and cloud.detail is not None:
+            session = cloud.detail.edges.get(edge.edge_id)
         # The cloud's count of applied steps is exact; the edge's heartbeat is the fallback
         # while its cloud does not answer.
-        reported = session.get("steps_applied")
-        steps = int(reported) if _number(reported) else edge.step
+        steps = session.steps_applied if session is not None else edge.step
         rate = self._rates.setdefault(edge.edge_id, _StepRate()).observe(now, steps)
-        master_version = None if cloud is None else cloud["master_version"]
-        replica_version = session.get("replica_version", edge.edge_version)
-        lag = None
-        if _number(master_version) and _number(replica_version):
-            lag = master_version - replica_version
-        reconciliations = None if cloud is None else cloud["reconciliations"].get(edge.edge_id, 0)
-        return {
-            "edge_id": edge.edge_id,
-            "name": edge.name,
-            "cloud_id": edge.cloud_id,
-            "status": edge.status.value,
-            "connected": None if not session else bool(session.get("connected")),
-            "last_heartbeat": edge.last_heartbeat,
-            "step": edge.step,
-            "steps_applied": steps,
-            "step_rate": rate,
-            "edge_version": edge.edge_version,
-            "replica_version": replica_version,
-            "master_version": master_version,
-            "lag": lag,
-            "samples_applied": session.get("samples_applied"),
-            "bytes_up": session.get("bytes_in"),
-            "bytes_down": session.get("bytes_out"),
-            "duplicates_dropped": session.get("duplicates_dropped"),
-            "reconciliations": reconciliations,
+        master_version = None if cloud is None else cloud.master_version
+        replica_version = session.replica_version if session is not None else edge.edge_version
+        lag = None if master_version is None else master_version - replica_version
+        reconciliations = None if cloud is None else cloud.reconciliations.get(edge.edge_id, 0)
+        return DashboardEdge(
+            edge_id=edge.edge_id,
+            name=edge.name,
+            cloud_id=edge.cloud_id,
+            status=edge.status.value,
+            connected=None if session is None else session.connected,
+            last_heartbeat=edge.last_heartbeat,
+            step=edge.step,
+            steps_applied=steps,
+            step_rate=rate,
+            edge_version=edge.edge_version,
+            replica_version=replica_version,
+            master_version=master_version,
+            lag=lag,
+            samples_applied=None if session is None else session.samples_applied,
+            bytes_up=None if session is None else session.bytes_up,
+            bytes_down=None if session is None else session.bytes_down,
+            duplicates_dropped=None if session is None else session.duplicates_dropped,
+            reconciliations=reconciliations,
             # This edge's own staleness distribution, as its cloud counts it.
-            "staleness": session.get("staleness")
-            if isinstance(session.get("staleness"), dict)
-            else None,
-        }
+            staleness=None if session is None else session.staleness,
+        )
 
 
 def _json_object(reply: httpx.Response) -> dict[str, Any]:
@@ -258,10 +266,6 @@ def _json_object(reply: httpx.Response) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return value
-
-
-def _number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _asset(name: str) -> bytes:
@@ -292,4 +296,5 @@ async def dashboard_asset(name: str) -> Response:
 async def dashboard_data(request: Request) -> JSONResponse:
     """What the dashboard shows: the registry, and each cloud's figures as it reports."""
     feed: DashboardFeed = request.app.state.dashboard
-    return JSONResponse(await feed.snapshot(), headers={"Cache-Control": "no-store"})
+    snapshot = await feed.snapshot()
+    return JSONResponse(snapshot.model_dump(mode="json"), headers={"Cache-Control": "no-store"})

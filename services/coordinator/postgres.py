@@ -93,6 +93,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at DOUBLE PRECISION NOT NULL
         )""",
     ),
+    # 2: an edge may be 'finished' (records.Status): it trained its steps and said so.
+    (
+        "ALTER TABLE edges DROP CONSTRAINT edges_status_check",
+        "ALTER TABLE edges ADD CONSTRAINT edges_status_check "
+        "CHECK (status IN ('up', 'down', 'finished'))",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -27,7 +27,8 @@ __all__ = ["CloudRecord", "EdgeRecord", "RunConfig", "RunConfigField", "Status",
 
 class Status(StrEnum):
     UP = "up"
-    DOWN = "down"
+    DOWN = "down"  # silent past the heartbeat timeout: a failure
+    FINISHED = "finished"  # an edge that trained its steps and said so: not a failure
 
 
 @dataclass(frozen=True, slots=True)

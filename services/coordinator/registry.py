@@ -462,9 +462,16 @@ class Coordinator:
         return assignment
 
     def edge_heartbeat(
-        self, edge_id: str, edge_version: int, step: int, *, streaming: bool | None = None
+        self,
+        edge_id: str,
+        edge_version: int,
+        step: int,
+        *,
+        streaming: bool | None = None,
+        finished: bool = False,
     ) -> Assignment:
         """Record an edge's heartbeat; moves it to a live cloud if its cloud is down.
+        ``finished``: its last one, the steps done; the sweep never marks it down.
 
         ``streaming=False`` while its cloud still reports the edge's session: the edge lost
         a session its cloud did not report closed, perhaps because the cloud died without a
@@ -479,15 +486,15 @@ class Coordinator:
             if edge is None:
                 raise UnknownEdge(edge_id)
             cadence = self._cadence(tx)
-            came_back = edge.status is Status.DOWN
+            came_back = edge.status is not Status.UP and not finished
             beat = replace(
                 edge,
-                status=Status.UP,
+                status=Status.FINISHED if finished else Status.UP,
                 last_heartbeat=now,
                 edge_version=edge_version,
                 step=step,
                 # A session keeps it live; otherwise it must be heard from again in time.
-                expires_at=None if edge.session_cloud_id else now + cadence.timeout_s,
+                expires_at=None if finished or edge.session_cloud_id else now + cadence.timeout_s,
             )
             cloud = self._cloud_of(tx, beat)
             moved = None
@@ -504,7 +511,9 @@ class Coordinator:
             return Assignment(beat, cloud, cadence), came_back, moved
 
         assignment, came_back, moved = self._store.atomic(decide)
-        if came_back:
+        if finished:
+            logger.info("edge %s finished at step %d", edge_id, step)
+        elif came_back:
             logger.info("edge %s is up again", edge_id)
         _log_moves(() if moved is None else (moved,))
         return assignment

@@ -198,6 +198,11 @@ class EdgeHeartbeat(_Request):
         "its cloud still reports its session, it is told to ask again as soon as a cloud "
         "that died would be found out (PROTOCOL.md §9.4).",
     )
+    finished: bool = Field(
+        False,
+        description="The edge has trained its configured steps and leaves: it is marked "
+        "finished, not down, when its heartbeats stop.",
+    )
 
 
 class EdgeHeartbeatReply(_Schedule, _Cadence):

@@ -70,7 +70,32 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked_at REAL NOT NULL
         )""",
     ),
-    # 3: a flat cost per request (sql.py): indexes for each question, counters kept with
+    # 3: an edge may be 'finished' (records.Status). SQLite cannot change a CHECK in place:
+    # the table is copied, keeping each rowid (registration order).
+    (
+        """CREATE TABLE edges_v3 (
+            edge_id TEXT PRIMARY KEY,
+            cloud_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('up', 'down', 'finished')),
+            last_heartbeat REAL NOT NULL,
+            registered_at REAL NOT NULL,
+            ordinal INTEGER NOT NULL,
+            reconcile_offset INTEGER NOT NULL,
+            name TEXT,
+            shard_index INTEGER,
+            shard_count INTEGER,
+            edge_version INTEGER NOT NULL,
+            step INTEGER NOT NULL
+        )""",
+        "INSERT INTO edges_v3 (rowid, "
+        + "edge_id, cloud_id, status, last_heartbeat, registered_at, ordinal, "
+        + "reconcile_offset, name, shard_index, shard_count, edge_version, step) "
+        + "SELECT rowid, edge_id, cloud_id, status, last_heartbeat, registered_at, ordinal, "
+        + "reconcile_offset, name, shard_index, shard_count, edge_version, step FROM edges",
+        "DROP TABLE edges",
+        "ALTER TABLE edges_v3 RENAME TO edges",
+    ),
+    # 4: a flat cost per request (sql.py): indexes for each question, counters kept with
     # every change, sessions reported by the clouds, enrollment keys, the sweep's lease.
     (
         "ALTER TABLE edges ADD COLUMN session_cloud_id TEXT",

@@ -1,14 +1,13 @@
 """The edge agent: registers, then streams its data to the assigned cloud (SPEC "Roles": Edge).
 
-Three tasks per session, all on one event loop:
+Three tasks, all on one event loop:
 
-- the **producer** takes the next batch as soon as the window allows (SPEC step 1) and runs
-  the edge-stage forward on the compute thread;
-- the **receiver** handles what the cloud sends: backward from cut gradients (compute thread),
-  deltas and reconciliation (applied right on the loop: they build new tensors and swap one
-  reference, so a forward running meanwhile keeps its weights and never waits — SPEC step 5);
+- the **sessions**: one session with the cloud at a time (:mod:`.streaming`: the handshake,
+  then a producer and a receiver), each over a connection the agent's transport opens
+  (:mod:`.transport`: ``websockets`` on a real link, an ASGI application in-process);
 - the **heartbeat** to the coordinator, independent of compute, so a long step never looks
-  like a dead edge.
+  like a dead edge;
+- the **watchdog** pings to systemd.
 
 A lost connection is retried with exponential backoff and full jitter. Batches stay with the
 edge until the cloud acknowledges applying them and are re-sent on the next session, so no
@@ -24,36 +23,18 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from simultrain.shared.data import BatchStream, Dataset, load_dataset, release_caches
-from simultrain.shared.errors import SimulTrainError
-from simultrain.shared.models import architecture_fingerprint
-from simultrain.shared.protocol import (
-    Ack,
-    Act,
-    Bye,
-    Delta,
-    EdgeSession,
-    EGrad,
-    Error,
-    Frame,
-    Grad,
-    Hello,
-    Limits,
-    Snap,
-    Welcome,
-)
+from simultrain.shared.data import load_dataset, release_caches
+from simultrain.shared.errors import ConfigError, SimulTrainError, Unauthorized
+from simultrain.shared.protocol import Act, EGrad, offered_subprotocols
+from simultrain.shared.training.assembly import Shard, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import edge_module, wire_cut_shape
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.runtime import EdgeRuntime
 
@@ -76,13 +57,14 @@ from .state import (
     KeptBatch,
     open_edge_state,
 )
+from .streaming import SessionEnded, StreamingSession, raise_if_final, worth_reconnecting
+from .transport import LinkError, StreamTransport, UpgradeRefused, WebSocketsTransport
 
 __all__ = ["EdgeAgent", "EdgeObserver", "EdgeReport"]
 
 log = logging.getLogger("simultrain.edge")
 T = TypeVar("T")
 
-RESYNC_CLOSE_CODE = 4002  # the edge asks for a fresh session: its deltas had a gap
 ENDED_REASONS_KEPT = 20
 
 
@@ -143,44 +125,44 @@ class EdgeObserver:
         """A session ended (or could not open) and the agent will try another."""
 
 
-class _SessionEnded(Exception):
-    """The current session is over; ``reconnect`` says whether to start another."""
-
-    def __init__(self, reason: str, *, reconnect: bool) -> None:
-        super().__init__(reason)
-        self.reconnect = reconnect
-
-
 class EdgeAgent:
+    """One edge: set-up, the sessions with its cloud, liveness, durable progress.
+
+    ``transport`` opens the connections to the cloud (:mod:`.transport`); by default the
+    real one on ``websockets``, trusting ``settings.ca_file`` for ``wss://``.
+    """
+
     def __init__(
         self,
         settings: EdgeSettings,
         *,
         run: RunConfig | None = None,
         observer: EdgeObserver | None = None,
+        transport: StreamTransport | None = None,
     ) -> None:
         self.settings = settings
         self._run_override = run
         self.observer = observer or EdgeObserver()
+        self.transport = transport or WebSocketsTransport(ca_file=settings.ca_file)
         self.report = EdgeReport()
         self.coordinator = CoordinatorClient(settings) if settings.coordinator_url else None
         self.notifier = SystemdNotifier.from_environment() if settings.watchdog else None
         self._compute = asyncio.Semaphore(1)  # one compute section at a time, like one CPU budget
         self._changed = asyncio.Event()  # something the producer may be waiting on happened
-        self._send_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._stop_deadline = float("inf")
         self.assignment: Assignment | None = None
         self.runtime: EdgeRuntime | None = None
         self.state: EdgeState | None = None
         self._durable_from = 0  # kept batches below this are gone from the state too
-        # Gradient coding (RunConfig.gradient_coding_s): the code and a stream per partition.
+        # Gradient coding (RunConfig.gradient_coding_s): the code HELLO names.
         self.code: GradientCode | None = None
-        self.partition_streams: dict[int, BatchStream] = {}
 
     # --- set-up -------------------------------------------------------------------------
 
-    async def _prepare(self) -> None:
+    async def _assign(self) -> RunConfig:
+        """Open the state directory and learn this edge's assignment and run: from the
+        coordinator (enrolling, or resuming the stored identity), or from the settings."""
         settings = self.settings
         self.state = await asyncio.to_thread(
             open_edge_state,
@@ -211,51 +193,39 @@ class EdgeAgent:
                 run_config=run.to_mapping(),
                 reconcile_offset=0,
                 heartbeat_interval_s=settings.heartbeat_interval_s or 2.0,
-                token=None,
+                token=settings.token.get_secret_value() if settings.token else None,
             )
+        return run
+
+    async def _prepare(self) -> None:
+        settings = self.settings
+        run = await self._assign()
+        assert self.assignment is not None
         if self._run_override is not None:
             run = self._run_override
         if settings.dataset:
             run = RunConfig.from_mapping({"dataset": settings.dataset}, base=run)
         self.run_config = run
-        self.schedule = run.schedule()
         self.report.edge_id = self.assignment.edge_id
         torch.set_num_threads(settings.compute_threads)
         dataset = await asyncio.to_thread(load_dataset, run.dataset, seed=run.seed)
-        shard = (
-            dataset.shard(settings.shard_index, settings.shard_count, partition=run.partition)
-            if settings.shard_count > 1
-            else dataset
-        )
         self.spec = dataset.model_spec(run.model_id)
-        self.stream = BatchStream(
-            shard.x_train,
-            shard.y_train,
-            batch_size=run.batch_size,
-            seed=run.seed + 1000 * settings.shard_index,
+        # The run's one assembly (shared/training/assembly.py): the runtime of the run's role,
+        # this edge's batches (shard_index of shard_count) and, with gradient coding, its
+        # code row's partitions. The streams hold copies of the samples: the data set goes.
+        edge = build_edge(
+            run, self.spec, Shard(dataset, settings.shard_index, settings.shard_count)
         )
-        structure = self.spec.build(run.seed)  # structure only: weights come in the first SNAP
-        module = edge_module(structure, self.schedule)
-        self.code = run.gradient_code()
-        code_row = None
-        if self.code is not None:
-            code_row = settings.shard_index
-            self.partition_streams = _partition_streams(dataset, run, self.code, code_row)
-        # The streams hold copies of this edge's samples: the rest of the data set goes.
-        samples = len(shard.y_train)
-        del dataset, shard
+        del dataset
         release_caches()
-        self.runtime = EdgeRuntime(
-            module,
-            self.schedule,
-            run.codecs,
-            optimizer=run.optimizer,
-            code=self.code,
-            code_row=code_row,
-        )
+        samples = edge.samples
+        self.schedule = edge.schedule
+        self.stream = edge.stream
+        self.runtime = edge.runtime
+        self.code = edge.runtime.code
         await asyncio.to_thread(self._restore_progress)
-        self.cut_shape = wire_cut_shape(self.spec, self.schedule)
-        self.limits = Limits(window=self.schedule.window)  # one meaning: PROTOCOL.md §6.3
+        self.cut_shape = edge.cut_shape
+        self.limits = edge.limits  # one meaning of the window: PROTOCOL.md §6.3
         log.info(
             "edge %s: %s on %s shard %d/%d (%d train samples), cloud %s",
             self.assignment.edge_id,
@@ -282,7 +252,10 @@ class EdgeAgent:
             if heartbeat.done() and not sessions.done():
                 heartbeat.result()  # raises EdgeRemoved; without a coordinator it just returns
             await sessions
+            await self._say_finished()
         finally:
+            if self.notifier is not None:
+                self.notifier.stopping()  # done with its steps (or stopped): leaving
             tasks = (sessions, heartbeat, watchdog)
             for task in tasks:
                 task.cancel()
@@ -304,6 +277,8 @@ class EdgeAgent:
         """
         if self._stop.is_set():
             return
+        if self.notifier is not None:
+            self.notifier.stopping()  # systemd: deactivating while the drain runs
         self._stop.set()
         self._stop_deadline = time.monotonic() + self.settings.drain_timeout_s
         asyncio.get_running_loop().call_later(self.settings.drain_timeout_s, self._changed.set)
@@ -337,23 +312,36 @@ class EdgeAgent:
             try:
                 await self._one_session()
                 delay = self.settings.reconnect_initial_s
-            except _SessionEnded as ended:
+            except SessionEnded as ended:
                 if not ended.reconnect:
                     raise SimulTrainError(str(ended)) from None
                 log.warning("session ended (%s); reconnecting", ended)
                 self._session_ended(str(ended))
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
-                self.report.errors.append(type(exc).__name__)
-                self._session_ended(f"{type(exc).__name__}: {exc}")
-                # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
-                with contextlib.suppress(TimeoutError):
-                    # Wakes early on SIGTERM, so a stopping edge never sleeps out a backoff.
-                    await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
+            except UpgradeRefused as exc:
+                if exc.status_code in (401, 403) and self.coordinator is None:
+                    # The cloud refused the token before the upgrade. With a coordinator the
+                    # next heartbeat brings a fresh one; without, retrying cannot succeed
+                    # (PROTOCOL.md §7, "What an edge does after each close").
+                    raise Unauthorized(
+                        f"the cloud refused this edge's token (HTTP {exc.status_code})"
+                    ) from exc
+                await self._backoff(exc, delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+            except LinkError as exc:
+                await self._backoff(exc, delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
             if self._finished():
                 break
             self.report.reconnects += 1
+
+    async def _backoff(self, exc: Exception, delay: float) -> None:
+        log.warning("connection to the cloud failed (%s); retrying in ≤%.1fs", exc, delay)
+        self.report.errors.append(type(exc).__name__)
+        self._session_ended(f"{type(exc).__name__}: {exc}")
+        # Full jitter (AWS architecture blog): spreads reconnecting edges apart.
+        with contextlib.suppress(TimeoutError):
+            # Wakes early on SIGTERM, so a stopping edge never sleeps out a backoff.
+            await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
 
     def _session_ended(self, reason: str) -> None:
         if len(self.report.session_ends) < ENDED_REASONS_KEPT:
@@ -366,107 +354,17 @@ class EdgeAgent:
         base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return base.rstrip("/") + "/v1/stream"
 
-    def _ssl(self, url: str) -> ssl.SSLContext | None:
-        if not url.startswith("wss://"):
-            return None
-        ctx = ssl.create_default_context(
-            cafile=str(self.settings.ca_file) if self.settings.ca_file else None
-        )
-        return ctx
-
     async def _one_session(self) -> None:
-        assert self.assignment is not None and self.runtime is not None
+        """Connect through the transport and run one session until it ends."""
+        assert self.assignment is not None
         url = self._stream_url()
         headers = {}
         if self.assignment.token:
             headers["Authorization"] = f"Bearer {self.assignment.token}"
-        async with connect(
-            url,
-            additional_headers=headers,
-            ssl=self._ssl(url),
-            max_size=None,  # the protocol's Limits bound frames, per message type
-            open_timeout=10,
-            ping_interval=20,
-            ping_timeout=60,  # a long cloud step must not look like a dead link
-            compression=None,  # tensors are lz4-compressed already
-        ) as ws:
-            self.report.sessions += 1
-            session = EdgeSession(
-                limits=self.limits,
-                egrad_needs_grad=self.schedule.egrad_needs_grad,
-            )
-            await self._handshake(ws, session)
-            await self._stream(ws, session)
-
-    async def _send(self, ws: ClientConnection, session: EdgeSession, frame: Frame) -> None:
-        # The session's ledger and the wire must see frames in one order: serialize.
-        async with self._send_lock:
-            data = session.send(frame)
-            self.report.bytes_up += len(data)
-            await ws.send(data)
-
-    async def _handshake(self, ws: ClientConnection, session: EdgeSession) -> None:
-        runtime = self.runtime
-        assert runtime is not None and self.assignment is not None
-        hello = Hello(
-            edge_id=self.assignment.edge_id,
-            model_id=self.spec.model_id,
-            cut_shape=self.cut_shape,
-            config={
-                "reconcile_offset": self.assignment.reconcile_offset,
-                "mode": self.schedule.mode,
-                **(
-                    {"code_row": runtime.code_row, "gradient_code": self.code.identity}
-                    if self.code is not None
-                    else {}
-                ),
-            },
-            token=self.assignment.token,
-            resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
-            model_fingerprint=architecture_fingerprint(self.spec),
-        )
-        await self._send(ws, session, hello)
-        welcome: Welcome | None = None
-        synced = False  # a session starts from an exact copy of the master (SNAP, replace)
-        while welcome is None or not synced:
-            for frame in await self._receive(ws, session):
-                if isinstance(frame, Welcome):
-                    welcome = frame
-                elif isinstance(frame, Snap):
-                    runtime.on_snap(frame)
-                    await self._resync_if_needed(ws)
-                    synced = True
-                else:
-                    self._handle_control(frame)
-        self._resend = runtime.resume(welcome.acked_seq)
-        self.report.resent += len(self._resend)
-        if self.notifier is not None:
-            self.notifier.ready()
-        log.info(
-            "session open: master v%d, acked up to %s, %d batch(es) to re-send",
-            welcome.master_version,
-            welcome.acked_seq,
-            len(self._resend),
-        )
-
-    async def _receive(self, ws: ClientConnection, session: EdgeSession) -> list[Frame]:
-        try:
-            data = await ws.recv()
-        except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            code = rcvd.code if rcvd is not None else 1006
-            reason = rcvd.reason if rcvd is not None else ""
-            raise _SessionEnded(
-                f"closed by the cloud: {code} {reason}", reconnect=_worth_reconnecting(code, reason)
-            ) from exc
-        self.report.bytes_down += len(data)
-        return session.receive_data(data)
-
-    def _handle_control(self, frame: Frame) -> None:
-        if isinstance(frame, Error):
-            raise _SessionEnded(f"cloud error {frame.code}: {frame.reason}", reconnect=False)
-        if isinstance(frame, Bye):
-            raise _SessionEnded(f"cloud said bye: {frame.reason}", reconnect=True)
+        # PROTOCOL.md §1.1: the versions this agent speaks, newest first.
+        offered = offered_subprotocols()
+        async with self.transport.connect(url, subprotocols=offered, headers=headers) as conn:
+            await StreamingSession(self, conn, url).run()
 
     async def _in_compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on a worker thread, then stretch it by the CPU emulation factor.
@@ -494,135 +392,22 @@ class EdgeAgent:
         )
         return result
 
-    async def _stream(self, ws: ClientConnection, session: EdgeSession) -> None:
-        producer = asyncio.create_task(self._produce(ws, session), name="edge-producer")
-        receiver = asyncio.create_task(self._receive_loop(ws, session), name="edge-receiver")
-        try:
-            done, _ = await asyncio.wait({producer, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # re-raise what ended the session
-            if producer in done and self._finished():
-                # The cloud checkpoints what we sent before it closes: wait for its close.
-                await self._send(ws, session, Bye(reason="training finished"))
-                try:
-                    await asyncio.wait_for(ws.wait_closed(), timeout=60)
-                except TimeoutError:
-                    await ws.close(code=1000, reason="training finished")
-        finally:
-            for task in (producer, receiver):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _SessionEnded, ConnectionClosed):
-                    await task
-
-    async def _produce(self, ws: ClientConnection, session: EdgeSession) -> None:
-        runtime = self.runtime
-        assert runtime is not None
-        resend = list(self._resend)
-        while True:
-            while not runtime.can_produce() and not self._finished():
-                self._changed.clear()
-                await self._changed.wait()
-            if self._finished():
-                return
-            if resend:
-                seq, kept = resend.pop(0)
-                frame = await self._in_compute(runtime.resend, seq, kept)
-            elif self._no_more_acts():
-                # Nothing new to send: wait for the acknowledgements of what is in flight.
-                while runtime.pending_egrads:
-                    await self._send(ws, session, runtime.pending_egrads.popleft())
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            else:
-                frame = await self._in_compute(self._produce_next)
-            while runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
-                await self._send(ws, session, runtime.leading.popleft())
-            if frame is not None:
-                await self._send(ws, session, frame)
-
     def _produce_next(self) -> Act | EGrad | None:
         """Take the next batch and produce its frame, as one step on the compute thread.
 
         One step, so a session that ends meanwhile cannot separate the two: a batch taken
         is a batch kept (and re-sent on the next session), and one not taken stays in the
-        stream.
+        stream. What a batch is — one from this edge's stream, or with gradient coding the
+        round's batch of each partition the edge holds — is the runtime's role.
         """
         runtime = self.runtime
         assert runtime is not None
-        if self.code is not None:
-            # Gradient coding: this round's batch of each partition the edge holds, the
-            # batch numbered by the master version, as every holder of it takes.
-            batches = {}
-            for k in runtime.round_partitions():
-                stream = self.partition_streams[k]
-                stream.seek(max(runtime.version, 0))
-                batches[k] = next(stream)
-            self.observer.batch_taken()
-            coded = runtime.produce_coded(batches)
-            self.report.steps = runtime.batches_produced
-            self.report.samples_sent = runtime.samples_produced
-            return coded
-        x, y = next(self.stream)
-        self.observer.batch_taken()
-        frame = runtime.produce(x, y)
-        self._keep(x, y)
+        frame = runtime.produce_next(self.stream, taken=self.observer.batch_taken)
+        self._keep()
         self.report.steps = runtime.batches_produced
         self.report.samples_sent = runtime.samples_produced
-        if runtime.local_updates is not None:
-            self.report.local_steps = runtime.local_updates.steps_taken
+        self.report.local_steps = runtime.local_steps
         return frame
-
-    async def _receive_loop(self, ws: ClientConnection, session: EdgeSession) -> None:
-        runtime = self.runtime
-        assert runtime is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            for frame in await self._receive(ws, session):
-                if isinstance(frame, Grad):
-                    egrad = await self._in_compute(runtime.on_grad, frame)
-                    if frame.loss is not None:
-                        self.report.last_loss = frame.loss
-                    # Piggyback on the next ACT when one can go now (SPEC step 3); a window
-                    # that holds the producer back means this EGRAD must go alone.
-                    if (
-                        self.schedule.window > 0
-                        and runtime.can_produce()
-                        and not self._no_more_acts()
-                    ):
-                        runtime.pending_egrads.append(egrad)
-                    else:
-                        await self._send(ws, session, egrad)
-                elif isinstance(frame, Delta):
-                    runtime.on_delta(frame, now=loop.time())
-                    await self._resync_if_needed(ws)
-                elif isinstance(frame, Snap):
-                    runtime.on_snap(frame)
-                    await self._resync_if_needed(ws)
-                    self.report.reconciliations = runtime.reconciliations
-                    self.report.resyncs = runtime.resyncs
-                elif isinstance(frame, Ack):
-                    runtime.on_ack(frame)
-                    self._forget_durable()
-                    self.report.batches_acked = runtime.highest_acked + 1
-                    self.report.edge_version = runtime.version
-                    self._write_status()
-                    self.observer.acked(runtime.highest_acked, self.report)
-                else:
-                    self._handle_control(frame)
-                self._changed.set()
-
-    async def _resync_if_needed(self, ws: ClientConnection) -> None:
-        """A delta gap, or a replica whose checksum is not the cloud's (PROTOCOL.md §3.1):
-        end the session with 4002; the next one starts from an exact SNAP of the master."""
-        runtime = self.runtime
-        assert runtime is not None
-        if not runtime.needs_resync(now=asyncio.get_running_loop().time()):
-            return
-        self.report.checksum_failures = runtime.checksum_failures
-        reason = "replica checksum mismatch: resync" if runtime.replica_corrupt else "delta gap"
-        await ws.close(code=RESYNC_CLOSE_CODE, reason=reason)
-        raise _SessionEnded(reason, reconnect=True)
 
     def _produced(self) -> int:
         return self.runtime.batches_produced if self.runtime is not None else 0
@@ -680,6 +465,21 @@ class EdgeAgent:
             # A little jitter: the edges of one dead cloud are told the same instant.
             due = time.monotonic() + interval * random.uniform(1.0, 1.1)
 
+    async def _say_finished(self) -> None:
+        """Its steps done, the edge tells the coordinator it leaves on purpose (finished, not
+        down). Best effort: a coordinator that misses it marks the edge down later."""
+        steps = self.settings.steps
+        if self.coordinator is None or self._stop.is_set() or not steps:
+            return
+        if self.report.batches_acked < steps:
+            return
+        runtime = self.runtime
+        version = runtime.version if runtime is not None and runtime.version >= 0 else 0
+        try:
+            await self.coordinator.heartbeat(version, self.report.batches_acked, finished=True)
+        except SimulTrainError as exc:
+            log.warning("could not tell the coordinator this edge finished: %s", exc)
+
     async def _watchdog_loop(self) -> None:
         if self.notifier is None or self.notifier.watchdog_interval_s is None:
             return
@@ -718,16 +518,19 @@ class EdgeAgent:
             len(kept),
         )
 
-    def _keep(self, inputs: Any, labels: Any) -> None:
+    def _keep(self) -> None:
         """Commit the batch just taken, and the cursor past it, before its frame is sent.
 
-        FedAvg keeps upload frames, not batches: only its identity is durable.
+        Roles that keep upload frames (FedAvg, gradient coding) keep no batch: only their
+        identity is durable.
         """
         runtime, state = self.runtime, self.state
         assert runtime is not None and state is not None
         seq = runtime.next_seq - 1
-        if seq < 0 or not isinstance(runtime.unacked.get(seq), tuple):
+        kept = runtime.unacked.get(seq)
+        if seq < 0 or not isinstance(kept, tuple):
             return
+        inputs, labels = kept
         cursor = Cursor(
             next_seq=runtime.next_seq,
             stream_index=self.stream.batch_index,
@@ -751,33 +554,16 @@ class EdgeAgent:
         if path is None:
             return
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.report)) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(asdict(self.report)) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the status file {path}: {exc}") from exc
 
 
-# Close codes after which a new session can succeed: a normal end, a restart or going away,
-# an abnormal drop, a server error, a resync the edge asked for. Protocol errors (1002, 1003,
-# 1007, 1009, 4001) would only repeat: the agent gives up loudly on those.
-_RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, RESYNC_CLOSE_CODE})
-
-
-def _worth_reconnecting(code: int, reason: str) -> bool:
-    return code in _RECONNECT_CODES or (code == 1008 and "superseded" in reason)
-
-
-def _partition_streams(
-    dataset: Dataset, run: RunConfig, code: GradientCode, row: int
-) -> dict[int, BatchStream]:
-    """Gradient coding (seed 004): the ``s + 1`` partitions code row ``row`` holds — shards
-    ``row … row + s (mod n)`` of the run's ``n`` edges, the replicated data of an edge-node
-    tier — each with the stream every holder of that partition draws the same batches from."""
-    return {
-        k: BatchStream(
-            shard.x_train, shard.y_train, batch_size=run.batch_size, seed=run.seed + 1000 * k
-        )
-        for k in code.partitions(row)
-        for shard in [dataset.shard(k, code.n, partition=run.partition)]
-    }
+# The close-code policy lives with the session (PROTOCOL.md §7); its earlier names stay here.
+_raise_if_final = raise_if_final
+_worth_reconnecting = worth_reconnecting
 
 
 def _state_binding(settings: EdgeSettings) -> dict[str, Any]:

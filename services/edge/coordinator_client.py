@@ -189,10 +189,12 @@ class CoordinatorClient:
         *,
         resuming: bool = False,
         streaming: bool | None = None,
+        finished: bool = False,
     ) -> Assignment:
         """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved) and
         cadence. ``streaming``: whether the edge has a live session with its cloud (the
-        coordinator then knows whether to ask again soon, in case that cloud died)."""
+        coordinator then knows whether to ask again soon, in case that cloud died).
+        ``finished``: the last one, its steps done (the coordinator marks it finished)."""
         assert self.assignment is not None
         headers = {}
         if self.assignment.token:
@@ -200,6 +202,8 @@ class CoordinatorClient:
         body: dict[str, Any] = {"edge_version": edge_version, "step": step}
         if streaming is not None:
             body["streaming"] = streaming
+        if finished:
+            body["finished"] = True
         try:
             reply = await self.client.post(
                 f"{self.base}/v1/edges/{self.assignment.edge_id}/heartbeat",

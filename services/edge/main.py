@@ -9,15 +9,20 @@ import signal
 import sys
 from dataclasses import asdict
 
-from simultrain.shared.errors import SimulTrainError
+from simultrain.shared.errors import ModelMismatch, ProtocolVersionMismatch, SimulTrainError
 
 from .agent import EdgeAgent, EdgeReport
 from .settings import EdgeSettings
 from .state import EXIT_STATE_ERROR, EdgeStateError
 
-__all__ = ["run", "run_agent"]
+__all__ = ["EXIT_CONFIG", "run", "run_agent"]
 
 log = logging.getLogger("simultrain.edge")
+
+# sysexits.h EX_CONFIG, the status of an unusable state directory too: the systemd unit's
+# RestartPreventExitStatus=78 keeps an agent that cannot succeed until an operator acts from
+# a restart loop — a cloud of another protocol version (4000) or model (4003), PROTOCOL.md §7.
+EXIT_CONFIG = EXIT_STATE_ERROR
 
 
 async def run_agent(settings: EdgeSettings) -> EdgeReport:
@@ -50,6 +55,9 @@ def run(settings: EdgeSettings) -> int:
         # Needs an operator: the systemd unit does not restart on this status.
         log.error("edge state: %s", exc)
         return EXIT_STATE_ERROR
+    except (ProtocolVersionMismatch, ModelMismatch) as exc:
+        log.error("%s", exc)  # one line: what the cloud said, and that nothing is retried
+        return EXIT_CONFIG
     except SimulTrainError as exc:
         log.error("%s", exc)
         return 1

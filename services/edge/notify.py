@@ -1,7 +1,9 @@
 """systemd's notification protocol (sd_notify(3)), the few lines of it the agent needs.
 
 Under ``Type=notify`` the service manager waits for ``READY=1``; with ``WatchdogSec=`` it
-restarts the agent unless ``WATCHDOG=1`` arrives at least every ``WATCHDOG_USEC``. Outside
+restarts the agent unless ``WATCHDOG=1`` arrives at least every ``WATCHDOG_USEC``;
+``STOPPING=1`` tells it the agent is leaving (draining after SIGTERM, or done with its
+steps), so ``systemctl status`` shows "deactivating" rather than a hung service. Outside
 systemd (``NOTIFY_SOCKET`` unset) everything here is a no-op.
 """
 
@@ -22,6 +24,7 @@ class SystemdNotifier:
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval_s = watchdog_usec / 1e6 if watchdog_usec else None
         self._ready_sent = False
+        self._stopping_sent = False
 
     @classmethod
     def from_environment(cls) -> SystemdNotifier | None:
@@ -48,4 +51,6 @@ class SystemdNotifier:
         self.send("WATCHDOG=1")
 
     def stopping(self) -> None:
-        self.send("STOPPING=1")
+        if not self._stopping_sent:
+            self.send("STOPPING=1\nSTATUS=draining in-flight batches, then leaving")
+            self._stopping_sent = True

@@ -41,6 +41,9 @@ class EdgeSettings(RunSettings):
     )
     name: str | None = Field(None, description="Free-form label shown by the coordinator.")
     edge_id: str | None = Field(None, description="Fixed edge id when there is no coordinator.")
+    token: SecretStr | None = Field(
+        None, description="Token for a cloud with authentication on, when there is no coordinator."
+    )
     enrollment_secret: SecretStr | None = Field(None, description="Secret to register (auth on).")
     enrollment_secret_file: Path | None = Field(None, description="File holding the secret.")
     ca_file: Path | None = Field(None, description="CA bundle to verify the cloud/coordinator TLS.")

@@ -15,6 +15,7 @@ from simultrain.shared.models.custom import (
     architecture_fingerprint,
     custom_model_spec,
     is_custom_model_id,
+    model_architecture,
 )
 from simultrain.shared.models.registry import (
     ModelNotFound,
@@ -40,6 +41,7 @@ __all__ = [
     "init_parameters",
     "is_custom_model_id",
     "list_models",
+    "model_architecture",
     "model_spec_for",
     "register_model",
 ]

@@ -17,13 +17,12 @@ factory is missing, the cut names no layer, the shapes do not fit — raises `Mo
 
 Edge and cloud each import the factory themselves. `architecture_fingerprint` condenses what
 they built (parameter names, shapes, dtypes) into one hash, carried in HELLO, so two sides
-that loaded different code are refused at the handshake (PROTOCOL.md, "HELLO").
+that loaded different code are refused at the handshake (PROTOCOL.md §3.3).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import re
 from collections import OrderedDict
@@ -35,8 +34,15 @@ from torch import nn
 
 from simultrain.shared.models.registry import ModelNotFound, derive_spec
 from simultrain.shared.models.spec import ModelSpec
+from simultrain.shared.protocol.fingerprint import Architecture, TensorSpec, cloud_stage_digest
 
-__all__ = ["architecture_fingerprint", "custom_model_spec", "is_custom_model_id", "split_at"]
+__all__ = [
+    "architecture_fingerprint",
+    "custom_model_spec",
+    "is_custom_model_id",
+    "model_architecture",
+    "split_at",
+]
 
 # ``package.module:factory`` (dotted module path, one attribute name).
 _CUSTOM_ID = re.compile(
@@ -126,20 +132,35 @@ def split_at(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(OrderedDict(children[:cut])), nn.Sequential(OrderedDict(children[cut:]))
 
 
-def architecture_fingerprint(spec: ModelSpec) -> str:
-    """sha256 of the canonical listing of both stages' parameters (name, shape, dtype).
+def model_architecture(spec: ModelSpec) -> Architecture:
+    """What the model fingerprint covers (PROTOCOL.md §3.3), built on the meta device.
 
-    One line per parameter, ``edge_stage.`` or ``cloud_stage.`` prefixed, in module order;
-    built on the meta device, so it costs no memory. Two processes that import different
-    code for one model id get different fingerprints, unless the architectures agree to the
-    last parameter's shape, which is what the split protocol needs to agree on.
+    The edge stage's parameters by name, dtype and shape; the cloud stage's condensed into
+    its digest; the input and cut shapes. The session spec publishes exactly this, so any
+    client can recompute the fingerprint from it.
     """
     with torch.device("meta"):
         edge_stage, cloud_stage = spec.make_stages(spec.input_shape, spec.num_classes)
-    lines = [
-        f"{stage}.{name} {list(param.shape)} {str(param.dtype).removeprefix('torch.')}"
-        for stage, module in (("edge_stage", edge_stage), ("cloud_stage", cloud_stage))
+    return Architecture(
+        input_shape=tuple(spec.input_shape),
+        cut_shape=tuple(spec.cut_shape),
+        edge_stage=_tensor_specs(edge_stage),
+        cloud_stage_digest=cloud_stage_digest(_tensor_specs(cloud_stage)),
+    )
+
+
+def architecture_fingerprint(spec: ModelSpec) -> str:
+    """HELLO's ``model_fingerprint``: SHA-256 of the architecture's canonical text.
+
+    Two processes that import different code for one model id get different fingerprints,
+    unless the architectures agree to the last parameter's shape, which is what the split
+    protocol needs to agree on (PROTOCOL.md §3.3).
+    """
+    return model_architecture(spec).fingerprint
+
+
+def _tensor_specs(module: nn.Module) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(name, str(param.dtype).removeprefix("torch."), tuple(param.shape))
         for name, param in module.named_parameters()
-    ]
-    lines.append(f"input {list(spec.input_shape)} cut {list(spec.cut_shape)}")
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    )

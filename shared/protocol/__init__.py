@@ -1,4 +1,4 @@
-"""SimulTrain's wire protocol, sans-I/O: frames, tensor codecs, codec, session state machines.
+"""SimulTrain's wire protocol, sans-I/O: versions, frames, tensor codecs, sessions, fingerprint.
 
 Pure code over bytes: it imports no asyncio, websockets, fastapi or torch (a test enforces
 it), so the edge, the cloud and the in-process driver share it unchanged. The wire format
@@ -8,10 +8,15 @@ is documented in ``PROTOCOL.md`` at the repository root; errors live in
 
 from simultrain.shared.protocol.checksum import replica_checksum
 from simultrain.shared.protocol.codec import (
-    PROTOCOL_VERSION,
     check_cut_shape,
     decode_frame,
+    decode_message,
     encode_frame,
+)
+from simultrain.shared.protocol.fingerprint import (
+    Architecture,
+    TensorSpec,
+    cloud_stage_digest,
 )
 from simultrain.shared.protocol.frames import (
     FRAME_TYPES,
@@ -46,17 +51,35 @@ from simultrain.shared.protocol.tensorcodec import (
     decode_tensor,
     encode_tensor,
 )
+from simultrain.shared.protocol.versions import (
+    CAPABILITIES,
+    FIRST_RELEASE_VERSION,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Capability,
+    Negotiation,
+    grant_capabilities,
+    negotiate,
+    offered_subprotocols,
+    subprotocol_name,
+    version_mismatch,
+)
 
 __all__ = [
+    "CAPABILITIES",
     "DEFAULT_LIMITS",
+    "FIRST_RELEASE_VERSION",
     "FLOAT_DTYPES",
     "FRAME_TYPES",
     "LOSSLESS_CODECS",
     "PROTOCOL_VERSION",
     "SUPPORTED_DTYPES",
+    "SUPPORTED_VERSIONS",
     "Ack",
     "Act",
+    "Architecture",
     "Bye",
+    "Capability",
     "CloudSession",
     "Codec",
     "ConfigValue",
@@ -70,15 +93,24 @@ __all__ = [
     "Hello",
     "Ledger",
     "Limits",
+    "Negotiation",
     "SessionState",
     "Side",
     "Snap",
+    "TensorSpec",
     "Welcome",
     "WireTensor",
     "check_cut_shape",
+    "cloud_stage_digest",
     "decode_frame",
+    "decode_message",
     "decode_tensor",
     "encode_frame",
     "encode_tensor",
+    "grant_capabilities",
+    "negotiate",
+    "offered_subprotocols",
     "replica_checksum",
+    "subprotocol_name",
+    "version_mismatch",
 ]

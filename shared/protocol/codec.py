@@ -8,6 +8,10 @@ msgpack, lz4 or numpy error chained as its cause; nothing else escapes.
 The order of checks matters for what a peer is told: size before parsing (1009), version
 before type (a frame of a newer protocol reports a version mismatch, not garbage), type
 before fields, declared tensor sizes before inflating (an lz4 bomb is refused unopened).
+
+``v`` is the session's major version (PROTOCOL.md §1.1, :mod:`.versions`). ERROR is the one
+message whose form no version may change: it is read whatever ``v`` it carries, so that a
+peer of another version can still say why it ends the session.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from simultrain.shared.errors import (
     MalformedFrame,
     ProtocolError,
     ProtocolVersionMismatch,
+    UnexpectedSequence,
     UnknownMessageType,
 )
 from simultrain.shared.protocol.frames import (
@@ -54,16 +59,16 @@ from simultrain.shared.protocol.tensorcodec import (
     decode_tensor,
     encode_tensor,
 )
+from simultrain.shared.protocol.versions import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 
 __all__ = [
     "PROTOCOL_VERSION",
     "check_cut_shape",
     "decode_frame",
+    "decode_message",
     "encode_frame",
     "frame_fields",
 ]
-
-PROTOCOL_VERSION: Final = 1
 
 # Bounds that need no tuning (PROTOCOL.md, "Limits"). Strings are short by nature; these
 # keep a hostile frame from making the decoder build large Python objects.
@@ -326,6 +331,7 @@ _SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
         ("token", _Optional(_Str(MAX_TOKEN_BYTES))),
         ("resume", _Optional(_SEQ)),
         ("model_fingerprint", _Optional(_Str(MAX_FINGERPRINT_BYTES, allow_empty=False))),
+        ("capabilities", _Config()),
     ),
     Welcome: (
         ("session_id", _NAME),
@@ -334,6 +340,7 @@ _SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
         ("window", _Optional(_UInt())),
         ("acked_seq", _Optional(_SEQ)),
         ("config", _Config()),
+        ("capabilities", _Config()),
     ),
     Act: (
         ("seq", _SEQ),
@@ -399,9 +406,10 @@ def _check_structure(frame: Frame) -> None:
                 f"act.labels: expected int64[{batch}], got {labels.dtype}{list(labels.shape)}"
             )
         if frame.egrad is not None and frame.egrad.seq >= frame.seq:
-            raise MalformedFrame(
-                f"piggybacked egrad.seq {frame.egrad.seq} must be below act.seq {frame.seq}",
-                field="act.egrad.seq",
+            # A sequence rule (PROTOCOL.md §3, ACT's `egrad`), refused like the others of §6.3.
+            raise UnexpectedSequence(
+                f"act.egrad.seq: piggybacked EGRAD {frame.egrad.seq} must be below "
+                f"the ACT's seq {frame.seq}"
             )
     elif isinstance(frame, Grad):
         _batch_size(frame.cut_grad, "grad.cut_grad")
@@ -452,8 +460,13 @@ def check_cut_shape(frame: Frame, cut_shape: tuple[int, ...]) -> None:
         )
 
 
-def encode_frame(frame: Frame) -> bytes:
+def encode_frame(frame: Frame, *, version: int = PROTOCOL_VERSION) -> bytes:
     """The bytes of one WebSocket binary message carrying ``frame``.
+
+    ``version`` is the envelope's ``v``: the session's major version. An ERROR may be
+    written in any version ≥ 1 (its form is the same in all of them: the refusal of a
+    peer's version is written in that peer's version, PROTOCOL.md §1.1); every other frame
+    only in a version this implementation speaks.
 
     Raises :class:`EncodeError` for a frame a peer would refuse on its own terms (wrong field
     types, non-finite or unencodable tensors, inconsistent fields). Session rules (order,
@@ -461,9 +474,13 @@ def encode_frame(frame: Frame) -> bytes:
     """
     if type(frame) not in _SPECS:
         raise EncodeError(f"not a frame: {type(frame).__name__}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EncodeError(f"protocol version must be a positive int, got {version!r}")
+    if not isinstance(frame, Error) and version not in SUPPORTED_VERSIONS:
+        raise EncodeError(f"cannot write a {frame.type.upper()} in protocol version {version}")
     try:
         # Field types first: the structure check reads fields as the types they must be.
-        wire = {"v": PROTOCOL_VERSION, "t": frame.type, **_encode_fields(frame, frame.type)}
+        wire = {"v": version, "t": frame.type, **_encode_fields(frame, frame.type)}
         _check_structure(frame)
     except ProtocolError as exc:
         raise EncodeError(str(exc)) from exc
@@ -501,14 +518,29 @@ def decode_frame(
     *,
     limits: Limits = DEFAULT_LIMITS,
     cut_shape: tuple[int, ...] | None = None,
+    version: int | None = PROTOCOL_VERSION,
 ) -> Frame:
     """Validate and decode one WebSocket binary message.
 
     With ``cut_shape`` (known once the handshake is done), ACT activations and GRAD cut_grad
-    must have shape (batch, *cut_shape). A ``str`` (a WebSocket text message) is refused
-    with :class:`UnknownMessageType`. Raises a :class:`ProtocolError` subclass for anything
-    else than a valid frame; never a foreign exception.
+    must have shape (batch, *cut_shape). ``version`` is the session's major version (None:
+    any this implementation speaks); another ``v`` is refused with
+    :class:`ProtocolVersionMismatch`, except on an ERROR, which is read whatever its ``v``.
+    A ``str`` (a WebSocket text message) is refused with :class:`UnknownMessageType`.
+    Raises a :class:`ProtocolError` subclass for anything else than a valid frame; never a
+    foreign exception.
     """
+    return decode_message(data, limits=limits, cut_shape=cut_shape, version=version)[1]
+
+
+def decode_message(
+    data: bytes | bytearray | memoryview | str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cut_shape: tuple[int, ...] | None = None,
+    version: int | None = PROTOCOL_VERSION,
+) -> tuple[int, Frame]:
+    """:func:`decode_frame`, returning the envelope's ``v`` beside the frame."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise UnknownMessageType(
             f"expected a binary message, got {type(data).__name__}: the protocol has no text"
@@ -524,12 +556,19 @@ def decode_frame(
     for key in ("v", "t"):
         if key not in wire:
             raise MalformedFrame(f"missing field {key!r}", field="frame")
-    version = wire["v"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise _type_error("int", version, "frame.v")
-    if version != PROTOCOL_VERSION:
+    written = wire["v"]
+    if isinstance(written, bool) or not isinstance(written, int):
+        raise _type_error("int", written, "frame.v")
+    accepted = SUPPORTED_VERSIONS if version is None else (version,)
+    if written not in accepted:
+        error = _foreign_error(wire, limits)
+        if error is not None:
+            return written, error
+        speaks = ", ".join(f"v{v}" for v in accepted)
         raise ProtocolVersionMismatch(
-            f"peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}"
+            f"peer wrote protocol version {written}, this side speaks {speaks}: "
+            "upgrade the older side, do not retry",
+            peer_version=written if written >= 1 else None,
         )
     type_name = wire["t"]
     if not isinstance(type_name, str):
@@ -542,6 +581,19 @@ def decode_frame(
     _check_structure(frame)
     if cut_shape is not None:
         check_cut_shape(frame, cut_shape)
+    return written, frame
+
+
+def _foreign_error(wire: dict[Any, Any], limits: Limits) -> Error | None:
+    """An ERROR written in another version (its form is fixed for all of them), or None."""
+    if wire.get("t") != "error":
+        return None
+    fields = {key: value for key, value in wire.items() if key not in ("v", "t")}
+    try:
+        frame = _decode_fields(Error, fields, "error", _Context(limits, DecodeBudget(limits)))
+    except ProtocolError:
+        return None
+    assert isinstance(frame, Error)
     return frame
 
 

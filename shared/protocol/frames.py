@@ -50,8 +50,10 @@ class Hello:
 
     ``cut_shape`` is the per-sample shape of the edge stage's output (without the batch
     dimension). ``resume`` is the highest sequence number the edge saw acknowledged in an
-    earlier session, or None on a fresh start. ``token`` authenticates the edge (issue 5).
-    The protocol version travels in every frame's envelope, HELLO included.
+    earlier session, or None on a fresh start. ``token`` authenticates the edge
+    (PROTOCOL.md §1). The major version is the WebSocket subprotocol and every frame's
+    envelope ``v``; ``capabilities`` offers the optional extensions the edge speaks (name →
+    a value the capability defines; PROTOCOL.md §10.2).
     """
 
     type: ClassVar[str] = "hello"
@@ -62,8 +64,9 @@ class Hello:
     token: str | None = None
     resume: int | None = None
     model_fingerprint: str | None = None
-    """sha256 (hex) of the edge's architecture listing (`architecture_fingerprint`); the
+    """sha256 (hex) of the model's canonical architecture text (PROTOCOL.md §3.3); the
     cloud refuses one that differs from its own with ``model_mismatch``. None: not checked."""
+    capabilities: Mapping[str, ConfigValue] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +76,8 @@ class Welcome:
     ``cut_shape`` must equal the HELLO's. ``window`` is the in-flight window both sides
     enforce (None: unbounded). ``acked_seq`` is the highest sequence number the cloud has
     fully applied for this edge (None: none): the edge continues with larger numbers and
-    re-sends any batch above it it still holds (issue 5, durability).
+    re-sends any batch above it it still holds (PROTOCOL.md §6.5). ``capabilities`` are the
+    ones HELLO offered that the cloud turned on for this session, with their values.
     """
 
     type: ClassVar[str] = "welcome"
@@ -83,6 +87,7 @@ class Welcome:
     window: int | None
     acked_seq: int | None = None
     config: Mapping[str, ConfigValue] = dataclasses.field(default_factory=dict)
+    capabilities: Mapping[str, ConfigValue] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,7 +24,13 @@ States (``SessionState``)::
 Rules both sides enforce (PROTOCOL.md, "Session rules"), on frames received and on frames
 sent alike:
 
+- Every frame is of the session's major version (``version``, from the WebSocket
+  subprotocol; a cloud offered none takes the ``v`` of the HELLO, PROTOCOL.md §1.1). An
+  ERROR is read whatever its version, and the ERROR refusing a version is written in the
+  peer's, so that either side can always tell the other why it ends the session.
 - HELLO is the edge's first frame, WELCOME the cloud's answer; nothing else before them.
+  WELCOME grants only capabilities HELLO offered; a message type of a capability that was
+  not granted is refused (``illegal_transition``).
 - ACT sequence numbers strictly increase and exceed WELCOME's ``acked_seq``; an ACT may not
   leave more than ``window`` batches in flight (SPEC step 1). A batch is in flight from its
   ACT until an ACK covers it: the slot frees when its update is applied, not at its GRAD.
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from typing import ClassVar, Final
 
 from simultrain.shared.errors import (
@@ -56,16 +63,18 @@ from simultrain.shared.errors import (
     IllegalTransition,
     InvalidTensor,
     ProtocolError,
+    ProtocolVersionMismatch,
     UnexpectedSequence,
     WindowExceeded,
     close_code_for,
 )
-from simultrain.shared.protocol.codec import check_cut_shape, decode_frame, encode_frame
+from simultrain.shared.protocol.codec import check_cut_shape, decode_message, encode_frame
 from simultrain.shared.protocol.frames import (
     FRAME_TYPES,
     Ack,
     Act,
     Bye,
+    ConfigValue,
     Delta,
     EGrad,
     Error,
@@ -76,6 +85,13 @@ from simultrain.shared.protocol.frames import (
     Welcome,
 )
 from simultrain.shared.protocol.limits import DEFAULT_LIMITS, Limits
+from simultrain.shared.protocol.versions import (
+    CAPABILITIES,
+    PROTOCOL_VERSION,
+    Capability,
+    capability_of_frame,
+    version_mismatch,
+)
 
 __all__ = ["CloudSession", "EdgeSession", "Ledger", "SessionState", "Side"]
 
@@ -216,11 +232,23 @@ class _Session:
 
     side: ClassVar[Side]
 
-    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, egrad_needs_grad: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        egrad_needs_grad: bool = True,
+        version: int | None = PROTOCOL_VERSION,
+        registry: Mapping[str, Capability] = CAPABILITIES,
+    ) -> None:
         self.limits = limits
         # False for the modes that upload EGRADs without ACTs (syncsgd, fedavg: PROTOCOL.md
         # §6.3); in every other mode an EGRAD must answer a GRAD of this session.
         self.egrad_needs_grad = egrad_needs_grad
+        # The major version negotiated as the WebSocket subprotocol (PROTOCOL.md §1.1).
+        # None only on a cloud whose edge offered none: its HELLO's `v` decides.
+        self.version = version
+        self.registry = registry
+        self._error_version: int | None = None  # a refused peer's version: its ERROR's `v`
         self.state = SessionState.CONNECTING
         self.ledger = Ledger()
         self.hello: Hello | None = None
@@ -239,6 +267,11 @@ class _Session:
     def window(self) -> int | None:
         """Most ACTs this side lets be unanswered (None: unbounded, before WELCOME too)."""
         return self.welcome.window if self.welcome is not None else None
+
+    @property
+    def capabilities(self) -> Mapping[str, ConfigValue]:
+        """The capabilities WELCOME granted, with their values (none before WELCOME)."""
+        return self.welcome.capabilities if self.welcome is not None else {}
 
     @property
     def outstanding(self) -> tuple[int, ...]:
@@ -274,12 +307,25 @@ class _Session:
         if self.state is SessionState.CLOSING:
             return []
         try:
-            frame = decode_frame(data, limits=self.limits, cut_shape=self.cut_shape)
+            try:
+                written, frame = decode_message(
+                    data, limits=self.limits, cut_shape=self.cut_shape, version=self.version
+                )
+            except ProtocolVersionMismatch as exc:
+                self._error_version = exc.peer_version
+                if self.version is None and self.side is Side.CLOUD:
+                    # An edge that offered no subprotocol and writes another version: the
+                    # first release did (PROTOCOL.md §1.1). Tell it what to do, in its `v`.
+                    versions = [] if exc.peer_version is None else [exc.peer_version]
+                    raise version_mismatch(versions) from exc
+                raise
             update = self._plan(frame, outgoing=False)
         except ProtocolError as exc:
             self.state = SessionState.CLOSING
             self.close_code, self.close_reason = exc.close_code, exc.reason
             raise
+        if self.version is None and not isinstance(frame, Error):
+            self.version = written  # the HELLO's `v`, a version this side speaks
         self._commit(update)
         return update.events
 
@@ -297,13 +343,30 @@ class _Session:
         update = self._plan(frame, outgoing=True)
         if self.state is SessionState.OPEN and self.cut_shape is not None:
             check_cut_shape(frame, self.cut_shape)
-        data: bytes = encode_frame(frame)
+        version = self.version or PROTOCOL_VERSION
+        if isinstance(frame, Error) and self._error_version is not None:
+            version = self._error_version
+        data: bytes = encode_frame(frame, version=version)
         limit = self.limits.max_frame_bytes
         if limit is not None and len(data) > limit:
             raise FrameTooLarge(
                 f"{frame.type.upper()} of {len(data)} bytes exceeds max_frame_bytes {limit}"
             )
         self._commit(update)
+        return data
+
+    def refuse(self, exc: ProtocolError) -> bytes:
+        """The ERROR that ends the session because of ``exc``: the bytes to send before
+        closing the WebSocket with ``close_code``.
+
+        A refused version is answered in the version the peer wrote or offered, so that a
+        peer of another version can read why (PROTOCOL.md §1.1).
+        """
+        if isinstance(exc, ProtocolVersionMismatch) and exc.peer_version is not None:
+            self._error_version = exc.peer_version
+        data = self.send(Error.from_exception(exc))
+        if self.close_code is None:
+            self.close_code, self.close_reason = exc.close_code, exc.reason
         return data
 
     def connection_closed(self) -> None:
@@ -320,6 +383,11 @@ class _Session:
         name = frame.type.upper()
         if type(frame) not in _SENT_BY[sender]:
             raise IllegalTransition(f"{name} is never sent by the {sender.value}")
+        capability = capability_of_frame(frame.type, registry=self.registry)
+        if capability is not None and capability not in self.capabilities:
+            raise IllegalTransition(
+                f"{name} belongs to capability {capability!r}, not granted in this session"
+            )
         update = _Update(
             events=[frame],
             state=self.state,
@@ -358,6 +426,11 @@ class _Session:
             raise HandshakeRejected(
                 f"WELCOME cut_shape {list(frame.cut_shape)} differs from HELLO's "
                 f"{list(self.hello.cut_shape)}"
+            )
+        unoffered = sorted(set(frame.capabilities) - set(self.hello.capabilities))
+        if unoffered:
+            raise HandshakeRejected(
+                f"WELCOME grants capabilities HELLO did not offer: {', '.join(unoffered)}"
             )
         limit = self.limits.window
         if outgoing and limit is not None and (frame.window is None or frame.window > limit):

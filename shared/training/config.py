@@ -1,7 +1,10 @@
 """The run configuration: one immutable object shared by the driver, the services and the CLI.
 
 The coordinator hands it to every edge and cloud as a flat JSON map (:meth:`RunConfig.to_mapping`)
-so every participant of a run trains the same schedule on the same model.
+so every participant of a run trains the same schedule on the same model. Each participant
+builds what it trains from it in one place, shared/training/assembly.py. Validating a
+configuration (the coordinator does, for every run it is given) imports no torch: this
+module and the ones it reads (keys, options, schedule, compensation) do not.
 """
 
 from __future__ import annotations
@@ -10,23 +13,19 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Annotated, Any, Self, get_type_hints
 
-from simultrain.shared.data.dataset import PARTITIONS
 from simultrain.shared.errors import ConfigError
-from simultrain.shared.training.compensation import compensation_from_name
-from simultrain.shared.training.gradcoding import GradientCode
+from simultrain.shared.training.compensation import parse_compensation
 from simultrain.shared.training.keys import Key, RunKey
-from simultrain.shared.training.master import OptimizerConfig
-from simultrain.shared.training.runtime import Codecs
-from simultrain.shared.training.schedule import (
-    MODES,
-    Schedule,
-    check_gradient_coding,
-    make_schedule,
-)
+from simultrain.shared.training.options import Codecs, OptimizerConfig
+from simultrain.shared.training.schedule import MODES, Schedule, make_schedule
 
 __all__ = ["DRIVER_ONLY", "Key", "RunConfig", "RunKey"]
 
 DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"})
+
+# Dataset.shard's PARTITIONS (shared/data/dataset.py; a test holds the two equal), spelt here
+# so that validating a configuration does not load the data modules (and torch with them).
+_PARTITIONS = ("auto", "groups", "iid", "label-skew")
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,33 @@ class RunConfig:
     mode: Annotated[str, Key("Training mode (SPEC.md modes table).", choices=tuple(MODES))] = (
         "simultrain"
     )
-    dataset: Annotated[str, Key("Dataset: imu, mnist, video or npz:PATH.", nonempty=True)] = "imu"
+    dataset: Annotated[
+        str,
+        Key(
+            "Dataset: imu, mnist, video or npz:PATH.",
+            nonempty=True,
+            inert="the participant loads the data (load_dataset; a cloud may evaluate on its "
+            "own eval_dataset) and hands the builders its model spec and data",
+        ),
+    ] = "imu"
     model_id: Annotated[
-        str | None, Key("Model id (default: the dataset's own model).", nonempty=True)
+        str | None,
+        Key(
+            "Model id (default: the dataset's own model).",
+            nonempty=True,
+            inert="names the model spec the participant reads from its data set "
+            "(Dataset.model_spec) and hands the builders",
+        ),
     ] = None
-    steps: Annotated[int, Key("Batches per edge (the in-process driver's).", ge=0)] = 1500
+    steps: Annotated[
+        int,
+        Key(
+            "Batches per edge (the in-process driver's).",
+            ge=0,
+            inert="the in-process driver's loop length; a service edge trains until its own "
+            "steps setting or until it is stopped",
+        ),
+    ] = 1500
     edges: Annotated[int, Key("Edges expected in the run (sizes the history).", ge=1)] = 1
     batch_size: Annotated[int, Key("Samples per edge batch.", ge=1)] = 32
     seed: Annotated[int, Key("Seed for data order and model initialisation.")] = 0
@@ -58,7 +79,7 @@ class RunConfig:
         Key(
             "How training data is dealt to edges: auto, groups (one subject per edge), iid "
             "or label-skew (Dataset.shard).",
-            choices=PARTITIONS,
+            choices=_PARTITIONS,
         ),
     ] = "auto"
     window: Annotated[int, Key("In-flight window τ_max (staleness bound).", ge=0)] = 4
@@ -110,10 +131,17 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", lr=1e-3))
     codecs: Codecs = field(default_factory=Codecs)
     eval_every: Annotated[
-        int, Key("Steps between held-out evaluations (0: only at the end).", ge=0)
+        int,
+        Key(
+            "Steps between held-out evaluations (0: only at the end).",
+            ge=0,
+            inert="the in-process driver's evaluation interval; a cloud evaluates when "
+            "asked (GET /v1/eval)",
+        ),
     ] = 0
     # In-process fault injection for the R = ∞ ablation: each additive (lossy-codec) delta is
     # lost with this probability; the edge's version still advances, its weights do not.
+    # Lost silently: the edges of such a run do not check their replica's checksum.
     delta_loss: Annotated[
         float, Key("Probability that a lossy-codec delta is lost (driver only).", ge=0, le=1)
     ] = 0.0
@@ -122,7 +150,7 @@ class RunConfig:
         if not isinstance(self.optimizer, OptimizerConfig) or not isinstance(self.codecs, Codecs):
             raise ConfigError("run configuration: optimizer and codecs must be their own types")
         # Every flat key against its declaration (ints become floats where due), then the
-        # keys together: mode, window, β, R, and α against the compensation chain.
+        # keys together: mode, gradient coding, and α against the compensation chain.
         for owner_name, name, key in _declared(type(self)):
             owner = self if owner_name is None else getattr(self, owner_name)
             value = getattr(owner, name)
@@ -130,32 +158,11 @@ class RunConfig:
             if checked is not value:
                 object.__setattr__(owner, name, checked)
         schedule = self.schedule()
-        check_gradient_coding(
-            schedule,
-            self.gradient_coding_s,
-            edges=self.edges,
-            round_deadline_s=self.round_deadline_s,
-        )
-        compensation_from_name(schedule.compensation, alpha=schedule.alpha)  # every part's name
-
-    def gradient_code(self) -> GradientCode | None:
-        """The run's gradient code (seed 004), or None when coding is off. Every edge and the
-        cloud build it from the same three numbers, so they hold the same ``B``."""
-        if not self.gradient_coding_s:
-            return None
-        return GradientCode.cyclic(self.edges, self.gradient_coding_s, seed=self.seed)
+        parse_compensation(schedule.compensation, alpha=schedule.alpha)  # every part, every slot
 
     def schedule(self) -> Schedule:
-        """The mode's schedule with this run's compensation chain and α (SPEC "Ablations")."""
-        return make_schedule(
-            self.mode,
-            window=self.window,
-            alpha=self.alpha,
-            reconcile_every=self.reconcile_every,
-            beta=self.beta,
-            local_steps=self.local_steps,
-            compensation=self.compensation,
-        )
+        """The mode's schedule with this run's values (`make_schedule`)."""
+        return make_schedule(self)
 
     def to_mapping(self, *, driver: bool = False) -> dict[str, Any]:
         """Flat, JSON-friendly form: optimizer and codec fields are prefixed.

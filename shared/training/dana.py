@@ -1,7 +1,10 @@
 """One edge-stage momentum per edge on the master: DANA-Zero (Hakimi et al., 2019).
 
-The compensation part ``dana`` (``shared/training/compensation.py``) asks the master for
-it; this is the arithmetic. The edge stage keeps its one torch optimizer: its shared state
+The compensation part ``dana`` (``shared/training/compensation.py``) is an edge-step strategy
+(`DanaEdgeStep`: each edge's gradients step with that edge's own momentum) and, unless its
+look-ahead is 0, a replica position (`DanaLookAheadPosition`: the edges are sent
+``θ̂ = θ − s·η·γ·Σ_j v_j``); this is their arithmetic. The edge stage keeps its one torch
+optimizer: its shared state
 (Adam's second moment and step count; nothing for SGD) stays in it, and before each step
 the stepping edge's own momentum — SGD's ``momentum_buffer``, Adam's ``exp_avg`` — is put in
 its place, so torch's own update does ``v_i ← γ·v_i + g, θ ← θ − η·v_i`` (SGD) or Adam's
@@ -20,15 +23,27 @@ recently updated edge's momentum is dropped (counted in ``evicted``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.protocol.codec import MAX_NAME_BYTES
+from simultrain.shared.training.compensation import Dana, DanaLookAhead, HistoryEntry
+from simultrain.shared.training.stage import StageOptimizer
 
-__all__ = ["IMPLICIT_EDGE", "EdgeMomenta", "check_edge_id"]
+__all__ = [
+    "IMPLICIT_EDGE",
+    "DanaEdgeStep",
+    "DanaLookAheadPosition",
+    "EdgeMomenta",
+    "check_edge_id",
+]
+
+_META = "edge_momenta"  # checkpoint metadata: {"edges", "counts", "evicted"}
+_PREFIX = "edge_momentum/"  # checkpoint tensors: "<index of the edge>/<parameter name>"
 
 IMPLICIT_EDGE = ""
 """The edge of a caller that names none (a single edge)."""
@@ -195,3 +210,84 @@ class EdgeMomenta:
         if unknown:
             raise TrainingError(f"per-edge momenta: unknown tensors {sorted(unknown)[:3]}")
         self.buffers, self.counts = buffers, loaded
+
+
+class DanaEdgeStep:
+    """The ``dana`` strategy: one edge-stage step per gradient, with its edge's momentum."""
+
+    gathered = 0
+
+    def __init__(self, part: Dana, stage: StageOptimizer, params: Mapping[str, Tensor]) -> None:
+        self.stage = stage
+        self.params = params
+        self.momenta = EdgeMomenta(stage.optimizer, params, max_edges=int(part.max_edges))
+
+    @staticmethod
+    def held_by(meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> str | None:
+        """``per-edge momenta`` when a checkpoint holds some."""
+        if meta.get(_META) is not None or any(k.startswith(_PREFIX) for k in tensors):
+            return "per-edge momenta (dana)"
+        return None
+
+    def apply(self, grads: Mapping[str, Tensor], staleness: int, edge_key: str) -> int:
+        for name, param in self.params.items():
+            param.grad = grads[name].clone()
+        self.momenta.step(edge_key)  # this edge's momentum only
+        self.stage.optimizer.zero_grad(set_to_none=True)
+        return 1
+
+    def resize(self, edges: int) -> None:
+        pass
+
+    def flush(self, *, only_if_full: bool) -> int:
+        return 0
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The optimizer's own state holds the shared moments; each edge's momentum is here,
+        by the edge's index in the metadata (edge ids stay out of tensor names)."""
+        edges, counts, momenta = self.momenta.state()
+        tensors = {_PREFIX + key: t for key, t in momenta.items()}
+        return tensors, {_META: {"edges": edges, "counts": counts, "evicted": self.momenta.evicted}}
+
+    def load(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+        """Each edge's momentum back; a checkpoint without any (written by a run without
+        them) leaves every edge to start its momentum anew."""
+        saved = meta.get(_META)
+        if saved is None:
+            return
+        own = {k.removeprefix(_PREFIX): v for k, v in tensors.items() if k.startswith(_PREFIX)}
+        try:
+            if not isinstance(saved, dict):
+                raise TrainingError("per-edge momenta: not a table")
+            self.momenta.load(saved["edges"], saved["counts"], own)
+            self.momenta.evicted = int(saved.get("evicted", 0))
+        except (TrainingError, KeyError, TypeError, ValueError) as exc:
+            raise TrainingError(f"its per-edge momenta do not fit: {exc}") from exc
+
+
+class DanaLookAheadPosition:
+    """DANA's look-ahead ``θ̂ = θ − s·η·γ·Σ_j v_j`` (Adam: the first moments through the
+    shared denominator) with the edge stage's base η and γ (β₁), ``s`` the part's scale, when
+    gradients arrive late; buffers are sent as they are. Computed once per edge-stage
+    version: the momenta change only with a step, and every step is a new history entry."""
+
+    def __init__(self, part: DanaLookAhead, step: DanaEdgeStep) -> None:
+        self.part = part
+        self.step = step
+        self._cached: tuple[HistoryEntry, float, Mapping[str, Tensor]] | None = None
+
+    def weights(
+        self, history: Sequence[HistoryEntry], staleness: int, params: Collection[str]
+    ) -> Mapping[str, Tensor]:
+        newest = history[-1]
+        scale = self.part.scale if staleness > 0 else 0.0
+        if not scale:
+            return newest.weights
+        cached = self._cached
+        if cached is not None and cached[0] is newest and cached[1] == scale:
+            return cached[2]
+        stage = self.step.stage
+        step = self.step.momenta.lookahead(stage.base_lr[0], stage.base_momentum[0])
+        weights = {n: (t + scale * step[n]) if n in step else t for n, t in newest.weights.items()}
+        self._cached = (newest, scale, weights)
+        return weights

@@ -1,9 +1,10 @@
 """A whole training run in one process, every frame through the real encoder and decoder.
 
-The fast path for tests and the basis of the simulation mode. Edges and the cloud are the same
-:class:`EdgeRuntime` / :class:`CloudRuntime` objects the services use; between them sits an
-in-memory link that carries *bytes*: each frame is encoded by the sender's protocol session and
-decoded and validated by the receiver's, exactly as over a WebSocket.
+The fast path for tests and the basis of the simulation mode. Edges and the cloud are built by
+the assembly the services build theirs with (shared/training/assembly.py): the same runtimes,
+master, limits and codecs; between them sits an in-memory link that carries *bytes*: each
+frame is encoded by the sender's protocol session and decoded and validated by the
+receiver's, exactly as over a WebSocket.
 
 Timing is a deterministic event order, not a clock: each edge produces its next batch as soon
 as its window allows, and otherwise the cloud and the edges take turns handling one message
@@ -14,18 +15,20 @@ plain sequential split training.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from simultrain.shared.data import BatchStream, load_dataset
-from simultrain.shared.errors import ConfigError, TrainingError
+from simultrain.shared.data import Dataset, load_dataset
+from simultrain.shared.errors import TrainingError
+from simultrain.shared.models import ModelSpec
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -36,25 +39,21 @@ from simultrain.shared.protocol import (
     Frame,
     Grad,
     Hello,
-    Limits,
     Snap,
     Welcome,
 )
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import as_received, state_from_wire, state_to_wire
+from simultrain.shared.training.assembly import (
+    CloudAssembly,
+    EdgeAssembly,
+    Shard,
+    build_cloud,
+    build_edge,
+)
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import (
-    build_master,
-    build_synthetic,
-    edge_module,
-    wire_cut_shape,
-)
 from simultrain.shared.training.master import CloudMaster
-from simultrain.shared.training.runtime import (
-    CloudRuntime,
-    EdgeRuntime,
-    Outgoing,
-)
+from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, Outgoing
 
 __all__ = ["RunConfig", "RunResult", "run_in_process"]
 
@@ -105,17 +104,21 @@ class _Link:
 
 
 @dataclass
-class _Edge:
+class LinkedEdge:
+    """An edge in process: its assembly, both ends of its session and the link between."""
+
     edge_id: str
-    runtime: EdgeRuntime
+    assembly: EdgeAssembly
     session: EdgeSession
     cloud_session: CloudSession
-    stream: BatchStream
     link: _Link
-    produced: int = 0
     delta_loss: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
     deltas_lost: int = 0
+
+    @property
+    def runtime(self) -> EdgeRuntime:
+        return self.assembly.runtime
 
 
 def run_in_process(
@@ -123,111 +126,35 @@ def run_in_process(
     *,
     progress: Callable[[int, RunResult | None], None] | None = None,
 ) -> RunResult:
+    """Train ``config`` in this process: its cloud and edges assembled as the services
+    assemble theirs (shared/training/assembly.py), every frame through the real codec."""
     started = time.perf_counter()
-    if config.gradient_coding_s:
-        # Coding needs each edge's partitions and the cloud's decode (PROTOCOL.md §6.6); run
-        # uncoded here it would silently train something else than the run asks for.
-        raise ConfigError(
-            "gradient_coding_s runs through the services; the in-process driver does not code"
-        )
-    schedule = config.schedule()
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)
-    master = build_master(config, spec, schedule)
-    cloud = CloudRuntime(
-        master, schedule, config.codecs, synthetic=build_synthetic(config, spec, schedule)
-    )
-    # One window everywhere (PROTOCOL.md §6.3): W batches in flight, ACT to ACK.
-    limits = Limits(window=schedule.window)
-    # The delta-loss fault injection models deltas lost *silently*, i.e. a client that does
-    # not check the replica's checksum; with checks every loss would become a resync.
-    verify = config.delta_loss <= 0.0
-    cut_shape = wire_cut_shape(spec, schedule)
-
-    edges: dict[str, _Edge] = {}
-    for i in range(config.edges):
-        shard = (
-            dataset.shard(i, config.edges, partition=config.partition)
-            if config.edges > 1
-            else dataset
+    cloud = build_cloud(config, spec)
+    edges = {
+        edge.edge_id: edge
+        for edge in (
+            connect_edge(config, cloud, shard.index, build_edge(config, spec, shard), spec)
+            for shard in shards(config, dataset)
         )
-        structure = spec.build(config.seed)  # structure only: weights come in the first SNAP
-        module = edge_module(structure, schedule)
-        edge_id = f"edge-{i}"
-        edge = _Edge(
-            edge_id,
-            EdgeRuntime(
-                module,
-                schedule,
-                config.codecs,
-                optimizer=config.optimizer,
-                verify_checksums=verify,
-            ),
-            EdgeSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
-            CloudSession(limits=limits, egrad_needs_grad=schedule.egrad_needs_grad),
-            BatchStream(
-                shard.x_train,
-                shard.y_train,
-                batch_size=config.batch_size,
-                seed=config.seed + 1000 * i,
-            ),
-            _Link(),
-            delta_loss=config.delta_loss,
-            rng=random.Random(config.seed * 7919 + i),
-        )
-        edges[edge_id] = edge
-        hello = Hello(
-            edge_id=edge_id,
-            model_id=spec.model_id,
-            cut_shape=cut_shape,
-            config={"mode": schedule.mode, "window": schedule.window},
-        )
-        for frame in edge.cloud_session.receive_data(edge.session.send(hello)):
-            assert isinstance(frame, Hello)
-        offset = schedule.reconcile_offset(i, config.edges)
-        _, snap = cloud.open_session(edge_id, reconcile_offset=offset)
-        welcome = Welcome(
-            session_id=edge_id,
-            master_version=master.version,
-            cut_shape=cut_shape,
-            window=limits.window,
-        )
-        for frame in (welcome, snap):
-            edge.link.send_down(edge.cloud_session.send(frame))
-        while edge.link.down:
-            _edge_receive(edge)
-
+    }
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test).long()
+    master = cloud.master
     curve: list[tuple[int, float]] = []
     loss_curve: list[tuple[int, float]] = []
+    step_once = functools.partial(pump, edges, cloud.runtime)
     for step in range(config.steps):
-        for edge in edges.values():
-            while not edge.runtime.can_produce():
-                if not _pump(edges, cloud):
-                    raise TrainingError("pipeline stalled: window full and nothing in flight")
-            xb, yb = next(edge.stream)
-            upload = edge.runtime.produce(xb, yb)
-            while edge.runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
-                edge.link.send_up(edge.session.send(edge.runtime.leading.popleft()))
-            if upload is not None:
-                edge.link.send_up(edge.session.send(upload))
+        produce_round(edges, step_once)
         if config.eval_every and (step + 1) % config.eval_every == 0:
             acc, loss = master.evaluate(x_test, y_test)
             curve.append((master.samples_applied, acc))
             loss_curve.append((master.samples_applied, loss))
         if progress is not None:
             progress(step + 1, None)
-    # Drain: every batch answered, every gradient applied. No ACT will come to carry a
-    # piggybacked EGRAD any more, so each goes alone.
-    while True:
-        for edge in edges.values():
-            while edge.runtime.pending_egrads:
-                edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-        if not _pump(edges, cloud):
-            break
-    master.flush_edge_batch()  # a fleet batch left partly gathered (``fleet-batch``) steps
-
+    drain(edges, step_once)
+    master.flush_edge_step()  # gradients gathered and not yet stepped (``fleet-batch``) step
     accuracy, test_loss = master.evaluate(x_test, y_test)
     losses = [loss for e in edges.values() for loss in e.runtime.losses[-50:]]
     return RunResult(
@@ -251,18 +178,90 @@ def run_in_process(
     )
 
 
-def _pump(edges: dict[str, _Edge], cloud: CloudRuntime) -> bool:
+def shards(config: RunConfig, dataset: Dataset) -> list[Shard]:
+    """Edge ``i`` of the run's ``edges`` trains on shard ``i`` (one edge: all the data)."""
+    return [Shard(dataset, i, config.edges) for i in range(config.edges)]
+
+
+def connect_edge(
+    config: RunConfig, cloud: CloudAssembly, index: int, assembly: EdgeAssembly, spec: ModelSpec
+) -> LinkedEdge:
+    """Open edge ``index``'s session with the cloud: HELLO through the codec, then WELCOME
+    and the first SNAP over the link, received by the edge."""
+    edge_id = f"edge-{index}"
+    edge = LinkedEdge(
+        edge_id,
+        assembly,
+        assembly.session(),
+        cloud.session(),
+        _Link(),
+        delta_loss=config.delta_loss,
+        rng=random.Random(config.seed * 7919 + index),
+    )
+    schedule = cloud.schedule
+    hello = Hello(
+        edge_id=edge_id,
+        model_id=spec.model_id,
+        cut_shape=assembly.cut_shape,
+        config={"mode": schedule.mode, "window": schedule.window},
+    )
+    for frame in edge.cloud_session.receive_data(edge.session.send(hello)):
+        assert isinstance(frame, Hello)
+    _, snap = cloud.runtime.open_session(
+        edge_id,
+        reconcile_offset=schedule.reconcile_offset(index, config.edges),
+        code_row=assembly.runtime.code_row,
+    )
+    welcome = Welcome(
+        session_id=edge_id,
+        master_version=cloud.master.version,
+        cut_shape=assembly.cut_shape,
+        window=cloud.limits.window,
+    )
+    for frame in (welcome, snap):
+        edge.link.send_down(edge.cloud_session.send(frame))
+    while edge.link.down:
+        edge_receive(edge)
+    return edge
+
+
+def produce_round(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]) -> None:
+    """Each edge produces its next batch as soon as its window allows; until then the
+    cloud and the edges take turns handling one message each (``step_once``: `pump`)."""
+    for edge in edges.values():
+        while not edge.runtime.can_produce():
+            if not step_once():
+                raise TrainingError("pipeline stalled: window full and nothing in flight")
+        upload = edge.runtime.produce_next(edge.assembly.stream)
+        while edge.runtime.leading:  # synthetic role: a batch's EGRAD precedes its ACT
+            edge.link.send_up(edge.session.send(edge.runtime.leading.popleft()))
+        if upload is not None:
+            edge.link.send_up(edge.session.send(upload))
+
+
+def drain(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]) -> None:
+    """Every batch answered, every gradient applied. No ACT will come to carry a
+    piggybacked EGRAD any more, so each goes alone."""
+    while True:
+        for edge in edges.values():
+            while edge.runtime.pending_egrads:
+                edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
+        if not step_once():
+            break
+
+
+def pump(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> bool:
     """Every edge's link moves one message each way: the cloud handles one, the edge one."""
     moved = False
     for edge in edges.values():
         if edge.link.up:
             for frame in edge.cloud_session.receive_data(edge.link.up.popleft()):
-                for edge_id, reply in _cloud_handle(cloud, edge.edge_id, frame):
+                for edge_id, reply in cloud_handle(cloud, edge.edge_id, frame):
                     target = edges[edge_id]
                     target.link.send_down(target.cloud_session.send(reply))
             moved = True
         if edge.link.down:
-            _edge_receive(edge)
+            edge_receive(edge)
             if edge.runtime.needs_resync(now=0.0):
                 # PROTOCOL.md §3.1: a replica that failed its checksum is replaced by the
                 # master; in-process the cloud sends the SNAP at once.
@@ -272,7 +271,7 @@ def _pump(edges: dict[str, _Edge], cloud: CloudRuntime) -> bool:
     return moved
 
 
-def _cloud_handle(cloud: CloudRuntime, edge_id: str, frame: Frame) -> list[Outgoing]:
+def cloud_handle(cloud: CloudRuntime, edge_id: str, frame: Frame) -> list[Outgoing]:
     if isinstance(frame, Act):
         return cloud.on_act(edge_id, frame)
     if isinstance(frame, EGrad):
@@ -280,7 +279,7 @@ def _cloud_handle(cloud: CloudRuntime, edge_id: str, frame: Frame) -> list[Outgo
     raise TrainingError(f"the cloud does not expect {type(frame).__name__} frames")
 
 
-def _edge_receive(edge: _Edge) -> None:
+def edge_receive(edge: LinkedEdge) -> None:
     for frame in edge.session.receive_data(edge.link.down.popleft()):
         runtime = edge.runtime
         if isinstance(frame, Snap):
@@ -303,7 +302,7 @@ def _edge_receive(edge: _Edge) -> None:
             raise TrainingError(f"the edge does not expect {type(frame).__name__} frames")
 
 
-def _maybe_lose(edge: _Edge, delta: Delta) -> Delta:
+def _maybe_lose(edge: LinkedEdge, delta: Delta) -> Delta:
     """Fault injection (``RunConfig.delta_loss``): a lost additive delta becomes an empty one.
 
     The version chain stays whole, so no resync is triggered, but the weights it carried never

@@ -8,10 +8,12 @@ environment variables and other text (`RunKey.parse`), the coordinator's JSON sc
 (`RunKey.json_schema`) and the README's configuration table. Adding a field here is the
 whole edit: the coordinator's API, its ``SIMULTRAIN_COORDINATOR_<KEY>`` variable, the
 cloud's and the edge's ``SIMULTRAIN_CLOUD_RUN_<KEY>`` / ``SIMULTRAIN_EDGE_RUN_<KEY>``
-(shared/run_settings.py) and the README rows follow.
+(shared/run_settings.py) and the README rows follow. A key that changes training is then
+read in one place, the run's assembly (shared/training/assembly.py), which every cloud,
+edge and in-process run is built by; a key it does not read says why (``Key.inert``).
 
 This module imports nothing from the project but its errors, so the modules that declare
-fields (config, master, runtime) can all use it.
+fields (config, options) can all use it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Key:
     lt: float | None = None
     choices: tuple[str, ...] = ()
     nonempty: bool = False
+    # Why the run's assembly (shared/training/assembly.py) reads this key nowhere, for a key
+    # that changes nothing the builders build; empty for every other key. A test runs each
+    # key through the builders and holds them to it.
+    inert: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,11 @@ class RunKey:
     @property
     def description(self) -> str:
         return self.key.description
+
+    @property
+    def inert(self) -> str:
+        """Why the builders do not read this key ("" when they do)."""
+        return self.key.inert
 
     def check(self, value: Any) -> Any:
         """``value`` if it is one of this key's, an int taken for a float; else ConfigError."""

@@ -3,20 +3,22 @@
 SPEC "Roles" (Cloud) and steps 2 and 4. The master is the only place where updates are
 applied, and it applies them immediately. ``version`` (``v_c``) counts every applied update:
 a cloud-stage step on an ACT and an edge gradient on an EGRAD each add one. ``edge_updates``
-counts edge-stage *steps*: one per edge gradient, or — with a compensation that batches the
-fleet's edge gradients (``fleet-batch``) — one per K gradients, averaged; a gradient taken
-into that average is applied (it adds its version, its samples and its staleness at once)
-though the weights move only with the K-th. Staleness is counted in edge-stage steps.
+counts edge-stage *steps*: how edge gradients become steps is the compensation's edge-step
+strategy (shared/training/stage.py) — one step per gradient, or one per K gradients with
+``fleet-batch``, where a gradient taken into the batch is applied (it adds its version, its
+samples and its staleness at once) though the weights move only with the K-th. Staleness is
+counted in edge-stage steps.
 
 The edge-stage history is what the forecast needs: ``w_c@v`` for the version an edge gradient
 was taken at. It is sized in master versions, not per edge, because with several edges the
 master moves faster than any one edge's window (SPEC step 4). A gradient older than the
 history is dropped and counted, never applied blindly.
 
-With a compensation that keeps one edge-stage momentum per edge (``dana``: DANA-Zero,
-Hakimi et al., 2019), each edge gradient steps the edge stage with its own edge's momentum
-(``shared/training/dana.py``), named by ``edge_id`` (None: one implicit edge), and the
-weights sent to the edges look ahead along the sum of those momenta.
+The compensation (shared/training/compensation.py) is a typed composition, resolved here
+once: its corrections and step rules are applied to each update, its edge-step strategy
+takes the edge gradients (named by ``edge_id``, None: one implicit edge, for the ``dana``
+strategy's per-edge momenta), and its replica position says which weights the edges are
+sent.
 
 Not thread-safe by design: a service runs every master operation on one compute thread.
 """
@@ -25,60 +27,34 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simultrain.shared.errors import ConfigError, TrainingError
-from simultrain.shared.training.compensation import Compensation, NoCompensation
-from simultrain.shared.training.dana import EdgeMomenta, check_edge_id
-from simultrain.shared.training.keys import Key
+from simultrain.shared.training.compensation import (
+    Compensation,
+    Dana,
+    DanaLookAhead,
+    FleetBatch,
+    HistoryEntry,
+    PlainStep,
+)
+from simultrain.shared.training.dana import DanaEdgeStep, DanaLookAheadPosition, check_edge_id
+from simultrain.shared.training.fleet_batch import FleetBatchEdgeStep
+from simultrain.shared.training.options import OptimizerConfig
+from simultrain.shared.training.stage import EdgeStep, PlainEdgeStep, StageOptimizer
 
 __all__ = [
     "CloudMaster",
     "CloudStepResult",
     "EdgeUpdateResult",
-    "OptimizerConfig",
     "StalenessStats",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class OptimizerConfig:
-    """One optimizer family for every mode (SPEC: baselines are never strawmen).
-
-    ``cloud_momentum`` overrides the cloud stage's momentum: the pilot found that a cloud
-    stage updated at once with high momentum over-corrects for an edge that answers late.
-    """
-
-    # Each field is a flat run configuration key ``optimizer_<field>`` (shared/training/keys.py).
-    name: Annotated[Literal["sgd", "adam"], Key("Optimizer family.")] = "sgd"
-    lr: Annotated[float, Key("Learning rate.", gt=0)] = 0.05
-    momentum: Annotated[float, Key("SGD momentum.", ge=0, lt=1)] = 0.0
-    cloud_momentum: Annotated[
-        float | None, Key("Cloud-stage momentum override (default: momentum).", ge=0, lt=1)
-    ] = None
-    weight_decay: Annotated[float, Key("Weight decay.", ge=0)] = 0.0
-
-    def build(
-        self, params: Sequence[Tensor], *, stage: Literal["edge", "cloud", "full"]
-    ) -> torch.optim.Optimizer:
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.name == "sgd":
-            momentum = self.momentum
-            if stage == "cloud" and self.cloud_momentum is not None:
-                momentum = self.cloud_momentum
-            return torch.optim.SGD(
-                params, lr=self.lr, momentum=momentum, weight_decay=self.weight_decay
-            )
-        if self.name == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        raise ConfigError(f"unknown optimizer {self.name!r}; choose sgd or adam")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +123,22 @@ class _HistoryEntry:
     weights: Mapping[str, Tensor]
 
 
+class _Position(Protocol):
+    """Where the weights sent to the edges stand (a compensation's replica position)."""
+
+    def weights(
+        self, history: Sequence[HistoryEntry], staleness: int, params: Collection[str]
+    ) -> Mapping[str, Tensor]: ...
+
+
+_EDGE_STEPS: dict[type, type[PlainEdgeStep] | type[FleetBatchEdgeStep] | type[DanaEdgeStep]] = {
+    PlainStep: PlainEdgeStep,
+    FleetBatch: FleetBatchEdgeStep,
+    Dana: DanaEdgeStep,
+}
+"""Each edge-step strategy's mechanism, by the compensation part that chooses it."""
+
+
 class CloudMaster:
     def __init__(
         self,
@@ -162,17 +154,16 @@ class CloudMaster:
         self.edge_stage = edge_stage
         self.cloud_stage = cloud_stage
         self.optimizer_config = optimizer
-        self.compensation: Compensation = compensation or NoCompensation()
+        self.compensation = compensation if compensation is not None else Compensation()
         self._edge_params = dict(edge_stage.named_parameters())
         self._edge_opt = optimizer.build(list(self._edge_params.values()), stage="edge")
         self._cloud_opt = optimizer.build(list(cloud_stage.parameters()), stage="cloud")
         self._full_opt: torch.optim.Optimizer | None = None
-        self._base_edge_lr = [g["lr"] for g in self._edge_opt.param_groups]
-        self._base_cloud_lr = [g["lr"] for g in self._cloud_opt.param_groups]
-        self._base_edge_momentum = [_momentum_of(g) for g in self._edge_opt.param_groups]
-        self._base_cloud_momentum = [_momentum_of(g) for g in self._cloud_opt.param_groups]
+        self._edge = StageOptimizer(self._edge_opt, self.compensation, "edge")
+        self._cloud = StageOptimizer(self._cloud_opt, self.compensation, "cloud")
+        self._corrections = self.compensation.correctors()
         # The staleness of the last applied edge gradient: what the cloud stage's momentum
-        # and the weight prediction are sized by (with several edges it exceeds one window).
+        # and the replica position are sized by (with several edges it exceeds one window).
         self.observed_staleness = 0
         self.version = 0
         self.edge_updates = 0
@@ -181,21 +172,22 @@ class CloudMaster:
         self.staleness = StalenessStats()
         self.samples_applied = 0
         self.loss_ema: float | None = None  # training loss, smoothed over ~50 batches
-        # Edges in session (the runtime keeps it current): a compensation that batches the
-        # fleet's edge gradients (``Compensation.edge_batch``) steps once per that many.
+        # Edges in session (the runtime keeps it current): a strategy that batches the fleet's
+        # edge gradients (``fleet-batch``) steps once per that many.
         self.edges_in_session = 1
-        # The batch being gathered: the sum of its (compensated) gradients, how many, and the
-        # largest staleness among them (what the step's learning rate and momentum are set by).
-        self.edge_accumulation: dict[str, Tensor] = {}
-        self.edge_accumulated = 0
-        self.edge_accumulated_staleness = 0
-        # DANA: one edge-stage momentum per edge (None: the optimizer's one, shared).
-        per_edge = self.compensation.per_edge_momentum()
-        self.edge_momenta = (
-            EdgeMomenta(self._edge_opt, self._edge_params, max_edges=per_edge) if per_edge else None
+        strategy = self.compensation.edge_step
+        self.edge_step: EdgeStep = _EDGE_STEPS[type(strategy)](
+            strategy,  # type: ignore[arg-type]
+            self._edge,
+            self._edge_params,
         )
-        # The look-ahead of the newest edge-stage entry, computed once per version.
-        self._lookahead: tuple[_HistoryEntry, int, float, Mapping[str, Tensor]] | None = None
+        position = self.compensation.position
+        self._position: _Position
+        if isinstance(position, DanaLookAhead):
+            assert isinstance(self.edge_step, DanaEdgeStep)  # the composition pairs them
+            self._position = DanaLookAheadPosition(position, self.edge_step)
+        else:
+            self._position = position
         self._record_edge_history()
 
     # --- the edge stage's versions ------------------------------------------------------
@@ -207,49 +199,11 @@ class CloudMaster:
     def edge_weights_for_replica(self) -> Mapping[str, Tensor]:
         """The edge-stage weights to send to an edge replica (deltas and reconciliation).
 
-        The master's own weights, or — with a compensation that predicts weights (SpecTrain,
-        PipeMare, a look-ahead) — those weights extrapolated by ``h`` edge-stage updates along
-        the mean of the last ``k`` updates, ``ŵ = w + h·(w − w_{−k})/k``: ``h`` and ``k`` are
-        the compensation's horizon and span for the observed staleness (``k`` = 1: the last
-        update). Fewer than ``k`` updates in the history: the oldest entry there. Buffers are
-        never extrapolated.
+        The master's own weights, or where the compensation's replica position puts them for
+        the observed staleness: extrapolated along the history (SpecTrain, PipeMare, a
+        look-ahead) or along DANA's per-edge momenta. Buffers are never moved.
         """
-        current = self.edge_weights()
-        scale = self.compensation.momentum_lookahead(self.observed_staleness)
-        if scale and self.edge_momenta is not None:
-            return self._momentum_lookahead(scale)
-        horizon = self.compensation.prediction_horizon(self.observed_staleness)
-        if horizon == 0.0 or len(self._history) < 2:
-            return current
-        span = self.compensation.prediction_span(self.observed_staleness)
-        newest = self._history[-1]
-        # Entries newest first: one per edge-stage update (whole-model updates add one each).
-        previous = next(
-            (e for e in reversed(self._history) if e.index <= newest.index - span),
-            self._history[0],
-        )
-        updates = newest.index - previous.index
-        if updates < 1 or (span == 1 and updates != 1):
-            return current  # no update to extrapolate along, or not one update apart
-        rate = horizon / updates
-        return {
-            n: (t + rate * (t - previous.weights[n])) if n in self._edge_params else t
-            for n, t in current.items()
-        }
-
-    def _momentum_lookahead(self, scale: float) -> Mapping[str, Tensor]:
-        """DANA's look-ahead ``θ̂ = θ − s·η·γ·Σ_j v_j`` (Adam: the first moments through the
-        shared denominator; ``shared/training/dana.py``) with the edge stage's base η and
-        γ (β₁), ``s`` = ``scale``; buffers are sent as they are."""
-        assert self.edge_momenta is not None
-        newest = self._history[-1]
-        cached = self._lookahead
-        if cached is not None and cached[0] is newest and cached[1:3] == (self.version, scale):
-            return cached[3]
-        step = self.edge_momenta.lookahead(self._base_edge_lr[0], self._base_edge_momentum[0])
-        weights = {n: (t + scale * step[n]) if n in step else t for n, t in newest.weights.items()}
-        self._lookahead = (newest, self.version, scale, weights)
-        return weights
+        return self._position.weights(self._history, self.observed_staleness, self._edge_params)
 
     def edge_weights_at(self, version: int) -> Mapping[str, Tensor] | None:
         entry = self._lookup(version)
@@ -330,14 +284,7 @@ class CloudMaster:
     ) -> CloudStepResult:
         """Apply a prepared cloud-stage update (``apply=False``: only its cut gradient)."""
         if apply:
-            _set_stage(
-                self._cloud_opt,
-                self._base_cloud_lr,
-                self._base_cloud_momentum,
-                self.compensation,
-                self.observed_staleness,
-                "cloud",
-            )
+            self._cloud.set_for(self.observed_staleness)
             self._cloud_opt.step()
             self.version += 1
         self._cloud_opt.zero_grad(set_to_none=True)
@@ -372,97 +319,53 @@ class CloudMaster:
             self.staleness.dropped += 1
             return EdgeUpdateResult(False, self.version, -1, self.version - edge_version)
         staleness = self.edge_updates - entry.index
-        _set_stage(
-            self._edge_opt,
-            self._base_edge_lr,
-            self._base_edge_momentum,
-            self.compensation,
-            staleness,
-            "edge",
-        )
+        self._edge.set_for(staleness)
         applied = {n: grads[n].to(p.device, p.dtype) for n, p in self._edge_params.items()}
         _require_finite(applied.values(), "edge gradient")  # 1e300 in float64 is inf here
         if staleness > 0:
-            # A compensation is the plain update at staleness 0 by contract; not calling it
-            # there keeps window 0 bit-identical to sequential split training.
+            # Every correction is the identity at staleness 0; not calling them there keeps
+            # window 0 bit-identical to sequential split training.
             now = {n: p.detach() for n, p in self._edge_params.items()}
-            applied = self.compensation.edge_gradients(applied, now, entry.weights, staleness)
-        batch = self.compensation.edge_batch(self.edges_in_session)
-        if batch > 1 or self.edge_accumulated:
-            self._accumulate(applied, staleness)
-        else:
-            for name, param in self._edge_params.items():
-                param.grad = applied[name].clone()
-            if self.edge_momenta is not None:
-                self.edge_momenta.step(edge_key)  # DANA: this edge's momentum only
-            else:
-                self._edge_opt.step()
-            self._edge_opt.zero_grad(set_to_none=True)
-            self.edge_updates += 1
+            for corrector in self._corrections:
+                applied = corrector.correct(applied, now, entry.weights, staleness)
+        self.edge_updates += self.edge_step.apply(applied, staleness, edge_key)
         self.version += 1
         self.samples_applied += samples
         self.staleness.record(staleness)
         self.observed_staleness = staleness
-        if not self.edge_accumulated:
+        if not self.edge_step.gathered:
             self._record_edge_history()  # the edge stage moved (one entry per step)
         return EdgeUpdateResult(True, self.version, staleness, self.version - 1 - edge_version)
 
-    def _accumulate(self, grads: Mapping[str, Tensor], staleness: int) -> None:
-        """Add one gradient to the fleet batch; step once it holds ``edge_batch`` of them."""
-        if not self.edge_accumulated:
-            self.edge_accumulation = {n: g.clone() for n, g in grads.items()}
-        else:
-            for name, g in grads.items():
-                self.edge_accumulation[name].add_(g)
-        self.edge_accumulated += 1
-        self.edge_accumulated_staleness = max(self.edge_accumulated_staleness, staleness)
-        if self.edge_accumulated >= self.compensation.edge_batch(self.edges_in_session):
-            self._step_accumulated()
-
-    def _step_accumulated(self) -> None:
-        """One edge-stage step on the mean of the gathered gradients; the batch starts anew."""
-        count = self.edge_accumulated
-        _set_stage(
-            self._edge_opt,
-            self._base_edge_lr,
-            self._base_edge_momentum,
-            self.compensation,
-            self.edge_accumulated_staleness,
-            "edge",
-        )
-        scale = self.compensation.batch_lr_scale(count)
-        for group in self._edge_opt.param_groups:
-            group["lr"] *= scale
-        for name, param in self._edge_params.items():
-            param.grad = self.edge_accumulation[name] / count
-        self._edge_opt.step()
-        self._edge_opt.zero_grad(set_to_none=True)
-        self.edge_updates += 1
-        self.edge_accumulation = {}
-        self.edge_accumulated = 0
-        self.edge_accumulated_staleness = 0
-
     def set_edges_in_session(self, edges: int) -> bool:
-        """The fleet changed (an edge joined or left). When it shrank, a batch that already
-        holds as many gradients as the new fleet size steps now, and when the last edge left,
-        whatever was gathered steps, so no applied gradient is left out of the weights. A
-        joining edge never steps it (after a restart the fleet reconnects one by one). True
-        if it stepped."""
+        """The fleet changed (an edge joined or left). When it shrank, gradients gathered for
+        a batch that is now full step, and when the last edge left, whatever was gathered
+        steps, so no applied gradient is left out of the weights. A joining edge never steps
+        them (after a restart the fleet reconnects one by one). True if the stage stepped."""
         shrank = edges < self.edges_in_session
         self.edges_in_session = max(1, edges)
-        return shrank and self.flush_edge_batch(only_if_full=edges > 0)
+        self.edge_step.resize(self.edges_in_session)
+        return shrank and self.flush_edge_step(only_if_full=edges > 0)
 
-    def flush_edge_batch(self, *, only_if_full: bool = False) -> bool:
-        """Step the edge stage on a partly gathered fleet batch (end of a run); True if it did."""
-        if not self.edge_accumulated:
+    def flush_edge_step(self, *, only_if_full: bool = False) -> bool:
+        """Step the edge stage on gradients gathered and not yet stepped (a partly gathered
+        fleet batch at the end of a run); True if it did."""
+        if not self.edge_step.flush(only_if_full=only_if_full):
             return False
-        full = self.edge_accumulated >= self.compensation.edge_batch(self.edges_in_session)
-        if only_if_full and not full:
-            return False
-        self._step_accumulated()
+        self.edge_updates += 1
         self.version += 1  # the weights moved: a version of their own, so lookups stay exact
         self._record_edge_history()
         return True
+
+    def load_edge_step(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+        """The edge-step strategy's state from a checkpoint (its ``state()``); `TrainingError`
+        for state of a strategy this run does not use (it could not be applied) or that
+        does not fit."""
+        for kind in set(_EDGE_STEPS.values()) - {type(self.edge_step)}:
+            held = kind.held_by(meta, tensors)
+            if held is not None:
+                raise TrainingError(f"it holds {held}, which this run's compensation keeps none of")
+        self.edge_step.load(meta, tensors)
 
     # --- updates applied by other cloud replicas (docs/REPLICAS.md) ------------------------
 
@@ -489,6 +392,13 @@ class CloudMaster:
         self.edge_updates += edge_updates
         self._record_edge_history()
         return self.version
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The stages' optimizers by name (what a checkpoint keeps of them)."""
+        named = {"edge": self._edge_opt, "cloud": self._cloud_opt}
+        if self._full_opt is not None:
+            named["full"] = self._full_opt
+        return named
 
     # --- whole-model baselines -----------------------------------------------------------
 
@@ -634,38 +544,6 @@ class CloudMaster:
 
 def _entry_version(entry: _HistoryEntry) -> int:
     return entry.version
-
-
-def _momentum_of(group: Mapping[str, object]) -> float:
-    """SGD's momentum or Adam's β₁: the fraction of the previous step a new one keeps."""
-    if "betas" in group:
-        betas = group["betas"]
-        assert isinstance(betas, tuple)
-        return float(betas[0])
-    return float(group.get("momentum", 0.0))  # type: ignore[arg-type]
-
-
-def _set_stage(
-    opt: torch.optim.Optimizer,
-    base_lr: Sequence[float],
-    base_momentum: Sequence[float],
-    compensation: Compensation,
-    staleness: int,
-    stage: Literal["edge", "cloud"],
-) -> None:
-    """Learning rate and momentum of one stage's next step, as the compensation sets them.
-
-    At staleness 0 every compensation returns the base values, so the step is the plain one.
-    """
-    scale = compensation.lr_scale(staleness, stage)
-    for group, lr, momentum in zip(opt.param_groups, base_lr, base_momentum, strict=True):
-        group["lr"] = lr * scale
-        kind: Literal["sgd", "adam"] = "adam" if "betas" in group else "sgd"
-        mu = compensation.momentum(momentum, staleness, stage, kind=kind)
-        if "betas" in group:
-            group["betas"] = (mu, group["betas"][1])
-        elif "momentum" in group:
-            group["momentum"] = mu
 
 
 def _check_labels(labels: Tensor, num_classes: int) -> None:

@@ -1,33 +1,37 @@
-"""Training modes as data: one :class:`Schedule` per row of SPEC's modes table.
+"""Training modes as data: one :class:`Schedule` per training mode (README, "Modes").
 
-The services and the in-process driver never branch on a mode's name. They read the
-schedule: what the edge computes (:class:`EdgeRole`), how many batches may be unanswered
-(``window``), the forecast coefficient, the reconciliation period and the local steps.
-Ablations are the same schedule with one field changed.
+The services and the in-process driver never branch on a mode's name. A run's schedule is
+resolved once from its configuration (:func:`make_schedule`, ``RunConfig.schedule``): what
+the edge computes (:class:`EdgeRole`, which picks the runtimes' role when the run is
+assembled, shared/training/assembly.py), how many batches may be unanswered (``window``),
+the compensation chain and its α, the reconciliation period and the local steps. Ablations
+are the same schedule with one field changed. Every value comes from the run configuration:
+the schedule has no defaults of its own.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from simultrain.shared.errors import ConfigError
+from simultrain.shared.training.compensation import forecast_parts, without_forecast
+
+if TYPE_CHECKING:
+    from simultrain.shared.training.config import RunConfig
 
 __all__ = [
     "MODES",
     "EdgeRole",
     "Schedule",
-    "check_alpha",
     "check_gradient_coding",
-    "forecast_parts",
     "make_schedule",
     "next_reconciliations",
     "offset_for",
     "offset_for_ordinal",
     "reconcile_due",
-    "without_forecast",
 ]
 
 
@@ -37,6 +41,9 @@ class EdgeRole(StrEnum):
     RAW = "raw"  # centralized: uploads the raw batch, computes nothing
     SPLIT = "split"  # split-sync and simultrain: edge stage forward and backward
     FULL_GRADIENT = "full_gradient"  # syncsgd: whole model, uploads its gradient
+    # syncsgd with gradient coding (seed 004): whole model on the s + 1 partitions of its
+    # code row, uploads one coded gradient per round
+    CODED_GRADIENT = "coded_gradient"
     LOCAL_STEPS = "local_steps"  # fedavg: whole model, E local steps, uploads weights
     # synthetic (seed 003): edge stage forward, backward from a learned synthetic cut
     # gradient at once; uploads activations and that gradient together, waits for no GRAD
@@ -45,33 +52,26 @@ class EdgeRole(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
+    """A mode with the run's values (:func:`make_schedule`); every field is given."""
+
     mode: str
     edge_role: EdgeRole
     window: int  # batches that may be unanswered when the next is produced; 0 = lockstep
-    # The forecast's α (SPEC step 4) when the run gives one; None leaves a ``forecast`` part
-    # its own α (0.5, or ``forecast:alpha=…``). Only a chain with a forecast part takes one.
-    alpha: float | None = None
-    reconcile_every: int | None = None  # R in edge steps; None = never (R = ∞)
-    beta: float = 0.9
-    local_steps: int = 1  # FedAvg's E
+    # The forecast's α when the run gives one; None leaves a ``forecast`` part its own α
+    # (0.5, or ``forecast:alpha=…``). Only a chain with a forecast part takes one.
+    alpha: float | None
+    reconcile_every: int | None  # R in edge steps; None = never (R = ∞)
+    beta: float
+    local_steps: int  # FedAvg's E
     # The staleness-compensation chain (shared/training/compensation.py), e.g.
     # ``delay-beta1+forecast``; every part is the plain update at staleness 0.
-    compensation: str = "none"
+    compensation: str
     # Synthetic mode (seed 003): the edge applies a local optimizer step from each synthetic
     # gradient to its working weights at once, instead of waiting for the master's DELTA
     # (shared/training/synthetic.py, `LocalUpdates`). False is the "no local step" ablation.
-    local_step: bool = False
+    local_step: bool
 
     def __post_init__(self) -> None:
-        if self.window < 0:
-            raise ConfigError(f"window must be ≥ 0, got {self.window}")
-        if self.reconcile_every is not None and self.reconcile_every < 1:
-            raise ConfigError(f"reconcile_every must be ≥ 1 or None, got {self.reconcile_every}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ConfigError(f"beta must be in [0, 1], got {self.beta}")
-        if self.local_steps < 1:
-            raise ConfigError(f"local_steps must be ≥ 1, got {self.local_steps}")
-        check_alpha(self.compensation, self.alpha)
         if self.local_step and self.edge_role is not EdgeRole.SYNTHETIC:
             raise ConfigError("only the synthetic mode takes local steps on the edge")
 
@@ -166,169 +166,109 @@ def next_reconciliations(after_step: int, offset: int, every: int | None, count:
     return [first + k * period for k in range(count)]
 
 
-# Chain names are parsed here as plain strings (no torch): which parts are forecasts, and the
-# chain without them. compensation.py builds the objects and checks every part's name.
-_FORECASTS = frozenset({"forecast", "forecast-adaptive"})
-
-
-def _part_base(part: str) -> str:
-    return part.strip().partition(":")[0].strip()
-
-
-def forecast_parts(chain: str) -> list[str]:
-    """The gradient-forecast parts (``forecast``, ``forecast-adaptive``) of a chain."""
-    return [p.strip() for p in chain.split("+") if _part_base(p) in _FORECASTS]
-
-
-def without_forecast(chain: str) -> str:
-    """The chain with its forecast parts removed (the paper's "no forecast" ablation)."""
-    kept = [p.strip() for p in chain.split("+") if _part_base(p) not in _FORECASTS]
-    return "+".join(kept) or "none"
-
-
-def check_alpha(chain: str, alpha: float | None) -> None:
-    """Refuse an α that would act on nothing, or that a forecast part already sets.
-
-    α is the coefficient of the ``forecast`` part (SPEC step 4): given for a chain without
-    one it would silently change nothing, the trap this check closes.
-    """
-    if alpha is None:
-        return
-    if not math.isfinite(alpha) or alpha < 0:
-        raise ConfigError(f"alpha must be a finite number ≥ 0, got {alpha}")
-    plain = [p for p in forecast_parts(chain) if _part_base(p) == "forecast"]
-    if not plain:
-        raise ConfigError(
-            f"alpha is the forecast's coefficient, but compensation {chain!r} has no "
-            "'forecast' part: add one (e.g. 'delay-beta1+forecast') or leave alpha unset"
-        )
-    if any("alpha=" in p.replace(" ", "") for p in plain):
-        raise ConfigError(
-            f"alpha is given twice: as alpha and inside compensation {chain!r}; give it once"
-        )
-
-
-def check_gradient_coding(
-    schedule: Schedule, stragglers: int, *, edges: int, round_deadline_s: float | None
-) -> None:
+def check_gradient_coding(run: RunConfig) -> None:
     """Refuse gradient coding (seed 004) where it cannot work: it codes whole-model gradients
     of one lockstep round (``syncsgd``), and tolerating ``s`` stragglers takes ``s + 1`` edges
     at least (each edge then computes on ``s + 1`` partitions; ``s = edges − 1`` gives every
     edge all the data)."""
     key = "run configuration 'gradient_coding_s'"
+    stragglers = run.gradient_coding_s
     if stragglers < 0:
         raise ConfigError(f"{key}: must be ≥ 0 (0: off), got {stragglers}")
     if stragglers == 0:
         return
-    if schedule.edge_role is not EdgeRole.FULL_GRADIENT:
+    if run.mode != "syncsgd":
         raise ConfigError(
             f"{key}: gradient coding codes the whole-model gradients of a lockstep round, "
-            f"i.e. mode 'syncsgd', not {schedule.mode!r}"
+            f"i.e. mode 'syncsgd', not {run.mode!r}"
         )
-    if stragglers >= edges:
+    if stragglers >= run.edges:
         raise ConfigError(
             f"{key}: tolerating {stragglers} straggler(s) needs at least {stragglers + 1} "
-            f"edges, the run has {edges} (set 'edges')"
+            f"edges, the run has {run.edges} (set 'edges')"
         )
-    if round_deadline_s is not None:
+    if run.round_deadline_s is not None:
         raise ConfigError(
             f"{key} and 'round_deadline_s' are two answers to stragglers: a coded round "
             "closes as soon as it can decode; give one of them"
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Args:
-    window: int
-    alpha: float | None
-    reconcile_every: int | None
-    beta: float
-    local_steps: int
-    compensation: str
-
-
 # Every mode takes the run's compensation chain; it is the plain update at staleness 0, so
 # the lockstep modes train exactly as without it. split-sync is the plain split-learning
-# baseline and never compensates.
-def _centralized(a: _Args) -> Schedule:
+# baseline and never compensates. Fields a mode has no use for keep the run's values.
+def _schedule(run: RunConfig, mode: str, role: EdgeRole, window: int) -> Schedule:
     return Schedule(
-        "centralized",
-        EdgeRole.RAW,
-        window=max(a.window, 0),
-        compensation=a.compensation,
-        alpha=a.alpha,
+        mode,
+        role,
+        window,
+        alpha=run.alpha,
+        reconcile_every=run.reconcile_every,
+        beta=run.beta,
+        local_steps=run.local_steps,
+        compensation=run.compensation,
+        local_step=False,
     )
 
 
-def _syncsgd(a: _Args) -> Schedule:
-    return Schedule(
-        "syncsgd", EdgeRole.FULL_GRADIENT, window=0, compensation=a.compensation, alpha=a.alpha
-    )
-
-
-def _split_sync(a: _Args) -> Schedule:
-    return Schedule("split-sync", EdgeRole.SPLIT, window=0, compensation="none")
-
-
-def _fedavg(a: _Args) -> Schedule:
-    return Schedule(
-        "fedavg",
-        EdgeRole.LOCAL_STEPS,
-        window=0,
-        local_steps=a.local_steps,
-        compensation=a.compensation,
-        alpha=a.alpha,
-    )
-
-
-def _simultrain(a: _Args) -> Schedule:
-    return Schedule(
-        "simultrain",
-        EdgeRole.SPLIT,
-        a.window,
-        reconcile_every=a.reconcile_every,
-        beta=a.beta,
-        compensation=a.compensation,
-        alpha=a.alpha,
-    )
-
-
-def _no_forecast(a: _Args) -> Schedule:
-    # SPEC "Ablations": the run's own chain without its forecast part, whatever else it holds.
+def _centralized(run: RunConfig) -> Schedule:
     return replace(
-        _simultrain(a),
+        _schedule(run, "centralized", EdgeRole.RAW, max(run.window, 0)), reconcile_every=None
+    )
+
+
+def _syncsgd(run: RunConfig) -> Schedule:
+    role = EdgeRole.CODED_GRADIENT if run.gradient_coding_s else EdgeRole.FULL_GRADIENT
+    return replace(_schedule(run, "syncsgd", role, 0), reconcile_every=None)
+
+
+def _split_sync(run: RunConfig) -> Schedule:
+    return replace(
+        _schedule(run, "split-sync", EdgeRole.SPLIT, 0),
+        alpha=None,
+        reconcile_every=None,
+        compensation="none",
+    )
+
+
+def _fedavg(run: RunConfig) -> Schedule:
+    return replace(_schedule(run, "fedavg", EdgeRole.LOCAL_STEPS, 0), reconcile_every=None)
+
+
+def _simultrain(run: RunConfig) -> Schedule:
+    return _schedule(run, "simultrain", EdgeRole.SPLIT, run.window)
+
+
+def _no_forecast(run: RunConfig) -> Schedule:
+    # The paper's "no forecast" ablation: the run's own chain without its forecast part,
+    # whatever else it holds.
+    return replace(
+        _simultrain(run),
         mode="simultrain-noforecast",
         alpha=None,
-        compensation=without_forecast(a.compensation),
+        compensation=without_forecast(run.compensation),
     )
 
 
-def _no_reconcile(a: _Args) -> Schedule:
-    return replace(_simultrain(a), mode="simultrain-noreconcile", reconcile_every=None)
+def _no_reconcile(run: RunConfig) -> Schedule:
+    return replace(_simultrain(run), mode="simultrain-noreconcile", reconcile_every=None)
 
 
-def _synthetic(a: _Args) -> Schedule:
+def _synthetic(run: RunConfig) -> Schedule:
     # The window only bounds batches the cloud has not yet applied (back-pressure on a slow
     # link or cloud): no batch waits for its own cut gradient. A batch's edge gradient rides
     # on the next ACT, so at least one batch must be allowed in flight.
-    return Schedule(
-        "synthetic",
-        EdgeRole.SYNTHETIC,
-        max(a.window, 1),
-        reconcile_every=a.reconcile_every,
-        beta=a.beta,
-        compensation=a.compensation,
-        alpha=a.alpha,
-        local_step=True,
+    return replace(
+        _schedule(run, "synthetic", EdgeRole.SYNTHETIC, max(run.window, 1)), local_step=True
     )
 
 
-def _synthetic_no_local(a: _Args) -> Schedule:
+def _synthetic_no_local(run: RunConfig) -> Schedule:
     # The ablation: the edge stage moves only when the master's DELTA comes back.
-    return replace(_synthetic(a), mode="synthetic-nolocal", local_step=False)
+    return replace(_synthetic(run), mode="synthetic-nolocal", local_step=False)
 
 
-MODES: dict[str, Callable[[_Args], Schedule]] = {
+MODES: dict[str, Callable[[RunConfig], Schedule]] = {
     "centralized": _centralized,
     "syncsgd": _syncsgd,
     "split-sync": _split_sync,
@@ -341,23 +281,17 @@ MODES: dict[str, Callable[[_Args], Schedule]] = {
 }
 
 
-def make_schedule(
-    mode: str,
-    *,
-    window: int = 4,
-    alpha: float | None = None,
-    reconcile_every: int | None = 10,
-    beta: float = 0.9,
-    local_steps: int = 5,
-    compensation: str = "forecast",
-) -> Schedule:
-    """The schedule of ``mode``; ``compensation`` defaults to the paper's ``forecast`` (α 0.5)."""
+def make_schedule(run: RunConfig) -> Schedule:
+    """The schedule of ``run``'s mode with its values (`RunConfig.schedule` calls this)."""
     try:
-        factory = MODES[mode]
+        factory = MODES[run.mode]
     except KeyError:
-        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}") from None
-    return factory(_Args(window, alpha, reconcile_every, beta, local_steps, compensation))
+        raise ConfigError(f"unknown mode {run.mode!r}; choose one of {', '.join(MODES)}") from None
+    check_gradient_coding(run)
+    return factory(run)
 
 
-WHOLE_MODEL_ROLES = frozenset({EdgeRole.FULL_GRADIENT, EdgeRole.LOCAL_STEPS})
+WHOLE_MODEL_ROLES = frozenset(
+    {EdgeRole.FULL_GRADIENT, EdgeRole.CODED_GRADIENT, EdgeRole.LOCAL_STEPS}
+)
 """Roles whose edge holds the whole model, so deltas and snapshots cover both stages."""

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from simultrain.shared.errors import TrainingError
-from simultrain.shared.training.master import OptimizerConfig
+from simultrain.shared.training.options import OptimizerConfig
 from simultrain.shared.training.weights import VersionedWeights, freeze
 
 __all__ = [

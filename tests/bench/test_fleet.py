@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from simultrain.bench.fleet import FleetOptions, fleet_markdown, rss_slope_mib_per_min
+from simultrain.bench.records import FleetFailure, FleetFile, FleetMeta, RateSummary
+from simultrain.shared.contracts import StalenessSummary
 from simultrain.shared.errors import SimulTrainError
+
+from .factories import fleet_record
 
 
 def test_rss_slope_is_least_squares_in_mib_per_minute() -> None:
@@ -29,24 +33,26 @@ def test_options_refuse_an_empty_or_non_positive_fleet() -> None:
 
 
 def test_markdown_shows_a_failed_size_and_a_measured_one() -> None:
-    measured = {
-        "edges": 2,
-        "step_rate_per_edge": {"min": 1.0, "median": 1.5, "max": 2.0, "mean": 1.5},
-        "steps_per_s": 3.0,
-        "cloud_ms_per_update": 4.2,
-        "cloud_cpu_ms_per_update": 3.1,
-        "cloud_busy_fraction": 0.5,
-        "rss_start_mib": 400.0,
-        "rss_end_mib": 401.0,
-        "rss_max_mib": 402.0,
-        "rss_slope_mib_per_min": 0.5,
-        "errors": 0,
-        "samples_sent": 64,
-        "samples_applied": 64,
-        "lost_samples": 0,
-        "staleness": {"mean": 3.4, "max": 5, "dropped": 0},
-    }
-    text = fleet_markdown([{"edges": 1, "error": "boom"}, measured], {"command": "x"})
+    measured = fleet_record(
+        edges=2,
+        step_rate_per_edge=RateSummary(min=1.0, median=1.5, max=2.0, mean=1.5),
+        steps_per_s=3.0,
+        cloud_ms_per_update=4.2,
+        cloud_cpu_ms_per_update=3.1,
+        cloud_busy_fraction=0.5,
+        rss_start_mib=400.0,
+        rss_end_mib=401.0,
+        rss_max_mib=402.0,
+        rss_slope_mib_per_min=0.5,
+        samples_sent=64,
+        samples_applied=64,
+        staleness=StalenessSummary(batches=2, mean=3.4, max=5, dropped=0, histogram={"3": 2}),
+    )
+    results = FleetFile(
+        meta=FleetMeta(command="x", duration_s=1.0, cpus=2, wall_seconds=3.0),
+        records=[FleetFailure(edges=1, error="boom"), measured],
+    )
+    text = fleet_markdown(results)
     assert "| 1 | error: boom |" in text
     assert (
         "| 2 | 1.00 / 1.50 / 2.00 | 3.0 | 4.2 | 3.1 | 50% | 400 → 401 (402) | +0.50 | 0 |" in text

@@ -1,14 +1,21 @@
-"""``simultrain fleet-parity``: the demo command of each case and the table of the records."""
+"""``simultrain fleet-parity``: the demo run of each case, the table of the records, resume,
+and the runner's one-at-a-time large fleets."""
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from simultrain.bench import fleet_parity
-from simultrain.bench.fleet_parity import Case, render_table
+from simultrain.bench.fleet_parity import Case, FleetParity, render_table
+from simultrain.bench.harness import run
+from simultrain.bench.records import FleetParityFile, FleetParityMeta, FleetParityRecord
+from simultrain.cli import app
+from simultrain.shared.training.config import RunConfig
 
 
 def test_every_method_trains_the_same_samples_on_the_fleets_shards() -> None:
@@ -24,19 +31,51 @@ def test_every_method_trains_the_same_samples_on_the_fleets_shards() -> None:
     assert "--partition" not in Case("imu", 1, 16, "default", 0).command()
 
 
-def record(method: str, seed: int, accuracy: float) -> dict[str, object]:
-    return {
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("imu", 8, 4, "delay-beta1+fleet-batch", 0),
+        Case("mnist", 8, 4, "centralized", 1),
+        Case("imu", 1, 16, "default", 2),
+    ],
+)
+def test_the_recorded_command_trains_what_the_case_trains(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's ``command`` (what a reader runs by hand) is the run the harness calls the
+    demo's function with, key for key."""
+    import simultrain.demo
+
+    seen = []
+    monkeypatch.setattr(simultrain.demo, "run_demo", lambda options: seen.append(options))
+    assert CliRunner().invoke(app, case.command()).exit_code == 0
+    [options] = seen
+    assert options.run == RunConfig.from_mapping(case.run_keys())
+    assert (options.steps, options.edges, options.eval_every_s) == (case.steps, case.edges, 0.0)
+
+
+def record(method: str, seed: int, accuracy: float, **cell: object) -> FleetParityRecord:
+    fields: dict[str, object] = {
         "dataset": "imu",
+        "partition": "groups",
         "edges": 8,
         "window": 4,
+        "steps": 200,
         "method": method,
+        "mode": "centralized" if method == "centralized" else "simultrain",
         "compensation": "delay-beta1" if method != "x" else "x",
         "seed": seed,
         "accuracy": accuracy,
+        "test_loss": 1.0,
         "mean_staleness": 3.0,
         "max_staleness": 5,
+        "master_version": 3200,
+        "samples": 51200,
         "seconds": 100.0,
+        "command": "simultrain demo",
+        **cell,
     }
+    return FleetParityRecord.model_validate(fields)
 
 
 def test_the_table_gives_the_gap_to_centralized_on_the_seeds_both_have() -> None:
@@ -61,50 +100,80 @@ def test_the_table_gives_the_gap_to_centralized_on_the_seeds_both_have() -> None
 def test_resume_skips_the_runs_the_json_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    done = {**record("centralized", 0, 0.8), "partition": "groups"}
-    (tmp_path / "fleet_parity.json").write_text(json.dumps({"records": [done]}))
+    done = FleetParityFile(
+        meta=FleetParityMeta(command="x"), records=[record("centralized", 0, 0.8)]
+    )
+    done.write(tmp_path / "fleet_parity.json")
     ran: list[Case] = []
 
-    def fake_run(case: Case, timeout_s: float) -> dict[str, object]:
+    def fake_run(self: FleetParity, case: Case) -> FleetParityRecord:
         ran.append(case)
-        return {**record(case.method, case.seed, 0.5), "partition": "groups"}
+        return record(case.method, case.seed, 0.5)
 
-    monkeypatch.setattr(fleet_parity, "_run", fake_run)
-    argv = ["--out-dir", str(tmp_path), "--datasets", "imu", "--methods", "centralized,x"]
-    assert fleet_parity.main([*argv, "--seeds", "0", "--resume"]) == 0
+    monkeypatch.setattr(FleetParity, "run_one", fake_run)
+    argv = ["fleet-parity", "--out-dir", str(tmp_path), "--datasets", "imu"]
+    argv += ["--methods", "centralized,x", "--seeds", "0", "--workers", "1", "--resume"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
     assert [(c.method, c.seed) for c in ran] == [("x", 0)]
     saved = json.loads((tmp_path / "fleet_parity.json").read_text())["records"]
     assert len(saved) == 2 and (tmp_path / "fleet_parity.md").exists()
+    assert saved[0] == done.records[0].to_json()  # the kept run, as it was
+
+
+def test_a_failed_run_is_reported_and_the_command_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simultrain.shared.errors import SimulTrainError
+
+    def failing(self: FleetParity, case: Case) -> FleetParityRecord:
+        if case.method == "x":
+            raise SimulTrainError("edge-3 exited with status 1")
+        return record(case.method, case.seed, 0.5)
+
+    monkeypatch.setattr(FleetParity, "run_one", failing)
+    argv = ["fleet-parity", "--out-dir", str(tmp_path), "--datasets", "imu"]
+    result = CliRunner().invoke(app, [*argv, "--methods", "centralized,x", "--workers", "1"])
+    assert result.exit_code == 1
+    assert "FAILED: SimulTrainError: edge-3 exited with status 1" in result.output
+    saved = FleetParityFile.read(tmp_path / "fleet_parity.json").records
+    assert {(r.method, r.seed) for r in saved} == {("centralized", s) for s in (0, 1, 2)}
 
 
 def test_targets_runs_the_committed_grid_and_large_fleets_one_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     running: list[int] = []
     overlap: list[int] = []
     lock = threading.Lock()
     ran: list[Case] = []
+    both = threading.Barrier(2, timeout=5)  # two small runs do overlap with --workers 4
 
-    def fake_run(case: Case, timeout_s: float) -> dict[str, object]:
+    def fake_run(self: FleetParity, case: Case) -> FleetParityRecord:
         with lock:
             running.append(case.edges)
             if case.edges > fleet_parity.LARGE_FLEET and len(running) > 1:
                 overlap.append(case.edges)
             ran.append(case)
+            mine = len(ran)
+        if mine <= 2:
+            both.wait()
         with lock:
             running.remove(case.edges)
-        return {
-            **record(case.method, case.seed, 0.5),
-            "dataset": case.dataset,
-            "edges": case.edges,
-            "window": case.window,
-            "partition": "x",
-        }
+        return record(
+            case.method,
+            case.seed,
+            0.5,
+            dataset=case.dataset,
+            edges=case.edges,
+            window=case.window,
+            partition="x",
+        )
 
-    monkeypatch.setattr(fleet_parity, "_run", fake_run)
-    assert fleet_parity.main(["--out-dir", str(tmp_path), "--targets", "--workers", "4"]) == 0
+    monkeypatch.setattr(FleetParity, "run_one", fake_run)
+    experiment = FleetParity(tmp_path, fleet_parity.TARGET_GRID)
+    experiment.pool = "thread"  # the fake runs here, not in a spawned process
+    outcome = run(experiment, workers=4)
     expected = {
         (dataset, edges, window, method, seed)
         for datasets, edges, window, methods, seeds in fleet_parity.TARGET_GRID
@@ -113,6 +182,7 @@ def test_targets_runs_the_committed_grid_and_large_fleets_one_at_a_time(
         for seed in seeds
     }
     assert {c.key for c in ran} == expected and len(ran) == len(expected)
+    assert outcome.failed == 0 and len(outcome.records) == len(expected)
     assert not overlap
     # Every fleet with a target has its centralized reference in the grid.
     cells = {

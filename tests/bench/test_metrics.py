@@ -128,6 +128,6 @@ def test_step_metrics_on_a_known_timeline() -> None:
     assert m.edge_busy == pytest.approx(0.4)
     assert m.cloud_busy == pytest.approx(0.2)
     assert m.btp_byte_s == pytest.approx(30_000 * 0.1)
-    record = m.as_dict()
+    record = m.to_json()
     assert record["window"] == [10, 44]
     assert all(not isinstance(v, float) or math.isfinite(v) for v in record.values())

@@ -10,6 +10,7 @@ import pytest
 from simultrain.bench import report
 from simultrain.bench.bench import ALL_MODES, BenchOptions, Case, full_plan, quick_plan
 from simultrain.bench.plots import write_plots
+from simultrain.bench.records import BenchFailure, BenchMeta, BenchRecord, HostInfo
 
 MODES = report.MODE_ORDER
 
@@ -28,9 +29,10 @@ def _record(
     up: float = 50e3,
     down: float = 50e3,
     bound: float | None = None,
-) -> dict[str, Any]:
+    window_size: int = 4,
+) -> BenchRecord:
     bound = interval * 0.95 if bound is None else bound
-    return {
+    figures: dict[str, Any] = {
         "suite": suite,
         "case": f"{suite}/{dataset}/{link}/{variant}/{mode}/s{seed}",
         "mode": mode,
@@ -60,14 +62,61 @@ def _record(
         "accuracy": accuracy,
         "test_loss": loss,
         "rtt_ms": 30.0,
-        "window_size": 4,
+        "window_size": window_size,
         "accuracy_curve": [[1.0, 320, accuracy / 2, 1.0], [2.0, 3200, accuracy, loss]],
     }
+    # What the report does not read, for a whole record.
+    rest: dict[str, Any] = {
+        "model_id": "imu-cnn1d",
+        "batches": 70,
+        "window": [20, 89],
+        "step_latency_p50_ms": interval * 2,
+        "test_samples": 773,
+        "samples": 3200,
+        "p95_staleness": 4,
+        "stale_dropped": 0,
+        "master_version": 200,
+        "bytes_up_total": int(up * 100),
+        "bytes_down_total": int(down * 100),
+        "train_seconds": 2.0,
+        "wall_seconds": 10.0,
+        "eval_seconds": 0.1,
+        "latency_sample_ms": [interval],
+        "edge_slowdown": 1.0,
+        "uplink_rate_bps": 50e6,
+        "downlink_rate_bps": 50e6,
+        "run_config": {"mode": mode},
+        "window_override": None,
+        "edge_report": {
+            "steps": 100,
+            "samples_sent": 3200,
+            "reconnects": 0,
+            "resyncs": 0,
+            "reconciliations": 0,
+            "resent": 0,
+            "compute_seconds": 1.0,
+            "seconds": 2.0,
+            "errors": [],
+        },
+    }
+    return BenchRecord.model_validate({**figures, **rest})
+
+
+META = BenchMeta(
+    command="simultrain bench",
+    started="2026-12-07T00:00:00+0000",
+    host=HostInfo(platform="Linux", python="3.11", torch="2", cpus=2),
+    edge_slowdown=1.0,
+    edge_threads=1,
+    calibration=None,
+    plan=[],
+    cases=0,
+)
 
 
 @pytest.fixture
-def records() -> list[dict[str, Any]]:
-    out = []
+def records() -> list[BenchRecord | BenchFailure]:
+    out: list[BenchRecord | BenchFailure] = []
     for link, sim_interval in (("4g", 10.0), ("5g", 30.0)):
         for mode in MODES:
             interval = sim_interval if mode.startswith("simultrain") else 100.0
@@ -96,16 +145,19 @@ def records() -> list[dict[str, Any]]:
                 )
             )
     out.append(_record("simultrain", suite="compression", variant="delta-int8", down=20e3))
-    wide = _record("simultrain", suite="window", interval=6.0, bound=5.8)
-    wide["window_size"] = 8
-    out.append(wide)
+    out.append(_record("simultrain", suite="window", interval=6.0, bound=5.8, window_size=8))
     out.append(
-        {
-            "suite": "systems",
-            "case": "systems/video/4g/lz4/fedavg/s0",
-            "mode": "fedavg",
-            "error": "SimulTrainError: boom",
-        }
+        BenchFailure(
+            suite="systems",
+            case="systems/video/4g/lz4/fedavg/s0",
+            mode="fedavg",
+            link="4g",
+            dataset="video",
+            seed=0,
+            variant="lz4",
+            steps=40,
+            error="SimulTrainError: boom",
+        )
     )
     return out
 
@@ -116,14 +168,18 @@ def _claim(claims: list[report.Claim], prefix: str) -> report.Claim:
     return match
 
 
-def test_select_skips_failures_and_matches_tuples(records: list[dict[str, Any]]) -> None:
+def test_select_skips_failures_and_matches_tuples(
+    records: list[BenchRecord | BenchFailure],
+) -> None:
     assert len(report.select(records, mode="fedavg", suite="systems")) == 2
     assert len(report.select(records, mode="fedavg", link=("4g", "5g"), suite="systems")) == 2
     assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
     assert report.mean_std([2.0]) == (2.0, 0.0)
 
 
-def test_claims_compare_against_paper_and_targets(records: list[dict[str, Any]]) -> None:
+def test_claims_compare_against_paper_and_targets(
+    records: list[BenchRecord | BenchFailure],
+) -> None:
     claims = report.claims(records)
     four = _claim(claims, "step time vs SyncSGD, 4G, imu")
     assert four.holds is True and "−90.0 %" in four.measured  # 10 vs 100 ms
@@ -142,13 +198,13 @@ def test_claims_compare_against_paper_and_targets(records: list[dict[str, Any]])
     assert bound and all(c.holds for c in bound)  # 0.95 of the interval
 
 
-def test_window_sweep_reports_the_best_window(records: list[dict[str, Any]]) -> None:
+def test_window_sweep_reports_the_best_window(records: list[BenchRecord | BenchFailure]) -> None:
     claims = report.window_claims(records)
     bound = _claim(claims, "interval ÷ pipeline bound, 4G, imu, best W = 8")
     assert bound.holds is True and bound.measured.startswith("1.03")
     cut = _claim(claims, "step time vs SyncSGD, 4G, imu, best W = 8")
     assert cut.holds is True and "−94.0 %" in cut.measured
-    text = report.render_report(records, {}, [])
+    text = report.render_report(records, META, [])
     assert "## Window sweep" in text
 
 
@@ -159,7 +215,7 @@ def test_too_few_seeds_is_not_evidence() -> None:
 
 
 def test_report_and_plots_agree_with_the_records(
-    records: list[dict[str, Any]], tmp_path: Path
+    records: list[BenchRecord | BenchFailure], tmp_path: Path
 ) -> None:
     plots = write_plots(records, tmp_path)
     names = {p.name for p in plots}
@@ -172,7 +228,7 @@ def test_report_and_plots_agree_with_the_records(
     } <= names
     for path in plots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = report.render_report(records, {"command": "simultrain bench"}, [str(p) for p in plots])
+    text = report.render_report(records, META, [str(p) for p in plots])
     for mode in MODES:
         assert f"| {mode} |" in text
     assert "UCF-101" in text and "WISDM" in text  # the paper's rows beside ours

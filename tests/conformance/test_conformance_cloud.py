@@ -1,20 +1,21 @@
-"""Conformance: an edge client built from PROTOCOL.md alone, against the real cloud app.
+"""Conformance of the cloud: an edge built from PROTOCOL.md alone, against the real cloud app.
 
 Nothing here imports the project's encoder, decoder, sessions or training code: messages are
-msgpack maps written as the document's §2-§4 and §8 lay them out (msgpack and lz4 directly),
-the replica arithmetic is §3.1's, the checksum is zlib's CRC-32 over the bytes §3.1 names.
-The cloud is the real FastAPI app in-process (Starlette's TestClient). Each test checks the
-documented reply or ERROR code and close code.
+msgpack maps written as the document's §2-§4 and §8 lay them out (the helpers of
+``doc_edge.py``, the document-only client the conformance kit drives), the replica
+arithmetic is §3.1's, the checksum is zlib's CRC-32 over the bytes §3.1 names. The cloud is
+the real FastAPI app in-process (Starlette's TestClient). Each test checks the documented
+reply or ERROR code and close code. The other direction — any edge client against the
+cloud, with faults — is the conformance kit's (test_kit.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-import lz4.frame
 import msgpack
 import numpy as np
 import pytest
@@ -22,77 +23,18 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from simultrain.cloud.app import create_app
+from simultrain.cloud.service import TokenBucket
 from simultrain.cloud.settings import CloudSettings
+from simultrain.shared.errors import RateLimited
 from simultrain.shared.training.config import RunConfig
+
+from .doc_edge import SUBPROTOCOL, apply, checksum, egrad_fields, fingerprint, message, tensor
 
 WINDOW = 2
 BATCH = 4
 MAX_FRAME_BYTES = 1 << 20
 # R = 3: a reconciling SNAP every third applied batch, so §3.1's blend is exercised too.
 RUN = RunConfig(mode="simultrain", dataset="imu", window=WINDOW, reconcile_every=3, batch_size=4)
-
-# §4: dtype name → little-endian numpy dtype.
-DTYPES = {
-    "float32": "<f4",
-    "float16": "<f2",
-    "float64": "<f8",
-    "int64": "<i8",
-    "int32": "<i4",
-    "uint8": "u1",
-}
-
-
-# -- bytes, as PROTOCOL.md writes them ----------------------------------------------------
-
-
-def tensor(array: np.ndarray, codec: str = "raw") -> dict[str, Any]:
-    """§4: {dtype, shape, codec, data}; `raw` is the little-endian elements in C order."""
-    name = {np.dtype(v).newbyteorder("="): k for k, v in DTYPES.items()}[array.dtype]
-    data = np.ascontiguousarray(array, dtype=DTYPES[name]).tobytes()
-    if codec == "lz4":
-        data = lz4.frame.compress(data, store_size=True)
-    return {"dtype": name, "shape": list(array.shape), "codec": codec, "data": data}
-
-
-def array_of(wire: dict[str, Any]) -> np.ndarray:
-    """§4.1 for the lossless codecs and fp16 (what this cloud sends)."""
-    shape = tuple(wire["shape"])
-    data = wire["data"]
-    if wire["codec"] == "lz4":
-        data = lz4.frame.decompress(data)
-    if wire["codec"] == "fp16":
-        return np.frombuffer(data, "<f2").astype(DTYPES[wire["dtype"]]).reshape(shape)
-    assert wire["codec"] in ("raw", "lz4"), wire["codec"]
-    return np.frombuffer(data, DTYPES[wire["dtype"]]).reshape(shape).copy()
-
-
-def message(kind: str, **fields: Any) -> bytes:
-    """§2: one msgpack map, `v` and `t` then the fields; bin for bytes, str for text."""
-    return msgpack.packb({"v": 1, "t": kind, **fields}, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def egrad_fields(seq: int, edge_version: int, grads: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "edge_version": edge_version,
-        "grads": {name: tensor(g) for name, g in grads.items()},
-        "samples": 0,
-    }
-
-
-def checksum(replica: dict[str, np.ndarray]) -> int:
-    """§3.1: CRC-32 over the tensors in ascending UTF-8 name order, little-endian, C order."""
-    crc = 0
-    for name in sorted(replica, key=lambda n: n.encode()):
-        crc = zlib.crc32(np.ascontiguousarray(replica[name], "<f4").tobytes(), crc)
-    return crc
-
-
-def reconcile(edge: np.ndarray, master: np.ndarray, beta: float) -> np.ndarray:
-    """§3.1: b = fl32(β), c = fl32(1 − β computed in binary64); (b ⊗ w_e) ⊕ (c ⊗ w_c)."""
-    b, c = np.float32(beta), np.float32(1.0 - beta)
-    return (b * edge) + (c * master)  # type: ignore[no-any-return]
-
 
 # -- a client ------------------------------------------------------------------------------
 
@@ -123,28 +65,42 @@ class Edge:
         self._ctx: Any = None
 
     # transport
-    def open(self) -> None:
-        self._ctx = self.client.websocket_connect("/v1/stream")
+    def connect(self, subprotocols: list[str] | None = None) -> None:
+        """The upgrade alone (§1.1: the edge offers the versions it speaks)."""
+        offered = [SUBPROTOCOL] if subprotocols is None else subprotocols
+        self._ctx = self.client.websocket_connect("/v1/stream", subprotocols=offered)
         self.ws = self._ctx.__enter__()
-        self.ws.send_bytes(
-            message(
-                "hello",
-                edge_id=self.edge_id,
-                model_id=self.spec["model_id"],
-                cut_shape=self.spec["cut_shape"],
-                config={"mode": self.spec["mode"]},
-                token=None,
-                resume=self.acked if self.acked >= 0 else None,
-                model_fingerprint=self.spec["model_fingerprint"],
-            )
-        )
+
+    def open(self) -> None:
+        self.connect()
+        assert self.ws.accepted_subprotocol == SUBPROTOCOL
+        self.hello()
         self.welcome = self.receive()
         assert self.welcome["t"] == "welcome", self.welcome
         self.in_flight, self.awaiting_egrad = [], []
         snap = self.receive()
         assert snap["t"] == "snap" and snap["reconcile"] is False
         # §3.1: the first SNAP replaces the replica; its checksum must agree.
+        self.replica = {}
         assert self.apply(snap), "the first SNAP's checksum does not match its tensors"
+
+    def hello(self, **hello: Any) -> None:
+        self.ws.send_bytes(
+            message(
+                "hello",
+                **{
+                    "edge_id": self.edge_id,
+                    "model_id": self.spec["model_id"],
+                    "cut_shape": self.spec["cut_shape"],
+                    "config": {"mode": self.spec["mode"]},
+                    "token": None,
+                    "resume": self.acked if self.acked >= 0 else None,
+                    "model_fingerprint": self.spec["model_fingerprint"],
+                    "capabilities": {},
+                    **hello,
+                },
+            )
+        )
 
     def close(self, code: int) -> None:
         self.ws.close(code)
@@ -166,7 +122,7 @@ class Edge:
         except WebSocketDisconnect as closed:
             raise Closed(closed.code, None) from closed
         frame: dict[str, Any] = msgpack.unpackb(data, raw=False)
-        assert frame["v"] == 1
+        assert frame["v"] == 2 or frame["t"] == "error"
         return frame
 
     def refusal(self) -> tuple[int, dict[str, Any] | None]:
@@ -183,22 +139,10 @@ class Edge:
     # §3.1
     def apply(self, frame: dict[str, Any]) -> bool:
         """Apply a DELTA or SNAP; True when the replica's checksum is the cloud's."""
-        tensors = {name: array_of(w) for name, w in frame["tensors"].items()}
-        if frame["t"] == "snap":
-            beta = float(self.welcome["config"]["beta"])
-            if frame["reconcile"]:
-                tensors = {n: reconcile(self.replica[n], t, beta) for n, t in tensors.items()}
-            self.replica = {n: t.astype("<f4") for n, t in tensors.items()}
-            self.version = frame["master_version"]
-        else:
+        if frame["t"] == "delta":
             assert frame["from_version"] == self.version, "deltas arrive in order here"
-            for name, delta in tensors.items():
-                if frame["kind"] == "xor":
-                    bits = self.replica[name].view("<i4") ^ delta
-                    self.replica[name] = bits.view("<f4")
-                else:
-                    self.replica[name] = self.replica[name] + delta.astype("<f4")
-            self.version = frame["to_version"]
+        apply(self.replica, frame, float(self.welcome["config"]["beta"]))
+        self.version = frame["to_version"] if frame["t"] == "delta" else frame["master_version"]
         self.checked += 1
         return checksum(self.replica) == frame["checksum"]
 
@@ -265,7 +209,8 @@ def status(client: TestClient) -> dict[str, Any]:
 def test_handshake_matches_the_session_spec(
     client: TestClient, spec: dict[str, Any], new_edge: Callable[[str], Edge]
 ) -> None:
-    assert spec["protocol_version"] == 1 and spec["path"] == "/v1/stream"
+    assert spec["protocol_version"] == 2 and spec["path"] == "/v1/stream"
+    assert spec["subprotocols"] == [SUBPROTOCOL]
     edge = new_edge("conf-handshake")
     edge.open()
     welcome = edge.welcome
@@ -279,7 +224,9 @@ def test_handshake_matches_the_session_spec(
         "window",
         "acked_seq",
         "config",
+        "capabilities",
     }
+    assert welcome["capabilities"] == {}  # version 2 defines none (§10.2)
     # §6.3: one window: the run's, WELCOME's and the session spec's are one number.
     assert welcome["window"] == spec["window"] == spec["config"]["window"] == WINDOW
     assert welcome["cut_shape"] == spec["cut_shape"]
@@ -416,3 +363,203 @@ def test_wrong_base_is_caught_by_the_checksum_and_a_resync_repairs_it(
     delta = edge.receive()
     assert delta["t"] == "delta" and edge.apply(delta)
     edge.close(1000)
+
+
+# -- versions (§1.1) ------------------------------------------------------------------------
+
+FIRST_RELEASE = Path(__file__).resolve().parents[1] / "protocol" / "vectors" / "first_release"
+UPGRADE = "this cloud speaks simultrain.v2, the edge simultrain.v1: upgrade the edge, do not retry"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*sorted(FIRST_RELEASE.glob("*-e2c-*.msgpack")), FIRST_RELEASE / "hello-resume.msgpack"],
+    ids=lambda p: p.stem,
+)
+def test_a_first_release_edge_is_told_to_upgrade(
+    new_edge: Callable[[str], Edge], path: Path
+) -> None:
+    """Recorded first-release frames, replayed as the first message of a session, as that
+    release sent them (no subprotocol): ERROR in its own version, close 4000."""
+    edge = new_edge("conf-first-release")
+    edge.connect(subprotocols=[])
+    assert edge.ws.accepted_subprotocol is None
+    edge.send(path.read_bytes())
+    code, error = edge.refusal()
+    assert code == 4000 and error is not None
+    assert error == {"v": 1, "t": "error", "code": "protocol_version_mismatch", "reason": UPGRADE}
+
+
+@pytest.mark.parametrize(
+    ("offered", "v", "advice"),
+    [
+        (["simultrain.v1"], 1, "upgrade the edge"),
+        (["simultrain.v3", "chat"], 3, "upgrade this cloud or use an older edge"),
+    ],
+)
+def test_no_common_version_is_refused_before_any_frame(
+    new_edge: Callable[[str], Edge], offered: list[str], v: int, advice: str
+) -> None:
+    edge = new_edge("conf-versions")
+    edge.connect(subprotocols=offered)
+    assert edge.ws.accepted_subprotocol is None  # §1.1: accepted without a subprotocol
+    code, error = edge.refusal()  # nothing sent: the refusal comes unasked
+    assert code == 4000 and error is not None
+    assert error["v"] == v and error["code"] == "protocol_version_mismatch"
+    assert error["reason"].startswith("this cloud speaks simultrain.v2")
+    assert advice in error["reason"]
+
+
+def test_a_negotiated_session_refuses_a_frame_of_another_version(
+    new_edge: Callable[[str], Edge],
+) -> None:
+    edge = new_edge("conf-v1-on-v2")
+    edge.connect()
+    assert edge.ws.accepted_subprotocol == SUBPROTOCOL
+    edge.send((FIRST_RELEASE / "001-s1-e2c-hello.msgpack").read_bytes())
+    code, error = edge.refusal()
+    assert code == 4000 and error is not None and error["code"] == "protocol_version_mismatch"
+
+
+def test_an_edge_offering_no_subprotocol_is_served_by_its_hello_version(
+    spec: dict[str, Any], new_edge: Callable[[str], Edge]
+) -> None:
+    """§1.1 point 5: the compatibility path; a version 2 HELLO opens the session."""
+    edge = new_edge("conf-no-subprotocol")
+    edge.connect(subprotocols=[])
+    edge.send(
+        message(
+            "hello",
+            edge_id="conf-no-subprotocol",
+            model_id=spec["model_id"],
+            cut_shape=spec["cut_shape"],
+            config={},
+            token=None,
+            resume=None,
+            model_fingerprint=None,
+            capabilities={"from-a-newer-edge": True},  # ignored (§10.2)
+        )
+    )
+    welcome = edge.receive()
+    assert welcome["t"] == "welcome" and welcome["capabilities"] == {}
+    assert edge.receive()["t"] == "snap"
+    edge.close(1000)
+
+
+# -- the fingerprint (§3.3) ----------------------------------------------------------------
+
+
+def test_the_session_spec_fingerprint_is_the_recipe_over_its_architecture(
+    spec: dict[str, Any],
+) -> None:
+    assert fingerprint(spec["architecture"]) == spec["model_fingerprint"]
+    # The architecture's edge stage is the replica of this (simultrain) run.
+    assert spec["architecture"]["edge_stage"] == spec["replica"]
+
+
+def test_another_fingerprint_is_refused_with_4003(new_edge: Callable[[str], Edge]) -> None:
+    edge = new_edge("conf-other-model")
+    edge.connect()
+    edge.hello(model_fingerprint="0" * 64)
+    code, error = edge.refusal()
+    assert code == 4003 and error is not None and error["code"] == "model_mismatch"
+
+
+def test_a_copied_fingerprint_trains_only_with_the_spec_s_shapes(
+    client: TestClient, spec: dict[str, Any], new_edge: Callable[[str], Edge]
+) -> None:
+    """§3.3: a client that copies the fingerprint passes the handshake; its gradients must
+    still have the replica's shapes, or nothing is applied."""
+    edge = new_edge("conf-copied-fingerprint")
+    edge.open()  # HELLO carries the session spec's fingerprint, copied
+    edge.send(edge.act(0))
+    assert edge.receive()["t"] == "grad"
+    before = status(client)["master_version"]
+    grads = edge.grads()
+    name = spec["replica"][0]["name"]
+    grads[name] = np.zeros((*grads[name].shape, 2), np.float32)  # its own, other shape
+    edge.send(message("egrad", **egrad_fields(0, 0, grads)))
+    code, error = edge.refusal()
+    assert code == 1007 and error is not None and error["code"] == "invalid_tensor"
+    assert status(client)["master_version"] == before
+
+
+# -- the smaller rules ------------------------------------------------------------------------
+
+
+def test_a_piggyback_not_below_its_act_is_unexpected_sequence(
+    client: TestClient, new_edge: Callable[[str], Edge]
+) -> None:
+    """§3, ACT's `egrad`: a sequence rule, refused as one (it was malformed_frame)."""
+    edge = new_edge("conf-piggy-seq")
+    edge.open()
+    edge.send(edge.act(0))
+    assert edge.receive()["t"] == "grad"
+    before = status(client)["master_version"]
+    edge.send(edge.act(1, egrad=egrad_fields(1, 0, edge.grads())))
+    code, error = edge.refusal()
+    assert code == 1002 and error is not None and error["code"] == "unexpected_sequence"
+    assert status(client)["master_version"] == before
+
+
+def test_an_error_from_the_edge_is_not_answered(
+    client: TestClient, new_edge: Callable[[str], Edge]
+) -> None:
+    """§1: the side that receives ERROR answers nothing but the closing handshake."""
+    service = client.app.state.service  # type: ignore[attr-defined]
+    refused = service.metrics.rejected.labels("illegal_transition")
+    before = refused._value.get()
+    edge = new_edge("conf-edge-error")
+    edge.open()
+    edge.send(message("error", code="frame_too_large", reason="a GRAD too large for me"))
+    edge.send(edge.act(0))  # after its ERROR, discarded unread
+    edge.close(1009)
+    assert refused._value.get() == before
+    assert "conf-edge-error" not in service.connections
+
+
+def test_egrads_around_a_resync_are_applied_exactly_once(
+    client: TestClient, new_edge: Callable[[str], Edge]
+) -> None:
+    """§3.1, "EGRADs around a 4002 close": one sent before the close is applied, one never
+    sent comes again with its batch, whose cloud-stage step is not taken twice."""
+    edge = new_edge("conf-resync-egrads")
+    edge.open()
+    start = status(client)["master_version"]
+    edge.send(edge.act(0))
+    edge.send(edge.act(1))
+    assert [edge.receive()["t"], edge.receive()["t"]] == ["grad", "grad"]  # 2 cloud steps
+    edge.send(message("egrad", **egrad_fields(0, 0, edge.grads())))  # 1 edge step
+    while edge.receive()["t"] != "ack":
+        pass
+    edge.acked = 0
+    edge.close(4002)  # EGRAD 1 is never sent
+    edge.open()
+    assert edge.welcome["acked_seq"] == 0
+    edge.send(edge.act(1))  # batch 1 again, at the resynced replica
+    assert edge.receive()["t"] == "grad"
+    edge.send(message("egrad", **egrad_fields(1, edge.version, edge.grads())))
+    frame = edge.receive()
+    while frame["t"] != "ack":
+        frame = edge.receive()
+    assert frame["seq"] == 1
+    row = status(client)["edges"]["conf-resync-egrads"]
+    assert row["steps_applied"] == 2 and row["samples_applied"] == 2 * BATCH
+    assert status(client)["master_version"] - start == 4  # 2 cloud + 2 edge steps, no more
+    edge.close(1000)
+
+
+def test_the_message_rate_is_a_published_token_bucket(spec: dict[str, Any]) -> None:
+    """§5, "Message rate": burst 2r at once, then r per second."""
+    limits = spec["limits"]
+    assert limits["max_message_burst"] == 2 * limits["max_messages_per_s"]
+    now = [0.0]
+    bucket = TokenBucket(5.0, clock=lambda: now[0])
+    for _ in range(10):
+        bucket.take()
+    with pytest.raises(RateLimited):
+        bucket.take()
+    now[0] += 0.2  # one token back
+    bucket.take()
+    with pytest.raises(RateLimited):
+        bucket.take()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -9,21 +11,53 @@ import pytest
 
 from simultrain.bench.bench import COMPENSATION_VARIANTS, Case
 from simultrain.shared.data import load_dataset
+from simultrain.shared.data.dataset import PARTITIONS
 from simultrain.shared.errors import ConfigError
+from simultrain.shared.training.assembly import build_master
 from simultrain.shared.training.compensation import (
-    Combined,
+    Compensation,
     DelayMomentum,
     Forecast,
-    NoCompensation,
-    compensation_from_name,
+    parse_compensation,
 )
 from simultrain.shared.training.config import Key, RunConfig
-from simultrain.shared.training.factory import build_master
 
 
-def _built(config: RunConfig) -> object:
+def _built(config: RunConfig) -> Compensation:
     schedule = config.schedule()
-    return compensation_from_name(schedule.compensation, alpha=schedule.alpha)
+    return parse_compensation(schedule.compensation, alpha=schedule.alpha)
+
+
+def _plain(comp: Compensation) -> bool:
+    """The plain update: no part at all."""
+    return comp == Compensation(name=comp.name)
+
+
+def _forecast(alpha: float) -> Compensation:
+    return Compensation((Forecast(alpha),), name="forecast")
+
+
+def test_validating_a_configuration_imports_no_torch() -> None:
+    """The coordinator validates every run it is given: the configuration, its schedule and
+    its compensation chain are checked without torch (seconds of import, hundreds of MB)."""
+    probe = (
+        "import sys\n"
+        "from simultrain.shared.training.config import RunConfig\n"
+        "RunConfig.from_mapping({'mode': 'synthetic', 'compensation': 'delay-beta1+dana',"
+        " 'edges': 4, 'partition': 'iid'}).schedule()\n"
+        "RunConfig.from_mapping({'mode': 'syncsgd', 'edges': 3, 'gradient_coding_s': 1})\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_partition_key_offers_exactly_the_partitions_a_dataset_deals() -> None:
+    """Spelt in the declaration so that validation loads no data module; held equal here."""
+    (key,) = [k for k in RunConfig.declaration() if k.name == "partition"]
+    assert key.key.choices == PARTITIONS
 
 
 def test_alpha_and_the_noforecast_mode_change_what_is_built() -> None:
@@ -33,22 +67,25 @@ def test_alpha_and_the_noforecast_mode_change_what_is_built() -> None:
         for mode in ("simultrain", "simultrain-noforecast")
         for alpha in (0.5, 0.0, 3.0)
     }
-    assert built["simultrain", 0.5] == Forecast(alpha=0.5)
-    assert built["simultrain", 3.0] == Forecast(alpha=3.0)
-    assert isinstance(built["simultrain", 0.0], NoCompensation)  # α = 0: the ablation
+    assert built["simultrain", 0.5] == _forecast(0.5)
+    assert built["simultrain", 3.0] == _forecast(3.0)
+    assert _plain(built["simultrain", 0.0])  # α = 0: the ablation
     for alpha in (0.5, 0.0, 3.0):
-        assert isinstance(built["simultrain-noforecast", alpha], NoCompensation)
-    assert _built(RunConfig(compensation="forecast")) == Forecast(alpha=0.5)  # its own α
+        assert _plain(built["simultrain-noforecast", alpha])
+    assert _built(RunConfig(compensation="forecast")) == _forecast(0.5)  # its own α
 
 
 def test_noforecast_removes_the_forecast_from_whatever_chain_is_in_use() -> None:
     chain = "delay-beta1+forecast"
     full = RunConfig(compensation=chain, alpha=0.25)
-    assert isinstance(_built(full), Combined)
+    assert _built(full).corrections == (Forecast(0.25),)
+    assert _built(full).step_rules == (DelayMomentum(optimizers="adam"),)
     assert full.schedule().compensation == chain
     ablated = RunConfig(mode="simultrain-noforecast", compensation=chain, alpha=0.25)
     assert ablated.schedule().compensation == "delay-beta1"
-    assert isinstance(_built(ablated), DelayMomentum)
+    assert _built(ablated) == Compensation(
+        step_rules=(DelayMomentum(optimizers="adam"),), name="delay-beta1"
+    )
     # The default chain has no forecast: the ablation is the same chain (nothing to remove).
     assert RunConfig(mode="simultrain-noforecast").schedule().compensation == "delay-beta1"
 
@@ -116,28 +153,28 @@ def test_bench_ablation_pairs_differ_in_their_compensation_only() -> None:
         return Case("ablation", "simultrain", "lan", "imu", 0, variant, 10, 0).run_config()
 
     paper, paper_alpha0 = config("paper"), config("paper-alpha0")
-    assert _built(paper) == Forecast(alpha=0.5)
-    assert isinstance(_built(paper_alpha0), NoCompensation)
+    assert _built(paper) == _forecast(0.5)
+    assert _plain(_built(paper_alpha0))
     ours, ours_none = config("ours"), config("ours-nocomp")
     assert ours == RunConfig(mode="simultrain", seed=0, dataset="imu")
-    assert isinstance(_built(ours), DelayMomentum)
-    assert isinstance(_built(ours_none), NoCompensation)
+    assert _built(ours).step_rules == (DelayMomentum(optimizers="adam"),)
+    assert _plain(_built(ours_none))
     assert len({repr(config(v)) for v in COMPENSATION_VARIANTS}) == len(COMPENSATION_VARIANTS)
 
 
 def test_the_master_gets_the_configured_chain() -> None:
-    """Through the factory the cloud and the driver use: α reaches the master's forecast
-    (on the old code every variant built delay-beta1, whatever α and mode said)."""
+    """Through the assembly the cloud and the driver use: α reaches the master's forecast
+    (on old code every variant built delay-beta1, whatever α and mode said)."""
     spec = load_dataset("imu").model_spec()
 
-    def master_compensation(**overrides: object) -> object:
+    def master_compensation(**overrides: object) -> Compensation:
         config = RunConfig.from_mapping(overrides)
         return build_master(config, spec, config.schedule()).compensation
 
-    assert master_compensation(compensation="forecast", alpha=0.5) == Forecast(alpha=0.5)
-    assert master_compensation(compensation="forecast", alpha=3.0) == Forecast(alpha=3.0)
-    assert isinstance(master_compensation(compensation="forecast", alpha=0.0), NoCompensation)
-    assert isinstance(master_compensation(), DelayMomentum)
+    assert master_compensation(compensation="forecast", alpha=0.5) == _forecast(0.5)
+    assert master_compensation(compensation="forecast", alpha=3.0) == _forecast(3.0)
+    assert _plain(master_compensation(compensation="forecast", alpha=0.0))
+    assert master_compensation().step_rules == (DelayMomentum(optimizers="adam"),)
 
 
 @dataclass(frozen=True)

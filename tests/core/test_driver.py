@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.dana import DanaEdgeStep
 from simultrain.shared.training.driver import run_in_process
-from simultrain.shared.training.master import OptimizerConfig
-from simultrain.shared.training.runtime import Codecs
+from simultrain.shared.training.options import Codecs, OptimizerConfig
 
 STEPS = 60
 
@@ -183,13 +183,12 @@ def test_config_round_trips_through_its_mapping() -> None:
 
 def test_the_cloud_counts_each_edges_staleness_apart_from_the_fleets() -> None:
     """SPEC: the cloud records τ per batch; per edge too, so a fleet's laggard is visible."""
-    from simultrain.shared.training.factory import build_master
-    from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState
+    from simultrain.shared.training.assembly import build_cloud
+    from simultrain.shared.training.runtime import CloudSessionState
 
     config = RunConfig(mode="simultrain", dataset="imu", edges=2, window=2, seed=0)
-    schedule = config.schedule()
     spec = load_dataset("imu", seed=0).model_spec(None)
-    cloud = CloudRuntime(build_master(config, spec, schedule), schedule, config.codecs)
+    cloud = build_cloud(config, spec).runtime
     laggard, other = CloudSessionState("edge-a"), CloudSessionState("edge-b")
     grads = {n: torch.zeros_like(t) for n, t in cloud.replica_template().items()}
     v0 = cloud.master.version
@@ -213,7 +212,7 @@ def test_a_fleet_batch_divides_a_fleets_edge_stage_staleness() -> None:
     assert batched.master is not None and plain.master is not None
     assert batched.samples == plain.samples == 8 * 32 * 3
     assert batched.master.edge_updates == 8 and plain.master.edge_updates == 24
-    assert batched.master.edge_accumulated == 0  # nothing left gathered at the end
+    assert batched.master.edge_step.gathered == 0  # nothing left gathered at the end
     assert batched.staleness["dropped"] == 0
     assert batched.max_staleness <= 3 < plain.max_staleness
 
@@ -233,8 +232,8 @@ def test_dana_at_window_zero_is_sequential_split_training_bit_for_bit(
         mode="simultrain", window=0, steps=20, optimizer=optimizer, compensation="dana"
     )
     result = run_in_process(config)
-    assert result.master is not None and result.master.edge_momenta is not None
-    assert result.master.edge_momenta.counts == {"edge-0": 20}
+    assert result.master is not None and isinstance(result.master.edge_step, DanaEdgeStep)
+    assert result.master.edge_step.momenta.counts == {"edge-0": 20}
     reference = sequential_split_training(config)
     for name, tensor in reference.items():
         assert torch.equal(result.master.full_state()[name], tensor), name
@@ -248,8 +247,8 @@ def test_dana_in_a_fleet_steps_each_edge_with_its_own_momentum_and_sends_the_loo
         RunConfig(mode="simultrain", window=2, steps=6, edges=3, compensation="delay-beta1+dana")
     )
     master = result.master
-    assert master is not None and master.edge_momenta is not None
-    assert master.edge_momenta.counts == {f"edge-{i}": 6 for i in range(3)}
+    assert master is not None and isinstance(master.edge_step, DanaEdgeStep)
+    assert master.edge_step.momenta.counts == {f"edge-{i}": 6 for i in range(3)}
     assert result.samples == 6 * 32 * 3 and result.staleness["dropped"] == 0
     assert master.observed_staleness > 0
     sent, own = master.edge_weights_for_replica(), master.edge_weights()

@@ -21,10 +21,12 @@ from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import Ack, Delta, EGrad, Frame
 from simultrain.shared.tensors import as_received, state_to_wire
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge, gradient_code
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, edge_module
-from simultrain.shared.training.master import OptimizerConfig
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, WholeModel
+from simultrain.shared.training.options import OptimizerConfig
+from simultrain.shared.training.roles.coded import CodedEdgeRuntime
+from simultrain.shared.training.roles.lockstep import WholeModel
+from simultrain.shared.training.runtime import CloudRuntime
 
 SPEC = get_model_spec("imu-cnn1d")
 SGD = OptimizerConfig("sgd", lr=0.05)  # linear in the gradient: steps compare exactly
@@ -43,18 +45,9 @@ class Clock:
 
 
 def _cloud(run: RunConfig, edges: Iterable[str], clock: Clock | None = None) -> CloudRuntime:
-    schedule = run.schedule()
-    runtime = CloudRuntime(
-        build_master(run, SPEC, schedule),
-        schedule,
-        run.codecs,
-        round_deadline_s=run.round_deadline_s,
-        clock=clock or Clock(),
-        code=run.gradient_code(),
-    )
-    code = run.gradient_code()
+    runtime = build_cloud(run, SPEC, clock=clock or Clock()).runtime
     for row, edge_id in enumerate(edges):
-        runtime.open_session(edge_id, code_row=row if code is not None else None)
+        runtime.open_session(edge_id, code_row=row if runtime.code is not None else None)
     return runtime
 
 
@@ -143,26 +136,23 @@ def test_a_syncsgd_upload_that_does_not_fit_the_model_never_waits_in_a_round() -
 # --- gradient coding -------------------------------------------------------------------
 
 
-def _coded_fleet(n: int, s: int) -> tuple[CloudRuntime, list[EdgeRuntime], RunConfig]:
+def _coded_fleet(n: int, s: int) -> tuple[CloudRuntime, list[CodedEdgeRuntime], RunConfig]:
     """A cloud and ``n`` real edge runtimes coding with the run's code, all at version 0."""
     run = RunConfig(mode="syncsgd", edges=n, gradient_coding_s=s, optimizer=SGD)
     ids = [f"edge-{i}" for i in range(n)]
     cloud = _cloud(run, ids)
     edges = []
     for row, edge_id in enumerate(ids):
-        edge = EdgeRuntime(
-            edge_module(SPEC.build(0), run.schedule()),
-            run.schedule(),
-            run.codecs,
-            code=run.gradient_code(),
-            code_row=row,
-        )
+        edge = build_edge(run, SPEC, Shard(load_dataset("imu"), row, n)).runtime
+        assert isinstance(edge, CodedEdgeRuntime) and edge.code_row == row
         edge.on_snap(cloud.resync(edge_id))
         edges.append(edge)
     return cloud, edges, run
 
 
-def _coded_upload(edge: EdgeRuntime, batches: dict[int, tuple[np.ndarray, np.ndarray]]) -> EGrad:
+def _coded_upload(
+    edge: CodedEdgeRuntime, batches: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> EGrad:
     upload = edge.produce_coded({k: batches[k] for k in edge.round_partitions()})
     return EGrad(
         seq=upload.seq,
@@ -298,15 +288,26 @@ def test_the_coordinator_refuses_what_the_services_would() -> None:
 
 def test_an_edge_and_a_cloud_of_one_run_hold_one_code() -> None:
     run = RunConfig(mode="syncsgd", edges=8, gradient_coding_s=2, seed=3)
-    a, b = run.gradient_code(), RunConfig.from_mapping(run.to_mapping()).gradient_code()
+    a, b = gradient_code(run), gradient_code(RunConfig.from_mapping(run.to_mapping()))
     assert a is not None and b is not None
     assert a.identity == b.identity == "cyclic n=8 s=2 seed=3"
     assert np.array_equal(a.matrix, b.matrix)
-    assert RunConfig(mode="syncsgd", edges=8).gradient_code() is None
+    assert gradient_code(RunConfig(mode="syncsgd", edges=8)) is None
 
 
-def test_the_in_process_driver_refuses_to_run_a_coded_run_uncoded() -> None:
+def test_the_in_process_driver_codes_like_the_services_and_decodes_the_uncoded_step() -> None:
+    """The driver builds coded edges and a decoding cloud from the run, as the services do:
+    each round's decode is the uncoded round's mean of the n partition gradients (edge k's
+    batches are partition k's), to the float32 rounding the decoding coefficients amplify."""
     from simultrain.shared.training.driver import run_in_process
 
-    with pytest.raises(ConfigError, match="through the services"):
-        run_in_process(RunConfig(mode="syncsgd", edges=4, gradient_coding_s=1, steps=1))
+    common = {"mode": "syncsgd", "edges": 4, "steps": 6, "optimizer_name": "sgd"}
+    coded = run_in_process(RunConfig.from_mapping({**common, "gradient_coding_s": 1}))
+    uncoded = run_in_process(RunConfig.from_mapping(common))
+    assert coded.master is not None and uncoded.master is not None
+    assert coded.master_version == uncoded.master_version == 6
+    assert coded.samples == uncoded.samples == 6 * 4 * RunConfig().batch_size
+    _close(coded.master.full_state(), uncoded.master.full_state())
+    assert not all(
+        torch.equal(t, uncoded.master.full_state()[n]) for n, t in coded.master.full_state().items()
+    )  # decoded, not averaged: the same step to rounding, not bit for bit

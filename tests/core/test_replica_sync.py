@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from simultrain.shared.errors import TrainingError
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.options import OptimizerConfig
 from simultrain.shared.training.replica_sync import (
     TRAILER,
     SyncLedger,

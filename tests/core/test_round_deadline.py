@@ -9,8 +9,8 @@ from simultrain.shared.errors import ConfigError
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import Ack, EGrad
 from simultrain.shared.tensors import as_received, state_to_wire
+from simultrain.shared.training.assembly import build_cloud
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master
 from simultrain.shared.training.runtime import CloudRuntime
 
 SPEC = get_model_spec("imu-cnn1d")
@@ -26,11 +26,7 @@ class Clock:
 
 def _runtime(deadline: float | None, clock: Clock) -> CloudRuntime:
     run = RunConfig(mode="fedavg", dataset="imu", round_deadline_s=deadline)
-    schedule = run.schedule()
-    master = build_master(run, SPEC, schedule)
-    runtime = CloudRuntime(
-        master, schedule, run.codecs, round_deadline_s=run.round_deadline_s, clock=clock
-    )
+    runtime = build_cloud(run, SPEC, clock=clock).runtime
     for edge_id in ("fast", "slow"):
         runtime.open_session(edge_id)
     return runtime

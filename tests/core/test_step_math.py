@@ -13,14 +13,16 @@ from torch import nn
 from simultrain.shared.errors import ConfigError, TrainingError
 from simultrain.shared.training.compensation import (
     DCASGD,
+    Compensation,
     Forecast,
-    NoCompensation,
     StalenessLR,
-    compensation_from_name,
+    parse_compensation,
 )
+from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.deltas import DeltaSequencer, GapStatus, VersionStep
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig
-from simultrain.shared.training.schedule import EdgeRole, make_schedule
+from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.options import OptimizerConfig
+from simultrain.shared.training.schedule import EdgeRole, Schedule
 from simultrain.shared.training.weights import EdgeReplica, blend, module_weights
 
 
@@ -37,45 +39,47 @@ def tiny_cloud() -> nn.Module:
 # --- compensation arithmetic against hand-computed values ------------------------------
 
 
-def test_forecast_matches_hand_computed_values() -> None:
-    g = torch.tensor([1.0, -2.0])
+def _correct(part: Forecast | DCASGD, g: torch.Tensor, staleness: int) -> torch.Tensor:
     now = torch.tensor([0.5, 0.5])
     then = torch.tensor([0.25, 1.0])
-    out = Forecast(alpha=0.5).edge_gradient(g, now, then, staleness=3)
+    return part.corrector().correct({"w": g}, {"w": now}, {"w": then}, staleness)["w"]
+
+
+def test_forecast_matches_hand_computed_values() -> None:
+    out = _correct(Forecast(alpha=0.5), torch.tensor([1.0, -2.0]), 3)
     # g + 0.5 * (now - then) = [1 + 0.125, -2 - 0.25]
     assert torch.equal(out, torch.tensor([1.125, -2.25]))
 
 
 def test_dcasgd_matches_hand_computed_values() -> None:
-    g = torch.tensor([1.0, -2.0])
-    now = torch.tensor([0.5, 0.5])
-    then = torch.tensor([0.25, 1.0])
-    out = DCASGD(lam=2.0).edge_gradient(g, now, then, staleness=1)
+    out = _correct(DCASGD(lam=2.0), torch.tensor([1.0, -2.0]), 1)
     # g + 2 * g*g * (now - then) = [1 + 2*1*0.25, -2 + 2*4*(-0.5)]
     assert torch.equal(out, torch.tensor([1.5, -6.0]))
 
 
-@pytest.mark.parametrize("comp", [Forecast(0.5), DCASGD(2.0), NoCompensation(), StalenessLR()])
-def test_every_compensation_is_plain_at_staleness_zero(comp: object) -> None:
+@pytest.mark.parametrize("chain", ["forecast", "dcasgd", "none", "staleness-lr"])
+def test_every_compensation_is_plain_at_staleness_zero(chain: str) -> None:
+    comp = parse_compensation(chain)
     g = torch.randn(5)
     now, then = torch.randn(5), torch.randn(5)
-    assert torch.equal(comp.edge_gradient(g, now, then, 0), g)  # type: ignore[attr-defined]
-    assert comp.lr_scale(0) == 1.0  # type: ignore[attr-defined]
+    for corrector in comp.correctors():
+        assert torch.equal(corrector.correct({"w": g}, {"w": now}, {"w": then}, 0)["w"], g)
+    assert comp.lr_scale(0, "edge") == 1.0
 
 
 def test_alpha_zero_is_no_forecast() -> None:
-    g, now, then = torch.randn(4), torch.randn(4), torch.randn(4)
-    assert torch.equal(Forecast(0.0).edge_gradient(g, now, then, 5), g)
-    assert isinstance(compensation_from_name("forecast", alpha=0.0), NoCompensation)
+    g = torch.randn(4)
+    assert torch.equal(_correct(Forecast(0.0), g, 5), g)
+    assert parse_compensation("forecast", alpha=0.0) == Compensation(name="forecast")
 
 
 def test_staleness_lr_scale() -> None:
-    assert StalenessLR().lr_scale(3) == 0.25
+    assert StalenessLR().lr_scale(3, "edge") == 0.25
 
 
 def test_unknown_compensation_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown compensation"):
-        compensation_from_name("magic")
+        parse_compensation("magic")
 
 
 # --- reconciliation ----------------------------------------------------------------------
@@ -203,12 +207,12 @@ def test_overflowing_reorder_buffer_asks_for_resync() -> None:
 # --- master history and staleness -------------------------------------------------------
 
 
-def make_master(comp: object = None, history: int = 256) -> CloudMaster:
+def make_master(comp: Compensation | None = None, history: int = 256) -> CloudMaster:
     return CloudMaster(
         tiny_edge(),
         tiny_cloud(),
         optimizer=OptimizerConfig(lr=0.1),
-        compensation=comp,  # type: ignore[arg-type]
+        compensation=comp,
         history_versions=history,
     )
 
@@ -218,7 +222,7 @@ def edge_grads(master: CloudMaster) -> dict[str, torch.Tensor]:
 
 
 def test_master_applies_forecast_against_its_history() -> None:
-    master = make_master(Forecast(alpha=0.5))
+    master = make_master(Compensation((Forecast(alpha=0.5),)))
     w0 = {n: t.clone() for n, t in master.edge_weights().items()}
     master.apply_edge_gradient(edge_grads(master), edge_version=0)
     w1 = {n: t.clone() for n, t in master.edge_weights().items()}
@@ -284,20 +288,45 @@ def test_bad_edge_gradient_leaves_master_unchanged() -> None:
 # --- schedules -----------------------------------------------------------------------------
 
 
+def schedule(mode: str, **keys: object) -> Schedule:
+    return RunConfig.from_mapping({"mode": mode, **keys}).schedule()
+
+
 def test_modes_are_schedules() -> None:
-    assert make_schedule("split-sync").window == 0
-    assert make_schedule("simultrain", window=4).pipelined
-    assert make_schedule("simultrain-noforecast").compensation == "none"
-    assert not make_schedule("simultrain-noforecast").forecasts
-    assert make_schedule("simultrain-noreconcile").reconcile_every is None
-    assert make_schedule("fedavg", local_steps=5).local_steps == 5
-    assert make_schedule("centralized").edge_role is EdgeRole.RAW
-    with pytest.raises(ConfigError, match="unknown mode"):
-        make_schedule("bogus")
+    assert schedule("split-sync").window == 0
+    assert schedule("simultrain", window=4).pipelined
+    assert schedule("simultrain-noforecast", compensation="forecast").compensation == "none"
+    assert not schedule("simultrain-noforecast", compensation="forecast").forecasts
+    assert schedule("simultrain-noreconcile").reconcile_every is None
+    assert schedule("fedavg", local_steps=5).local_steps == 5
+    assert schedule("centralized").edge_role is EdgeRole.RAW
+    assert schedule("syncsgd", edges=3, gradient_coding_s=1).edge_role is EdgeRole.CODED_GRADIENT
+    with pytest.raises(ConfigError, match="'mode': 'bogus' is not one of"):
+        schedule("bogus")
+
+
+def test_a_schedule_takes_every_value_from_the_run() -> None:
+    """No defaults of its own: the schedule of the default run is the run's defaults (an
+    old schedule said ``forecast`` where the run said ``delay-beta1``)."""
+    run = RunConfig()
+    assert schedule("simultrain") == Schedule(
+        "simultrain",
+        EdgeRole.SPLIT,
+        run.window,
+        alpha=run.alpha,
+        reconcile_every=run.reconcile_every,
+        beta=run.beta,
+        local_steps=run.local_steps,
+        compensation=run.compensation,
+        local_step=False,
+    )
+    assert schedule("simultrain").compensation == "delay-beta1"
+    with pytest.raises(TypeError):
+        Schedule("simultrain", EdgeRole.SPLIT, 4)  # type: ignore[call-arg]
 
 
 def test_reconcile_schedule_every_r_steps_with_offset() -> None:
-    s = make_schedule("simultrain", reconcile_every=10)
+    s = schedule("simultrain", reconcile_every=10)
     assert [k for k in range(1, 31) if s.reconcile_due(k)] == [10, 20, 30]
     assert [k for k in range(1, 31) if s.reconcile_due(k, offset=5)] == [5, 15, 25]
-    assert not any(make_schedule("simultrain-noreconcile").reconcile_due(k) for k in range(100))
+    assert not any(schedule("simultrain-noreconcile").reconcile_due(k) for k in range(100))

@@ -7,15 +7,26 @@ import re
 import statistics
 from pathlib import Path
 
-from simultrain.bench.study import StudyConfig, main, run_study, summarize
+from typer.testing import CliRunner
+
+from simultrain.bench.records import StudyFile
+from simultrain.bench.study import StudyConfig, run_study, summarize
+from simultrain.cli import app
 from simultrain.shared.training.config import RunConfig
+
+
+def main(args: list[str]) -> int:
+    """``simultrain study ARGS``; its exit code."""
+    result = CliRunner().invoke(app, ["study", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code
 
 
 def test_tiny_study_writes_json_table_and_plot_that_agree(tmp_path: Path) -> None:
     study = StudyConfig.tiny()
     payload = run_study(study, tmp_path)
     saved = json.loads((tmp_path / "staleness.json").read_text())
-    assert saved["records"] == payload["records"]
+    assert saved["records"] == [r.to_json() for r in payload.records]
     records = saved["records"]
     # Window 0 once per (optimizer, seed), every other window once per compensation.
     assert len(records) == len(study.seeds) * (1 + len(study.compensations))
@@ -44,7 +55,8 @@ def test_tiny_study_writes_json_table_and_plot_that_agree(tmp_path: Path) -> Non
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == f"{base:.1f} ± {base_std:.1f}"
         assert cells[2] == f"{mean:.1f} ± {std:.1f} ({mean - base:+.1f})"
-    assert summarize(records)[("imu", "momentum", "forecast", 0, 1)]["mean"] == base
+    typed = StudyFile.read(tmp_path / "staleness.json").records
+    assert summarize(typed)[("imu", "momentum", "forecast", 0, 1)]["mean"] == base
     assert saved["default"] == RunConfig().compensation
     # The ablations ran and are in the report.
     kinds = {a["ablation"] for a in saved["ablations"]}

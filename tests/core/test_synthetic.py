@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import ConfigError, TrainingError
-from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import (
     Ack,
     Act,
@@ -23,12 +23,17 @@ from simultrain.shared.protocol import (
     encode_frame,
 )
 from simultrain.shared.tensors import from_wire, state_from_wire
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.driver import run_in_process
-from simultrain.shared.training.factory import build_master, build_synthetic, edge_module
-from simultrain.shared.training.master import OptimizerConfig
-from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, checksum_of
-from simultrain.shared.training.schedule import EdgeRole, Schedule, make_schedule
+from simultrain.shared.training.options import OptimizerConfig
+from simultrain.shared.training.roles.synthetic import (
+    LocalSyntheticEdgeRuntime,
+    SyntheticCloudRuntime,
+    SyntheticEdgeRuntime,
+)
+from simultrain.shared.training.runtime import checksum_of
+from simultrain.shared.training.schedule import EdgeRole, Schedule
 from simultrain.shared.training.synthetic import (
     LocalUpdates,
     SyntheticGradientModel,
@@ -37,7 +42,8 @@ from simultrain.shared.training.synthetic import (
 )
 from simultrain.shared.training.weights import VersionedWeights, freeze
 
-SPEC = get_model_spec("imu-cnn1d")
+DATA = load_dataset("imu")
+SPEC = DATA.model_spec("imu-cnn1d")
 
 
 def wire(frame: Frame) -> Frame:
@@ -46,10 +52,10 @@ def wire(frame: Frame) -> Frame:
 
 
 def test_the_mode_is_a_schedule() -> None:
-    schedule = make_schedule("synthetic", window=4)
+    schedule = RunConfig(mode="synthetic", window=4).schedule()
     assert schedule.edge_role is EdgeRole.SYNTHETIC and schedule.window == 4
     # Its EGRAD precedes its ACT and is answered by an ACK: one batch must fit in flight.
-    assert make_schedule("synthetic", window=0).window == 1
+    assert RunConfig(mode="synthetic", window=0).schedule().window == 1
 
 
 def test_m_starts_silent_and_learns_a_cut_gradient() -> None:
@@ -76,14 +82,13 @@ class Pair:
 
     def __init__(self, **run_config: object) -> None:
         run = RunConfig.from_mapping({"mode": "synthetic", "window": 2, **run_config})
-        schedule = run.schedule()
-        self.master = build_master(run, SPEC, schedule)
-        self.cloud = CloudRuntime(
-            self.master, schedule, run.codecs, synthetic=build_synthetic(run, SPEC, schedule)
-        )
-        self.edge = EdgeRuntime(
-            edge_module(SPEC.build(0), schedule), schedule, run.codecs, optimizer=run.optimizer
-        )
+        cloud = build_cloud(run, SPEC)
+        self.master = cloud.master
+        assert isinstance(cloud.runtime, SyntheticCloudRuntime)
+        self.cloud = cloud.runtime
+        edge = build_edge(run, SPEC, Shard(DATA)).runtime
+        assert isinstance(edge, SyntheticEdgeRuntime)
+        self.edge = edge
         _, snap = self.cloud.open_session("e")
         self.edge.on_snap(wire(snap))  # type: ignore[arg-type]
         rng = np.random.default_rng(0)
@@ -120,6 +125,7 @@ class Pair:
 
     @property
     def local(self) -> LocalUpdates:
+        assert isinstance(self.edge, LocalSyntheticEdgeRuntime)
         assert self.edge.local_updates is not None
         return self.edge.local_updates
 
@@ -132,7 +138,7 @@ def test_a_batch_is_applied_whole_once_and_answered_without_a_grad() -> None:
     assert [type(f) for f in replies] == [Delta, Ack]  # M and the edge stage, no GRAD
     assert not any(isinstance(f, Grad) for f in replies)
     assert pair.master.version == 2 and pair.master.staleness.total == 1
-    assert pair.cloud.synthetic is not None and pair.cloud.synthetic.steps == 1
+    assert pair.cloud.synthetic.steps == 1
     # Re-sent after a reconnect: dropped and counted, nothing applied twice.
     assert pair.cloud.on_egrad("e", egrad) == []
     assert pair.cloud.on_act("e", act) == []
@@ -154,7 +160,7 @@ def test_an_act_whose_egrad_was_lost_is_not_acknowledged_until_it_comes() -> Non
     replies = [frame for _, frame in pair.cloud.on_act("e", act)]  # the edge re-sends both
     assert isinstance(replies[-1], Ack) and replies[-1].seq == act.seq
     assert pair.master.version == 2  # the edge gradient now; the cloud step not again
-    assert pair.cloud.synthetic is not None and pair.cloud.synthetic.steps == 1
+    assert pair.cloud.synthetic.steps == 1
 
 
 def test_a_bad_egrad_changes_nothing() -> None:
@@ -166,7 +172,7 @@ def test_a_bad_egrad_changes_nothing() -> None:
     with pytest.raises(TrainingError):
         pair.cloud.on_act("e", act)
     assert pair.master.version == 0
-    assert pair.cloud.synthetic is not None and pair.cloud.synthetic.steps == 0
+    assert pair.cloud.synthetic.steps == 0
 
 
 def test_the_in_process_driver_trains_the_edge_from_synthetic_gradients(tmp_path: Path) -> None:
@@ -180,8 +186,8 @@ def test_the_in_process_driver_trains_the_edge_from_synthetic_gradients(tmp_path
     edge = result.edges["edge-0"]
     assert result.samples == steps * 32 and result.master_version == 2 * steps
     assert result.staleness["batches"] == steps  # every edge gradient accounted
-    assert edge.losses == [] and not edge.in_flight  # no GRAD ever came, none was awaited
-    assert edge.local_updates is not None and edge.local_updates.steps_taken == steps
+    assert edge.losses == [] and not hasattr(edge, "in_flight")  # no GRAD ever awaited
+    assert isinstance(edge, LocalSyntheticEdgeRuntime) and edge.local_steps == steps
     held = edge.replica.current.tensors  # type: ignore[union-attr]
     assert torch.count_nonzero(held["synthetic.out.weight"]) > 0  # M learned, and shipped
     assert result.bytes_down < result.bytes_up  # no cut gradients come down
@@ -285,16 +291,16 @@ def test_a_reconciliation_keeps_the_pending_steps_and_a_resync_drops_them() -> N
 
 
 def test_the_ablation_moves_the_edge_stage_only_with_the_masters_deltas() -> None:
-    assert make_schedule("synthetic").local_step
-    ablation = make_schedule("synthetic-nolocal", window=4)
+    assert RunConfig(mode="synthetic").schedule().local_step
+    ablation = RunConfig(mode="synthetic-nolocal", window=4).schedule()
     assert ablation.edge_role is EdgeRole.SYNTHETIC and not ablation.local_step
     with pytest.raises(ConfigError, match="only the synthetic mode"):
-        Schedule("simultrain", EdgeRole.SPLIT, 4, local_step=True)
+        Schedule("simultrain", EdgeRole.SPLIT, 4, None, 10, 0.9, 5, "none", local_step=True)
     pair = Pair(mode="synthetic-nolocal", window=4)
     pair.deliver(pair.apply(*pair.upload()))
     pair.upload()
     _, act = pair.upload()
-    assert pair.edge.local_updates is None
+    assert not isinstance(pair.edge, LocalSyntheticEdgeRuntime) and pair.edge.local_steps == 0
     assert torch.equal(from_wire(act.activations), pair.forward())  # the replica, as before
 
 

@@ -76,7 +76,7 @@ HEALTHCHECK_VARIABLES = {
     "SIMULTRAIN_HEALTHCHECK_UPSTREAM_SCHEME",
     "SIMULTRAIN_HEALTHCHECK_MAX_AGE_S",
 }
-HEALTHCHECK_SERVICES = {"coordinator", "cloud", "netem", "edge"}
+HEALTHCHECK_SERVICES = {"coordinator", "cloud", "netem", "edge", "rendezvous"}
 
 
 def settings_class(module: str) -> type[BaseSettings]:
@@ -525,13 +525,10 @@ def dockerfile_problems(path: Path, *, context: Path = REPO_ROOT) -> list[str]:
             problems += env_problems(
                 pairs, module=module, where=f"{where_t} ENV", validate_values=False
             )
-        # Layer cache: third-party dependencies are installed before the code is copied.
+        # Layer cache: third-party dependencies are installed before the code is copied
+        # (itself, or the wheel a stage built from it: COPY --from=that-stage).
         sequence = parsed.commands(target)
-        code_copies = [
-            i
-            for i, c in enumerate(sequence)
-            if c.cmd == "COPY" and {"services", "shared"} & set(c.value[:-1])
-        ]
+        code_copies = [i for i, c in enumerate(sequence) if _copies_code(parsed, c)]
         dep_installs = [
             i
             for i, c in enumerate(sequence)
@@ -542,6 +539,19 @@ def dockerfile_problems(path: Path, *, context: Path = REPO_ROOT) -> list[str]:
         elif not dep_installs or max(dep_installs) > min(code_copies):
             problems.append(f"{where_t}: dependencies are not installed before the code is copied")
     return problems
+
+
+def _copies_code(parsed: Dockerfile, command: Any, seen: frozenset[str] = frozenset()) -> bool:
+    """A COPY of services/ or shared/, or of what a stage that copies them produced."""
+    if command.cmd != "COPY":
+        return False
+    stages = [f.split("=", 1)[1] for f in command.flags if f.startswith("--from=")]
+    if not stages:
+        return bool({"services", "shared"} & set(command.value[:-1]))
+    stage = stages[0]
+    if stage in seen or stage not in parsed.stages:
+        return False
+    return any(_copies_code(parsed, c, seen | {stage}) for c in parsed.commands(stage))
 
 
 def image_requirements(parsed: Dockerfile, target: str, pyproject: Path) -> list[str]:
@@ -567,6 +577,12 @@ def image_requirements(parsed: Dockerfile, target: str, pyproject: Path) -> list
             )
         for extra in re.findall(r"--no-deps\s+((?:\"[^\"]+\"\s*)+)", text):
             requirements += [r.strip('"') for r in extra.split()]
+        # A requirements file the image copied from docker/ (the dataset packages).
+        for listed in re.findall(r"--no-deps\s+-r\s+/tmp/build/(\S+)", text):
+            for line in (REPO_ROOT / "docker" / listed).read_text("utf-8").splitlines():
+                requirement = line.split("#", 1)[0].strip()
+                if requirement:
+                    requirements.append(requirement)
     return requirements
 
 
@@ -599,7 +615,80 @@ def interpolate(text: str, variables: Mapping[str, str]) -> str:
     return _INTERPOLATION.sub(substitute, text)
 
 
+@dataclass(frozen=True)
+class Override:
+    """Compose's ``!override`` tag: the value replaces what earlier files set (no merge)."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Compose's ``!reset`` tag: the key is removed from what earlier files set."""
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML as compose reads it: the safe loader plus compose's merge tags."""
+
+
+def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> Override:
+    if isinstance(node, yaml.SequenceNode):
+        return Override(loader.construct_sequence(node, deep=True))
+    if isinstance(node, yaml.MappingNode):
+        return Override(loader.construct_mapping(node, deep=True))
+    return Override(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+_ComposeLoader.add_constructor("!override", _construct_override)
+_ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+
+def plain_compose(node: Any) -> Any:
+    """The tree one file means on its own: ``!override`` values as given, ``!reset`` keys gone."""
+    if isinstance(node, Override):
+        return plain_compose(node.value)
+    if isinstance(node, dict):
+        return {k: plain_compose(v) for k, v in node.items() if not isinstance(v, Reset)}
+    if isinstance(node, list):
+        return [plain_compose(item) for item in node]
+    return node
+
+
+_GONE = object()
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(over, Reset):
+        return _GONE
+    if isinstance(over, Override):
+        return plain_compose(over.value)
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            result = _merge(base.get(key, _GONE), value)
+            if result is _GONE:
+                merged.pop(key, None)
+            else:
+                merged[key] = result
+        return merged
+    if isinstance(base, list) and isinstance(over, list):
+        return base + [item for item in plain_compose(over) if item not in base]
+    return plain_compose(over)
+
+
+def merge_compose(*files: Mapping[str, Any]) -> dict[str, Any]:
+    """``docker compose -f A -f B``: mappings merged key by key, sequences appended, scalars
+    and ``!override`` values replaced, ``!reset`` keys removed (the Compose Specification's
+    merge rules, as far as our files use them). Each file as :func:`load_compose` returns it."""
+    merged: dict[str, Any] = {}
+    for tree in files:
+        merged = _merge(merged, dict(tree))
+    return merged
+
+
 def _interpolate_tree(node: Any, variables: Mapping[str, str]) -> Any:
+    if isinstance(node, Override):
+        return Override(_interpolate_tree(node.value, variables))
     if isinstance(node, str):
         return interpolate(node, variables)
     if isinstance(node, list):
@@ -612,9 +701,10 @@ def _interpolate_tree(node: Any, variables: Mapping[str, str]) -> Any:
 def load_compose(
     path: Path, variables: Mapping[str, str] | None = None, *, profiles: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """The compose file with YAML anchors merged and ``${…}`` interpolated; services of a
-    profile not in ``profiles`` are left out, as ``docker compose`` leaves them."""
-    data = yaml.safe_load(path.read_text("utf-8"))
+    """The compose file with YAML anchors merged and ``${…}`` interpolated (compose's merge
+    tags stay as :class:`Override` and :class:`Reset`: see :func:`merge_compose`); services
+    of a profile not in ``profiles`` are left out, as ``docker compose`` leaves them."""
+    data = yaml.load(path.read_text("utf-8"), Loader=_ComposeLoader)
     result: dict[str, Any] = _interpolate_tree(data, variables or {})
     active = set(profiles)
     result["services"] = {

@@ -17,11 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from deploy_checks import (
     REPO_ROOT,
     compose_problems,
     env_problems,
     load_compose,
+    merge_compose,
+    plain_compose,
     tool_problems,
 )
 
@@ -29,7 +32,15 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 BuildCopy = Callable[..., Path]
 
 
-def _schema_problems(tool: Callable[[str], str], path: Path) -> list[str]:
+def _schema_problems(
+    tool: Callable[[str], str], path: Path, scratch: Path | None = None
+) -> list[str]:
+    """check-jsonschema reads plain YAML: a file with compose's merge tags (``!override``) is
+    checked as the tree it means on its own, written to ``scratch``."""
+    if scratch is not None:
+        plain = scratch / path.name
+        plain.write_text(yaml.safe_dump(plain_compose(load_compose(path))), "utf-8")
+        path = plain
     command = [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)]
     return tool_problems(command, where=path.name)
 
@@ -166,8 +177,10 @@ def test_secret_examples_are_tracked_and_real_secrets_are_not() -> None:
 REPLICAS_OVERRIDE = REPO_ROOT / "docker-compose.replicas.yml"
 
 
-def test_replicas_override_matches_the_compose_spec(tool: Callable[[str], str]) -> None:
-    assert _schema_problems(tool, REPLICAS_OVERRIDE) == []
+def test_replicas_override_matches_the_compose_spec(
+    tool: Callable[[str], str], tmp_path: Path
+) -> None:
+    assert _schema_problems(tool, REPLICAS_OVERRIDE, tmp_path) == []
 
 
 def test_replicas_override_builds_a_replica_group_of_the_scale() -> None:
@@ -192,7 +205,31 @@ def test_replicas_override_builds_a_replica_group_of_the_scale() -> None:
     assert rendezvous.master_addr in override["services"]
     store = override["services"][rendezvous.master_addr]
     assert store["command"][-2:] == ["simultrain.cloud.replicas", str(rendezvous.master_port)]
-    # Scaled, each replica needs a host port of its own.
-    (ports,) = base["services"]["cloud"]["ports"]
-    first, _, last = ports.split(":")[1].partition("-")
-    assert int(last) - int(first) >= 3
+    assert store["environment"]["MASTER_PORT"] == str(rendezvous.master_port)  # its health check
+
+
+def test_the_cloud_keeps_its_documented_port_and_replicas_get_one_each() -> None:
+    """One cloud is always localhost:8800 (the port the docs curl); a range let Docker hand
+    out 8801, 8802, … on later `up`s. Scaled, each replica gets a port Docker picks."""
+    base = load_compose(COMPOSE)
+    assert base["services"]["cloud"]["ports"] == ["127.0.0.1:8800:8800"]
+    merged = merge_compose(base, load_compose(REPLICAS_OVERRIDE))
+    assert merged["services"]["cloud"]["ports"] == ["127.0.0.1::8800"]
+    guide = (REPO_ROOT / "docs" / "DEPLOY.md").read_text("utf-8")
+    assert "localhost:8800/v1/eval" in guide and "port --index" in guide
+
+
+def test_each_image_is_built_by_one_service() -> None:
+    """Compose builds once per service that has a `build`: two edges with one, twice."""
+    merged = merge_compose(load_compose(COMPOSE), load_compose(REPLICAS_OVERRIDE))
+    builders: dict[str, list[str]] = {}
+    for name, service in merged["services"].items():
+        if "build" in service:
+            builders.setdefault(service["image"], []).append(name)
+        else:
+            # A service without `build` runs an image another service builds (not a pull).
+            assert any(s.get("image") == service["image"] and "build" in s
+                       for s in merged["services"].values()), name  # fmt: skip
+    assert {image: len(names) for image, names in builders.items()} == dict.fromkeys(builders, 1), (
+        builders
+    )

@@ -54,9 +54,12 @@ def processes() -> Iterator[list[ServiceProcess]]:
         service.reap()
 
 
-def _image_environment(service: Mapping[str, Any]) -> dict[str, str]:
-    """The ``SIMULTRAIN_*`` ENV the service's image sets (the compose environment overrides it)."""
-    build = service.get("build") or {}
+def _image_environment(service: Mapping[str, Any], services: Mapping[str, Any]) -> dict[str, str]:
+    """The ``SIMULTRAIN_*`` ENV the service's image sets (the compose environment overrides it).
+    A service without ``build`` runs the image another service builds."""
+    build = service.get("build") or next(
+        s["build"] for s in services.values() if s.get("image") == service["image"] and "build" in s
+    )
     dockerfile = parse_dockerfile(REPO_ROOT / build.get("context", ".") / build["dockerfile"])
     env: dict[str, str] = {}
     for command in dockerfile.commands(build["target"], "ENV"):
@@ -82,7 +85,7 @@ def _local_environment(
     for volume in service.get("volumes") or []:
         source, target = volume.split(":")[:2]
         volumes[target] = root / "volumes" / source
-    env = {**_image_environment(service), **service["environment"]}
+    env = {**_image_environment(service, services), **service["environment"]}
     local: dict[str, str] = {}
     for key, value in env.items():
         if key == listen_var:
@@ -189,6 +192,10 @@ def test_compose_topology_trains_as_local_processes(
     with urllib.request.urlopen(cloud, timeout=10) as response:
         assert json.load(response)["master_version"] >= 2 * STEPS
     assert any((tmp_path / "volumes" / "coordinator-db").iterdir()), "no coordinator database"
+    # Each edge said it finished its steps: the coordinator will not call it down.
+    coordinator = f"http://127.0.0.1:{ports['coordinator']}/v1/edges"
+    with urllib.request.urlopen(coordinator, timeout=10) as response:
+        assert [edge["status"] for edge in json.load(response)] == ["finished", "finished"]
 
     for name in reversed(order):
         if name not in edges:

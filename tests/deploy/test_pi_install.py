@@ -8,9 +8,10 @@ with the install directories pointed into ``tmp_path`` so that nothing could lan
 
 from __future__ import annotations
 
+import os
 import platform
-import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +22,23 @@ SCRIPT = REPO_ROOT / "deploy" / "pi" / "install-edge.sh"
 SECRET = "s3cret-enrollment-value-never-printed"
 
 
-def _install(*args: str) -> subprocess.CompletedProcess[str]:
+def _install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60, check=False
+        ["bash", str(SCRIPT), *args],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+def _on_aarch64(tmp_path: Path) -> dict[str, str]:
+    """The environment of a Raspberry Pi as far as the installer asks: `uname -m` says aarch64."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    uname = bin_dir / "uname"
+    uname.write_text(
+        '#!/bin/sh\n[ "$1" = -m ] && { echo aarch64; exit 0; }\nexec /bin/uname "$@"\n'
     )
+    uname.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
 @pytest.fixture
@@ -84,8 +98,9 @@ def test_dry_run_prints_every_step_and_changes_nothing(dirs: dict[str, Path]) ->
     expected_steps = [
         f"-m venv {venv}",
         "-m pip install",
-        "torch==2.13.0",
-        "[data\\]",  # pip install /path/to/repo[data], as bash's %q prints it
+        "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
+        f"-m pip install {REPO_ROOT}\n",  # the agent with its core dependencies only
+        f"-m pip install --no-deps -r {REPO_ROOT}/docker/dataset-packages.txt",
         f"+ write {dirs['config']}/edge.env (mode 0644)",
         f"+ write {dirs['config']}/enrollment_secret (mode 0600)",
         f"+ write {dirs['units']}/simultrain-edge.service (mode 0644)",
@@ -122,12 +137,50 @@ def test_dry_run_configuration_is_valid_for_the_agent(dirs: dict[str, Path]) -> 
     assert env_problems(env, module="simultrain.edge", where="edge.env") == []
 
 
-def test_torch_comes_from_the_cpu_index_off_a_pi(dirs: dict[str, Path]) -> None:
-    out = _install(*_args(dirs, "--dry-run")).stdout
-    if platform.machine() == "aarch64":
-        assert re.search(r"pip install torch==", out)  # PyPI's aarch64 wheels are CPU builds
-    else:
-        assert "--index-url https://download.pytorch.org/whl/cpu torch==" in out
+def test_a_pi_gets_the_cpu_build_of_torch(dirs: dict[str, Path], tmp_path: Path) -> None:
+    """PyPI's aarch64 torch is a CUDA build (~3 GB of wheels): a Pi asks the CPU index."""
+    result = _install(*_args(dirs, "--dry-run"), env=_on_aarch64(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "arch: aarch64" in result.stdout and "not aarch64" not in result.stderr
+    torch_lines = [line for line in result.stdout.splitlines() if "torch==" in line]
+    assert torch_lines == [
+        f"+ {dirs['prefix']}/venv/bin/python -m pip install "
+        "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0"
+    ]
+
+
+def test_a_mirror_or_a_wheelhouse_serves_an_offline_pi(
+    dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    env = _on_aarch64(tmp_path)
+    mirror = _install(
+        *_args(dirs, "--dry-run", "--torch-index-url", "https://mirror.example/torch-cpu",
+               "--index-url", "https://mirror.example/pypi"), env=env,
+    ).stdout  # fmt: skip
+    assert "--index-url https://mirror.example/torch-cpu torch==2.13.0" in mirror
+    assert f"--index-url https://mirror.example/pypi {REPO_ROOT}\n" in mirror
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    offline = _install(*_args(dirs, "--dry-run", "--wheelhouse", str(wheelhouse)), env=env)
+    pips = [line for line in offline.stdout.splitlines() if " -m pip install" in line]
+    assert len(pips) == 4 and all(f"--no-index --find-links {wheelhouse}" in p for p in pips), pips
+
+
+def test_the_datasets_come_without_scikit_learn_or_scipy() -> None:
+    """The dataset packages are installed --no-deps; the agent's own dependencies hold no
+    scientific stack (seglearn's would bring scikit-learn, scipy and pandas: ~210 MB)."""
+    from deploy_checks import dependency_closure
+
+    sys.path.insert(0, str(REPO_ROOT / "docker"))
+    try:
+        import pyproject_deps
+    finally:
+        sys.path.pop(0)
+    core = pyproject_deps.requirements(REPO_ROOT / "pyproject.toml", [], with_torch=True)
+    closure = dependency_closure(core)
+    assert not {"scikit-learn", "scipy", "pandas"} & closure, closure
+    script = SCRIPT.read_text()
+    assert '--no-deps -r "$datasets"' in script and "[data]" not in script
 
 
 @pytest.mark.parametrize(

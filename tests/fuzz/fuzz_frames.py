@@ -41,6 +41,7 @@ import msgpack
 import numpy as np
 
 from simultrain.shared.protocol import (
+    PROTOCOL_VERSION,
     Ack,
     Act,
     Bye,
@@ -574,7 +575,7 @@ def _mutate_structure(
         return f"oversize at {path!r:.40}"
     # nested frame confusion: a piggyback holding a full frame with envelope, or itself
     key = rng.choice(("egrad", "delta"))
-    root[key] = dict(root) if rng.random() < 0.5 else {"v": 1, "t": key, "seq": 1}
+    root[key] = dict(root) if rng.random() < 0.5 else {"v": PROTOCOL_VERSION, "t": key, "seq": 1}
     return f"piggyback confusion {key}"
 
 
@@ -618,7 +619,7 @@ def _mutate_bytes(rng: random.Random, data: bytearray, other: bytes) -> str:
         data[where:where] = data[at:stop]
         return f"duplicate [{at}:{stop}] @{where}"
     if op == 6:
-        junk = rng.choice((b"\xc0", b"\x00", other[:16], msgpack.packb({"v": 1})))
+        junk = rng.choice((b"\xc0", b"\x00", other[:16], msgpack.packb({"v": PROTOCOL_VERSION})))
         data.extend(junk)
         return "trailing junk"
     if op == 7:
@@ -679,7 +680,8 @@ def _generated(rng: random.Random) -> tuple[bytes | str, str]:
     if choice == 1:
         tree = _random_tree(rng)
         if isinstance(tree, dict) and rng.random() < 0.7:
-            tree = {"v": 1, "t": rng.choice(("act", "egrad", "hello", "grad")), **tree}
+            kind = rng.choice(("act", "egrad", "hello", "grad"))
+            tree = {"v": PROTOCOL_VERSION, "t": kind, **tree}
         return msgpack.packb(tree, use_bin_type=True), "random msgpack tree"
     if choice == 2:
         return "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 64))), "text"

@@ -64,7 +64,8 @@ def test_a_long_edge_step_never_looks_like_a_dead_edge(tmp_path: Path) -> None:
         )
         assert report["longest_compute_s"] > 2.0  # a step really was longer than the timeout
         assert report["heartbeats"] > 0 and report["heartbeat_failures"] == 0
-        assert statuses and set(statuses) == {"up"}
+        # Up throughout, then finished (its two steps done): never down.
+        assert statuses and set(statuses) <= {"up", "finished"} and statuses[0] == "up"
     finally:
         cluster.stop()
 

@@ -17,10 +17,18 @@ import torch
 
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import MalformedFrame
-from simultrain.shared.protocol import Snap, decode_frame, encode_frame, replica_checksum
+from simultrain.shared.protocol import (
+    Delta,
+    Snap,
+    WireTensor,
+    decode_frame,
+    encode_frame,
+    replica_checksum,
+)
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master
-from simultrain.shared.training.runtime import CloudRuntime, Codecs, EdgeRuntime, checksum_of
+from simultrain.shared.training.options import Codecs
+from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, checksum_of
 from simultrain.shared.training.weights import blend
 
 DOC = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
@@ -61,9 +69,8 @@ def _pair(delta_codec: str) -> tuple[CloudRuntime, EdgeRuntime, BatchStream]:
     )
     data = load_dataset("imu", seed=0)
     spec = data.model_spec(None)
-    schedule = run.schedule()
-    cloud = CloudRuntime(build_master(run, spec, schedule), schedule, run.codecs)
-    edge = EdgeRuntime(spec.build(0).edge_stage, schedule, run.codecs)
+    cloud = build_cloud(run, spec).runtime
+    edge = build_edge(run, spec, Shard(data)).runtime
     _, snap = cloud.open_session("e")
     edge.on_snap(snap)
     stream = BatchStream(data.x_train, data.y_train, batch_size=8, seed=1)
@@ -116,3 +123,42 @@ def test_wrong_base_is_caught_and_a_resync_repairs_it(delta_codec: str) -> None:
     assert not edge.replica_corrupt and edge.can_produce()
     _step(cloud, edge, stream)
     assert edge.checksum_failures == 1
+
+
+@pytest.mark.parametrize(
+    ("delta_codec", "kind"),
+    [("raw", "xor"), ("lz4", "xor"), ("fp16", "add"), ("int8", "add"), ("topk", "add")],
+)
+def test_the_delta_kind_follows_the_codec(delta_codec: str, kind: str) -> None:
+    """PROTOCOL.md §3, DELTA: lossless codecs send `xor`, lossy ones `add`."""
+    cloud, edge, stream = _pair(delta_codec)
+    act = edge.produce(*next(stream))
+    [(_, grad)] = cloud.on_act("e", act)  # type: ignore[arg-type]
+    replies = cloud.on_egrad("e", edge.on_grad(grad))  # type: ignore[arg-type]
+    deltas = [frame for _, frame in replies if isinstance(frame, Delta)]
+    assert deltas and {delta.kind for delta in deltas} == {kind}
+
+
+def test_a_float64_delta_is_rounded_to_binary32_before_the_add() -> None:
+    """PROTOCOL.md §3.1: w ⊕ fl32(Δ) — two roundings, not fl32(w + Δ)."""
+    _, edge, _ = _pair("fp16")
+    assert edge.replica is not None
+    weights = {n: t.detach().numpy().copy() for n, t in edge.replica.current.tensors.items()}
+    rng = np.random.default_rng(3)
+    change = {n: rng.normal(0.0, 1e-3, w.shape) for n, w in weights.items()}  # float64
+    documented = {n: w + change[n].astype(np.float32) for n, w in weights.items()}
+    once = {n: (w.astype(np.float64) + change[n]).astype(np.float32) for n, w in weights.items()}
+    assert any(
+        not np.array_equal(documented[n].view(np.int32), once[n].view(np.int32)) for n in weights
+    ), "pick values where the two roundings differ"
+    delta = Delta(
+        from_version=edge.replica.version,
+        to_version=edge.replica.version + 1,
+        tensors={n: WireTensor(c) for n, c in change.items()},
+        kind="add",
+        checksum=replica_checksum(documented),
+    )
+    edge.on_delta(decode_frame(encode_frame(delta)))  # type: ignore[arg-type]
+    assert edge.checksum_failures == 0
+    held = {n: t.detach().numpy() for n, t in edge.replica.current.tensors.items()}
+    assert all(np.array_equal(held[n].view(np.int32), documented[n].view(np.int32)) for n in held)

@@ -84,3 +84,60 @@ def _protocol_errors() -> list[type[errors.ProtocolError]]:
         found.extend(cls.__subclasses__())
         todo.extend(cls.__subclasses__())
     return found
+
+
+README = DOC.parent / "README.md"
+
+
+def _readme_close_codes() -> dict[int, set[str]]:
+    """README's table: close code → the error codes that close with it."""
+    table = between(README.read_text(encoding="utf-8"), "close-codes")
+    rows: dict[int, set[str]] = {}
+    for codes, errors_cell in re.findall(r"^\| ([\d, ]+) \| (.*?) \|", table, re.M):
+        for close in codes.split(","):
+            # "`internal_error` (1011)" in a row of several close codes names the one it is.
+            rows[int(close)] = {
+                name
+                for name, only in re.findall(r"`(\w+)`(?: \((\d+)\))?", errors_cell)
+                if not only or int(only) == int(close)
+            }
+    return rows
+
+
+def test_readme_and_protocol_agree_on_every_close_code(doc: str) -> None:
+    readme = _readme_close_codes()
+    # Every error code of PROTOCOL.md §7 sits in README's row of its close code, and no other.
+    documented = {
+        code: int(close)
+        for code, close in re.findall(r"^\| `(\w+)` \| (\d+) \|", between(doc, "close-codes"), re.M)
+    }
+    assert documented == {c.value: int(errors.CLOSE_CODES[c]) for c in errors.ErrorCode}
+    in_readme = {name: close for close, names in readme.items() for name in names}
+    assert in_readme == documented
+    # The close codes an edge may see are the same in both tables of what the edge does.
+    actions = between(doc, "close-actions")
+    protocol_closes = {
+        int(close)
+        for cell in re.findall(r"^\| ([\d, ]+) \|", actions, re.M)
+        for close in cell.split(",")
+    }
+    assert set(readme) == protocol_closes
+    # And the prose: "`model_mismatch` (close code 4003" and the like, wherever it appears.
+    for text in (README.read_text(encoding="utf-8"), doc):
+        for name, close in re.findall(r"`(\w+)` \(close code (\d+)", text):
+            assert documented[name] == int(close), (name, close)
+
+
+def test_the_capability_table_is_the_registry(doc: str) -> None:
+    from simultrain.shared.protocol import CAPABILITIES
+
+    rows = re.findall(r"^\| `([\w-]+)` \|", between(doc, "capabilities"), re.M)
+    assert sorted(rows) == sorted(CAPABILITIES)
+
+
+def test_the_documented_version_is_the_code_s(doc: str) -> None:
+    from simultrain.shared.protocol import PROTOCOL_VERSION, SUPPORTED_VERSIONS
+
+    assert doc.startswith(f"# SimulTrain wire protocol, version {PROTOCOL_VERSION}\n")
+    assert f"`simultrain.v{PROTOCOL_VERSION}`" in doc and SUPPORTED_VERSIONS == (2,)
+    assert f'{{ "v": {PROTOCOL_VERSION}, "t": "<type>"' in doc

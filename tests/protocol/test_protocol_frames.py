@@ -113,7 +113,7 @@ def test_envelope_is_version_type_then_fields_in_documented_order(build: Builder
     for frame in examples(build):
         wire = msgpack.unpackb(encode_frame(frame), raw=False)
         assert list(wire) == ["v", "t", *frame_fields(type(frame))]
-        assert wire["v"] == PROTOCOL_VERSION == 1
+        assert wire["v"] == PROTOCOL_VERSION == 2
         assert wire["t"] == frame.type
 
 
@@ -235,7 +235,7 @@ def test_encoder_refuses_inconsistent_frames(build: Builders) -> None:
             "xor delta holds int32 or int64 bit patterns, got float32",
         ),
         (dataclasses.replace(build.egrad(1), samples=-1), "egrad.samples: -1 is outside"),
-        (build.act(2, egrad=build.egrad(2)), "egrad.seq 2 must be below act.seq 2"),
+        (build.act(2, egrad=build.egrad(2)), "piggybacked EGRAD 2 must be below the ACT's seq 2"),
         (Error(code="x", reason="é" * 62), "reason: 124 bytes exceed 123"),
         (Error(code="", reason=""), "error.code: must not be empty"),
         (build.hello(cut_shape=()), "1 to 63 dimensions"),

@@ -214,7 +214,7 @@ CASES: list[tuple[str, Callable[[Builders], Any], Limits, type[ProtocolError], s
     ),
     (
         "version mismatch",
-        _mutated_act(_set("v", 2)),
+        _mutated_act(_set("v", 1)),
         LIMITS,
         ProtocolVersionMismatch,
         "protocol_version_mismatch",

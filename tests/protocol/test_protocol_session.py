@@ -296,6 +296,20 @@ def test_egrad_rules(build: Builders) -> None:
     assert_send_refused(edge, build.egrad(0), UnexpectedSequence)  # at most once
 
 
+def test_still_waiting_for_its_grad_binds_the_edge_and_a_cloud_that_reads_ahead(
+    build: Builders,
+) -> None:
+    """PROTOCOL.md §6.3: EGRAD k before GRAD k. The edge may not send it (above); a cloud
+    that reads the EGRAD before it has sent GRAD k refuses it, and nothing changes."""
+    edge, cloud = build.open_pair()
+    cloud.receive_data(edge.send(build.act(0)))
+    ledger = cloud.ledger
+    # The bytes an edge blind to the rule would send (its own session refuses to).
+    with pytest.raises(UnexpectedSequence, match="no GRAD yet"):
+        cloud.receive_data(encode_frame(build.egrad(0)))
+    assert cloud.close_code == 1002 and cloud.ledger == ledger
+
+
 def test_ack_rules(build: Builders) -> None:
     edge, cloud = build.open_pair()
     assert_send_refused(cloud, Ack(seq=0, master_version=0), UnexpectedSequence)  # nothing sent

@@ -22,6 +22,7 @@ from simultrain.cloud.checkpoint import latest_checkpoint, restore, save_checkpo
 from simultrain.cloud.service import TokenBucket
 from simultrain.cloud.settings import CloudSettings
 from simultrain.shared import auth
+from simultrain.shared.contracts import CloudStatus, Evaluation
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.errors import RateLimited
 from simultrain.shared.models import get_model_spec
@@ -40,9 +41,11 @@ from simultrain.shared.protocol import (
     encode_frame,
 )
 from simultrain.shared.protocol.tensorcodec import Codec
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master
-from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, EdgeRuntime
+from simultrain.shared.training.dana import DanaEdgeStep
+from simultrain.shared.training.roles.synthetic import SyntheticCloudRuntime
+from simultrain.shared.training.runtime import CloudSessionState
 
 RUN = RunConfig(mode="simultrain", dataset="imu", window=2)
 SPEC = get_model_spec("imu-cnn1d")
@@ -63,9 +66,8 @@ class FakeEdge:
         self.ws = ws
         self.edge_id = edge_id
         self.session = EdgeSession(limits=Limits(window=RUN.window))
-        structure = SPEC.build(0)
-        self.runtime = EdgeRuntime(structure.edge_stage, RUN.schedule(), RUN.codecs)
         data = load_dataset("imu")
+        self.runtime = build_edge(RUN, SPEC, Shard(data)).runtime
         self.stream = BatchStream(data.x_train, data.y_train, batch_size=32, seed=1)
         self.token = token
 
@@ -130,11 +132,11 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def test_health_ready_status_eval_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
-    status = client.get("/v1/status").json()
-    assert status["master_version"] == 0 and status["edges"] == {}
-    assert status["model_id"] == "imu-cnn1d" and status["mode"] == "simultrain"
-    evaluation = client.get("/v1/eval").json()
-    assert 0.0 <= evaluation["accuracy"] <= 1.0 and evaluation["samples"] == 773
+    status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+    assert status.master_version == 0 and status.edges == {}
+    assert status.model_id == "imu-cnn1d" and status.mode == "simultrain"
+    evaluation = Evaluation.model_validate_json(client.get("/v1/eval").content)
+    assert 0.0 <= evaluation.accuracy <= 1.0 and evaluation.samples == 773
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and "simultrain_cloud_master_version" in metrics.text
 
@@ -177,12 +179,12 @@ def test_a_session_trains_and_status_counts_what_the_edge_sent(client: TestClien
         assert replica is not None and replica.version == master.version
         for name, t in master.edge_weights().items():
             assert torch.equal(replica.current.tensors[name].detach(), t)
-    status = client.get("/v1/status").json()
-    session = status["edges"]["edge-a"]
-    assert session["samples_received"] == session["samples_applied"] == 5 * 32
-    assert session["highest_applied_seq"] == 4 and session["duplicates_dropped"] == 0
-    assert status["master_version"] == 10  # a cloud-stage and an edge-stage update per batch
-    assert session["bytes_in"] > 0 and session["bytes_out"] > 0
+    status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+    session = status.edges["edge-a"]
+    assert session.samples_received == session.samples_applied == 5 * 32
+    assert session.highest_applied_seq == 4 and session.duplicates_dropped == 0
+    assert status.master_version == 10  # a cloud-stage and an edge-stage update per batch
+    assert session.bytes_up > 0 and session.bytes_down > 0
 
 
 def test_a_resumed_session_learns_what_is_applied(client: TestClient) -> None:
@@ -424,9 +426,8 @@ def test_oversized_frame_is_refused_with_1009() -> None:
 
 def test_checkpoint_round_trip_restores_master_optimizer_and_sessions(tmp_path: Path) -> None:
     run = RunConfig(window=2, optimizer=RUN.optimizer.__class__(lr=0.01, momentum=0.9))
-    schedule = run.schedule()
-    master = build_master(run, SPEC, schedule)
-    runtime = CloudRuntime(master, schedule, run.codecs)
+    cloud = build_cloud(run, SPEC)
+    master, runtime = cloud.master, cloud.runtime
     state, _ = runtime.open_session("edge-a")
     x = torch.randn(8, *SPEC.cut_shape)
     y = torch.randint(0, 7, (8,))
@@ -436,8 +437,8 @@ def test_checkpoint_round_trip_restores_master_optimizer_and_sessions(tmp_path: 
     save_checkpoint(tmp_path, master, runtime)
     assert state.durable_seq == 41
 
-    fresh = build_master(run, SPEC, schedule)
-    fresh_runtime = CloudRuntime(fresh, schedule, run.codecs)
+    rebuilt = build_cloud(run, SPEC)
+    fresh, fresh_runtime = rebuilt.master, rebuilt.runtime
     found = latest_checkpoint(tmp_path)
     assert found is not None
     restore(found, fresh, fresh_runtime)
@@ -454,29 +455,34 @@ def test_a_checkpoint_holds_a_partly_gathered_fleet_batch(tmp_path: Path) -> Non
     """``fleet-batch``: acknowledged gradients waiting for the rest of the fleet are in the
     checkpoint, so the resumed cloud takes the same step a cloud without the restart takes."""
     run = RunConfig(window=2, compensation="fleet-batch")
-    schedule = run.schedule()
-    master = build_master(run, SPEC, schedule)
-    runtime = CloudRuntime(master, schedule, run.codecs)
+    cloud = build_cloud(run, SPEC)
+    master, runtime = cloud.master, cloud.runtime
     for edge_id in ("edge-a", "edge-b", "edge-c"):
         runtime.open_session(edge_id)
     grads = {n: torch.randn_like(p) for n, p in master.edge_stage.named_parameters()}
     master.apply_edge_gradient(grads, edge_version=0)
     master.apply_edge_gradient({n: 2 * g for n, g in grads.items()}, edge_version=0)
-    assert master.edge_accumulated == 2 and master.edge_updates == 0
+    assert master.edge_step.gathered == 2 and master.edge_updates == 0
     save_checkpoint(tmp_path, master, runtime)
 
-    fresh = build_master(run, SPEC, schedule)
-    fresh_runtime = CloudRuntime(fresh, schedule, run.codecs)
+    rebuilt = build_cloud(run, SPEC)
+    fresh, fresh_runtime = rebuilt.master, rebuilt.runtime
     found = latest_checkpoint(tmp_path)
     assert found is not None
     restore(found, fresh, fresh_runtime)
     for edge_id in ("edge-a", "edge-b", "edge-c"):  # the fleet reconnects
         fresh_runtime.open_session(edge_id)
-    assert fresh.edge_accumulated == 2
+    assert fresh.edge_step.gathered == 2
     for m in (master, fresh):
         m.apply_edge_gradient(grads, edge_version=m.version)  # the third: one step
     assert fresh.edge_updates == master.edge_updates == 1
     assert_same(dict(fresh.full_state()), dict(master.full_state()))
+    # A run whose compensation gathers nothing could not apply them: the file is refused.
+    from simultrain.cloud.checkpoint import CheckpointError
+
+    plain = build_cloud(RunConfig(window=2), SPEC)
+    with pytest.raises(CheckpointError, match="partly gathered fleet batch"):
+        restore(found, plain.master, plain.runtime)
 
 
 def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
@@ -489,9 +495,8 @@ def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
     from simultrain.cloud.checkpoint import CheckpointError
 
     run = RunConfig(window=2, compensation="delay-beta1+dana")
-    schedule = run.schedule()
-    master = build_master(run, SPEC, schedule)
-    runtime = CloudRuntime(master, schedule, run.codecs)
+    cloud = build_cloud(run, SPEC)
+    master, runtime = cloud.master, cloud.runtime
     torch.manual_seed(0)
     grads = [
         {n: torch.randn_like(p) for n, p in master.edge_stage.named_parameters()} for _ in "abc"
@@ -500,12 +505,15 @@ def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
         master.apply_edge_gradient(g, edge_version=0, edge_id=edge_id)
     save_checkpoint(tmp_path, master, runtime)
 
-    fresh = build_master(run, SPEC, schedule)
+    rebuilt = build_cloud(run, SPEC)
+    fresh = rebuilt.master
     found = latest_checkpoint(tmp_path)
     assert found is not None
-    restore(found, fresh, CloudRuntime(fresh, schedule, run.codecs))
-    assert fresh.edge_momenta is not None and master.edge_momenta is not None
-    assert fresh.edge_momenta.counts == master.edge_momenta.counts == {"edge-b": 1, "edge-a": 2}
+    restore(found, fresh, rebuilt.runtime)
+    assert isinstance(fresh.edge_step, DanaEdgeStep)
+    assert isinstance(master.edge_step, DanaEdgeStep)
+    held = fresh.edge_step.momenta.counts
+    assert held == master.edge_step.momenta.counts == {"edge-b": 1, "edge-a": 2}
     for m in (master, fresh):  # the same gradients from the same edges, the second late
         v = m.version  # (a resumed cloud knows no version before its own: history anew)
         m.apply_edge_gradient(grads[2], edge_version=v, edge_id="edge-b")
@@ -513,10 +521,9 @@ def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
     assert_same(dict(fresh.full_state()), dict(master.full_state()))
     assert_same(dict(fresh.edge_weights_for_replica()), dict(master.edge_weights_for_replica()))
 
-    plain_run = RunConfig(window=2)
-    plain = build_master(plain_run, SPEC, plain_run.schedule())
+    plain = build_cloud(RunConfig(window=2), SPEC)
     with pytest.raises(CheckpointError, match="per-edge momenta"):
-        restore(found, plain, CloudRuntime(plain, plain_run.schedule(), plain_run.codecs))
+        restore(found, plain.master, plain.runtime)
     name = next(k for k in found.tensors if k.startswith("edge_momentum/"))
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -528,15 +535,14 @@ def test_a_checkpoint_holds_each_edges_momentum(tmp_path: Path) -> None:
     )
     corrupt = latest_checkpoint(bad)
     assert corrupt is not None
-    other = build_master(run, SPEC, schedule)
+    other = build_cloud(run, SPEC)
     with pytest.raises(CheckpointError, match="not finite"):
-        restore(corrupt, other, CloudRuntime(other, schedule, run.codecs))
+        restore(corrupt, other.master, other.runtime)
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
-    schedule = RUN.schedule()
-    master = build_master(RUN, SPEC, schedule)
-    runtime = CloudRuntime(master, schedule, RUN.codecs)
+    cloud = build_cloud(RUN, SPEC)
+    master, runtime = cloud.master, cloud.runtime
     save_checkpoint(tmp_path, master, runtime)
     master.cloud_step(torch.randn(4, *SPEC.cut_shape), torch.randint(0, 7, (4,)))
     newest = save_checkpoint(tmp_path, master, runtime)
@@ -550,15 +556,10 @@ def test_a_checkpoint_keeps_the_synthetic_gradient_model_and_each_edges_stalenes
     tmp_path: Path,
 ) -> None:
     """Seed 003's M is trained state of the cloud: a restart must not reset it to zero."""
-    from simultrain.shared.training.factory import build_synthetic
-
     run = RunConfig(mode="synthetic", dataset="imu", seed=0)
-    schedule = run.schedule()
-    master = build_master(run, SPEC, schedule)
-    runtime = CloudRuntime(
-        master, schedule, run.codecs, synthetic=build_synthetic(run, SPEC, schedule)
-    )
-    assert runtime.synthetic is not None
+    cloud = build_cloud(run, SPEC)
+    master, runtime = cloud.master, cloud.runtime
+    assert isinstance(runtime, SyntheticCloudRuntime)
     acts, labels = torch.randn(8, *SPEC.cut_shape), torch.randint(0, 7, (8,))
     for _ in range(3):
         runtime.synthetic.train(acts, labels, torch.randn(8, *SPEC.cut_shape))
@@ -566,16 +567,12 @@ def test_a_checkpoint_keeps_the_synthetic_gradient_model_and_each_edges_stalenes
     state.staleness.record(2)
     save_checkpoint(tmp_path, master, runtime)
 
-    fresh_run = CloudRuntime(
-        build_master(run, SPEC, schedule),
-        schedule,
-        run.codecs,
-        synthetic=build_synthetic(run, SPEC, schedule),
-    )
+    fresh_run = build_cloud(run, SPEC).runtime
+    assert isinstance(fresh_run, SyntheticCloudRuntime)
     found = latest_checkpoint(tmp_path)
     assert found is not None
     restore(found, fresh_run.master, fresh_run)
-    assert fresh_run.synthetic is not None and fresh_run.synthetic.steps == 3
+    assert fresh_run.synthetic.steps == 3
     assert_same(fresh_run.synthetic.model.state_dict(), runtime.synthetic.model.state_dict())
     assert fresh_run.sessions["edge-a"].staleness.counts == {2: 1}
     # and the optimizer of M came back: one more identical step, identical M

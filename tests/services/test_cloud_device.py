@@ -19,8 +19,8 @@ from simultrain.cloud.app import create_app
 from simultrain.cloud.settings import CloudSettings
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.models import get_model_spec
+from simultrain.shared.training.assembly import build_master, resolve_device
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master, resolve_device
 
 NO_CUDA = not torch.cuda.is_available()
 

@@ -60,10 +60,10 @@ def test_a_fleet_batch_steps_the_edge_stage_once_per_edge_in_session() -> None:
             assert master.edges_in_session == 2
             before = {n: t.clone() for n, t in master.edge_weights().items()}
             edge_a.step()  # acknowledged, gathered: the edge stage has not moved
-            assert (master.edge_updates, master.edge_accumulated, master.version) == (0, 1, 2)
+            assert (master.edge_updates, master.edge_step.gathered, master.version) == (0, 1, 2)
             assert all(torch.equal(master.edge_weights()[n], t) for n, t in before.items())
             edge_b.step()  # the second edge's gradient completes the batch: one step
-            assert (master.edge_updates, master.edge_accumulated, master.version) == (1, 0, 4)
+            assert (master.edge_updates, master.edge_step.gathered, master.version) == (1, 0, 4)
             assert not all(torch.equal(master.edge_weights()[n], t) for n, t in before.items())
             edge_a.step()
             edge_b.step()
@@ -80,7 +80,7 @@ def test_a_fleet_batch_steps_the_edge_stage_once_per_edge_in_session() -> None:
         # Both left: what was gathered stepped (no acknowledged gradient left out). The
         # server handles a closed socket on its own loop, after the client's side returned.
         wait_until(
-            lambda: (master.edge_accumulated, master.edge_updates) == (0, 3),
+            lambda: (master.edge_step.gathered, master.edge_updates) == (0, 3),
             timeout_s=60,
             what="the gathered gradient to step once both sessions closed",
         )

@@ -14,13 +14,15 @@ from starlette.websockets import WebSocketDisconnect
 
 from simultrain.cloud.app import create_app
 from simultrain.cloud.settings import CloudSettings
+from simultrain.shared.contracts import CloudStatus
 from simultrain.shared.data import BatchStream, load_dataset
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import Ack, Delta, EdgeSession, Error, Hello, Limits, Snap, Welcome
+from simultrain.shared.training.assembly import Shard, build_edge, gradient_code
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import edge_module
-from simultrain.shared.training.master import OptimizerConfig
-from simultrain.shared.training.runtime import EdgeRuntime, WholeModel
+from simultrain.shared.training.options import OptimizerConfig
+from simultrain.shared.training.roles.coded import CodedEdgeRuntime
+from simultrain.shared.training.roles.lockstep import WholeModel
 
 SPEC = get_model_spec("imu-cnn1d")
 SGD = OptimizerConfig("sgd", lr=0.05)
@@ -40,19 +42,15 @@ class CodedEdge:
         self.session = EdgeSession(
             limits=Limits(window=0), egrad_needs_grad=RUN.schedule().egrad_needs_grad
         )
-        self.runtime = EdgeRuntime(
-            edge_module(SPEC.build(0), RUN.schedule()),
-            RUN.schedule(),
-            RUN.codecs,
-            code=RUN.gradient_code(),
-            code_row=row,
-        )
+        runtime = build_edge(RUN, SPEC, Shard(load_dataset("imu"), row, RUN.edges)).runtime
+        assert isinstance(runtime, CodedEdgeRuntime)
+        self.runtime = runtime
 
     def receive(self) -> list[Any]:
         return self.session.receive_data(self.ws.receive_bytes())
 
     def hello(self, **config: Any) -> None:
-        code = RUN.gradient_code()
+        code = gradient_code(RUN)
         assert code is not None
         wanted = {"mode": "syncsgd", "code_row": self.row, "gradient_code": code.identity}
         hello = Hello(
@@ -129,12 +127,12 @@ def test_a_coded_round_completes_without_its_straggler_and_takes_the_full_step()
             frames = edge.until_ack()
             assert any(isinstance(f, Delta) and f.to_version == 1 for f in frames)
             assert edge.runtime.version == 1  # ready for the next round
-        status = client.get("/v1/status").json()
-        assert status["coded_rounds"] == 1 and status["master_version"] == 1
+        status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+        assert status.coded_rounds == 1 and status.master_version == 1
         # n = 3 partition batches applied once each, whoever answered.
-        assert status["samples_applied"] == RUN.edges * BATCH
-        assert status["edges"]["edge-0"]["samples_applied"] == 2 * BATCH
-        assert status["edges"]["edge-2"]["samples_applied"] == 0
+        assert status.samples_applied == RUN.edges * BATCH
+        assert status.edges["edge-0"].samples_applied == 2 * BATCH
+        assert status.edges["edge-2"].samples_applied == 0
         expected = _uncoded_step(start, batches)
         state = service.master.full_state()
         for name, tensor in expected.items():
@@ -143,9 +141,9 @@ def test_a_coded_round_completes_without_its_straggler_and_takes_the_full_step()
         edges[2].send_round(batches)
         frames = edges[2].until_ack()
         assert edges[2].runtime.version == 1
-        status = client.get("/v1/status").json()
-        assert status["late_uploads_dropped"] == 1 and status["master_version"] == 1
-        assert status["edges"]["edge-2"]["late_uploads_dropped"] == 1
+        status = CloudStatus.model_validate_json(client.get("/v1/status").content)
+        assert status.late_uploads_dropped == 1 and status.master_version == 1
+        assert status.edges["edge-2"].late_uploads_dropped == 1
 
 
 @pytest.mark.parametrize(
@@ -173,16 +171,17 @@ def test_a_coded_edge_that_does_not_fit_the_cloud_is_refused(config: dict[str, A
 
 
 def test_every_holder_of_a_partition_draws_the_same_round_batches() -> None:
-    """The edge agent's data for coding: row i holds shards i … i + s (mod n), and the round
-    at master version v takes batch v of each — the same batch at every holder, or the
-    cloud's decode would not be the gradient of one set of n batches."""
-    from simultrain.edge.agent import _partition_streams
-
+    """An edge's data for coding, as every edge of the run is assembled: row i holds shards
+    i … i + s (mod n), and the round at master version v takes batch v of each — the same
+    batch at every holder, or the cloud's decode would not be the gradient of one set of n
+    batches."""
     run = RunConfig(mode="syncsgd", dataset="imu", edges=4, gradient_coding_s=2)
-    code = run.gradient_code()
-    assert code is not None
     data = load_dataset("imu")
-    streams = {row: _partition_streams(data, run, code, row) for row in range(4)}
+    streams = {}
+    for row in range(4):
+        edge = build_edge(run, SPEC, Shard(data, row, 4)).runtime
+        assert isinstance(edge, CodedEdgeRuntime) and edge.code_row == row
+        streams[row] = edge.partitions
     assert {row: sorted(s) for row, s in streams.items()} == {
         0: [0, 1, 2],
         1: [1, 2, 3],

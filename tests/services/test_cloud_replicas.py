@@ -16,7 +16,8 @@ from torch import nn
 
 from simultrain.cloud.replicas import Rendezvous, ReplicaGroup
 from simultrain.shared.errors import ConfigError
-from simultrain.shared.training.master import CloudMaster, OptimizerConfig
+from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.options import OptimizerConfig
 from simultrain.shared.training.runtime import CloudSessionState
 
 T = TypeVar("T")
@@ -114,7 +115,7 @@ def test_two_replicas_sync_through_gloo_and_share_watermarks() -> None:
     try:
         for replica in replicas:
             replica.group.start()
-        wait_for(lambda: all(r.group.status()["size"] == 2 for r in replicas), "the group")
+        wait_for(lambda: all(r.group.status().size == 2 for r in replicas), "the group")
         for seq in range(3):
             replicas[0].train("e0", seq)
         replicas[1].train("e1", 0)

@@ -32,8 +32,8 @@ from simultrain.shared.protocol import (
     Snap,
     Welcome,
 )
+from simultrain.shared.training.assembly import Shard, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.runtime import EdgeRuntime
 
 RUN = RunConfig(mode="simultrain", dataset="imu", window=2)
 SPEC = get_model_spec("imu-cnn1d")
@@ -87,8 +87,8 @@ def hello() -> Hello:
 async def test_a_queued_frame_of_a_superseded_session_is_not_applied_behind_welcome() -> None:
     service = await asyncio.to_thread(CloudService, CloudSettings(), RUN)
     try:
-        runtime = EdgeRuntime(SPEC.build(0).edge_stage, RUN.schedule(), RUN.codecs)
         data = load_dataset("imu")
+        runtime = build_edge(RUN, SPEC, Shard(data)).runtime
         x, y = next(BatchStream(data.x_train, data.y_train, batch_size=32, seed=1))
 
         old = Link(service)

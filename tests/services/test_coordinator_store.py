@@ -416,7 +416,7 @@ def test_sqlite_migrates_a_version_1_database_and_keeps_its_edges(tmp_path: Path
     conn.commit()
     conn.close()
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         assert [e.edge_id for e in store.list_edges()] == ["edge-1", "edge-2", "e3"]
         assert loads(store) == {"cloud-1": 2}
         assert store.read(lambda tx: (tx.enrolled(), tx.free_ordinal())) == (3, 1)

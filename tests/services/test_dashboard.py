@@ -30,6 +30,13 @@ from simultrain.cloud.metrics import CloudMetrics, TrainingHistory
 from simultrain.cloud.settings import CloudSettings
 from simultrain.coordinator import CoordinatorSettings, create_app
 from simultrain.coordinator.dashboard import DashboardFeed, cloud_http_url
+from simultrain.shared.contracts import (
+    CloudHistory,
+    CloudStatus,
+    EdgeSessionStatus,
+    HistoryPoint,
+    StalenessSummary,
+)
 from simultrain.shared.protocol import Ack, Snap, WireTensor
 from simultrain.shared.training.config import RunConfig
 
@@ -47,41 +54,55 @@ class Clock:
 
 
 class FakeCloud:
-    """What a cloud's ``/v1/status`` and ``/v1/history`` answer, changed by the test."""
+    """What a cloud's ``/v1/status`` and ``/v1/history`` answer, changed by the test: the
+    bodies are the shared contracts', as a real cloud writes them."""
 
     def __init__(self) -> None:
-        self.sessions: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, EdgeSessionStatus] = {}
         self.master_version = 0
         self.requests: list[str] = []
         self.failure: Callable[[httpx.Request], httpx.Response] | None = None
+
+    def status(self) -> CloudStatus:
+        return CloudStatus(
+            cloud_id="c-1",
+            mode="simultrain",
+            model_id="imu-cnn1d",
+            device="cpu",
+            master_version=self.master_version,
+            edge_updates=self.master_version // 2,
+            samples_applied=sum(s.samples_applied for s in self.sessions.values()),
+            loss=0.7,
+            busy_seconds=5.0,
+            compute_cpu_seconds=4.0,
+            partial_rounds=0,
+            coded_rounds=0,
+            late_uploads_dropped=0,
+            uptime_seconds=20.0,
+            staleness=StalenessSummary(batches=3, max=2, mean=1.0, dropped=0, histogram={"1": 3}),
+            replica=None,
+            edges=self.sessions,
+        )
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(str(request.url))
         if self.failure is not None:
             return self.failure(request)
         if request.url.path == "/v1/status":
-            return httpx.Response(
-                200,
-                json={
-                    "mode": "simultrain",
-                    "master_version": self.master_version,
-                    "busy_seconds": 5.0,
-                    "uptime_seconds": 20.0,
-                    "loss": 0.7,
-                    "staleness": {"batches": 3, "max": 2, "mean": 1.0, "histogram": {"1": 3}},
-                    "edges": self.sessions,
-                },
-            )
+            return httpx.Response(200, json=self.status().model_dump(mode="json"))
         if request.url.path == "/v1/history":
-            return httpx.Response(
-                200,
-                json={
-                    "eval_interval_s": 5.0,
-                    "points": [{"time": 1.0, "master_version": 4, "accuracy": 0.5}],
-                    "reconciliations": {edge: 2 for edge in self.sessions},
-                },
+            history = CloudHistory(
+                eval_interval_s=5.0,
+                points=[POINT],
+                reconciliations={edge: 2 for edge in self.sessions},
             )
+            return httpx.Response(200, json=history.model_dump(mode="json"))
         return httpx.Response(404)
+
+
+POINT = HistoryPoint(
+    time=1.0, master_version=4, samples_applied=64, train_loss=0.9, accuracy=0.5, eval_loss=1.1
+)
 
 
 @pytest.fixture
@@ -108,23 +129,28 @@ def register(client: TestClient, name: str = "pi-kitchen") -> tuple[str, str]:
     return cloud, edge
 
 
-def session(steps: int) -> dict[str, Any]:
-    return {
-        "steps_applied": steps,
-        "samples_applied": 32 * steps,
-        "replica_version": 2 * steps - 1,
-        "bytes_in": 1000 * steps,
-        "bytes_out": 3000 * steps,
-        "duplicates_dropped": 0,
-        "connected": True,
-        "staleness": {
-            "batches": steps,
-            "max": 3,
-            "mean": 2.5,
-            "dropped": 0,
-            "histogram": {"2": steps // 2, "3": steps - steps // 2},
-        },
-    }
+def session(steps: int) -> EdgeSessionStatus:
+    return EdgeSessionStatus(
+        samples_received=32 * steps,
+        samples_applied=32 * steps,
+        steps_applied=steps,
+        highest_applied_seq=steps - 1,
+        duplicates_dropped=0,
+        last_edge_version=2 * steps - 2,
+        replica_version=2 * steps - 1,
+        bytes_up=1000 * steps,
+        bytes_down=3000 * steps,
+        staleness=StalenessSummary(
+            batches=steps,
+            max=3,
+            mean=2.5,
+            dropped=0,
+            histogram={"2": steps // 2, "3": steps - steps // 2},
+        ),
+        code_row=None,
+        late_uploads_dropped=0,
+        connected=True,
+    )
 
 
 # --- the coordinator's feed ----------------------------------------------------------------
@@ -153,8 +179,10 @@ def test_the_feed_joins_the_registry_with_each_clouds_figures(
     [cloud] = data["clouds"]
     assert cloud["cloud_id"] == cloud_id and cloud["reachable"] and cloud["error"] is None
     assert cloud["master_version"] == 21
-    assert cloud["detail"]["busy_share"] == 0.25
-    assert cloud["history"] == [{"time": 1.0, "master_version": 4, "accuracy": 0.5}]
+    assert cloud["busy_share"] == 0.25
+    assert cloud["history"] == [POINT.model_dump()]
+    # The cloud's status passes through whole, the earlier byte names included.
+    assert cloud["detail"]["edges"][edge_id]["bytes_in"] == 10_000
     [edge] = data["edges"]
     assert edge == {
         **edge,
@@ -307,15 +335,15 @@ def test_history_is_bounded_and_never_carries_nan() -> None:
             accuracy=0.25,
             eval_loss=math.inf,
         )
-    assert [p["master_version"] for p in history.points] == [2, 3, 4]
-    assert history.points[-1] == {
-        "time": 12.0,
-        "master_version": 4,
-        "samples_applied": 128,
-        "train_loss": None,
-        "accuracy": 0.25,
-        "eval_loss": None,
-    }
+    assert [p.master_version for p in history.points] == [2, 3, 4]
+    assert history.points[-1] == HistoryPoint(
+        time=12.0,
+        master_version=4,
+        samples_applied=128,
+        train_loss=None,
+        accuracy=0.25,
+        eval_loss=None,
+    )
 
 
 def test_the_cloud_evaluates_the_master_periodically() -> None:
@@ -391,4 +419,4 @@ def test_periodic_evaluation_runs_off_the_compute_thread_on_an_exact_copy() -> N
 
         client.portal.call(scenario)  # type: ignore[union-attr]
         [point] = service.metrics.history.points
-        assert point["accuracy"] == pytest.approx(expected[0], abs=1e-6)
+        assert point.accuracy == pytest.approx(expected[0], abs=1e-6)

@@ -189,6 +189,7 @@ def test_the_dashboard_shows_the_edges_of_a_real_run_and_updates(run: tuple[str,
     assert first.rows[hostile][1] == HOSTILE_NAME and first.title == "SimulTrain dashboard"
     assert first.figures["mode"] == "simultrain" and first.figures["heartbeat"] == "up"
     assert first.figures["held-out accuracy"].endswith("%"), first.figures
+    assert first.figures["compute busy"].endswith("%"), first.figures
     assert first.bars >= 1 and first.chart_points >= 2
     version = int(first.figures["master version"])
 

@@ -10,9 +10,10 @@ import numpy as np
 
 from simultrain.edge.agent import ENDED_REASONS_KEPT, EdgeAgent, EdgeObserver, EdgeReport
 from simultrain.edge.settings import EdgeSettings
+from simultrain.shared.data import load_dataset
 from simultrain.shared.models import get_model_spec
+from simultrain.shared.training.assembly import Shard, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.runtime import EdgeRuntime
 
 
 def _closed_port() -> int:
@@ -66,9 +67,7 @@ async def test_a_drain_that_times_out_counts_the_batches_not_applied() -> None:
     only wait to become durable."""
     agent = EdgeAgent(EdgeSettings(cloud_url="http://127.0.0.1:9", drain_timeout_s=0.0))
     run = RunConfig(mode="simultrain", dataset="imu")
-    runtime = EdgeRuntime(
-        get_model_spec("imu-cnn1d").build(0).edge_stage, run.schedule(), run.codecs
-    )
+    runtime = build_edge(run, get_model_spec("imu-cnn1d"), Shard(load_dataset("imu"))).runtime
     runtime.unacked = {s: (np.zeros(1, np.float32), np.zeros(1, np.int64)) for s in range(2, 7)}
     runtime.highest_acked = 3
     runtime.next_seq = 7

@@ -41,10 +41,11 @@ from simultrain.edge.state import (
     MemoryEdgeState,
     SqliteEdgeState,
 )
+from simultrain.shared.data import load_dataset
 from simultrain.shared.models import get_model_spec
 from simultrain.shared.protocol import Ack
+from simultrain.shared.training.assembly import Shard, build_edge
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.runtime import EdgeRuntime
 
 BINDING = {"coordinator_url": "http://127.0.0.1:1", "shard_index": 0, "shard_count": 3}
 
@@ -394,9 +395,7 @@ def test_a_reconnect_keeps_what_the_cloud_applied_but_has_not_made_durable() -> 
     """WELCOME's ``acked_seq`` says applied, not durable: a cloud that crashes right after it
     resumes from an older checkpoint and needs those batches again (PROTOCOL.md, ``ack``)."""
     run = RunConfig(mode="simultrain", dataset="imu")
-    runtime = EdgeRuntime(
-        get_model_spec("imu-cnn1d").build(0).edge_stage, run.schedule(), run.codecs
-    )
+    runtime = build_edge(run, get_model_spec("imu-cnn1d"), Shard(load_dataset("imu"))).runtime
     runtime.unacked = {s: (np.zeros(1, np.float32), np.zeros(1, np.int64)) for s in range(6)}
     runtime.next_seq = 6
     assert [s for s, _ in runtime.resume(3)] == [4, 5]  # re-sent: the cloud lacks them
@@ -408,7 +407,6 @@ def test_a_reconnect_keeps_what_the_cloud_applied_but_has_not_made_durable() -> 
 def test_an_edge_behind_the_clouds_acked_seq_continues_above_it() -> None:
     """FedAvg keeps its identity but not its uploads: its new numbers must not be refused."""
     run = RunConfig(mode="fedavg", dataset="imu")
-    structure = get_model_spec("imu-cnn1d").build(0)
-    runtime = EdgeRuntime(structure.edge_stage, run.schedule(), run.codecs)
+    runtime = build_edge(run, get_model_spec("imu-cnn1d"), Shard(load_dataset("imu"))).runtime
     assert runtime.resume(7) == []
     assert runtime.next_seq == 8

@@ -12,18 +12,15 @@ import pytest
 
 from simultrain.shared.data import load_dataset
 from simultrain.shared.protocol.frames import Snap
+from simultrain.shared.training.assembly import build_cloud
 from simultrain.shared.training.config import RunConfig
-from simultrain.shared.training.factory import build_master
-from simultrain.shared.training.runtime import CloudRuntime
 
 STEPS = 40
 
 
 def _cloud_snap_steps(offset: int) -> list[int]:
     run = RunConfig(edges=4)
-    schedule = run.schedule()
-    master = build_master(run, load_dataset("imu").model_spec(), schedule)
-    runtime = CloudRuntime(master, schedule, run.codecs)
+    runtime = build_cloud(run, load_dataset("imu").model_spec()).runtime
     state, _ = runtime.open_session("edge", reconcile_offset=offset)
     due = []
     for step in range(1, STEPS + 1):

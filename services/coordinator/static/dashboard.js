@@ -152,7 +152,7 @@ function renderClouds(clouds) {
     figure(dl, "training loss", text(d.loss, 4));
     const last = cloud.history.length ? cloud.history[cloud.history.length - 1] : null;
     figure(dl, "held-out accuracy", last && typeof last.accuracy === "number" ? `${(100 * last.accuracy).toFixed(1)} %` : "–");
-    figure(dl, "compute busy", typeof d.busy_share === "number" ? `${(100 * d.busy_share).toFixed(0)} %` : "–");
+    figure(dl, "compute busy", typeof cloud.busy_share === "number" ? `${(100 * cloud.busy_share).toFixed(0)} %` : "–");
     figure(dl, "uptime", typeof d.uptime_seconds === "number" ? `${Math.round(d.uptime_seconds)} s` : "–");
     if (cloud.error) figure(dl, "error", cloud.error);
     drawProgress(card.querySelector("svg.progress"), cloud.history);
@@ -200,7 +200,7 @@ function renderEdges(edges) {
     cell(row, e.edge_id);
     cell(row, text(e.name));
     cell(row, e.cloud_id);
-    cell(row, e.status, e.status === "up" ? "good" : "bad");
+    cell(row, e.status, e.status === "down" ? "bad" : "good");  // up, or finished its steps
     cell(row, e.connected === null ? "–" : (e.connected ? "connected" : "disconnected"),
       e.connected ? "good" : "");
     cell(row, text(e.steps_applied));
