@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest browser long-tests fuzz bench study clean \
+.PHONY: demo test lint typecheck pytest browser long-tests postgres-test fuzz bench study clean \
 	images engine-test arm64-check
 
 $(STAMP): pyproject.toml constraints.txt
@@ -49,6 +49,13 @@ browser: $(STAMP)
 	$(BIN)/python -m pytest -m browser -p no:cacheprovider
 
 test: lint typecheck pytest browser
+
+# The coordinator's PostgreSQL tier: the shared store suite, two replicas on one database and
+# kill -9 of either, against a PostgreSQL server the tests start themselves (about 40 s, so
+# not in the default suite). A server that cannot start fails these tests; nothing skips.
+# CI runs it after `make test`.
+postgres-test: $(STAMP)
+	$(BIN)/python -m pytest -m postgres -p no:cacheprovider --durations=5
 
 # Long studies and benchmarks kept out of `make test` (tens of minutes): the three-seed
 # services-vs-centralized study, the quick bench end to end, the pipelined kill -9 run,

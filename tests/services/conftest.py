@@ -121,7 +121,17 @@ def coordinator_postgres_url(coordinator_postgres: TemporaryPostgres) -> Iterato
     coordinator_postgres.drop_database(urlsplit(url).path.lstrip("/"))
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the PostgreSQL server is of the ``postgres`` tier: kept out of
+    the default run (the server and the process tests take tens of seconds) and run by
+    ``make postgres-test``, which CI runs after ``make test``."""
+    for item in items:
+        if "coordinator_postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def coordinator_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoordinatorStore]:
     """Each store implementation in turn: the one shared suite runs against all three."""
     store: CoordinatorStore
