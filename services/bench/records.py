@@ -663,6 +663,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "staleness.json": StudyFile,
     "replicas-inprocess.json": ReplicaFile,
     "control-plane/before/control-plane.json": ControlPlaneFile,
+    "control-plane/before-10000/control-plane.json": ControlPlaneFile,
     "control-plane/sqlite/control-plane.json": ControlPlaneFile,
     "control-plane/postgres/control-plane.json": ControlPlaneFile,
     "control-plane/soak/control-plane.json": ControlPlaneFile,
