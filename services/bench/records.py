@@ -665,6 +665,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "control-plane/before/control-plane.json": ControlPlaneFile,
     "control-plane/before-10000/control-plane.json": ControlPlaneFile,
     "control-plane/sqlite/control-plane.json": ControlPlaneFile,
+    "control-plane/merged/control-plane.json": ControlPlaneFile,
     "control-plane/postgres/control-plane.json": ControlPlaneFile,
     "control-plane/soak/control-plane.json": ControlPlaneFile,
     "control-plane/failover-before/failover.json": FailoverFile,

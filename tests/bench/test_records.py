@@ -108,7 +108,7 @@ RENDERED = {
                 ControlPlaneFile.read(RESULTS / "control-plane" / part / "control-plane.json")
             )
         )
-        for part in ("before", "before-10000", "sqlite", "postgres", "soak")
+        for part in ("before", "before-10000", "sqlite", "postgres", "soak", "merged")
     },
 }
 
