@@ -38,7 +38,7 @@ def test_the_example_model_trains_in_synthetic_mode_through_the_services(
         assert status["master_version"] == 2 * 8
         assert session["duplicates_dropped"] == 0
         assert status["staleness"]["batches"] == 8
-        # The edge stepped its own stage at once from every synthetic gradient (seed 003),
+        # The edge stepped its own stage at once from every synthetic gradient (docs/SYNTHETIC.md),
         # and its replica still matched the master's checksum all along.
         assert report["local_steps"] == 8
         assert report["checksum_failures"] == 0 and report["resyncs"] == 0
