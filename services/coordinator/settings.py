@@ -8,8 +8,8 @@ key of its declaration is a variable (``window`` → ``SIMULTRAIN_COORDINATOR_WI
 keyword (``load_settings(window=8)``), so a key added to `RunConfig` needs no edit here
 (shared/run_settings.py). Any other ``SIMULTRAIN_COORDINATOR_*`` variable is refused at
 start-up, naming the closest valid one.
-:func:`settings_table` renders the table for the README from the field descriptions and the
-run keys' declaration.
+:func:`settings_table` renders the table for docs/CONFIGURATION.md from the field descriptions and
+the run keys' declaration.
 
 Authentication (SECURITY.md) is on when any of ``enrollment_secret``, ``token_key`` or
 ``admin_token`` is configured, and then all three are required — a half-configured

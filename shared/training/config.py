@@ -33,10 +33,10 @@ class RunConfig:
     """Everything that defines a run; the services take the same fields from the coordinator.
 
     Each field is declared once, here (and in `OptimizerConfig` and `Codecs` for the flat
-    ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning
-    (`Key`). The coordinator's API schema, the services' run settings
-    (``SIMULTRAIN_COORDINATOR_<KEY>``, ``SIMULTRAIN_CLOUD_RUN_<KEY>``, …) and the README's
-    configuration table are all read from `RunConfig.declaration`.
+    ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning (`Key`).
+    The coordinator's API schema, the services' run settings (``SIMULTRAIN_COORDINATOR_<KEY>``,
+    ``SIMULTRAIN_CLOUD_RUN_<KEY>``, …) and docs/CONFIGURATION.md's configuration table are all read
+    from `RunConfig.declaration`.
     """
 
     mode: Annotated[

@@ -1,8 +1,8 @@
-"""The README's bring-your-own-model example and the synthetic-gradient mode through real
-processes, in one run (each start of the three services costs seconds): coordinator, cloud
-and edge import ``examples.tiny_mobilenet:build`` themselves, the cloud accepts the edge's
-architecture fingerprint, and the edge trains on an npz file from M's synthetic gradients,
-stepping its own stage at once."""
+"""The bring-your-own-model example of docs/CONFIGURATION.md and the synthetic-gradient mode through
+real processes, in one run (each start of the three services costs seconds): coordinator, cloud and
+edge import ``examples.tiny_mobilenet:build`` themselves, the cloud accepts the edge's architecture
+fingerprint, and the edge trains on an npz file from M's synthetic gradients, stepping its own stage
+at once."""
 
 from __future__ import annotations
 
