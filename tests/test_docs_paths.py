@@ -2,8 +2,9 @@
 
 Every ``shared/…``, ``services/…`` and ``tests/…`` path a document names exists (and with
 ``path::Name``, the file defines ``Name``); every relative link and every ``../`` path stays
-inside the repository and exists; docs/DESIGN.md's list of sections is its headings, so
-"docs/DESIGN.md §N" in a comment always finds its section.
+inside the repository and exists; docs/DESIGN.md's list of sections is its headings, and
+every "docs/DESIGN.md §N" cited anywhere in the tree is one of them. No file cites a document
+kept outside the repository or an issue number.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DOCS = sorted(ROOT.glob("docs/*.md")) + [
     ROOT / name for name in ("README.md", "PROTOCOL.md", "SECURITY.md") if (ROOT / name).exists()
 ]
 
-# A path of the tree, not part of a longer one (``../shared/x`` is a relative path, below).
+# A path of the tree, not part of a longer one (``../services/x`` is a relative path, below).
 NAMED = re.compile(r"(?<![\w./-])((?:shared|services|tests)/[\w./-]*\w)(?:::([A-Za-z_][\w.]*))?")
 RELATIVE = re.compile(r"(?<![\w./])(\.\./[\w./-]*\w)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -177,3 +178,19 @@ def test_the_citation_pattern_catches_citations_and_nothing_else(
     name: str, text: str, cites: int
 ) -> None:
     assert len(outside_citations(ROOT / name, text)) == cites
+
+
+def test_every_cited_design_section_exists() -> None:
+    """A citation "docs/DESIGN.md §3.4" (or "§3.4, §6.2") anywhere in the tree names a heading."""
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    sections = {n for n in re.findall(r"^## (\d+)\. ", design, re.M)}
+    sections |= {f"{a}.{b}" for a, b in re.findall(r"^### (\d+)\.(\d+) ", design, re.M)}
+    cite = re.compile(r"DESIGN\.md((?:[ ,]*(?:and )?§\d+(?:\.\d+)?(?:[–-]§?\d+(?:\.\d+)?)?)+)")
+    missing = []
+    for path, text in _tracked_text_files():
+        own = path.name == "DESIGN.md"
+        for match in [] if own else cite.finditer(text):
+            for number in re.findall(r"\d+(?:\.\d+)?", match.group(1)):
+                if number not in sections:
+                    missing.append(f"{path.relative_to(ROOT)}: §{number}")
+    assert not missing, f"cited sections docs/DESIGN.md does not have: {missing}"
