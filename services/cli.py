@@ -1,7 +1,7 @@
 """The ``simultrain`` command: run a service, the demo, the benchmark and the other
 experiments, the link emulator.
 
-Every service option is also an environment variable (README, "Configuration"); the flags
+Every service option is also an environment variable (docs/CONFIGURATION.md); the flags
 here are the ones people type most. Services are imported lazily, so ``simultrain edge`` on a
 Pi never imports FastAPI.
 """
@@ -131,7 +131,7 @@ def demo(
         str | None,
         typer.Option(
             help="Split model id (default: the dataset's own; e.g. imu-thin), or your own "
-            "as package.module:factory (README)."
+            "as package.module:factory."
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Batches per edge.")] = None,
@@ -177,7 +177,7 @@ def demo(
 ) -> None:
     """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate.
 
-    A run flag left out takes the run configuration's default (README, configuration).
+    A run flag left out takes the run configuration's default.
     """
     from simultrain.demo import DemoOptions, run_demo
     from simultrain.shared.errors import SimulTrainError
@@ -230,7 +230,7 @@ def demo(
     add_help_option=False,
 )
 def conformance(ctx: typer.Context) -> None:
-    """PROTOCOL.md's edge cases against an edge client (docs/CONFORMANCE.md); --help."""
+    """The wire protocol's edge cases, run against an edge client; see --help."""
     from simultrain.conformance.kit import main as conformance_main
 
     raise typer.Exit(conformance_main(list(ctx.args)))

@@ -161,7 +161,7 @@ def run(tmp_path: Path) -> Iterator[tuple[str, str]]:
         try:
             yield coordinator_url, edge_id
         finally:
-            # Ctrl-C: the demo stops every service it started (README "Commands").
+            # Ctrl-C: the demo stops every service it started (docs/CONFIGURATION.md, "Commands").
             demo.popen.send_signal(signal.SIGINT)
             demo.popen.wait(timeout=60)
 

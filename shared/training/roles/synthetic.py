@@ -1,4 +1,4 @@
-"""The synthetic role (seed 003): edge updates from learned synthetic gradients.
+"""The synthetic role (Chen et al., HotEdge 2019): edge updates from learned synthetic gradients.
 
 The edge backpropagates M's synthetic cut gradient through its stage at once and sends the
 resulting gradient together with the batch's activations: its EGRAD goes just before its ACT
@@ -55,7 +55,7 @@ class SyntheticCloudRuntime(ActCloudRuntime):
         trainer: SyntheticGradientTrainer,
     ) -> None:
         super().__init__(master, schedule, codecs)
-        self.synthetic = trainer  # seed 003's M
+        self.synthetic = trainer  # the cut-gradient model M
 
     def _session_weights(self) -> Mapping[str, Tensor]:
         # The edge stage and M travel together in one replica (shared/training/synthetic.py).
@@ -179,7 +179,7 @@ class SyntheticEdgeRuntime(EdgeRuntime):
 
 
 class LocalSyntheticEdgeRuntime(SyntheticEdgeRuntime):
-    """The synthetic edge with local steps (seed 003's point: the layer below the cut does
+    """The synthetic edge with local steps (Chen et al.'s point: the layer below the cut does
     not wait for the layer above). It forwards at the working weights (the replica plus the
     pending local steps) and this batch's own step joins them at once, so the next batch is
     computed with it; the replica stays the master's exact copy beside them."""
