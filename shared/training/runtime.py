@@ -401,6 +401,10 @@ class EdgeRuntime:
         # The gradient code this edge encodes with and its row (a coded role; HELLO names them).
         self.code: GradientCode | None = None
         self.code_row: int | None = None
+        self._init_role()
+
+    def _init_role(self) -> None:
+        """The state one role keeps beside what every role shares; roles override it."""
 
     # --- version and window -----------------------------------------------------------
     @property

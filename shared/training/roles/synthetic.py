@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.protocol import Act, EGrad, Snap
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import from_wire, state_from_wire, state_to_wire, to_wire
 from simultrain.shared.training.master import CloudMaster, PreparedCloudStep
-from simultrain.shared.training.options import Codecs, OptimizerConfig
+from simultrain.shared.training.options import Codecs
 from simultrain.shared.training.roles.act import ActCloudRuntime
 from simultrain.shared.training.runtime import CloudSessionState, EdgeRuntime, Outgoing
 from simultrain.shared.training.schedule import Schedule
@@ -184,18 +184,7 @@ class LocalSyntheticEdgeRuntime(SyntheticEdgeRuntime):
     pending local steps) and this batch's own step joins them at once, so the next batch is
     computed with it; the replica stays the master's exact copy beside them."""
 
-    def __init__(
-        self,
-        module: nn.Module,
-        schedule: Schedule,
-        codecs: Codecs,
-        *,
-        optimizer: OptimizerConfig,
-        verify_checksums: bool = True,
-    ) -> None:
-        super().__init__(
-            module, schedule, codecs, optimizer=optimizer, verify_checksums=verify_checksums
-        )
+    def _init_role(self) -> None:
         # The edge's own local steps not yet in the master; made with the first SNAP.
         self.local_updates: LocalUpdates | None = None
 
