@@ -9,6 +9,7 @@ Pi never imports FastAPI.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -123,6 +124,18 @@ def netem(
     run(NetemSettings())
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_like_ctrl_c() -> None:
+    """SIGTERM (`kill`, a supervisor) and SIGINT stop the demo as Ctrl-C does: every process
+    it started is stopped before it exits. SIGINT is taken back even where the shell that
+    started the demo in the background left it ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @app.command()
 def demo(
     dataset: Annotated[str | None, typer.Option(help="imu, mnist, video or npz:PATH.")] = None,
@@ -197,6 +210,7 @@ def demo(
         "seed": seed,
         "partition": partition,
     }
+    _stop_like_ctrl_c()
     try:
         run = RunConfig.from_mapping({k: v for k, v in given.items() if v is not None})
         if model is not None:
