@@ -190,7 +190,8 @@ def demo(
 ) -> None:
     """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate.
 
-    A run flag left out takes the run configuration's default.
+    A run flag left out takes the run configuration's default. Long because each flag is
+    declared in the signature (typer's way): the body itself is a dozen lines.
     """
     from simultrain.demo import DemoOptions, run_demo
     from simultrain.shared.errors import SimulTrainError

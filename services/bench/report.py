@@ -376,7 +376,10 @@ def accuracy_table(records: Sequence[Record]) -> dict[str, dict[str, dict[str, A
 
 def accuracy_claims(records: Sequence[Record]) -> list[Claim]:
     """Accuracy against centralized, FedAvg's gap and the two ablations, per dataset: one
-    claim each, in a row, each with its own reason where it does not hold."""
+    claim each, in a row, each with its own reason where it does not hold.
+
+    Long because each claim's verdict and its reason are written out beside it, one claim
+    after another, as the report reads."""
     out: list[Claim] = []
     table = accuracy_table(records)
     for dataset, modes in table.items():
