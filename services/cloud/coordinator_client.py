@@ -1,8 +1,8 @@
 """The cloud's side of the coordinator: fetch the run config, register, heartbeat.
 
 Heartbeats run on their own task, independent of compute, so a long step never makes the
-cloud look dead. A coordinator that is down is retried with backoff; the cloud keeps training
-its connected edges meanwhile.
+cloud look dead (docs/DESIGN.md §8.2). A coordinator that is down is retried with backoff; the
+cloud keeps training its connected edges meanwhile.
 
 Each heartbeat reports the edges' sessions (PROTOCOL.md §9.4): which opened and which closed
 since the last heartbeat the coordinator answered — a streaming edge is live through its

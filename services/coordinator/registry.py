@@ -1,8 +1,8 @@
 """The coordinator's decisions, free of HTTP: registration, assignment, health, versions.
 
-SPEC.md "Roles", Coordinator: a registry of clouds and edges, the version counters as last
-reported, the run configuration, the reconciliation schedule, and health — a cloud or edge
-that stops being heard from is marked down, and the edges of a down cloud move to a live one.
+The coordinator's role (docs/DESIGN.md §2, §8.2): a registry of clouds and edges, the version
+counters as last reported, the run configuration, the reconciliation schedule, and health — a cloud
+or edge that stops heartbeating is marked down, and the edges of a down cloud move to a live one.
 
 Each decision is one store transaction (``store.py``): what it reads and writes commits
 together, and coordinator replicas sharing one database never decide about the same row at

@@ -1,4 +1,4 @@
-"""docker/Dockerfile, .dockerignore and the scripts the images run (issue 6 items 1 and 5).
+"""docker/Dockerfile, .dockerignore and the scripts the images run (docs/DEPLOY.md §2, §5).
 
 No image is built here (no Docker engine): the Dockerfile is parsed with BuildKit's own
 parser and checked for what a build or a container would trip over — a COPY source missing

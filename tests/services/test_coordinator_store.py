@@ -1,6 +1,6 @@
-"""The one store suite: every CoordinatorStore implementation passes it (STYLE.md, Flower):
-in memory, a SQLite file and a real PostgreSQL server (``coordinator_postgres`` starts one
-for the session; it never skips).
+"""The one store suite: every CoordinatorStore implementation passes it (as Flower's store suites
+do): in memory, a SQLite file and a real PostgreSQL server (``coordinator_postgres`` starts
+one for the session; it never skips).
 
 Then what only SQLite promises (a file: state survives close and reopen, schema versioning,
 errors translated to StoreError) and what only PostgreSQL does (several stores, as several
