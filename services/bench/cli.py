@@ -96,8 +96,28 @@ def bench(
         ),
     ] = None,
     fleet_edges: Annotated[
-        str | None, typer.Option(help="Fleet sizes of the fleet suite (default 1,8,32,64).")
+        str | None,
+        typer.Option(
+            help="Fleet sizes of the fleet suite (default 1,8,32,64) or of the control-plane "
+            "suite (default 100,1000,10000)."
+        ),
     ] = None,
+    stores: Annotated[
+        str | None,
+        typer.Option(help="Control plane: sqlite, postgres-1, postgres-2 (coordinator replicas)."),
+    ] = None,
+    coordinator_tree: Annotated[
+        Path | None,
+        typer.Option(help="Control plane: run the coordinator from this checkout (a baseline)."),
+    ] = None,
+    label: Annotated[str, typer.Option(help="Control plane: a label for the records.")] = "",
+    failover: Annotated[
+        bool,
+        typer.Option(
+            "--failover",
+            help="Control plane: kill a cloud under real streaming edges and time the move.",
+        ),
+    ] = False,
     duration: Annotated[
         float | None,
         typer.Option(help="Fleet/stragglers: training seconds per case (default 60)."),
@@ -148,11 +168,14 @@ def bench(
         meta = BenchMeta.model_validate_json((out / "meta.json").read_bytes())
         typer.echo(str(write_report(records, meta, out, plots=not no_plots)))
         return
-    alone = [name for name in _names(suites) or () if name in SUITES]
+    names = _names(suites) or ()
+    if failover and names == ("control-plane",):
+        names = ("control-plane-failover",)
+    alone = [name for name in names if name in SUITES]
     try:
         if alone:
             _suite_alone(
-                _names(suites) or (),
+                names,
                 out=out,
                 quick=quick,
                 modes=parse_list(modes, known=MODES),
@@ -161,6 +184,9 @@ def bench(
                 round_deadline=round_deadline,
                 slowdown=slowdown,
                 log_dir=log_dir,
+                stores=stores,
+                coordinator_tree=coordinator_tree,
+                label=label,
             )
             return
         options = BenchOptions(
@@ -208,6 +234,9 @@ def _suite_alone(
     round_deadline: float | None,
     slowdown: float | None,
     log_dir: Path | None,
+    stores: str | None = None,
+    coordinator_tree: Path | None = None,
+    label: str = "",
 ) -> None:
     """A suite of :data:`SUITES`: it runs alone, through the harness."""
     from simultrain.bench.harness import Lines, SuiteOptions, run, suite
@@ -224,6 +253,9 @@ def _suite_alone(
         round_deadline_s=round_deadline,
         slowdown=slowdown,
         log_dir=log_dir,
+        stores=_names(stores),
+        coordinator_tree=coordinator_tree,
+        label=label,
         command=_command(),
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -259,6 +259,9 @@ class SuiteOptions:
     round_deadline_s: float | None = None
     slowdown: float | None = None
     log_dir: Path | None = None
+    stores: tuple[str, ...] | None = None  # --stores (control plane)
+    coordinator_tree: Path | None = None  # --coordinator-tree (control plane)
+    label: str = ""  # --label (control plane)
     command: str = ""
 
 

@@ -36,7 +36,18 @@ __all__ = [
     "BenchRecord",
     "BenchResults",
     "CaseFailure",
+    "ControlPlaneFailover",
+    "ControlPlaneFailure",
+    "ControlPlaneFile",
+    "ControlPlaneMeta",
+    "ControlPlanePhase",
+    "ControlPlaneRecord",
+    "ControlPlaneSteady",
     "EdgeReportSummary",
+    "FailoverFailure",
+    "FailoverFile",
+    "FailoverMeta",
+    "FailoverRecord",
     "FleetFailure",
     "FleetFile",
     "FleetMeta",
@@ -518,6 +529,126 @@ class ReplicaFile(ResultsFile):
     rows: list[ReplicaRecord]
 
 
+# --- the control plane (control_plane.py, failover.py) -------------------------------------
+
+
+class ControlPlanePhase(Record):
+    """One phase of a control-plane case: how many requests, how fast, what they cost."""
+
+    requests: int
+    seconds: float
+    per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: int
+    cpu_ms_per_request: float | None = Field(description="Coordinator processes' CPU.")
+    db_cpu_ms_per_request: float | None = Field(None, description="PostgreSQL's CPU.")
+
+
+class ControlPlaneFailover(Record):
+    """One cloud killed: how long its streaming edges took to be told another cloud."""
+
+    edges: int
+    moved: int
+    p50_s: float | None
+    max_s: float | None
+    cloud_timeout_s: float
+
+
+class ControlPlaneSteady(Record):
+    """The fleet as it lives, on the stated intervals, for the steady window."""
+
+    stats: ControlPlanePhase
+    edge_heartbeats: int
+    cloud_heartbeats: int
+    interval_s: float
+    streaming_interval_s: float | None
+    timeout_s: float
+    streaming_edges: int
+    warmup_s: float
+    late_p99_ms: float | None = Field(description="How late the load generator sent a beat.")
+    false_down: int = Field(description="Live edges marked down in the window.")
+    clouds_down: int
+    edges_up_at_end: int | None
+    failover: ControlPlaneFailover | None = None
+
+
+class ControlPlaneRecord(Record):
+    """One store, replica count and fleet size."""
+
+    label: str
+    backend: str
+    replicas: int
+    edges: int
+    clouds: int
+    clients: int
+    enroll: ControlPlanePhase
+    edge_heartbeat: ControlPlanePhase | None
+    cloud_heartbeat: ControlPlanePhase | None
+    steady: ControlPlaneSteady | None
+    enrolled_once: bool
+    loadgen_cpu_s: float
+    error: str | None = None
+
+
+class ControlPlaneFailure(CaseFailure):
+    """A control-plane case that failed."""
+
+    label: str
+    backend: str
+    edges: int
+
+
+class ControlPlaneMeta(Record):
+    command: str
+    label: str
+    cpus: int | None
+    clients: int
+    clouds: int
+    burst_s: float
+    steady_s: float
+    streaming_share: float
+    coordinator_tree: str | None
+    load_average: list[float]
+
+
+class ControlPlaneFile(ResultsFile):
+    """``control-plane.json``."""
+
+    meta: ControlPlaneMeta
+    records: list[ControlPlaneRecord | ControlPlaneFailure]
+
+
+class FailoverRecord(Record):
+    """One kill -9 of a cloud under streaming edge agents (real processes)."""
+
+    label: str
+    run: int
+    edges: int
+    reassigned_s: list[float] = Field(description="Kill → the coordinator names a new cloud.")
+    streaming_s: list[float] = Field(description="Kill → the edge streams with it.")
+    error: str | None = None
+
+
+class FailoverFailure(CaseFailure):
+    label: str
+    run: int
+
+
+class FailoverMeta(Record):
+    command: str
+    label: str
+    cpus: int | None
+    coordinator_tree: str | None
+
+
+class FailoverFile(ResultsFile):
+    """``failover.json``."""
+
+    meta: FailoverMeta
+    records: list[FailoverRecord | FailoverFailure]
+
+
 RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "results.json": BenchResults,
     "synthetic.json": BenchResults,
@@ -531,6 +662,14 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "fleet_parity.json": FleetParityFile,
     "staleness.json": StudyFile,
     "replicas-inprocess.json": ReplicaFile,
+    "control-plane/before/control-plane.json": ControlPlaneFile,
+    "control-plane/before-10000/control-plane.json": ControlPlaneFile,
+    "control-plane/sqlite/control-plane.json": ControlPlaneFile,
+    "control-plane/merged/control-plane.json": ControlPlaneFile,
+    "control-plane/postgres/control-plane.json": ControlPlaneFile,
+    "control-plane/soak/control-plane.json": ControlPlaneFile,
+    "control-plane/failover-before/failover.json": FailoverFile,
+    "control-plane/failover-after/failover.json": FailoverFile,
 }
 """Every results file of ``bench/results`` an experiment of this package writes, and its model
 (``replicas*.json`` are tests/integration/test_replicas.py's)."""

@@ -13,4 +13,13 @@ __all__ = ["SUITES"]
 SUITES: dict[str, tuple[str, str]] = {
     "fleet": ("simultrain.bench.fleet:fleet_suite", "N edges against one cloud"),
     "stragglers": ("simultrain.bench.fleet:stragglers_suite", "8 edges, 1-2 slowed 5×"),
+    "control-plane": (
+        "simultrain.bench.control_plane:control_plane_suite",
+        "the coordinator under N simulated edges, HTTP only",
+    ),
+    "control-plane-failover": (
+        "simultrain.bench.failover:failover_suite",
+        "kill -9 a cloud under streaming edge agents, time the move; also --suite "
+        "control-plane --failover",
+    ),
 }

@@ -3,6 +3,13 @@
 Heartbeats run on their own task, independent of compute, so a long step never makes the
 cloud look dead (docs/DESIGN.md §8.2). A coordinator that is down is retried with backoff; the
 cloud keeps training its connected edges meanwhile.
+
+Each heartbeat reports the edges' sessions (PROTOCOL.md §9.4): which opened and which closed
+since the last heartbeat the coordinator answered — a streaming edge is live through its
+cloud, so it need not heartbeat the coordinator itself. Only changes travel: a heartbeat
+costs the same with ten edges as with thousands. The whole set is sent after registering
+(the coordinator holds no session of a cloud that registers) and when the coordinator asks
+for it (it had marked this cloud down and dropped its sessions).
 """
 
 from __future__ import annotations
@@ -62,15 +69,26 @@ async def fetch_run_config(settings: CloudSettings, *, attempts: int = 30) -> Ru
 
 
 class CoordinatorLink:
-    def __init__(self, settings: CloudSettings, service: CloudService) -> None:
+    """Registration and heartbeats of one cloud. ``transport``: an httpx transport (tests
+    pass ``httpx.ASGITransport`` of an in-process coordinator)."""
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        service: CloudService,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         assert settings.coordinator_url
         self.settings = settings
         self.service = service
         self.base = settings.coordinator_url.rstrip("/")
         self.client = httpx.AsyncClient(
-            timeout=5.0, headers=_headers(settings), verify=_verify(settings)
+            timeout=5.0, headers=_headers(settings), verify=_verify(settings), transport=transport
         )
         self._task: asyncio.Task[None] | None = None
+        # The sessions the coordinator last acknowledged; None: it holds none of ours.
+        self._reported: set[str] | None = None
 
     async def public_url(self) -> str:
         """The URL edges use: configured, or the bound address once the server listens."""
@@ -98,12 +116,20 @@ class CoordinatorLink:
         reply = await self.client.post(f"{self.base}/v1/clouds", json=body)
         reply.raise_for_status()
         self.service.cloud_id = reply.json()["cloud_id"]
+        self._reported = None
         log.info("registered with the coordinator as %s (%s)", self.service.cloud_id, body["url"])
 
     async def _heartbeat(self) -> dict[str, Any]:
+        current = set(self.service.connections)
+        reported = self._reported or set()
         body = {
             "master_version": self.service.master.version,
-            "connected_edges": sorted(self.service.connections),
+            "session_changes": {
+                "opened": sorted(current - reported),
+                "closed": sorted(reported - current),
+            },
+            # This cloud needs only the revocations, not the list of its edges.
+            "list_assigned_edges": False,
         }
         reply = await self.client.post(
             f"{self.base}/v1/clouds/{self.service.cloud_id}/heartbeat", json=body
@@ -112,19 +138,26 @@ class CoordinatorLink:
             self.service.cloud_id = None
         reply.raise_for_status()
         result: dict[str, Any] = reply.json()
+        # Acknowledged: the next heartbeat reports what changed since (or all of it again,
+        # if the coordinator dropped our sessions). A failed one is simply sent again.
+        self._reported = None if result.get("sessions_snapshot_wanted") else current
         revoked = result.get("revoked_edges", {})
         if isinstance(revoked, dict):
             await self.service.revoke({str(k): float(v) for k, v in revoked.items()})
         return result
+
+    async def beat(self) -> dict[str, Any]:
+        """One heartbeat, registering first if this cloud has no id (yet, or any more)."""
+        if self.service.cloud_id is None:
+            await self._register()
+        return await self._heartbeat()
 
     async def _loop(self) -> None:
         interval = self.settings.heartbeat_interval_s
         backoff = 0.1
         while True:
             try:
-                if self.service.cloud_id is None:
-                    await self._register()
-                await self._heartbeat()
+                await self.beat()
                 backoff = 0.1
                 await asyncio.sleep(interval)
             except httpx.HTTPError as exc:

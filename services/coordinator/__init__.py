@@ -1,5 +1,6 @@
 """The SimulTrain coordinator (docs/DESIGN.md §2, §8.2): registry of clouds and edges, run
-configuration, reconciliation schedule, health and reassignment, state in SQLite.
+configuration, reconciliation schedule, health and reassignment; state in SQLite (one
+process) or PostgreSQL (any number of replicas).
 
 Start it with ``python -m simultrain.coordinator`` (settings from ``SIMULTRAIN_COORDINATOR_*``
 environment variables), or programmatically::
@@ -15,7 +16,8 @@ from .app import create_app
 from .registry import Coordinator
 from .server import run, serve
 from .settings import CoordinatorSettings, SettingsError, load_settings, settings_table
-from .store import CoordinatorStore, InMemoryStore, SQLiteStore, open_store
+from .sqlite import InMemoryStore, SQLiteStore
+from .store import CoordinatorStore, StoreTransaction, open_store
 
 __all__ = [
     "Coordinator",
@@ -24,6 +26,7 @@ __all__ = [
     "InMemoryStore",
     "SQLiteStore",
     "SettingsError",
+    "StoreTransaction",
     "create_app",
     "load_settings",
     "open_store",

@@ -27,7 +27,7 @@ from importlib import resources
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,7 +43,7 @@ from simultrain.shared.contracts import (
 from .records import CloudRecord, EdgeRecord
 from .registry import Coordinator
 
-__all__ = ["DashboardFeed", "cloud_http_url", "register_dashboard"]
+__all__ = ["DashboardFeed", "cloud_http_url", "dashboard_router"]
 
 # The page's assets: a fixed list, so no request path ever reaches the file system.
 ASSETS: Mapping[str, str] = {
@@ -127,13 +127,16 @@ class DashboardFeed:
             return snapshot
 
     async def _build(self) -> DashboardSnapshot:
-        # The store may block (SQLite): off the event loop, as the plain-def handlers are.
-        clouds, edges, run_config = await asyncio.to_thread(self._registry)
+        # The store may block: off the event loop, as the plain-def handlers are.
+        clouds, edges, sessions, run_config = await asyncio.to_thread(self._registry)
         async with httpx.AsyncClient(
             timeout=self.poll_timeout_s, transport=self.transport, follow_redirects=False
         ) as client:
             polled = await asyncio.gather(
-                *(self._poll(client, cloud, load) for cloud, load in clouds)
+                *(
+                    self._poll(client, cloud, load, sessions.get(cloud.cloud_id, []))
+                    for cloud, load in clouds
+                )
             )
         now = self.clock()
         by_cloud = {view.cloud_id: view for view in polled}
@@ -151,15 +154,22 @@ class DashboardFeed:
 
     def _registry(
         self,
-    ) -> tuple[list[tuple[CloudRecord, int]], list[EdgeRecord], dict[str, Any]]:
+    ) -> tuple[
+        list[tuple[CloudRecord, int]], list[EdgeRecord], dict[str, list[str]], dict[str, Any]
+    ]:
         return (
             self.coordinator.list_clouds(),
             self.coordinator.list_edges(),
+            self.coordinator.sessions(),
             self.coordinator.run_config.to_mapping(),
         )
 
     async def _poll(
-        self, client: httpx.AsyncClient, cloud: CloudRecord, live_edges: int
+        self,
+        client: httpx.AsyncClient,
+        cloud: CloudRecord,
+        live_edges: int,
+        connected: list[str],
     ) -> DashboardCloud:
         base = cloud_http_url(cloud.url)
         view = DashboardCloud(
@@ -168,7 +178,7 @@ class DashboardFeed:
             status=cloud.status.value,
             last_heartbeat=cloud.last_heartbeat,
             master_version=cloud.master_version,
-            connected_edges=list(cloud.connected_edges),
+            connected_edges=connected,
             live_edges=live_edges,
             reachable=False,
             error=None,
@@ -262,24 +272,29 @@ def _asset(name: str) -> bytes:
     return resources.files("simultrain.coordinator").joinpath("static", name).read_bytes()
 
 
-def register_dashboard(app: FastAPI, feed: DashboardFeed) -> None:
-    """Add the dashboard's routes to the coordinator's app."""
-    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
+_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
 
-    @app.get("/dashboard", tags=["status"], response_class=HTMLResponse)
-    async def dashboard_page() -> HTMLResponse:
-        """The live dashboard (a page for a browser)."""
-        return HTMLResponse(_asset("dashboard.html"), headers=headers)
+# The feed is the app's (``app.state.dashboard``), so a test can swap its transport.
+dashboard_router = APIRouter(tags=["status"])
 
-    @app.get("/dashboard/{name}", tags=["status"], include_in_schema=False)
-    async def dashboard_asset(name: str) -> Response:
-        media_type = ASSETS.get(name)
-        if media_type is None:
-            raise StarletteHTTPException(404, f"no dashboard asset {name!r}")
-        return Response(_asset(name), media_type=media_type, headers=headers)
 
-    @app.get("/v1/dashboard", tags=["status"])
-    async def dashboard_data() -> JSONResponse:
-        """What the dashboard shows: the registry, and each cloud's figures as it reports."""
-        snapshot = await feed.snapshot()
-        return JSONResponse(snapshot.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+@dashboard_router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard_page() -> HTMLResponse:
+    """The live dashboard (a page for a browser)."""
+    return HTMLResponse(_asset("dashboard.html"), headers=_HEADERS)
+
+
+@dashboard_router.get("/dashboard/{name}", include_in_schema=False)
+async def dashboard_asset(name: str) -> Response:
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise StarletteHTTPException(404, f"no dashboard asset {name!r}")
+    return Response(_asset(name), media_type=media_type, headers=_HEADERS)
+
+
+@dashboard_router.get("/v1/dashboard")
+async def dashboard_data(request: Request) -> JSONResponse:
+    """What the dashboard shows: the registry, and each cloud's figures as it reports."""
+    feed: DashboardFeed = request.app.state.dashboard
+    snapshot = await feed.snapshot()
+    return JSONResponse(snapshot.model_dump(mode="json"), headers={"Cache-Control": "no-store"})

@@ -8,10 +8,11 @@ In the project's one tree (:mod:`simultrain.shared.errors`)::
     │   ├── UnknownCloud          404 "unknown_cloud"
     │   ├── NoCloudAvailable      503 "no_cloud_available"
     │   └── ApiError              a 4xx the HTTP layer refuses with (credentials)
-    └── StoreError (shared)       503 "store_unavailable"  (sqlite3 errors, translated)
+    └── StoreError (shared)       503 "store_unavailable"  (sqlite3 and psycopg errors,
+                                                            translated)
 
 Refused edge tokens (``simultrain.shared.auth.AuthError``) become 401 ``ApiError``s in
-``app.py``. The HTTP body is always ``{"error": {"code", "message"}}``.
+``credentials.py``. The HTTP body is always ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Records are immutable values; a store keeps the latest value per id and updates 
 values (``dataclasses.replace``). Version counters are "as last reported" by the cloud
 (master version ``v_c``) and the edge (replica version ``v_e``): versions are the backbone
 (docs/DESIGN.md §3).
+
+An edge is live while it heartbeats or while a cloud reports a session with it (liveness
+through the data plane, PROTOCOL.md §9.4): ``session_cloud_id`` names that cloud, and
+``expires_at`` is when the edge is silent unless it heartbeats again (``None`` while a
+session holds it).
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ class CloudRecord:
     last_heartbeat: float
     registered_at: float
     master_version: int = 0
-    connected_edges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +57,9 @@ class EdgeRecord:
     shard_count: int | None = None
     edge_version: int = 0
     step: int = 0
+    # The cloud that last reported a live session with this edge; None while none does.
+    session_cloud_id: str | None = None
+    # Silent after this instant (Unix seconds) unless a heartbeat or a session comes first.
+    expires_at: float | None = None
+    # The client's key of the enrollment that made this edge: a retry gets this edge back.
+    enrollment_id: str | None = None

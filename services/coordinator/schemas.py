@@ -30,6 +30,7 @@ __all__ = [
     "ErrorDetail",
     "HealthView",
     "ReadyView",
+    "SessionChanges",
     "VersionsView",
 ]
 
@@ -79,21 +80,49 @@ class CloudRegistered(BaseModel):
     heartbeat_timeout_s: float
 
 
+class SessionChanges(_Request):
+    opened: list[Id] = Field(
+        default_factory=list, max_length=100_000, description="Sessions opened since."
+    )
+    closed: list[Id] = Field(
+        default_factory=list, max_length=100_000, description="Sessions closed since."
+    )
+
+
 class CloudHeartbeat(_Request):
     master_version: Count = Field(description="Current master version v_c.")
     connected_edges: list[Id] = Field(
-        default_factory=list, max_length=100_000, description="Edge ids with a live session."
+        default_factory=list,
+        max_length=100_000,
+        description="Every edge id with a live session (the whole set), unless "
+        "session_changes is given.",
+    )
+    session_changes: SessionChanges | None = Field(
+        None,
+        description="The sessions opened and closed since the last heartbeat the "
+        "coordinator answered; given, connected_edges is ignored (PROTOCOL.md §9.4).",
+    )
+    list_assigned_edges: bool = Field(
+        True, description="Whether the reply lists assigned_edges (as long as the fleet share)."
     )
 
 
 class CloudHeartbeatReply(BaseModel):
     cloud_id: str
     status: Status
-    assigned_edges: list[str] = Field(description="Edges the coordinator assigns here.")
+    assigned_edges: list[str] | None = Field(
+        None,
+        description="Edges the coordinator assigns here (unless list_assigned_edges is false).",
+    )
     revoked_edges: dict[str, float] = Field(
         default_factory=dict,
         description="Removed edges → when (Unix seconds): tokens issued at or before that "
         "instant are no longer valid.",
+    )
+    sessions_snapshot_wanted: bool | None = Field(
+        None,
+        description="Present (true) when the coordinator no longer holds this cloud's "
+        "sessions (it had marked the cloud down): send them all in the next heartbeat.",
     )
 
 
@@ -118,6 +147,13 @@ class EdgeRegistration(_Request):
     enrollment_secret: SecretStr | None = Field(
         None, max_length=1024, description="Alternative to the X-Enrollment-Secret header."
     )
+    enrollment_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="A unique key the client chooses for this enrollment: a retry with the "
+        "same key returns the edge it enrolled instead of enrolling another.",
+    )
 
     @model_validator(mode="after")
     def _shard(self) -> EdgeRegistration:
@@ -134,13 +170,21 @@ class _Schedule(BaseModel):
     next_reconciliations: list[int] = Field(description="The next steps reconciliation is due.")
 
 
-class EdgeRegistered(_Schedule):
+class _Cadence(BaseModel):
+    heartbeat_interval_s: float = Field(description="Heartbeat period while not streaming.")
+    heartbeat_timeout_s: float = Field(
+        description="Silent this long, and in no session a cloud reports: marked down."
+    )
+    streaming_heartbeat_interval_s: float = Field(
+        description="Heartbeat period while streaming (the cloud vouches for the edge)."
+    )
+
+
+class EdgeRegistered(_Schedule, _Cadence):
     edge_id: str
     cloud_id: str
     cloud_url: str
     run_config: RunConfigField
-    heartbeat_interval_s: float
-    heartbeat_timeout_s: float
     token: str | None = Field(None, description="Bearer token for the cloud (auth on).")
     token_expires_at: int | None = Field(None, description="Token expiry (epoch seconds).")
 
@@ -148,6 +192,12 @@ class EdgeRegistered(_Schedule):
 class EdgeHeartbeat(_Request):
     edge_version: Count = Field(description="Master version the edge replica reflects (v_e).")
     step: Count = Field(description="The edge's last completed step.")
+    streaming: bool | None = Field(
+        None,
+        description="Whether the edge has a live session with its cloud. Not streaming while "
+        "its cloud still reports its session, it is told to ask again as soon as a cloud "
+        "that died would be found out (PROTOCOL.md §9.4).",
+    )
     finished: bool = Field(
         False,
         description="The edge has trained its configured steps and leaves: it is marked "
@@ -155,13 +205,12 @@ class EdgeHeartbeat(_Request):
     )
 
 
-class EdgeHeartbeatReply(_Schedule):
+class EdgeHeartbeatReply(_Schedule, _Cadence):
     edge_id: str
     cloud_id: str
     cloud_url: str
     cloud_status: Status = Field(description="down only while no live cloud exists.")
     master_version: int = Field(description="The assigned cloud's master version v_c.")
-    heartbeat_interval_s: float
     token: str | None = Field(None, description="A fresh token (auth on).")
     token_expires_at: int | None = None
 

@@ -44,6 +44,8 @@ _SECRET_FILES = (
     ("enrollment_secret", "enrollment_secret_file"),
     ("token_key", "token_key_file"),
     ("admin_token", "admin_token_file"),
+    ("database_url", "database_url_file"),
+    ("database_password", "database_password_file"),
 )
 
 
@@ -63,18 +65,47 @@ class CoordinatorSettings(RunSettings):
         "simultrain-coordinator.db",
         description='SQLite database file holding the state; ":memory:" keeps it in memory.',
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host/db) holding the state "
+        "instead of db_path: several coordinator replicas may share it (docs/DEPLOY.md).",
+    )
+    database_url_file: Path | None = Field(None, description="File holding database_url.")
+    database_password: SecretStr | None = Field(
+        None, description="Password for database_url, when the URL does not carry one."
+    )
+    database_password_file: Path | None = Field(None, description="File holding database_password.")
+    database_pool_size: int = Field(
+        16, ge=1, le=1000, description="PostgreSQL connections one replica keeps at most."
+    )
     ssl_certfile: Path | None = Field(None, description="TLS certificate chain (PEM): serve HTTPS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) of ssl_certfile.")
 
     # --- health ----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(
-        2.0, gt=0, description="How often clouds and edges are asked to heartbeat (seconds)."
+        2.0,
+        gt=0,
+        description="How often clouds heartbeat, and edges while the fleet is small (see "
+        "edge_heartbeats_per_s); the health sweep runs this often (seconds).",
     )
     heartbeat_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="A cloud or edge silent this long is marked down; a down cloud's edges "
-        "are reassigned to a live cloud (seconds).",
+        description="A cloud silent this long is marked down and its edges are reassigned to "
+        "a live cloud; an edge is given the same multiple of its own interval (seconds).",
+    )
+    edge_heartbeats_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="The most heartbeats per second edges that are not streaming are asked "
+        "for together: past heartbeat_interval_s × this many edges, the interval (and the "
+        "timeout) each edge is given grows with the fleet (PROTOCOL.md §9.4).",
+    )
+    streaming_heartbeat_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often an edge heartbeats while its cloud reports its session (which "
+        "keeps it live meanwhile); never more often than an edge that is not streaming.",
     )
 
     # --- run configuration handed to every edge (docs/DESIGN.md §2) -------------------
@@ -181,6 +212,12 @@ class CoordinatorSettings(RunSettings):
             raise ValueError("token_previous_keys needs token_key")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile, or neither")
+        if self.database_url is not None:
+            scheme = self.database_url.get_secret_value().partition("://")[0]
+            if scheme not in ("postgresql", "postgres"):
+                raise ValueError("database_url must be a postgresql:// URL")
+        elif self.database_password is not None:
+            raise ValueError("database_password needs database_url")
         return self
 
     @property

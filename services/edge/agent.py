@@ -38,7 +38,15 @@ from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.runtime import EdgeRuntime
 
-from .coordinator_client import Assignment, CoordinatorClient, EdgeRemoved, ForeignRun
+from .coordinator_client import (
+    STREAMING_CHECK_S,
+    STREAMING_WINDOW_S,
+    Assignment,
+    CoordinatorClient,
+    EdgeRemoved,
+    ForeignRun,
+    heartbeat_interval,
+)
 from .notify import SystemdNotifier
 from .settings import EdgeSettings
 from .state import (
@@ -412,19 +420,40 @@ class EdgeAgent:
     # --- liveness -----------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Heartbeat the coordinator at the cadence it states (PROTOCOL.md §9.4).
+
+        While the cloud acknowledges batches the edge is streaming: its cloud reports the
+        session, which keeps the edge live, so the edge heartbeats only at the long
+        streaming interval (its versions, a fresh token). Otherwise it heartbeats at the
+        interval for an edge that is not streaming. When streaming stops it heartbeats
+        within a check: if its cloud died, the coordinator's reply says when to ask again
+        (right after it can have found out), and the next reply names the new cloud.
+        """
         if self.coordinator is None or self.assignment is None:
             return
+        acked, last_ack = self.report.batches_acked, -float("inf")
+        streaming = False
+        due = time.monotonic() + self.assignment.heartbeat_interval_s
         while True:
-            await asyncio.sleep(self.assignment.heartbeat_interval_s)
+            await asyncio.sleep(max(0.0, min(due - time.monotonic(), STREAMING_CHECK_S)))
+            now = time.monotonic()
+            if self.report.batches_acked != acked:
+                acked, last_ack = self.report.batches_acked, now
+            was_streaming, streaming = streaming, now - last_ack < STREAMING_WINDOW_S
+            if now < due and not (was_streaming and not streaming):
+                continue
             runtime = self.runtime
             version = runtime.version if runtime is not None and runtime.version >= 0 else 0
             try:
-                update = await self.coordinator.heartbeat(version, self.report.batches_acked)
+                update = await self.coordinator.heartbeat(
+                    version, self.report.batches_acked, streaming=streaming
+                )
             except EdgeRemoved:
                 raise
             except SimulTrainError as exc:
                 self.report.heartbeat_failures += 1
                 log.warning("heartbeat failed: %s", exc)
+                due = time.monotonic() + self.assignment.heartbeat_interval_s
                 continue
             self.report.heartbeats += 1
             if update.cloud_url != self.assignment.cloud_url:
@@ -432,6 +461,9 @@ class EdgeAgent:
             self.assignment = update
             # The token is refreshed by every heartbeat: store the newest for a restart.
             await asyncio.to_thread(self._remember_identity)
+            interval = heartbeat_interval(update, streaming=streaming)
+            # A little jitter: the edges of one dead cloud are told the same instant.
+            due = time.monotonic() + interval * random.uniform(1.0, 1.1)
 
     async def _say_finished(self) -> None:
         """Its steps done, the edge tells the coordinator it leaves on purpose (finished, not

@@ -1,10 +1,16 @@
-"""The edge's side of the coordinator: register once, then heartbeat (httpx, no FastAPI)."""
+"""The edge's side of the coordinator: register once, then heartbeat (httpx, no FastAPI).
+
+The coordinator states the cadence in every assignment (PROTOCOL.md §9.4): how often to
+heartbeat while not streaming, and the longer interval while streaming (the cloud reports
+the session, which keeps the edge live meanwhile). :func:`heartbeat_interval` picks one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import secrets
 import ssl
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,9 +21,22 @@ from simultrain.shared.errors import SimulTrainError
 
 from .settings import EdgeSettings
 
-__all__ = ["Assignment", "CoordinatorClient", "EdgeRemoved", "ForeignRun"]
+__all__ = [
+    "STREAMING_CHECK_S",
+    "STREAMING_WINDOW_S",
+    "Assignment",
+    "CoordinatorClient",
+    "EdgeRemoved",
+    "ForeignRun",
+    "heartbeat_interval",
+]
 
 log = logging.getLogger("simultrain.edge")
+
+# The agent looks this often whether it is streaming: whether the cloud acknowledged a batch
+# in the last STREAMING_WINDOW_S (a pipelined edge gets acknowledgements in bursts).
+STREAMING_CHECK_S = 1.0
+STREAMING_WINDOW_S = 5.0
 
 
 class EdgeRemoved(SimulTrainError):
@@ -39,6 +58,17 @@ class Assignment:
     reconcile_offset: int
     heartbeat_interval_s: float
     token: str | None
+    # The heartbeat period while streaming; None: the coordinator does not say (an older
+    # one), so as often as when not streaming.
+    streaming_heartbeat_interval_s: float | None = None
+
+
+def heartbeat_interval(assignment: Assignment, *, streaming: bool) -> float:
+    """Seconds until the next heartbeat the coordinator asked for (PROTOCOL.md §9.4)."""
+    interval = assignment.heartbeat_interval_s
+    if streaming and assignment.streaming_heartbeat_interval_s is not None:
+        return max(interval, assignment.streaming_heartbeat_interval_s)
+    return interval
 
 
 class CoordinatorClient:
@@ -60,9 +90,25 @@ class CoordinatorClient:
             return s.enrollment_secret_file.read_text().strip()
         return None
 
+    def _cadence(self, data: dict[str, Any]) -> tuple[float, float | None]:
+        """The intervals of a reply (not streaming, streaming); a configured
+        ``heartbeat_interval_s`` overrides both."""
+        override = self.settings.heartbeat_interval_s
+        streaming = data.get("streaming_heartbeat_interval_s")
+        return (
+            float(override or data["heartbeat_interval_s"]),
+            override or (None if streaming is None else float(streaming)),
+        )
+
     async def register(self, *, attempts: int = 60) -> Assignment:
-        """``POST /v1/edges``, retried with backoff while no cloud is up yet (503)."""
-        body: dict[str, Any] = {"name": self.settings.name}
+        """``POST /v1/edges``, retried with backoff while no cloud is up yet (503).
+
+        Every attempt carries one ``enrollment_id``: an attempt whose reply was lost (a
+        coordinator replica died after enrolling) returns the same edge when retried."""
+        body: dict[str, Any] = {
+            "name": self.settings.name,
+            "enrollment_id": f"enroll-{secrets.token_hex(16)}",
+        }
         if self.settings.shard_count > 1:
             body["shard_index"] = self.settings.shard_index
             body["shard_count"] = self.settings.shard_count
@@ -80,15 +126,15 @@ class CoordinatorClient:
                     )
                 reply.raise_for_status()
                 data = reply.json()
+                interval, streaming = self._cadence(data)
                 self.assignment = Assignment(
                     edge_id=data["edge_id"],
                     cloud_url=data["cloud_url"],
                     run_config=dict(data["run_config"]),
                     reconcile_offset=int(data.get("reconcile_offset") or 0),
-                    heartbeat_interval_s=float(
-                        self.settings.heartbeat_interval_s or data["heartbeat_interval_s"]
-                    ),
+                    heartbeat_interval_s=interval,
                     token=data.get("token"),
+                    streaming_heartbeat_interval_s=streaming,
                 )
                 return self.assignment
             except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -137,19 +183,31 @@ class CoordinatorClient:
             return stored
 
     async def heartbeat(
-        self, edge_version: int, step: int, *, resuming: bool = False, finished: bool = False
+        self,
+        edge_version: int,
+        step: int,
+        *,
+        resuming: bool = False,
+        streaming: bool | None = None,
+        finished: bool = False,
     ) -> Assignment:
-        """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved).
+        """``POST /v1/edges/{id}/heartbeat``: the current assignment (it may have moved) and
+        cadence. ``streaming``: whether the edge has a live session with its cloud (the
+        coordinator then knows whether to ask again soon, in case that cloud died).
         ``finished``: the last one, its steps done (the coordinator marks it finished)."""
         assert self.assignment is not None
         headers = {}
         if self.assignment.token:
             headers["Authorization"] = f"Bearer {self.assignment.token}"
+        body: dict[str, Any] = {"edge_version": edge_version, "step": step}
+        if streaming is not None:
+            body["streaming"] = streaming
+        if finished:
+            body["finished"] = True
         try:
             reply = await self.client.post(
                 f"{self.base}/v1/edges/{self.assignment.edge_id}/heartbeat",
-                json={"edge_version": edge_version, "step": step}
-                | ({"finished": True} if finished else {}),
+                json=body,
                 headers=headers,
             )
             if reply.status_code == 404 and _error_code(reply) == "unknown_edge":
@@ -166,12 +224,23 @@ class CoordinatorClient:
                 )
             reply.raise_for_status()
             data = reply.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            # A reply without a cadence keeps the one the edge has.
+            interval, streaming_interval = (
+                self._cadence(data)
+                if "heartbeat_interval_s" in data
+                else (
+                    self.assignment.heartbeat_interval_s,
+                    self.assignment.streaming_heartbeat_interval_s,
+                )
+            )
+        except (httpx.HTTPError, ValueError, TypeError) as exc:
             raise SimulTrainError(f"heartbeat to {self.base} failed: {exc}") from exc
         self.assignment = replace(
             self.assignment,
             cloud_url=data.get("cloud_url") or self.assignment.cloud_url,
             token=data.get("token") or self.assignment.token,
+            heartbeat_interval_s=interval,
+            streaming_heartbeat_interval_s=streaming_interval,
         )
         return self.assignment
 

@@ -55,7 +55,10 @@ class EdgeSettings(RunSettings):
         "info", description="Log level (logs go to stderr)."
     )
     heartbeat_interval_s: float | None = Field(
-        None, gt=0, description="Heartbeat period (default: what the coordinator says)."
+        None,
+        gt=0,
+        description="Heartbeat period, streaming or not (default: the cadence the "
+        "coordinator states).",
     )
     reconnect_initial_s: float = Field(0.2, gt=0, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, description="Largest reconnect delay.")

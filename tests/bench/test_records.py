@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from simultrain.bench import fleet, fleet_parity, replicas_inprocess, report, study
+from simultrain.bench import control_plane, fleet, fleet_parity, replicas_inprocess, report, study
 from simultrain.bench.records import (
     RESULTS_FILES,
     BenchMeta,
     BenchResults,
+    ControlPlaneFile,
     FleetFile,
     FleetParityFile,
     ReplicaFile,
@@ -101,6 +102,14 @@ RENDERED = {
     "replicas-inprocess.md": _replicas,
     "report.md": lambda: _report("results.json", "meta.json"),
     "ablation/report.md": lambda: _report("ablation/results.json", "ablation/meta.json"),
+    **{
+        f"control-plane/{part}/control-plane.md": (
+            lambda part=part: control_plane.control_plane_markdown(
+                ControlPlaneFile.read(RESULTS / "control-plane" / part / "control-plane.json")
+            )
+        )
+        for part in ("before", "before-10000", "sqlite", "postgres", "soak", "merged")
+    },
 }
 
 

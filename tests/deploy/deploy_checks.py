@@ -698,11 +698,20 @@ def _interpolate_tree(node: Any, variables: Mapping[str, str]) -> Any:
     return node
 
 
-def load_compose(path: Path, variables: Mapping[str, str] | None = None) -> dict[str, Any]:
+def load_compose(
+    path: Path, variables: Mapping[str, str] | None = None, *, profiles: Iterable[str] = ()
+) -> dict[str, Any]:
     """The compose file with YAML anchors merged and ``${…}`` interpolated (compose's merge
-    tags stay as :class:`Override` and :class:`Reset`: see :func:`merge_compose`)."""
+    tags stay as :class:`Override` and :class:`Reset`: see :func:`merge_compose`); services
+    of a profile not in ``profiles`` are left out, as ``docker compose`` leaves them."""
     data = yaml.load(path.read_text("utf-8"), Loader=_ComposeLoader)
     result: dict[str, Any] = _interpolate_tree(data, variables or {})
+    active = set(profiles)
+    result["services"] = {
+        name: service
+        for name, service in (result.get("services") or {}).items()
+        if not service.get("profiles") or active & set(service["profiles"])
+    }
     for service in result.get("services", {}).values():
         service["environment"] = compose_environment(service)
     return result

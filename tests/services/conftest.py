@@ -7,11 +7,13 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from simultrain.bench.pgserver import PostgresUnavailable, TemporaryPostgres
 from simultrain.coordinator import (
     CoordinatorSettings,
     CoordinatorStore,
@@ -19,6 +21,7 @@ from simultrain.coordinator import (
     SQLiteStore,
     create_app,
 )
+from simultrain.coordinator.postgres import PostgresStore
 
 # --- coordinator ---------------------------------------------------------------------------
 
@@ -95,14 +98,49 @@ def coordinator_auth_settings(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def coordinator_postgres() -> Iterator[TemporaryPostgres]:
+    """One real PostgreSQL server for the whole session (initdb on a unix socket in a
+    temporary directory), each test in a database of its own. A server that cannot start
+    fails the tests that need it: the PostgreSQL tier never skips silently."""
+    try:
+        server = TemporaryPostgres().start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"the PostgreSQL store tier needs a PostgreSQL server: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def coordinator_postgres_url(coordinator_postgres: TemporaryPostgres) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped afterwards."""
+    url = coordinator_postgres.create_database()
+    yield url
+    coordinator_postgres.drop_database(urlsplit(url).path.lstrip("/"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the PostgreSQL server is of the ``postgres`` tier: kept out of
+    the default run (the server and the process tests take tens of seconds) and run by
+    ``make postgres-test``, which CI runs after ``make test``."""
+    for item in items:
+        if "coordinator_postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def coordinator_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoordinatorStore]:
-    """Each store implementation in turn: the one shared suite runs against both."""
+    """Each store implementation in turn: the one shared suite runs against all three."""
     store: CoordinatorStore
     if request.param == "memory":
         store = InMemoryStore()
-    else:
+    elif request.param == "sqlite":
         store = SQLiteStore(tmp_path / "coordinator.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("coordinator_postgres_url"))
     with store:
         yield store
 

@@ -22,7 +22,7 @@ from simultrain.coordinator import (
     create_app,
 )
 from simultrain.coordinator.records import Status
-from simultrain.coordinator.store import _MIGRATIONS
+from simultrain.coordinator.sqlite import _MIGRATIONS
 
 TIMEOUT = 5.0  # coordinator_settings.heartbeat_timeout_s
 
@@ -86,11 +86,11 @@ def test_sqlite_migrates_a_version_2_database_keeping_the_edges_in_order(tmp_pat
         for statement in migration:
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 2")
-    for edge in ("edge-b", "edge-a"):  # registration order is not id order
+    for ordinal, edge in enumerate(("edge-b", "edge-a")):  # registration order is not id order
         conn.execute(
-            "INSERT INTO edges VALUES (?, 'cloud-1', 'down', 1.0, 1.0, 0, 0, NULL, NULL, "
+            "INSERT INTO edges VALUES (?, 'cloud-1', 'down', 1.0, 1.0, ?, 0, NULL, NULL, "
             "NULL, 7, 9)",
-            (edge,),
+            (edge, ordinal),
         )
     conn.commit()
     conn.close()

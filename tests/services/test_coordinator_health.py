@@ -135,8 +135,8 @@ def test_a_cloud_back_up_keeps_nothing_it_lost(
     coordinator.cloud_heartbeat(b, master_version=0)
     coordinator.edge_heartbeat(edge, edge_version=0, step=0)
     coordinator.sweep()
-    cloud, assigned = coordinator.cloud_heartbeat(a, master_version=10)
-    assert cloud.status is Status.UP and assigned == []
+    beat = coordinator.cloud_heartbeat(a, master_version=10)
+    assert beat.cloud.status is Status.UP and beat.assigned_edges == []
     assert coordinator.get_edge(edge).cloud.cloud_id == b
 
 
