@@ -101,6 +101,17 @@ def test_credits_never_exceed_the_grant() -> None:
         flow.on_send("ghost", 0, 0.2)
     with pytest.raises(ConfigError):
         FlowController(per_edge_cap=0)
+    # Shares rounded up cover the target and may add up to more: the fleet's room bounds them.
+    four = FlowController(initial=4)
+    for edge_id in ("a", "b", "c"):
+        four.add_edge(edge_id)
+    assert [four.credits(e) for e in "abc"] == [2, 2, 2]
+    for seq in (0, 1):
+        four.on_send("a", seq, 0.0)
+        four.on_send("b", seq, 0.0)
+    assert four.in_flight == 4 and four.credits("c") == 0
+    with pytest.raises(FlowError):
+        four.on_send("c", 0, 0.0)
 
 
 def test_a_per_edge_cap_stays_a_cap() -> None:
