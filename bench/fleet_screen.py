@@ -341,7 +341,7 @@ def flow_rows() -> list[dict[str, Any]]:
 # the other mechanisms in between. A screen stopped early has the same seeds for every method
 # of a phase.
 CORE = ("pooled", "w4", "credits", "mix4+credits", "per-edge")
-ABLATIONS = ("mix4", "copies", "mix8+credits")
+ABLATIONS = ("mix4", "copies-b0", "copies", "mix8+credits")
 Phase = tuple[tuple[str, ...], int, int]
 GRIDS: dict[str, list[Phase]] = {
     "full": [
