@@ -1,1 +1,1 @@
-"""Worked examples: a user's own split model (README, "Bring your own model")."""
+"""Worked examples: a user's own split model (docs/CONFIGURATION.md, "Bring your own model")."""

@@ -1,7 +1,7 @@
 """The ``simultrain`` command: run a service, the demo, the benchmark and the other
 experiments, the link emulator.
 
-Every service option is also an environment variable (README, "Configuration"); the flags
+Every service option is also an environment variable (docs/CONFIGURATION.md); the flags
 here are the ones people type most. Services are imported lazily, so ``simultrain edge`` on a
 Pi never imports FastAPI.
 """
@@ -9,6 +9,7 @@ Pi never imports FastAPI.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -123,6 +124,18 @@ def netem(
     run(NetemSettings())
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_like_ctrl_c() -> None:
+    """SIGTERM (`kill`, a supervisor) and SIGINT stop the demo as Ctrl-C does: every process
+    it started is stopped before it exits. SIGINT is taken back even where the shell that
+    started the demo in the background left it ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @app.command()
 def demo(
     dataset: Annotated[str | None, typer.Option(help="imu, mnist, video or npz:PATH.")] = None,
@@ -131,7 +144,7 @@ def demo(
         str | None,
         typer.Option(
             help="Split model id (default: the dataset's own; e.g. imu-thin), or your own "
-            "as package.module:factory (README)."
+            "as package.module:factory."
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Batches per edge.")] = None,
@@ -177,7 +190,8 @@ def demo(
 ) -> None:
     """Coordinator, cloud and edge as real processes on 127.0.0.1; train; evaluate.
 
-    A run flag left out takes the run configuration's default (README, configuration).
+    A run flag left out takes the run configuration's default. Long because each flag is
+    declared in the signature (typer's way): the body itself is a dozen lines.
     """
     from simultrain.demo import DemoOptions, run_demo
     from simultrain.shared.errors import SimulTrainError
@@ -197,6 +211,7 @@ def demo(
         "seed": seed,
         "partition": partition,
     }
+    _stop_like_ctrl_c()
     try:
         run = RunConfig.from_mapping({k: v for k, v in given.items() if v is not None})
         if model is not None:
@@ -230,7 +245,7 @@ def demo(
     add_help_option=False,
 )
 def conformance(ctx: typer.Context) -> None:
-    """PROTOCOL.md's edge cases against an edge client (docs/CONFORMANCE.md); --help."""
+    """The wire protocol's edge cases, run against an edge client; see --help."""
     from simultrain.conformance.kit import main as conformance_main
 
     raise typer.Exit(conformance_main(list(ctx.args)))

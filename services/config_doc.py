@@ -1,4 +1,4 @@
-"""``python -m simultrain.config_doc``: the README's configuration tables, from the settings."""
+"""``python -m simultrain.config_doc``: the environment-variable tables of docs/CONFIGURATION.md."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def configuration_tables() -> str:
         ("Edge agent (`simultrain edge`)", EdgeSettings),
         ("Link emulator (`simultrain netem`)", NetemSettings),
     ]
-    return "\n\n".join(f"#### {title}\n\n{settings_table(cls)}" for title, cls in sections)
+    return "\n\n".join(f"### {title}\n\n{settings_table(cls)}" for title, cls in sections)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSum
 
 @dataclass(frozen=True)
 class Topology:
-    """The processes of one run, started and listening (SPEC "Roles")."""
+    """The processes of one run, started and listening (docs/DESIGN.md §2)."""
 
     coordinator_url: str
     cloud_url: str  # http:// base URL of the cloud's API

@@ -1,4 +1,4 @@
-"""Edge tokens and secret comparison (issue 5, item 1 "Authentication").
+"""Edge tokens and secret comparison (SECURITY.md, "Tokens: scope and lifetime").
 
 The coordinator enrolls an edge (enrollment secret) and issues it a **token**: an HS256 JSON
 Web Token (RFC 7519) bound to that edge id, which the cloud checks during the WebSocket

@@ -13,7 +13,7 @@ keys, so renaming a field is a type error in every reader (mypy), not a blank on
 Readers ignore fields they do not know (a newer producer may add some); every field a model
 declares without a default must be there.
 
-Bytes are counted from the edge's side, the link's words (README "How it works"): ``bytes_up``
+Bytes are counted from the edge's side, the link's words (docs/DESIGN.md §3.8): ``bytes_up``
 travel edge → cloud (activations, edge gradients), ``bytes_down`` cloud → edge. Until the
 next protocol version ``/v1/status`` also writes each session's counts under their earlier
 names, ``bytes_in`` and ``bytes_out`` (the cloud's view), for readers written against them.

@@ -2,8 +2,8 @@
 
 Every error the project raises on purpose derives from :class:`SimulTrainError`, so a caller
 can catch "anything SimulTrain refused" without catching programming errors. Foreign errors
-(msgpack, lz4, numpy, sqlite, ...) are translated at the boundary with ``raise ... from exc``
-(STYLE.md, point 4)::
+(msgpack, lz4, numpy, sqlite, ...) are translated at the boundary with ``raise ... from exc``,
+so the original stays attached::
 
     SimulTrainError
     ├── ConfigError                     a setting or argument is invalid (local, never on the wire)
@@ -25,8 +25,8 @@ can catch "anything SimulTrain refused" without catching programming errors. For
     │   ├── RateLimited                 rate_limited               1008
     │   └── InternalError               internal_error             1011
     ├── TrainingError                   the step math refused an update
-    │   ├── StaleGradientDropped        gradient older than the master history (SPEC step 4)
-    │   └── DeltaGapError               a delta gap did not fill in time (SPEC step 5)
+    │   ├── StaleGradientDropped        gradient older than the master history (docs/DESIGN.md §3.4)
+    │   └── DeltaGapError               a delta gap did not fill in time (docs/DESIGN.md §4.3)
     └── StoreError                      a state store (coordinator, checkpoints) failed
 
 Close codes follow RFC 6455 section 7.4.1 and the IANA registry; 4000-4999 are reserved by
@@ -296,7 +296,7 @@ class UnexpectedSequence(ProtocolError):
 
 
 class WindowExceeded(ProtocolError):
-    """An ACT would leave more batches unanswered than the session's window (SPEC step 1)."""
+    """An ACT would leave more batches unanswered than the window (docs/DESIGN.md §3.1)."""
 
     code = ErrorCode.WINDOW_EXCEEDED
 
@@ -324,11 +324,11 @@ class TrainingError(SimulTrainError):
 
 
 class StaleGradientDropped(TrainingError):
-    """An edge gradient is older than the master history kept for the forecast (SPEC step 4)."""
+    """An edge gradient is older than the master's history (docs/DESIGN.md §3.4, §6.3)."""
 
 
 class DeltaGapError(TrainingError):
-    """Deltas are missing a version range that did not arrive in time (SPEC step 5)."""
+    """Deltas are missing a version range that did not arrive in time (docs/DESIGN.md §4.3)."""
 
 
 class StoreError(SimulTrainError):

@@ -1,4 +1,4 @@
-"""Markdown tables of the services' settings, so the README's configuration table is generated
+"""Markdown tables of the services' settings, so docs/CONFIGURATION.md's tables are generated
 from the settings classes themselves and cannot drift from them (a test checks it).
 
 A field holding a `RunConfig` (the services' ``run``) is one variable per run key: its rows

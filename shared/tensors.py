@@ -1,7 +1,7 @@
 """Where torch tensors meet wire tensors: the one place for ``detach().cpu()``, dtype and codec.
 
-STYLE.md §3. The protocol sees numpy arrays in :class:`WireTensor`; the training code sees
-torch tensors. Nothing else in the project converts between the two.
+The protocol sees numpy arrays in :class:`WireTensor`; the training code sees
+torch tensors. Nothing else in the project converts between the two (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ CODEC_VARIANTS: Mapping[str, Mapping[str, Any]] = {
     },
 }
 
-# The paper's ablations, made honest (SPEC "Ablations"): each is a RunConfig override on the
+# The paper's ablations, made honest (docs/DESIGN.md §5.1, §10): each is a RunConfig override on the
 # same mode, so the two runs of a pair differ in exactly one thing. SimulTrain as the paper
 # defines it (forecast, α = 0.5) against α = 0; our default chain against no compensation.
 # (The "simultrain-noforecast" mode removes the forecast from the run's chain, and our

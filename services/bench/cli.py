@@ -122,8 +122,9 @@ def bench(
         bool, typer.Option("--append", help="Add to OUT/results.json instead of replacing it.")
     ] = False,
 ) -> None:
-    """Run modes × links × datasets × seeds through the real services; write results."""
-    # Long because the command has many options, a parameter each; the work is elsewhere.
+    """Run modes × links × datasets × seeds through the real services; write results.
+
+    Long because the command has many options, a parameter each; the work is elsewhere."""
     from simultrain.bench.bench import VARIANTS, WORKLOADS, BenchOptions, parse_list, run_bench
     from simultrain.bench.calibrate import calibrate as measure
     from simultrain.shared.errors import SimulTrainError

@@ -21,7 +21,7 @@ Measurement, per case:
    the status again: the steady window. Per-edge step rate = that edge's
    ``steps_applied`` difference ÷ the window; cloud compute per update = the compute
    thread's ``busy_seconds`` difference ÷ the master-version difference (one update per
-   cloud-stage step and one per edge-stage step, SPEC "One SimulTrain step");
+   cloud-stage step and one per edge-stage step, docs/DESIGN.md §3);
 3. SIGTERM the workers: every agent stops producing and drains (its un-acknowledged batches
    are applied or re-sent); each worker prints ``DONE`` with every agent's report;
 4. **lost samples** = samples the edges produced − samples the cloud applied (its status, per
@@ -274,9 +274,10 @@ def straggler_plan(
     edges: int = 8,
     modes: Sequence[str] | None = None,
 ) -> list[FleetOptions]:
-    """SPEC "Fleets": 8 edges, one or two slowed ``slowdown``×. The lockstep modes waiting
-    for them (syncsgd's step, FedAvg's round), syncsgd with gradient coding for s = 1 and 2
-    (seed 004), with a round deadline, and SimulTrain, which waits for no one. FedAvg and
+    """Stragglers (docs/DESIGN.md §8.3): 8 edges, one or two slowed ``slowdown``×. The
+    lockstep modes waiting for them (syncsgd's step, FedAvg's round), syncsgd with gradient
+    coding for s = 1 and 2 (Tandon et al. 2017), with a round deadline, and SimulTrain,
+    which waits for no one. FedAvg and
     syncsgd without stragglers are the reference rounds; without ``deadline_s`` a mode's
     deadline is 1.5× its own reference round. ``modes`` keeps only those modes' cases."""
     plan = [
@@ -816,8 +817,9 @@ async def _worker(spec: WorkerSpec) -> WorkerDone:
     agents = {}
     observers = {}
     coding = spec.gradient_coding_s
-    # Gradient coding: edge i is row i of the code and holds its partitions (seed 004's
-    # replicated data), so its index is its shard of the run's edges, whatever the groups.
+    # Gradient coding: edge i is row i of the code and holds its partitions (the replicated
+    # data of an edge-node tier, Tang et al. 2024), so its index is its shard of the run's
+    # edges, whatever the groups.
     coded: dict[str, Any] = (
         {"run_edges": spec.count, "run_gradient_coding_s": coding} if coding else {}
     )

@@ -1,4 +1,4 @@
-"""A fleet at parity? Staleness compensation measured through the real services (SPEC "Fleets").
+"""A fleet at parity? Staleness compensation measured through the real services (docs/DESIGN.md §8).
 
 Each case is one ``simultrain demo`` run, called as a function (:func:`simultrain.demo.run_demo`):
 coordinator, cloud and E edge processes on 127.0.0.1, every edge a shard (IMU: one subject per

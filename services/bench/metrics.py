@@ -174,7 +174,7 @@ def transfer_time_s(n_bytes: float, rate_bps: float | None) -> float:
 
 
 def pipeline_bound_s(edge_s: float, uplink_s: float, cloud_s: float, downlink_s: float) -> float:
-    """The slowest stage: no schedule steps faster (SPEC "The idea in one paragraph")."""
+    """The slowest stage: no schedule steps faster (docs/DESIGN.md §1: the pipeline bound)."""
     return max(edge_s, uplink_s, cloud_s, downlink_s)
 
 

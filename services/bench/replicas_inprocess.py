@@ -88,7 +88,10 @@ def run_replicated(
     merge: Merge = "mean",
     lag: int = 0,
 ) -> dict[str, Any]:
-    """One run; the replicas' held-out accuracy after a last round (one model again)."""
+    """One run; the replicas' held-out accuracy after a last round (one model again).
+
+    Long because a sync round's steps (start, finish, count) are closures over this run's
+    replicas and edges, read beside the loop that drives them."""
     if merge not in MERGES:
         raise TrainingError(f"merge must be one of {MERGES}")
     dataset = load_dataset(config.dataset, seed=config.seed)

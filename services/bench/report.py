@@ -32,7 +32,7 @@ __all__ = [
 
 Record = BenchRecord
 
-# SPEC "What the paper claims" and the paper's own tables (seeds 001/002).
+# What the SimulTrain paper claims, from its text and tables (docs/DESIGN.md §10).
 PAPER: dict[str, Any] = {
     "latency_reduction": {"4g": 0.78, "5g": 0.71},
     "btp_reduction": 0.65,
@@ -49,7 +49,7 @@ PAPER: dict[str, Any] = {
     "fedavg_gap_points": 3.0,
     "noreconcile_loss_increase": 0.12,
 }
-# Issue 4, "Targets": ours must beat the paper's.
+# Our own targets: ours must beat the paper's (docs/BENCH.md, "Reading the results").
 TARGETS: dict[str, Any] = {
     "latency_reduction": {"4g": 0.85, "5g": 0.80},
     "bound_ratio": 1.10,
@@ -376,7 +376,10 @@ def accuracy_table(records: Sequence[Record]) -> dict[str, dict[str, dict[str, A
 
 def accuracy_claims(records: Sequence[Record]) -> list[Claim]:
     """Accuracy against centralized, FedAvg's gap and the two ablations, per dataset: one
-    claim each, in a row, each with its own reason where it does not hold."""
+    claim each, in a row, each with its own reason where it does not hold.
+
+    Long because each claim's verdict and its reason are written out beside it, one claim
+    after another, as the report reads."""
     out: list[Claim] = []
     table = accuracy_table(records)
     for dataset, modes in table.items():
@@ -394,7 +397,7 @@ def accuracy_claims(records: Sequence[Record]) -> list[Claim]:
                     f"SimulTrain {_acc(sim['mean'])} ± {_acc(sim['std'])} % vs centralized "
                     f"{_acc(central['mean'])} ± {_acc(central['std'])} % after "
                     f"{sim['steps']} steps; the edge stage learns from gradients up to "
-                    f"{_stale(records, dataset)} versions stale (SPEC, pilot findings)."
+                    f"{_stale(records, dataset)} versions stale (the pilot's finding)."
                 )
             if not enough:
                 reason = (reason + " " if reason else "") + (
@@ -444,8 +447,8 @@ def accuracy_claims(records: Sequence[Record]) -> list[Claim]:
                         f"{nof['steps']} steps",
                         nof["mean"] < sim["mean"] - 0.05,
                         "“holds” = accuracy at least 5 points below SimulTrain; otherwise the "
-                        "forecast is not what keeps training stable here (see the pilot "
-                        "findings in SPEC).",
+                        "forecast is not what keeps training stable here (see the pilot's "
+                        "findings, docs/STALENESS.md).",
                     )
                 )
             nor = modes.get("simultrain-noreconcile")
@@ -598,7 +601,7 @@ def _header(records: Sequence[BenchRecord | BenchFailure], meta: BenchMeta) -> l
         f"Host: {host.platform}, {host.cpus} CPUs, torch "
         f"{host.torch}, commit `{(host.git_commit or '?')[:12]}`.  ",
         "Every case runs the real services as separate processes (coordinator, cloud, netem "
-        "link emulator, one edge) on 127.0.0.1; the link profiles are SPEC's (4G: 50 Mbit/s, "
+        "link emulator, one edge) on 127.0.0.1; the link profiles are the paper's (4G: 50 Mbit/s, "
         "30 ms RTT; 5G: 300 Mbit/s, 10 ms RTT; LAN: 1 Gbit/s, 0.2 ms).  ",
     ]
     if cal:

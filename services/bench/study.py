@@ -68,7 +68,8 @@ OPTIMIZERS: dict[str, OptimizerConfig] = {
     "momentum": OptimizerConfig("sgd", lr=0.01, momentum=0.9),
     "adam": OptimizerConfig("adam", lr=1e-3),
 }
-"""The study's optimizers, the same on both stages and in every mode (SPEC: no strawmen)."""
+"""The study's optimizers, the same on both stages and in every mode (no strawmen:
+docs/DESIGN.md §10)."""
 
 DEFAULT_COMPENSATIONS = (
     "none",
@@ -93,7 +94,7 @@ class StudyConfig:
     windows: tuple[int, ...] = (0, 2, 4, 8)
     seeds: tuple[int, ...] = (0, 1, 2)
     # Fleet sizes. With E edges the master moves once per batch of every edge, so an edge's
-    # gradient lands about E·(W+1) edge-stage updates late (SPEC step 4): the fleet, not the
+    # gradient lands about E·(W+1) edge-stage updates late (docs/DESIGN.md §6.2): the fleet, not the
     # window alone, sets the staleness a compensation must hold at.
     edges: tuple[int, ...] = (1,)
     # How a fleet's shards are dealt (Dataset.shard): one IMU subject per edge, MNIST skewed
@@ -212,7 +213,7 @@ def _grid_jobs(study: StudyConfig) -> list[_Job]:
 
 
 def _ablation_jobs(study: StudyConfig) -> list[_Job]:
-    """The paper's ablations as it states them (SPEC "What the paper claims").
+    """The paper's ablations as it states them (docs/DESIGN.md §10).
 
     - no forecast: α = 0 against the paper's α = 0.5, learning curves every 100 steps, to see
       whether α = 0 diverges after ~500 steps;

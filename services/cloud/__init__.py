@@ -1,3 +1,3 @@
 """The cloud service: the master model, its optimizer and version counter, one WebSocket
-session per edge (SPEC "Roles": Cloud). ``create_app`` builds the FastAPI app; ``run`` serves it.
+session per edge (docs/DESIGN.md §2). ``create_app`` builds the FastAPI app; ``run`` serves it.
 """

@@ -1,4 +1,4 @@
-"""Atomic checkpoints of the cloud's state, and resuming from the newest (issue 5, item 4).
+"""Atomic checkpoints of the cloud's state, and resuming from the newest (docs/DESIGN.md §7.2).
 
 One file per checkpoint, ``checkpoint-<master version>.safetensors``: every tensor (master
 weights of both stages, optimizer buffers) in safetensors, and everything else (version

@@ -1,7 +1,7 @@
 """The cloud's side of the coordinator: fetch the run config, register, heartbeat.
 
 Heartbeats run on their own task, independent of compute, so a long step never makes the
-cloud look dead (issue 5, item 5). A coordinator that is down is retried with backoff; the
+cloud look dead (docs/DESIGN.md §8.2). A coordinator that is down is retried with backoff; the
 cloud keeps training its connected edges meanwhile.
 """
 

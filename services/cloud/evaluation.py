@@ -1,9 +1,9 @@
 """Periodic held-out evaluation of the master, for the dashboard and ``/metrics``.
 
 The master's held-out accuracy over time is what tells a watcher whether a run is learning
-(SPEC, "What the paper claims": accuracy is the figure every mode is judged by). It must not
+(docs/DESIGN.md §10: accuracy is the figure every mode is judged by). It must not
 slow the run it watches: a forward pass over MNIST's 10 000 held-out images takes seconds on
-a CPU, and every ACT and EGRAD waits on the one compute thread (SPEC "Roles": the cloud
+a CPU, and every ACT and EGRAD waits on the one compute thread (docs/DESIGN.md §2: the cloud
 applies updates immediately). So the compute thread only copies the master's weights, which
 is consistent (between two updates) and takes milliseconds; the forward pass runs on a
 thread of its own, on a private copy of the model. It runs every ``eval_interval_s``, and

@@ -97,7 +97,7 @@ class CloudMetrics:
         self.history = TrainingHistory()
 
     def observe_outgoing(self, outgoing: Iterable[tuple[str, object]]) -> None:
-        """Count the soft reconciliations among the frames the cloud sends (SPEC step 6)."""
+        """Count the soft reconciliations among the frames the cloud sends (docs/DESIGN.md §3.6)."""
         for edge_id, frame in outgoing:
             if isinstance(frame, Snap) and frame.reconcile:
                 self.reconciliations.inc()

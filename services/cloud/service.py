@@ -2,7 +2,7 @@
 
 Every master operation runs on one compute thread (``ThreadPoolExecutor(max_workers=1)``):
 updates stay strictly ordered without a lock, and the event loop stays free, so one slow
-step never stalls another session's I/O (issue 3, item 1).
+step never stalls another session's I/O (docs/DESIGN.md §2).
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ class CloudService:
         """HELLO → WELCOME and the first SNAP (an exact copy of the master)."""
         if self.auth_enabled:
             # The session belongs to the edge the token names, and to no other: an edge
-            # cannot open or resume another edge's session (issue 5, item 1).
+            # cannot open or resume another edge's session (SECURITY.md).
             if conn.token is None:
                 conn.token = self.authenticate(hello.token)
             token_edge = conn.token.edge_id
@@ -392,11 +392,13 @@ class CloudService:
     def _size_history_for_fleet(self) -> None:
         """Keep enough edge-stage history for the fleet actually connected.
 
-        With E edges each holding W + 1 batches in flight, a gradient returns about
-        2·E·(W + 1) master versions late (SPEC "Fleets"); older than the history it is
-        dropped (SPEC step 4). The factory sizes the history by the run's ``edges``, which a
-        cloud without a coordinator does not know: 64 edges at window 4 lost half their
-        edge-stage gradients that way (bench/results/fleet.md). Same margin as the factory.
+        With E edges each keeping max(W, 1) batches in flight, a gradient returns up to
+        about 2·E·max(W, 1) master versions late, more behind a slow edge (docs/DESIGN.md
+        §6.2); one older than the history is dropped and counted (§3.4). The assembly sizes
+        the history by the run's ``edges`` (``history_versions``: 16·max(W, 1)·E, at least
+        512), which a cloud without a coordinator does not know: 64 edges at window 4 lost
+        half their edge-stage gradients that way (bench/results/fleet.md). So the cloud
+        raises it, never lowers it, to 16·(W + 1) versions per connected edge (§6.3).
         """
         needed = 8 * 2 * (self.schedule.window + 1) * len(self.connections)
         self.master.history_versions = max(self.master.history_versions, needed)

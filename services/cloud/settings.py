@@ -121,7 +121,7 @@ class CloudSettings(RunSettings):
     graceful_shutdown_s: float = Field(10.0, ge=0, description="Time to drain sessions on SIGTERM.")
 
     def token_keys(self) -> list[str]:
-        """Keys that verify edge tokens, newest first (rotation: README "Security")."""
+        """Keys that verify edge tokens, newest first (rotation: SECURITY.md, "Key rotation")."""
         keys: list[str] = []
         if self.token_key is not None:
             keys.append(self.token_key.get_secret_value())

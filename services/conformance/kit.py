@@ -46,7 +46,7 @@ __all__ = [
     "run_cases",
 ]
 
-# The run the kit's cloud trains (README, configuration): small batches, a window of 2 so
+# The run the kit's cloud trains (docs/CONFIGURATION.md): small batches, a window of 2 so
 # that it fills, a reconciling SNAP every second batch. A client reads it from the session
 # spec; the reference agent is given it as its run settings.
 KIT_RUN: Mapping[str, str] = {"window": "2", "batch_size": "8", "reconcile_every": "2"}
@@ -323,8 +323,8 @@ def main(argv: Sequence[str] | None = None, *, cloud: KitCloud | None = None) ->
     """The command line; 0 when every case passed. ``cloud``: one already started (tests)."""
     parser = argparse.ArgumentParser(
         prog="simultrain conformance",
-        description="Run PROTOCOL.md's edge conformance cases against an edge client, through "
-        "a real cloud started on 127.0.0.1 (docs/CONFORMANCE.md).",
+        description="Run the wire protocol's edge conformance cases against an edge client, "
+        "through a real cloud started on 127.0.0.1.",
     )
     who = parser.add_mutually_exclusive_group()
     who.add_argument(

@@ -1,4 +1,4 @@
-"""The SimulTrain coordinator (SPEC.md "Roles"): registry of clouds and edges, run
+"""The SimulTrain coordinator (docs/DESIGN.md §2, §8.2): registry of clouds and edges, run
 configuration, reconciliation schedule, health and reassignment, state in SQLite.
 
 Start it with ``python -m simultrain.coordinator`` (settings from ``SIMULTRAIN_COORDINATOR_*``

@@ -9,7 +9,7 @@ Endpoints (JSON; every error is ``{"error": {"code", "message"}}`` with a 4xx/50
 - ``GET /dashboard`` (the live dashboard page), ``GET /v1/dashboard`` (what it draws; see
   ``dashboard.py``)
 
-Credentials when authentication is on (issue 5 item 1; see ``settings.py``):
+Credentials when authentication is on (SECURITY.md; see ``settings.py``):
 
 - registering an edge: the enrollment secret, header ``X-Enrollment-Secret`` (or body field
   ``enrollment_secret``): missing → 401, wrong → 403. The reply carries a token bound to
@@ -104,7 +104,7 @@ def _bearer(authorization: str | None) -> str | None:
 
 
 def _refuse(request: Request, status_code: int, code: str, message: str) -> ApiError:
-    # Logged without the credential itself (issue 5: "logged without the secret").
+    # Logged without the credential itself (SECURITY.md: secrets are never logged).
     client = request.client.host if request.client else "?"
     logger.warning("refused %s %s from %s: %s", request.method, request.url.path, client, code)
     headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None

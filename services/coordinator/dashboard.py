@@ -1,12 +1,12 @@
 """The live dashboard: ``GET /dashboard`` (a page) and ``GET /v1/dashboard`` (what it draws).
 
-A training run is watched while it runs (issue 13). The coordinator already knows the fleet
-(its registry of clouds and edges, their heartbeats and the versions they last reported); the
-figures only the master has — per-edge steps, bytes and replica versions, staleness, loss,
-held-out accuracy over time, reconciliations — it reads from each cloud it knows, over the
-clouds' own open read endpoints (``/v1/status``, ``/v1/history``). The page polls
-``/v1/dashboard`` and draws it with its own small script: no build step, no CDN, the assets
-ship in the package (``static/``), so the page works on a cluster with no way out.
+A training run is watched while it runs (docs/CONFIGURATION.md, "Watching a run"). The coordinator
+already knows the fleet (its registry of clouds and edges, their heartbeats and the versions they
+last reported); the figures only the master has — per-edge steps, bytes and replica versions,
+staleness, loss, held-out accuracy over time, reconciliations — it reads from each cloud it knows,
+over the clouds' own open read endpoints (``/v1/status``, ``/v1/history``). The page polls
+``/v1/dashboard`` and draws it with its own small script: no build step, no CDN, the assets ship in
+the package (``static/``), so the page works on a cluster with no way out.
 
 Polling is on demand and shared: while nobody watches, nothing is polled; however many
 pages watch, each cloud is asked at most once per ``min_poll_interval_s``. A cloud that does

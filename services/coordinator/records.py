@@ -2,8 +2,8 @@
 
 Records are immutable values; a store keeps the latest value per id and updates are new
 values (``dataclasses.replace``). Version counters are "as last reported" by the cloud
-(master version ``v_c``) and the edge (replica version ``v_e``); SPEC.md "Version counters
-are the backbone".
+(master version ``v_c``) and the edge (replica version ``v_e``): versions are the backbone
+(docs/DESIGN.md §3).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-# The run configuration as the coordinator's API, store and settings carry it (SPEC.md,
-# issue 3 item 3): the shared `RunConfig` in its flat wire form, documented by the JSON
+# The run configuration as the coordinator's API, store and settings carry it (docs/DESIGN.md
+# §2): the shared `RunConfig` in its flat wire form, documented by the JSON
 # schema its declaration generates — no key is listed here.
 from simultrain.shared.run_settings import RunConfigField, run_config_field
 from simultrain.shared.training.config import RunConfig

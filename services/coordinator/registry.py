@@ -1,8 +1,8 @@
 """The coordinator's decisions, free of HTTP: registration, assignment, health, versions.
 
-SPEC.md "Roles", Coordinator: a registry of clouds and edges, the version counters as last
-reported, the run configuration, the reconciliation schedule, and health — a cloud or edge
-that stops heartbeating is marked down, and the edges of a down cloud move to a live one.
+The coordinator's role (docs/DESIGN.md §2, §8.2): a registry of clouds and edges, the version
+counters as last reported, the run configuration, the reconciliation schedule, and health — a cloud
+or edge that stops heartbeating is marked down, and the edges of a down cloud move to a live one.
 
 Every public method runs under one lock, so a decision (read records, choose, write) is
 atomic with respect to the others; the coordinator handles a few heartbeats per second, far

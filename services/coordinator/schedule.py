@@ -1,4 +1,4 @@
-"""The soft-reconciliation schedule (SPEC.md "One SimulTrain step", point 6).
+"""The soft-reconciliation schedule (docs/DESIGN.md §3.6, §8.2).
 
 Computed in one place, ``simultrain.shared.training.schedule``, which the cloud's runtime
 uses to decide when to send a SNAP: the steps the coordinator reports are exactly the steps

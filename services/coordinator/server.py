@@ -39,7 +39,7 @@ async def serve(
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        # HTTPS when given a certificate and key (issue 5 item 2); clients are not asked
+        # HTTPS when given a certificate and key (SECURITY.md, "TLS"); clients are not asked
         # for certificates: edges authenticate with tokens, clouds with the admin token.
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,

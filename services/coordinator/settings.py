@@ -1,4 +1,4 @@
-"""The coordinator's one settings object (STYLE.md point 7; issue 3 item 5).
+"""The coordinator's one settings object (docs/ARCHITECTURE.md, "Settings").
 
 Built once at start-up from keyword arguments and ``SIMULTRAIN_COORDINATOR_*`` environment
 variables, immutable, passed down. Every field is an environment variable of the same name
@@ -8,10 +8,10 @@ key of its declaration is a variable (``window`` → ``SIMULTRAIN_COORDINATOR_WI
 keyword (``load_settings(window=8)``), so a key added to `RunConfig` needs no edit here
 (shared/run_settings.py). Any other ``SIMULTRAIN_COORDINATOR_*`` variable is refused at
 start-up, naming the closest valid one.
-:func:`settings_table` renders the table for the README from the field descriptions and the
-run keys' declaration.
+:func:`settings_table` renders the table for docs/CONFIGURATION.md from the field descriptions and
+the run keys' declaration.
 
-Authentication (issue 5 item 1) is on when any of ``enrollment_secret``, ``token_key`` or
+Authentication (SECURITY.md) is on when any of ``enrollment_secret``, ``token_key`` or
 ``admin_token`` is configured, and then all three are required — a half-configured
 coordinator would enroll edges it cannot vouch for. With none configured it runs in
 development mode: anyone may register, no tokens are issued, and a warning is logged.
@@ -63,9 +63,7 @@ class CoordinatorSettings(RunSettings):
         "simultrain-coordinator.db",
         description='SQLite database file holding the state; ":memory:" keeps it in memory.',
     )
-    ssl_certfile: Path | None = Field(
-        None, description="TLS certificate chain (PEM): serve HTTPS (issue 5 item 2)."
-    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate chain (PEM): serve HTTPS.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) of ssl_certfile.")
 
     # --- health ----------------------------------------------------------------------
@@ -79,7 +77,7 @@ class CoordinatorSettings(RunSettings):
         "are reassigned to a live cloud (seconds).",
     )
 
-    # --- run configuration handed to every edge (SPEC.md) -----------------------------
+    # --- run configuration handed to every edge (docs/DESIGN.md §2) -------------------
     # One SIMULTRAIN_COORDINATOR_<KEY> variable (or keyword argument) per key of the shared
     # RunConfig, whose declaration (shared/training/config.py) gives each its type, default,
     # bounds and meaning: `RunSettings` (shared/run_settings.py) reads them and builds it.
@@ -88,7 +86,7 @@ class CoordinatorSettings(RunSettings):
         description="The run configuration handed to every edge: one variable per key.",
     )
 
-    # --- authentication (issue 5 item 1) ------------------------------------------------
+    # --- authentication (SECURITY.md) --------------------------------------------------
     enrollment_secret: SecretStr | None = Field(
         None, description="Secret an edge presents to register (X-Enrollment-Secret)."
     )

@@ -1,4 +1,4 @@
-"""The edge agent: registers, then streams its data to the assigned cloud (SPEC "Roles": Edge).
+"""The edge agent: registers, then streams its data to the assigned cloud (docs/DESIGN.md §2).
 
 Three tasks, all on one event loop:
 
@@ -74,7 +74,7 @@ class EdgeReport:
     reconciliations: int = 0
     resyncs: int = 0
     checksum_failures: int = 0  # DELTA or SNAP checksums that did not match (PROTOCOL §3.1)
-    local_steps: int = 0  # synthetic mode: local updates of the edge stage (seed 003)
+    local_steps: int = 0  # synthetic mode: local updates of the edge stage (docs/SYNTHETIC.md)
     bytes_up: int = 0
     bytes_down: int = 0
     edge_version: int = 0
@@ -165,7 +165,7 @@ class EdgeAgent:
         if self.coordinator is not None:
             stored = self.state.identity()
             if stored is not None:
-                # A restarted edge is the same edge: never enroll again (SPEC "Fleets").
+                # A restarted edge is the same edge: never enroll again (docs/DESIGN.md §7.2).
                 try:
                     self.assignment = await self.coordinator.resume(stored)
                 except (EdgeRemoved, ForeignRun) as exc:
@@ -362,7 +362,7 @@ class EdgeAgent:
         """Run ``fn`` on a worker thread, then stretch it by the CPU emulation factor.
 
         The sleep happens inside the compute slot, so an emulated slow edge is busy for the
-        whole emulated time (issue 4, item 3: time dilation).
+        whole emulated time (docs/BENCH.md, "Edge CPU emulation": time dilation).
         """
         slowdown = self.settings.slowdown
 

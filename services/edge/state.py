@@ -1,8 +1,8 @@
 """The edge's durable state: who it is, where it is in its data, what the cloud may still need.
 
-SPEC "Fleets": an edge is a device that loses power; its identity, data position and
-un-acknowledged batches must survive a restart, as the cloud's checkpoint already does. One
-small store per agent, in ``SIMULTRAIN_EDGE_STATE_DIR``, holds
+An edge is a device that loses power; its identity, data position and un-acknowledged
+batches must survive a restart, as the cloud's checkpoint already does (docs/DESIGN.md §7.2).
+One small store per agent, in ``SIMULTRAIN_EDGE_STATE_DIR``, holds
 
 - the **identity**: the edge id, its token and the assignment the coordinator gave it, and
   the **binding** it was given under (coordinator or cloud URL, shard, run configuration) —

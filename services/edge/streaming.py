@@ -3,12 +3,12 @@
 The handshake (HELLO, then WELCOME and the SNAP that starts the session from an exact copy of
 the master), then two tasks until the session ends:
 
-- the **producer** takes the next batch as soon as the window allows (SPEC step 1), or
+- the **producer** takes the next batch as soon as the window allows (docs/DESIGN.md §3.1), or
   re-sends a kept batch the cloud has not applied, and sends its frame;
 - the **receiver** handles what the cloud sends: backward from cut gradients (compute
   thread), deltas and reconciliation (applied right on the loop: they build new tensors and
   swap one reference, so a forward running meanwhile keeps its weights and never waits —
-  SPEC step 5), acknowledgements (which free kept batches).
+  docs/DESIGN.md §3.5), acknowledgements (which free kept batches).
 
 Every frame goes through the sans-I/O :class:`EdgeSession` and every message through the
 agent's :class:`~simultrain.edge.transport.StreamConnection`. How a session ends decides what
@@ -292,7 +292,7 @@ class StreamingSession:
         egrad = await agent._in_compute(runtime.on_grad, frame)
         if frame.loss is not None:
             agent.report.last_loss = frame.loss
-        # Piggyback on the next ACT when one can go now (SPEC step 3); a window that holds
+        # Piggyback on the next ACT when one can go now (docs/DESIGN.md §3.3); a window that holds
         # the producer back means this EGRAD must go alone.
         if agent.schedule.window > 0 and runtime.can_produce() and not agent._no_more_acts():
             runtime.pending_egrads.append(egrad)

@@ -1,7 +1,7 @@
 """User-space link emulator: an asyncio TCP proxy that makes loopback look like 4G or 5G.
 
 - ``profiles``: :class:`LinkProfile` (per-direction rate, delay, jitter, loss; outages),
-  the named profiles of ``SPEC.md`` and the custom spec parser.
+  the paper's named profiles (docs/NETEM.md) and the custom spec parser.
 - ``shaper``: the pure shaping arithmetic (injectable clock, seeded randomness, no I/O).
 - ``proxy``: :class:`LinkEmulator`, which relays bytes at the times the shaper computes.
 - ``settings`` / ``service``: :class:`NetemSettings` (``SIMULTRAIN_NETEM_*``), :func:`serve`

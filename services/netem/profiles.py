@@ -4,7 +4,7 @@ A :class:`LinkProfile` is one device's mobile link: a :class:`DirectionProfile` 
 uplink (edge → cloud, the client → upstream direction of the proxy) and one for the downlink
 (cloud → edge), plus an optional :class:`DisconnectSchedule` for fault tests.
 
-The named profiles keep the numbers of ``SPEC.md`` ("What the paper claims"): ``4g`` is
+The named profiles keep the paper's numbers (docs/DESIGN.md §10): ``4g`` is
 50 Mbit/s with a 30 ms RTT and ``5g`` is 300 Mbit/s with a 10 ms RTT, both ways. Real 4G
 uplinks are slower than their downlinks; use a custom spec (``up=10mbit,down=50mbit,…``) for
 that. The spec grammar is documented in ``docs/NETEM.md`` and in :func:`parse_profile`.
@@ -70,7 +70,7 @@ class DirectionProfile:
 
 @dataclass(frozen=True, slots=True)
 class DisconnectSchedule:
-    """Periodic outages for fault tests (``SPEC``-independent; issue 5, item 6).
+    """Periodic outages for fault tests (independent of the profile's rates).
 
     Outage ``k`` (k = 1, 2, …) starts ``k * every_s`` after the emulator starts and lasts
     ``for_s``: every open connection is cut at its start and new connections are refused
@@ -159,7 +159,7 @@ class LinkProfile:
         return ",".join(parts)
 
 
-# SPEC.md, "What the paper claims": 4G 50 Mbit/s, 30 ms RTT; 5G 300 Mbit/s, 10 ms RTT.
+# The paper's links (docs/DESIGN.md §10): 4G 50 Mbit/s, 30 ms RTT; 5G 300 Mbit/s, 10 ms RTT.
 PROFILES: Mapping[str, LinkProfile] = MappingProxyType(
     {
         "4g": LinkProfile.symmetric("4g", rate_bps=50e6, rtt_s=0.030),

@@ -1,6 +1,6 @@
 """Settings of the link emulator: one immutable object, read from ``SIMULTRAIN_NETEM_*``.
 
-Every field is documented in its ``description``; the README renders the table.
+Every field is documented in its ``description``; docs/CONFIGURATION.md renders the table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class NetemSettings(BaseSettings):
     profile: str = Field(
         "4g",
         description="A named profile (4g, 5g, lan, none) or a custom spec such as "
-        "rate=20mbit,rtt=40ms (docs/NETEM.md).",
+        "rate=20mbit,rtt=40ms.",
     )
     seed: int = Field(0, description="Seed of the jitter and loss samples.")
     disconnect_every_s: float | None = Field(

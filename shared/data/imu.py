@@ -1,4 +1,4 @@
-"""Real IMU recordings: seglearn's shipped ``watch_dataset.npy`` (SPEC "Pilot findings").
+"""Real IMU recordings: seglearn's shipped ``watch_dataset.npy`` (docs/DESIGN.md §10).
 
 140 recordings of a wrist-worn watch (3-axis accelerometer + 3-axis gyroscope, 50 Hz) of
 10 subjects doing 7 shoulder-rehabilitation exercises, one exercise per recording. The file is

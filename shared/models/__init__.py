@@ -1,4 +1,4 @@
-"""Split models: an edge stage and a cloud stage with a declared cut shape (SPEC "The idea").
+"""Split models: an edge stage and a cloud stage with a declared cut shape (docs/DESIGN.md §1).
 
     spec = get_model_spec("imu-cnn1d")      # shapes, class count
     model = spec.build(seed=0)              # SplitModel(edge_stage, cloud_stage, spec)

@@ -185,7 +185,7 @@ _CONFIG_STRING = _Str(MAX_CONFIG_STRING_BYTES)
 
 
 class _Config(_Kind):
-    """Run configuration: str → nil | bool | int | float | str (SPEC "Roles": α, β, R, ...).
+    """Run configuration: str → nil | bool | int | float | str (docs/DESIGN.md §2: α, β, R, ...).
 
     Floats may be infinite (R = ∞ is the no-reconciliation ablation) but not NaN.
     """
@@ -397,7 +397,7 @@ def _decode_fields(cls: type[Frame], wire: dict[Any, Any], path: str, ctx: _Cont
 
 
 def _check_structure(frame: Frame) -> None:
-    """Rules that tie fields of one frame together, whatever the session (SPEC steps 1-5)."""
+    """Rules that tie fields of one frame together, whatever the session (docs/DESIGN.md §3)."""
     if isinstance(frame, Act):
         batch = _batch_size(frame.activations, "act.activations")
         labels = frame.labels
@@ -444,7 +444,7 @@ def _batch_size(tensor: WireTensor, path: str) -> int:
 def check_cut_shape(frame: Frame, cut_shape: tuple[int, ...]) -> None:
     """Check ACT activations and GRAD cut_grad against (batch, *cut_shape) of the session.
 
-    Raises :class:`InvalidTensor` (SPEC "Wire protocol": shape against the session's cut
+    Raises :class:`InvalidTensor` (PROTOCOL.md §4.2: shape against the session's cut
     shape). Frames without cut-layer tensors pass.
     """
     if isinstance(frame, Act):

@@ -1,4 +1,4 @@
-"""The messages of a SimulTrain session, one frozen dataclass each (SPEC.md, "One step").
+"""The messages of a SimulTrain session, one frozen dataclass each (docs/DESIGN.md §3).
 
 Every frame carries the sequence number of the batch it is about (``seq``, the edge's batch
 counter k) and/or the version it was computed at: ``edge_version`` (v_e, the master version
@@ -8,7 +8,7 @@ every applied update). PROTOCOL.md gives the wire form of each field.
 Direction: the edge sends HELLO, ACT, EGRAD; the cloud sends WELCOME, GRAD, DELTA, SNAP, ACK;
 either side sends ERROR and BYE.
 
-Piggybacking (SPEC steps 3 and 4): an ACT may carry the EGRAD of an earlier batch and a GRAD
+Piggybacking (docs/DESIGN.md §3.7): an ACT may carry the EGRAD of an earlier batch and a GRAD
 may carry a DELTA, saving a message and its latency. They remain separate messages
 semantically: a session's ``receive_data`` returns them as separate events.
 """
@@ -92,10 +92,10 @@ class Welcome:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class EGrad:
-    """Edge → cloud: the edge-stage gradient of batch ``seq`` (SPEC step 3).
+    """Edge → cloud: the edge-stage gradient of batch ``seq`` (docs/DESIGN.md §3.3).
 
     Computed at ``edge_version``, the version the batch's forward used; the cloud forecasts it
-    to the current master (SPEC step 4). Also the upload of whole-model gradients (syncsgd)
+    to the current master (docs/DESIGN.md §3.4). Also the upload of whole-model gradients (syncsgd)
     or of a local update (fedavg), which have no ACT before them.
     """
 
@@ -109,7 +109,7 @@ class EGrad:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Act:
-    """Edge → cloud: the cut-layer activations of batch ``seq`` and its labels (SPEC step 1).
+    """Edge → cloud: the cut activations of batch ``seq`` and its labels (docs/DESIGN.md §3.1).
 
     ``activations`` has shape (batch, *cut_shape) and ``labels`` shape (batch,), int64.
     ``edge_version`` is the version of the edge weights used for the forward. In the
@@ -127,7 +127,7 @@ class Act:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Delta:
-    """Cloud → edge: ``to_version`` minus ``from_version`` of the edge-stage master (SPEC step 5).
+    """Cloud → edge: ``to_version`` minus ``from_version`` of the edge stage (docs/DESIGN.md §3.5).
 
     The edge applies deltas in version order; ``from_version < to_version``. ``kind`` says how:
     ``"add"``: w_e ← w_e + Δ (float tensors, any codec); ``"xor"``: the int32 bit patterns of
@@ -145,7 +145,7 @@ class Delta:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Grad:
-    """Cloud → edge: the cut-layer gradient of batch ``seq`` (SPEC step 2).
+    """Cloud → edge: the cut-layer gradient of batch ``seq`` (docs/DESIGN.md §3.2).
 
     ``master_version`` is the master version after the cloud-stage update of this batch;
     ``cut_grad`` has the shape of the batch's activations; ``loss`` is the batch loss.
@@ -164,7 +164,7 @@ class Grad:
 class Snap:
     """Cloud → edge: the full edge-stage master at ``master_version``.
 
-    ``reconcile`` True: soft reconciliation, w_e ← β·w_e + (1−β)·w_c (SPEC step 6).
+    ``reconcile`` True: soft reconciliation, w_e ← β·w_e + (1−β)·w_c (docs/DESIGN.md §3.6).
     False: replace the replica (first sync, resync after a delta gap, fedavg's average).
     """
 

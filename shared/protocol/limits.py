@@ -28,7 +28,7 @@ class Limits:
     - ``max_tensor_rank``: dimensions of any one tensor (not disableable: shapes are parsed).
     - ``max_weight_tensors``: entries of one named tensor set (EGRAD, DELTA, SNAP).
     - ``window``: most batches in flight at once (from an ACT to the ACK covering it), the
-      run configuration's ``window`` W itself, the bound of SPEC step 1.
+      run configuration's ``window`` W itself, the bound of docs/DESIGN.md §3.1.
       ``0`` and ``1`` are the same on the wire (one ACT at a time); with ``0`` the edge also
       waits for its replica to catch up, which is the training schedule's business.
     """

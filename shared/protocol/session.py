@@ -32,7 +32,7 @@ sent alike:
   WELCOME grants only capabilities HELLO offered; a message type of a capability that was
   not granted is refused (``illegal_transition``).
 - ACT sequence numbers strictly increase and exceed WELCOME's ``acked_seq``; an ACT may not
-  leave more than ``window`` batches in flight (SPEC step 1). A batch is in flight from its
+  leave more than ``window`` batches in flight (docs/DESIGN.md §3.1). A batch is in flight from its
   ACT until an ACK covers it: the slot frees when its update is applied, not at its GRAD.
 - A GRAD answers an unanswered ACT, with that ACT's batch size.
 - EGRAD sequence numbers strictly increase, exceed ``acked_seq``, and name a batch whose
@@ -147,7 +147,7 @@ def _after_act(ledger: Ledger, act: Act, window: int | None) -> Ledger:
     floor = _highest(ledger.last_act_seq, ledger.acked_seq)
     if floor is not None and act.seq <= floor:
         raise UnexpectedSequence(f"ACT {act.seq}: sequence numbers must exceed {floor}")
-    # SPEC step 1: wait when k − oldest_unacknowledged ≥ window, i.e. at most `window`
+    # docs/DESIGN.md §3.1: wait when k − oldest_unacknowledged ≥ window, i.e. at most `window`
     # batches in flight from their ACT to the ACK that covers them; window 0 (split-sync)
     # still lets one through (Limits docstring).
     if window is not None and len(ledger.in_flight) >= max(window, 1):
@@ -171,7 +171,7 @@ def _after_egrad(ledger: Ledger, egrad: EGrad, *, egrad_needs_grad: bool) -> Led
     if egrad.seq in ledger.outstanding:
         raise UnexpectedSequence(f"EGRAD {egrad.seq}: its batch has no GRAD yet")
     if egrad_needs_grad and egrad.seq not in ledger.awaiting_egrad:
-        # SPEC step 3: an edge-stage gradient comes from a cut gradient the cloud sent in
+        # docs/DESIGN.md §3.3: an edge-stage gradient comes from a cut gradient the cloud sent in
         # this session; one for any other batch would be applied to the master unasked.
         raise UnexpectedSequence(
             f"EGRAD {egrad.seq}: no ACT of this session was answered with that sequence "
@@ -459,7 +459,7 @@ class _Session:
         elif isinstance(frame, Ack):
             ledger = _after_ack(ledger, frame)
         # DELTA and SNAP change no bookkeeping: deltas are reordered by the training layer
-        # (SPEC step 5), snapshots may be taken at any version.
+        # (docs/DESIGN.md §3.5), snapshots may be taken at any version.
         return dataclasses.replace(update, events=events, ledger=ledger)
 
     def _commit(self, update: _Update) -> None:
@@ -492,7 +492,7 @@ class EdgeSession(_Session):
         return own if granted is None else min(own, granted)
 
     def can_send_act(self) -> bool:
-        """Whether the window lets one more ACT go now (SPEC step 1)."""
+        """Whether the window lets one more ACT go now (docs/DESIGN.md §3.1)."""
         if self.state is not SessionState.OPEN:
             return False
         window = self.window

@@ -1,7 +1,7 @@
 """Tensors on the wire: ``{dtype, shape, codec, data, ...codec params}`` over numpy arrays.
 
-SPEC.md, "Wire protocol": ``codec`` is ``raw``, ``lz4`` (an lz4 frame of the raw bytes) or a
-lossy codec (``fp16``, ``int8``, ``topk``). PROTOCOL.md, "Tensors", gives the byte layouts.
+docs/DESIGN.md §9: ``codec`` is ``raw``, ``lz4`` (an lz4 frame of the raw bytes) or a
+lossy codec (``fp16``, ``int8``, ``topk``). PROTOCOL.md §4 gives the byte layouts.
 
 Error bounds (x the array sent, x̂ the array decoded, both of the declared dtype):
 

@@ -370,7 +370,7 @@ def history_versions(run: RunConfig, schedule: Schedule) -> int:
 
 
 def gradient_code(run: RunConfig) -> GradientCode | None:
-    """The run's gradient code (seed 004), or None when coding is off. Every edge and the
+    """The run's gradient code (Tandon et al. 2017), or None when coding is off. Every edge and the
     cloud build it from the same three numbers, so they hold the same ``B``."""
     if not run.gradient_coding_s:
         return None
@@ -424,7 +424,7 @@ def _partition_streams(
 ) -> dict[int, BatchStream]:
     """Gradient coding: the ``s + 1`` partitions code row ``row`` holds — shards
     ``row … row + s (mod n)`` of the run's ``n`` edges, the replicated data of an edge-node
-    tier (seed 004) — each with the stream every holder of that partition draws the same
+    tier (Tang et al. 2024) — each with the stream every holder of that partition draws the same
     batches from."""
     return {
         k: BatchStream(

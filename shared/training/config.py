@@ -36,15 +36,15 @@ class RunConfig:
     """Everything that defines a run; the services take the same fields from the coordinator.
 
     Each field is declared once, here (and in `OptimizerConfig` and `Codecs` for the flat
-    ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning
-    (`Key`). The coordinator's API schema, the services' run settings
-    (``SIMULTRAIN_COORDINATOR_<KEY>``, ``SIMULTRAIN_CLOUD_RUN_<KEY>``, …) and the README's
-    configuration table are all read from `RunConfig.declaration`.
+    ``optimizer_*`` and ``*_codec`` keys): its type, default, bounds and one-line meaning (`Key`).
+    The coordinator's API schema, the services' run settings (``SIMULTRAIN_COORDINATOR_<KEY>``,
+    ``SIMULTRAIN_CLOUD_RUN_<KEY>``, …) and docs/CONFIGURATION.md's configuration table are all read
+    from `RunConfig.declaration`.
     """
 
-    mode: Annotated[str, Key("Training mode (SPEC.md modes table).", choices=tuple(MODES))] = (
-        "simultrain"
-    )
+    mode: Annotated[
+        str, Key("Training mode: simultrain, a baseline or an ablation.", choices=tuple(MODES))
+    ] = "simultrain"
     dataset: Annotated[
         str,
         Key(
@@ -86,7 +86,7 @@ class RunConfig:
         ),
     ] = "auto"
     window: Annotated[int, Key("In-flight window τ_max (staleness bound).", ge=0)] = 4
-    # The forecast's α (SPEC step 4). None: not given, so a ``forecast`` part in the chain
+    # The forecast's α (docs/DESIGN.md §6.4). None: not given, so a ``forecast`` part in the chain
     # keeps its own (0.5, the paper's); given for a chain without one, it is refused.
     alpha: Annotated[
         float | None,
@@ -108,14 +108,14 @@ class RunConfig:
             gt=0,
         ),
     ] = None
-    # Gradient coding against stragglers (seed 004; Tandon et al. 2017), syncsgd only: the
-    # number s of straggling edges a round tolerates, 0 = off. Edge i of ``edges`` holds the
-    # s + 1 partitions the cyclic code assigns it and uploads one coded gradient; the cloud
+    # Gradient coding against stragglers (Tandon et al. 2017; docs/DESIGN.md §5.3), syncsgd only:
+    # the number s of straggling edges a round tolerates, 0 = off. Edge i of ``edges`` holds
+    # the s + 1 partitions the cyclic code assigns it and uploads one coded gradient; the cloud
     # decodes the full gradient from the first ``edges − s`` of a round (docs/BENCH.md).
     gradient_coding_s: Annotated[
         int,
         Key(
-            "syncsgd: stragglers a gradient-coded round tolerates (seed 004), 0 = off; edge i "
+            "syncsgd: stragglers a gradient-coded round tolerates, 0 = off; edge i "
             "then holds shards i … i + s (mod edges) and needs edges > s.",
             ge=0,
         ),
@@ -130,7 +130,7 @@ class RunConfig:
     ] = "delay-beta1"
     # Adam with the study's default compensation keeps window 4 at parity with window 0 on
     # both datasets (docs/STALENESS.md); plain SGD at lr 0.05 barely moves MNIST in 600
-    # steps. Every mode uses this one optimizer family (SPEC: no strawmen).
+    # steps. Every mode uses this one optimizer family (docs/DESIGN.md §10: no strawmen).
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", lr=1e-3))
     codecs: Codecs = field(default_factory=Codecs)
     eval_every: Annotated[

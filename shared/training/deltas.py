@@ -1,4 +1,4 @@
-"""In-order delta application with a small reorder buffer and gap detection (SPEC step 5).
+"""In-order delta application with a reorder buffer and gap detection (docs/DESIGN.md §4.3).
 
 Deltas form a chain ``v0 → v1 → v2 …`` (each names the version it starts from and the one it
 reaches). The edge applies them strictly in that order. One that starts past the replica's

@@ -8,9 +8,9 @@ receiver's, exactly as over a WebSocket.
 
 Timing is a deterministic event order, not a clock: each edge produces its next batch as soon
 as its window allows, and otherwise the cloud and the edges take turns handling one message
-each. With window ``W`` a batch's forward therefore misses exactly the edge updates of the
-``W`` batches before it — the staleness the pilot calls W — and with ``W = 0`` the run is
-plain sequential split training.
+each. With window ``W`` (max(W, 1) batches in flight, from ACT to ACK) a batch's gradient
+therefore misses exactly the edge updates of the ``W − 1`` batches before it, and with
+``W = 0`` or ``W = 1`` the run is plain sequential split training (docs/DESIGN.md §6.2).
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def edge_receive(edge: LinkedEdge) -> None:
         elif isinstance(frame, Grad):
             egrad = runtime.on_grad(frame)
             # Piggyback on the next ACT when the window lets one go out now; otherwise send
-            # it alone (SPEC step 3): waiting for an ACT the window forbids would deadlock.
+            # it alone (docs/DESIGN.md §3.3): waiting for an ACT the window forbids would deadlock.
             if runtime.schedule.window > 0 and runtime.can_produce():
                 runtime.pending_egrads.append(egrad)
             else:
@@ -415,7 +415,7 @@ def _maybe_lose(edge: LinkedEdge, delta: Delta) -> Delta:
     """Fault injection (``RunConfig.delta_loss``): a lost additive delta becomes an empty one.
 
     The version chain stays whole, so no resync is triggered, but the weights it carried never
-    reach the replica: the drift that only reconciliation repairs (SPEC step 6, the R = ∞
+    reach the replica: the drift that only reconciliation repairs (docs/DESIGN.md §4.5, the R = ∞
     ablation). XOR deltas are never lost this way: one missing XOR would corrupt every later
     one, and a real gap triggers a resync instead.
     """

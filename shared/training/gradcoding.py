@@ -1,4 +1,4 @@
-"""Gradient coding against stragglers: flat and hierarchical (seed 004; Tandon et al. 2017).
+"""Gradient coding against stragglers: flat and hierarchical (Tang et al. 2024; Tandon et al. 2017).
 
 **Flat code** (Tandon, Lei, Dimakis, Karampatziakis, "Gradient Coding", ICML 2017, cyclic
 repetition scheme, Algorithm 2). The data is cut into ``n`` partitions and partition ``k``
@@ -12,7 +12,7 @@ entries solve ``H b_i = 0``. Every row lies in ``null(H)`` (dimension ``n − s`
 ``1``; ``n − s`` generic rows are independent and so span it. The price is computation:
 each worker does ``s + 1`` partitions' work (the trade-off the seed derives, its Theorem 1).
 
-**Hierarchical code** (seed 004: workers → edge nodes → master). ``n_e`` edge nodes with
+**Hierarchical code** (Tang et al. 2024: workers → edge nodes → master). ``n_e`` edge nodes with
 ``n_w`` workers each; the master tolerates ``s_e`` straggling edge nodes and every edge node
 ``s_w`` straggling workers. The data is cut into ``n_e × n_w`` sub-partitions ``g_{k,l}``.
 The outer (edge-node) code makes node ``j`` responsible for ``c_j = Σ_k B_e[j,k] g_k`` with
@@ -180,7 +180,7 @@ class HierarchicalGradientCode:
         return tuple(
             (k, l)
             for k in self.edge_code.partitions(node)
-            for l in self.worker_code.partitions(worker)  # noqa: E741 (the seed's index)
+            for l in self.worker_code.partitions(worker)  # noqa: E741 (Tang et al.'s index)
         )
 
     def encode(self, node: int, worker: int, partial: Mapping[tuple[int, int], G]) -> G:

@@ -5,12 +5,12 @@ A field of `RunConfig` — or of the optimizer and codec settings it holds — i
 turns those fields into one `RunKey` per flat key (the coordinator's wire form), and every
 other form of the run configuration is read from that: the validation (`RunKey.check`),
 environment variables and other text (`RunKey.parse`), the coordinator's JSON schema
-(`RunKey.json_schema`) and the README's configuration table. Adding a field here is the
-whole edit: the coordinator's API, its ``SIMULTRAIN_COORDINATOR_<KEY>`` variable, the
-cloud's and the edge's ``SIMULTRAIN_CLOUD_RUN_<KEY>`` / ``SIMULTRAIN_EDGE_RUN_<KEY>``
-(shared/run_settings.py) and the README rows follow. A key that changes training is then
-read in one place, the run's assembly (shared/training/assembly.py), which every cloud,
-edge and in-process run is built by; a key it does not read says why (``Key.inert``).
+(`RunKey.json_schema`) and docs/CONFIGURATION.md's tables. Adding a field here is the whole edit:
+the coordinator's API, its ``SIMULTRAIN_COORDINATOR_<KEY>`` variable, the cloud's and the edge's
+``SIMULTRAIN_CLOUD_RUN_<KEY>`` / ``SIMULTRAIN_EDGE_RUN_<KEY>`` (shared/run_settings.py) and the rows
+of docs/CONFIGURATION.md follow. A key that changes training is then read in one place, the run's
+assembly (shared/training/assembly.py), which every cloud, edge and in-process run is built by; a
+key it does not read says why (``Key.inert``).
 
 This module imports nothing from the project but its errors, so the modules that declare
 fields (config, options) can all use it.

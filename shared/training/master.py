@@ -1,6 +1,6 @@
 """The cloud's master: the whole model, its optimizers, the version counter and its history.
 
-SPEC "Roles" (Cloud) and steps 2 and 4. The master is the only place where updates are
+docs/DESIGN.md §2 (the cloud), §3.2 and §3.4. The master is the only place where updates are
 applied, and it applies them immediately. ``version`` (``v_c``) counts every applied update:
 a cloud-stage step on an ACT and an edge gradient on an EGRAD each add one. ``edge_updates``
 counts edge-stage *steps*: how edge gradients become steps is the compensation's edge-step
@@ -11,7 +11,7 @@ counted in edge-stage steps.
 
 The edge-stage history is what the forecast needs: ``w_c@v`` for the version an edge gradient
 was taken at. It is sized in master versions, not per edge, because with several edges the
-master moves faster than any one edge's window (SPEC step 4). A gradient older than the
+master moves faster than any one edge's window (docs/DESIGN.md §6.2). A gradient older than the
 history is dropped and counted, never applied blindly.
 
 The compensation (shared/training/compensation.py) is a typed composition, resolved here
@@ -81,13 +81,13 @@ class EdgeUpdateResult:
     applied: bool
     version: int
     staleness: int  # edge-stage updates the gradient missed; -1 when dropped
-    staleness_versions: int  # v_c − v_e(k) at application, the SPEC's τ
+    staleness_versions: int  # v_c − v_e(k) at application, τ_v (docs/DESIGN.md §6.1)
     staleness_samples: int = 0  # samples applied since the version it was taken at
 
 
 @dataclass
 class StalenessStats:
-    """Per-batch staleness records, summarised (SPEC: the cloud records τ per batch).
+    """Per-batch staleness records, summarised (docs/DESIGN.md §3.8: τ of every batch).
 
     In updates (``counts``: edge-stage steps a gradient missed) and in samples (the samples
     applied meanwhile, `in_samples`): a fleet that mixes or batches its gradients takes fewer,
@@ -239,7 +239,7 @@ class CloudMaster:
         if version > self.version:
             return None
         # Binary search on the deque itself: the history holds up to ~8·2·(W + 1)·E versions
-        # (it grows with the fleet, SPEC "Fleets"), so one gradient must not read every entry.
+        # (it grows with the fleet, docs/DESIGN.md §6.3), so one gradient must not read every entry.
         i = bisect.bisect_right(self._history, version, key=_entry_version) - 1
         if i < 0:
             return None  # older than the history
@@ -280,7 +280,7 @@ class CloudMaster:
         while len(self._history) > 1 and self._history[1].version <= horizon:
             self._history.popleft()
 
-    # --- SPEC step 2: cloud stage --------------------------------------------------------
+    # --- docs/DESIGN.md §3.2: cloud stage ------------------------------------------------
 
     def cloud_step(
         self, activations: Tensor, labels: Tensor, *, apply: bool = True
@@ -309,7 +309,7 @@ class CloudMaster:
         self._cloud_opt.zero_grad(set_to_none=True)
         loss.backward()
         # Finite inputs can still overflow (an activation of 3e38): refuse before stepping,
-        # so one hostile batch never turns the master into NaN (issue 5, item 3).
+        # so one hostile batch never turns the master into NaN (docs/DESIGN.md §7.1).
         try:
             _require_finite(
                 [loss, cut.grad, *(p.grad for p in self.cloud_stage.parameters())], "cloud step"
@@ -337,7 +337,7 @@ class CloudMaster:
     def _track_loss(self, loss: float) -> None:
         self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
 
-    # --- SPEC step 4: edge stage, with staleness compensation ----------------------------
+    # --- docs/DESIGN.md §3.4: edge stage, with staleness compensation --------------------
 
     def apply_edge_gradient(
         self,
@@ -347,7 +347,7 @@ class CloudMaster:
         samples: int = 0,
         edge_id: str | None = None,
     ) -> EdgeUpdateResult:
-        """SPEC step 4: apply edge ``edge_id``'s gradient taken at ``edge_version``.
+        """docs/DESIGN.md §3.4: apply edge ``edge_id``'s gradient taken at ``edge_version``.
 
         ``edge_id`` names the edge whose momentum the step uses when the compensation keeps
         one per edge (``dana``); None is one implicit edge. Refused (`TrainingError`, nothing
@@ -421,7 +421,7 @@ class CloudMaster:
         so the staleness of a gradient includes the updates other replicas applied.
 
         The optimizer state stays local: each replica's optimizer has seen only its own
-        edges' gradients, as each edge node of a hierarchical system does (seed 004).
+        edges' gradients, as each edge node of a hierarchical system does (Tang et al. 2024).
         """
         if versions < 0 or edge_updates < 0:
             raise TrainingError("a replica merge cannot take updates back")

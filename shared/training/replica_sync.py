@@ -1,8 +1,8 @@
 """The arithmetic that keeps several cloud replicas' masters one model (docs/REPLICAS.md).
 
-Each replica applies its own edges' updates at once (SPEC "Roles": the cloud applies
+Each replica applies its own edges' updates at once (docs/DESIGN.md §8.4: the cloud applies
 updates immediately); every K updates or T seconds the replicas combine what each of them
-changed since the last round — the intermediate tier of seed 004's hierarchy (workers →
+changed since the last round — the intermediate tier of Tang et al.'s (2024) hierarchy (workers →
 edge nodes → master), with the combination taken by a collective instead of a master
 process.
 
@@ -38,8 +38,8 @@ replica divided by A (the linear-scaling rule, Goyal et al. 2017, is what the su
 
 The **global version** is ``m`` at the last round: the number of updates applied by all
 replicas and synchronised. Between rounds a replica's version reads ``m`` plus its own
-updates since t0, and the staleness of a gradient (SPEC: τ = v_c − v_e(k)) counts every
-replica's updates it missed. Each round also gathers, per edge, how far its batches are
+updates since t0, and the staleness of a gradient (docs/DESIGN.md §6.1: τ_v = v_c − v_e(k))
+counts every replica's updates it missed. Each round also gathers, per edge, how far its batches are
 applied (:class:`Watermark`): once a round completes, those batches live in every replica,
 so they are durable (the edge may forget them) and a replica that takes over the edge
 knows which of its batches to refuse as duplicates.

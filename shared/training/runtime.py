@@ -96,7 +96,7 @@ Outgoing = tuple[str, Frame]
 
 @dataclass
 class CloudSessionState:
-    """What the cloud tracks for one edge (SPEC steps 4 and 6, issue 5's exactly-once)."""
+    """What the cloud tracks for one edge (docs/DESIGN.md §3.4, §3.6, §7.1)."""
 
     edge_id: str
     reconcile_offset: int = 0
@@ -115,7 +115,7 @@ class CloudSessionState:
     leading_egrads: dict[int, EGrad] = field(default_factory=dict)
     bytes_in: int = 0  # on the wire, across reconnects (the service counts them)
     bytes_out: int = 0
-    # This edge's own gradients' staleness (SPEC: τ per batch); the master keeps the fleet's.
+    # This edge's own gradients' staleness (docs/DESIGN.md §3.8); the master keeps the fleet's.
     staleness: StalenessStats = field(default_factory=StalenessStats)
     # Gradient coding: the row of the code (its partitions) this edge computes, and its coded
     # uploads that came after their round had decoded without them (dropped, answered).
@@ -429,6 +429,10 @@ class EdgeRuntime:
         # The gradient code this edge encodes with and its row (a coded role; HELLO names them).
         self.code: GradientCode | None = None
         self.code_row: int | None = None
+        self._init_role()
+
+    def _init_role(self) -> None:
+        """The state one role keeps beside what every role shares; roles override it."""
 
     # --- version and window -----------------------------------------------------------
     @property
@@ -472,7 +476,7 @@ class EdgeRuntime:
         self._after_snap(self.replica, snap)
 
     def on_delta(self, delta: Delta, *, now: float = 0.0) -> int:
-        """SPEC step 5: apply deltas in version order; returns how many were applied.
+        """docs/DESIGN.md §3.5: apply deltas in version order; returns how many were applied.
 
         Out-of-order deltas wait in the reorder buffer; :meth:`needs_resync` tells when a
         gap did not fill in time.

@@ -1,4 +1,4 @@
-"""Training modes as data: one :class:`Schedule` per training mode (README, "Modes").
+"""Training modes as data: one :class:`Schedule` per training mode (docs/DESIGN.md §5).
 
 The services and the in-process driver never branch on a mode's name. A run's schedule is
 resolved once from its configuration (:func:`make_schedule`, ``RunConfig.schedule``): what
@@ -41,11 +41,11 @@ class EdgeRole(StrEnum):
     RAW = "raw"  # centralized: uploads the raw batch, computes nothing
     SPLIT = "split"  # split-sync and simultrain: edge stage forward and backward
     FULL_GRADIENT = "full_gradient"  # syncsgd: whole model, uploads its gradient
-    # syncsgd with gradient coding (seed 004): whole model on the s + 1 partitions of its
+    # syncsgd with gradient coding (Tandon et al. 2017): whole model on the s + 1 partitions of its
     # code row, uploads one coded gradient per round
     CODED_GRADIENT = "coded_gradient"
     LOCAL_STEPS = "local_steps"  # fedavg: whole model, E local steps, uploads weights
-    # synthetic (seed 003): edge stage forward, backward from a learned synthetic cut
+    # synthetic (Chen et al. 2019): edge stage forward, backward from a learned synthetic cut
     # gradient at once; uploads activations and that gradient together, waits for no GRAD
     SYNTHETIC = "synthetic"
 
@@ -66,8 +66,8 @@ class Schedule:
     # The staleness-compensation chain (shared/training/compensation.py), e.g.
     # ``delay-beta1+forecast``; every part is the plain update at staleness 0.
     compensation: str
-    # Synthetic mode (seed 003): the edge applies a local optimizer step from each synthetic
-    # gradient to its working weights at once, instead of waiting for the master's DELTA
+    # Synthetic mode (docs/SYNTHETIC.md): the edge applies a local optimizer step from each
+    # synthetic gradient to its working weights at once, instead of waiting for the master's DELTA
     # (shared/training/synthetic.py, `LocalUpdates`). False is the "no local step" ablation.
     local_step: bool
 
@@ -78,7 +78,7 @@ class Schedule:
     @property
     def egrad_needs_grad(self) -> bool:
         """Whether an EGRAD must answer a GRAD of its session (PROTOCOL §7): only where the cloud
-        sends cut gradients, i.e. neither the whole-model modes nor ``synthetic`` (seed 003),
+        sends cut gradients, i.e. neither the whole-model modes nor ``synthetic``,
         whose edge never waits for one."""
         return self.edge_role not in WHOLE_MODEL_ROLES and self.edge_role is not EdgeRole.SYNTHETIC
 
@@ -100,7 +100,7 @@ class Schedule:
         return reconcile_due(step, offset, self.reconcile_every)
 
 
-# --- the soft-reconciliation schedule (SPEC "One SimulTrain step", point 6) ---------------
+# --- the soft-reconciliation schedule (docs/DESIGN.md §3.6, §8.2) ---------------
 # The one place it is computed: the cloud's runtime decides with `reconcile_due`, the
 # coordinator reports `next_reconciliations` — the same steps by construction. Edge ``i`` of
 # ``n`` gets the offset ``o = i·R/n`` and reconciles on its steps ``s ≥ 1`` with
@@ -167,9 +167,9 @@ def next_reconciliations(after_step: int, offset: int, every: int | None, count:
 
 
 def check_gradient_coding(run: RunConfig) -> None:
-    """Refuse gradient coding (seed 004) where it cannot work: it codes whole-model gradients
-    of one lockstep round (``syncsgd``), and tolerating ``s`` stragglers takes ``s + 1`` edges
-    at least (each edge then computes on ``s + 1`` partitions; ``s = edges − 1`` gives every
+    """Refuse gradient coding (docs/DESIGN.md §5.3) where it cannot work: it codes whole-model
+    gradients of one lockstep round (``syncsgd``), and tolerating ``s`` stragglers takes ``s + 1``
+    edges at least (each edge then computes on ``s + 1`` partitions; ``s = edges − 1`` gives every
     edge all the data)."""
     key = "run configuration 'gradient_coding_s'"
     stragglers = run.gradient_coding_s

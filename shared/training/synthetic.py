@@ -1,22 +1,22 @@
-"""The ``synthetic`` mode: decoupled edge updates from learned synthetic gradients (seed 003).
+"""The ``synthetic`` mode: decoupled edge updates from learned synthetic gradients.
 
-Seed 003 (Chen et al., HotEdge 2019) applies synthetic gradients (Jaderberg et al. 2017,
-"Decoupled Neural Interfaces") across cloud and edge: a small model M predicts the gradient
+Chen et al. (HotEdge 2019; docs/SYNTHETIC.md) apply synthetic gradients (Jaderberg et al.
+2017, "Decoupled Neural Interfaces") across cloud and edge: a small model M predicts the gradient
 at the cut from the cut activations and the labels, ``ĝ = M(a_k, y_k) ≈ ∂ℓ/∂a_k``, so the
 edge stage can be updated without waiting for the cloud's backward pass. Here:
 
-- the cloud computes the true cut gradient of every batch anyway (its own backward, SPEC
-  step 2) and trains M on it by regression, ``min ‖M(a_k, y_k) − g_a‖²``
+- the cloud computes the true cut gradient of every batch anyway (its own backward,
+  docs/DESIGN.md §3.2) and trains M on it by regression, ``min ‖M(a_k, y_k) − g_a‖²``
   (:class:`SyntheticGradientTrainer`);
 - M's weights ride in the edge's replica under the ``synthetic.`` prefix (the edge stage's
   under ``stage.``), so they reach the edge with the ordinary deltas, snapshots and soft
-  reconciliations (SPEC steps 5 and 6) and the exactly-once and version machinery needs no
+  reconciliations (docs/DESIGN.md §3.5, §3.6) and the exactly-once and version machinery needs no
   new message;
 - the edge backpropagates ``ĝ`` through its stage at once and sends the resulting gradient
   with the batch's ACT itself (piggybacked EGRAD of the same ``seq``): it never waits for a
   GRAD, and the cloud sends none. The master applies that gradient on arrival with the
   run's forecast/compensation at its staleness, as in every other mode — the cloud stays
-  the only place where updates are applied (SPEC "Roles").
+  the only place where updates are applied (docs/DESIGN.md §2).
 
 The edge's own stage is updated at once (DNI's point: the layer below the cut does not wait
 for the layer above). The master stays the only place updates are *applied*; the edge keeps
@@ -197,7 +197,7 @@ class WorkingWeights:
 
 
 class LocalUpdates:
-    """The edge's own updates in the synthetic mode, not yet in the master (seed 003).
+    """The edge's own updates in the synthetic mode, not yet in the master (docs/SYNTHETIC.md).
 
     Working weights = replica + Σ local steps of the batches the cloud has not acknowledged.
     A local step is the run's optimizer rule (SGD, momentum or Adam, with its lr) applied to

@@ -1,6 +1,6 @@
 """Copy-on-write edge-stage weights: weight stashing and lock-free deltas are one mechanism.
 
-SPEC "One SimulTrain step", steps 1, 5 and 6. The edge replica is a reference to an immutable
+docs/DESIGN.md §3.1, §3.5, §3.6 and §4.1. The edge replica is a reference to an immutable
 :class:`VersionedWeights`. A forward pass reads that reference once and builds its autograd
 graph on exactly those tensors; every later change (a delta, a resync, a soft reconciliation)
 builds *new* tensors and swaps the one reference. So
@@ -113,7 +113,7 @@ class EdgeReplica:
     def forward(
         self, seq: int, inputs: Tensor, *, weights: VersionedWeights | None = None
     ) -> StashedForward:
-        """Edge-stage forward at the current weights, keeping the graph (SPEC step 1).
+        """Edge-stage forward at the current weights, keeping the graph (docs/DESIGN.md §3.1).
 
         ``weights`` forwards at other weights of these names instead (the synthetic mode's
         working weights: the replica plus the edge's own pending local steps).
@@ -133,7 +133,7 @@ class EdgeReplica:
 
     @staticmethod
     def backward(stash: StashedForward, cut_grad: Tensor) -> dict[str, Tensor]:
-        """Backpropagate ``cut_grad`` through the stashed graph (SPEC step 3).
+        """Backpropagate ``cut_grad`` through the stashed graph (docs/DESIGN.md §3.3).
 
         ``torch.autograd.grad`` returns the gradients instead of accumulating into ``.grad``,
         so graphs of several in-flight batches that share one version never mix.
@@ -161,7 +161,7 @@ class EdgeReplica:
         self._current = VersionedWeights(version, freeze(tensors))
 
     def add(self, delta: Mapping[str, Tensor], version: int) -> None:
-        """``w_e ← w_e + Δ`` (lossy deltas, SPEC step 5)."""
+        """``w_e ← w_e + Δ`` (lossy deltas, docs/DESIGN.md §4.2)."""
         self._check_names(delta, partial=True)
         old = self._current.tensors
         new = {
@@ -171,7 +171,7 @@ class EdgeReplica:
         self._current = VersionedWeights(version, freeze(new))
 
     def reconcile(self, master: Mapping[str, Tensor], beta: float, version: int) -> None:
-        """Soft reconciliation ``w_e ← β·w_e + (1−β)·w_c`` (SPEC step 6)."""
+        """Soft reconciliation ``w_e ← β·w_e + (1−β)·w_c`` (docs/DESIGN.md §4.5)."""
         if not 0.0 <= beta <= 1.0:
             raise TrainingError(f"beta must be in [0, 1], got {beta}")
         self._check_names(master)

@@ -1,8 +1,8 @@
 """Automatic window sizing: the smallest window that keeps the pipeline's bottleneck busy.
 
-SPEC "One SimulTrain step" and "Pilot findings". Staleness costs accuracy, so the window
+docs/DESIGN.md §3 and §6.3. Staleness costs accuracy, so the window
 should be no larger than the link needs. One batch occupies a window slot from its edge
-forward until the cloud's acknowledgement of its edge-stage update (SPEC steps 1–5)::
+forward until the cloud's acknowledgement of its edge-stage update (docs/DESIGN.md §3.1–§3.5)::
 
     edge fwd → ACT up → cloud step → GRAD down → edge bwd → EGRAD up → cloud apply → ACK down
 
@@ -70,8 +70,8 @@ class StageTimes:
 
     edge_forward_s: float
     edge_backward_s: float
-    cloud_step_s: float  # cloud-stage forward, backward and update (SPEC step 2)
-    cloud_apply_s: float  # edge-stage update with compensation (SPEC step 4)
+    cloud_step_s: float  # cloud-stage forward, backward and update (docs/DESIGN.md §3.2)
+    cloud_apply_s: float  # edge-stage update with compensation (docs/DESIGN.md §3.4)
     up_bytes: float
     down_bytes: float
 

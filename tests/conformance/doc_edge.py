@@ -332,7 +332,7 @@ class DocEdge:
                 self.kept = {seq for seq in self.kept if seq > self.acked}
 
     def act(self, seq: int) -> bytes:
-        """SPEC step 1 as bytes: random activations of the cut shape, random labels."""
+        """docs/DESIGN.md §3.1 as bytes: random activations of the cut shape, random labels."""
         batch = int(self.spec["config"].get("batch_size") or 8)
         shape = (batch, *self.spec["cut_shape"])
         activations = self.rng.standard_normal(shape).astype(np.float32)

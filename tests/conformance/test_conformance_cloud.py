@@ -146,7 +146,7 @@ class Edge:
         self.checked += 1
         return checksum(self.replica) == frame["checksum"]
 
-    # SPEC steps 1 and 3, as bytes
+    # docs/DESIGN.md §3.1 and §3.3, as bytes
     def act(self, seq: int, egrad: dict[str, Any] | None = None) -> bytes:
         shape = (BATCH, *self.spec["cut_shape"])
         activations = self.rng.standard_normal(shape).astype(np.float32)

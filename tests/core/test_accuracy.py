@@ -1,4 +1,4 @@
-"""Issue 2's acceptance run: pipelined training on the real IMU data at centralized accuracy."""
+"""The acceptance run: pipelined training on the real IMU data at centralized accuracy."""
 
 from __future__ import annotations
 

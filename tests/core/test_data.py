@@ -42,7 +42,7 @@ def _raw_watch() -> dict[str, object]:
 
 def test_imu_sizes_and_layout() -> None:
     ds = load_dataset("imu")
-    assert (len(ds.y_train), len(ds.y_test)) == (2832, 773)  # SPEC pilot: 773 test windows
+    assert (len(ds.y_train), len(ds.y_test)) == (2832, 773)  # the pilot's 773 test windows
     assert ds.x_train.shape[1:] == (6, 128) and ds.input_shape == (6, 128)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
     assert ds.num_classes == 7 and ds.model_id == "imu-cnn1d"

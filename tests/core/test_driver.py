@@ -97,7 +97,7 @@ def test_several_edges_each_have_a_session_and_the_history_covers_them_all() -> 
     result = run_in_process(RunConfig(mode="simultrain", window=2, steps=30, edges=3))
     assert result.samples == 30 * 32 * 3
     # An edge's gradient misses its own W batches *and* what the other edges applied
-    # meanwhile (SPEC step 4): staleness exceeds one edge's window, and the history, sized
+    # meanwhile (docs/DESIGN.md §6.2): staleness exceeds one edge's window, and the history, sized
     # in master versions, still covers every gradient: none is dropped.
     assert result.max_staleness > 2
     assert result.staleness["dropped"] == 0
@@ -182,7 +182,8 @@ def test_config_round_trips_through_its_mapping() -> None:
 
 
 def test_the_cloud_counts_each_edges_staleness_apart_from_the_fleets() -> None:
-    """SPEC: the cloud records τ per batch; per edge too, so a fleet's laggard is visible."""
+    """docs/DESIGN.md §3.8: the cloud records τ per batch; per edge too, so a fleet's laggard is
+    visible."""
     from simultrain.shared.training.assembly import build_cloud
     from simultrain.shared.training.runtime import CloudSessionState
 

@@ -1,4 +1,5 @@
-"""Gradient coding (seed 004): any n − s coded gradients decode to the full gradient sum."""
+"""Gradient coding (Tandon et al. 2017; Tang et al. 2024): any n − s coded gradients decode to the
+full gradient sum."""
 
 from __future__ import annotations
 

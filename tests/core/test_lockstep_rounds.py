@@ -1,4 +1,4 @@
-"""syncsgd rounds across edges, and gradient coding against stragglers (seed 004).
+"""syncsgd rounds across edges, and gradient coding against stragglers (docs/DESIGN.md §5.3).
 
 The cloud runtime with real edge runtimes and no I/O: a syncsgd round waits for every connected
 edge (or its deadline) and steps once with the mean gradient; a gradient-coded round decodes

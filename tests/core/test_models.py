@@ -171,7 +171,8 @@ def test_modules_with_buffers_are_refused() -> None:
 
 @pytest.mark.slow
 def test_imu_cnn1d_learns_the_held_out_subjects() -> None:
-    """SPEC pilot setting: plain SGD lr 0.05, batch 32, 1 500 steps (measured 0.84 at seed 0)."""
+    """The pilot setting (docs/DESIGN.md §10): plain SGD lr 0.05, batch 32, 1 500 steps (measured
+    0.84 at seed 0)."""
     data = load_dataset("imu")
     full = get_model_spec(data.model_id).build(seed=0).full()
     optimizer = torch.optim.SGD(full.parameters(), lr=0.05)

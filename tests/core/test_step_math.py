@@ -261,7 +261,7 @@ class _CountingHistory(deque):  # type: ignore[type-arg]
 
 def test_history_lookup_reads_a_logarithmic_number_of_entries() -> None:
     """The history grows with the fleet (≈ 8·2·(W + 1)·E versions): finding the weights a
-    gradient was taken at is a binary search, not a scan of every entry (SPEC step 4)."""
+    gradient was taken at is a binary search, not a scan of every entry (docs/DESIGN.md §6.3)."""
     master = make_master(history=10_000)
     for _ in range(1000):
         master.apply_edge_gradient(edge_grads(master), edge_version=master.version)

@@ -1,5 +1,5 @@
-"""The synthetic-gradient mode (seed 003): M learns the cut gradient on the cloud, reaches the
-edge with the deltas, and the edge's stage is updated from M's prediction, never from a GRAD."""
+"""The synthetic-gradient mode (docs/SYNTHETIC.md): M learns the cut gradient on the cloud, reaches
+the edge with the deltas, and the edge's stage is updated from M's prediction, never from a GRAD."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fixtures for the tests of the deployment artifacts (issue 6).
+"""Fixtures for the tests of the deployment artifacts (docs/DEPLOY.md).
 
 No Docker engine, cluster or systemd instance runs here, so each artifact is validated by the
 tools that would reject it first (see deploy_checks.py), and the compose topology is run as

@@ -197,7 +197,7 @@ def env_problems(
 
 def auth_problems(coordinator: Any, cloud: Any, where: str) -> list[str]:
     """With authentication on, the cloud registers with the coordinator's admin token and
-    verifies edge tokens with the coordinator's signing key (issue 5)."""
+    verifies edge tokens with the coordinator's signing key (SECURITY.md)."""
     if coordinator is None or cloud is None or not coordinator.auth_enabled:
         return []
     problems: list[str] = []

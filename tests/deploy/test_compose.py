@@ -1,4 +1,4 @@
-"""docker-compose.yml and its secrets (issue 6 items 2 and 5).
+"""docker-compose.yml and its secrets (docs/DEPLOY.md §1, §5).
 
 The file is validated against the Compose Specification's JSON schema (check-jsonschema's
 built-in copy: no network), then against the code it runs: every ``SIMULTRAIN_*`` variable

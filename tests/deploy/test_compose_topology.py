@@ -1,4 +1,4 @@
-"""docker-compose.yml run as local processes: its commands, environment and ports (issue 6).
+"""docker-compose.yml as local processes: its commands, environment and ports (docs/DEPLOY.md §1).
 
 No Docker engine runs here, so this starts each compose service as the container would run
 it — the service's ``command`` (with this Python), the image's ``SIMULTRAIN_*`` ENV overlaid by

@@ -1,4 +1,4 @@
-"""docker/Dockerfile, .dockerignore and the scripts the images run (issue 6 items 1 and 5).
+"""docker/Dockerfile, .dockerignore and the scripts the images run (docs/DEPLOY.md §2, §5).
 
 No image is built here (no Docker engine): the Dockerfile is parsed with BuildKit's own
 parser and checked for what a build or a container would trip over — a COPY source missing
@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -313,13 +314,33 @@ def test_the_wheel_the_images_install_lists_every_package(tmp_path: Path) -> Non
     setuptools finds no importable folder missing from pyproject.toml's `packages`."""
     import zipfile
 
+    # From a copy of the files git knows: pip builds in the tree, and a build/lib left by an
+    # earlier build would hide a module that the listed packages no longer carry.
+    source = tmp_path / "source"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(tmp_path), str(REPO_ROOT)],
+         "--wheel-dir", str(tmp_path), str(source)],
         capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
     assert "absent from the `packages` configuration" not in build.stdout + build.stderr
     (wheel,) = tmp_path.glob("simultrain-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    names = set(zipfile.ZipFile(wheel).namelist())
     assert "simultrain/coordinator/static/dashboard.html" in names
+    # setuptools leaves an unlisted sub-package's modules out without a word: every module
+    # of the two mapped folders must be in the wheel (a missing one crashes the images).
+    mapped = {"services": "simultrain", "shared": "simultrain/shared"}
+    modules = {
+        f"{mapped[top]}/{path.relative_to(REPO_ROOT / top).as_posix()}"
+        for top in mapped
+        for path in (REPO_ROOT / top).rglob("*.py")
+    }
+    assert modules - names == set()

@@ -157,6 +157,29 @@ class Stack:
             command += ["--file", str(file)]
         return _run([*command, *args], timeout_s=timeout_s, cwd=REPO_ROOT, env=self.env)
 
+    def dump_logs(self) -> None:
+        """Every container's state and the tail of its log, kept in build/engine/ and printed
+        (pytest shows it beside a failure): why a service was unhealthy, not only that it was."""
+        command = ["docker", "compose", "--project-name", self.name]
+        for file in self.files:
+            command += ["--file", str(file)]
+        parts = [
+            subprocess.run(
+                [*command, *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                cwd=REPO_ROOT,
+                env=self.env,
+            )
+            for args in (["ps", "--all"], ["logs", "--no-color", "--tail", "60"])
+        ]
+        text = "\n".join(p.stdout + p.stderr for p in parts)
+        STATE.mkdir(parents=True, exist_ok=True)
+        (STATE / f"{self.name}.log").write_text(text)
+        print(text[-12000:])
+
     def inspect(self, service: str, template: str, index: int = 1) -> str:
         """``docker inspect`` of a service's container (compose names it project-service-N);
         an empty string while there is none."""
@@ -190,6 +213,7 @@ def stack(images: dict[str, Any], stack_env: dict[str, str]) -> Iterator[Stack]:
     try:
         yield stack
     finally:
+        stack.dump_logs()
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "60")
 
 
@@ -287,6 +311,7 @@ def replicas(images: dict[str, Any], stack_env: dict[str, str]) -> Iterator[Stac
     try:
         yield stack
     finally:
+        stack.dump_logs()
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "60")
 
 

@@ -1,4 +1,4 @@
-"""k8s/: the kustomize base and the dev and gpu overlays (issue 6 items 3 and 5).
+"""k8s/: the kustomize base and the dev and gpu overlays (docs/DEPLOY.md §3, §5).
 
 Both overlays are rendered with ``kubectl kustomize`` (the kubectl of the `test` extra, which
 embeds kustomize), every rendered object is validated by ``kubernetes-validate --strict``

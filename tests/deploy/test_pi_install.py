@@ -1,4 +1,4 @@
-"""deploy/pi/install-edge.sh, the Raspberry Pi installer (issue 6 items 4 and 5).
+"""deploy/pi/install-edge.sh, the Raspberry Pi installer (docs/DEPLOY.md §4, §5).
 
 A real install needs a Pi (aarch64, root, systemd as PID 1, the network for torch): here the
 script is checked by ``bash -n`` and shellcheck, and its ``--dry-run`` is run end to end — the

@@ -1,4 +1,4 @@
-"""deploy/systemd: the edge agent's unit and its environment file (issue 6 items 4 and 5).
+"""deploy/systemd: the edge agent's unit and its environment file (docs/DEPLOY.md §4, §5).
 
 ``systemd-analyze verify`` loads the unit as systemd would, with its ExecStart pointed at this
 environment's Python (the install location, /opt/simultrain, does not exist here). verify

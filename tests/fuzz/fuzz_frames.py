@@ -1,4 +1,4 @@
-"""Seeded frame generator and mutator shared by the fuzz targets (issue 5, item 3).
+"""Seeded frame generator and mutator shared by the fuzz targets (PROTOCOL.md §4.2, §5).
 
 Every hostile message starts as a *valid* frame of some type, built at random and encoded
 by :func:`encode_frame`, and is then broken by a stack of one to four mutations:

@@ -1,4 +1,4 @@
-"""Fixed reproducers of what fuzzing the cloud's stream found (issue 5, item 3).
+"""Fixed reproducers of what fuzzing the cloud's stream found (docs/DESIGN.md §7.1).
 
 Each case is a frame that the protocol layer accepts — it decodes, its shapes match the cut
 layer, its floats are finite — but whose content the training code must still refuse or
@@ -56,7 +56,7 @@ def _egrad(cloud: Cloud, value: float, dtype: str) -> bytes:
 
 
 def _act_carrying_egrad(cloud: Cloud, activations: np.ndarray, labels: np.ndarray) -> bytes:
-    """An ACT for batch 1 with a valid EGRAD for batch 0 piggybacked (SPEC step 3)."""
+    """An ACT for batch 1 with a valid EGRAD for batch 0 piggybacked (docs/DESIGN.md §3.7)."""
     weights = cloud.service.master.edge_weights()
     egrad = EGrad(
         seq=0,

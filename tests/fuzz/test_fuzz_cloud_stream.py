@@ -1,4 +1,4 @@
-"""Fuzzing the cloud's ``WS /v1/stream`` endpoint with hostile sessions (issue 5, item 3).
+"""Fuzzing the cloud's ``WS /v1/stream`` endpoint with hostile sessions (docs/DESIGN.md §7.1).
 
 Each session is one hostile message (``fuzz_frames.hostile_message``) in one of three places:
 

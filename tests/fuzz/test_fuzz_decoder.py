@@ -1,4 +1,4 @@
-"""Mutation fuzzing of the sans-I/O decoder and sessions (issue 5, item 3).
+"""Mutation fuzzing of the sans-I/O decoder and sessions (PROTOCOL.md §4.2, §5).
 
 Each message (``fuzz_frames.hostile_message``) goes through four checks:
 

@@ -1,8 +1,8 @@
-"""The README's bring-your-own-model example and the synthetic-gradient mode through real
-processes, in one run (each start of the three services costs seconds): coordinator, cloud
-and edge import ``examples.tiny_mobilenet:build`` themselves, the cloud accepts the edge's
-architecture fingerprint, and the edge trains on an npz file from M's synthetic gradients,
-stepping its own stage at once."""
+"""The bring-your-own-model example of docs/CONFIGURATION.md and the synthetic-gradient mode through
+real processes, in one run (each start of the three services costs seconds): coordinator, cloud and
+edge import ``examples.tiny_mobilenet:build`` themselves, the cloud accepts the edge's architecture
+fingerprint, and the edge trains on an npz file from M's synthetic gradients, stepping its own stage
+at once."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_the_example_model_trains_in_synthetic_mode_through_the_services(
         assert status["master_version"] == 2 * 8
         assert session["duplicates_dropped"] == 0
         assert status["staleness"]["batches"] == 8
-        # The edge stepped its own stage at once from every synthetic gradient (seed 003),
+        # The edge stepped its own stage at once from every synthetic gradient (docs/SYNTHETIC.md),
         # and its replica still matched the master's checksum all along.
         assert report["local_steps"] == 8
         assert report["checksum_failures"] == 0 and report["resyncs"] == 0

@@ -117,11 +117,11 @@ def test_two_edges_train_against_one_cloud_at_once(topology: Topology) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_services_reach_centralized_accuracy_on_the_same_samples(tmp_path: Path) -> None:
-    """Issue 3: the real services, pipelined, against centralized training in one process on
+    """The real services, pipelined, against centralized training in one process on
     the same batches in the same order and the same initialisation.
 
     One run's held-out accuracy moves by about ±1.5 points with the seed on these 773
-    windows (SPEC, "Pilot findings"), and a pipelined run through real processes also with
+    windows (docs/DESIGN.md §10), and a pipelined run through real processes also with
     timing; so the comparison is of means over three seeds, each pair on the same samples.
     """
     run = RunConfig()

@@ -1,6 +1,6 @@
 """Builders shared by the protocol tests: valid frames, open session pairs, raw wire maps.
 
-Bytes-in/events-out tests with no event loop (STYLE.md, point 6: the first tier).
+Bytes-in/events-out tests with no event loop (the first tier of the README's "Development").
 """
 
 from __future__ import annotations

@@ -86,12 +86,12 @@ def _protocol_errors() -> list[type[errors.ProtocolError]]:
     return found
 
 
-README = DOC.parent / "README.md"
+CLOSE_CODES_DOC = DOC.parent / "docs" / "CONFIGURATION.md"  # "Close codes in an edge's log"
 
 
-def _readme_close_codes() -> dict[int, set[str]]:
-    """README's table: close code → the error codes that close with it."""
-    table = between(README.read_text(encoding="utf-8"), "close-codes")
+def _edge_log_close_codes() -> dict[int, set[str]]:
+    """docs/CONFIGURATION.md's table: close code → the error codes that close with it."""
+    table = between(CLOSE_CODES_DOC.read_text(encoding="utf-8"), "close-codes")
     rows: dict[int, set[str]] = {}
     for codes, errors_cell in re.findall(r"^\| ([\d, ]+) \| (.*?) \|", table, re.M):
         for close in codes.split(","):
@@ -104,16 +104,16 @@ def _readme_close_codes() -> dict[int, set[str]]:
     return rows
 
 
-def test_readme_and_protocol_agree_on_every_close_code(doc: str) -> None:
-    readme = _readme_close_codes()
-    # Every error code of PROTOCOL.md §7 sits in README's row of its close code, and no other.
+def test_the_edge_log_table_and_protocol_agree_on_every_close_code(doc: str) -> None:
+    in_log = _edge_log_close_codes()
+    # Every error code of PROTOCOL.md §7 sits in that table's row of its close code, and no other.
     documented = {
         code: int(close)
         for code, close in re.findall(r"^\| `(\w+)` \| (\d+) \|", between(doc, "close-codes"), re.M)
     }
     assert documented == {c.value: int(errors.CLOSE_CODES[c]) for c in errors.ErrorCode}
-    in_readme = {name: close for close, names in readme.items() for name in names}
-    assert in_readme == documented
+    in_table = {name: close for close, names in in_log.items() for name in names}
+    assert in_table == documented
     # The close codes an edge may see are the same in both tables of what the edge does.
     actions = between(doc, "close-actions")
     protocol_closes = {
@@ -121,9 +121,9 @@ def test_readme_and_protocol_agree_on_every_close_code(doc: str) -> None:
         for cell in re.findall(r"^\| ([\d, ]+) \|", actions, re.M)
         for close in cell.split(",")
     }
-    assert set(readme) == protocol_closes
+    assert set(in_log) == protocol_closes
     # And the prose: "`model_mismatch` (close code 4003" and the like, wherever it appears.
-    for text in (README.read_text(encoding="utf-8"), doc):
+    for text in (CLOSE_CODES_DOC.read_text(encoding="utf-8"), doc):
         for name, close in re.findall(r"`(\w+)` \(close code (\d+)", text):
             assert documented[name] == int(close), (name, close)
 

@@ -1,8 +1,8 @@
 """Hostile input: each refusal has its documented class, code and close code, and changes nothing.
 
-Issue 2, "Must show": truncated msgpack, wrong field types, unknown type, oversized frame,
+PROTOCOL.md §4.2 and §7: truncated msgpack, wrong field types, unknown type, oversized frame,
 lz4 bomb, wrong shape or dtype, NaN/Inf, protocol version mismatch each raise the documented
-error and code, none crashes or changes any state. Issue 5 item 3: limits on frame size and
+error and code, none crashes or changes any state. PROTOCOL.md §5: limits on frame size and
 decompressed size; a small fuzz run here (the large campaign lives with the services).
 """
 

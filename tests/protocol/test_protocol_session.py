@@ -149,7 +149,7 @@ def test_cloud_rejecting_hello_closes_the_edge_with_the_code(build: Builders) ->
     assert (edge.close_code, edge.close_reason) == (1008, "token signature does not verify")
 
 
-# -- one pipelined step sequence (SPEC "One SimulTrain step") ------------------------------
+# -- one pipelined step sequence (docs/DESIGN.md §3) ---------------------------------------
 
 
 def test_pipelined_steps_with_piggybacks_and_versions(build: Builders) -> None:

@@ -1,4 +1,4 @@
-"""TLS end to end with real processes (issue 5, item 2).
+"""TLS end to end with real processes (SECURITY.md, "TLS").
 
 A throwaway CA and a server certificate for 127.0.0.1 are made at test time (trustme). The
 coordinator and the cloud serve HTTPS/WSS on port 0 of 127.0.0.1; clients that trust the CA

@@ -1,4 +1,4 @@
-"""The cloud sizes its edge-stage history by the fleet it actually serves (SPEC "Fleets")."""
+"""The cloud sizes its edge-stage history by the fleet it actually serves (docs/DESIGN.md §6.3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Gradient coding through the real cloud app (seed 004): a coded syncsgd round completes with
-a straggler that never answers, and the master takes the uncoded full-gradient step."""
+"""Gradient coding through the real cloud app (docs/DESIGN.md §5.3): a coded syncsgd round completes
+with a straggler that never answers, and the master takes the uncoded full-gradient step."""
 
 from __future__ import annotations
 

@@ -453,7 +453,7 @@ async def test_unknown_route_and_method_are_json(coordinator_client: httpx.Async
     assert_error(await coordinator_client.put("/v1/edges"), 405, "method_not_allowed")
 
 
-# --- authentication (issue 5 item 1) ----------------------------------------------------------
+# --- authentication (SECURITY.md) -------------------------------------------------------------
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -257,8 +257,8 @@ class _ExtendedView(BaseModel):
 def test_a_key_added_to_the_shared_declaration_reaches_settings_table_and_schema(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No edit in the coordinator: the variable, the keyword, the README row, the API schema
-    and the wire form of a new key all come from its declaration."""
+    """No edit in the coordinator: the variable, the keyword, the docs/CONFIGURATION.md row, the API
+    schema and the wire form of a new key all come from its declaration."""
     monkeypatch.setenv("SIMULTRAIN_COORDINATOR_PROBE_EXTRA_KEY", "2")
     assert _ExtendedSettings().run.probe_extra_key == 2
     assert _ExtendedSettings(probe_extra_key=3).run.probe_extra_key == 3

@@ -1,4 +1,5 @@
-"""The one store suite: every CoordinatorStore implementation passes it (STYLE.md, Flower).
+"""The one store suite: every CoordinatorStore implementation passes it (as Flower's store suites
+do).
 
 Then what only SQLite promises: state survives close and reopen, schema versioning, errors
 translated to StoreError.

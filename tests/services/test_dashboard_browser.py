@@ -161,9 +161,15 @@ def run(tmp_path: Path) -> Iterator[tuple[str, str]]:
         try:
             yield coordinator_url, edge_id
         finally:
-            # Ctrl-C: the demo stops every service it started (README "Commands").
-            demo.popen.send_signal(signal.SIGINT)
+            # `kill` stops the demo as Ctrl-C does: every service it started stops with it
+            # (docs/CONFIGURATION.md, "Commands"); none is left running on its own.
+            pid = demo.popen.pid
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            assert len(children) == 3, children  # coordinator, cloud, edge
+            demo.popen.send_signal(signal.SIGTERM)
             demo.popen.wait(timeout=60)
+            left = [c for c in children if Path(f"/proc/{c}").exists()]
+            assert left == [], f"the demo left {left} running"
 
 
 def test_the_dashboard_shows_the_edges_of_a_real_run_and_updates(run: tuple[str, str]) -> None:

@@ -73,7 +73,7 @@ async def run_agent(agent: EdgeAgent) -> EdgeReport:
 
 def assert_every_batch_applied_once(app: FastAPI) -> None:
     """Exactly once: batches 0 … STEPS−1 each applied, none twice — each batch one update
-    of the cloud stage and one of the edge stage (SPEC steps 2 and 4)."""
+    of the cloud stage and one of the edge stage (docs/DESIGN.md §3.2, §3.4)."""
     status = service_of(app).status()
     edge = status.edges[EDGE]
     assert edge.highest_applied_seq == STEPS - 1
@@ -127,7 +127,7 @@ async def test_a_dropped_link_reconnects_resends_and_applies_every_batch_once(
     cloud: FastAPI,
 ) -> None:
     """The link dies once the cloud stepped its stage on batch 4's activations and before
-    the edge's gradient of it left (SPEC steps 2–4): the edge sends batch 4 again, and the
+    the edge's gradient of it left (docs/DESIGN.md §3.2–§3.4): the edge sends batch 4 again, and the
     cloud must not step its stage on it twice (PROTOCOL.md §6.5)."""
     transport = ASGITransport(cloud)
     observer = AtFrame("on_grad", 4, lambda: transport.connections[-1].drop())

@@ -1,4 +1,4 @@
-"""The coordinator reports exactly the steps at which the cloud reconciles (SPEC step 6).
+"""The coordinator reports exactly the steps at which the cloud reconciles (docs/DESIGN.md §8.2).
 
 Both sides run their own code: the coordinator's HTTP API (in process) says when each edge
 of a four-edge fleet reconciles next; the cloud's runtime, fed the same number of applied

@@ -40,8 +40,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_cloud_and_the_edge_take_every_declared_key_with_its_declaration() -> None:
     """No run key is written in a service: the only run field is ``run``, its settings are
-    the declaration's keys (the optimizer's three under their short names) and the README
-    rows their defaults and meanings."""
+    the declaration's keys (the optimizer's three under their short names) and the
+    docs/CONFIGURATION.md rows their defaults and meanings."""
     declared = RunConfig.declaration(driver=False)
     for settings in (CloudSettings, EdgeSettings):
         assert [name for name in settings.model_fields if name.startswith("run")] == ["run"]
@@ -97,8 +97,8 @@ def test_a_run_key_named_like_a_setting_is_refused_where_it_is_declared() -> Non
 def test_a_key_added_to_the_declaration_is_a_cloud_and_an_edge_setting(
     monkeypatch: pytest.MonkeyPatch, settings: type[CloudSettings | EdgeSettings], variable: str
 ) -> None:
-    """No edit in the services: the variable, the keyword, its bounds and its README row
-    come from the key's declaration."""
+    """No edit in the services: the variable, the keyword, its bounds and its docs/CONFIGURATION.md
+    row come from the key's declaration."""
     monkeypatch.setenv(variable, "2")
     assert settings().run.probe_extra_key == 2  # type: ignore[attr-defined]
     assert settings(run_probe_extra_key=3).run.probe_extra_key == 3  # type: ignore[attr-defined]

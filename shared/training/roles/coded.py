@@ -1,4 +1,4 @@
-"""The gradient-coded role (syncsgd with ``gradient_coding_s`` > 0; seed 004, Tandon et al.
+"""The gradient-coded role (syncsgd with ``gradient_coding_s`` > 0; Tandon et al.
 2017): rounds that decode without their stragglers.
 
 Edge i of n holds the s + 1 partitions of its code row and uploads one coded gradient

@@ -213,18 +213,7 @@ class LocalStepsEdgeRuntime(EdgeRuntime):
     """FedAvg: E local optimizer steps from the replica, then the local model uploaded. The
     upload frame is what is kept (the batches of a round are not)."""
 
-    def __init__(
-        self,
-        module: nn.Module,
-        schedule: Schedule,
-        codecs: Codecs,
-        *,
-        optimizer: OptimizerConfig,
-        verify_checksums: bool = True,
-    ) -> None:
-        super().__init__(
-            module, schedule, codecs, optimizer=optimizer, verify_checksums=verify_checksums
-        )
+    def _init_role(self) -> None:
         self._local: _LocalRound | None = None
 
     def _number(self, inputs: np.ndarray, labels: np.ndarray) -> int | None:

@@ -9,17 +9,15 @@ the master applies with the run's compensation.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.protocol import Act, EGrad, Grad
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import from_wire, state_from_wire, state_to_wire, to_wire
 from simultrain.shared.training.master import PreparedCloudStep
-from simultrain.shared.training.options import Codecs, OptimizerConfig
 from simultrain.shared.training.roles.act import ActCloudRuntime
 from simultrain.shared.training.runtime import CloudSessionState, EdgeRuntime, Outgoing
-from simultrain.shared.training.schedule import Schedule
 from simultrain.shared.training.weights import EdgeReplica, StashedForward
 
 __all__ = ["SplitCloudRuntime", "SplitEdgeRuntime"]
@@ -68,18 +66,7 @@ class SplitCloudRuntime(ActCloudRuntime):
 class SplitEdgeRuntime(EdgeRuntime):
     """Forward and ACT per batch; the backward of each GRAD through its stashed graph."""
 
-    def __init__(
-        self,
-        module: nn.Module,
-        schedule: Schedule,
-        codecs: Codecs,
-        *,
-        optimizer: OptimizerConfig,
-        verify_checksums: bool = True,
-    ) -> None:
-        super().__init__(
-            module, schedule, codecs, optimizer=optimizer, verify_checksums=verify_checksums
-        )
+    def _init_role(self) -> None:
         self.in_flight: dict[int, StashedForward] = {}  # batch → its forward, until its GRAD
 
     def _frame(self, replica: EdgeReplica, seq: int | None, x: Tensor, y: Tensor) -> Act:

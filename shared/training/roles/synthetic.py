@@ -1,4 +1,4 @@
-"""The synthetic role (seed 003): edge updates from learned synthetic gradients.
+"""The synthetic role (Chen et al., HotEdge 2019): edge updates from learned synthetic gradients.
 
 The edge backpropagates M's synthetic cut gradient through its stage at once and sends the
 resulting gradient together with the batch's activations: its EGRAD goes just before its ACT
@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from simultrain.shared.errors import TrainingError
 from simultrain.shared.protocol import Act, EGrad, Snap
 from simultrain.shared.protocol.tensorcodec import Codec
 from simultrain.shared.tensors import from_wire, state_from_wire, state_to_wire, to_wire
 from simultrain.shared.training.master import CloudMaster, PreparedCloudStep
-from simultrain.shared.training.options import Codecs, OptimizerConfig
+from simultrain.shared.training.options import Codecs
 from simultrain.shared.training.roles.act import ActCloudRuntime
 from simultrain.shared.training.runtime import CloudSessionState, EdgeRuntime, Outgoing
 from simultrain.shared.training.schedule import Schedule
@@ -55,7 +55,7 @@ class SyntheticCloudRuntime(ActCloudRuntime):
         trainer: SyntheticGradientTrainer,
     ) -> None:
         super().__init__(master, schedule, codecs)
-        self.synthetic = trainer  # seed 003's M
+        self.synthetic = trainer  # the cut-gradient model M
 
     def _session_weights(self) -> Mapping[str, Tensor]:
         # The edge stage and M travel together in one replica (shared/training/synthetic.py).
@@ -179,23 +179,12 @@ class SyntheticEdgeRuntime(EdgeRuntime):
 
 
 class LocalSyntheticEdgeRuntime(SyntheticEdgeRuntime):
-    """The synthetic edge with local steps (seed 003's point: the layer below the cut does
+    """The synthetic edge with local steps (Chen et al.'s point: the layer below the cut does
     not wait for the layer above). It forwards at the working weights (the replica plus the
     pending local steps) and this batch's own step joins them at once, so the next batch is
     computed with it; the replica stays the master's exact copy beside them."""
 
-    def __init__(
-        self,
-        module: nn.Module,
-        schedule: Schedule,
-        codecs: Codecs,
-        *,
-        optimizer: OptimizerConfig,
-        verify_checksums: bool = True,
-    ) -> None:
-        super().__init__(
-            module, schedule, codecs, optimizer=optimizer, verify_checksums=verify_checksums
-        )
+    def _init_role(self) -> None:
         # The edge's own local steps not yet in the master; made with the first SNAP.
         self.local_updates: LocalUpdates | None = None
 
