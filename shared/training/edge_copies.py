@@ -5,16 +5,16 @@ master that every other edge has moved meanwhile: its staleness grows with the f
 E·W batches). SplitFed (Thapa et al., "SplitFed: When Federated Learning Meets Split
 Learning", AAAI 2022) gives each client its own client-side model, stepped at once with its
 own gradients, and averages those models every round. Here the cloud keeps that copy per edge
-— the cloud stays the only place updates are applied (SPEC "Roles") — and
+— the cloud stays the only place updates are applied (docs/DESIGN.md §2) — and
 
 - an EGRAD of edge ``i`` steps copy ``i`` at once, with copy ``i``'s own optimizer state:
   its staleness counts copy ``i``'s steps only, at most the edge's own window ``W`` whatever
   the fleet's size;
 - the DELTAs edge ``i`` gets bring its replica to copy ``i`` (the runtime's mirror machinery
   unchanged: "copy minus mirror" instead of "master minus mirror");
-- at edge ``i``'s soft reconciliation (every R of its steps, staggered across edges: SPEC
-  step 6) the master's edge stage becomes the mean of all copies, and copy ``i`` the blend
-  the edge computes, ``β·copy_i + (1−β)·mean`` (β = 0 is SplitFed's replacement).
+- at edge ``i``'s soft reconciliation (every R of its steps, staggered across edges:
+  docs/DESIGN.md §3.6) the master's edge stage becomes the mean of all copies, and copy
+  ``i`` the blend the edge computes, ``β·copy_i + (1−β)·mean`` (β = 0 is SplitFed's replacement).
 
 The master version still counts every applied update (each copy step adds one), so versions,
 ACKs and exactly-once are the runtime's own. The master's edge stage is the fleet's model —
@@ -114,7 +114,7 @@ class EdgeCopies:
                 t.copy_(weights[name])
         self._remember(copy)
 
-    # --- SPEC step 4 on a copy -----------------------------------------------------------
+    # --- the edge-stage update on a copy (docs/DESIGN.md §3.4) --------------------------
     def apply(
         self, edge_id: str, grads: Mapping[str, Tensor], edge_version: int, *, samples: int
     ) -> EdgeUpdateResult:

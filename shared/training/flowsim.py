@@ -1,7 +1,7 @@
 """A discrete-event model of a fleet's pipeline, to try flow control without services.
 
-docs/FLEET.md, "Credits". Each batch of each edge takes the path of SPEC "One SimulTrain
-step" (shared/training/window.py's cycle)::
+docs/FLEET.md, "Credits". Each batch of each edge takes the path of one SimulTrain step
+(docs/DESIGN.md §3; shared/training/window.py's cycle)::
 
     edge forward → ACT up → cloud step → GRAD down → edge backward → EGRAD up
                  → cloud apply → ACK down
