@@ -54,6 +54,7 @@ __all__ = [
     "FleetParityFile",
     "FleetParityRecord",
     "FleetRecord",
+    "FleetScreenFile",
     "ForecastAblation",
     "HostInfo",
     "RateSummary",
@@ -649,6 +650,44 @@ class FailoverFile(ResultsFile):
     records: list[FailoverRecord | FailoverFailure]
 
 
+# --- bench/fleet_screen.py: the fleet's scheduling, in-process (docs/FLEET.md) ---------------
+
+
+class FleetScreenRecord(Record):
+    """One in-process run of a fleet method (or of its pooled reference) on one seed."""
+
+    dataset: str
+    edges: int
+    method: str
+    seed: int
+    accuracy: float
+    test_loss: float
+    samples: int
+    steps_per_edge: int
+    edge_batch_size: int
+    staleness_mean: float
+    staleness_max: int
+    staleness_samples_mean: float
+    staleness_samples_max: int
+    master_version: int
+    seconds: float
+    config: dict[str, Any] = Field(description="The run configuration, flat (driver keys too).")
+    fleet: dict[str, Any] = Field(description="RunResult.fleet: mixing, copies, credits.")
+
+
+class FleetScreenMeta(Record):
+    credits: dict[str, Any] = Field(description="Per dataset/fleet: the settled grant.")
+    stages: dict[str, dict[str, float]] = Field(description="Measured stage times and sizes.")
+    flow: list[dict[str, Any]] = Field(description="Credits against fixed windows, simulated.")
+
+
+class FleetScreenFile(ResultsFile):
+    """``fleet_screen.json``."""
+
+    meta: FleetScreenMeta
+    records: list[FleetScreenRecord]
+
+
 RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "results.json": BenchResults,
     "synthetic.json": BenchResults,
@@ -670,6 +709,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "control-plane/soak/control-plane.json": ControlPlaneFile,
     "control-plane/failover-before/failover.json": FailoverFile,
     "control-plane/failover-after/failover.json": FailoverFile,
+    "fleet_screen.json": FleetScreenFile,
 }
 """Every results file of ``bench/results`` an experiment of this package writes, and its model
 (``replicas*.json`` are tests/integration/test_replicas.py's)."""

@@ -27,9 +27,14 @@ from simultrain.shared.models import ModelSpec, SplitModel
 from simultrain.shared.protocol import CloudSession, EdgeSession, Limits
 from simultrain.shared.training.compensation import parse_compensation
 from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.edge_copies import EdgeCopies
+from simultrain.shared.training.fleet import Credits
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.mixing import CloudMixer
+from simultrain.shared.training.pooled import pooled_training_set
 from simultrain.shared.training.roles.coded import CodedCloudRuntime, CodedEdgeRuntime
+from simultrain.shared.training.roles.fleet import FleetCloudRuntime
 from simultrain.shared.training.roles.lockstep import (
     FullGradientCloudRuntime,
     FullGradientEdgeRuntime,
@@ -77,6 +82,8 @@ class Shard:
     count: int = 1
 
     def data(self, run: RunConfig) -> Dataset:
+        if run.pooled:  # the fleet's reference: every edge's data in one set (pooled.py)
+            return pooled_training_set(self.dataset, run.edges, partition=run.partition)
         if self.count <= 1:
             return self.dataset
         return self.dataset.shard(self.index, self.count, partition=run.partition)
@@ -91,6 +98,9 @@ class CloudAssembly:
     runtime: CloudRuntime
     cut_shape: tuple[int, ...]  # what HELLO must name: the cut, or the input (raw role)
     limits: Limits
+    # Fleet-wide in-flight credits (docs/FLEET.md): the grant every edge's batches share, on
+    # top of each edge's window; None: the window alone.
+    credits: Credits | None = None
 
     def session(self) -> CloudSession:
         """A new sans-I/O session for one edge's connection."""
@@ -164,6 +174,22 @@ def _lockstep_cloud(
     return build
 
 
+def _split_cloud(p: _CloudParts) -> CloudRuntime:
+    """The split role's cloud; with mixed steps or per-edge copies, the cloud that schedules
+    the fleet (shared/training/roles/fleet.py)."""
+    run = p.run
+    if run.mix_edges <= 1 and not run.edge_copies:
+        return SplitCloudRuntime(p.master, p.schedule, run.codecs)
+    mixer = None
+    if run.mix_edges > 1:
+        mixer = CloudMixer(run.mixing(), clock=p.clock, gather_edge_gradients=not run.edge_copies)
+    copies = None
+    if run.edge_copies:
+        # Each copy keeps the versions its edge's window can still refer to.
+        copies = EdgeCopies(p.master, run.optimizer, history=2 * max(p.schedule.window, 1) + 4)
+    return FleetCloudRuntime(p.master, p.schedule, run.codecs, mixer=mixer, copies=copies)
+
+
 def _synthetic_cloud(p: _CloudParts) -> CloudRuntime:
     run, spec = p.run, p.spec
     trainer = SyntheticGradientTrainer(
@@ -234,9 +260,7 @@ def _stage_and_m(structure: SplitModel) -> nn.Module:
 
 
 ROLES: Mapping[EdgeRole, Role] = {
-    EdgeRole.SPLIT: Role(
-        _plain_cloud(SplitCloudRuntime), _plain_edge(SplitEdgeRuntime), _edge_stage
-    ),
+    EdgeRole.SPLIT: Role(_split_cloud, _plain_edge(SplitEdgeRuntime), _edge_stage),
     EdgeRole.RAW: Role(
         _plain_cloud(RawCloudRuntime), _plain_edge(RawEdgeRuntime), _edge_stage, uploads_input=True
     ),
@@ -282,6 +306,7 @@ def build_cloud(
         runtime,
         _cut_shape(spec, schedule),
         replace(limits if limits is not None else Limits(), window=schedule.window),
+        run.credits(),
     )
 
 
@@ -290,7 +315,9 @@ def build_edge(run: RunConfig, spec: ModelSpec, shard: Shard) -> EdgeAssembly:
 
     The edge's module is the model's structure only: its weights come in the first SNAP.
     Its batches are drawn in an order seeded by the run's seed and the shard's index, so
-    each edge of a run, in process or not, trains on the same batches.
+    each edge of a run, in process or not, trains on the same batches. An edge of a run that
+    mixes split batches (``mix_batch`` split) sends its share of a batch; an edge of a
+    ``pooled`` run streams all the fleet's data with the run's seed.
     """
     schedule = run.schedule()
     role = ROLES[schedule.edge_role]
@@ -300,8 +327,8 @@ def build_edge(run: RunConfig, spec: ModelSpec, shard: Shard) -> EdgeAssembly:
     stream = BatchStream(
         data.x_train,
         data.y_train,
-        batch_size=run.batch_size,
-        seed=run.seed + 1000 * shard.index,
+        batch_size=run.mixing().edge_batch_size(run.batch_size, run.edges),
+        seed=run.seed + (0 if run.pooled else 1000 * shard.index),
     )
     return EdgeAssembly(
         schedule,

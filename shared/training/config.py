@@ -11,17 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from typing import Annotated, Any, Self, get_type_hints
+from typing import Annotated, Any, Literal, Self, get_type_hints
 
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.compensation import parse_compensation
+from simultrain.shared.training.fleet import FLEET_KEYS, Credits, Mixing, check_fleet_keys
 from simultrain.shared.training.keys import Key, RunKey
 from simultrain.shared.training.options import Codecs, OptimizerConfig
 from simultrain.shared.training.schedule import MODES, Schedule, make_schedule
 
-__all__ = ["DRIVER_ONLY", "Key", "RunConfig", "RunKey"]
+__all__ = ["DRIVER_ONLY", "FLEET_KEYS", "Key", "RunConfig", "RunKey"]
 
-DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"})
+# The in-process driver's own keys, and the fleet-scheduling keys (docs/FLEET.md), which only
+# the driver runs so far: a service is never handed one.
+DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"}) | FLEET_KEYS
 
 # Dataset.shard's PARTITIONS (shared/data/dataset.py; a test holds the two equal), spelt here
 # so that validating a configuration does not load the data modules (and torch with them).
@@ -146,6 +149,51 @@ class RunConfig:
         float, Key("Probability that a lossy-codec delta is lost (driver only).", ge=0, le=1)
     ] = 0.0
 
+    # --- the cloud schedules the fleet (docs/FLEET.md) ---------------------------------------
+    # The reference every fleet result is measured against: centralized training on one seeded
+    # shuffle of all the fleet's training data (shared/training/pooled.py).
+    pooled: Annotated[
+        bool,
+        Key(
+            "centralized: one edge trains on one seeded shuffle of all the fleet's data "
+            "(the union of the edges' shards), steps × edges batches: the fleet's reference."
+        ),
+    ] = False
+    # Mixed-edge cloud steps (shared/training/mixing.py): one cloud-stage step on the ACTs of
+    # several edges, each edge getting its slice of the cut gradient.
+    mix_edges: Annotated[
+        int, Key("Edges whose batches one cloud-stage step mixes (1: one edge per step).", ge=1)
+    ] = 1
+    mix_batch: Annotated[
+        Literal["split", "stack"],
+        Key(
+            "How a mixed step keeps its size: split (each edge sends batch_size / mix_edges "
+            "samples) or stack (mix_edges × batch_size, learning rate by mix_lr)."
+        ),
+    ] = "split"
+    mix_lr: Annotated[
+        Literal["auto", "sqrt", "linear", "none"],
+        Key("stack: learning-rate rule for the larger step (auto: sqrt for Adam, linear SGD)."),
+    ] = "auto"
+    mix_wait_s: Annotated[
+        float,
+        Key("Longest a mixed step waits for more edges (in process: 1 ms per message).", gt=0),
+    ] = 0.05
+    # Flow control (shared/training/flow.py): the batches in flight across the whole fleet,
+    # shared by the edges as credits; each edge's window stays its own cap.
+    fleet_in_flight: Annotated[
+        int | None,
+        Key("Batches in flight across the fleet (credits); unset: each edge's window.", ge=1),
+    ] = None
+    # SplitFed-style per-edge edge stages (shared/training/edge_copies.py).
+    edge_copies: Annotated[
+        bool,
+        Key(
+            "One edge-stage copy per edge in the cloud, stepped at once with that edge's "
+            "gradients and averaged at each reconciliation (SplitFed)."
+        ),
+    ] = False
+
     def __post_init__(self) -> None:
         if not isinstance(self.optimizer, OptimizerConfig) or not isinstance(self.codecs, Codecs):
             raise ConfigError("run configuration: optimizer and codecs must be their own types")
@@ -158,7 +206,27 @@ class RunConfig:
             if checked is not value:
                 object.__setattr__(owner, name, checked)
         schedule = self.schedule()
-        parse_compensation(schedule.compensation, alpha=schedule.alpha)  # every part, every slot
+        compensation = parse_compensation(schedule.compensation, alpha=schedule.alpha)
+        check_fleet_keys(
+            pooled=self.pooled,
+            mixing=self.mixing(),
+            edge_copies=self.edge_copies,
+            fleet_in_flight=self.fleet_in_flight,
+            batch_size=self.batch_size,
+            edges=self.edges,
+            schedule=schedule,
+            compensation=compensation,
+        )
+
+    def mixing(self) -> Mixing:
+        """How the cloud mixes edges into its steps (``mix_*``; one edge per step: 1)."""
+        return Mixing(self.mix_edges, self.mix_batch, self.mix_lr, self.mix_wait_s)
+
+    def credits(self) -> Credits | None:
+        """The fleet's in-flight grant (``fleet_in_flight``), None without one."""
+        if self.fleet_in_flight is None:
+            return None
+        return Credits(self.fleet_in_flight, max(self.window, 1))
 
     def schedule(self) -> Schedule:
         """The mode's schedule with this run's values (`make_schedule`)."""

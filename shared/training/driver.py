@@ -52,6 +52,7 @@ from simultrain.shared.training.assembly import (
     build_edge,
 )
 from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.fleet import Credits
 from simultrain.shared.training.master import CloudMaster
 from simultrain.shared.training.runtime import CloudRuntime, EdgeRuntime, Outgoing
 
@@ -75,6 +76,10 @@ class RunResult:
     master_version: int = 0
     loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (samples, test loss)
     deltas_lost: int = 0  # RunConfig.delta_loss fault injection
+    # Staleness in samples (mean, max) beside ``staleness`` in updates (docs/FLEET.md).
+    staleness_samples: dict[str, float] = field(default_factory=dict)
+    # The fleet's scheduling (docs/FLEET.md): batches per edge, mixed steps, copy averages.
+    fleet: dict[str, Any] = field(default_factory=dict)
     master: CloudMaster | None = field(default=None, repr=False)
     edges: dict[str, EdgeRuntime] = field(default_factory=dict, repr=False)
 
@@ -131,7 +136,9 @@ def run_in_process(
     started = time.perf_counter()
     dataset = load_dataset(config.dataset, seed=config.seed)
     spec = dataset.model_spec(config.model_id)
-    cloud = build_cloud(config, spec)
+    # The driver's time counts messages (`MessageClock`): what a mixed step's wait reads.
+    clock = MessageClock()
+    cloud = build_cloud(config, spec, clock=clock)
     edges = {
         edge.edge_id: edge
         for edge in (
@@ -144,17 +151,21 @@ def run_in_process(
     master = cloud.master
     curve: list[tuple[int, float]] = []
     loss_curve: list[tuple[int, float]] = []
-    step_once = functools.partial(pump, edges, cloud.runtime)
-    for step in range(config.steps):
-        produce_round(edges, step_once)
+    step_once = functools.partial(pump, edges, cloud.runtime, clock=clock)
+    unblock = functools.partial(release, edges, cloud.runtime)
+    steps = config.steps * (config.edges if config.pooled else 1)  # pooled: the fleet's total
+    for step in range(steps):
+        produce_round(edges, step_once, credits=cloud.credits, unblock=unblock, cloud=cloud.runtime)
         if config.eval_every and (step + 1) % config.eval_every == 0:
+            cloud.runtime.settle()
             acc, loss = master.evaluate(x_test, y_test)
             curve.append((master.samples_applied, acc))
             loss_curve.append((master.samples_applied, loss))
         if progress is not None:
             progress(step + 1, None)
-    drain(edges, step_once)
+    drain(edges, step_once, unblock=unblock)
     master.flush_edge_step()  # gradients gathered and not yet stepped (``fleet-batch``) step
+    cloud.runtime.settle()  # per-edge copies: the fleet's model is their mean
     accuracy, test_loss = master.evaluate(x_test, y_test)
     losses = [loss for e in edges.values() for loss in e.runtime.losses[-50:]]
     return RunResult(
@@ -162,7 +173,7 @@ def run_in_process(
         accuracy=accuracy,
         test_loss=test_loss,
         samples=master.samples_applied,
-        steps=config.steps,
+        steps=steps,
         seconds=time.perf_counter() - started,
         bytes_up=sum(e.link.bytes_up for e in edges.values()),
         bytes_down=sum(e.link.bytes_down for e in edges.values()),
@@ -173,14 +184,46 @@ def run_in_process(
         master_version=master.version,
         loss_curve=loss_curve,
         deltas_lost=sum(e.deltas_lost for e in edges.values()),
+        staleness_samples=master.staleness.in_samples(),
+        fleet=_fleet_summary(cloud, edges, steps),
         master=master,
         edges={edge_id: e.runtime for edge_id, e in edges.items()},
     )
 
 
 def shards(config: RunConfig, dataset: Dataset) -> list[Shard]:
-    """Edge ``i`` of the run's ``edges`` trains on shard ``i`` (one edge: all the data)."""
+    """Edge ``i`` of the run's ``edges`` trains on shard ``i`` (one edge: all the data). A
+    ``pooled`` run is one edge holding every edge's data (shared/training/pooled.py)."""
+    if config.pooled:
+        return [Shard(dataset, 0, 1)]
     return [Shard(dataset, i, config.edges) for i in range(config.edges)]
+
+
+class MessageClock:
+    """The driver's time: one millisecond per message handled, a deterministic stand-in for
+    the clock the services read (a mixed step's wait bound is read against it)."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+    def __call__(self) -> float:
+        return self.messages * 1e-3
+
+
+def _fleet_summary(
+    cloud: CloudAssembly, edges: Mapping[str, LinkedEdge], steps: int
+) -> dict[str, Any]:
+    runtime = cloud.runtime
+    out: dict[str, Any] = {"edges": len(edges), "steps_per_edge": steps}
+    mixer = getattr(runtime, "mixer", None)
+    if mixer is not None:
+        out["mixing"] = mixer.summary()
+    copies = getattr(runtime, "copies", None)
+    if copies is not None:
+        out["copy_averages"] = copies.averages
+    if cloud.credits is not None:
+        out["credits"] = cloud.credits.total
+    return out
 
 
 def connect_edge(
@@ -225,13 +268,32 @@ def connect_edge(
     return edge
 
 
-def produce_round(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]) -> None:
+def produce_round(
+    edges: Mapping[str, LinkedEdge],
+    step_once: Callable[[], bool],
+    *,
+    credits: Credits | None = None,
+    unblock: Callable[[], bool] | None = None,
+    cloud: CloudRuntime | None = None,
+) -> None:
     """Each edge produces its next batch as soon as its window allows; until then the
-    cloud and the edges take turns handling one message each (``step_once``: `pump`)."""
+    cloud and the edges take turns handling one message each (``step_once``: `pump`), and
+    when nothing moves, what waits for something that cannot come goes (``unblock``:
+    `release`). With fleet-wide ``credits`` an edge also waits for the fleet's room, and the
+    grant brings its replica to the master before it computes (`CloudRuntime.grant`)."""
     for edge in edges.values():
-        while not edge.runtime.can_produce():
-            if not step_once():
+        while not edge.runtime.can_produce() or (
+            credits is not None and credits.room(_in_flight(edge), _fleet_in_flight(edges)) < 1
+        ):
+            if not step_once() and (unblock is None or not unblock()):
                 raise TrainingError("pipeline stalled: window full and nothing in flight")
+        if credits is not None and cloud is not None:
+            for _, delta in cloud.grant(edge.edge_id):
+                edge.link.send_down(edge.cloud_session.send(delta))
+            while edge.link.down:
+                edge_receive(edge)
+                if edge.runtime.needs_resync(now=0.0):
+                    edge.link.send_down(edge.cloud_session.send(cloud.resync(edge.edge_id)))
         upload = edge.runtime.produce_next(edge.assembly.stream)
         while edge.runtime.leading:  # synthetic role: a batch's EGRAD precedes its ACT
             edge.link.send_up(edge.session.send(edge.runtime.leading.popleft()))
@@ -239,28 +301,67 @@ def produce_round(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]
             edge.link.send_up(edge.session.send(upload))
 
 
-def drain(edges: Mapping[str, LinkedEdge], step_once: Callable[[], bool]) -> None:
+def drain(
+    edges: Mapping[str, LinkedEdge],
+    step_once: Callable[[], bool],
+    *,
+    unblock: Callable[[], bool] | None = None,
+) -> None:
     """Every batch answered, every gradient applied. No ACT will come to carry a
     piggybacked EGRAD any more, so each goes alone."""
     while True:
         for edge in edges.values():
             while edge.runtime.pending_egrads:
                 edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
-        if not step_once():
+        if not step_once() and (unblock is None or not unblock()):
             break
 
 
-def pump(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> bool:
-    """Every edge's link moves one message each way: the cloud handles one, the edge one."""
+def release(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> bool:
+    """Nothing moved: what waits for something that will not come goes now. An EGRAD kept
+    to ride on an ACT its edge cannot send yet (credits hold it) goes alone; then work the
+    cloud holds for a bounded wait (a mixed step waiting for more edges) goes with what it
+    has: nothing else can arrive. True if anything was sent."""
+    moved = False
+    for edge in edges.values():
+        while edge.runtime.pending_egrads:
+            edge.link.send_up(edge.session.send(edge.runtime.pending_egrads.popleft()))
+            moved = True
+    if not moved:
+        for edge_id, reply in cloud.step_waiting(force=True):
+            target = edges[edge_id]
+            target.link.send_down(target.cloud_session.send(reply))
+            moved = True
+    return moved
+
+
+def _in_flight(edge: LinkedEdge) -> int:
+    """The edge's batches in flight, ACT to ACK (PROTOCOL.md §6.3)."""
+    return len(edge.runtime.unanswered)
+
+
+def _fleet_in_flight(edges: Mapping[str, LinkedEdge]) -> int:
+    return sum(_in_flight(e) for e in edges.values())
+
+
+def pump(
+    edges: Mapping[str, LinkedEdge], cloud: CloudRuntime, *, clock: MessageClock | None = None
+) -> bool:
+    """Every edge's link moves one message each way: the cloud handles one, the edge one;
+    then held work whose wait ran out (a mixed step) goes. ``clock`` counts the messages."""
     moved = False
     for edge in edges.values():
         if edge.link.up:
+            if clock is not None:
+                clock.messages += 1
             for frame in edge.cloud_session.receive_data(edge.link.up.popleft()):
                 for edge_id, reply in cloud_handle(cloud, edge.edge_id, frame):
                     target = edges[edge_id]
                     target.link.send_down(target.cloud_session.send(reply))
             moved = True
         if edge.link.down:
+            if clock is not None:
+                clock.messages += 1
             edge_receive(edge)
             if edge.runtime.needs_resync(now=0.0):
                 # PROTOCOL.md §3.1: a replica that failed its checksum is replaced by the
@@ -268,6 +369,10 @@ def pump(edges: Mapping[str, LinkedEdge], cloud: CloudRuntime) -> bool:
                 snap = cloud.resync(edge.edge_id)
                 edge.link.send_down(edge.cloud_session.send(snap))
             moved = True
+    for edge_id, reply in cloud.step_waiting():
+        target = edges[edge_id]
+        target.link.send_down(target.cloud_session.send(reply))
+        moved = True
     return moved
 
 
@@ -295,6 +400,10 @@ def edge_receive(edge: LinkedEdge) -> None:
             if runtime.schedule.window > 0 and runtime.can_produce():
                 runtime.pending_egrads.append(egrad)
             else:
+                # EGRADs go in sequence order (PROTOCOL.md §6.3): those still waiting for an
+                # ACT go first (credits can hold an edge whose window has room).
+                while runtime.pending_egrads:
+                    edge.link.send_up(edge.session.send(runtime.pending_egrads.popleft()))
                 edge.link.send_up(edge.session.send(egrad))
         elif isinstance(frame, Welcome):
             pass

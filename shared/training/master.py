@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,17 +82,37 @@ class EdgeUpdateResult:
     version: int
     staleness: int  # edge-stage updates the gradient missed; -1 when dropped
     staleness_versions: int  # v_c − v_e(k) at application, τ_v (docs/DESIGN.md §6.1)
+    staleness_samples: int = 0  # samples applied since the version it was taken at
 
 
 @dataclass
 class StalenessStats:
-    """Per-batch staleness records, summarised (docs/DESIGN.md §3.8: τ of every batch)."""
+    """Per-batch staleness records, summarised (docs/DESIGN.md §3.8: τ of every batch).
+
+    In updates (``counts``: edge-stage steps a gradient missed) and in samples (the samples
+    applied meanwhile, `in_samples`): a fleet that mixes or batches its gradients takes fewer,
+    larger steps, and published parity results in asynchronous training are stated in samples
+    in flight (docs/FLEET.md).
+    """
 
     counts: dict[int, int] = field(default_factory=dict)
     dropped: int = 0
+    samples_sum: int = 0
+    samples_max: int = 0
 
-    def record(self, staleness: int) -> None:
+    def record(self, staleness: int, *, samples: int = 0) -> None:
         self.counts[staleness] = self.counts.get(staleness, 0) + 1
+        self.samples_sum += samples
+        self.samples_max = max(self.samples_max, samples)
+
+    def in_samples(self) -> dict[str, float]:
+        """Staleness in samples: the mean and the largest number of samples applied between
+        a gradient's version and its application."""
+        n = self.total
+        return {
+            "mean": round(self.samples_sum / n, 3) if n else 0.0,
+            "max": self.samples_max,
+        }
 
     @property
     def total(self) -> int:
@@ -121,6 +142,7 @@ class _HistoryEntry:
     version: int  # master version at which the edge stage took these values
     index: int  # how many edge-stage updates the master had applied by then
     weights: Mapping[str, Tensor]
+    samples: int = 0  # samples the master had applied by then (staleness in samples)
 
 
 class _Position(Protocol):
@@ -223,6 +245,24 @@ class CloudMaster:
             return None  # older than the history
         return self._history[i]
 
+    def staleness_of(self, version: int) -> tuple[int, int] | None:
+        """A gradient taken at ``version`` applied now: (edge-stage updates, samples) it
+        missed; None when ``version`` is older than the history (it would be dropped)."""
+        entry = self._lookup(version)
+        if entry is None:
+            return None
+        return self.edge_updates - entry.index, self.samples_applied - entry.samples
+
+    @contextmanager
+    def scaled_lr(self, factor: float) -> Iterator[None]:
+        """The stage steps taken inside use ``factor`` × their learning rate (a mixed step
+        of stacked batches, shared/training/mixing.py); 1 leaves every step as it is."""
+        self._edge.lr_factor = self._cloud.lr_factor = factor
+        try:
+            yield
+        finally:
+            self._edge.lr_factor = self._cloud.lr_factor = 1.0
+
     def reset_history(self) -> None:
         """Forget the history (after loading a checkpoint): only the current version is known,
         so gradients of batches computed before the restart are dropped, never misapplied."""
@@ -231,7 +271,9 @@ class CloudMaster:
 
     def _record_edge_history(self) -> None:
         snapshot = {n: p.detach().clone() for n, p in self.edge_stage.state_dict().items()}
-        self._history.append(_HistoryEntry(self.version, self.edge_updates, snapshot))
+        self._history.append(
+            _HistoryEntry(self.version, self.edge_updates, snapshot, self.samples_applied)
+        )
         # Keep every entry a gradient of the last ``history_versions`` versions may need:
         # the newest entry at or below the horizon stays, older ones go.
         horizon = self.version - self.history_versions
@@ -319,6 +361,7 @@ class CloudMaster:
             self.staleness.dropped += 1
             return EdgeUpdateResult(False, self.version, -1, self.version - edge_version)
         staleness = self.edge_updates - entry.index
+        behind = self.samples_applied - entry.samples
         self._edge.set_for(staleness)
         applied = {n: grads[n].to(p.device, p.dtype) for n, p in self._edge_params.items()}
         _require_finite(applied.values(), "edge gradient")  # 1e300 in float64 is inf here
@@ -331,11 +374,13 @@ class CloudMaster:
         self.edge_updates += self.edge_step.apply(applied, staleness, edge_key)
         self.version += 1
         self.samples_applied += samples
-        self.staleness.record(staleness)
+        self.staleness.record(staleness, samples=behind)
         self.observed_staleness = staleness
         if not self.edge_step.gathered:
             self._record_edge_history()  # the edge stage moved (one entry per step)
-        return EdgeUpdateResult(True, self.version, staleness, self.version - 1 - edge_version)
+        return EdgeUpdateResult(
+            True, self.version, staleness, self.version - 1 - edge_version, behind
+        )
 
     def set_edges_in_session(self, edges: int) -> bool:
         """The fleet changed (an edge joined or left). When it shrank, gradients gathered for

@@ -134,6 +134,7 @@ class CloudSessionState:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "staleness": self.staleness.summary(),
+            "staleness_samples": self.staleness.in_samples(),
             "code_row": self.code_row,
             "late_uploads_dropped": self.late_dropped,
         }
@@ -215,7 +216,7 @@ class CloudRuntime:
         return self._resync(self.sessions[edge_id])
 
     def _resync(self, state: CloudSessionState) -> Snap:
-        weights = self._session_weights()
+        weights = self._replica_weights(state)
         state.mirror = {n: t.clone() for n, t in weights.items()}
         state.mirror_version = self.master.version
         return Snap(
@@ -231,6 +232,22 @@ class CloudRuntime:
         compensation's replica position puts it (SpecTrain, PipeMare, a look-ahead). History
         entries are immutable snapshots: on the CPU, .cpu() returns them without a copy."""
         return {n: t.cpu() for n, t in self.master.edge_weights_for_replica().items()}
+
+    def _replica_weights(self, state: CloudSessionState) -> Mapping[str, Tensor]:
+        """What this edge's replica should hold: what every edge's holds, unless the role
+        keeps one edge stage per edge (shared/training/roles/fleet.py)."""
+        return self._session_weights()
+
+    def grant(self, edge_id: str) -> list[Outgoing]:
+        """What a credit grant carries to ``edge_id`` (docs/FLEET.md, "Credits"): the DELTA
+        that brings its replica to the master, none when it is there already.
+
+        With a window per edge a replica moves only when the edge's own batches are answered,
+        so in a fleet of E edges each forward misses the E − 1 updates of the others even with
+        one batch in flight each. A grant that refreshes the replica makes a batch's staleness
+        the batches in flight fleet-wide, which the credits bound, whatever the fleet's size.
+        """
+        return [(edge_id, delta) for delta in self._deltas_for(self.sessions[edge_id])]
 
     # --- frames in ----------------------------------------------------------------------
     def on_act(self, edge_id: str, act: Act) -> list[Outgoing]:
@@ -257,6 +274,17 @@ class CloudRuntime:
     def close_round_if_due(self) -> list[Outgoing]:
         """Close the open round if its deadline passed (partial aggregation)."""
         return []
+
+    # --- work held for a bounded wait (the roles that have it override) ------------------
+    def step_waiting(self, *, force: bool = False) -> list[Outgoing]:
+        """Work held back for a bounded wait whose bound has passed — a mixed step waiting
+        for more edges (shared/training/roles/fleet.py) — or, ``force``, all of it now: the
+        caller knows nothing else can arrive. Lockstep rounds keep their own deadline."""
+        return []
+
+    def settle(self) -> None:
+        """Bring the master to the fleet's model before it is evaluated or saved (per-edge
+        edge-stage copies: their mean); the master already is for every other role."""
 
     # --- what a checkpoint keeps (services/cloud/checkpoint.py) --------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -285,7 +313,7 @@ class CloudRuntime:
             grads, edge_version, samples=samples, edge_id=state.edge_id
         )
         if result.applied:
-            state.staleness.record(result.staleness)
+            state.staleness.record(result.staleness, samples=result.staleness_samples)
         else:
             state.staleness.dropped += 1
 
@@ -308,7 +336,7 @@ class CloudRuntime:
     def _deltas_for(self, state: CloudSessionState) -> Iterator[Delta]:
         if state.mirror_version == self.master.version:
             return
-        master = self._session_weights()
+        master = self._replica_weights(state)
         if self.codecs.delta in LOSSLESS_CODECS:
             payload = {n: xor_delta(master[n], state.mirror[n]) for n in master}
             state.mirror = {n: t.clone() for n, t in master.items()}

@@ -44,6 +44,9 @@ class StageOptimizer:
         self.stage: Stage = stage
         self.base_lr: Sequence[float] = [g["lr"] for g in optimizer.param_groups]
         self.base_momentum: Sequence[float] = [_momentum_of(g) for g in optimizer.param_groups]
+        # A multiplier on the learning rate for the steps of a mixed batch of stacked edge
+        # batches (`CloudMaster.scaled_lr`); 1 otherwise, which changes no bit.
+        self.lr_factor = 1.0
 
     def set_for(self, staleness: int) -> None:
         """Learning rate and momentum of the stage's next step, as the step rules set them.
@@ -54,7 +57,7 @@ class StageOptimizer:
         scale = compensation.lr_scale(staleness, self.stage)
         groups = self.optimizer.param_groups
         for group, lr, momentum in zip(groups, self.base_lr, self.base_momentum, strict=True):
-            group["lr"] = lr * scale
+            group["lr"] = lr * scale * self.lr_factor
             kind: Literal["sgd", "adam"] = "adam" if "betas" in group else "sgd"
             mu = compensation.momentum(momentum, staleness, self.stage, kind=kind)
             if "betas" in group:

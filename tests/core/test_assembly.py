@@ -123,6 +123,10 @@ CONTEXTS: tuple[Mapping[str, Any], ...] = (
     {"compensation": "forecast"},
     {"mode": "syncsgd", "edges": 3},
     {"mode": "syncsgd", "edges": 3, "gradient_coding_s": 1},
+    # The fleet's keys (docs/FLEET.md): the pooled reference is centralized training, and a
+    # mixed step's options are read where the cloud mixes.
+    {"mode": "centralized", "edges": 2},
+    {"edges": 2, "mix_edges": 2},
 )
 
 # Free-form text keys: their changed value cannot be read off the declaration.
@@ -341,6 +345,9 @@ ASSEMBLED = {
     "CodedCloudRuntime",
     "CodedEdgeRuntime",
     "SyntheticGradientTrainer",
+    "FleetCloudRuntime",
+    "CloudMixer",
+    "EdgeCopies",
 }
 
 
