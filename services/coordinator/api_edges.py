@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 
 from .api_common import CoordinatorDep, CredentialsDep, edge_view, next_reconciliations
+from .credentials import Credentials
+from .registry import Assignment, Coordinator
 from .schemas import (
     EdgeHeartbeat,
     EdgeHeartbeatReply,
@@ -25,6 +27,28 @@ from .schemas import (
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/edges", tags=["edges"])
+
+
+def _assignment_fields(
+    coordinator: Coordinator, credentials: Credentials, assignment: Assignment
+) -> dict[str, Any]:
+    """What enrollment and an edge heartbeat both answer: the cloud, the cadence, a fresh
+    token and the reconciliation schedule (PROTOCOL.md §9)."""
+    edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
+    token, expires_at = credentials.token_for(edge.edge_id)
+    return {
+        "edge_id": edge.edge_id,
+        "cloud_id": cloud.cloud_id,
+        "cloud_url": cloud.url,
+        "heartbeat_interval_s": cadence.interval_s,
+        "heartbeat_timeout_s": cadence.timeout_s,
+        "streaming_heartbeat_interval_s": cadence.streaming_interval_s,
+        "token": token,
+        "token_expires_at": expires_at,
+        "reconcile_every": coordinator.run_config.reconcile_every,
+        "reconcile_offset": edge.reconcile_offset,
+        "next_reconciliations": next_reconciliations(coordinator, edge),
+    }
 
 
 @router.post("", status_code=201)
@@ -48,21 +72,9 @@ async def register_edge(
             enrollment_id=body.enrollment_id,
         )
     )
-    edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
-    token, expires_at = credentials.token_for(edge.edge_id)
     return EdgeRegistered(
-        edge_id=edge.edge_id,
-        cloud_id=cloud.cloud_id,
-        cloud_url=cloud.url,
+        **_assignment_fields(coordinator, credentials, assignment),
         run_config=coordinator.run_config,
-        heartbeat_interval_s=cadence.interval_s,
-        heartbeat_timeout_s=cadence.timeout_s,
-        streaming_heartbeat_interval_s=cadence.streaming_interval_s,
-        token=token,
-        token_expires_at=expires_at,
-        reconcile_every=coordinator.run_config.reconcile_every,
-        reconcile_offset=edge.reconcile_offset,
-        next_reconciliations=next_reconciliations(coordinator, edge),
     )
 
 
@@ -86,22 +98,10 @@ async def edge_heartbeat(
         streaming=body.streaming,
         finished=body.finished,
     )
-    edge, cloud, cadence = assignment.edge, assignment.cloud, assignment.cadence
-    token, expires_at = credentials.token_for(edge.edge_id)
     return EdgeHeartbeatReply(
-        edge_id=edge.edge_id,
-        cloud_id=cloud.cloud_id,
-        cloud_url=cloud.url,
-        cloud_status=cloud.status,
-        master_version=cloud.master_version,
-        heartbeat_interval_s=cadence.interval_s,
-        heartbeat_timeout_s=cadence.timeout_s,
-        streaming_heartbeat_interval_s=cadence.streaming_interval_s,
-        token=token,
-        token_expires_at=expires_at,
-        reconcile_every=coordinator.run_config.reconcile_every,
-        reconcile_offset=edge.reconcile_offset,
-        next_reconciliations=next_reconciliations(coordinator, edge),
+        **_assignment_fields(coordinator, credentials, assignment),
+        cloud_status=assignment.cloud.status,
+        master_version=assignment.cloud.master_version,
     )
 
 
