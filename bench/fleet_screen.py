@@ -25,13 +25,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from simultrain.bench.records import FleetScreenRecord
 from simultrain.shared.data import load_dataset
 from simultrain.shared.protocol import (
     Ack,
@@ -154,33 +155,12 @@ class Case:
         )
 
 
-@dataclass
-class Record:
-    dataset: str
-    edges: int
-    method: str
-    seed: int
-    accuracy: float
-    test_loss: float
-    samples: int
-    steps_per_edge: int
-    edge_batch_size: int
-    staleness_mean: float
-    staleness_max: int
-    staleness_samples_mean: float
-    staleness_samples_max: int
-    master_version: int
-    seconds: float
-    config: dict[str, Any] = field(default_factory=dict)
-    fleet: dict[str, Any] = field(default_factory=dict)
-
-
-def run_one(case: Case, credits: int) -> Record:
+def run_one(case: Case, credits: int) -> FleetScreenRecord:
     config = case.config(credits)
     started = time.perf_counter()
     result = run_in_process(config)
     stale = result.staleness
-    return Record(
+    return FleetScreenRecord(
         dataset=case.dataset,
         edges=case.edges,
         method=case.method,
@@ -543,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             credits = credits_for(data, case.dataset, case.edges)
             record = run_one(case, credits)
-            data["records"].append(asdict(record))
+            data["records"].append(record.model_dump(mode="json"))
             done.add(case.key)
             save(args.out, data)
             print(
