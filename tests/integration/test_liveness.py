@@ -44,7 +44,7 @@ def test_a_long_edge_step_never_looks_like_a_dead_edge(tmp_path: Path) -> None:
             {
                 "SIMULTRAIN_EDGE_COORDINATOR_URL": cluster.coordinator_url,
                 "SIMULTRAIN_EDGE_STEPS": "2",
-                "SIMULTRAIN_EDGE_SLOWDOWN": "300",  # seconds per compute section
+                "SIMULTRAIN_EDGE_SLOWDOWN": "900",  # each compute section 900× longer: seconds
                 "SIMULTRAIN_EDGE_HEARTBEAT_INTERVAL_S": "0.2",
             },
         )
