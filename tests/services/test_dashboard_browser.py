@@ -178,6 +178,16 @@ def test_the_dashboard_shows_the_edges_of_a_real_run_and_updates(run: tuple[str,
     hostile = httpx.post(
         f"{coordinator_url}/v1/edges", json={"name": HOSTILE_NAME}, timeout=10
     ).json()["edge_id"]
+    # The feed builds its snapshot at most once a second (docs/CONFIGURATION.md, "Watching a run"):
+    # a browser opened within that second of the registration may not see the edge yet.
+    wait_for(
+        "the feed lists the new edge",
+        lambda: any(
+            e["edge_id"] == hostile
+            for e in httpx.get(f"{coordinator_url}/v1/dashboard", timeout=10).json()["edges"]
+        ),
+        timeout_s=30,
+    )
     url = f"{coordinator_url}/dashboard?interval=300"
 
     first = Page(dump_dom(url, virtual_ms=3000))
