@@ -3,8 +3,8 @@
 ``{"v": PROTOCOL_VERSION, "t": "<type>", <field>: <value>, ...}``: every field of the frame
 is present (``nil`` for an absent optional one), no other key is — except a field a
 capability adds, which is absent unless it holds a value (PROTOCOL.md §2, §10.2). Decoding is
-strict and total: it either returns a valid frame or raises a :class:`ProtocolError` subclass, with any
-msgpack, lz4 or numpy error chained as its cause; nothing else escapes.
+strict and total: it either returns a valid frame or raises a :class:`ProtocolError`
+subclass, with any msgpack, lz4 or numpy error chained as its cause; nothing else escapes.
 
 The order of checks matters for what a peer is told: size before parsing (1009), version
 before type (a frame of a newer protocol reports a version mismatch, not garbage), type
