@@ -96,9 +96,12 @@ class StreamingSession:
         self.runtime: EdgeRuntime = agent.runtime
         self.conn = conn
         self.url = url
-        self.session = EdgeSession(
-            limits=agent.limits, egrad_needs_grad=agent.schedule.egrad_needs_grad
-        )
+        # ``window = auto``: no cap of the edge's own; WELCOME's window and, where the cloud
+        # grants them, its credits bound it (PROTOCOL.md §6.7; docs/CONFIGURATION.md).
+        limits = agent.limits
+        if agent.run_config.window == "auto":
+            limits = dataclasses.replace(limits, window=None)
+        self.session = EdgeSession(limits=limits, egrad_needs_grad=agent.schedule.egrad_needs_grad)
         # The session's ledger and the wire must see frames in one order: sends serialize.
         self._send_lock = asyncio.Lock()
         self.resend: list[tuple[int, Any]] = []  # kept batches the cloud has not applied

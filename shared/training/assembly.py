@@ -336,9 +336,7 @@ def build_edge(run: RunConfig, spec: ModelSpec, shard: Shard) -> EdgeAssembly:
         stream,
         len(data.y_train),
         _cut_shape(spec, schedule),
-        # ``window = auto``: no cap of the edge's own; WELCOME's window and, where the cloud
-        # grants them, its credits bound the edge (PROTOCOL.md §6.7).
-        Limits(window=None if run.window == "auto" else schedule.window),
+        Limits(window=schedule.window),
     )
 
 

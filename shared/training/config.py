@@ -102,7 +102,7 @@ class RunConfig:
             f"size it (an edge without them, and the in-process driver: {AUTO_FALLBACK_WINDOW}).",
             ge=0,
         ),
-    ] = 4
+    ] = "auto"
     # The forecast's α (docs/DESIGN.md §6.4). None: not given, so a ``forecast`` part in the chain
     # keeps its own (0.5, the paper's); given for a chain without one, it is refused.
     alpha: Annotated[
@@ -196,11 +196,17 @@ class RunConfig:
         float,
         Key("Longest a mixed step waits for more edges (in process: 1 ms per message).", gt=0),
     ] = 0.05
-    # Flow control (shared/training/flow.py): the batches in flight across the whole fleet,
-    # shared by the edges as credits; each edge's window stays its own cap.
+    # Flow control (shared/training/flow.py): a fixed total of batches in flight across the
+    # whole fleet, shared by the edges as credits (in process, and granted by the cloud service
+    # to the edges that speak capability `credits`, PROTOCOL.md §6.7); an explicit window stays
+    # each edge's cap. Unset: `window = auto` has the cloud's controller size the total.
     fleet_in_flight: Annotated[
         int | None,
-        Key("Batches in flight across the fleet (credits); unset: each edge's window.", ge=1),
+        Key(
+            "Batches in flight across the fleet, a fixed grant of credits; unset: the "
+            "controller's with window auto, else each edge's window.",
+            ge=1,
+        ),
     ] = None
     # SplitFed-style per-edge edge stages (shared/training/edge_copies.py).
     edge_copies: Annotated[
