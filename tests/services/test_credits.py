@@ -25,9 +25,9 @@ from simultrain.cloud.settings import CloudSettings
 from simultrain.edge.agent import EdgeAgent, EdgeReport
 from simultrain.edge.inprocess import ASGITransport
 from simultrain.edge.settings import EdgeSettings
+from simultrain.edge.transport import StreamConnection, StreamTransport, WebSocketsTransport
 from simultrain.netem.profiles import parse_profile
 from simultrain.netem.proxy import LinkEmulator
-from simultrain.edge.transport import StreamConnection, StreamTransport, WebSocketsTransport
 from simultrain.shared.protocol import Ack, Act, Frame, Hello, Welcome, decode_frame, encode_frame
 from simultrain.shared.training.config import RunConfig
 
