@@ -22,7 +22,8 @@ the loop, and the controller's minimum filter drops it, as BBR's drops a delayed
 **The replica.** Right behind each ACK that carries a grant, in the same step's frames, the
 service sends the DELTA of `CloudRuntime.grant` (:func:`with_replica_refresh`, on the
 compute thread), so the batches the grant lets go are computed at the current master, not
-only at the edge's own updates.
+only at the edge's own updates (with one edge in session there are no others': none is
+sent).
 
 Everything here runs on the event loop except :func:`with_replica_refresh`; it keeps no
 timers and does no I/O.
@@ -197,6 +198,11 @@ def with_replica_refresh(
     DELTA computed now starts where the last of them left it (PROTOCOL.md §3.1).
     """
     frames = list(outgoing)
+    if len(runtime.sessions) < 2:
+        # One edge: every edge-stage update is its own batch's, which the step's own DELTA
+        # carries already; what is left is the cloud-stage steps' version count, and a DELTA
+        # of zeros per ACK would only cost the link and the edge's loop.
+        return frames
     acked = {edge_id for edge_id, frame in frames if isinstance(frame, Ack)}
     for edge_id in sorted(acked & edges):
         if edge_id in runtime.sessions:
