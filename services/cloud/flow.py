@@ -77,7 +77,11 @@ class CloudFlow:
         max_in_flight: int = AUTO_MAX_IN_FLIGHT,
     ) -> None:
         self.clock = clock
-        self.enabled = run.grants_credits and schedule.edge_role in _PIPELINED
+        # Lockstep schedules (window 0: split-sync, the round-based modes) keep one batch at
+        # a time whatever the run's window says.
+        self.enabled = (
+            run.grants_credits and schedule.edge_role in _PIPELINED and schedule.window > 0
+        )
         self.fixed: Credits | None = run.credits()
         cap = run.window_cap
         self.controller: FlowController | None = None

@@ -347,3 +347,12 @@ async def test_a_grant_brings_the_edge_s_replica_to_the_master(
     monkeypatch.setattr(cloud_service, "with_replica_refresh", checked)
     await _fleet_in_flight(RunConfig(mode="simultrain", dataset="imu", edges=2, window="auto"))
     assert sum(refreshed) > 0
+
+
+@pytest.mark.parametrize("mode", ["split-sync", "syncsgd", "fedavg"])
+def test_lockstep_modes_grant_no_credits_under_auto(mode: str) -> None:
+    from simultrain.cloud.flow import CloudFlow
+
+    run = RunConfig(mode=mode, dataset="imu", window="auto")
+    assert not CloudFlow(run, run.schedule()).enabled
+    assert CloudFlow(RunConfig(dataset="imu", window="auto"), RunConfig().schedule()).enabled
