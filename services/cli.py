@@ -153,7 +153,8 @@ def demo(
         str | None, typer.Option(help="How data is dealt to edges: auto, groups, iid, label-skew.")
     ] = None,
     window: Annotated[
-        int | None, typer.Option(help="In-flight window W (staleness bound).")
+        str | None,
+        typer.Option(help="In-flight window W (staleness bound), or auto: the cloud's credits."),
     ] = None,
     compensation: Annotated[
         str | None,
@@ -213,6 +214,9 @@ def demo(
     }
     _stop_like_ctrl_c()
     try:
+        if window is not None:  # a number or `auto`, read as the run key reads its text
+            keys = {key.name: key for key in RunConfig.declaration()}
+            given["window"] = keys["window"].parse(window)
         run = RunConfig.from_mapping({k: v for k, v in given.items() if v is not None})
         if model is not None:
             # Refuse a model that does not exist or does not take the dataset's samples

@@ -222,7 +222,7 @@ def _run(
         max_staleness=status.staleness.max,
         mean_staleness=status.staleness.mean,
         master_version=status.master_version,
-        window=run.window,
+        window=run.fixed_window,
         compensation=schedule.compensation,
         # The α that acted: the forecast part's (its own 0.5 when not given), else none.
         alpha=(schedule.alpha if schedule.alpha is not None else 0.5)

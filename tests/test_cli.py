@@ -40,10 +40,14 @@ def test_demo_run_flags_default_to_the_run_configuration(monkeypatch: pytest.Mon
     monkeypatch.setattr(simultrain.demo, "run_demo", lambda options: seen.append(options))
     assert CliRunner().invoke(app, ["demo"]).exit_code == 0
     assert CliRunner().invoke(app, ["demo", "--window", "2", "-R", "0"]).exit_code == 0
-    default, given = seen
+    assert CliRunner().invoke(app, ["demo", "--window", "auto"]).exit_code == 0
+    default, given, auto = seen
     assert default.run == RunConfig()
     assert (default.steps, default.edges) == (RunConfig().steps, RunConfig().edges)
     assert given.run == RunConfig(window=2, reconcile_every=None)
+    assert auto.run == RunConfig(window="auto")
+    bad = CliRunner().invoke(app, ["demo", "--window", "many"])
+    assert bad.exit_code == 1 and "'window'" in bad.output and len(seen) == 3
 
 
 def test_demo_eval_every_reaches_the_options_and_refuses_a_negative(

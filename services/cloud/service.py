@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -46,8 +47,10 @@ from simultrain.shared.errors import (
 from simultrain.shared.models import model_architecture
 from simultrain.shared.protocol import (
     CAPABILITIES,
+    CREDITS,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
+    Ack,
     Act,
     CloudSession,
     EGrad,
@@ -66,6 +69,7 @@ from simultrain.shared.training.master import StalenessStats
 from simultrain.shared.training.runtime import CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
+from .flow import CloudFlow, with_replica_refresh
 from .metrics import CloudMetrics
 from .replicas import Rendezvous, ReplicaGroup
 from .settings import CloudSettings
@@ -167,6 +171,12 @@ class CloudService:
         self.runtime = cloud.runtime
         self.cut_shape = cloud.cut_shape
         self.limits = cloud.limits
+        # In-flight credits (PROTOCOL.md §6.7): a credits session's WELCOME window is the
+        # flow's bound, which the sessions' limits must allow.
+        self.flow = CloudFlow(run, cloud.schedule)
+        if self.flow.enabled:
+            window = max(self.flow.window, self.schedule.window)
+            self.limits = dataclasses.replace(self.limits, window=window)
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
         self._round_closers: set[asyncio.Task[None]] = set()
         self.x_test = torch.tensor(dataset.x_test)
@@ -330,16 +340,19 @@ class CloudService:
         conn.state = state
         state.bytes_in += conn.bytes_in  # the HELLO
         acked = highest_applied if highest_applied >= 0 else None
+        # The offered capabilities this cloud speaks; unknown names are ignored (PROTOCOL.md
+        # §10.2). With `credits` the edge's first grant, and the flow's bound as its window.
+        capabilities = grant_capabilities(
+            hello.capabilities, answers=self.flow.answers(edge_id, hello.capabilities)
+        )
         welcome = Welcome(
             session_id=uuid.uuid4().hex,
             master_version=snap.master_version,
             cut_shape=self.cut_shape,
-            window=self.limits.window,
+            window=self.flow.window if CREDITS in capabilities else self.schedule.window,
             acked_seq=acked,
             config={k: v for k, v in self.run.to_mapping().items() if _scalar(v)},
-            # The offered capabilities this cloud speaks; unknown names are ignored
-            # (PROTOCOL.md §10.2).
-            capabilities=grant_capabilities(hello.capabilities),
+            capabilities=capabilities,
         )
         await conn.send(welcome)
         await conn.send(snap)
@@ -356,6 +369,9 @@ class CloudService:
         started = time.perf_counter()
         edge_id = conn.edge_id
         log.debug("%s %s %s seq=%s", edge_id, id(conn), frame.type, getattr(frame, "seq", None))
+        if isinstance(frame, Act) and self.connections.get(edge_id) is conn:
+            self.flow.on_act(edge_id, frame.seq)
+        credit_edges = self.flow.edges
 
         def step() -> list[Outgoing] | None:
             # Checked where updates are ordered (the compute thread): once a newer session
@@ -367,9 +383,13 @@ class CloudService:
             if self.connections.get(edge_id) is not conn:
                 return None
             if isinstance(frame, Act):
-                return self.runtime.on_act(edge_id, frame)
+                return with_replica_refresh(
+                    self.runtime, self.runtime.on_act(edge_id, frame), credit_edges
+                )
             if isinstance(frame, EGrad):
-                return self.runtime.on_egrad(edge_id, frame)
+                return with_replica_refresh(
+                    self.runtime, self.runtime.on_egrad(edge_id, frame), credit_edges
+                )
             raise InternalError(f"the service steps on ACT and EGRAD, not {frame.type}")
 
         try:
@@ -469,12 +489,15 @@ class CloudService:
             else:
                 conn = self.connections.get(edge_id)
             if conn is not None:
+                if isinstance(frame, Ack):
+                    frame = self.flow.on_ack(edge_id, frame)  # the grant it carries (§6.7)
                 await conn.send(frame)
 
     async def close(self, conn: Connection) -> None:
         if conn.edge_id is None or self.connections.get(conn.edge_id) is not conn:
             return
         del self.connections[conn.edge_id]
+        self.flow.close(conn.edge_id)
         self.metrics.sessions.set(len(self.connections))
         outgoing = await self.compute(self.runtime.close_session, conn.edge_id)
         await self.deliver(outgoing)
@@ -530,7 +553,7 @@ class CloudService:
             input_shape=list(self.spec.input_shape),
             num_classes=self.spec.num_classes,
             cut_shape=list(self.cut_shape),
-            window=limits.window,
+            window=self.schedule.window,
             egrad_needs_grad=self.schedule.egrad_needs_grad,
             limits=SessionLimits(
                 max_frame_bytes=limits.max_frame_bytes,

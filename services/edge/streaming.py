@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from simultrain.shared.errors import (
 )
 from simultrain.shared.models import architecture_fingerprint
 from simultrain.shared.protocol import (
+    CREDITS,
     Ack,
     Act,
     Bye,
@@ -94,9 +96,12 @@ class StreamingSession:
         self.runtime: EdgeRuntime = agent.runtime
         self.conn = conn
         self.url = url
-        self.session = EdgeSession(
-            limits=agent.limits, egrad_needs_grad=agent.schedule.egrad_needs_grad
-        )
+        # ``window = auto``: no cap of the edge's own; WELCOME's window and, where the cloud
+        # grants them, its credits bound it (PROTOCOL.md §6.7; docs/CONFIGURATION.md).
+        limits = agent.limits
+        if agent.run_config.window == "auto":
+            limits = dataclasses.replace(limits, window=None)
+        self.session = EdgeSession(limits=limits, egrad_needs_grad=agent.schedule.egrad_needs_grad)
         # The session's ledger and the wire must see frames in one order: sends serialize.
         self._send_lock = asyncio.Lock()
         self.resend: list[tuple[int, Any]] = []  # kept batches the cloud has not applied
@@ -190,7 +195,8 @@ class StreamingSession:
             token=agent.assignment.token,
             resume=runtime.highest_acked if runtime.highest_acked >= 0 else None,
             model_fingerprint=architecture_fingerprint(agent.spec),
-            capabilities={},  # none implemented yet (PROTOCOL.md §10.2)
+            # In-flight credits (PROTOCOL.md §6.7): with them the cloud sizes this edge's window.
+            capabilities={CREDITS: True},
         )
 
     async def _handshake(self) -> None:
@@ -245,7 +251,7 @@ class StreamingSession:
         agent, runtime = self.agent, self.runtime
         resend = list(self.resend)
         while True:
-            while not runtime.can_produce() and not agent._finished():
+            while not self._can_produce() and not agent._finished():
                 agent._changed.clear()
                 await agent._changed.wait()
             if agent._finished():
@@ -265,6 +271,16 @@ class StreamingSession:
                 frame = await agent._in_compute(agent._produce_next)
             while runtime.leading:  # synthetic mode: a batch's EGRAD precedes its ACT
                 await self._send(runtime.leading.popleft())
+            if isinstance(frame, Act) and not self.session.can_send_act():
+                # A grant that shrank while the batch was computed (PROTOCOL.md §6.7): the
+                # batch waits for its credit, and the EGRAD riding on it goes now, ahead of
+                # any later one (EGRADs go in order, §6.3).
+                if frame.egrad is not None:
+                    await self._send(frame.egrad)
+                    frame = dataclasses.replace(frame, egrad=None)
+                while not self.session.can_send_act():
+                    agent._changed.clear()
+                    await agent._changed.wait()
             if frame is not None:
                 await self._send(frame)
 
@@ -294,10 +310,21 @@ class StreamingSession:
             agent.report.last_loss = frame.loss
         # Piggyback on the next ACT when one can go now (docs/DESIGN.md §3.3); a window that holds
         # the producer back means this EGRAD must go alone.
-        if agent.schedule.window > 0 and runtime.can_produce() and not agent._no_more_acts():
+        if agent.schedule.window > 0 and self._can_produce() and not agent._no_more_acts():
             runtime.pending_egrads.append(egrad)
         else:
             await self._send(egrad)
+
+    def _can_produce(self) -> bool:
+        """Whether the next batch may go: the schedule's window, or in a session with
+        capability ``credits`` the session's — min(WELCOME's window, the edge's own cap, the
+        grant in force; PROTOCOL.md §6.7)."""
+        if CREDITS not in self.session.capabilities:
+            return self.runtime.can_produce()
+        window = self.session.window
+        return self.runtime.can_produce(window=window) and (
+            window is None or len(self.session.in_flight) < max(window, 1)
+        )
 
     def _on_ack(self, frame: Ack) -> None:
         agent, runtime = self.agent, self.runtime

@@ -53,6 +53,7 @@ from simultrain.shared.protocol.tensorcodec import (
 )
 from simultrain.shared.protocol.versions import (
     CAPABILITIES,
+    CREDITS,
     FIRST_RELEASE_VERSION,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -67,6 +68,7 @@ from simultrain.shared.protocol.versions import (
 
 __all__ = [
     "CAPABILITIES",
+    "CREDITS",
     "DEFAULT_LIMITS",
     "FIRST_RELEASE_VERSION",
     "FLOAT_DTYPES",

@@ -1,9 +1,10 @@
 """Frames ↔ bytes: one msgpack map per WebSocket binary message (PROTOCOL.md, "Framing").
 
 ``{"v": PROTOCOL_VERSION, "t": "<type>", <field>: <value>, ...}``: every field of the frame
-is present (``nil`` for an absent optional one), no other key is. Decoding is strict and
-total: it either returns a valid frame or raises a :class:`ProtocolError` subclass, with any
-msgpack, lz4 or numpy error chained as its cause; nothing else escapes.
+is present (``nil`` for an absent optional one), no other key is — except a field a
+capability adds, which is absent unless it holds a value (PROTOCOL.md §2, §10.2). Decoding is
+strict and total: it either returns a valid frame or raises a :class:`ProtocolError`
+subclass, with any msgpack, lz4 or numpy error chained as its cause; nothing else escapes.
 
 The order of checks matters for what a peer is told: size before parsing (1009), version
 before type (a frame of a newer protocol reports a version mismatch, not garbage), type
@@ -63,6 +64,7 @@ from simultrain.shared.protocol.versions import PROTOCOL_VERSION, SUPPORTED_VERS
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "capability_fields",
     "check_cut_shape",
     "decode_frame",
     "decode_message",
@@ -269,6 +271,24 @@ class _Optional(_Kind):
         return None if wire is None else self.kind.decode(wire, path, ctx)
 
 
+class _CapabilityField(_Kind):
+    """A field a capability adds (PROTOCOL.md §10.2): written only when it has a value.
+
+    Absent, it is None, so a frame without it is byte for byte the major version's own form
+    and a peer that does not speak the capability never sees the key; present, it must hold
+    a value (not nil). Whether the session granted the capability is the session's check.
+    """
+
+    def __init__(self, kind: _Kind) -> None:
+        self.kind = kind
+
+    def encode(self, value: Any, path: str) -> Any:
+        return self.kind.encode(value, path)
+
+    def decode(self, wire: Any, path: str, ctx: _Context) -> Any:
+        return self.kind.decode(wire, path, ctx)
+
+
 class _Nested(_Kind):
     """A piggybacked frame: a map of its fields, without ``v`` and ``t`` (the key says which)."""
 
@@ -370,7 +390,12 @@ _SPECS: Final[Mapping[type[Frame], tuple[tuple[str, _Kind], ...]]] = {
         ("reconcile", _Bool()),
         ("checksum", _CHECKSUM),
     ),
-    Ack: (("seq", _SEQ), ("master_version", _VERSION), ("durable_until", _Optional(_SEQ))),
+    Ack: (
+        ("seq", _SEQ),
+        ("master_version", _VERSION),
+        ("durable_until", _Optional(_SEQ)),
+        ("credits", _CapabilityField(_UInt())),  # capability `credits` (PROTOCOL.md §6.7)
+    ),
     Error: (("code", _NAME), ("reason", _Str(MAX_REASON_BYTES))),
     Bye: (("reason", _Str(MAX_REASON_BYTES)),),
 }
@@ -380,19 +405,22 @@ def _encode_fields(frame: Frame, path: str) -> dict[str, Any]:
     return {
         name: kind.encode(getattr(frame, name), f"{path}.{name}")
         for name, kind in _SPECS[type(frame)]
+        if not (isinstance(kind, _CapabilityField) and getattr(frame, name) is None)
     }
 
 
 def _decode_fields(cls: type[Frame], wire: dict[Any, Any], path: str, ctx: _Context) -> Frame:
     spec = _SPECS[cls]
     names = [name for name, _ in spec]
-    for name in names:
-        if name not in wire:
+    for name, kind in spec:
+        if name not in wire and not isinstance(kind, _CapabilityField):
             raise MalformedFrame(f"missing field {name!r}", field=path)
     for key in wire:
         if key not in names:
             raise MalformedFrame(f"unexpected field {str(key)[:40]!r}", field=path)
-    values = {name: kind.decode(wire[name], f"{path}.{name}", ctx) for name, kind in spec}
+    values = {
+        name: kind.decode(wire[name], f"{path}.{name}", ctx) for name, kind in spec if name in wire
+    }
     return cls(**values)
 
 
@@ -600,3 +628,8 @@ def _foreign_error(wire: dict[Any, Any], limits: Limits) -> Error | None:
 def frame_fields(cls: type[Frame]) -> tuple[str, ...]:
     """The wire field names of a frame type, in encoding order (for docs and tests)."""
     return tuple(name for name, _ in _SPECS[cls])
+
+
+def capability_fields(cls: type[Frame]) -> tuple[str, ...]:
+    """The fields of a frame type that a capability adds: absent unless they hold a value."""
+    return tuple(name for name, kind in _SPECS[cls] if isinstance(kind, _CapabilityField))

@@ -190,6 +190,10 @@ class Ack:
     seq: int
     master_version: int
     durable_until: int | None = None
+    credits: int | None = None
+    """Capability ``credits`` only (PROTOCOL.md §6.7): the batches this edge may have in
+    flight from now on, ACT sent to ACK received. None: absent from the wire, the grant in
+    force stays."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -62,6 +62,7 @@ from simultrain.shared.errors import (
     HandshakeRejected,
     IllegalTransition,
     InvalidTensor,
+    MalformedFrame,
     ProtocolError,
     ProtocolVersionMismatch,
     UnexpectedSequence,
@@ -87,6 +88,7 @@ from simultrain.shared.protocol.frames import (
 from simultrain.shared.protocol.limits import DEFAULT_LIMITS, Limits
 from simultrain.shared.protocol.versions import (
     CAPABILITIES,
+    CREDITS,
     PROTOCOL_VERSION,
     Capability,
     capability_of_frame,
@@ -123,7 +125,9 @@ class Ledger:
     ascending. ``in_flight`` holds the ACTs no ACK covers yet: they occupy the window
     (PROTOCOL.md §6.3). ``awaiting_egrad`` holds the ACTs answered by a GRAD whose EGRAD has
     not come (and no ACK covers them): the only batches an EGRAD may name in a split mode.
-    The other fields are the highest ACT, EGRAD and ACK numbers seen (None: none).
+    The other fields are the highest ACT, EGRAD and ACK numbers seen (None: none), and
+    ``credits``, the grant in force in a session with capability ``credits`` (PROTOCOL.md
+    §6.7: WELCOME's value, then each ACK's that carries one; None without the capability).
     """
 
     unanswered: tuple[tuple[int, int], ...] = ()
@@ -132,6 +136,7 @@ class Ledger:
     last_act_seq: int | None = None
     last_egrad_seq: int | None = None
     acked_seq: int | None = None
+    credits: int | None = None
 
     @property
     def outstanding(self) -> tuple[int, ...]:
@@ -201,6 +206,15 @@ def _after_grad(ledger: Ledger, grad: Grad) -> Ledger:
 
 
 def _after_ack(ledger: Ledger, ack: Ack) -> Ledger:
+    credits = ledger.credits
+    if ack.credits is not None:
+        # PROTOCOL.md §6.7: only in a session that granted `credits`, and at least one batch
+        # (an edge with nothing in flight gets no ACK to learn a larger grant from).
+        if credits is None:
+            raise IllegalTransition("ACK carries credits, capability 'credits' not granted")
+        if ack.credits < 1:
+            raise MalformedFrame(f"ACK credits {ack.credits}: a grant is at least 1 batch")
+        credits = ack.credits
     if ledger.acked_seq is not None and ack.seq <= ledger.acked_seq:
         raise UnexpectedSequence(f"ACK {ack.seq}: already acknowledged up to {ledger.acked_seq}")
     highest = _highest(ledger.last_act_seq, ledger.last_egrad_seq)
@@ -212,6 +226,7 @@ def _after_ack(ledger: Ledger, ack: Ack) -> Ledger:
         in_flight=tuple(seq for seq in ledger.in_flight if seq > ack.seq),
         awaiting_egrad=tuple(seq for seq in ledger.awaiting_egrad if seq > ack.seq),
         acked_seq=ack.seq,
+        credits=credits,
     )
 
 
@@ -435,11 +450,18 @@ class _Session:
         limit = self.limits.window
         if outgoing and limit is not None and (frame.window is None or frame.window > limit):
             raise WindowExceeded(f"WELCOME window {frame.window} exceeds limits.window {limit}")
+        credits = frame.capabilities.get(CREDITS)
+        if CREDITS in frame.capabilities and (
+            isinstance(credits, bool) or not isinstance(credits, int) or credits < 1
+        ):
+            raise HandshakeRejected(f"WELCOME credits {credits!r}: a grant is a uint ≥ 1 (§6.7)")
         return dataclasses.replace(
             update,
             state=SessionState.OPEN,
             welcome=frame,
-            ledger=Ledger(acked_seq=frame.acked_seq),
+            ledger=Ledger(
+                acked_seq=frame.acked_seq, credits=credits if isinstance(credits, int) else None
+            ),
         )
 
     def _plan_open(self, frame: Frame, update: _Update, *, outgoing: bool) -> _Update:
@@ -478,7 +500,8 @@ def _peer(side: Side) -> Side:
 class EdgeSession(_Session):
     """The edge's end: sends HELLO, ACT, EGRAD; receives WELCOME, GRAD, DELTA, SNAP, ACK.
 
-    The window it keeps to is the smaller of WELCOME's and its own ``limits.window``.
+    The window it keeps to is the smallest of WELCOME's, its own ``limits.window`` and,
+    with capability ``credits``, the grant in force (PROTOCOL.md §6.7).
     """
 
     side = Side.EDGE
@@ -486,10 +509,10 @@ class EdgeSession(_Session):
     @property
     def window(self) -> int | None:
         granted = super().window
-        own: int | None = self.limits.window
-        if self.welcome is None or own is None:
+        if self.welcome is None:
             return granted
-        return own if granted is None else min(own, granted)
+        bounds = [b for b in (granted, self.limits.window, self.ledger.credits) if b is not None]
+        return min(bounds) if bounds else None
 
     def can_send_act(self) -> bool:
         """Whether the window lets one more ACT go now (docs/DESIGN.md §3.1)."""

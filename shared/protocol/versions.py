@@ -34,6 +34,7 @@ from simultrain.shared.protocol.frames import ConfigValue
 
 __all__ = [
     "CAPABILITIES",
+    "CREDITS",
     "FIRST_RELEASE_VERSION",
     "PROTOCOL_VERSION",
     "SUBPROTOCOL_PREFIX",
@@ -171,7 +172,27 @@ class Capability:
     grant: Callable[[ConfigValue], ConfigValue] = _echo
 
 
-CAPABILITIES: Final[Mapping[str, Capability]] = {}
+def _offered_true(offered: ConfigValue) -> ConfigValue:
+    """A capability an edge offers with ``true`` and nothing else to say."""
+    return True if offered is True else None
+
+
+CREDITS: Final = "credits"
+"""In-flight credits (PROTOCOL.md §6.7): HELLO offers ``true``; WELCOME's value is the
+edge's first grant, a uint ≥ 1, and every ACK may carry the grant in force (``credits``).
+The cloud answers an offer with its grant, or not at all when its run has no credits
+(:func:`grant_capabilities`' ``answers``); the registry's own answer is only the offer's
+check."""
+
+
+CAPABILITIES: Final[Mapping[str, Capability]] = {
+    CREDITS: Capability(
+        CREDITS,
+        "a grant of batches in flight in WELCOME and ACK (`credits`)",
+        "§6.7",
+        grant=_offered_true,
+    ),
+}
 """Every capability this implementation speaks, by name (PROTOCOL.md §10.2's table)."""
 
 
@@ -179,11 +200,14 @@ def grant_capabilities(
     offered: Mapping[str, ConfigValue],
     *,
     registry: Mapping[str, Capability] = CAPABILITIES,
+    answers: Mapping[str, ConfigValue] | None = None,
 ) -> dict[str, ConfigValue]:
     """WELCOME's ``capabilities``: the offered ones this side speaks and grants.
 
     Unknown names are ignored, never refused: a newer edge may offer more than this cloud
-    knows.
+    knows. ``answers`` holds this cloud's own value for a capability whose value depends
+    on the run (name → the value to grant, None: not granted this session); it replaces the
+    registry's answer once the offer passed the registry's check.
     """
     granted: dict[str, ConfigValue] = {}
     for name, value in offered.items():
@@ -191,6 +215,8 @@ def grant_capabilities(
         if capability is None:
             continue
         answer = capability.grant(value)
+        if answer is not None and answers is not None and name in answers:
+            answer = answers[name]
         if answer is not None:
             granted[name] = answer
     return granted

@@ -20,11 +20,17 @@ from simultrain.shared.training.keys import Key, RunKey
 from simultrain.shared.training.options import Codecs, OptimizerConfig
 from simultrain.shared.training.schedule import MODES, Schedule, make_schedule
 
-__all__ = ["DRIVER_ONLY", "FLEET_KEYS", "Key", "RunConfig", "RunKey"]
+__all__ = ["AUTO_FALLBACK_WINDOW", "DRIVER_ONLY", "FLEET_KEYS", "Key", "RunConfig", "RunKey"]
 
 # The in-process driver's own keys, and the fleet-scheduling keys (docs/FLEET.md), which only
 # the driver runs so far: a service is never handed one.
 DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"}) | FLEET_KEYS
+
+# What ``window = auto`` runs where no credits size the window: an edge that does not speak
+# capability ``credits``, and the in-process driver without ``fleet_in_flight`` (it has no
+# clock to measure a pipe with). The explicit default before ``auto`` existed, so an ``auto``
+# run in process is bit for bit a window-4 run (tests/core/golden_runs.py).
+AUTO_FALLBACK_WINDOW = 4
 
 # Dataset.shard's PARTITIONS (shared/data/dataset.py; a test holds the two equal), spelt here
 # so that validating a configuration does not load the data modules (and torch with them).
@@ -85,7 +91,18 @@ class RunConfig:
             choices=_PARTITIONS,
         ),
     ] = "auto"
-    window: Annotated[int, Key("In-flight window τ_max (staleness bound).", ge=0)] = 4
+    # An explicit W bounds each edge's batches in flight (0 and 1: lockstep); ``auto`` lets the
+    # cloud's credits size them (docs/FLEET.md, "Credits"): through the services an edge that
+    # speaks capability ``credits`` keeps to its grant with no cap of its own, any other edge
+    # and the in-process driver run AUTO_FALLBACK_WINDOW (docs/CONFIGURATION.md).
+    window: Annotated[
+        int | Literal["auto"],
+        Key(
+            "In-flight window τ_max (staleness bound) per edge; auto: the cloud's credits "
+            f"size it (an edge without them, and the in-process driver: {AUTO_FALLBACK_WINDOW}).",
+            ge=0,
+        ),
+    ] = "auto"
     # The forecast's α (docs/DESIGN.md §6.4). None: not given, so a ``forecast`` part in the chain
     # keeps its own (0.5, the paper's); given for a chain without one, it is refused.
     alpha: Annotated[
@@ -179,11 +196,17 @@ class RunConfig:
         float,
         Key("Longest a mixed step waits for more edges (in process: 1 ms per message).", gt=0),
     ] = 0.05
-    # Flow control (shared/training/flow.py): the batches in flight across the whole fleet,
-    # shared by the edges as credits; each edge's window stays its own cap.
+    # Flow control (shared/training/flow.py): a fixed total of batches in flight across the
+    # whole fleet, shared by the edges as credits (in process, and granted by the cloud service
+    # to the edges that speak capability `credits`, PROTOCOL.md §6.7); an explicit window stays
+    # each edge's cap. Unset: `window = auto` has the cloud's controller size the total.
     fleet_in_flight: Annotated[
         int | None,
-        Key("Batches in flight across the fleet (credits); unset: each edge's window.", ge=1),
+        Key(
+            "Batches in flight across the fleet, a fixed grant of credits; unset: the "
+            "controller's with window auto, else each edge's window.",
+            ge=1,
+        ),
     ] = None
     # SplitFed-style per-edge edge stages (shared/training/edge_copies.py).
     edge_copies: Annotated[
@@ -222,11 +245,30 @@ class RunConfig:
         """How the cloud mixes edges into its steps (``mix_*``; one edge per step: 1)."""
         return Mixing(self.mix_edges, self.mix_batch, self.mix_lr, self.mix_wait_s)
 
+    @property
+    def window_cap(self) -> int | None:
+        """Each edge's explicit bound on batches in flight: ``max(W, 1)``; None for ``auto``."""
+        return None if self.window == "auto" else max(self.window, 1)
+
+    @property
+    def fixed_window(self) -> int:
+        """The window of a participant that no credits size: W, or for ``auto``
+        AUTO_FALLBACK_WINDOW (the schedule's ``window``)."""
+        return AUTO_FALLBACK_WINDOW if self.window == "auto" else self.window
+
+    @property
+    def grants_credits(self) -> bool:
+        """Whether a cloud of this run grants capability ``credits`` (PROTOCOL.md §6.7):
+        ``window = auto`` (its flow controller sizes the grants) or ``fleet_in_flight`` set
+        (a fixed fleet-wide total)."""
+        return self.window == "auto" or self.fleet_in_flight is not None
+
     def credits(self) -> Credits | None:
-        """The fleet's in-flight grant (``fleet_in_flight``), None without one."""
+        """The fleet's fixed in-flight grant (``fleet_in_flight``), None without one."""
         if self.fleet_in_flight is None:
             return None
-        return Credits(self.fleet_in_flight, max(self.window, 1))
+        cap = self.window_cap
+        return Credits(self.fleet_in_flight, self.fleet_in_flight if cap is None else cap)
 
     def schedule(self) -> Schedule:
         """The mode's schedule with this run's values (`make_schedule`)."""

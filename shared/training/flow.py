@@ -187,9 +187,17 @@ class FlowController:
         return max(0, min(share - len(edge.in_flight), room))
 
     # --- events --------------------------------------------------------------------------
-    def on_send(self, edge_id: str, seq: int, now: float) -> None:
-        """Batch ``seq`` of ``edge_id`` left at ``now``: it takes one of the edge's credits."""
-        if self.credits(edge_id) < 1:
+    def on_send(self, edge_id: str, seq: int, now: float, *, over_grant: bool = False) -> None:
+        """Batch ``seq`` of ``edge_id`` left at ``now``: it takes one of the edge's credits.
+
+        ``over_grant``: count it even beyond the edge's credits, for a caller that learns of
+        a batch after the fact — a cloud service reads an ACT the edge sent under a grant the
+        target has shrunk below since, or an edge's one batch that every grant allows
+        (PROTOCOL.md §6.7); the rate and round-trip samples are taken all the same.
+        """
+        if edge_id not in self._edges:
+            raise FlowError(f"{edge_id} sent batch {seq} but is not an edge of this fleet")
+        if not over_grant and self.credits(edge_id) < 1:
             raise FlowError(
                 f"{edge_id} sent batch {seq} without a credit (target {self.target}, "
                 f"{self._in_flight} in flight)"

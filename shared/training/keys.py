@@ -59,6 +59,9 @@ class RunKey:
     optional: bool  # None is a value (JSON null)
     default: Any
     key: Key
+    # Words the key takes besides values of ``kind``: ``int | Literal["auto"]`` is an int
+    # key that also takes "auto" (the run's ``window``).
+    words: tuple[str, ...] = ()
 
     @classmethod
     def from_hint(cls, name: str, hint: Any, default: Any) -> RunKey:
@@ -70,15 +73,24 @@ class RunKey:
         kind = args[0]
         members = get_args(kind)
         optional = type(None) in members
-        if optional:
-            (kind,) = [m for m in members if m is not type(None)]
+        words: tuple[str, ...] = ()
+        if members and get_origin(kind) is not Literal:
+            literal = [m for m in members if get_origin(m) is Literal]
+            if literal:
+                words = tuple(w for m in literal for w in get_args(m))
+            rest = [m for m in members if m is not type(None) and get_origin(m) is not Literal]
+            if len(rest) != 1:
+                raise TypeError(f"run configuration field {name!r}: unsupported type {kind!r}")
+            (kind,) = rest
         if get_origin(kind) is Literal:  # Literal["sgd", "adam"]: a str with choices
             literals = get_args(kind)
             key = replace(key, choices=tuple(literals))
             kind = str
         if kind not in _JSON_TYPES:
             raise TypeError(f"run configuration field {name!r}: unsupported type {kind!r}")
-        return cls(name, kind, optional, default, key)
+        if words and (kind is str or not all(isinstance(w, str) for w in words)):
+            raise TypeError(f"run configuration field {name!r}: words go with a number type")
+        return cls(name, kind, optional, default, key, words)
 
     @property
     def description(self) -> str:
@@ -95,6 +107,8 @@ class RunKey:
             if not self.optional:
                 raise self._error("must not be null")
             return None
+        if isinstance(value, str) and value in self.words:
+            return value
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if (
@@ -102,7 +116,8 @@ class RunKey:
             or (self.kind is int and isinstance(value, bool))
             or (isinstance(value, float) and not math.isfinite(value))
         ):
-            wanted = self.kind.__name__ + (" or None" if self.optional else "")
+            wanted = self.kind.__name__ + "".join(f" or {w!r}" for w in self.words)
+            wanted += " or None" if self.optional else ""
             raise self._error(f"expected {wanted}, got {type(value).__name__} {value!r}")
         key = self.key
         if key.choices and value not in key.choices:
@@ -128,6 +143,8 @@ class RunKey:
         if self.optional and stripped.lower() in _NULL_TEXT:
             return None
         value: Any = text
+        if stripped.lower() in self.words:
+            return stripped.lower()
         if self.kind is bool:
             if stripped.lower() not in _TRUE_TEXT | _FALSE_TEXT:
                 raise self._error(f"{text!r} is not a boolean (true or false)")
@@ -160,6 +177,8 @@ class RunKey:
                 schema[word] = bound
         if key.nonempty:
             schema["minLength"] = 1
+        if self.words:
+            schema = {"anyOf": [schema, {"type": "string", "enum": list(self.words)}]}
         if self.optional:
             schema = {"anyOf": [schema, {"type": "null"}]}
         return {**schema, "default": self.default, "description": key.description}

@@ -444,17 +444,20 @@ class EdgeRuntime:
         """Edge-stage steps the edge took on its own (the synthetic role's local updates)."""
         return 0
 
-    def can_produce(self) -> bool:
+    def can_produce(self, window: int | None = None) -> bool:
         """PROTOCOL §6.3: wait while ``max(window, 1)`` batches are in flight.
 
         A batch is in flight from its ACT until the ACK covering it, so window W means the
         forward of batch k misses at most the updates of batches k − W + 1 … k − 1; W = 0 and
         W = 1 are lockstep. A replica that failed its checksum produces nothing until a resync.
+        ``window``: the session's own, where the cloud's credits size it (PROTOCOL.md §6.7);
+        None: the schedule's.
         """
+        bound = self.schedule.window if window is None else window
         return (
             self.replica is not None
             and not self.replica_corrupt
-            and len(self.unanswered) < max(self.schedule.window, 1)
+            and len(self.unanswered) < max(bound, 1)
         )
 
     # --- frames in --------------------------------------------------------------------

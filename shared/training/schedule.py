@@ -213,7 +213,7 @@ def _schedule(run: RunConfig, mode: str, role: EdgeRole, window: int) -> Schedul
 
 def _centralized(run: RunConfig) -> Schedule:
     return replace(
-        _schedule(run, "centralized", EdgeRole.RAW, max(run.window, 0)), reconcile_every=None
+        _schedule(run, "centralized", EdgeRole.RAW, max(run.fixed_window, 0)), reconcile_every=None
     )
 
 
@@ -236,7 +236,7 @@ def _fedavg(run: RunConfig) -> Schedule:
 
 
 def _simultrain(run: RunConfig) -> Schedule:
-    return _schedule(run, "simultrain", EdgeRole.SPLIT, run.window)
+    return _schedule(run, "simultrain", EdgeRole.SPLIT, run.fixed_window)
 
 
 def _no_forecast(run: RunConfig) -> Schedule:
@@ -259,7 +259,7 @@ def _synthetic(run: RunConfig) -> Schedule:
     # link or cloud): no batch waits for its own cut gradient. A batch's edge gradient rides
     # on the next ACT, so at least one batch must be allowed in flight.
     return replace(
-        _schedule(run, "synthetic", EdgeRole.SYNTHETIC, max(run.window, 1)), local_step=True
+        _schedule(run, "synthetic", EdgeRole.SYNTHETIC, max(run.fixed_window, 1)), local_step=True
     )
 
 

@@ -150,8 +150,10 @@ def changed(key: RunKey, value: Any) -> list[Any]:
     lower = k.ge if k.ge is not None else k.gt if k.gt is not None else 0
     upper = k.le if k.le is not None else k.lt
     if key.kind is int:
-        start = 0 if value is None else value
-        return [start + 1 if upper is None or start + 1 < upper else start - 1]
+        # A key's words (the window's `auto`) are values too.
+        words = [w for w in key.words if w != value]
+        start = 0 if value is None or value in key.words else value
+        return [*words, start + 1 if upper is None or start + 1 < upper else start - 1]
     if value is None or value == 0:
         return [(lower + upper) / 2 if upper is not None else lower + 1.0]
     doubled = value * 2

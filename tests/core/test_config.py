@@ -112,8 +112,8 @@ def test_alpha_and_chains_that_would_mean_nothing_are_refused(
     ("mapping", "message"),
     [
         ({"windw": 4}, "unknown run configuration key.*'windw'"),
-        ({"window": "4"}, "'window': expected int, got str"),
-        ({"window": True}, "'window': expected int, got bool"),
+        ({"window": "4"}, "'window': expected int or 'auto', got str"),
+        ({"window": True}, "'window': expected int or 'auto', got bool"),
         ({"seed": 1.5}, "'seed': expected int, got float"),
         ({"alpha": "0.5", "compensation": "forecast"}, "'alpha': expected float or None"),
         ({"optimizer_lr": "fast"}, "'optimizer_lr': expected float"),
@@ -272,3 +272,24 @@ def test_text_is_read_by_each_keys_declared_type(
 def test_bad_text_is_refused_naming_the_key(texts: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_strings(texts)
+
+
+def test_window_auto_is_a_word_of_the_window_key() -> None:
+    # docs/CONFIGURATION.md: `auto` lets the cloud's credits size the window; where none do
+    # (the in-process driver, an edge without capability `credits`) it is window 4.
+    from simultrain.shared.training.config import AUTO_FALLBACK_WINDOW
+
+    key = next(k for k in RunConfig.declaration() if k.name == "window")
+    assert key.parse("auto") == key.parse(" AUTO ") == "auto" and key.parse("8") == 8
+    assert key.check("auto") == "auto"
+    with pytest.raises(ConfigError, match="'window'"):
+        key.parse("automatic")
+    assert key.json_schema()["anyOf"][1] == {"type": "string", "enum": ["auto"]}
+    auto = RunConfig.from_mapping({"window": "auto"})
+    assert auto.window == "auto" and auto.window_cap is None and auto.grants_credits
+    assert auto.schedule().window == AUTO_FALLBACK_WINDOW == RunConfig().schedule().window
+    assert RunConfig.from_mapping(auto.to_mapping()) == auto
+    explicit = RunConfig(window=2)
+    assert explicit.window_cap == 2 and not explicit.grants_credits
+    credits = RunConfig(window="auto", fleet_in_flight=6).credits()
+    assert credits is not None and (credits.total, credits.per_edge_cap) == (6, 6)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from simultrain.cloud.flow import AUTO_MAX_IN_FLIGHT
 from simultrain.demo import _coordinator_env
 from simultrain.procs import ServiceGroup, ServiceProcess
 from simultrain.shared.training.config import RunConfig
@@ -93,7 +94,9 @@ def test_one_edge_trains_and_the_cloud_counts_exactly_what_it_sent(topology: Top
     assert session["samples_received"] == session["samples_applied"] == report["samples_sent"]
     assert session["highest_applied_seq"] == 119 and session["duplicates_dropped"] == 0
     assert status["master_version"] == 2 * 120
-    assert 0 < status["staleness"]["max"] <= RunConfig().window
+    # window = auto: the cloud's credits bound the batches in flight (PROTOCOL.md §6.7).
+    assert RunConfig().window == "auto"
+    assert 0 < status["staleness"]["max"] < AUTO_MAX_IN_FLIGHT
     # The coordinator saw the edge and its version as last reported.
     edges = httpx.get(f"{topology.coordinator_url}/v1/edges", timeout=10).json()
     assert [e["edge_id"] for e in edges] == [report["edge_id"]]

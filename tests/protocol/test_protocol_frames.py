@@ -31,7 +31,7 @@ from simultrain.shared.protocol import (
     decode_frame,
     encode_frame,
 )
-from simultrain.shared.protocol.codec import frame_fields
+from simultrain.shared.protocol.codec import capability_fields, frame_fields
 
 if TYPE_CHECKING:
     from conftest import Builders
@@ -112,7 +112,9 @@ def test_every_message_type_round_trips(build: Builders) -> None:
 def test_envelope_is_version_type_then_fields_in_documented_order(build: Builders) -> None:
     for frame in examples(build):
         wire = msgpack.unpackb(encode_frame(frame), raw=False)
-        assert list(wire) == ["v", "t", *frame_fields(type(frame))]
+        # A field a capability adds is absent while it holds no value (PROTOCOL.md §2).
+        absent = {f for f in capability_fields(type(frame)) if getattr(frame, f) is None}
+        assert list(wire) == ["v", "t", *(f for f in frame_fields(type(frame)) if f not in absent)]
         assert wire["v"] == PROTOCOL_VERSION == 2
         assert wire["t"] == frame.type
 

@@ -16,6 +16,7 @@ from simultrain.shared.errors import (
     IllegalTransition,
     MalformedFrame,
     ProtocolVersionMismatch,
+    WindowExceeded,
 )
 from simultrain.shared.protocol import (
     CAPABILITIES,
@@ -163,9 +164,103 @@ def test_version_mismatch_names_a_range() -> None:
 # -- capabilities (§10.2) -------------------------------------------------------------------
 
 
-def test_version_2_defines_no_capability_yet() -> None:
-    assert dict(CAPABILITIES) == {}
-    assert grant_capabilities({"credits": True, "anything": 3}) == {}
+def test_version_2_defines_credits_and_the_cloud_answers_with_its_grant() -> None:
+    assert sorted(CAPABILITIES) == ["credits"]
+    # The registry checks the offer; the cloud's own answer (its first grant) replaces it.
+    assert grant_capabilities({"credits": True, "anything": 3}) == {"credits": True}
+    assert grant_capabilities({"credits": True}, answers={"credits": 6}) == {"credits": 6}
+    assert grant_capabilities({"credits": True}, answers={"credits": None}) == {}
+    assert grant_capabilities({"credits": 5}, answers={"credits": 6}) == {}  # not `true`
+
+
+# -- credits (§6.7) -------------------------------------------------------------------------
+
+
+def _credit_pair(
+    build: Builders, *, grant: int, window: int | None = 8
+) -> tuple[EdgeSession, CloudSession]:
+    edge, cloud = (
+        EdgeSession(limits=Limits(window=None)),
+        CloudSession(limits=Limits(window=window)),
+    )
+    cloud.receive_data(edge.send(build.hello(capabilities={"credits": True})))
+    edge.receive_data(cloud.send(build.welcome(window=window, capabilities={"credits": grant})))
+    return edge, cloud
+
+
+def test_an_ack_without_credits_is_the_version_s_own_bytes() -> None:
+    plain = encode_frame(Ack(seq=3, master_version=9, durable_until=None))
+    assert "credits" not in msgpack.unpackb(plain, raw=False)
+    granted = encode_frame(Ack(seq=3, master_version=9, durable_until=None, credits=5))
+    assert msgpack.unpackb(granted, raw=False)["credits"] == 5
+    assert decode_frame(granted) == Ack(seq=3, master_version=9, durable_until=None, credits=5)
+    assert decode_frame(plain) == Ack(seq=3, master_version=9, durable_until=None)
+
+
+def test_the_edge_keeps_to_the_grant_in_force(build: Builders) -> None:
+    edge, cloud = _credit_pair(build, grant=2)
+    assert edge.window == 2
+    for seq in (0, 1):
+        cloud.receive_data(edge.send(build.act(seq)))
+    assert not edge.can_send_act()
+    with pytest.raises(WindowExceeded):
+        edge.send(build.act(2))
+    for seq in (0, 1):
+        edge.receive_data(cloud.send(build.grad(seq)))
+    # A larger grant comes with an ACK: the edge may have 5 in flight (its own limit is none,
+    # WELCOME's window 8 bounds it).
+    edge.receive_data(cloud.send(Ack(seq=0, master_version=2, credits=5)))
+    assert edge.window == 5 and edge.ledger.credits == 5
+    for seq in range(2, 6):
+        cloud.receive_data(edge.send(build.act(seq)))
+    assert not edge.can_send_act()
+    # An ACK without credits keeps the grant; a smaller one holds the edge until ACKs come.
+    edge.receive_data(cloud.send(Ack(seq=1, master_version=3)))
+    assert edge.window == 5 and edge.can_send_act()
+    edge.receive_data(cloud.send(Ack(seq=2, master_version=4, credits=1)))
+    assert edge.window == 1 and not edge.can_send_act()
+
+
+def test_the_edge_s_own_window_and_welcome_s_window_cap_the_grant(build: Builders) -> None:
+    edge, _ = _credit_pair(build, grant=6, window=3)
+    assert edge.window == 3
+    capped = EdgeSession(limits=Limits(window=2))
+    cloud = CloudSession(limits=Limits(window=8))
+    cloud.receive_data(capped.send(build.hello(capabilities={"credits": True})))
+    capped.receive_data(cloud.send(build.welcome(window=8, capabilities={"credits": 6})))
+    assert capped.window == 2
+
+
+def test_credits_are_refused_where_not_granted_or_zero(build: Builders) -> None:
+    edge, cloud = build.open_pair(window=4)
+    cloud.receive_data(edge.send(build.act(0)))
+    with pytest.raises(IllegalTransition, match="credits"):
+        cloud.send(Ack(seq=0, master_version=1, credits=3))
+    wire = build.wire_of(Ack(seq=0, master_version=1))
+    wire["credits"] = 3
+    with pytest.raises(IllegalTransition, match="credits"):
+        edge.receive_data(build.pack(wire))
+    granted_edge, granted_cloud = _credit_pair(build, grant=2)
+    granted_cloud.receive_data(granted_edge.send(build.act(0)))
+    wire = build.wire_of(Ack(seq=0, master_version=1, credits=1))
+    wire["credits"] = 0
+    with pytest.raises(MalformedFrame, match="at least 1"):
+        granted_edge.receive_data(build.pack(wire))
+    wire["credits"] = None  # a capability field is absent, never nil
+    with pytest.raises(MalformedFrame):
+        decode_frame(build.pack({"v": 2, "t": "ack", **wire}))
+
+
+@pytest.mark.parametrize("value", [0, True, "4", 2.5])
+def test_a_welcome_grant_must_be_a_uint_of_at_least_one(build: Builders, value: object) -> None:
+    edge = EdgeSession()
+    cloud = CloudSession(limits=Limits(window=None))
+    cloud.receive_data(edge.send(build.hello(capabilities={"credits": True})))
+    data = cloud.send(build.welcome(window=4, capabilities={}))
+    wire = msgpack.unpackb(data, raw=False)
+    wire["capabilities"] = {"credits": value}
+    with pytest.raises(HandshakeRejected, match="credits"):
+        edge.receive_data(build.pack(wire))
 
 
 def test_capabilities_are_granted_from_one_registry_entry_each() -> None:

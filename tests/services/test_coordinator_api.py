@@ -67,7 +67,7 @@ async def test_health_ready_and_config(coordinator_client: httpx.AsyncClient) ->
         "alpha": None,
         "beta": 0.9,
         "reconcile_every": 10,
-        "window": 4,
+        "window": "auto",
         "act_codec": "lz4",
         "delta_codec": "lz4",
         "grad_codec": "lz4",
@@ -95,7 +95,9 @@ def test_the_api_documents_every_run_key_as_declared(coordinator_app: FastAPI) -
         for key in SharedRunConfig.declaration(driver=False):
             assert served["properties"][key.name]["description"] == key.description
     window = schemas["ConfigView"]["properties"]["run_config"]["properties"]["window"]
-    assert (window["type"], window["minimum"], window["default"]) == ("integer", 0, 4)
+    number, word = window["anyOf"]
+    assert (number["type"], number["minimum"], window["default"]) == ("integer", 0, "auto")
+    assert word == {"type": "string", "enum": ["auto"]}
 
 
 class _RunConfigBody(BaseModel):
@@ -116,7 +118,7 @@ async def test_a_run_configuration_in_a_request_is_checked_key_by_key(
         for bad, named in (
             ({"windw": 4}, "'windw'"),
             ({"steps": 10}, "'steps'"),  # the in-process driver's own: not on the wire
-            ({"window": "4"}, "'window': expected int, got str"),
+            ({"window": "4"}, "'window': expected int or 'auto', got str"),
             ({"beta": 2}, "'beta': must be ≤ 1"),
             ({"mode": "turbo"}, "'mode': 'turbo' is not one of"),
         ):
@@ -225,7 +227,7 @@ async def test_edge_registration_returns_assignment_config_and_schedule(
     edge = await add_edge(coordinator_client, name="pi-kitchen", shard_index=1, shard_count=4)
     assert edge["edge_id"].startswith("edge-")
     assert edge["cloud_id"] == cloud_id and edge["cloud_url"] == "http://cloud-a.test:9000"
-    assert edge["run_config"]["alpha"] is None and edge["run_config"]["window"] == 4
+    assert edge["run_config"]["alpha"] is None and edge["run_config"]["window"] == "auto"
     assert edge["reconcile_every"] == 10
     assert edge["reconcile_offset"] == 2  # shard 1 of 4: 1·10 // 4
     assert edge["next_reconciliations"] == [8, 18, 28]  # (step + 2) mod 10 = 0, as the cloud

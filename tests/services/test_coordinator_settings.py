@@ -34,7 +34,7 @@ def test_defaults() -> None:
         "alpha": None,
         "beta": 0.9,
         "reconcile_every": 10,
-        "window": 4,
+        "window": "auto",
         "act_codec": "lz4",
         "delta_codec": "lz4",
         "grad_codec": "lz4",

@@ -1,0 +1,214 @@
+"""In-flight credits in the cloud service (PROTOCOL.md §6.7; docs/FLEET.md, "Credits").
+
+A cloud whose run grants credits (``window = auto``, or ``fleet_in_flight``) tells each edge
+that speaks capability ``credits`` how many batches it may have in flight: its first grant in
+WELCOME, the grant in force in every ACK. With ``window = auto`` one
+:class:`~simultrain.shared.training.flow.FlowController` per cloud sizes the fleet's total the
+way BBR sizes a TCP flow; with ``fleet_in_flight`` the total is that fixed number
+(:class:`~simultrain.shared.training.fleet.Credits`, the in-process driver's). An explicit
+window stays each edge's cap either way. Edges that do not speak the capability keep the
+window WELCOME gives them and are not counted here.
+
+**What is measured.** The controller wants each batch's round trip, and the cloud cannot see
+when the edge sent an ACT. It takes, for each batch, the time the cloud sent the frame that
+carried the credit the batch used (WELCOME or an ACK) → the time it sends the ACK that covers
+the batch. Credits are used in the order they were issued — the n-th ACT of a session uses
+the n-th credit slot — so that time is known for every batch: it is the whole control loop
+a credit goes round (downlink, the edge's forward, uplink, the cloud's step and the edge's
+backward and EGRAD), which is what the in flight must cover to keep the pipe busy. An edge
+that had credits to spare used its slot later than it was issued: that sample is longer than
+the loop, and the controller's minimum filter drops it, as BBR's drops a delayed ACK.
+
+**The replica.** Right behind each ACK that carries a grant, in the same step's frames, the
+service sends the DELTA of `CloudRuntime.grant` (:func:`with_replica_refresh`, on the
+compute thread), so the batches the grant lets go are computed at the current master, not
+only at the edge's own updates (with one edge in session there are no others': none is
+sent).
+
+Everything here runs on the event loop except :func:`with_replica_refresh`; it keeps no
+timers and does no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from simultrain.shared.protocol import CREDITS, Ack, ConfigValue
+from simultrain.shared.training.config import RunConfig
+from simultrain.shared.training.fleet import Credits
+from simultrain.shared.training.flow import FlowController
+from simultrain.shared.training.runtime import CloudRuntime, Outgoing
+from simultrain.shared.training.schedule import EdgeRole, Schedule
+
+__all__ = ["AUTO_MAX_IN_FLIGHT", "CloudFlow", "with_replica_refresh"]
+
+# The most batches one edge may have in flight with ``window = auto``: the window WELCOME
+# grants a credits session (the cloud's hard bound, PROTOCOL.md §6.7) and the controller's
+# ceiling. Emulated 4G with a Pi-class edge settles at about 15 (docs/FLEET.md).
+AUTO_MAX_IN_FLIGHT = 64
+
+# Roles whose edges send ACTs that an ACK answers: the ones a window bounds.
+_PIPELINED = frozenset({EdgeRole.SPLIT, EdgeRole.RAW, EdgeRole.SYNTHETIC})
+
+
+@dataclass(slots=True)
+class _EdgeCredits:
+    """One credits session: its batches in flight and when each credit slot was issued."""
+
+    in_flight: set[int] = field(default_factory=set)  # ACT seqs no ACK covers yet
+    received: int = 0  # ACTs received in this session
+    issued: int = 0  # credit slots issued: the ACTs the grants so far let the edge send
+    slots: deque[float] = field(default_factory=deque)  # issue times of the unused slots
+    grant: int = 0  # the grant last sent
+
+
+class CloudFlow:
+    """The cloud's credits: one controller (or a fixed total) over every credits session."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        schedule: Schedule,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_in_flight: int = AUTO_MAX_IN_FLIGHT,
+    ) -> None:
+        self.clock = clock
+        # Lockstep schedules (window 0: split-sync, the round-based modes) keep one batch at
+        # a time whatever the run's window says.
+        self.enabled = (
+            run.grants_credits and schedule.edge_role in _PIPELINED and schedule.window > 0
+        )
+        self.fixed: Credits | None = run.credits()
+        cap = run.window_cap
+        self.controller: FlowController | None = None
+        if self.enabled and self.fixed is None:
+            self.controller = FlowController(
+                per_edge_cap=cap, max_in_flight=max_in_flight if cap is None else cap
+            )
+        # WELCOME's window for a credits session: the hard bound the cloud enforces.
+        self.window = cap if cap is not None else max_in_flight
+        if self.fixed is not None and cap is None:
+            self.window = min(max_in_flight, self.fixed.total)
+        self._edges: dict[str, _EdgeCredits] = {}
+        self.most_in_flight = 0  # the largest fleet-wide in flight seen (status, tests)
+
+    @property
+    def edges(self) -> frozenset[str]:
+        """The edges in a credits session now."""
+        return frozenset(self._edges)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches in flight across the credits sessions, as the cloud has seen them."""
+        return sum(len(e.in_flight) for e in self._edges.values())
+
+    def grant_of(self, edge_id: str) -> int | None:
+        """The grant last sent to ``edge_id``; None outside a credits session."""
+        edge = self._edges.get(edge_id)
+        return None if edge is None else edge.grant
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def answers(self, edge_id: str, offered: Mapping[str, ConfigValue]) -> dict[str, ConfigValue]:
+        """`grant_capabilities`' ``answers`` for a HELLO: the first grant, or None (not granted).
+
+        Opens the edge's credits session when the offer is one this cloud grants (a new
+        session of an edge replaces its old one: the edge re-sends what was in flight).
+        """
+        self.close(edge_id)
+        if not self.enabled or offered.get(CREDITS) is not True:
+            return {CREDITS: None}
+        self._edges[edge_id] = _EdgeCredits()
+        if self.controller is not None:
+            self.controller.add_edge(edge_id)
+        return {CREDITS: self._issue(edge_id, self.clock())}
+
+    def close(self, edge_id: str) -> None:
+        """The edge's session ended: its batches in flight hold no credits any more."""
+        if self._edges.pop(edge_id, None) is not None and self.controller is not None:
+            self.controller.remove_edge(edge_id)
+
+    # --- frames --------------------------------------------------------------------------
+
+    def on_act(self, edge_id: str, seq: int) -> None:
+        """An ACT of a credits session arrived: it used the oldest credit slot issued."""
+        edge = self._edges.get(edge_id)
+        if edge is None or seq in edge.in_flight:
+            return
+        now = self.clock()
+        issued_at = edge.slots.popleft() if edge.slots else now
+        edge.received += 1
+        edge.in_flight.add(seq)
+        if self.controller is not None:
+            # Sent under a grant the target may have shrunk below since: counted all the same.
+            self.controller.on_send(edge_id, seq, issued_at, over_grant=True)
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+    def on_ack(self, edge_id: str, ack: Ack) -> Ack:
+        """An ACK going to ``edge_id``: the batches it covers are delivered, and it carries
+        the edge's grant from now on (unchanged for an edge outside a credits session)."""
+        edge = self._edges.get(edge_id)
+        if edge is None:
+            return ack
+        now = self.clock()
+        edge.in_flight = {seq for seq in edge.in_flight if seq > ack.seq}
+        if self.controller is not None:
+            self.controller.on_ack(edge_id, ack.seq, now)
+        return replace(ack, credits=self._issue(edge_id, now))
+
+    def _issue(self, edge_id: str, now: float) -> int:
+        """The edge's grant now, and the credit slots it opens, stamped ``now``."""
+        edge = self._edges[edge_id]
+        own = len(edge.in_flight)
+        if self.controller is not None:
+            grant = own + self.controller.credits(edge_id)
+        else:
+            assert self.fixed is not None
+            grant = own + self.fixed.room(own, self.in_flight)
+        # At least one: an edge with nothing in flight gets no ACK to learn a larger grant
+        # from (PROTOCOL.md §6.7). Never above WELCOME's window.
+        grant = max(1, min(grant, self.window))
+        acked = edge.received - own
+        while edge.issued < acked + grant:
+            edge.slots.append(now)
+            edge.issued += 1
+        edge.grant = grant
+        return grant
+
+    def summary(self) -> dict[str, object]:
+        """The controller's estimate and the grants in force, for logs and tests."""
+        return {
+            "policy": "fixed" if self.fixed is not None else "auto",
+            "grants": {edge_id: e.grant for edge_id, e in sorted(self._edges.items())},
+            "in_flight": self.in_flight,
+            "most_in_flight": self.most_in_flight,
+            **({} if self.controller is None else {"controller": self.controller.summary()}),
+        }
+
+
+def with_replica_refresh(
+    runtime: CloudRuntime, outgoing: Iterable[Outgoing], edges: frozenset[str]
+) -> list[Outgoing]:
+    """``outgoing`` and, behind it, the DELTA of `CloudRuntime.grant` for each credits edge
+    it acknowledges (module docstring): the batches the ACK's grant lets go are computed at
+    the current master. Runs on the compute thread, after the step that made ``outgoing``.
+
+    Behind every frame of the step, not ahead of its ACK: the runtime's DELTAs and SNAPs in
+    ``outgoing`` moved the cloud's mirror of the replica in the order they are listed, and a
+    DELTA computed now starts where the last of them left it (PROTOCOL.md §3.1).
+    """
+    frames = list(outgoing)
+    if len(runtime.sessions) < 2:
+        # One edge: every edge-stage update is its own batch's, which the step's own DELTA
+        # carries already; what is left is the cloud-stage steps' version count, and a DELTA
+        # of zeros per ACK would only cost the link and the edge's loop.
+        return frames
+    acked = {edge_id for edge_id, frame in frames if isinstance(frame, Ack)}
+    for edge_id in sorted(acked & edges):
+        if edge_id in runtime.sessions:
+            frames.extend(runtime.grant(edge_id))
+    return frames
