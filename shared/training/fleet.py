@@ -22,12 +22,11 @@ __all__ = ["FLEET_KEYS", "Credits", "Mixing", "check_fleet_keys"]
 MixBatch = Literal["split", "stack"]
 MixLR = Literal["auto", "sqrt", "linear", "none"]
 
-# The fleet-scheduling keys run in the in-process driver; the services do not carry them yet
-# (docs/FLEET.md, "What the services need"), so a service is never configured with one and
-# silently trains something else.
-FLEET_KEYS = frozenset(
-    {"pooled", "mix_edges", "mix_batch", "mix_lr", "mix_wait_s", "fleet_in_flight", "edge_copies"}
-)
+# The fleet-scheduling keys that run in the in-process driver only; the services do not
+# carry them yet (docs/FLEET.md, "What the services need"), so a service is never configured
+# with one and silently trains something else. The pooled reference, mixed steps and per-edge
+# copies go through the services (docs/FLEET.md).
+FLEET_KEYS = frozenset({"fleet_in_flight"})
 
 
 @dataclass(frozen=True, slots=True)
