@@ -307,7 +307,9 @@ def render_table(records: Sequence[FleetParityRecord]) -> str:
             "| method | compensation | per seed | mean ± std | gap | staleness | seconds |",
             "|---|---|---|---|---|---|---|",
         ]
-        order = sorted(methods, key=lambda m: (m != ref_name, m not in REFERENCES, m != "default", m))
+        order = sorted(
+            methods, key=lambda m: (m != ref_name, m not in REFERENCES, m != "default", m)
+        )
         for method in order:
             runs = sorted(methods[method], key=lambda r: r.seed)
             accs = [100 * r.accuracy for r in runs]

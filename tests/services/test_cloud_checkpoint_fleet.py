@@ -55,9 +55,7 @@ def test_each_edge_copy_and_its_optimizer_survive_a_restart(tmp_path: Path) -> N
         runtime.open_session(edge_id)
     for step in range(3):  # each copy stepped on its own gradients, edge-a's one more
         for edge_id in ("edge-a", "edge-b")[: 1 if step == 2 else 2]:
-            grads = {
-                n: torch.randn_like(p) for n, p in cloud.master.edge_stage.named_parameters()
-            }
+            grads = {n: torch.randn_like(p) for n, p in cloud.master.edge_stage.named_parameters()}
             weights_at = cloud.master.version
             assert copies.apply(edge_id, grads, weights_at, samples=32).applied
     save_checkpoint(tmp_path, cloud.master, runtime)
@@ -78,7 +76,9 @@ def test_each_edge_copy_and_its_optimizer_survive_a_restart(tmp_path: Path) -> N
         assert before["state"].keys() == after["state"].keys() and before["state"]
         for index, entries in before["state"].items():
             for key, value in entries.items():
-                assert torch.equal(torch.as_tensor(after["state"][index][key]), torch.as_tensor(value))
+                assert torch.equal(
+                    torch.as_tensor(after["state"][index][key]), torch.as_tensor(value)
+                )
     # The two copies differ (edge-a stepped once more): each was kept, not one for both.
     a, b = restored.copies["edge-a"].tensors, restored.copies["edge-b"].tensors
     assert any(not torch.equal(a[n], b[n]) for n in a)

@@ -37,9 +37,7 @@ from tests.integration.waiting import wait_until
 
 # Split micro-batches: each edge sends 32 / 2 = 16 samples, a mixed step is one batch of 32.
 # The wait bound is long: a mix here steps because its second ACT came, unless a test says.
-RUN = RunConfig(
-    mode="simultrain", dataset="imu", window=2, edges=2, mix_edges=2, mix_wait_s=60.0
-)
+RUN = RunConfig(mode="simultrain", dataset="imu", window=2, edges=2, mix_edges=2, mix_wait_s=60.0)
 SPEC = get_model_spec("imu-cnn1d")
 
 
