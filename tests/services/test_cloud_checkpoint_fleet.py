@@ -82,3 +82,38 @@ def test_each_edge_copy_and_its_optimizer_survive_a_restart(tmp_path: Path) -> N
     # The two copies differ (edge-a stepped once more): each was kept, not one for both.
     a, b = restored.copies["edge-a"].tensors, restored.copies["edge-b"].tensors
     assert any(not torch.equal(a[n], b[n]) for n in a)
+
+
+def test_copies_through_the_service_are_kept_by_its_checkpoint(tmp_path: Path) -> None:
+    """Two edges stream to a cloud with ``edge_copies``: each edge's EGRADs step its own copy;
+    the cloud's last checkpoint (on shutdown) holds both, and the restarted cloud has them."""
+    from tests.services.test_cloud_mixing import MixEdge
+
+    run = RunConfig(mode="simultrain", dataset="imu", window=2, edges=2, edge_copies=True)
+    settings = CloudSettings(checkpoint_dir=tmp_path)
+    with TestClient(create_app(settings, run=run)) as client:
+        runtime = client.app.state.service.runtime  # type: ignore[attr-defined]
+        with (
+            client.websocket_connect("/v1/stream") as a,
+            client.websocket_connect("/v1/stream") as b,
+        ):
+            edges = [MixEdge(a, "edge-a", run), MixEdge(b, "edge-b", run)]
+            for edge in edges:
+                edge.hello()
+            for steps in (2, 1):  # edge-a steps its copy twice, edge-b once
+                for edge in edges[:steps]:
+                    edge.act()
+                    edge.until_acked()
+            kept = {
+                e: ({n: t.clone() for n, t in c.tensors.items()}, c.steps)
+                for e, c in runtime.copies.copies.items()
+            }
+            a.close(1000)
+            b.close(1000)
+    assert {e: s for e, (_, s) in kept.items()} == {"edge-a": 2, "edge-b": 1}
+    with TestClient(create_app(settings, run=run)) as client:
+        restored = client.app.state.service.runtime.copies  # type: ignore[attr-defined]
+        assert {e: c.steps for e, c in restored.copies.items()} == {"edge-a": 2, "edge-b": 1}
+        for edge_id, (tensors, _) in kept.items():
+            for name, t in tensors.items():
+                assert torch.equal(restored.copies[edge_id].tensors[name], t), (edge_id, name)
