@@ -10,8 +10,9 @@ So the service
   runtime answered (`Addressed`): a partner that reconnects meanwhile starts from its own
   SNAP and never gets the old session's GRAD, DELTA or ACK;
 - sends to a partner without letting the partner's failure become the sender's: a send to a
-  connection that went away closes that connection (`PARTNER_SEND_FAILURES`), and the edge
-  whose frame triggered the step keeps its session;
+  connection that went away closes that connection (`PARTNER_SEND_FAILURES`; a partner that is
+  leaving, `partner_is_leaving`, is left to close as it asked), and the edge whose frame
+  triggered the step keeps its session;
 - closes the session of an edge whose ACT a mixed step refused (`CloudMixer.refused`: labels
   out of range, a loss that is not finite), as it does for any refused frame;
 - forgets what a previous session of a reconnecting edge left waiting or gathering before the
@@ -26,7 +27,7 @@ from typing import Generic, TypeVar
 from starlette.websockets import WebSocketDisconnect
 
 from simultrain.shared.errors import ProtocolError
-from simultrain.shared.protocol import Frame
+from simultrain.shared.protocol import CloudSession, Frame, SessionState
 from simultrain.shared.training.runtime import CloudRuntime, Outgoing
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Addressed",
     "close_stale_session",
     "mixes",
+    "partner_is_leaving",
     "take_refused",
 ]
 
@@ -59,6 +61,12 @@ class Addressed(Generic[C]):
             (edge_id, frame, conn)
             for (edge_id, frame), conn in zip(self.outgoing, self.connections, strict=True)
         ]
+
+
+def partner_is_leaving(session: CloudSession) -> bool:
+    """Whether a partner's session refuses frames because it ends (it said BYE, or its
+    connection closed): a frame for it is moot, and its own handler closes it as it asked."""
+    return session.state in (SessionState.CLOSING, SessionState.CLOSED)
 
 
 def mixes(runtime: CloudRuntime) -> bool:

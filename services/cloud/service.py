@@ -67,7 +67,13 @@ from simultrain.shared.training.runtime import CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .metrics import CloudMetrics
-from .mixing import PARTNER_SEND_FAILURES, Addressed, close_stale_session, take_refused
+from .mixing import (
+    PARTNER_SEND_FAILURES,
+    Addressed,
+    close_stale_session,
+    partner_is_leaving,
+    take_refused,
+)
 from .replicas import Rendezvous, ReplicaGroup
 from .settings import CloudSettings
 
@@ -491,10 +497,22 @@ class CloudService:
             try:
                 await conn.send(frame)
             except PARTNER_SEND_FAILURES as exc:
-                log.warning("cannot send %s to %s (%r): closing it", frame.type, edge_id, exc)
-                with contextlib.suppress(*PARTNER_SEND_FAILURES):
-                    await conn.websocket.close(code=1011, reason="send failed")
-                await self.close(conn)
+                await self._partner_send_failed(conn, frame, exc)
+
+    async def _partner_send_failed(self, conn: Connection, frame: Frame, exc: Exception) -> None:
+        """A frame for another edge than the one whose frame made it could not go: that
+        edge's connection ends, not the sender's session (services/cloud/mixing.py)."""
+        if partner_is_leaving(conn.session):
+            # It said BYE or its connection closed: its own handler ends the session.
+            log.info("%s is leaving: %s not sent", conn.edge_id, frame.type)
+            return
+        log.warning("cannot send %s to %s (%r): closing it", frame.type, conn.edge_id, exc)
+        with contextlib.suppress(*PARTNER_SEND_FAILURES):
+            if isinstance(exc, ProtocolError):  # e.g. a frame too large for its session
+                await conn.fail(exc)
+            else:
+                await conn.websocket.close(code=1011, reason="send failed")
+        await self.close(conn)
 
     def _address(self, outgoing: list[Outgoing]) -> Addressed[Connection]:
         """On the compute thread: each frame with the connection whose session it answers,
