@@ -266,3 +266,49 @@ def test_a_reconnect_sends_its_waiting_act_again_and_it_is_applied_once() -> Non
             assert status["edge-a"]["samples_applied"] == 16
             assert status["edge-a"]["duplicates_dropped"] == 0
             assert service.master.samples_applied == 32
+
+
+def test_an_edges_batches_are_acknowledged_in_order_when_a_later_mix_completes_first() -> None:
+    """a's batch 0 is mixed with b's, a's batch 1 alone (its wait ran out); a's EGRADs come,
+    b's is late: the step of a's batch 1 is complete first yet waits for batch 0's, so a
+    gets ACK 0 before ACK 1 (PROTOCOL.md §6.4)."""
+    run = RunConfig(
+        mode="simultrain", dataset="imu", window=2, edges=2, mix_edges=2, mix_wait_s=0.2
+    )
+    with TestClient(create_app(CloudSettings(), run=run)) as client:
+        service = _service(client)
+        with (
+            client.websocket_connect("/v1/stream") as a,
+            client.websocket_connect("/v1/stream") as b,
+        ):
+            edge_a, edge_b = MixEdge(a, "edge-a", run), MixEdge(b, "edge-b", run)
+            edge_a.hello()
+            edge_b.hello()
+            edge_a.act()
+            wait_until(lambda: len(service.runtime.mixer.waiting) == 1, timeout_s=30, what="wait")
+            edge_b.act()
+            edge_a.until(Grad)  # a's EGRAD 0 goes at once
+            held = [f for f in edge_b.session.receive_data(b.receive_bytes())]
+            assert isinstance(held[0], Grad)  # b's EGRAD 0: not yet
+            edge_a.act()  # batch 1: mixed alone once its wait runs out
+            edge_a.until(Grad)  # its EGRAD goes: that step is complete
+            wait_until(
+                lambda: (
+                    service.runtime.sessions["edge-a"].highest_cloud_step_seq == 1
+                    and not any(w.edge_id == "edge-a" for w in service.runtime.mixer.waiting)
+                ),
+                timeout_s=30,
+                what="a's batch 1 stepped",
+            )
+            assert service.runtime.sessions["edge-a"].highest_applied_seq == -1  # waits
+            edge_b.send(edge_b.runtime.on_grad(held[0]))
+            acks: list[int] = []
+            while len(acks) < 2:
+                for frame in edge_a.session.receive_data(a.receive_bytes()):
+                    if isinstance(frame, Ack):
+                        edge_a.runtime.on_ack(frame)
+                        acks.append(frame.seq)
+                    elif isinstance(frame, Delta):
+                        edge_a.runtime.on_delta(frame)
+            assert acks == [0, 1]
+            assert service.master.samples_applied == 3 * 16
