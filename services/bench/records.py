@@ -699,6 +699,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "stragglers.json": FleetFile,
     "fleet-before-after.json": BeforeAfterFile,
     "fleet_parity.json": FleetParityFile,
+    "fleet_pooled/fleet_parity.json": FleetParityFile,
     "staleness.json": StudyFile,
     "replicas-inprocess.json": ReplicaFile,
     "control-plane/before/control-plane.json": ControlPlaneFile,
