@@ -239,6 +239,7 @@ def _run(
         bytes_down=status.bytes_down,
         max_staleness=status.staleness.max,
         mean_staleness=status.staleness.mean,
+        mean_staleness_samples=status.staleness.samples_mean,
         master_version=status.master_version,
         window=run.window,
         compensation=schedule.compensation,
@@ -334,6 +335,7 @@ def _print_summary(summary: DemoSummary, console: Console) -> None:
         ("held-out accuracy", f"{summary.accuracy:.2%} on {summary.test_samples} samples"),
         ("held-out loss", f"{summary.test_loss:.4f}"),
         ("staleness (max / mean)", f"{summary.max_staleness} / {summary.mean_staleness}"),
+        ("staleness in samples (mean)", f"{summary.mean_staleness_samples}"),
         ("bytes up / down", f"{summary.bytes_up / 1e6:.2f} MB / {summary.bytes_down / 1e6:.2f} MB"),
         (
             "compensation (α)",

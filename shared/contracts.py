@@ -308,6 +308,10 @@ class DemoSummary(Contract):
     bytes_down: int
     max_staleness: int
     mean_staleness: float
+    mean_staleness_samples: float = Field(
+        default=0.0,
+        description="Samples the master applied while a gradient was out, mean (docs/FLEET.md).",
+    )
     master_version: int
     window: int
     compensation: str

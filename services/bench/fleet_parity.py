@@ -176,6 +176,7 @@ def through_services(case: Case, timeout_s: float) -> FleetParityRecord:
         accuracy=summary.accuracy,
         test_loss=summary.test_loss,
         mean_staleness=summary.mean_staleness,
+        mean_staleness_samples=summary.mean_staleness_samples,
         max_staleness=summary.max_staleness,
         master_version=summary.master_version,
         samples=summary.samples,

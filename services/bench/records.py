@@ -389,6 +389,8 @@ class FleetParityRecord(Record):
     test_loss: float
     mean_staleness: float
     max_staleness: int
+    # Staleness in samples (docs/FLEET.md): a mixed fleet takes fewer, larger steps.
+    mean_staleness_samples: float | None = None
     master_version: int
     samples: int
     seconds: float
