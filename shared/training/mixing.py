@@ -39,6 +39,8 @@ the gathering (the others step without it) and, sent again, is answered like any
 cloud-stage update was applied before: its cut gradient computed again, nothing applied twice,
 its edge gradient applied alone. So the mixer holds nothing a checkpoint must keep: what is
 waiting or gathering is re-sent by the edges, which keep every batch until it is durable.
+Each edge's batches are applied and acknowledged in sequence order: a complete step waits
+behind an earlier step of one of its edges that still gathers (`CloudMixer._apply_in_order`).
 """
 
 from __future__ import annotations
