@@ -177,6 +177,23 @@ def demo(
     link: Annotated[
         str | None, typer.Option(help="Emulated link: 4g, 5g, lan (default: none).")
     ] = None,
+    pooled: Annotated[
+        bool,
+        typer.Option(
+            "--pooled",
+            help="The fleet's reference (mode centralized): one edge streams all the edges' "
+            "data for steps × edges batches.",
+        ),
+    ] = False,
+    mix_edges: Annotated[
+        int | None, typer.Option(help="Edges the cloud mixes into each step (docs/FLEET.md).")
+    ] = None,
+    mix_batch: Annotated[
+        str | None, typer.Option(help="A mixed step's size: split or stack.")
+    ] = None,
+    edge_copies: Annotated[
+        bool, typer.Option("--edge-copies", help="Per-edge edge-stage copies (SplitFed).")
+    ] = False,
     edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
     eval_every: Annotated[
         float,
@@ -199,7 +216,7 @@ def demo(
     from simultrain.shared.training.config import RunConfig
 
     given = {
-        "mode": mode,
+        "mode": mode or ("centralized" if pooled else None),  # only centralized training pools
         "dataset": dataset,
         "model_id": model,
         "steps": steps,
@@ -211,6 +228,10 @@ def demo(
         "reconcile_every": reconcile_every,  # 0 = never
         "seed": seed,
         "partition": partition,
+        "pooled": pooled or None,
+        "mix_edges": mix_edges,
+        "mix_batch": mix_batch,
+        "edge_copies": edge_copies or None,
     }
     _stop_like_ctrl_c()
     try:

@@ -28,7 +28,14 @@ from simultrain.shared.data import load_dataset
 from simultrain.shared.errors import SimulTrainError
 from simultrain.shared.training.config import RunConfig
 
-__all__ = ["DemoOptions", "Topology", "edge_environment", "run_demo", "start_topology"]
+__all__ = [
+    "DemoOptions",
+    "Topology",
+    "edge_environment",
+    "edge_processes",
+    "run_demo",
+    "start_topology",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,16 @@ def _coordinator_env(run: RunConfig, db_path: Path) -> dict[str, str]:
     for key, text in run.to_strings().items():
         env[f"SIMULTRAIN_COORDINATOR_{key.upper()}"] = text
     return env
+
+
+def edge_processes(run: RunConfig, steps: int) -> tuple[int, int]:
+    """How many edge processes a run of ``run.edges`` edges × ``steps`` batches starts, and
+    the batches each trains: one per edge; a ``pooled`` run — the fleet's reference, all its
+    data on one shuffled stream (docs/FLEET.md, "The yardstick") — one edge that streams the
+    union of the fleet's shards for ``steps × edges`` batches, the fleet's number."""
+    if run.pooled:
+        return 1, steps * run.edges
+    return run.edges, steps
 
 
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoSummary:
@@ -185,13 +202,14 @@ def edge_environment(
 def _run(
     group: ServiceGroup, run: RunConfig, options: DemoOptions, tmp: Path, console: Console
 ) -> DemoSummary:
+    processes, steps = edge_processes(run, options.steps)
     with console.status("starting coordinator, cloud and edge processes…"):
         topology = start_topology(
             group,
             run,
             tmp,
-            steps=options.steps,
-            edges=options.edges,
+            steps=steps,
+            edges=processes,
             link_profile=options.link_profile,
             edge_slowdown=options.edge_slowdown,
             # 0 also turns off the cloud's own periodic evaluation (the dashboard's curve).
@@ -221,6 +239,7 @@ def _run(
         bytes_down=status.bytes_down,
         max_staleness=status.staleness.max,
         mean_staleness=status.staleness.mean,
+        mean_staleness_samples=status.staleness.samples_mean,
         master_version=status.master_version,
         window=run.fixed_window,
         compensation=schedule.compensation,
@@ -316,6 +335,7 @@ def _print_summary(summary: DemoSummary, console: Console) -> None:
         ("held-out accuracy", f"{summary.accuracy:.2%} on {summary.test_samples} samples"),
         ("held-out loss", f"{summary.test_loss:.4f}"),
         ("staleness (max / mean)", f"{summary.max_staleness} / {summary.mean_staleness}"),
+        ("staleness in samples (mean)", f"{summary.mean_staleness_samples}"),
         ("bytes up / down", f"{summary.bytes_up / 1e6:.2f} MB / {summary.bytes_down / 1e6:.2f} MB"),
         (
             "compensation (α)",

@@ -60,6 +60,17 @@ class StalenessSummary(Contract):
     mean: float
     dropped: int = Field(description="Edge gradients older than the master history, dropped.")
     histogram: dict[str, int] = Field(description="τ (as a string) → batches.")
+    # Staleness in samples (docs/FLEET.md, "Staleness in samples"): a fleet that mixes takes
+    # fewer, larger steps, so updates alone understate what its gradients missed.
+    samples_sum: int = Field(
+        default=0, description="Samples the master applied while each gradient was out, summed."
+    )
+    samples_max: int = Field(
+        default=0, description="The most samples the master applied while one gradient was out."
+    )
+    samples_mean: float = Field(
+        default=0.0, description="samples_sum over the gradients applied (batches)."
+    )
 
 
 class EdgeSessionStatus(Contract):
@@ -297,6 +308,10 @@ class DemoSummary(Contract):
     bytes_down: int
     max_staleness: int
     mean_staleness: float
+    mean_staleness_samples: float = Field(
+        default=0.0,
+        description="Samples the master applied while a gradient was out, mean (docs/FLEET.md).",
+    )
     master_version: int
     window: int
     compensation: str

@@ -15,7 +15,9 @@ Outputs, in ``out_dir``:
   compensation chain; ``compensation`` the chain the cloud ran; ``command`` the demo command
   that runs the same case). Rewritten after every run; ``--resume`` skips what it holds.
 - ``fleet_parity.md`` — mean ± std over seeds per (dataset, edges, window, method) and the
-  gap to centralized training of the same cell, in accuracy points.
+  gap to the cell's reference, in accuracy points: ``pooled`` training where the cell has it
+  (all the fleet's data on one shuffled stream, docs/FLEET.md "The yardstick"), else
+  ``centralized`` (the fleet's batches fed edge by edge: the per-edge-order diagnostic).
 
 A method is a name in :data:`METHODS` (the run keys it sets, and how it trains a case), or
 else a compensation chain; a new kind of case is one entry there.
@@ -49,8 +51,9 @@ PARTITIONS = {"imu": "groups", "mnist": "label-skew"}
 # The targets: the largest gap to centralized training, in points, by (edges, window)
 # (docs/STALENESS.md, "A fleet").
 TARGETS = {(8, 4): 0.5, (1, 16): 0.5, (32, 4): 1.0}
-# The method every other is compared with, on the same seed (the table's gap).
-REFERENCE = "centralized"
+# The method every other is compared with, on the same seed (the table's gap): pooled
+# training where a cell has it (docs/FLEET.md, "The yardstick"), else the per-edge order.
+REFERENCES = ("pooled", "centralized")
 
 GridRow = tuple[tuple[str, ...], int, int, tuple[str, ...], tuple[int, ...]]
 """(datasets, edges, window, methods, seeds): every combination is a case."""
@@ -103,7 +106,11 @@ class Case:
 
     @property
     def steps(self) -> int:
-        return max(1, TOTAL_BATCHES[self.dataset] // self.edges)
+        """Batches per edge: the dataset's total dealt to the edges; a method that splits
+        each batch among ``m`` mixed edges sends ``m`` times as many, of ``1/m`` the size, so
+        every method trains the same samples."""
+        per_edge = max(1, TOTAL_BATCHES[self.dataset] // self.edges)
+        return per_edge * method_of(self.method).micro_batches(self.edges)
 
     @property
     def key(self) -> tuple[str, int, int, str, int]:
@@ -136,7 +143,10 @@ class Case:
         # seconds (10 000 images on MNIST), which dominates a fleet run on two cores.
         args += ["--json", "--eval-every", "0"]
         for key, value in keys.items():  # every demo flag is its run key's name
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            if isinstance(value, bool):  # a flag: given when set
+                args += [f"--{key.replace('_', '-')}"] if value else []
+            else:
+                args += [f"--{key.replace('_', '-')}", str(value)]
         return args
 
 
@@ -166,6 +176,7 @@ def through_services(case: Case, timeout_s: float) -> FleetParityRecord:
         accuracy=summary.accuracy,
         test_loss=summary.test_loss,
         mean_staleness=summary.mean_staleness,
+        mean_staleness_samples=summary.mean_staleness_samples,
         max_staleness=summary.max_staleness,
         master_version=summary.master_version,
         samples=summary.samples,
@@ -181,10 +192,22 @@ class Method:
     run: Mapping[str, Any] = field(default_factory=dict)
     train: Callable[[Case, float], FleetParityRecord] = through_services
 
+    def micro_batches(self, edges: int) -> int:
+        """Edge batches per batch of the run's size: ``m`` for split mixed steps of ``m``
+        edges (docs/FLEET.md, "Mixed steps"), else 1."""
+        mixed = min(int(self.run.get("mix_edges", 1)), edges)
+        return mixed if mixed > 1 and self.run.get("mix_batch", "split") == "split" else 1
+
 
 METHODS: dict[str, Method] = {
+    # The reference: one edge streams the union of the fleet's shards for steps × edges
+    # batches (docs/FLEET.md, "The yardstick"; the demo starts that one edge).
+    "pooled": Method({"mode": "centralized", "pooled": True}),
+    # The fleet's batches fed edge by edge (the per-edge order): a diagnostic.
     "centralized": Method({"mode": "centralized"}),
     "default": Method(),  # the run configuration's compensation chain
+    # Mixed steps of 4 edges, split micro-batches (docs/FLEET.md, "Mixed steps").
+    "mix4": Method({"mix_edges": 4}),
 }
 
 
@@ -256,8 +279,13 @@ class FleetParity(Experiment[Case, FleetParityRecord]):
 Cells = dict[tuple[str, int, int], dict[str, list[FleetParityRecord]]]
 
 
+def reference_of(methods: Mapping[str, object]) -> str:
+    """A cell's reference: pooled training where the cell has it, else centralized."""
+    return next((m for m in REFERENCES if m in methods), REFERENCES[-1])
+
+
 def render_table(records: Sequence[FleetParityRecord]) -> str:
-    """Mean ± std per cell and the gap to centralized training of the same cell."""
+    """Mean ± std per cell and the gap to the cell's reference (`reference_of`)."""
     cells: Cells = defaultdict(lambda: defaultdict(list))
     for r in records:
         cells[(r.dataset, r.edges, r.window)][r.method].append(r)
@@ -265,37 +293,41 @@ def render_table(records: Sequence[FleetParityRecord]) -> str:
         "# A fleet at parity? Services, held-out accuracy (%)",
         "",
         "Produced by `simultrain fleet-parity` (services/bench/fleet_parity.py); every run in",
-        f"`{JSON_NAME}`. Gap: points to centralized training on the same samples (mean of the",
-        "seeds both have). Staleness: edge-stage steps a gradient missed (mean / max over seeds).",
+        f"`{JSON_NAME}`. Gap: points to the cell's reference on the same samples (mean of the",
+        "seeds both have): pooled training where the cell has it, else centralized training fed",
+        "edge by edge. Staleness: edge-stage steps a gradient missed (mean / max over seeds).",
         "",
     ]
     out += _targets(cells)
     for (dataset, edges, window), methods in sorted(cells.items()):
-        reference = {r.seed: r.accuracy for r in methods.get(REFERENCE, [])}
+        ref_name = reference_of(methods)
+        reference = {r.seed: r.accuracy for r in methods.get(ref_name, [])}
         out += [
             f"## {dataset} · {edges} edge{'s' if edges > 1 else ''} × W {window}",
             "",
             "| method | compensation | per seed | mean ± std | gap | staleness | seconds |",
             "|---|---|---|---|---|---|---|",
         ]
-        order = sorted(methods, key=lambda m: (m != REFERENCE, m != "default", m))
+        order = sorted(
+            methods, key=lambda m: (m != ref_name, m not in REFERENCES, m != "default", m)
+        )
         for method in order:
             runs = sorted(methods[method], key=lambda r: r.seed)
             accs = [100 * r.accuracy for r in runs]
             mean = statistics.fmean(accs)
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
             diffs = _paired_gaps(runs, reference)
-            gap = f"{statistics.fmean(diffs):+.1f}" if diffs and method != REFERENCE else "–"
+            gap = f"{statistics.fmean(diffs):+.1f}" if diffs and method != ref_name else "–"
             seeds = " / ".join(f"{a:.1f} (s{r.seed})" for a, r in zip(accs, runs, strict=True))
             stale = (
                 f"{statistics.fmean(r.mean_staleness for r in runs):.1f} / "
                 f"{max(r.max_staleness for r in runs)}"
-                if method != REFERENCE
+                if method != ref_name
                 else "–"
             )
             secs = f"{statistics.fmean(r.seconds for r in runs):.0f}"
             out.append(
-                f"| {method} | {runs[0].compensation if method != REFERENCE else '–'} "
+                f"| {method} | {runs[0].compensation if method != ref_name else '–'} "
                 f"| {seeds} | {mean:.1f} ± {std:.1f} | {gap} | {stale} | {secs} |"
             )
         out.append("")
@@ -312,10 +344,11 @@ def _targets(cells: Cells) -> list[str]:
     rows = []
     for (dataset, edges, window), methods in sorted(cells.items()):
         target = TARGETS.get((edges, window))
-        reference = {r.seed: r.accuracy for r in methods.get(REFERENCE, [])}
+        ref_name = reference_of(methods)
+        reference = {r.seed: r.accuracy for r in methods.get(ref_name, [])}
         if target is None or not reference:
             continue
-        for method in sorted(m for m in methods if m != REFERENCE):
+        for method in sorted(m for m in methods if m != ref_name):
             gaps = _paired_gaps(methods[method], reference)
             if not gaps:
                 continue
@@ -330,7 +363,7 @@ def _targets(cells: Cells) -> list[str]:
     return [
         "## Targets",
         "",
-        "Gap: mean over seeds of (method − centralized on the same seed), points; ± is its",
+        "Gap: mean over seeds of (method − the reference on the same seed), points; ± is its",
         "standard error. The target holds when the mean gap is no lower than −target.",
         "",
         "| dataset | fleet | method | seeds | gap | ± | target | holds |",

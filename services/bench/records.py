@@ -389,6 +389,8 @@ class FleetParityRecord(Record):
     test_loss: float
     mean_staleness: float
     max_staleness: int
+    # Staleness in samples (docs/FLEET.md): a mixed fleet takes fewer, larger steps.
+    mean_staleness_samples: float | None = None
     master_version: int
     samples: int
     seconds: float
@@ -699,6 +701,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "stragglers.json": FleetFile,
     "fleet-before-after.json": BeforeAfterFile,
     "fleet_parity.json": FleetParityFile,
+    "fleet_pooled/fleet_parity.json": FleetParityFile,
     "staleness.json": StudyFile,
     "replicas-inprocess.json": ReplicaFile,
     "control-plane/before/control-plane.json": ControlPlaneFile,

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from simultrain.shared.errors import SimulTrainError, TrainingError
-from simultrain.shared.training.master import CloudMaster
+from simultrain.shared.training.master import CloudMaster, StalenessStats
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState
 
 __all__ = ["CheckpointError", "latest_checkpoint", "restore", "save_checkpoint"]
@@ -91,14 +91,14 @@ def save_checkpoint(
         "version": master.version,
         "edge_updates": master.edge_updates,
         "samples_applied": master.samples_applied,
-        "staleness": {"counts": master.staleness.counts, "dropped": master.staleness.dropped},
+        "staleness": _staleness_meta(master.staleness),
         **step_meta,
         "optimizers": optim_meta,
         **role_meta,
         "sessions": {
             edge_id: {
                 **{f: getattr(state, f) for f in _SESSION_FIELDS},
-                "staleness": {"counts": state.staleness.counts, "dropped": state.staleness.dropped},
+                "staleness": _staleness_meta(state.staleness),
             }
             for edge_id, state in runtime.sessions.items()
         },
@@ -177,8 +177,7 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
     master.version = int(meta["version"])
     master.edge_updates = int(meta["edge_updates"])
     master.samples_applied = int(meta["samples_applied"])
-    master.staleness.counts = {int(k): int(v) for k, v in meta["staleness"]["counts"].items()}
-    master.staleness.dropped = int(meta["staleness"]["dropped"])
+    _load_staleness(master.staleness, meta["staleness"])
     try:
         master.load_edge_step(meta, tensors)
     except TrainingError as exc:
@@ -191,7 +190,25 @@ def restore(checkpoint: Checkpoint, master: CloudMaster, runtime: CloudRuntime) 
         session.durable_seq = session.highest_applied_seq
         stale = fields.get("staleness")
         if isinstance(stale, dict):
-            session.staleness.counts = {int(k): int(v) for k, v in stale["counts"].items()}
-            session.staleness.dropped = int(stale["dropped"])
+            _load_staleness(session.staleness, stale)
         runtime.sessions[edge_id] = session
     log.info("resumed from %s at master version %d", checkpoint.path.name, master.version)
+
+
+def _staleness_meta(stats: StalenessStats) -> dict[str, Any]:
+    """A staleness record as JSON: in updates (``counts``) and in samples (docs/FLEET.md,
+    "Staleness in samples")."""
+    return {
+        "counts": stats.counts,
+        "dropped": stats.dropped,
+        "samples_sum": stats.samples_sum,
+        "samples_max": stats.samples_max,
+    }
+
+
+def _load_staleness(stats: StalenessStats, saved: dict[str, Any]) -> None:
+    """`_staleness_meta` back; a checkpoint written before samples were kept has none (0)."""
+    stats.counts = {int(k): int(v) for k, v in saved["counts"].items()}
+    stats.dropped = int(saved["dropped"])
+    stats.samples_sum = int(saved.get("samples_sum", 0))
+    stats.samples_max = int(saved.get("samples_max", 0))

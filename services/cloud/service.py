@@ -71,6 +71,13 @@ from simultrain.shared.training.runtime import CloudSessionState, Outgoing
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .flow import CloudFlow, with_replica_refresh
 from .metrics import CloudMetrics
+from .mixing import (
+    PARTNER_SEND_FAILURES,
+    Addressed,
+    close_stale_session,
+    partner_is_leaving,
+    take_refused,
+)
 from .replicas import Rendezvous, ReplicaGroup
 from .settings import CloudSettings
 
@@ -182,6 +189,9 @@ class CloudService:
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
         self.connections: dict[str, Connection] = {}
+        # The connection whose session the runtime holds for each edge, as the compute thread
+        # sees it: frames a step makes for other edges go there (services/cloud/mixing.py).
+        self._session_of: dict[str, Connection] = {}
         self.metrics = CloudMetrics()
         self.cloud_id: str | None = None
         self.ready = False
@@ -323,20 +333,24 @@ class CloudService:
         self._size_history_for_fleet()
         offset = _reconcile_offset(hello.config.get("reconcile_offset"))
 
-        def open_session() -> tuple[CloudSessionState, Snap, int]:
+        def open_session() -> tuple[CloudSessionState, Snap, int, Addressed[Connection]]:
             if self.replicas is not None:
                 self.replicas.adopt(edge_id, offset)  # it may come from another replica
+            # Mixed steps: what the edge's previous session left waiting goes first.
+            stale = self._address(close_stale_session(self.runtime, edge_id))
             try:
                 state, snap = self.runtime.open_session(
                     edge_id, reconcile_offset=offset, code_row=code_row
                 )
             except TrainingError as exc:
                 raise HandshakeRejected(str(exc)) from exc
+            self._session_of[edge_id] = conn
             # Read here, with the SNAP: WELCOME's acked_seq and the replica describe one
             # instant of the master, whatever the compute thread does next.
-            return state, snap, state.highest_applied_seq
+            return state, snap, state.highest_applied_seq, stale
 
-        state, snap, highest_applied = await self.compute(open_session)
+        state, snap, highest_applied, stale = await self.compute(open_session)
+        await self._deliver_addressed(stale)
         conn.state = state
         state.bytes_in += conn.bytes_in  # the HELLO
         acked = highest_applied if highest_applied >= 0 else None
@@ -373,7 +387,7 @@ class CloudService:
             self.flow.on_act(edge_id, frame.seq)
         credit_edges = self.flow.edges
 
-        def step() -> list[Outgoing] | None:
+        def step() -> Addressed[Connection] | None:
             # Checked where updates are ordered (the compute thread): once a newer session
             # of this edge is registered, frames still queued from the old one change
             # nothing. Its WELCOME's acked_seq was read on this thread too, so every batch is
@@ -383,28 +397,32 @@ class CloudService:
             if self.connections.get(edge_id) is not conn:
                 return None
             if isinstance(frame, Act):
-                return with_replica_refresh(
-                    self.runtime, self.runtime.on_act(edge_id, frame), credit_edges
+                return self._address(
+                    with_replica_refresh(
+                        self.runtime, self.runtime.on_act(edge_id, frame), credit_edges
+                    )
                 )
             if isinstance(frame, EGrad):
-                return with_replica_refresh(
-                    self.runtime, self.runtime.on_egrad(edge_id, frame), credit_edges
+                return self._address(
+                    with_replica_refresh(
+                        self.runtime, self.runtime.on_egrad(edge_id, frame), credit_edges
+                    )
                 )
             raise InternalError(f"the service steps on ACT and EGRAD, not {frame.type}")
 
         try:
-            outgoing = await self.compute(step)
+            addressed = await self.compute(step)
         except TrainingError as exc:
             # Passed the decoder yet unusable (e.g. gradient names that do not match the
             # model): the master checks before it changes anything, so refusing is enough.
             raise InvalidTensor(str(exc)) from exc
-        if outgoing is None:
+        if addressed is None:
             log.info("%s: %s of a superseded session not applied", edge_id, frame.type)
             return
         self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
         if self.replicas is not None:
             self.replicas.updated()
-        await self.deliver(outgoing, origin=conn)
+        await self._deliver_addressed(addressed, origin=conn)
         self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
@@ -439,8 +457,9 @@ class CloudService:
         task.add_done_callback(self._round_closers.discard)
 
     async def _close_due_round(self) -> None:
-        outgoing = await self.compute(self.runtime.close_round_if_due)
-        await self.deliver(outgoing)
+        # A lockstep round's deadline, or the wait bound of a mixed step (docs/FLEET.md).
+        addressed = await self.compute(lambda: self._address(self.runtime.close_round_if_due()))
+        await self._deliver_addressed(addressed)
         self._arm_round_deadline()  # the round that closed may not be the one now open
 
     def _checkpoint_due(self) -> bool:
@@ -478,30 +497,97 @@ class CloudService:
         self.last_checkpoint_version = self.master.version
         log.info("checkpoint %s", path.name)
 
-    async def deliver(self, outgoing: list[Outgoing], *, origin: Connection | None = None) -> None:
+    async def deliver(
+        self,
+        outgoing: list[Outgoing],
+        *,
+        origin: Connection | None = None,
+        to: list[Connection | None] | None = None,
+    ) -> None:
         """Send each frame to its edge. Frames for ``origin``'s edge (the session whose frame
         produced them) go on that session only: a newer session of the same edge started
-        from its own SNAP and must not receive the old one's GRAD, DELTA or ACK."""
+        from its own SNAP and must not receive the old one's GRAD, DELTA or ACK. Frames for
+        other edges go to ``to`` (the connections the compute thread addressed them to,
+        `_address`), else to each edge's connection now; a send that fails there closes that
+        connection, never ``origin``'s session (services/cloud/mixing.py)."""
         self.metrics.observe_outgoing(outgoing)
-        for edge_id, frame in outgoing:
+        for index, (edge_id, frame) in enumerate(outgoing):
             if origin is not None and edge_id == origin.edge_id:
                 conn: Connection | None = origin
             else:
-                conn = self.connections.get(edge_id)
-            if conn is not None:
-                if isinstance(frame, Ack):
-                    frame = self.flow.on_ack(edge_id, frame)  # the grant it carries (§6.7)
+                conn = to[index] if to is not None else self.connections.get(edge_id)
+            if conn is None:
+                continue
+            if isinstance(frame, Ack):
+                frame = self.flow.on_ack(edge_id, frame)  # the grant it carries (§6.7)
+            if conn is origin:
                 await conn.send(frame)
+                continue
+            try:
+                await conn.send(frame)
+            except PARTNER_SEND_FAILURES as exc:
+                await self._partner_send_failed(conn, frame, exc)
+
+    async def _partner_send_failed(self, conn: Connection, frame: Frame, exc: Exception) -> None:
+        """A frame for another edge than the one whose frame made it could not go: that
+        edge's connection ends, not the sender's session (services/cloud/mixing.py)."""
+        if partner_is_leaving(conn.session):
+            # It said BYE or its connection closed: its own handler ends the session.
+            log.info("%s is leaving: %s not sent", conn.edge_id, frame.type)
+            return
+        log.warning("cannot send %s to %s (%r): closing it", frame.type, conn.edge_id, exc)
+        with contextlib.suppress(*PARTNER_SEND_FAILURES):
+            if isinstance(exc, ProtocolError):  # e.g. a frame too large for its session
+                await conn.fail(exc)
+            else:
+                await conn.websocket.close(code=1011, reason="send failed")
+        await self.close(conn)
+
+    def _address(self, outgoing: list[Outgoing]) -> Addressed[Connection]:
+        """On the compute thread: each frame with the connection whose session it answers,
+        and the ACTs a mixed step refused."""
+        return Addressed(
+            outgoing,
+            [self._session_of.get(edge_id) for edge_id, _ in outgoing],
+            take_refused(self.runtime),
+        )
+
+    async def _deliver_addressed(
+        self, addressed: Addressed[Connection], *, origin: Connection | None = None
+    ) -> None:
+        """`deliver` a step's frames, then close the sessions of the edges whose ACT a mixed
+        step refused (``origin``'s: raised, as for any refused frame)."""
+        await self.deliver(addressed.outgoing, origin=origin, to=addressed.connections)
+        own: InvalidTensor | None = None
+        for edge_id, seq, reason in addressed.refused:
+            refusal = InvalidTensor(f"batch {seq}: {reason}")
+            conn = self.connections.get(edge_id)
+            if origin is not None and conn is origin:
+                own = refusal
+            elif conn is not None:
+                self.metrics.rejected.labels(refusal.code.value).inc()
+                await conn.fail(refusal)
+                await self.close(conn)
+        if own is not None:
+            raise own
 
     async def close(self, conn: Connection) -> None:
         if conn.edge_id is None or self.connections.get(conn.edge_id) is not conn:
             return
-        del self.connections[conn.edge_id]
-        self.flow.close(conn.edge_id)
+        edge_id = conn.edge_id
+        del self.connections[edge_id]
+        self.flow.close(edge_id)
         self.metrics.sessions.set(len(self.connections))
-        outgoing = await self.compute(self.runtime.close_session, conn.edge_id)
-        await self.deliver(outgoing)
-        log.info("session closed: %s", conn.edge_id)
+
+        def close_session() -> Addressed[Connection]:
+            if self._session_of.get(edge_id) is conn:
+                del self._session_of[edge_id]
+            return self._address(self.runtime.close_session(edge_id))
+
+        addressed = await self.compute(close_session)
+        await self._deliver_addressed(addressed)
+        self._arm_round_deadline()  # what waited for the edge may wait for its bound now
+        log.info("session closed: %s", edge_id)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -603,6 +689,9 @@ def _staleness(stats: StalenessStats) -> StalenessSummary:
         mean=round(stats.mean, 3),
         dropped=stats.dropped,
         histogram={str(k): v for k, v in sorted(stats.counts.items())},
+        samples_sum=stats.samples_sum,
+        samples_max=stats.samples_max,
+        samples_mean=float(stats.in_samples()["mean"]),
     )
 
 

@@ -309,8 +309,15 @@ class StreamingSession:
         if frame.loss is not None:
             agent.report.last_loss = frame.loss
         # Piggyback on the next ACT when one can go now (docs/DESIGN.md §3.3); a window that holds
-        # the producer back means this EGRAD must go alone.
-        if agent.schedule.window > 0 and self._can_produce() and not agent._no_more_acts():
+        # the producer back means this EGRAD must go alone. So must every EGRAD of a run that
+        # mixes edges: its mixed step waits for every member's (docs/FLEET.md, "Mixed steps").
+        mixing = agent.run_config.mix_edges > 1
+        if (
+            agent.schedule.window > 0
+            and not mixing
+            and self._can_produce()
+            and not agent._no_more_acts()
+        ):
             runtime.pending_egrads.append(egrad)
         else:
             await self._send(egrad)

@@ -15,16 +15,15 @@ from typing import Annotated, Any, Literal, Self, get_type_hints
 
 from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.compensation import parse_compensation
-from simultrain.shared.training.fleet import FLEET_KEYS, Credits, Mixing, check_fleet_keys
+from simultrain.shared.training.fleet import Credits, Mixing, check_fleet_keys
 from simultrain.shared.training.keys import Key, RunKey
 from simultrain.shared.training.options import Codecs, OptimizerConfig
 from simultrain.shared.training.schedule import MODES, Schedule, make_schedule
 
-__all__ = ["AUTO_FALLBACK_WINDOW", "DRIVER_ONLY", "FLEET_KEYS", "Key", "RunConfig", "RunKey"]
+__all__ = ["AUTO_FALLBACK_WINDOW", "DRIVER_ONLY", "Key", "RunConfig", "RunKey"]
 
-# The in-process driver's own keys, and the fleet-scheduling keys (docs/FLEET.md), which only
-# the driver runs so far: a service is never handed one.
-DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"}) | FLEET_KEYS
+# The in-process driver's own keys: a service is never handed one.
+DRIVER_ONLY = frozenset({"steps", "eval_every", "delta_loss"})
 
 # What ``window = auto`` runs where no credits size the window: an edge that does not speak
 # capability ``credits``, and the in-process driver without ``fleet_in_flight`` (it has no

@@ -28,7 +28,7 @@ import bisect
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -187,6 +187,45 @@ class EdgeCopies:
         self.master.reset_history()
         self.averages += 1
         return {n: t.cpu() for n, t in self.master.edge_weights().items()}
+
+    # --- a checkpoint (services/cloud/checkpoint.py) ---------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Each copy's optimizer, named by its edge: a checkpoint keeps their state with the
+        master's (`CloudRuntime.optimizers`)."""
+        return {f"edge_copy:{edge_id}": copy.optimizer for edge_id, copy in self.copies.items()}
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Each copy's weights and counters (its optimizer goes with `optimizers`)."""
+        tensors: dict[str, Tensor] = {}
+        copies: list[dict[str, Any]] = []
+        for index, (edge_id, copy) in enumerate(self.copies.items()):
+            copies.append({"edge_id": edge_id, "steps": copy.steps, "samples": copy.samples})
+            for name, t in copy.tensors.items():
+                tensors[f"edge_copies/{index}/{name}"] = t.detach().to("cpu", copy=True)
+        return tensors, {"edge_copies": {"copies": copies, "averages": self.averages}}
+
+    def load_state(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+        """`state` back into freshly built copies (before their optimizers' state is loaded:
+        `open` builds each copy's optimizer over its own tensors). A copy's history starts
+        at the restored weights, as the master's does."""
+        saved = meta.get("edge_copies")
+        if saved is None:
+            return
+        for index, entry in enumerate(saved["copies"]):
+            edge_id = str(entry["edge_id"])
+            self.open(edge_id)
+            copy = self.copies[edge_id]
+            with torch.no_grad():
+                for name, target in copy.tensors.items():
+                    source = tensors.get(f"edge_copies/{index}/{name}")
+                    if source is None or source.shape != target.shape:
+                        raise TrainingError(f"edge copy of {edge_id}: {name} missing or misshapen")
+                    target.copy_(source)
+            copy.steps = int(entry["steps"])
+            copy.samples = int(entry["samples"])
+            copy.history.clear()
+            self._remember(copy)
+        self.averages = int(saved["averages"])
 
     # --- versions of a copy ----------------------------------------------------------------
     def _remember(self, copy: _Copy) -> None:

@@ -17,16 +17,10 @@ from simultrain.shared.errors import ConfigError
 from simultrain.shared.training.compensation import Compensation, Current, Dana, FleetBatch
 from simultrain.shared.training.schedule import EdgeRole, Schedule
 
-__all__ = ["FLEET_KEYS", "Credits", "Mixing", "check_fleet_keys"]
+__all__ = ["Credits", "Mixing", "check_fleet_keys"]
 
 MixBatch = Literal["split", "stack"]
 MixLR = Literal["auto", "sqrt", "linear", "none"]
-
-# The fleet-scheduling keys run in the in-process driver; the services do not carry them yet
-# (docs/FLEET.md, "What the services need"), so a service is never configured with one and
-# silently trains something else. ``fleet_in_flight`` is not among them: the cloud service
-# grants it as credits (PROTOCOL.md §6.7).
-FLEET_KEYS = frozenset({"pooled", "mix_edges", "mix_batch", "mix_lr", "mix_wait_s", "edge_copies"})
 
 
 @dataclass(frozen=True, slots=True)

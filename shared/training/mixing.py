@@ -39,6 +39,8 @@ the gathering (the others step without it) and, sent again, is answered like any
 cloud-stage update was applied before: its cut gradient computed again, nothing applied twice,
 its edge gradient applied alone. So the mixer holds nothing a checkpoint must keep: what is
 waiting or gathering is re-sent by the edges, which keep every batch until it is durable.
+Each edge's batches are applied and acknowledged in sequence order: a complete step waits
+behind an earlier step of one of its edges that still gathers (`CloudMixer._apply_in_order`).
 """
 
 from __future__ import annotations
@@ -265,7 +267,29 @@ class CloudMixer:
         step.grads[state.edge_id] = grads
         if not step.complete():
             return []
-        return self._apply(runtime, step)
+        return self._apply_in_order(runtime)
+
+    def _apply_in_order(self, runtime: CloudRuntime) -> list[Outgoing]:
+        """Apply every complete mixed step that no earlier batch of its members' edges still
+        waits behind. An edge's batches are acknowledged in sequence order (PROTOCOL.md §6.4):
+        a step of an edge's batch ``k + 1`` that completes first (mixed alone when the wait
+        bound ran out, say) waits for the step of batch ``k``, whose other members' EGRADs
+        are still coming."""
+        out: list[Outgoing] = []
+        while True:
+            steps = {id(step): step for step in self.gathering.values()}  # gathering order
+            ready = next((s for s in steps.values() if s.complete() and not self._behind(s)), None)
+            if ready is None:
+                return out
+            out.extend(self._apply(runtime, ready))
+
+    def _behind(self, step: MixedStep) -> bool:
+        """Whether an earlier batch of one of ``step``'s edges is gathering in another step."""
+        return any(
+            other is not step and edge_id == member.edge_id and seq < member.seq
+            for (edge_id, seq), other in self.gathering.items()
+            for member in step.members
+        )
 
     def _apply(self, runtime: CloudRuntime, step: MixedStep) -> list[Outgoing]:
         """The edge-stage step on the sum of the members' gradients (module docstring)."""
@@ -310,8 +334,7 @@ class CloudMixer:
             step = self.gathering.pop(key)
             step.members = [m for m in step.members if m.edge_id != edge_id]
             step.grads.pop(edge_id, None)
-            if step.members and step.complete():
-                out.extend(self._apply(runtime, step))
+        out.extend(self._apply_in_order(runtime))
         return [*out, *self._step_ready(runtime, force=False)]
 
 

@@ -31,12 +31,46 @@ def test_every_method_trains_the_same_samples_on_the_fleets_shards() -> None:
     assert "--partition" not in Case("imu", 1, 16, "default", 0).command()
 
 
+def test_pooled_and_mixed_steps_train_the_fleets_samples() -> None:
+    """pooled: the demo runs one edge for steps × edges batches (docs/FLEET.md, "The
+    yardstick"); mix4: four edges' micro-batches of 32 / 4 per step, four times as many."""
+    from simultrain.demo import edge_processes
+
+    pooled = Case("imu", 8, 4, "pooled", 0)
+    command = pooled.command()
+    assert command[command.index("--mode") + 1] == "centralized" and "--pooled" in command
+    run = RunConfig.from_mapping(pooled.run_keys())
+    assert edge_processes(run, pooled.steps) == (1, 1600)
+    mixed = Case("imu", 8, 4, "mix4", 0)
+    command = mixed.command()
+    assert command[command.index("--mix-edges") + 1] == "4"
+    assert command[command.index("--steps") + 1] == "800"  # 8 × 800 × 8 samples = 51 200
+    assert edge_processes(RunConfig.from_mapping(mixed.run_keys()), mixed.steps) == (8, 800)
+
+
+def test_the_gap_is_to_pooled_where_the_cell_has_it() -> None:
+    records = [
+        record("pooled", 0, 0.85, mode="centralized"),
+        record("centralized", 0, 0.80),
+        record("x", 0, 0.83),
+    ]
+    table = render_table(records)
+    row = next(line for line in table.splitlines() if line.startswith("| x "))
+    assert "| -2.0 |" in row  # against pooled, not the per-edge order (+3.0)
+    central = next(line for line in table.splitlines() if line.startswith("| centralized "))
+    assert "| -5.0 |" in central  # the diagnostic gets its gap too
+    cell = table[table.index("## imu · 8 edges × W 4") :]
+    assert cell.index("| pooled ") < cell.index("| centralized ") < cell.index("| x ")
+
+
 @pytest.mark.parametrize(
     "case",
     [
         Case("imu", 8, 4, "delay-beta1+fleet-batch", 0),
         Case("mnist", 8, 4, "centralized", 1),
         Case("imu", 1, 16, "default", 2),
+        Case("imu", 8, 4, "pooled", 0),
+        Case("imu", 8, 4, "mix4", 1),
     ],
 )
 def test_the_recorded_command_trains_what_the_case_trains(

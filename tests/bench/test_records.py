@@ -98,6 +98,12 @@ RENDERED = {
         fleet_parity.render_table(FleetParityFile.read(RESULTS / "fleet_parity.json").records)
         + "\n"
     ),
+    "fleet_pooled/fleet_parity.md": lambda: (
+        fleet_parity.render_table(
+            FleetParityFile.read(RESULTS / "fleet_pooled/fleet_parity.json").records
+        )
+        + "\n"
+    ),
     "staleness.md": lambda: study.render_table(StudyFile.read(RESULTS / "staleness.json")),
     "replicas-inprocess.md": _replicas,
     "report.md": lambda: _report("results.json", "meta.json"),

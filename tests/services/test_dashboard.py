@@ -206,6 +206,10 @@ def test_the_feed_joins_the_registry_with_each_clouds_figures(
             "mean": 2.5,
             "dropped": 0,
             "histogram": {"2": 5, "3": 5},
+            # in samples (docs/FLEET.md): this fake cloud reports none
+            "samples_sum": 0,
+            "samples_max": 0,
+            "samples_mean": 0.0,
         },
     }
 

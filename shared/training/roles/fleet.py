@@ -19,7 +19,9 @@ deadlines are), so the runtime keeps no timers.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from simultrain.shared.protocol import Act, EGrad, Snap
@@ -120,6 +122,26 @@ class FleetCloudRuntime(SplitCloudRuntime):
 
     def close_round_if_due(self) -> list[Outgoing]:
         return self.step_waiting()
+
+    # --- a checkpoint: each copy and its optimizer (services/cloud/checkpoint.py) ----------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        mine = super().optimizers()
+        if self.copies is not None:
+            mine.update(self.copies.optimizers())
+        return mine
+
+    def role_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, meta = super().role_state()
+        if self.copies is not None:
+            copies_tensors, copies_meta = self.copies.state()
+            tensors.update(copies_tensors)
+            meta.update(copies_meta)
+        return tensors, meta
+
+    def load_role_state(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+        super().load_role_state(meta, tensors)
+        if self.copies is not None:
+            self.copies.load_state(meta, tensors)
 
     # --- what a replica holds ------------------------------------------------------------
     def _replica_weights(self, state: CloudSessionState) -> Mapping[str, Tensor]:
