@@ -241,7 +241,7 @@ def _run(
         mean_staleness=status.staleness.mean,
         mean_staleness_samples=status.staleness.samples_mean,
         master_version=status.master_version,
-        window=run.fixed_window,
+        window=run.window,
         compensation=schedule.compensation,
         # The α that acted: the forecast part's (its own 0.5 when not given), else none.
         alpha=(schedule.alpha if schedule.alpha is not None else 0.5)

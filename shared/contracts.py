@@ -23,7 +23,7 @@ Imports pydantic only: no torch, so a coordinator or a test reads these without 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -313,7 +313,9 @@ class DemoSummary(Contract):
         description="Samples the master applied while a gradient was out, mean (docs/FLEET.md).",
     )
     master_version: int
-    window: int
+    window: int | Literal["auto"] = Field(
+        description="The run's window: W, or auto (the cloud's credits size it, docs/FLEET.md)."
+    )
     compensation: str
     alpha: float | None = Field(description="The forecast's α that acted; null without one.")
     beta: float

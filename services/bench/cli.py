@@ -344,7 +344,10 @@ def fleet_parity(
     datasets: Annotated[str, typer.Option(help="imu, mnist (comma-separated).")] = "imu,mnist",
     methods: Annotated[
         str,
-        typer.Option(help="centralized, default, or compensation chains (comma-separated)."),
+        typer.Option(
+            help="pooled, centralized, default, mix4, auto, mix4+auto, or compensation "
+            "chains (comma-separated)."
+        ),
     ] = "centralized,default,delay-beta1+fleet-batch",
     edges: Annotated[str, typer.Option(help="Fleet sizes (comma-separated).")] = "8",
     window: Annotated[int, typer.Option(help="In-flight window W.")] = 4,

@@ -208,6 +208,11 @@ METHODS: dict[str, Method] = {
     "default": Method(),  # the run configuration's compensation chain
     # Mixed steps of 4 edges, split micro-batches (docs/FLEET.md, "Mixed steps").
     "mix4": Method({"mix_edges": 4}),
+    # The cloud's credits size what is in flight (``window = auto``, docs/FLEET.md "Credits"),
+    # whatever window the cell names; with mixed steps of 4 edges: the pair the in-process
+    # screen found to meet the targets on both data sets.
+    "auto": Method({"window": "auto"}),
+    "mix4+auto": Method({"mix_edges": 4, "window": "auto"}),
 }
 
 

@@ -694,6 +694,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "results.json": BenchResults,
     "synthetic.json": BenchResults,
     "ablation/results.json": BenchResults,
+    "credits_4g/results.json": BenchResults,
     "fleet.json": FleetFile,
     "rss32/fleet.json": FleetFile,
     "fleet64-history-fix-run1.json": FleetFile,

@@ -312,7 +312,7 @@ def test_a_schedule_takes_every_value_from_the_run() -> None:
     assert schedule("simultrain") == Schedule(
         "simultrain",
         EdgeRole.SPLIT,
-        run.window,
+        run.fixed_window,  # window auto: the schedule keeps the window no credits size
         alpha=run.alpha,
         reconcile_every=run.reconcile_every,
         beta=run.beta,
