@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 __all__ = [
     "CloudHistory",
     "CloudStatus",
+    "CreditsStatus",
     "DashboardCloud",
     "DashboardEdge",
     "DashboardSnapshot",
@@ -37,6 +38,7 @@ __all__ = [
     "EdgeSessionStatus",
     "Evaluation",
     "HistoryPoint",
+    "MixingStatus",
     "ReplicaGroupStatus",
     "ReplicaTensor",
     "SessionArchitecture",
@@ -126,6 +128,32 @@ class ReplicaGroupStatus(Contract):
     committed_edges: dict[str, dict[str, int]]
 
 
+class MixingStatus(Contract):
+    """How full the cloud's mixed steps are (docs/FLEET.md, "Mixed steps")."""
+
+    mix_edges: int = Field(description="Edges a step mixes at most (the run's mix_edges).")
+    steps: int = Field(description="Mixed cloud-stage steps taken.")
+    mean_members: float = Field(description="Edge batches per mixed step, mean.")
+    early_steps: int = Field(
+        description="Steps the wait bound (mix_wait_s) took with fewer edges than mix_edges."
+    )
+
+
+class CreditsStatus(Contract):
+    """The cloud's in-flight credits (PROTOCOL.md §6.7, docs/FLEET.md "Credits")."""
+
+    policy: Literal["auto", "fixed"] = Field(
+        description="auto: the flow controller sizes the grants; fixed: fleet_in_flight."
+    )
+    in_flight: int = Field(description="Batches in flight across the fleet now.")
+    most_in_flight: int = Field(description="The most ever in flight across the fleet.")
+    grants: dict[str, int] = Field(description="Each credits edge's grant in force.")
+    pipe: float | None = Field(
+        description="The controller's estimate of the pipe, in batches (auto); null before one."
+    )
+    min_rtt_s: float | None = Field(description="Shortest credit → ACK loop seen, seconds.")
+
+
 class CloudStatus(Contract):
     """``GET /v1/status``: the master's counters and every edge session."""
 
@@ -146,6 +174,8 @@ class CloudStatus(Contract):
     staleness: StalenessSummary
     replica: ReplicaGroupStatus | None
     edges: dict[str, EdgeSessionStatus]
+    mixing: MixingStatus | None = Field(default=None, description="Null: no mixed steps.")
+    credits: CreditsStatus | None = Field(default=None, description="Null: no credits.")
 
     @property
     def bytes_up(self) -> int:

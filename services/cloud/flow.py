@@ -31,11 +31,13 @@ timers and does no I/O.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from simultrain.shared.contracts import CreditsStatus
 from simultrain.shared.protocol import CREDITS, Ack, ConfigValue
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.fleet import Credits
@@ -179,6 +181,21 @@ class CloudFlow:
         edge.grant = grant
         return grant
 
+    def status(self) -> CreditsStatus | None:
+        """``GET /v1/status``'s ``credits``: None when this cloud grants none."""
+        if not self.enabled:
+            return None
+        controller = self.controller
+        pipe = None if controller is None else controller.pipe
+        return CreditsStatus(
+            policy="fixed" if self.fixed is not None else "auto",
+            in_flight=self.in_flight,
+            most_in_flight=self.most_in_flight,
+            grants={edge_id: e.grant for edge_id, e in sorted(self._edges.items())},
+            pipe=None if pipe is None else round(pipe, 3),
+            min_rtt_s=None if controller is None else _finite(controller.min_rtt_s),
+        )
+
     def summary(self) -> dict[str, object]:
         """The controller's estimate and the grants in force, for logs and tests."""
         return {
@@ -212,3 +229,8 @@ def with_replica_refresh(
         if edge_id in runtime.sessions:
             frames.extend(runtime.grant(edge_id))
     return frames
+
+
+def _finite(value: float | None) -> float | None:
+    """A float JSON can carry: None for none yet (or infinity), else rounded."""
+    return None if value is None or not math.isfinite(value) else round(value, 6)

@@ -26,6 +26,7 @@ from simultrain.shared.contracts import (
     CloudStatus,
     EdgeSessionStatus,
     Evaluation,
+    MixingStatus,
     ReplicaTensor,
     SessionArchitecture,
     SessionLimits,
@@ -66,7 +67,8 @@ from simultrain.shared.training.assembly import build_cloud, resolve_device
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.master import StalenessStats
-from simultrain.shared.training.runtime import CloudSessionState, Outgoing
+from simultrain.shared.training.roles.fleet import FleetCloudRuntime
+from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .flow import CloudFlow, with_replica_refresh
@@ -614,6 +616,8 @@ class CloudService:
                 edge_id: _session_status(state, connected=edge_id in self.connections)
                 for edge_id, state in sorted(self.runtime.sessions.items())
             },
+            mixing=_mixing_status(self.runtime),
+            credits=self.flow.status(),
         )
 
     def session_spec(self) -> SessionSpec:
@@ -692,6 +696,19 @@ def _staleness(stats: StalenessStats) -> StalenessSummary:
         samples_sum=stats.samples_sum,
         samples_max=stats.samples_max,
         samples_mean=float(stats.in_samples()["mean"]),
+    )
+
+
+def _mixing_status(runtime: CloudRuntime) -> MixingStatus | None:
+    """``GET /v1/status``'s ``mixing``: None when the run does not mix edges."""
+    mixer = runtime.mixer if isinstance(runtime, FleetCloudRuntime) else None
+    if mixer is None:
+        return None
+    return MixingStatus(
+        mix_edges=mixer.mixing.edges,
+        steps=mixer.steps,
+        mean_members=round(mixer.members / mixer.steps, 3) if mixer.steps else 0.0,
+        early_steps=mixer.early_steps,
     )
 
 

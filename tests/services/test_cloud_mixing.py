@@ -138,6 +138,14 @@ def test_a_mixed_step_applies_each_edges_batch_once_and_answers_both() -> None:
                 assert session["highest_applied_seq"] == 2
                 assert session["duplicates_dropped"] == 0
             assert mixer.empty and mixer.early_steps == 0
+            # What /v1/status says of the mixing, and no credits (an explicit window).
+            assert status["mixing"] == {
+                "mix_edges": 2,
+                "steps": 3,
+                "mean_members": 2.0,
+                "early_steps": 0,
+            }
+            assert status["credits"] is None
             # One edge gradient applied per mixed step (the members' sum); each member's
             # batch counted in its own session.
             assert status["staleness"]["batches"] == 3

@@ -263,8 +263,12 @@ async def test_auto_grows_the_grant_beyond_window_4_on_a_long_round_trip() -> No
         finally:
             await link.stop()
         flow = service_of(app).flow.summary()
+        status = service_of(app).status().credits
     log = transport.log
     assert report.batches_acked == LINK_STEPS and report.checksum_failures == 0
+    # /v1/status carries the controller's estimate.
+    assert status is not None and status.policy == "auto" and status.most_in_flight > 4
+    assert status.pipe is not None and status.pipe > 4 and status.min_rtt_s is not None
     assert all(grant is not None and in_flight <= grant for in_flight, grant in log.at_act)
     # The round trip is ~120 ms and a batch takes milliseconds: four in flight would idle the
     # link, and the controller grants (and the edge fills) more.
