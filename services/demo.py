@@ -255,6 +255,8 @@ def _run(
         duplicates_dropped=sum(s.duplicates_dropped for s in sessions),
         reconnects=sum(r["reconnects"] for r in reports),
         seconds=0.0,  # run_demo's, once every process has stopped
+        mixing=status.mixing,
+        credits=status.credits,
     )
 
 

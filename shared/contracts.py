@@ -356,3 +356,5 @@ class DemoSummary(Contract):
     duplicates_dropped: int
     reconnects: int
     seconds: float
+    mixing: MixingStatus | None = Field(default=None, description="The cloud's, at the end.")
+    credits: CreditsStatus | None = Field(default=None, description="The cloud's, at the end.")

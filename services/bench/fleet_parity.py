@@ -182,6 +182,8 @@ def through_services(case: Case, timeout_s: float) -> FleetParityRecord:
         samples=summary.samples,
         seconds=round(time.perf_counter() - started, 1),
         command="simultrain " + " ".join(case.command()),
+        mix_mean_members=None if summary.mixing is None else summary.mixing.mean_members,
+        most_in_flight=None if summary.credits is None else summary.credits.most_in_flight,
     )
 
 

@@ -395,6 +395,10 @@ class FleetParityRecord(Record):
     samples: int
     seconds: float
     command: str = Field(description="The demo command that runs the same case.")
+    # How full the mixed steps were and the most in flight under credits (the cloud's
+    # /v1/status at the end); None where the run did neither, or was recorded before.
+    mix_mean_members: float | None = None
+    most_in_flight: int | None = None
 
 
 class FleetParityMeta(Record):
