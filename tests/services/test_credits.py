@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+import torch
 import uvicorn
 from fastapi import FastAPI
 
 from simultrain.cloud.app import create_app
+from simultrain.cloud.flow import with_replica_refresh
 from simultrain.cloud.service import CloudService
 from simultrain.cloud.settings import CloudSettings
 from simultrain.edge.agent import EdgeAgent, EdgeReport
@@ -28,7 +30,20 @@ from simultrain.edge.settings import EdgeSettings
 from simultrain.edge.transport import StreamConnection, StreamTransport, WebSocketsTransport
 from simultrain.netem.profiles import parse_profile
 from simultrain.netem.proxy import LinkEmulator
-from simultrain.shared.protocol import Ack, Act, Frame, Hello, Welcome, decode_frame, encode_frame
+from simultrain.shared.data import load_dataset
+from simultrain.shared.protocol import (
+    Ack,
+    Act,
+    Delta,
+    EGrad,
+    Frame,
+    Grad,
+    Hello,
+    Welcome,
+    decode_frame,
+    encode_frame,
+)
+from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
 
 STEPS = 24
@@ -329,28 +344,97 @@ def _settled(in_flight: list[int]) -> int:
     return late[len(late) // 2]
 
 
-async def test_a_grant_brings_the_edge_s_replica_to_the_master(
+def test_a_grant_brings_the_edge_s_replica_to_the_master() -> None:
+    """The grant's DELTA (docs/FLEET.md, "Credits"), frame by frame in a fixed order: an ACT
+    that carries its edge's EGRAD is answered by the DELTA and ACK of that update and then by
+    the ACT's own cloud-stage step, so the master moves after the ACK. The grant's DELTA,
+    behind the step's frames, brings the replica to the master's version, holding the
+    master's edge stage bit for bit (the other edge's update included)."""
+    run = RunConfig(mode="simultrain", dataset="imu", edges=2, window="auto")
+    dataset = load_dataset(run.dataset, seed=run.seed)
+    spec = dataset.model_spec(run.model_id)
+    cloud = build_cloud(run, spec).runtime
+    assemblies = {f"edge-{i}": build_edge(run, spec, Shard(dataset, i, 2)) for i in range(2)}
+    edges = {edge_id: assembly.runtime for edge_id, assembly in assemblies.items()}
+    credit_edges = frozenset(edges)
+
+    def step(edge_id: str, frame: Act | EGrad) -> list[Frame]:
+        """The cloud's step on ``frame`` as the service takes it; every frame it sends, as the
+        wire carries it, to its edge. A GRAD's EGRAD waits to ride on the edge's next ACT."""
+        out = (
+            cloud.on_act(edge_id, frame)
+            if isinstance(frame, Act)
+            else cloud.on_egrad(edge_id, frame)
+        )
+        sent: list[Frame] = []
+        for to, outgoing in with_replica_refresh(cloud, out, credit_edges):
+            received = decode_frame(encode_frame(outgoing))
+            edge = edges[to]
+            if isinstance(received, Grad):
+                edge.pending_egrads.append(edge.on_grad(received))
+            elif isinstance(received, Delta):
+                edge.on_delta(received)
+            elif isinstance(received, Ack):
+                edge.on_ack(received)
+            else:
+                raise AssertionError(f"unexpected {received.type} for {to}")
+            if to == edge_id:
+                sent.append(received)
+        return sent
+
+    def act(edge_id: str) -> Act:
+        frame = edges[edge_id].produce_next(assemblies[edge_id].stream)
+        assert isinstance(frame, Act)
+        return frame
+
+    for edge_id, edge in edges.items():
+        edge.on_snap(cloud.open_session(edge_id)[1])
+    step("edge-0", act("edge-0"))  # batch 0 of edge-0: its GRAD, its EGRAD held
+    step("edge-1", act("edge-1"))  # batch 0 of edge-1, and its EGRAD alone: the edge stage
+    step("edge-1", edges["edge-1"].pending_egrads.popleft())  # moves by edge-1's update
+    second = act("edge-0")
+    assert second.egrad is not None and second.egrad.seq == 0
+    sent = step("edge-0", second)
+    kinds = [frame.type for frame in sent]
+    ack = next(frame for frame in sent if isinstance(frame, Ack))
+    # The EGRAD's DELTA and ACK, the ACT's GRAD, then the grant's DELTA: the cloud-stage
+    # step moved the master after the ACK.
+    assert kinds == ["delta", "ack", "grad", "delta"], kinds
+    assert ack.seq == 0 and ack.master_version < cloud.master.version
+    replica = edges["edge-0"].replica
+    assert replica is not None and not edges["edge-0"].replica_corrupt
+    assert replica.version == cloud.sessions["edge-0"].mirror_version == cloud.master.version
+    master = cloud.replica_template()
+    assert all(torch.equal(replica.current.tensors[n], t) for n, t in master.items())
+
+
+async def test_a_grant_refreshes_every_replica_a_step_left_behind_its_master(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The grant's DELTA (docs/FLEET.md, "Credits"): once a step's frames are out, every
-    credits edge it acknowledged holds the master's edge stage at the master's version —
-    the other edges' updates included, which its own batches' DELTAs do not carry."""
+    """Through the real cloud and agents: after each step, every credits edge it acknowledged
+    holds the master's version, and a grant added a DELTA exactly where the step had left the
+    replica behind (whether a step does depends on the edges' timing: an EGRAD rides on an
+    ACT only when a credit is free as its GRAD arrives)."""
     import simultrain.cloud.service as cloud_service
 
     refresh = cloud_service.with_replica_refresh
-    refreshed: list[int] = []  # DELTAs the grants added
+    steps: list[tuple[int, int, bool]] = []  # (replicas behind, DELTAs added, all at master)
 
     def checked(runtime: Any, outgoing: Any, edges: frozenset[str]) -> list[Any]:
-        frames = refresh(runtime, outgoing, edges)
-        acked = {edge_id for edge_id, frame in frames if isinstance(frame, Ack)} & edges
-        for edge_id in acked:
-            assert runtime.sessions[edge_id].mirror_version == runtime.master.version
-        refreshed.append(len(frames) - len(list(outgoing)))
+        before = list(outgoing)
+        if len(runtime.sessions) < 2:  # the fleet's first edge alone: no grant DELTA is due
+            return refresh(runtime, before, edges)
+        acked = {edge_id for edge_id, frame in before if isinstance(frame, Ack)} & edges
+        behind = sum(runtime.sessions[e].mirror_version != runtime.master.version for e in acked)
+        frames = refresh(runtime, before, edges)
+        at_master = all(runtime.sessions[e].mirror_version == runtime.master.version for e in acked)
+        steps.append((behind, len(frames) - len(before), at_master))
         return frames
 
     monkeypatch.setattr(cloud_service, "with_replica_refresh", checked)
     await _fleet_in_flight(RunConfig(mode="simultrain", dataset="imu", edges=2, window="auto"))
-    assert sum(refreshed) > 0
+    assert steps and all(at_master for _, _, at_master in steps)
+    assert all(added == behind for behind, added, _ in steps), steps
 
 
 @pytest.mark.parametrize("mode", ["split-sync", "syncsgd", "fedavg"])
