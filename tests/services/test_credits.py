@@ -22,7 +22,6 @@ from fastapi import FastAPI
 
 from simultrain.cloud.app import create_app
 from simultrain.cloud.flow import with_replica_refresh
-from simultrain.cloud.service import CloudService
 from simultrain.cloud.settings import CloudSettings
 from simultrain.edge.agent import EdgeAgent, EdgeReport
 from simultrain.edge.inprocess import ASGITransport
@@ -45,6 +44,8 @@ from simultrain.shared.protocol import (
 )
 from simultrain.shared.training.assembly import Shard, build_cloud, build_edge
 from simultrain.shared.training.config import RunConfig
+from tests.services.test_edge_inprocess import edge_settings as inprocess_edge_settings
+from tests.services.test_edge_inprocess import service_of
 
 STEPS = 24
 EDGE = "edge-0"
@@ -142,22 +143,9 @@ async def cloud_app(run: RunConfig) -> AsyncIterator[FastAPI]:
         yield app
 
 
-def service_of(app: FastAPI) -> CloudService:
-    service: CloudService = app.state.service
-    return service
-
-
 def edge_settings(**overrides: Any) -> EdgeSettings:
-    values: dict[str, Any] = {
-        "cloud_url": "http://cloud.test",
-        "steps": STEPS,
-        "watchdog": False,
-        "compute_threads": 1,
-        "reconnect_initial_s": 0.01,
-        "reconnect_max_s": 0.05,
-        **overrides,
-    }
-    return EdgeSettings(**values)
+    """The in-process agent's settings (tests/services/test_edge_inprocess.py), STEPS batches."""
+    return inprocess_edge_settings(**{"steps": STEPS, **overrides})
 
 
 async def train(run: RunConfig, *, old_edge: bool = False) -> tuple[WireLog, EdgeReport, dict]:
