@@ -194,6 +194,14 @@ def demo(
     edge_copies: Annotated[
         bool, typer.Option("--edge-copies", help="Per-edge edge-stage copies (SplitFed).")
     ] = False,
+    fleet_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="A fixed total of batches in flight fleet-wide, granted as credits instead "
+            "of the cloud's estimate of the pipe (docs/FLEET.md).",
+        ),
+    ] = None,
     edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
     eval_every: Annotated[
         float,
@@ -232,6 +240,7 @@ def demo(
         "mix_edges": mix_edges,
         "mix_batch": mix_batch,
         "edge_copies": edge_copies or None,
+        "fleet_in_flight": fleet_in_flight,
     }
     _stop_like_ctrl_c()
     try:

@@ -345,8 +345,8 @@ def fleet_parity(
     methods: Annotated[
         str,
         typer.Option(
-            help="pooled, centralized, default, mix4, auto, mix4+auto, or compensation "
-            "chains (comma-separated)."
+            help="pooled, centralized, default, mix4, auto, mix4+auto, credits4, "
+            "mix4+credits4, or compensation chains (comma-separated)."
         ),
     ] = "centralized,default,delay-beta1+fleet-batch",
     edges: Annotated[str, typer.Option(help="Fleet sizes (comma-separated).")] = "8",
@@ -356,6 +356,13 @@ def fleet_parity(
     timeout: Annotated[float, typer.Option(help="Seconds per run.")] = 1800.0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip runs already in the JSON.")
+    ] = False,
+    epoch: Annotated[
+        bool,
+        typer.Option(
+            "--epoch",
+            help="At least one epoch of the training split (MNIST: 1 875 batches, not 600).",
+        ),
     ] = False,
     targets: Annotated[
         bool,
@@ -386,7 +393,7 @@ def fleet_parity(
         )
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    experiment = FleetParity(out_dir, grid, timeout_s=timeout, command=_command())
+    experiment = FleetParity(out_dir, grid, timeout_s=timeout, command=_command(), epoch=epoch)
     outcome = run(
         experiment,
         earlier="resume" if resume else "replace",

@@ -47,6 +47,9 @@ MD_NAME = "fleet_parity.md"
 # Batches in all, dealt to the edges: IMU 1 600 (51 200 samples, docs/STALENESS.md "A fleet");
 # MNIST 600 (the study's MNIST budget, docs/STALENESS.md "The study").
 TOTAL_BATCHES = {"imu": 1600, "mnist": 600}
+# One epoch of each training split in batches of 32, rounded up: IMU 2 832 windows, MNIST
+# 60 000 images. ``--epoch`` trains at least this much (the fleet targets' MNIST budget).
+EPOCH_BATCHES = {"imu": 89, "mnist": 1875}
 PARTITIONS = {"imu": "groups", "mnist": "label-skew"}
 # The targets: the largest gap to centralized training, in points, by (edges, window)
 # (docs/STALENESS.md, "A fleet").
@@ -103,13 +106,19 @@ class Case:
     window: int
     method: str  # a name of METHODS or a compensation chain
     seed: int
+    epoch: bool = False  # at least one epoch of the training split (``--epoch``)
 
     @property
     def steps(self) -> int:
         """Batches per edge: the dataset's total dealt to the edges; a method that splits
         each batch among ``m`` mixed edges sends ``m`` times as many, of ``1/m`` the size, so
-        every method trains the same samples."""
-        per_edge = max(1, TOTAL_BATCHES[self.dataset] // self.edges)
+        every method trains the same samples. With ``epoch`` the total is at least one epoch
+        and each edge's share is rounded up, so the fleet's batches cover the split."""
+        if self.epoch:
+            total = max(TOTAL_BATCHES[self.dataset], EPOCH_BATCHES[self.dataset])
+            per_edge = -(-total // self.edges)
+        else:
+            per_edge = max(1, TOTAL_BATCHES[self.dataset] // self.edges)
         return per_edge * method_of(self.method).micro_batches(self.edges)
 
     @property
@@ -215,6 +224,11 @@ METHODS: dict[str, Method] = {
     # screen found to meet the targets on both data sets.
     "auto": Method({"window": "auto"}),
     "mix4+auto": Method({"mix_edges": 4, "window": "auto"}),
+    # A fixed total in flight fleet-wide instead of the controller's estimate: 4 batches, what
+    # the in-process screen's credits held (docs/FLEET.md, "Results"); with split mixed steps
+    # of 4 edges the same samples are 16 micro-batches.
+    "credits4": Method({"fleet_in_flight": 4}),
+    "mix4+credits4": Method({"mix_edges": 4, "fleet_in_flight": 16}),
 }
 
 
@@ -223,10 +237,10 @@ def method_of(name: str) -> Method:
     return METHODS.get(name) or Method({"compensation": name})
 
 
-def grid_cases(grid: Sequence[GridRow]) -> list[Case]:
+def grid_cases(grid: Sequence[GridRow], *, epoch: bool = False) -> list[Case]:
     """Every case of ``grid``, seed-major: an interrupted run leaves whole seeds."""
     return [
-        Case(dataset, edges, window, method, seed)
+        Case(dataset, edges, window, method, seed, epoch)
         for datasets, edges, window, methods, seeds in grid
         for dataset in datasets
         for seed in seeds
@@ -242,12 +256,13 @@ class FleetParity(Experiment[Case, FleetParityRecord]):
     grid: Sequence[GridRow]
     timeout_s: float = 1800.0
     command: str = "simultrain fleet-parity"
+    epoch: bool = False
 
     failures = (SimulTrainError, httpx.HTTPError)
     pool = "process"  # the cases are processes; Ctrl-C reaches each worker's demo
 
     def cases(self) -> list[Case]:
-        return grid_cases(self.grid)
+        return grid_cases(self.grid, epoch=self.epoch)
 
     def case_key(self, case: Case) -> tuple[str, int, int, str, int]:
         return case.key

@@ -48,6 +48,31 @@ def test_pooled_and_mixed_steps_train_the_fleets_samples() -> None:
     assert edge_processes(RunConfig.from_mapping(mixed.run_keys()), mixed.steps) == (8, 800)
 
 
+def test_an_epoch_covers_the_training_split_whatever_the_fleet() -> None:
+    """``--epoch``: at least one epoch of the split, each edge's share rounded up (MNIST's
+    60 000 images are 1 875 batches: 235 an edge of 8, 59 of 32); IMU's study budget is
+    already 18 epochs and stays as it is."""
+    from simultrain.shared.data import load_dataset
+
+    for dataset, batches in fleet_parity.EPOCH_BATCHES.items():
+        assert batches == -(-len(load_dataset(dataset).y_train) // 32)
+    assert Case("mnist", 8, 4, "default", 0, epoch=True).steps == 235
+    assert Case("mnist", 32, 4, "default", 0, epoch=True).steps == 59
+    assert Case("mnist", 8, 4, "mix4+credits4", 0, epoch=True).steps == 4 * 235
+    assert Case("imu", 8, 4, "default", 0, epoch=True).steps == 200
+    assert Case("mnist", 8, 4, "default", 0).steps == 75  # the study budget without it
+
+
+def test_fixed_credits_hold_the_same_samples_in_flight_when_steps_mix() -> None:
+    """credits4: 4 batches in flight fleet-wide; mixed in split micro-batches of 32 / 4, the
+    same samples are 16 of them."""
+    plain = Case("imu", 8, 4, "credits4", 0).command()
+    assert plain[plain.index("--fleet-in-flight") + 1] == "4"
+    mixed = Case("imu", 8, 4, "mix4+credits4", 0).command()
+    assert mixed[mixed.index("--fleet-in-flight") + 1] == "16"
+    assert mixed[mixed.index("--mix-edges") + 1] == "4"
+
+
 def test_the_gap_is_to_pooled_where_the_cell_has_it() -> None:
     records = [
         record("pooled", 0, 0.85, mode="centralized"),
@@ -71,6 +96,8 @@ def test_the_gap_is_to_pooled_where_the_cell_has_it() -> None:
         Case("imu", 1, 16, "default", 2),
         Case("imu", 8, 4, "pooled", 0),
         Case("imu", 8, 4, "mix4", 1),
+        Case("imu", 8, 4, "credits4", 0),
+        Case("mnist", 8, 4, "mix4+credits4", 2, epoch=True),
     ],
 )
 def test_the_recorded_command_trains_what_the_case_trains(
