@@ -202,6 +202,14 @@ def demo(
             "of the cloud's estimate of the pipe (docs/FLEET.md).",
         ),
     ] = None,
+    pace_lead: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Batches an edge may run ahead of the fleet's slowest before the cloud holds "
+            "its ACKs (docs/FLEET.md).",
+        ),
+    ] = None,
     edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
     eval_every: Annotated[
         float,
@@ -241,6 +249,7 @@ def demo(
         "mix_batch": mix_batch,
         "edge_copies": edge_copies or None,
         "fleet_in_flight": fleet_in_flight,
+        "pace_lead": pace_lead,
     }
     _stop_like_ctrl_c()
     try:

@@ -229,6 +229,10 @@ METHODS: dict[str, Method] = {
     # of 4 edges the same samples are 16 micro-batches.
     "credits4": Method({"fleet_in_flight": 4}),
     "mix4+credits4": Method({"mix_edges": 4, "fleet_in_flight": 16}),
+    # The cloud holds the ACKs of an edge more than 2 batches ahead of the slowest
+    # (docs/FLEET.md, "Pacing").
+    "auto+pace": Method({"window": "auto", "pace_lead": 2}),
+    "credits4+pace": Method({"fleet_in_flight": 4, "pace_lead": 2}),
 }
 
 

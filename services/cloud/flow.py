@@ -25,6 +25,14 @@ compute thread), so the batches the grant lets go are computed at the current ma
 only at the edge's own updates (with one edge in session there are no others': none is
 sent).
 
+**Pacing.** With ``pace_lead`` set, :class:`Pacer` keeps the fleet's edges within that many
+acknowledged batches of the slowest edge in session: the ACKs of an edge further ahead are
+held, in order, until the slowest catches up, and the held edge waits with its window (or
+grant) full. Its batches are applied at once; only their acknowledgement waits. An edge whose
+process gets less CPU, or a slower device, otherwise falls behind the others a little every
+round trip, and at the end of a run the cloud learns from the laggards' data alone (one or two
+edges' labels), which a pooled stream never does (docs/FLEET.md, "Pacing").
+
 Everything here runs on the event loop except :func:`with_replica_refresh`; it keeps no
 timers and does no I/O.
 """
@@ -36,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 from simultrain.shared.contracts import CreditsStatus
 from simultrain.shared.protocol import CREDITS, Ack, ConfigValue
@@ -45,7 +54,9 @@ from simultrain.shared.training.flow import FlowController
 from simultrain.shared.training.runtime import CloudRuntime, Outgoing
 from simultrain.shared.training.schedule import EdgeRole, Schedule
 
-__all__ = ["AUTO_MAX_IN_FLIGHT", "CloudFlow", "with_replica_refresh"]
+__all__ = ["AUTO_MAX_IN_FLIGHT", "CloudFlow", "Pacer", "with_replica_refresh"]
+
+C = TypeVar("C")
 
 # The most batches one edge may have in flight with ``window = auto``: the window WELCOME
 # grants a credits session (the cloud's hard bound, PROTOCOL.md §6.7) and the controller's
@@ -205,6 +216,80 @@ class CloudFlow:
             "most_in_flight": self.most_in_flight,
             **({} if self.controller is None else {"controller": self.controller.summary()}),
         }
+
+
+@dataclass(slots=True)
+class _Held(Generic[C]):
+    conn: C  # the connection the ACKs answer: sent there, or dropped with its session
+    acks: list[Ack]
+
+
+class Pacer(Generic[C]):
+    """Holds the ACKs of an edge more than ``lead`` batches ahead of the slowest edge in
+    session (module docstring, "Pacing"); ``lead`` None: none is ever held.
+
+    An edge's progress counts the batches acknowledged to it since it joined, from the
+    slowest edge's progress then: an edge that joins late, or comes back after a long
+    absence, joins the fleet where it is (the others do not wait for it to redo their
+    batches); within a session it moves with each ACK. The slowest edge is never held, so the
+    fleet always moves; an edge that leaves stops counting, and what was held for it goes
+    (its new session's WELCOME says what was applied)."""
+
+    def __init__(self, lead: int | None) -> None:
+        self.lead = lead
+        self.progress: dict[str, int] = {}
+        self._acked: dict[str, int] = {}  # batches acknowledged, by sequence number
+        self._in_session: set[str] = set()
+        self._held: dict[str, _Held[C]] = {}
+        self.held_acks = 0  # ACKs held so far, for status and tests
+
+    def open(self, edge_id: str, acked_seq: int | None) -> None:
+        """A session of ``edge_id`` opened; ``acked_seq`` is its WELCOME's."""
+        self._held.pop(edge_id, None)
+        self._in_session.discard(edge_id)
+        level = self.slowest() if self._in_session else 0
+        self.progress[edge_id] = max(self.progress.get(edge_id, 0), level)
+        self._acked[edge_id] = max(
+            self._acked.get(edge_id, 0), 0 if acked_seq is None else acked_seq + 1
+        )
+        self._in_session.add(edge_id)
+
+    def close(self, edge_id: str) -> None:
+        self._in_session.discard(edge_id)
+        self._held.pop(edge_id, None)
+
+    def slowest(self) -> int:
+        """The progress of the slowest edge in session."""
+        return min((self.progress[e] for e in self._in_session), default=0)
+
+    def hold(self, edge_id: str, conn: C, ack: Ack) -> bool:
+        """Whether ``ack`` waits: its edge is more than ``lead`` ahead once it counts, or an
+        earlier ACK of the edge waits (ACKs go in order, PROTOCOL.md §6.4)."""
+        if self.lead is None or edge_id not in self._in_session:
+            return False
+        newly = ack.seq + 1 - self._acked[edge_id]
+        if newly > 0:
+            self._acked[edge_id] += newly
+            self.progress[edge_id] += newly
+        held = self._held.get(edge_id)
+        if held is None:
+            if self.progress[edge_id] - self.slowest() <= self.lead:
+                return False
+            held = self._held[edge_id] = _Held(conn, [])
+        held.acks.append(ack)
+        self.held_acks += 1
+        return True
+
+    def due(self) -> list[tuple[str, C, list[Ack]]]:
+        """The held ACKs that may go now, each edge's in order, the slowest edge first."""
+        if self.lead is None or not self._held:
+            return []
+        lead, slowest = self.lead, self.slowest()
+        ready = sorted(
+            (e for e in self._held if self.progress[e] - slowest <= lead),
+            key=lambda e: (self.progress[e], e),
+        )
+        return [(e, held.conn, held.acks) for e in ready for held in (self._held.pop(e),)]
 
 
 def with_replica_refresh(

@@ -27,14 +27,16 @@ from typing import Generic, TypeVar
 from starlette.websockets import WebSocketDisconnect
 
 from simultrain.shared.errors import ProtocolError
-from simultrain.shared.protocol import CloudSession, Frame, SessionState
+from simultrain.shared.protocol import CloudSession, SessionState
+from simultrain.shared.training.mixing import CloudMixer
+from simultrain.shared.training.roles.fleet import FleetCloudRuntime
 from simultrain.shared.training.runtime import CloudRuntime, Outgoing
 
 __all__ = [
     "PARTNER_SEND_FAILURES",
     "Addressed",
     "close_stale_session",
-    "mixes",
+    "mixer_of",
     "partner_is_leaving",
     "take_refused",
 ]
@@ -56,12 +58,6 @@ class Addressed(Generic[C]):
     connections: list[C | None]
     refused: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def frames(self) -> list[tuple[str, Frame, C | None]]:
-        return [
-            (edge_id, frame, conn)
-            for (edge_id, frame), conn in zip(self.outgoing, self.connections, strict=True)
-        ]
-
 
 def partner_is_leaving(session: CloudSession) -> bool:
     """Whether a partner's session refuses frames because it ends (it said BYE, or its
@@ -69,15 +65,15 @@ def partner_is_leaving(session: CloudSession) -> bool:
     return session.state in (SessionState.CLOSING, SessionState.CLOSED)
 
 
-def mixes(runtime: CloudRuntime) -> bool:
-    """Whether ``runtime`` is a fleet cloud with a mixer (``mix_edges`` > 1)."""
-    return getattr(runtime, "mixer", None) is not None
+def mixer_of(runtime: CloudRuntime) -> CloudMixer | None:
+    """The mixer of a fleet cloud whose run mixes edges (``mix_edges`` > 1), else None."""
+    return runtime.mixer if isinstance(runtime, FleetCloudRuntime) else None
 
 
 def take_refused(runtime: CloudRuntime) -> list[tuple[str, int, str]]:
     """The ACTs a mixed step left out since the last call (`CloudMixer.refused`), once each.
     Call it on the compute thread."""
-    mixer = getattr(runtime, "mixer", None)
+    mixer = mixer_of(runtime)
     if mixer is None or not mixer.refused:
         return []
     refused = list(mixer.refused)
@@ -92,6 +88,6 @@ def close_stale_session(runtime: CloudRuntime, edge_id: str) -> list[Outgoing]:
     without it, and the edge sends those batches again on the new session, where they are
     answered exactly once (docs/FLEET.md, "Mixed steps", exactly once). Frames for the edge
     itself are dropped: they answered the old session. Call it on the compute thread."""
-    if not mixes(runtime) or edge_id not in runtime.connected:
+    if mixer_of(runtime) is None or edge_id not in runtime.connected:
         return []
     return [(e, frame) for e, frame in runtime.close_session(edge_id) if e != edge_id]

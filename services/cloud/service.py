@@ -67,16 +67,16 @@ from simultrain.shared.training.assembly import build_cloud, resolve_device
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.gradcoding import GradientCode
 from simultrain.shared.training.master import StalenessStats
-from simultrain.shared.training.roles.fleet import FleetCloudRuntime
 from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, Outgoing
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
-from .flow import CloudFlow, with_replica_refresh
+from .flow import CloudFlow, Pacer, with_replica_refresh
 from .metrics import CloudMetrics
 from .mixing import (
     PARTNER_SEND_FAILURES,
     Addressed,
     close_stale_session,
+    mixer_of,
     partner_is_leaving,
     take_refused,
 )
@@ -183,6 +183,7 @@ class CloudService:
         # In-flight credits (PROTOCOL.md §6.7): a credits session's WELCOME window is the
         # flow's bound, which the sessions' limits must allow.
         self.flow = CloudFlow(run, cloud.schedule)
+        self.pacer: Pacer[Connection] = Pacer(run.pace_lead)
         if self.flow.enabled:
             window = max(self.flow.window, self.schedule.window)
             self.limits = dataclasses.replace(self.limits, window=window)
@@ -356,6 +357,7 @@ class CloudService:
         conn.state = state
         state.bytes_in += conn.bytes_in  # the HELLO
         acked = highest_applied if highest_applied >= 0 else None
+        self.pacer.open(edge_id, acked)
         # The offered capabilities this cloud speaks; unknown names are ignored (PROTOCOL.md
         # §10.2). With `credits` the edge's first grant, and the flow's bound as its window.
         capabilities = grant_capabilities(
@@ -521,6 +523,8 @@ class CloudService:
             if conn is None:
                 continue
             if isinstance(frame, Ack):
+                if self.pacer.hold(edge_id, conn, frame):
+                    continue  # its edge runs ahead of the fleet: the ACK waits (flow.py)
                 frame = self.flow.on_ack(edge_id, frame)  # the grant it carries (§6.7)
             if conn is origin:
                 await conn.send(frame)
@@ -529,6 +533,21 @@ class CloudService:
                 await conn.send(frame)
             except PARTNER_SEND_FAILURES as exc:
                 await self._partner_send_failed(conn, frame, exc)
+        await self._send_due_acks()
+
+    async def _send_due_acks(self) -> None:
+        """The held ACKs whose edges the slowest edge has caught up with (`Pacer`), each
+        with the grant in force when it goes."""
+        for edge_id, conn, acks in self.pacer.due():
+            if self.connections.get(edge_id) is not conn:
+                continue  # a session gone meanwhile: the next one's WELCOME says what was applied
+            for ack in acks:
+                frame = self.flow.on_ack(edge_id, ack)
+                try:
+                    await conn.send(frame)
+                except PARTNER_SEND_FAILURES as exc:
+                    await self._partner_send_failed(conn, frame, exc)
+                    break
 
     async def _partner_send_failed(self, conn: Connection, frame: Frame, exc: Exception) -> None:
         """A frame for another edge than the one whose frame made it could not go: that
@@ -579,6 +598,7 @@ class CloudService:
         edge_id = conn.edge_id
         del self.connections[edge_id]
         self.flow.close(edge_id)
+        self.pacer.close(edge_id)
         self.metrics.sessions.set(len(self.connections))
 
         def close_session() -> Addressed[Connection]:
@@ -701,7 +721,7 @@ def _staleness(stats: StalenessStats) -> StalenessSummary:
 
 def _mixing_status(runtime: CloudRuntime) -> MixingStatus | None:
     """``GET /v1/status``'s ``mixing``: None when the run does not mix edges."""
-    mixer = runtime.mixer if isinstance(runtime, FleetCloudRuntime) else None
+    mixer = mixer_of(runtime)
     if mixer is None:
         return None
     return MixingStatus(

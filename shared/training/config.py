@@ -207,6 +207,16 @@ class RunConfig:
             ge=1,
         ),
     ] = None
+    # The cloud service holds back the ACKs of an edge that runs ahead (services/cloud/flow.py,
+    # `Pacer`): the in-process driver takes the edges in turn, so its edges never drift apart.
+    pace_lead: Annotated[
+        int | None,
+        Key(
+            "Batches an edge may be acknowledged ahead of the fleet's slowest edge in session "
+            "before the cloud holds its ACKs (docs/FLEET.md, 'Pacing'); unset: no pacing.",
+            ge=0,
+        ),
+    ] = None
     # SplitFed-style per-edge edge stages (shared/training/edge_copies.py).
     edge_copies: Annotated[
         bool,

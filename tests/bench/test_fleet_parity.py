@@ -98,6 +98,7 @@ def test_the_gap_is_to_pooled_where_the_cell_has_it() -> None:
         Case("imu", 8, 4, "mix4", 1),
         Case("imu", 8, 4, "credits4", 0),
         Case("mnist", 8, 4, "mix4+credits4", 2, epoch=True),
+        Case("imu", 8, 4, "auto+pace", 1),
     ],
 )
 def test_the_recorded_command_trains_what_the_case_trains(
