@@ -183,7 +183,7 @@ class CloudService:
         # In-flight credits (PROTOCOL.md §6.7): a credits session's WELCOME window is the
         # flow's bound, which the sessions' limits must allow.
         self.flow = CloudFlow(run, cloud.schedule)
-        self.pacer: Pacer[Connection] = Pacer(run.pace_lead)
+        self.pacer: Pacer[Connection] = Pacer(cloud.pace_lead)
         if self.flow.enabled:
             window = max(self.flow.window, self.schedule.window)
             self.limits = dataclasses.replace(self.limits, window=window)

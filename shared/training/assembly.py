@@ -101,6 +101,10 @@ class CloudAssembly:
     # Fleet-wide in-flight credits (docs/FLEET.md): the grant every edge's batches share, on
     # top of each edge's window; None: the window alone.
     credits: Credits | None = None
+    # How far an edge may run ahead of the fleet's slowest before the cloud service holds its
+    # ACKs (docs/FLEET.md, "Pacing"); None: never. The in-process driver takes the edges in
+    # turn, so its edges never drift apart and it has nothing to hold.
+    pace_lead: int | None = None
 
     def session(self) -> CloudSession:
         """A new sans-I/O session for one edge's connection."""
@@ -307,6 +311,7 @@ def build_cloud(
         _cut_shape(spec, schedule),
         replace(limits if limits is not None else Limits(), window=schedule.window),
         run.credits(),
+        run.pace_lead,
     )
 
 

@@ -244,6 +244,7 @@ class RunConfig:
             mixing=self.mixing(),
             edge_copies=self.edge_copies,
             fleet_in_flight=self.fleet_in_flight,
+            pace_lead=self.pace_lead,
             batch_size=self.batch_size,
             edges=self.edges,
             schedule=schedule,

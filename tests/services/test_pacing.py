@@ -16,6 +16,7 @@ import pytest
 from simultrain.cloud.flow import Pacer
 from simultrain.edge.agent import EdgeAgent
 from simultrain.edge.inprocess import ASGITransport
+from simultrain.shared.errors import ConfigError
 from simultrain.shared.protocol import Ack
 from simultrain.shared.training.config import RunConfig
 from tests.services.test_credits import AGENT_TIMEOUT_S, cloud_app, edge_settings
@@ -143,3 +144,10 @@ async def test_a_slow_edge_keeps_the_fleet_within_the_lead(window: int | str) ->
     unpaced, never, _ = await _spread(base)
     assert never == 0
     assert unpaced > paced + 3, (unpaced, paced)  # the fast edges run away without it
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "split-sync"])
+def test_lockstep_modes_refuse_a_lead(mode: str) -> None:
+    """One batch, or one round, at a time: the edges are in step already."""
+    with pytest.raises(ConfigError, match="pace_lead"):
+        RunConfig(mode=mode, pace_lead=2)
