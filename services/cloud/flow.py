@@ -264,7 +264,7 @@ class Pacer(Generic[C]):
 
     def hold(self, edge_id: str, conn: C, ack: Ack) -> bool:
         """Whether ``ack`` waits: its edge is more than ``lead`` ahead once it counts, or an
-        earlier ACK of the edge waits (ACKs go in order, PROTOCOL.md §6.4)."""
+        earlier ACK of the edge waits (ACKs go in order, PROTOCOL.md §6.3)."""
         if self.lead is None or edge_id not in self._in_session:
             return False
         newly = ack.seq + 1 - self._acked[edge_id]
