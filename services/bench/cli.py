@@ -346,8 +346,8 @@ def fleet_parity(
         str,
         typer.Option(
             help="pooled, centralized, default, mix4, auto, mix4+auto, credits4, "
-            "mix4+credits4, auto+pace, credits4+pace, or compensation chains "
-            "(comma-separated)."
+            "mix4+credits4, auto+pace, credits4+pace, mix4+credits4+pace, or compensation "
+            "chains (comma-separated)."
         ),
     ] = "centralized,default,delay-beta1+fleet-batch",
     edges: Annotated[str, typer.Option(help="Fleet sizes (comma-separated).")] = "8",

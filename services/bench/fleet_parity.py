@@ -233,6 +233,8 @@ METHODS: dict[str, Method] = {
     # (docs/FLEET.md, "Pacing").
     "auto+pace": Method({"window": "auto", "pace_lead": 2}),
     "credits4+pace": Method({"fleet_in_flight": 4, "pace_lead": 2}),
+    # Mixed steps with both: the lead in micro-batches, the same 2 batches' samples.
+    "mix4+credits4+pace": Method({"mix_edges": 4, "fleet_in_flight": 16, "pace_lead": 8}),
 }
 
 
