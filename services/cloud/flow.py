@@ -232,14 +232,26 @@ class Pacer(Generic[C]):
     slowest edge's progress then: an edge that joins late, or comes back after a long
     absence, joins the fleet where it is (the others do not wait for it to redo their
     batches); within a session it moves with each ACK. The slowest edge is never held, so the
-    fleet always moves; an edge that leaves stops counting, and what was held for it goes
-    (its new session's WELCOME says what was applied)."""
+    fleet always moves. Only edges that sent an ACT within ``idle_s`` count: one whose data
+    pauses (a camera at night) or that finished sets no pace, and an edge that leaves stops
+    counting at once (what was held for it goes: its new session's WELCOME says what was
+    applied). The caller asks `due` again ``idle_s`` after holding (`idle_s`), when an edge
+    may have stopped counting."""
 
-    def __init__(self, lead: int | None) -> None:
+    def __init__(
+        self,
+        lead: int | None,
+        *,
+        idle_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.lead = lead
+        self.idle_s = idle_s
+        self.clock = clock
         self.progress: dict[str, int] = {}
         self._acked: dict[str, int] = {}  # batches acknowledged, by sequence number
         self._in_session: set[str] = set()
+        self._last_act: dict[str, float] = {}
         self._held: dict[str, _Held[C]] = {}
         self.held_acks = 0  # ACKs held so far, for status and tests
 
@@ -247,20 +259,32 @@ class Pacer(Generic[C]):
         """A session of ``edge_id`` opened; ``acked_seq`` is its WELCOME's."""
         self._held.pop(edge_id, None)
         self._in_session.discard(edge_id)
-        level = self.slowest() if self._in_session else 0
-        self.progress[edge_id] = max(self.progress.get(edge_id, 0), level)
+        level = self.slowest()
+        self.progress[edge_id] = max(self.progress.get(edge_id, 0), level or 0)
         self._acked[edge_id] = max(
             self._acked.get(edge_id, 0), 0 if acked_seq is None else acked_seq + 1
         )
         self._in_session.add(edge_id)
+        self._last_act[edge_id] = self.clock()
+
+    def on_act(self, edge_id: str) -> None:
+        """An ACT of ``edge_id`` came: it counts for the pace."""
+        self._last_act[edge_id] = self.clock()
 
     def close(self, edge_id: str) -> None:
         self._in_session.discard(edge_id)
         self._held.pop(edge_id, None)
 
-    def slowest(self) -> int:
-        """The progress of the slowest edge in session."""
-        return min((self.progress[e] for e in self._in_session), default=0)
+    def slowest(self) -> int | None:
+        """The progress of the slowest edge that counts (module docstring); None: none does."""
+        since = self.clock() - self.idle_s
+        return min(
+            (self.progress[e] for e in self._in_session if self._last_act[e] >= since),
+            default=None,
+        )
+
+    def _ahead(self, edge_id: str, slowest: int | None) -> bool:
+        return slowest is not None and self.progress[edge_id] - slowest > (self.lead or 0)
 
     def hold(self, edge_id: str, conn: C, ack: Ack) -> bool:
         """Whether ``ack`` waits: its edge is more than ``lead`` ahead once it counts, or an
@@ -273,20 +297,24 @@ class Pacer(Generic[C]):
             self.progress[edge_id] += newly
         held = self._held.get(edge_id)
         if held is None:
-            if self.progress[edge_id] - self.slowest() <= self.lead:
+            if not self._ahead(edge_id, self.slowest()):
                 return False
             held = self._held[edge_id] = _Held(conn, [])
         held.acks.append(ack)
         self.held_acks += 1
         return True
 
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
     def due(self) -> list[tuple[str, C, list[Ack]]]:
         """The held ACKs that may go now, each edge's in order, the slowest edge first."""
-        if self.lead is None or not self._held:
+        if not self._held:
             return []
-        lead, slowest = self.lead, self.slowest()
+        slowest = self.slowest()
         ready = sorted(
-            (e for e in self._held if self.progress[e] - slowest <= lead),
+            (e for e in self._held if not self._ahead(e, slowest)),
             key=lambda e: (self.progress[e], e),
         )
         return [(e, held.conn, held.acks) for e in ready for held in (self._held.pop(e),)]

@@ -188,6 +188,7 @@ class CloudService:
             window = max(self.flow.window, self.schedule.window)
             self.limits = dataclasses.replace(self.limits, window=window)
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
+        self._pace_timer: asyncio.TimerHandle | None = None  # held ACKs looked at again
         self._round_closers: set[asyncio.Task[None]] = set()
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
@@ -389,6 +390,7 @@ class CloudService:
         log.debug("%s %s %s seq=%s", edge_id, id(conn), frame.type, getattr(frame, "seq", None))
         if isinstance(frame, Act) and self.connections.get(edge_id) is conn:
             self.flow.on_act(edge_id, frame.seq)
+            self.pacer.on_act(edge_id)
         credit_edges = self.flow.edges
 
         def step() -> Addressed[Connection] | None:
@@ -430,6 +432,12 @@ class CloudService:
         self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
+
+    def _pace_timer_due(self) -> None:
+        self._pace_timer = None
+        task = asyncio.ensure_future(self._send_due_acks())
+        self._round_closers.add(task)
+        task.add_done_callback(self._round_closers.discard)
 
     def _size_history_for_fleet(self) -> None:
         """Keep enough edge-stage history for the fleet actually connected.
@@ -537,7 +545,12 @@ class CloudService:
 
     async def _send_due_acks(self) -> None:
         """The held ACKs whose edges the slowest edge has caught up with (`Pacer`), each
-        with the grant in force when it goes."""
+        with the grant in force when it goes. While some wait, they are looked at again
+        every ``idle_s``: an edge that stopped sending stops setting the pace then."""
+        if self.pacer.holding and self._pace_timer is None:
+            self._pace_timer = asyncio.get_running_loop().call_later(
+                self.pacer.idle_s, self._pace_timer_due
+            )
         for edge_id, conn, acks in self.pacer.due():
             if self.connections.get(edge_id) is not conn:
                 continue  # a session gone meanwhile: the next one's WELCOME says what was applied
