@@ -203,11 +203,10 @@ def demo(
         ),
     ] = None,
     pace_lead: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            min=0,
             help="Batches an edge may run ahead of the fleet's slowest before the cloud holds "
-            "its ACKs (docs/FLEET.md).",
+            "its ACKs, or off (docs/FLEET.md).",
         ),
     ] = None,
     edge_slowdown: Annotated[float, typer.Option(help="Edge CPU time dilation factor k.")] = 1.0,
@@ -253,9 +252,11 @@ def demo(
     }
     _stop_like_ctrl_c()
     try:
-        if window is not None:  # a number or `auto`, read as the run key reads its text
-            keys = {key.name: key for key in RunConfig.declaration()}
-            given["window"] = keys["window"].parse(window)
+        keys = {key.name: key for key in RunConfig.declaration()}
+        # A number or a word (`auto`, `off`), read as the run key reads its text.
+        for name, text in (("window", window), ("pace_lead", pace_lead)):
+            if text is not None:
+                given[name] = keys[name].parse(text)
         run = RunConfig.from_mapping({k: v for k, v in given.items() if v is not None})
         if model is not None:
             # Refuse a model that does not exist or does not take the dataset's samples

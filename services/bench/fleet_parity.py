@@ -210,27 +210,31 @@ class Method:
         return mixed if mixed > 1 and self.run.get("mix_batch", "split") == "split" else 1
 
 
+# Every method but the paced ones sets ``pace_lead = off``: they are what was measured before
+# the cloud paced its fleets (docs/FLEET.md, "Pacing"), whatever the default is now.
+_UNPACED = {"pace_lead": "off"}
+
 METHODS: dict[str, Method] = {
     # The reference: one edge streams the union of the fleet's shards for steps × edges
     # batches (docs/FLEET.md, "The yardstick"; the demo starts that one edge).
-    "pooled": Method({"mode": "centralized", "pooled": True}),
+    "pooled": Method({"mode": "centralized", "pooled": True, **_UNPACED}),
     # The fleet's batches fed edge by edge (the per-edge order): a diagnostic.
-    "centralized": Method({"mode": "centralized"}),
-    "default": Method(),  # the run configuration's compensation chain
+    "centralized": Method({"mode": "centralized", **_UNPACED}),
+    "default": Method(_UNPACED),  # the run configuration's compensation chain, the cell's W
     # Mixed steps of 4 edges, split micro-batches (docs/FLEET.md, "Mixed steps").
-    "mix4": Method({"mix_edges": 4}),
+    "mix4": Method({"mix_edges": 4, **_UNPACED}),
     # The cloud's credits size what is in flight (``window = auto``, docs/FLEET.md "Credits"),
     # whatever window the cell names; with mixed steps of 4 edges: the pair the in-process
     # screen found to meet the targets on both data sets.
-    "auto": Method({"window": "auto"}),
-    "mix4+auto": Method({"mix_edges": 4, "window": "auto"}),
+    "auto": Method({"window": "auto", **_UNPACED}),
+    "mix4+auto": Method({"mix_edges": 4, "window": "auto", **_UNPACED}),
     # A fixed total in flight fleet-wide instead of the controller's estimate: 4 batches, what
     # the in-process screen's credits held (docs/FLEET.md, "Results"); with split mixed steps
     # of 4 edges the same samples are 16 micro-batches.
-    "credits4": Method({"fleet_in_flight": 4}),
-    "mix4+credits4": Method({"mix_edges": 4, "fleet_in_flight": 16}),
+    "credits4": Method({"fleet_in_flight": 4, **_UNPACED}),
+    "mix4+credits4": Method({"mix_edges": 4, "fleet_in_flight": 16, **_UNPACED}),
     # The cloud holds the ACKs of an edge more than 2 batches ahead of the slowest
-    # (docs/FLEET.md, "Pacing").
+    # (docs/FLEET.md, "Pacing"); auto+pace is the services' default.
     "auto+pace": Method({"window": "auto", "pace_lead": 2}),
     "credits4+pace": Method({"fleet_in_flight": 4, "pace_lead": 2}),
     # Mixed steps with both: the lead in micro-batches, the same 2 batches' samples.

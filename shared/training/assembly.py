@@ -311,7 +311,8 @@ def build_cloud(
         _cut_shape(spec, schedule),
         replace(limits if limits is not None else Limits(), window=schedule.window),
         run.credits(),
-        run.pace_lead,
+        # Lockstep schedules (window 0) keep their edges in step: nothing to pace.
+        None if run.pace_lead == "off" or schedule.window == 0 else run.pace_lead,
     )
 
 

@@ -210,13 +210,14 @@ class RunConfig:
     # The cloud service holds back the ACKs of an edge that runs ahead (services/cloud/flow.py,
     # `Pacer`): the in-process driver takes the edges in turn, so its edges never drift apart.
     pace_lead: Annotated[
-        int | None,
+        int | Literal["off"],
         Key(
             "Batches an edge may be acknowledged ahead of the fleet's slowest edge in session "
-            "before the cloud holds its ACKs (docs/FLEET.md, 'Pacing'); unset: no pacing.",
+            "before the cloud holds its ACKs (docs/FLEET.md, 'Pacing'); off: never. Lockstep "
+            "modes keep their edges in step already.",
             ge=0,
         ),
-    ] = None
+    ] = 2
     # SplitFed-style per-edge edge stages (shared/training/edge_copies.py).
     edge_copies: Annotated[
         bool,
@@ -244,7 +245,6 @@ class RunConfig:
             mixing=self.mixing(),
             edge_copies=self.edge_copies,
             fleet_in_flight=self.fleet_in_flight,
-            pace_lead=self.pace_lead,
             batch_size=self.batch_size,
             edges=self.edges,
             schedule=schedule,

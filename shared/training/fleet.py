@@ -105,7 +105,6 @@ def check_fleet_keys(
     edges: int,
     schedule: Schedule,
     compensation: Compensation,
-    pace_lead: int | None = None,
 ) -> None:
     """Refuse fleet options that would act on nothing or on something else than asked."""
     role = schedule.edge_role
@@ -127,11 +126,6 @@ def check_fleet_keys(
     if fleet_in_flight is not None and role not in (EdgeRole.SPLIT, EdgeRole.RAW):
         raise ConfigError(
             f"run configuration 'fleet_in_flight': mode {schedule.mode!r} runs lockstep rounds"
-        )
-    if pace_lead is not None and schedule.window == 0:
-        raise ConfigError(
-            f"run configuration 'pace_lead': mode {schedule.mode!r} keeps its edges in step "
-            "already (one batch, or one round, at a time)"
         )
     if mixing.edges > 1:
         mixing.edge_batch_size(batch_size, edges)  # divides, or ConfigError

@@ -16,8 +16,9 @@ import pytest
 from simultrain.cloud.flow import Pacer
 from simultrain.edge.agent import EdgeAgent
 from simultrain.edge.inprocess import ASGITransport
-from simultrain.shared.errors import ConfigError
+from simultrain.shared.data import load_dataset
 from simultrain.shared.protocol import Ack
+from simultrain.shared.training.assembly import build_cloud
 from simultrain.shared.training.config import RunConfig
 from tests.services.test_credits import AGENT_TIMEOUT_S, cloud_app, edge_settings
 from tests.services.test_edge_inprocess import service_of
@@ -167,14 +168,17 @@ async def test_a_slow_edge_keeps_the_fleet_within_the_lead(window: int | str) ->
     assert ahead <= 2  # no ACK goes to an edge more than the lead ahead
     assert held > 0
     assert applied == [30 * 32] * FLEET  # exactly once, held or not
-    _, unpaced, never, _ = await _spread(base)
+    _, unpaced, never, _ = await _spread(dataclasses.replace(base, pace_lead="off"))
     assert never == 0
     # Without it the fast edges run away from the slow one.
     assert unpaced > max(paced, 2 * 2 + 1) + 3, (unpaced, paced)
 
 
 @pytest.mark.parametrize("mode", ["fedavg", "split-sync"])
-def test_lockstep_modes_refuse_a_lead(mode: str) -> None:
-    """One batch, or one round, at a time: the edges are in step already."""
-    with pytest.raises(ConfigError, match="pace_lead"):
-        RunConfig(mode=mode, pace_lead=2)
+def test_lockstep_modes_pace_nothing(mode: str) -> None:
+    """One batch, or one round, at a time: the edges are in step already, so the cloud holds
+    no ACK whatever the lead; ``off`` holds none anywhere."""
+    spec = load_dataset("imu").model_spec(None)
+    assert build_cloud(RunConfig(mode=mode, pace_lead=2), spec).pace_lead is None
+    assert build_cloud(RunConfig(pace_lead="off"), spec).pace_lead is None
+    assert build_cloud(RunConfig(), spec).pace_lead == 2  # the default
