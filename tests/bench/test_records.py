@@ -104,6 +104,15 @@ RENDERED = {
         )
         + "\n"
     ),
+    **{
+        f"{part}/fleet_parity.md": (
+            lambda part=part: fleet_parity.render_table(
+                FleetParityFile.read(RESULTS / part / "fleet_parity.json").records
+            )
+            + "\n"
+        )
+        for part in ("fleet_epoch", "fleet_32")
+    },
     "staleness.md": lambda: study.render_table(StudyFile.read(RESULTS / "staleness.json")),
     "replicas-inprocess.md": _replicas,
     "report.md": lambda: _report("results.json", "meta.json"),
