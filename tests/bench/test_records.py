@@ -106,10 +106,12 @@ RENDERED = {
     ),
     **{
         f"{part}/fleet_parity.md": (
-            lambda part=part: fleet_parity.render_table(
-                FleetParityFile.read(RESULTS / part / "fleet_parity.json").records
+            lambda part=part: (
+                fleet_parity.render_table(
+                    FleetParityFile.read(RESULTS / part / "fleet_parity.json").records
+                )
+                + "\n"
             )
-            + "\n"
         )
         for part in ("fleet_epoch", "fleet_32")
     },
