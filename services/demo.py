@@ -257,6 +257,7 @@ def _run(
         seconds=0.0,  # run_demo's, once every process has stopped
         mixing=status.mixing,
         credits=status.credits,
+        pacing=status.pacing,
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "Evaluation",
     "HistoryPoint",
     "MixingStatus",
+    "PacingStatus",
     "ReplicaGroupStatus",
     "ReplicaTensor",
     "SessionArchitecture",
@@ -154,6 +155,14 @@ class CreditsStatus(Contract):
     min_rtt_s: float | None = Field(description="Shortest credit → ACK loop seen, seconds.")
 
 
+class PacingStatus(Contract):
+    """The cloud's pacing of its fleet (docs/FLEET.md, "Pacing")."""
+
+    lead: int = Field(description="Batches an edge may be ahead of the slowest (pace_lead).")
+    holding: list[str] = Field(description="The edges whose ACKs wait now.")
+    held_acks: int = Field(description="ACKs held so far.")
+
+
 class CloudStatus(Contract):
     """``GET /v1/status``: the master's counters and every edge session."""
 
@@ -176,6 +185,7 @@ class CloudStatus(Contract):
     edges: dict[str, EdgeSessionStatus]
     mixing: MixingStatus | None = Field(default=None, description="Null: no mixed steps.")
     credits: CreditsStatus | None = Field(default=None, description="Null: no credits.")
+    pacing: PacingStatus | None = Field(default=None, description="Null: no pacing.")
 
     @property
     def bytes_up(self) -> int:
@@ -358,3 +368,4 @@ class DemoSummary(Contract):
     seconds: float
     mixing: MixingStatus | None = Field(default=None, description="The cloud's, at the end.")
     credits: CreditsStatus | None = Field(default=None, description="The cloud's, at the end.")
+    pacing: PacingStatus | None = Field(default=None, description="The cloud's, at the end.")

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from simultrain.shared.contracts import CreditsStatus
+from simultrain.shared.contracts import CreditsStatus, PacingStatus
 from simultrain.shared.protocol import CREDITS, Ack, ConfigValue
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.fleet import Credits
@@ -307,6 +307,12 @@ class Pacer(Generic[C]):
     @property
     def holding(self) -> bool:
         return bool(self._held)
+
+    def status(self) -> PacingStatus | None:
+        """``GET /v1/status``'s ``pacing``: None when this cloud paces nothing."""
+        if self.lead is None:
+            return None
+        return PacingStatus(lead=self.lead, holding=sorted(self._held), held_acks=self.held_acks)
 
     def due(self) -> list[tuple[str, C, list[Ack]]]:
         """The held ACKs that may go now, each edge's in order, the slowest edge first."""

@@ -651,6 +651,7 @@ class CloudService:
             },
             mixing=_mixing_status(self.runtime),
             credits=self.flow.status(),
+            pacing=self.pacer.status(),
         )
 
     def session_spec(self) -> SessionSpec:

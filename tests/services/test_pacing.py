@@ -157,6 +157,12 @@ async def _spread(run: RunConfig) -> tuple[int, int, int, list[int]]:
             asyncio.gather(*(a.run() for a in agents)), 4 * AGENT_TIMEOUT_S
         )
         assert all(r.batches_acked == 30 for r in reports)
+        pacing = service.status().pacing
+        if run.pace_lead == "off":
+            assert pacing is None
+        else:  # what /v1/status says: nothing held once every edge is done
+            assert pacing is not None and pacing.lead == run.pace_lead
+            assert pacing.holding == [] and pacing.held_acks == service.pacer.held_acks
         applied = [service.runtime.sessions[f"edge-{i}"].samples_applied for i in range(FLEET)]
         return ahead, widest, service.pacer.held_acks, applied
 
