@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, TypeVar
@@ -189,7 +189,7 @@ class CloudService:
             self.limits = dataclasses.replace(self.limits, window=window)
         self._round_timer: asyncio.TimerHandle | None = None  # the open round's deadline
         self._pace_timer: asyncio.TimerHandle | None = None  # held ACKs looked at again
-        self._round_closers: set[asyncio.Task[None]] = set()
+        self._timer_tasks: set[asyncio.Task[None]] = set()  # what the timers started
         self.x_test = torch.tensor(dataset.x_test)
         self.y_test = torch.tensor(dataset.y_test).long()
         self.connections: dict[str, Connection] = {}
@@ -435,9 +435,13 @@ class CloudService:
 
     def _pace_timer_due(self) -> None:
         self._pace_timer = None
-        task = asyncio.ensure_future(self._send_due_acks())
-        self._round_closers.add(task)
-        task.add_done_callback(self._round_closers.discard)
+        self._from_timer(self._send_due_acks())
+
+    def _from_timer(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task a timer started, held until it ends."""
+        task = asyncio.ensure_future(work)
+        self._timer_tasks.add(task)
+        task.add_done_callback(self._timer_tasks.discard)
 
     def _size_history_for_fleet(self) -> None:
         """Keep enough edge-stage history for the fleet actually connected.
@@ -464,9 +468,7 @@ class CloudService:
 
     def _round_deadline_passed(self) -> None:
         self._round_timer = None
-        task = asyncio.ensure_future(self._close_due_round())
-        self._round_closers.add(task)
-        task.add_done_callback(self._round_closers.discard)
+        self._from_timer(self._close_due_round())
 
     async def _close_due_round(self) -> None:
         # A lockstep round's deadline, or the wait bound of a mixed step (docs/FLEET.md).
