@@ -158,8 +158,12 @@ class CreditsStatus(Contract):
 class PacingStatus(Contract):
     """The cloud's pacing of its fleet (docs/FLEET.md, "Pacing")."""
 
-    lead: int = Field(description="Batches an edge may be ahead of the slowest (pace_lead).")
-    holding: list[str] = Field(description="The edges whose ACKs wait now.")
+    lead: int | None = Field(
+        description="Batches an edge may be ahead of the slowest (pace_lead); null: off."
+    )
+    holding: list[str] = Field(
+        description="The edges whose ACKs wait now: ahead of the fleet, or for a credit."
+    )
     held_acks: int = Field(description="ACKs held so far.")
 
 

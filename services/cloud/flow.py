@@ -11,13 +11,27 @@ window WELCOME gives them and are not counted here.
 
 **What is measured.** The controller wants each batch's round trip, and the cloud cannot see
 when the edge sent an ACT. It takes, for each batch, the time the cloud sent the frame that
-carried the credit the batch used (WELCOME or an ACK) → the time it sends the ACK that covers
-the batch. Credits are used in the order they were issued — the n-th ACT of a session uses
-the n-th credit slot — so that time is known for every batch: it is the whole control loop
-a credit goes round (downlink, the edge's forward, uplink, the cloud's step and the edge's
-backward and EGRAD), which is what the in flight must cover to keep the pipe busy. An edge
-that had credits to spare used its slot later than it was issued: that sample is longer than
-the loop, and the controller's minimum filter drops it, as BBR's drops a delayed ACK.
+carried the credit the batch used (WELCOME or an ACK) → the time the cloud applied the batch
+(its ACK is made then, whether it goes then or is held). Credits are used in the order they
+were issued — the n-th ACT of a session uses the n-th credit slot — so that time is known
+for every batch: it is the whole control loop a credit goes round (downlink, the edge's
+forward, uplink, the cloud's step and the edge's backward and EGRAD), which is what the in
+flight must cover to keep the pipe busy. An edge that had credits to spare used its slot
+later than it was issued: that sample is longer than the loop, and the controller's minimum
+filter drops it, as BBR's drops a delayed ACK.
+
+**Zero grants.** The wire's grant is at least one batch (PROTOCOL.md §6.7), so a fleet of E
+edges that each keep their one would hold E batches in flight whatever the pipe needs: 32
+edges on a cloud that needs a handful make every batch miss the updates of the 31 others.
+Instead, an ACK that would leave its edge with nothing in flight when the others hold the
+fleet's whole total is held (`CloudFlow.room_for`, `Pacer`): the edge waits with its batch
+applied, holding no credit, and its ACK goes when a credit frees up — to the slowest waiting
+edge first, so the edges take turns — right behind a DELTA that brings the edge's replica to
+the master of then. The fleet's in flight follows the total down to one batch (the
+controller's ProbeRTT drains to one), and a batch misses the updates of about the total's
+batches, not the fleet's. A credit counts while its edge has a batch the cloud has not
+applied, or a grant it has not used and has sent an ACT or got a grant within ``idle_s``
+(an edge whose data paused holds none).
 
 **The replica.** Right behind each ACK that carries a grant, in the same step's frames, the
 service sends the DELTA of `CloudRuntime.grant` (:func:`with_replica_refresh`, on the
@@ -42,7 +56,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
@@ -72,10 +86,19 @@ class _EdgeCredits:
     """One credits session: its batches in flight and when each credit slot was issued."""
 
     in_flight: set[int] = field(default_factory=set)  # ACT seqs no ACK covers yet
+    unapplied: set[int] = field(default_factory=set)  # ACT seqs not applied yet
     received: int = 0  # ACTs received in this session
     issued: int = 0  # credit slots issued: the ACTs the grants so far let the edge send
     slots: deque[float] = field(default_factory=deque)  # issue times of the unused slots
     grant: int = 0  # the grant last sent
+    active_at: float = 0.0  # its last ACT, or the last grant sent to it
+
+    def committed(self, now: float, idle_s: float) -> int:
+        """The fleet's credits this edge holds: its batches the cloud has not applied, and
+        the ones its grant still lets it send unless it has been silent for ``idle_s`` (an
+        edge whose data paused, or that finished, holds none it does not use)."""
+        unused = max(0, self.grant - len(self.in_flight))
+        return len(self.unapplied) + (unused if now - self.active_at < idle_s else 0)
 
 
 class CloudFlow:
@@ -88,8 +111,10 @@ class CloudFlow:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_in_flight: int = AUTO_MAX_IN_FLIGHT,
+        idle_s: float = 5.0,
     ) -> None:
         self.clock = clock
+        self.idle_s = idle_s
         # Lockstep schedules (window 0: split-sync, the round-based modes) keep one batch at
         # a time whatever the run's window says.
         self.enabled = (
@@ -156,10 +181,34 @@ class CloudFlow:
         issued_at = edge.slots.popleft() if edge.slots else now
         edge.received += 1
         edge.in_flight.add(seq)
+        edge.unapplied.add(seq)
+        edge.active_at = now
         if self.controller is not None:
             # Sent under a grant the target may have shrunk below since: counted all the same.
             self.controller.on_send(edge_id, seq, issued_at, over_grant=True)
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+    def on_applied(self, edge_id: str, seq: int) -> None:
+        """The cloud applied the batches of ``edge_id`` up to ``seq``: they leave the pipe,
+        whenever their ACK goes (`Pacer` may hold it), and the controller takes its round-trip
+        and delivery-rate samples now."""
+        edge = self._edges.get(edge_id)
+        if edge is None:
+            return
+        edge.unapplied = {s for s in edge.unapplied if s > seq}
+        if self.controller is not None:
+            self.controller.on_ack(edge_id, seq, self.clock())
+
+    def room_for(self, edge_id: str, ack: Ack) -> int | None:
+        """The credits the fleet's total has left for ``edge_id`` once ``ack`` goes, when it
+        would leave the edge with nothing in flight; None while the edge still has batches
+        in flight (or no credits session): the ACK needs no credit to go. With none left the
+        ACK would carry a grant of none, which the wire cannot say (PROTOCOL.md §6.7): the
+        cloud holds it until a credit frees up (module docstring, "Zero grants")."""
+        edge = self._edges.get(edge_id)
+        if edge is None or edge.unapplied or any(s > ack.seq for s in edge.in_flight):
+            return None
+        return self._room(edge_id, self.clock())
 
     def on_ack(self, edge_id: str, ack: Ack) -> Ack:
         """An ACK going to ``edge_id``: the batches it covers are delivered, and it carries
@@ -167,29 +216,49 @@ class CloudFlow:
         edge = self._edges.get(edge_id)
         if edge is None:
             return ack
-        now = self.clock()
         edge.in_flight = {seq for seq in edge.in_flight if seq > ack.seq}
+        return replace(ack, credits=self._issue(edge_id, self.clock()))
+
+    @property
+    def total(self) -> int:
+        """The fleet's total in flight now: the controller's target, or the fixed total."""
         if self.controller is not None:
-            self.controller.on_ack(edge_id, ack.seq, now)
-        return replace(ack, credits=self._issue(edge_id, now))
+            return self.controller.target
+        assert self.fixed is not None
+        return self.fixed.total
+
+    def committed_by(self, edge_id: str, now: float) -> int:
+        """The fleet's credits ``edge_id`` holds now (`_EdgeCredits.committed`)."""
+        return self._edges[edge_id].committed(now, self.idle_s)
+
+    def _room(self, edge_id: str, now: float) -> int:
+        """What the fleet's total leaves ``edge_id`` once the other edges' credits are
+        counted (`_EdgeCredits.committed`)."""
+        others = sum(
+            e.committed(now, self.idle_s) for key, e in self._edges.items() if key != edge_id
+        )
+        return self.total - others
 
     def _issue(self, edge_id: str, now: float) -> int:
-        """The edge's grant now, and the credit slots it opens, stamped ``now``."""
+        """The edge's grant now, and the credit slots it opens, stamped ``now``: its fair
+        share of the total (the explicit window caps it), within what the others leave."""
         edge = self._edges[edge_id]
-        own = len(edge.in_flight)
         if self.controller is not None:
-            grant = own + self.controller.credits(edge_id)
+            share = math.ceil(self.total / max(len(self._edges), 1))
+            if self.controller.per_edge_cap is not None:
+                share = min(share, self.controller.per_edge_cap)
         else:
             assert self.fixed is not None
-            grant = own + self.fixed.room(own, self.in_flight)
-        # At least one: an edge with nothing in flight gets no ACK to learn a larger grant
-        # from (PROTOCOL.md §6.7). Never above WELCOME's window.
-        grant = max(1, min(grant, self.window))
-        acked = edge.received - own
+            share = self.fixed.per_edge_cap
+        # At least one: a grant of none is an ACK held (`room_for`); WELCOME's first grant
+        # is one whatever the fleet holds. Never above WELCOME's window.
+        grant = max(1, min(share, self._room(edge_id, now), self.window))
+        acked = edge.received - len(edge.in_flight)
         while edge.issued < acked + grant:
             edge.slots.append(now)
             edge.issued += 1
         edge.grant = grant
+        edge.active_at = now
         return grant
 
     def status(self) -> CreditsStatus | None:
@@ -226,26 +295,31 @@ class _Held(Generic[C]):
 
 class Pacer(Generic[C]):
     """Holds the ACKs of an edge more than ``lead`` batches ahead of the slowest edge in
-    session (module docstring, "Pacing"); ``lead`` None: none is ever held.
+    session (module docstring, "Pacing"), and those that need a credit the fleet's total has
+    not got (``room_for``: `CloudFlow.room_for`; a grant of none), or that one slower edge
+    waits for: credits freed go to the slowest waiting edge first. ``lead`` None: no lead
+    rule, and without ``room_for`` too none is ever held.
 
     An edge's progress counts the batches acknowledged to it since it joined, from the
     slowest edge's progress then: an edge that joins late, or comes back after a long
     absence, joins the fleet where it is (the others do not wait for it to redo their
-    batches); within a session it moves with each ACK. The slowest edge is never held, so the
-    fleet always moves. Only edges that sent an ACT within ``idle_s`` count: one whose data
-    pauses (a camera at night) or that finished sets no pace, and an edge that leaves stops
-    counting at once (what was held for it goes: its new session's WELCOME says what was
-    applied). The caller asks `due` again ``idle_s`` after holding (`idle_s`), when an edge
-    may have stopped counting."""
+    batches); within a session it moves with each ACK. The slowest edge is never held for
+    the lead, so the fleet always moves. Only edges that sent an ACT within ``idle_s`` count:
+    one whose data pauses (a camera at night) or that finished sets no pace, and an edge that
+    leaves stops counting at once (what was held for it goes: its new session's WELCOME says
+    what was applied). The caller asks `due` again ``idle_s`` after holding (`idle_s`), when
+    an edge may have stopped counting."""
 
     def __init__(
         self,
         lead: int | None,
         *,
+        room_for: Callable[[str, Ack], int | None] | None = None,
         idle_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lead = lead
+        self.room_for = room_for
         self.idle_s = idle_s
         self.clock = clock
         self.progress: dict[str, int] = {}
@@ -253,11 +327,20 @@ class Pacer(Generic[C]):
         self._in_session: set[str] = set()
         self._last_act: dict[str, float] = {}
         self._held: dict[str, _Held[C]] = {}
+        # Edges whose released ACKs are on their way (`due` → `sent`): their new ACKs queue
+        # behind them.
+        self._sending: dict[str, list[Ack]] = {}
         self.held_acks = 0  # ACKs held so far, for status and tests
+
+    @property
+    def active(self) -> bool:
+        """Whether this pacer may hold an ACK at all."""
+        return self.lead is not None or self.room_for is not None
 
     def open(self, edge_id: str, acked_seq: int | None) -> None:
         """A session of ``edge_id`` opened; ``acked_seq`` is its WELCOME's."""
         self._held.pop(edge_id, None)
+        self._sending.pop(edge_id, None)
         self._in_session.discard(edge_id)
         level = self.slowest()
         self.progress[edge_id] = max(self.progress.get(edge_id, 0), level or 0)
@@ -274,6 +357,7 @@ class Pacer(Generic[C]):
     def close(self, edge_id: str) -> None:
         self._in_session.discard(edge_id)
         self._held.pop(edge_id, None)
+        self._sending.pop(edge_id, None)
 
     def slowest(self) -> int | None:
         """The progress of the slowest edge that counts (module docstring); None: none does."""
@@ -284,20 +368,39 @@ class Pacer(Generic[C]):
         )
 
     def _ahead(self, edge_id: str, slowest: int | None) -> bool:
-        return slowest is not None and self.progress[edge_id] - slowest > (self.lead or 0)
+        return (
+            self.lead is not None
+            and slowest is not None
+            and self.progress[edge_id] - slowest > self.lead
+        )
+
+    def _waits(self, edge_id: str, ack: Ack, slowest: int | None) -> bool:
+        if self._ahead(edge_id, slowest):
+            return True
+        room = None if self.room_for is None else self.room_for(edge_id, ack)
+        if room is None:
+            return False
+        # A free credit goes to the slowest edge that waits for one first (round robin).
+        mine = self.progress[edge_id]
+        return room < 1 or any(self.progress[e] < mine for e in self._held if e != edge_id)
 
     def hold(self, edge_id: str, conn: C, ack: Ack) -> bool:
-        """Whether ``ack`` waits: its edge is more than ``lead`` ahead once it counts, or an
-        earlier ACK of the edge waits (ACKs go in order, PROTOCOL.md §6.3)."""
-        if self.lead is None or edge_id not in self._in_session:
+        """Whether ``ack`` waits: its edge is more than ``lead`` ahead once it counts, or it
+        needs a credit that is not free for it, or an earlier ACK of the edge waits (ACKs go
+        in order, PROTOCOL.md §6.3)."""
+        if not self.active or edge_id not in self._in_session:
             return False
         newly = ack.seq + 1 - self._acked[edge_id]
         if newly > 0:
             self._acked[edge_id] += newly
             self.progress[edge_id] += newly
+        sending = self._sending.get(edge_id)
+        if sending is not None:
+            sending.append(ack)  # behind the released ones, which `sent` hands back
+            return True
         held = self._held.get(edge_id)
         if held is None:
-            if not self._ahead(edge_id, self.slowest()):
+            if not self._waits(edge_id, ack, self.slowest()):
                 return False
             held = self._held[edge_id] = _Held(conn, [])
         held.acks.append(ack)
@@ -309,21 +412,37 @@ class Pacer(Generic[C]):
         return bool(self._held)
 
     def status(self) -> PacingStatus | None:
-        """``GET /v1/status``'s ``pacing``: None when this cloud paces nothing."""
-        if self.lead is None:
+        """``GET /v1/status``'s ``pacing``: None when this cloud holds no ACK."""
+        if not self.active:
             return None
         return PacingStatus(lead=self.lead, holding=sorted(self._held), held_acks=self.held_acks)
 
-    def due(self) -> list[tuple[str, C, list[Ack]]]:
-        """The held ACKs that may go now, each edge's in order, the slowest edge first."""
-        if not self._held:
-            return []
+    def due(self) -> Iterator[tuple[str, C, list[Ack]]]:
+        """The held ACKs that may go now, each edge's in order, the slowest edge first.
+
+        Lazily: the caller sends what one edge is given (its grant takes a credit) before
+        the next is looked at."""
         slowest = self.slowest()
-        ready = sorted(
-            (e for e in self._held if not self._ahead(e, slowest)),
-            key=lambda e: (self.progress[e], e),
-        )
-        return [(e, held.conn, held.acks) for e in ready for held in (self._held.pop(e),)]
+        for edge_id in sorted(self._held, key=lambda e: (self.progress[e], e)):
+            held = self._held.get(edge_id)
+            if held is None or self._waits(edge_id, held.acks[-1], slowest):
+                continue
+            del self._held[edge_id]
+            self._sending[edge_id] = []
+            yield edge_id, held.conn, held.acks
+
+    def sent(self, edge_id: str, conn: C) -> list[Ack]:
+        """The caller sent to ``conn`` what `due` released for ``edge_id``: the ACKs its
+        steps made meanwhile, to send next (when there are some, it calls again after sending
+        them), unless the edge waits again by now (they are held then)."""
+        meanwhile = self._sending.pop(edge_id, [])
+        if not meanwhile:
+            return []
+        if self._waits(edge_id, meanwhile[-1], self.slowest()):
+            self._held[edge_id] = _Held(conn, meanwhile)
+            return []
+        self._sending[edge_id] = []
+        return meanwhile
 
 
 def with_replica_refresh(

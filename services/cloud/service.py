@@ -99,6 +99,10 @@ class Connection:
     state: CloudSessionState | None = None  # bytes are counted there, across reconnects
     opened_at: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Held from a step's compute to its last frame sent, and by a held ACK's release: the
+    # DELTAs computed for this edge go out in the order the compute thread made them
+    # (PROTOCOL.md §3.1).
+    stepping: asyncio.Lock = field(default_factory=asyncio.Lock)
     bytes_in: int = 0
     bytes_out: int = 0
     token: auth.TokenClaims | None = None  # the handshake's verified token, if any
@@ -183,7 +187,9 @@ class CloudService:
         # In-flight credits (PROTOCOL.md §6.7): a credits session's WELCOME window is the
         # flow's bound, which the sessions' limits must allow.
         self.flow = CloudFlow(run, cloud.schedule)
-        self.pacer: Pacer[Connection] = Pacer(cloud.pace_lead)
+        self.pacer: Pacer[Connection] = Pacer(
+            cloud.pace_lead, room_for=self.flow.room_for if self.flow.enabled else None
+        )
         if self.flow.enabled:
             window = max(self.flow.window, self.schedule.window)
             self.limits = dataclasses.replace(self.limits, window=window)
@@ -416,19 +422,21 @@ class CloudService:
                 )
             raise InternalError(f"the service steps on ACT and EGRAD, not {frame.type}")
 
-        try:
-            addressed = await self.compute(step)
-        except TrainingError as exc:
-            # Passed the decoder yet unusable (e.g. gradient names that do not match the
-            # model): the master checks before it changes anything, so refusing is enough.
-            raise InvalidTensor(str(exc)) from exc
-        if addressed is None:
-            log.info("%s: %s of a superseded session not applied", edge_id, frame.type)
-            return
-        self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
-        if self.replicas is not None:
-            self.replicas.updated()
-        await self._deliver_addressed(addressed, origin=conn)
+        async with conn.stepping:
+            try:
+                addressed = await self.compute(step)
+            except TrainingError as exc:
+                # Passed the decoder yet unusable (e.g. gradient names that do not match the
+                # model): the master checks before it changes anything, so refusing is enough.
+                raise InvalidTensor(str(exc)) from exc
+            if addressed is None:
+                log.info("%s: %s of a superseded session not applied", edge_id, frame.type)
+                return
+            self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
+            if self.replicas is not None:
+                self.replicas.updated()
+            await self._deliver_addressed(addressed, origin=conn)
+        await self._send_due_acks()
         self._arm_round_deadline()
         if self._checkpoint_due():
             await self.checkpoint()
@@ -474,6 +482,7 @@ class CloudService:
         # A lockstep round's deadline, or the wait bound of a mixed step (docs/FLEET.md).
         addressed = await self.compute(lambda: self._address(self.runtime.close_round_if_due()))
         await self._deliver_addressed(addressed)
+        await self._send_due_acks()
         self._arm_round_deadline()  # the round that closed may not be the one now open
 
     def _checkpoint_due(self) -> bool:
@@ -533,8 +542,9 @@ class CloudService:
             if conn is None:
                 continue
             if isinstance(frame, Ack):
+                self.flow.on_applied(edge_id, frame.seq)
                 if self.pacer.hold(edge_id, conn, frame):
-                    continue  # its edge runs ahead of the fleet: the ACK waits (flow.py)
+                    continue  # ahead of the fleet, or no credit for it: it waits (flow.py)
                 frame = self.flow.on_ack(edge_id, frame)  # the grant it carries (§6.7)
             if conn is origin:
                 await conn.send(frame)
@@ -543,11 +553,12 @@ class CloudService:
                 await conn.send(frame)
             except PARTNER_SEND_FAILURES as exc:
                 await self._partner_send_failed(conn, frame, exc)
-        await self._send_due_acks()
 
     async def _send_due_acks(self) -> None:
-        """The held ACKs whose edges the slowest edge has caught up with (`Pacer`), each
-        with the grant in force when it goes. While some wait, they are looked at again
+        """The held ACKs that may go now (`Pacer`: the slowest edge caught up, a credit freed
+        up), each with the grant in force when it goes, behind the DELTA that brings its
+        edge's replica to the master: the edge computes its next batch at the master of
+        now, not at the one of when it was held. While some wait, they are looked at again
         every ``idle_s``: an edge that stopped sending stops setting the pace then."""
         if self.pacer.holding and self._pace_timer is None:
             self._pace_timer = asyncio.get_running_loop().call_later(
@@ -556,13 +567,35 @@ class CloudService:
         for edge_id, conn, acks in self.pacer.due():
             if self.connections.get(edge_id) is not conn:
                 continue  # a session gone meanwhile: the next one's WELCOME says what was applied
-            for ack in acks:
-                frame = self.flow.on_ack(edge_id, ack)
-                try:
-                    await conn.send(frame)
-                except PARTNER_SEND_FAILURES as exc:
-                    await self._partner_send_failed(conn, frame, exc)
-                    break
+            # Granted now, before the next edge is asked about: each grant takes a credit.
+            self._from_timer(self._release(conn, self._granted(edge_id, acks)))
+
+    def _granted(self, edge_id: str, acks: list[Ack]) -> list[Frame]:
+        return [self.flow.on_ack(edge_id, ack) for ack in acks]
+
+    async def _release(self, conn: Connection, acks: list[Frame]) -> None:
+        """Send ``acks``, held ACKs of ``conn``'s edge, behind the DELTA that refreshes its
+        replica, and then the ACKs its steps made meanwhile (`Pacer.sent`), in order."""
+        edge_id = conn.edge_id
+        assert edge_id is not None
+
+        def refresh() -> list[Frame]:
+            if self._session_of.get(edge_id) is not conn or len(self.runtime.sessions) < 2:
+                return []
+            return [frame for _, frame in self.runtime.grant(edge_id)]
+
+        async with conn.stepping:  # behind the DELTAs of the edge's steps (Connection)
+            frames = [*await self.compute(refresh), *acks]
+            while frames:
+                for frame in frames:
+                    try:
+                        await conn.send(frame)
+                    except PARTNER_SEND_FAILURES as exc:
+                        await self._partner_send_failed(conn, frame, exc)
+                        return
+                if self.connections.get(edge_id) is not conn:
+                    return  # its next session's WELCOME says what was applied
+                frames = self._granted(edge_id, self.pacer.sent(edge_id, conn))
 
     async def _partner_send_failed(self, conn: Connection, frame: Frame, exc: Exception) -> None:
         """A frame for another edge than the one whose frame made it could not go: that
@@ -623,6 +656,7 @@ class CloudService:
 
         addressed = await self.compute(close_session)
         await self._deliver_addressed(addressed)
+        await self._send_due_acks()  # its credits are free: held ACKs may go
         self._arm_round_deadline()  # what waited for the edge may wait for its bound now
         log.info("session closed: %s", edge_id)
 
