@@ -122,6 +122,7 @@ class FlowController:
         self._min_rtt_at = 0.0  # when that minimum was seen
         self._probe_rtt_round: int | None = None  # the round ProbeRTT's one batch went in
         self._probe_min: float | None = None  # the shortest round trip ProbeRTT has seen
+        self._probe_rtt_at: float | None = None  # when the last ProbeRTT ended
         self._rates: deque[tuple[int, float]] = deque()  # (round, max rate that round)
         self._full_rate = 0.0  # the rate startup last saw grow
         self._flat_rounds = 0
@@ -234,16 +235,15 @@ class FlowController:
             self._probe_min = rtt if self._probe_min is None else min(self._probe_min, rtt)
         elif self._min_rtt is None or rtt <= self._min_rtt:
             self._min_rtt, self._min_rtt_at = rtt, now
-        elif now - self._min_rtt_at > self.rtt_window_s:
-            if self.phase is FlowPhase.PROBE:
-                # Not seen shorter for a whole window: one batch in flight until a batch
-                # sent alone comes back, so the queue drains and the round trip shows.
-                self.phase = FlowPhase.PROBE_RTT
-                self._probe_rtt_round = None
-                self._probe_min = None
-                self.target = 1
-            else:
-                self._min_rtt, self._min_rtt_at = rtt, now
+        elif now - self._min_rtt_at > self.rtt_window_s and self.phase is not FlowPhase.PROBE:
+            self._min_rtt, self._min_rtt_at = rtt, now
+        if self.phase is FlowPhase.PROBE and self._probe_rtt_due(now):
+            # One batch in flight until a batch sent alone comes back, so the queue drains
+            # and the round trip shows.
+            self.phase = FlowPhase.PROBE_RTT
+            self._probe_rtt_round = None
+            self._probe_min = None
+            self.target = 1
         # The interval over which the batches delivered since this one was sent were both
         # sent and ACKed: the longer of the two, so ACKs that arrive in a burst do not
         # overstate the rate (the delivery-rate estimate's rule).
@@ -257,6 +257,18 @@ class FlowController:
                 self._rates.append((self.round, rate))
         if self.delivered >= self._round_end:
             self._next_round()
+
+    def _probe_rtt_due(self, now: float) -> bool:
+        """ProbeRTT is due once startup has drained (startup's round trips carry its
+        queue), then whenever the minimum is older than ``rtt_window_s`` (BBR), and at the
+        latest every ``rtt_window_s`` (BBRv2's periodic ProbeRTT): a pipe whose queue only
+        shrinks slowly keeps finding minimums that are still mostly queue, and keeps them."""
+        last = self._probe_rtt_at
+        return (
+            last is None
+            or now - self._min_rtt_at > self.rtt_window_s
+            or now - last > self.rtt_window_s
+        )
 
     def _next_round(self) -> None:
         self.round += 1
@@ -275,6 +287,7 @@ class FlowController:
                 return
             self.phase = FlowPhase.PROBE
             self._cycle = 0
+            self._probe_rtt_at = self._delivered_at
             if self._probe_min is not None:
                 self._min_rtt, self._min_rtt_at = self._probe_min, self._delivered_at
             pipe = self.pipe
