@@ -233,9 +233,13 @@ class FlowController:
         if self.phase is FlowPhase.PROBE_RTT:
             # The round trips of this phase replace the old minimum when it ends.
             self._probe_min = rtt if self._probe_min is None else min(self._probe_min, rtt)
-        elif self._min_rtt is None or rtt <= self._min_rtt:
-            self._min_rtt, self._min_rtt_at = rtt, now
-        elif now - self._min_rtt_at > self.rtt_window_s and self.phase is not FlowPhase.PROBE:
+        elif (
+            self._min_rtt is None
+            or rtt <= self._min_rtt
+            # An old minimum outside the gain cycle (startup, drain) simply expires; in the
+            # cycle ProbeRTT renews it.
+            or (now - self._min_rtt_at > self.rtt_window_s and self.phase is not FlowPhase.PROBE)
+        ):
             self._min_rtt, self._min_rtt_at = rtt, now
         if self.phase is FlowPhase.PROBE and self._probe_rtt_due(now):
             # One batch in flight until a batch sent alone comes back, so the queue drains
