@@ -258,6 +258,7 @@ def _run(
         mixing=status.mixing,
         credits=status.credits,
         pacing=status.pacing,
+        samples_per_s=status.samples_per_s,
     )
 
 

@@ -190,6 +190,11 @@ class CloudStatus(Contract):
     mixing: MixingStatus | None = Field(default=None, description="Null: no mixed steps.")
     credits: CreditsStatus | None = Field(default=None, description="Null: no credits.")
     pacing: PacingStatus | None = Field(default=None, description="Null: no pacing.")
+    samples_per_s: float | None = Field(
+        default=None,
+        description="Samples applied per second from the first batch applied to the last "
+        "(the run's throughput, start-up left out); null before two.",
+    )
 
     @property
     def bytes_up(self) -> int:
@@ -373,3 +378,6 @@ class DemoSummary(Contract):
     mixing: MixingStatus | None = Field(default=None, description="The cloud's, at the end.")
     credits: CreditsStatus | None = Field(default=None, description="The cloud's, at the end.")
     pacing: PacingStatus | None = Field(default=None, description="The cloud's, at the end.")
+    samples_per_s: float | None = Field(
+        default=None, description="The cloud's throughput, first batch applied to last."
+    )

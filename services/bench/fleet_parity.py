@@ -193,6 +193,7 @@ def through_services(case: Case, timeout_s: float) -> FleetParityRecord:
         command="simultrain " + " ".join(case.command()),
         mix_mean_members=None if summary.mixing is None else summary.mixing.mean_members,
         most_in_flight=None if summary.credits is None else summary.credits.most_in_flight,
+        samples_per_s=summary.samples_per_s,
     )
 
 
@@ -331,6 +332,7 @@ def render_table(records: Sequence[FleetParityRecord]) -> str:
         "",
     ]
     out += _targets(cells)
+    out += _throughput(records)
     for (dataset, edges, window), methods in sorted(cells.items()):
         ref_name = reference_of(methods)
         reference = {r.seed: r.accuracy for r in methods.get(ref_name, [])}
@@ -368,6 +370,51 @@ def render_table(records: Sequence[FleetParityRecord]) -> str:
 
 def _paired_gaps(runs: Sequence[FleetParityRecord], reference: dict[int, float]) -> list[float]:
     return [100 * (r.accuracy - reference[r.seed]) for r in runs if r.seed in reference]
+
+
+def _throughput(records: Sequence[FleetParityRecord]) -> list[str]:
+    """Samples per second of each fleet method against the best fixed window of the same
+    fleet (method ``default``, the window its cell names), on the seeds both ran."""
+    rates: dict[tuple[str, int], dict[tuple[str, int], dict[int, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for r in records:
+        if r.samples_per_s is not None and r.method not in REFERENCES:
+            rates[(r.dataset, r.edges)][(r.method, r.window)][r.seed] = r.samples_per_s
+    rows = []
+    for (dataset, edges), runs in sorted(rates.items()):
+        fixed = {key: seeds for key, seeds in runs.items() if key[0] == "default"}
+        if not fixed:
+            continue
+        for (method, _), seeds in sorted(runs.items()):
+            if method == "default":
+                continue
+            # The best fixed window on each seed this method ran, then the mean ratio.
+            ratios = [
+                seeds[seed] / best
+                for seed in sorted(seeds)
+                if (best := max((f[seed] for f in fixed.values() if seed in f), default=0.0))
+            ]
+            if ratios:
+                row = f"| {dataset} | {edges} | {method} | {len(ratios)} | "
+                rows.append(row + f"{statistics.fmean(ratios) - 1:+.1%} |")
+        for (_, window), seeds in sorted(fixed.items()):
+            rate = statistics.fmean(seeds.values())
+            rows.append(f"| {dataset} | {edges} | window {window} | {len(seeds)} | {rate:.0f}/s |")
+    if not rows:
+        return []
+    return [
+        "## Throughput",
+        "",
+        "Samples the cloud applied per second, first batch applied to last (start-up left out).",
+        "A fleet method: its mean ratio to the best fixed window (method `default`) on the same",
+        "seed; a fixed window: its samples per second. The target: within 5 % of the best.",
+        "",
+        "| dataset | edges | method | seeds | vs best fixed window, or samples/s |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _targets(cells: Cells) -> list[str]:

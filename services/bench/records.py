@@ -399,6 +399,9 @@ class FleetParityRecord(Record):
     # /v1/status at the end); None where the run did neither, or was recorded before.
     mix_mean_members: float | None = None
     most_in_flight: int | None = None
+    # The cloud's samples applied per second, first batch applied to last (start-up left
+    # out); None where recorded before it was.
+    samples_per_s: float | None = None
 
 
 class FleetParityMeta(Record):

@@ -68,6 +68,8 @@ from simultrain.shared.training.flow import FlowController
 from simultrain.shared.training.runtime import CloudRuntime, Outgoing
 from simultrain.shared.training.schedule import EdgeRole, Schedule
 
+from .metrics import json_float
+
 __all__ = ["AUTO_MAX_IN_FLIGHT", "CloudFlow", "Pacer", "with_replica_refresh"]
 
 C = TypeVar("C")
@@ -273,7 +275,7 @@ class CloudFlow:
             most_in_flight=self.most_in_flight,
             grants={edge_id: e.grant for edge_id, e in sorted(self._edges.items())},
             pipe=None if pipe is None else round(pipe, 3),
-            min_rtt_s=None if controller is None else _finite(controller.min_rtt_s),
+            min_rtt_s=None if controller is None else json_float(controller.min_rtt_s),
         )
 
     def summary(self) -> dict[str, object]:
@@ -467,8 +469,3 @@ def with_replica_refresh(
         if edge_id in runtime.sessions:
             frames.extend(runtime.grant(edge_id))
     return frames
-
-
-def _finite(value: float | None) -> float | None:
-    """A float JSON can carry: None for none yet (or infinity), else rounded."""
-    return None if value is None or not math.isfinite(value) else round(value, 6)

@@ -16,7 +16,7 @@ from simultrain.shared.contracts import HistoryPoint
 from simultrain.shared.protocol import Snap
 from simultrain.shared.training.master import CloudMaster
 
-__all__ = ["CloudMetrics", "TrainingHistory"]
+__all__ = ["AppliedRate", "CloudMetrics", "TrainingHistory", "json_float"]
 
 # About an hour of points at the default evaluation period (5 s): enough for a dashboard's
 # chart, small enough (tens of kB of JSON) to send on every poll.
@@ -129,6 +129,33 @@ class CloudMetrics:
             self.train_loss.set(master.loss_ema)
 
 
+class AppliedRate:
+    """Samples the master applied per second, from the first batch applied to the last: a
+    run's throughput, its start-up (processes starting, edges joining) and idle tail left
+    out, so runs of one fleet under different windows compare (docs/FLEET.md)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._first: tuple[int, float] | None = None  # (samples applied, when) at the first
+        self._last: tuple[int, float] | None = None
+
+    def note(self, samples_applied: int) -> None:
+        """After a step: the master's samples applied so far."""
+        last = self._last
+        if last is not None and samples_applied <= last[0]:
+            return
+        self._last = (samples_applied, self.clock())
+        if self._first is None:
+            self._first = self._last
+
+    @property
+    def per_s(self) -> float | None:
+        """Rounded to 0.01; None until two steps applied samples at different times."""
+        if self._first is None or self._last is None or self._last[1] <= self._first[1]:
+            return None
+        return round((self._last[0] - self._first[0]) / (self._last[1] - self._first[1]), 2)
+
+
 class TrainingHistory:
     """The master's training loss and held-out accuracy over time, one point per periodic
     evaluation, bounded (the oldest points go first)."""
@@ -153,15 +180,16 @@ class TrainingHistory:
                 time=round(self.clock(), 3),
                 master_version=master_version,
                 samples_applied=samples_applied,
-                train_loss=_finite(train_loss),
-                accuracy=_finite(accuracy),
-                eval_loss=_finite(eval_loss),
+                train_loss=json_float(train_loss),
+                accuracy=json_float(accuracy),
+                eval_loss=json_float(eval_loss),
             )
         )
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN or infinity: a diverged loss is reported as missing (null)."""
+def json_float(value: float | None) -> float | None:
+    """A float JSON can carry, rounded: it has no NaN or infinity, so a diverged loss (or a
+    round trip not measured yet) is reported as missing (null)."""
     if value is None or not math.isfinite(value):
         return None
     return round(value, 6)

@@ -71,7 +71,7 @@ from simultrain.shared.training.runtime import CloudRuntime, CloudSessionState, 
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .flow import CloudFlow, Pacer, with_replica_refresh
-from .metrics import CloudMetrics
+from .metrics import AppliedRate, CloudMetrics
 from .mixing import (
     PARTNER_SEND_FAILURES,
     Addressed,
@@ -203,6 +203,7 @@ class CloudService:
         # sees it: frames a step makes for other edges go there (services/cloud/mixing.py).
         self._session_of: dict[str, Connection] = {}
         self.metrics = CloudMetrics()
+        self.applied_rate = AppliedRate()
         self.cloud_id: str | None = None
         self.ready = False
         self.started_at = time.monotonic()
@@ -433,6 +434,7 @@ class CloudService:
                 log.info("%s: %s of a superseded session not applied", edge_id, frame.type)
                 return
             self.metrics.observe_step(frame.type, time.perf_counter() - started, self.master)
+            self.applied_rate.note(self.master.samples_applied)
             if self.replicas is not None:
                 self.replicas.updated()
             await self._deliver_addressed(addressed, origin=conn)
@@ -481,6 +483,7 @@ class CloudService:
     async def _close_due_round(self) -> None:
         # A lockstep round's deadline, or the wait bound of a mixed step (docs/FLEET.md).
         addressed = await self.compute(lambda: self._address(self.runtime.close_round_if_due()))
+        self.applied_rate.note(self.master.samples_applied)
         await self._deliver_addressed(addressed)
         await self._send_due_acks()
         self._arm_round_deadline()  # the round that closed may not be the one now open
@@ -688,6 +691,7 @@ class CloudService:
             mixing=_mixing_status(self.runtime),
             credits=self.flow.status(),
             pacing=self.pacer.status(),
+            samples_per_s=self.applied_rate.per_s,
         )
 
     def session_spec(self) -> SessionSpec:

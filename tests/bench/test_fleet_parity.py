@@ -159,6 +159,26 @@ def test_the_table_gives_the_gap_to_centralized_on_the_seeds_both_have() -> None
     assert "| 2 | -2.5 | 0.5 | −0.5 | **no** |" in target
 
 
+def test_throughput_is_against_the_best_fixed_window_on_the_same_seed() -> None:
+    records = [
+        record("default", 0, 0.8, window=1, samples_per_s=900.0),
+        record("default", 0, 0.8, window=4, samples_per_s=1000.0),  # the best on seed 0
+        record("default", 1, 0.8, window=1, samples_per_s=1200.0),  # the best on seed 1
+        record("default", 1, 0.8, window=4, samples_per_s=1100.0),
+        record("auto+pace", 0, 0.8, samples_per_s=950.0),  # −5 %
+        record("auto+pace", 1, 0.8, samples_per_s=1140.0),  # −5 %
+        record("auto+pace", 2, 0.8, samples_per_s=10.0),  # no fixed window on seed 2
+        record("old", 0, 0.8),  # recorded before samples_per_s
+    ]
+    table = render_table(records)
+    section = table[table.index("## Throughput") :].split("\n## ")[0]
+    assert "| imu | 8 | auto+pace | 2 | -5.0% |" in section
+    assert "| imu | 8 | window 1 | 2 | 1050/s |" in section
+    assert "| imu | 8 | window 4 | 2 | 1050/s |" in section
+    assert "old" not in section
+    assert "## Throughput" not in render_table([record("x", 0, 0.8)])  # nothing to compare
+
+
 def test_resume_skips_the_runs_the_json_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 
 from simultrain.cloud.app import create_app as create_cloud_app
 from simultrain.cloud.evaluation import PeriodicEvaluator
-from simultrain.cloud.metrics import CloudMetrics, TrainingHistory
+from simultrain.cloud.metrics import AppliedRate, CloudMetrics, TrainingHistory
 from simultrain.cloud.settings import CloudSettings
 from simultrain.coordinator import CoordinatorSettings, create_app
 from simultrain.coordinator.dashboard import DashboardFeed, cloud_http_url
@@ -154,6 +154,19 @@ def session(steps: int) -> EdgeSessionStatus:
 
 
 # --- the coordinator's feed ----------------------------------------------------------------
+
+
+def test_throughput_counts_from_the_first_batch_applied_to_the_last() -> None:
+    now = [100.0]  # the cloud has been up for a while: start-up is not in the rate
+    rate = AppliedRate(clock=lambda: now[0])
+    assert rate.per_s is None
+    rate.note(32)  # the first batch: the clock starts here
+    assert rate.per_s is None
+    now[0] = 102.0
+    rate.note(32 * 11)
+    now[0] = 110.0
+    rate.note(32 * 11)  # nothing new applied (an idle tail): not counted
+    assert rate.per_s == 160.0  # 320 samples in 2 s
 
 
 def test_cloud_http_url_follows_the_url_edges_stream_to() -> None:

@@ -230,8 +230,8 @@ ZERO_STEPS = 30
 async def _staleness(run: RunConfig) -> tuple[float, int, int, int]:
     """ZERO_FLEET in-process agents. Returns the mean staleness of their batches (in
     edge-stage updates), the ACKs the cloud held, the most edges that held credits at one
-    time once the fleet settled (the second half of its ACTs), and the widest gap in batches
-    applied between two edges in session, once all were."""
+    time once the fleet settled (the second half of its ACTs), and the widest gap in progress
+    (`Pacer.progress`) between two edges in session, once all were."""
     async with cloud_app(run) as app:
         service = service_of(app)
         flow = service.flow
@@ -244,10 +244,9 @@ async def _staleness(run: RunConfig) -> tuple[float, int, int, int]:
             on_act(edge_id, seq)
             now = flow.clock()
             holders.append(sum(1 for e in flow.edges if flow.committed_by(e, now)))
-            sessions = service.runtime.sessions
-            if len(sessions) == ZERO_FLEET:
-                applied = [state.steps_applied for state in sessions.values()]
-                widest = max(widest, max(applied) - min(applied))
+            if len(flow.edges) == ZERO_FLEET:  # by the pacer's count (late joiners join level)
+                progress = [service.pacer.progress[e] for e in flow.edges]
+                widest = max(widest, max(progress) - min(progress))
 
         flow.on_act = counting  # type: ignore[method-assign]
         agents = [
@@ -269,7 +268,9 @@ async def _staleness(run: RunConfig) -> tuple[float, int, int, int]:
         assert all(r.batches_acked == ZERO_STEPS and r.checksum_failures == 0 for r in reports)
         applied = [service.runtime.sessions[f"edge-{i}"].samples_applied for i in range(ZERO_FLEET)]
         assert applied == [ZERO_STEPS * 32] * ZERO_FLEET  # exactly once, held or not
-        staleness = service.status().staleness
+        status = service.status()
+        assert status.samples_per_s is not None and status.samples_per_s > 0
+        staleness = status.staleness
         settled = max(holders[len(holders) // 2 :])
         return staleness.mean, service.pacer.held_acks, settled, widest
 
