@@ -712,6 +712,8 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "fleet_pooled/fleet_parity.json": FleetParityFile,
     "fleet_epoch/fleet_parity.json": FleetParityFile,
     "fleet_32/fleet_parity.json": FleetParityFile,
+    "fleet_zero/fleet_parity.json": FleetParityFile,
+    "fleet_throughput/fleet_parity.json": FleetParityFile,
     "staleness.json": StudyFile,
     "replicas-inprocess.json": ReplicaFile,
     "control-plane/before/control-plane.json": ControlPlaneFile,

@@ -113,7 +113,7 @@ RENDERED = {
                 + "\n"
             )
         )
-        for part in ("fleet_epoch", "fleet_32")
+        for part in ("fleet_epoch", "fleet_32", "fleet_zero", "fleet_throughput")
     },
     "staleness.md": lambda: study.render_table(StudyFile.read(RESULTS / "staleness.json")),
     "replicas-inprocess.md": _replicas,
