@@ -37,7 +37,8 @@ applied, or a grant it has not used and has sent an ACT or got a grant within ``
 service sends the DELTA of `CloudRuntime.grant` (:func:`with_replica_refresh`, on the
 compute thread), so the batches the grant lets go are computed at the current master, not
 only at the edge's own updates (with one edge in session there are no others': none is
-sent).
+sent). An ACK that was held goes behind a DELTA of its own, made when it goes (the service's
+``_release``): the one behind its step is as old as the hold.
 
 **Pacing.** With ``pace_lead`` set, :class:`Pacer` keeps the fleet's edges within that many
 acknowledged batches of the slowest edge in session: the ACKs of an edge further ahead are
