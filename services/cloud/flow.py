@@ -95,6 +95,7 @@ class _EdgeCredits:
     slots: deque[float] = field(default_factory=deque)  # issue times of the unused slots
     grant: int = 0  # the grant last sent
     active_at: float = 0.0  # its last ACT, or the last grant sent to it
+    waiting: bool = False  # its ACK is held for a credit (`CloudFlow.room_for`)
 
     def committed(self, now: float, idle_s: float) -> int:
         """The fleet's credits this edge holds: its batches the cloud has not applied, and
@@ -211,6 +212,7 @@ class CloudFlow:
         edge = self._edges.get(edge_id)
         if edge is None or edge.unapplied or any(s > ack.seq for s in edge.in_flight):
             return None
+        edge.waiting = True  # until it is granted: the others' grants leave it a credit
         return self._room(edge_id, self.clock())
 
     def on_ack(self, edge_id: str, ack: Ack) -> Ack:
@@ -255,13 +257,18 @@ class CloudFlow:
             share = self.fixed.per_edge_cap
         # At least one: a grant of none is an ACK held (`room_for`); WELCOME's first grant
         # is one whatever the fleet holds. Never above WELCOME's window.
-        grant = max(1, min(share, self._room(edge_id, now), self.window))
+        # Every other edge that waits for a credit keeps one back from this grant: an edge
+        # that always has a batch in flight never needs one, and with grants above one its
+        # ACKs would otherwise take every credit that frees up while the waiting edge starves.
+        waiting = sum(1 for key, e in self._edges.items() if e.waiting and key != edge_id)
+        grant = max(1, min(share, self._room(edge_id, now) - waiting, self.window))
         acked = edge.received - len(edge.in_flight)
         while edge.issued < acked + grant:
             edge.slots.append(now)
             edge.issued += 1
         edge.grant = grant
         edge.active_at = now
+        edge.waiting = False
         return grant
 
     def status(self) -> CreditsStatus | None:
@@ -307,7 +314,8 @@ class Pacer(Generic[C]):
     slowest edge's progress then: an edge that joins late, or comes back after a long
     absence, joins the fleet where it is (the others do not wait for it to redo their
     batches); within a session it moves with each ACK. The slowest edge is never held for
-    the lead, so the fleet always moves. Only edges that sent an ACT within ``idle_s`` count:
+    the lead, so the fleet always moves. Only edges that sent an ACT within ``idle_s``, or
+    whose ACKs are held, count:
     one whose data pauses (a camera at night) or that finished sets no pace, and an edge that
     leaves stops counting at once (what was held for it goes: its new session's WELCOME says
     what was applied). The caller asks `due` again ``idle_s`` after holding (`idle_s`), when
@@ -366,7 +374,12 @@ class Pacer(Generic[C]):
         """The progress of the slowest edge that counts (module docstring); None: none does."""
         since = self.clock() - self.idle_s
         return min(
-            (self.progress[e] for e in self._in_session if self._last_act[e] >= since),
+            (
+                self.progress[e]
+                for e in self._in_session
+                # One whose ACK the cloud holds is not idle: it waits for the cloud.
+                if self._last_act[e] >= since or e in self._held or e in self._sending
+            ),
             default=None,
         )
 

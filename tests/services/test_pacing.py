@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 
-from simultrain.cloud.flow import Pacer
+from simultrain.cloud.flow import CloudFlow, Pacer
 from simultrain.edge.agent import EdgeAgent
 from simultrain.edge.inprocess import ASGITransport
 from simultrain.shared.data import load_dataset
@@ -273,6 +273,29 @@ async def _staleness(run: RunConfig) -> tuple[float, int, int, int]:
         staleness = status.staleness
         settled = max(holders[len(holders) // 2 :])
         return staleness.mean, service.pacer.held_acks, settled, widest
+
+
+def test_an_edge_waiting_for_a_credit_is_not_starved_by_larger_grants() -> None:
+    """Edges with grants above one always have a batch in flight when an ACK comes, so they
+    never need a credit: while another edge waits for one, each of their grants keeps one
+    back, and the next credit that frees up is the waiting edge's."""
+    run = RunConfig(mode="simultrain", dataset="imu", window=2, fleet_in_flight=4)
+    flow = CloudFlow(run, run.schedule(), clock=lambda: 0.0)
+    grants = {edge: flow.answers(edge, {"credits": True})["credits"] for edge in "abc"}
+    assert grants == {"a": 2, "b": 2, "c": 1}  # WELCOME's grant is one whatever is left
+    for edge, seqs in (("a", (0, 1)), ("b", (0, 1)), ("c", (0,))):
+        for seq in seqs:
+            flow.on_act(edge, seq)
+    flow.on_applied("c", 0)
+    assert flow.room_for("c", ack(0)) == 0  # a and b hold the total: c waits
+    flow.on_applied("a", 0)
+    assert flow.room_for("a", ack(0)) is None  # a's batch 1 is in flight: its ACK goes...
+    assert flow.on_ack("a", ack(0)).credits == 1  # ...with one credit kept back for c
+    flow.on_applied("a", 1)  # a needs a credit now too: the two it held are free
+    assert flow.room_for("a", ack(1)) == flow.room_for("c", ack(0)) == 2
+    assert flow.on_ack("c", ack(0)).credits == 1  # (the pacer asks the slowest first)
+    assert flow.on_ack("a", ack(1)).credits == 1
+    assert flow.committed_by("b", 0.0) == 2
 
 
 async def test_a_fleet_total_below_the_fleet_s_size_holds_acks_instead_of_a_floor_of_one() -> None:
