@@ -713,6 +713,7 @@ RESULTS_FILES: dict[str, type[ResultsFile]] = {
     "fleet_epoch/fleet_parity.json": FleetParityFile,
     "fleet_32/fleet_parity.json": FleetParityFile,
     "fleet_zero/fleet_parity.json": FleetParityFile,
+    "fleet_zero_kept_back/fleet_parity.json": FleetParityFile,
     "fleet_throughput/fleet_parity.json": FleetParityFile,
     "staleness.json": StudyFile,
     "replicas-inprocess.json": ReplicaFile,

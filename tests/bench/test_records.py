@@ -113,7 +113,13 @@ RENDERED = {
                 + "\n"
             )
         )
-        for part in ("fleet_epoch", "fleet_32", "fleet_zero", "fleet_throughput")
+        for part in (
+            "fleet_epoch",
+            "fleet_32",
+            "fleet_zero",
+            "fleet_zero_kept_back",
+            "fleet_throughput",
+        )
     },
     "staleness.md": lambda: study.render_table(StudyFile.read(RESULTS / "staleness.json")),
     "replicas-inprocess.md": _replicas,
