@@ -592,6 +592,7 @@ def _record(
             "run_config": run.to_mapping(),
             "window_size": run.schedule().window,
             "window_override": case.window,
+            "credits": status.credits,
             "edge_report": EdgeReportSummary(
                 steps=report.get("steps"),
                 samples_sent=report.get("samples_sent"),

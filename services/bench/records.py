@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from simultrain.shared.contracts import StalenessSummary
+from simultrain.shared.contracts import CreditsStatus, StalenessSummary
 
 __all__ = [
     "RESULTS_FILES",
@@ -206,6 +206,11 @@ class BenchRecord(StepMetrics, BenchCase):
     window_size: int
     window_override: int | None
     edge_report: EdgeReportSummary
+    credits: CreditsStatus | None = Field(
+        None,
+        description="The cloud's in-flight credits at the end of the run (its flow "
+        "controller's pipe estimate and shortest loop); null: no credits.",
+    )
     rerun: str | None = Field(None, description="A note on a case run again by hand.")
 
 

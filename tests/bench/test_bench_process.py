@@ -59,6 +59,13 @@ def test_quick_bench_writes_a_consistent_report(tmp_path: Path) -> None:
         assert r["step_interval_ms"] >= r["pipeline_bound_ms"] * 0.9, r["case"]
         assert r["max_staleness"] <= r["window_size"] + 1
         assert r["accuracy_curve"][-1][2] == r["accuracy"]
+    by_mode = {r["mode"]: r for r in systems}
+    # The flow controller's estimate at the end of the run, where the cloud grants credits
+    # (window = auto by default); lockstep modes keep one batch and grant none.
+    auto = by_mode["simultrain"]["credits"]
+    assert auto["policy"] == "auto" and auto["pipe"] > 0 and auto["min_rtt_s"] > 0
+    assert auto["most_in_flight"] >= 1
+    assert by_mode["syncsgd"]["credits"] is None
     meta = json.loads((out / "meta.json").read_text())
     assert meta["edge_slowdown"] == 2.0 and meta["cases"] == len(records)
 
