@@ -16,9 +16,15 @@ carried the credit the batch used (WELCOME or an ACK) → the time the cloud app
 were issued — the n-th ACT of a session uses the n-th credit slot — so that time is known
 for every batch: it is the whole control loop a credit goes round (downlink, the edge's
 forward, uplink, the cloud's step and the edge's backward and EGRAD), which is what the in
-flight must cover to keep the pipe busy. An edge that had credits to spare used its slot
-later than it was issued: that sample is longer than the loop, and the controller's minimum
-filter drops it, as BBR's drops a delayed ACK.
+flight must cover to keep the pipe busy. A credit issued while its edge still held an unused
+one waits behind that one's batch at the edge: its time is the loop plus that queue, so only
+a credit issued to an edge holding none gives a round-trip sample. (Taking every credit's
+time let the queue feed itself: an edge-bound pipe, one edge on emulated 4G, measured a
+205 ms loop where a batch alone takes about 100, and settled at twice the batches in flight
+it needed; docs/FLEET.md, "Credits".) The delivery-rate sample of a batch counts from what
+was delivered when its credit was issued, over the whole loop, as BBR's counts from a
+packet's send: counted from the ACT's arrival it spanned a few applies, and the maximum
+filter kept their bursts (a third above the real rate there).
 
 **Zero grants.** The wire's grant is at least one batch (PROTOCOL.md §6.7), so a fleet of E
 edges that each keep their one would hold E batches in flight whatever the pipe needs: 32
@@ -65,7 +71,7 @@ from simultrain.shared.contracts import CreditsStatus, PacingStatus
 from simultrain.shared.protocol import CREDITS, Ack, ConfigValue
 from simultrain.shared.training.config import RunConfig
 from simultrain.shared.training.fleet import Credits
-from simultrain.shared.training.flow import FlowController
+from simultrain.shared.training.flow import FlowController, SendState
 from simultrain.shared.training.runtime import CloudRuntime, Outgoing
 from simultrain.shared.training.schedule import EdgeRole, Schedule
 
@@ -84,6 +90,17 @@ AUTO_MAX_IN_FLIGHT = 64
 _PIPELINED = frozenset({EdgeRole.SPLIT, EdgeRole.RAW, EdgeRole.SYNTHETIC})
 
 
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """A credit the cloud issued and the edge has not used yet (no ACT has come for it)."""
+
+    issued_at: float
+    state: SendState | None  # the controller's deliveries then (None: no controller)
+    # Whether the edge held no other unused credit then: its batch waits behind none at the
+    # edge, so credit → apply is a round-trip sample (module docstring, "What is measured").
+    first: bool
+
+
 @dataclass(slots=True)
 class _EdgeCredits:
     """One credits session: its batches in flight and when each credit slot was issued."""
@@ -92,7 +109,7 @@ class _EdgeCredits:
     unapplied: set[int] = field(default_factory=set)  # ACT seqs not applied yet
     received: int = 0  # ACTs received in this session
     issued: int = 0  # credit slots issued: the ACTs the grants so far let the edge send
-    slots: deque[float] = field(default_factory=deque)  # issue times of the unused slots
+    slots: deque[_Slot] = field(default_factory=deque)  # the unused credits, oldest first
     grant: int = 0  # the grant last sent
     active_at: float = 0.0  # its last ACT, or the last grant sent to it
     waiting: bool = False  # its ACK is held for a credit (`CloudFlow.room_for`)
@@ -182,14 +199,22 @@ class CloudFlow:
         if edge is None or seq in edge.in_flight:
             return
         now = self.clock()
-        issued_at = edge.slots.popleft() if edge.slots else now
+        slot = edge.slots.popleft() if edge.slots else None
         edge.received += 1
         edge.in_flight.add(seq)
         edge.unapplied.add(seq)
         edge.active_at = now
         if self.controller is not None:
             # Sent under a grant the target may have shrunk below since: counted all the same.
-            self.controller.on_send(edge_id, seq, issued_at, over_grant=True)
+            # A batch with no credit slot (none is left) gives no round trip.
+            self.controller.on_send(
+                edge_id,
+                seq,
+                now if slot is None else slot.issued_at,
+                over_grant=True,
+                state=None if slot is None else slot.state,
+                rtt=slot is not None and slot.first,
+            )
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
     def on_applied(self, edge_id: str, seq: int) -> None:
@@ -263,8 +288,11 @@ class CloudFlow:
         waiting = sum(1 for key, e in self._edges.items() if e.waiting and key != edge_id)
         grant = max(1, min(share, self._room(edge_id, now) - waiting, self.window))
         acked = edge.received - len(edge.in_flight)
+        first = not edge.slots
         while edge.issued < acked + grant:
-            edge.slots.append(now)
+            state = None if self.controller is None else self.controller.send_state(now)
+            edge.slots.append(_Slot(now, state, first))
+            first = False
             edge.issued += 1
         edge.grant = grant
         edge.active_at = now

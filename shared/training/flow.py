@@ -39,7 +39,7 @@ from enum import StrEnum
 
 from simultrain.shared.errors import ConfigError, TrainingError
 
-__all__ = ["FlowController", "FlowError", "FlowPhase"]
+__all__ = ["FlowController", "FlowError", "FlowPhase", "SendState"]
 
 # BBR's ProbeBW gain cycle: probe a quarter above, drain a quarter below, cruise six rounds.
 # The drain round keeps at least the pipe itself (rounded up): BBR counts packets, a pipe here
@@ -63,13 +63,22 @@ class FlowPhase(StrEnum):
     PROBE_RTT = "probe_rtt"
 
 
+@dataclass(frozen=True, slots=True)
+class SendState:
+    """The controller's deliveries when a batch went (BBR's per-packet state): its ACK's
+    delivery-rate sample counts from here (`FlowController.send_state`)."""
+
+    delivered: int  # batches delivered (ACKed) by then
+    delivered_at: float  # when the last of those was delivered
+    first_sent_at: float  # when the last of those had been sent
+
+
 @dataclass(slots=True)
 class _Sent:
     edge_id: str
     sent_at: float
-    delivered: int  # batches delivered (ACKed) when this one was sent
-    delivered_at: float  # when the last of those was delivered
-    first_sent_at: float  # when the last of those had been sent
+    state: SendState
+    rtt: bool  # whether its send → ACK time is a round-trip sample (`on_send`)
 
 
 @dataclass(slots=True)
@@ -188,13 +197,32 @@ class FlowController:
         return max(0, min(share - len(edge.in_flight), room))
 
     # --- events --------------------------------------------------------------------------
-    def on_send(self, edge_id: str, seq: int, now: float, *, over_grant: bool = False) -> None:
+    def send_state(self, now: float) -> SendState:
+        """The deliveries so far, for a batch that goes at ``now`` (`on_send`'s ``state``)."""
+        if not self._in_flight:
+            # An idle pipe: rates count from here (BBR's delivery-rate estimate).
+            self._delivered_at = self._first_sent_at = now
+        return SendState(self.delivered, self._delivered_at, self._first_sent_at)
+
+    def on_send(
+        self,
+        edge_id: str,
+        seq: int,
+        now: float,
+        *,
+        over_grant: bool = False,
+        state: SendState | None = None,
+        rtt: bool = True,
+    ) -> None:
         """Batch ``seq`` of ``edge_id`` left at ``now``: it takes one of the edge's credits.
 
         ``over_grant``: count it even beyond the edge's credits, for a caller that learns of
         a batch after the fact — a cloud service reads an ACT the edge sent under a grant the
         target has shrunk below since, or an edge's one batch that every grant allows
         (PROTOCOL.md §6.7); the rate and round-trip samples are taken all the same.
+        ``state``: `send_state` as it was at ``now``, for such a caller (None: as it is
+        now). ``rtt`` False: the batch's send → ACK time is no round-trip sample (it waited
+        behind others somewhere the caller knows of); its delivery-rate sample counts.
         """
         if edge_id not in self._edges:
             raise FlowError(f"{edge_id} sent batch {seq} but is not an edge of this fleet")
@@ -206,12 +234,9 @@ class FlowController:
         edge = self._edges[edge_id]
         if seq in edge.in_flight:
             raise FlowError(f"batch {seq} of {edge_id} is in flight already")
-        if not self._in_flight:
-            # An idle pipe: rates count from here (BBR's delivery-rate estimate).
-            self._delivered_at = self._first_sent_at = now
-        edge.in_flight[seq] = _Sent(
-            edge_id, now, self.delivered, self._delivered_at, self._first_sent_at
-        )
+        if state is None:
+            state = self.send_state(now)
+        edge.in_flight[seq] = _Sent(edge_id, now, state, rtt)
         self._in_flight += 1
 
     def on_ack(self, edge_id: str, seq: int, now: float) -> None:
@@ -229,7 +254,31 @@ class FlowController:
 
     # --- the estimate's update -----------------------------------------------------------
     def _sample(self, sent: _Sent, now: float) -> None:
-        rtt = max(now - sent.sent_at, 0.0)
+        if sent.rtt:
+            self._take_rtt(max(now - sent.sent_at, 0.0), now)
+        if self.phase is FlowPhase.PROBE and self._probe_rtt_due(now):
+            # One batch in flight until a batch sent alone comes back, so the queue drains
+            # and the round trip shows.
+            self.phase = FlowPhase.PROBE_RTT
+            self._probe_rtt_round = None
+            self._probe_min = None
+            self.target = 1
+        # The interval over which the batches delivered since this one was sent were both
+        # sent and ACKed: the longer of the two, so ACKs that arrive in a burst do not
+        # overstate the rate (the delivery-rate estimate's rule).
+        state = sent.state
+        interval = max(now - state.delivered_at, sent.sent_at - state.first_sent_at)
+        if interval > 0:
+            rate = (self.delivered - state.delivered) / interval
+            if self._rates and self._rates[-1][0] == self.round:
+                if rate > self._rates[-1][1]:
+                    self._rates[-1] = (self.round, rate)
+            else:
+                self._rates.append((self.round, rate))
+        if self.delivered >= self._round_end:
+            self._next_round()
+
+    def _take_rtt(self, rtt: float, now: float) -> None:
         if self.phase is FlowPhase.PROBE_RTT:
             # The round trips of this phase replace the old minimum when it ends.
             self._probe_min = rtt if self._probe_min is None else min(self._probe_min, rtt)
@@ -241,26 +290,6 @@ class FlowController:
             or (now - self._min_rtt_at > self.rtt_window_s and self.phase is not FlowPhase.PROBE)
         ):
             self._min_rtt, self._min_rtt_at = rtt, now
-        if self.phase is FlowPhase.PROBE and self._probe_rtt_due(now):
-            # One batch in flight until a batch sent alone comes back, so the queue drains
-            # and the round trip shows.
-            self.phase = FlowPhase.PROBE_RTT
-            self._probe_rtt_round = None
-            self._probe_min = None
-            self.target = 1
-        # The interval over which the batches delivered since this one was sent were both
-        # sent and ACKed: the longer of the two, so ACKs that arrive in a burst do not
-        # overstate the rate (the delivery-rate estimate's rule).
-        interval = max(now - sent.delivered_at, sent.sent_at - sent.first_sent_at)
-        if interval > 0:
-            rate = (self.delivered - sent.delivered) / interval
-            if self._rates and self._rates[-1][0] == self.round:
-                if rate > self._rates[-1][1]:
-                    self._rates[-1] = (self.round, rate)
-            else:
-                self._rates.append((self.round, rate))
-        if self.delivered >= self._round_end:
-            self._next_round()
 
     def _probe_rtt_due(self, now: float) -> bool:
         """ProbeRTT is due once startup has drained (startup's round trips carry its
@@ -292,8 +321,11 @@ class FlowController:
             self.phase = FlowPhase.PROBE
             self._cycle = 0
             self._probe_rtt_at = self._delivered_at
+            # No round-trip sample this round (every batch waited behind another): the old
+            # minimum stays, as if seen again — else ProbeRTT would come straight back.
+            self._min_rtt_at = self._delivered_at
             if self._probe_min is not None:
-                self._min_rtt, self._min_rtt_at = self._probe_min, self._delivered_at
+                self._min_rtt = self._probe_min
             pipe = self.pipe
             assert pipe is not None
         if self.phase is FlowPhase.STARTUP:
