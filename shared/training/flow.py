@@ -71,6 +71,7 @@ class SendState:
     delivered: int  # batches delivered (ACKed) by then
     delivered_at: float  # when the last of those was delivered
     first_sent_at: float  # when the last of those had been sent
+    idle: bool = False  # nothing was in flight: its round trip has no queue of this flow's
 
 
 @dataclass(slots=True)
@@ -129,6 +130,9 @@ class FlowController:
         self._round_end = 0  # delivered count at which the current round ends
         self._min_rtt: float | None = None
         self._min_rtt_at = 0.0  # when that minimum was seen
+        # Whether it is the round trip of a batch sent alone (into an empty pipe): then it
+        # carries no queue, and startup needs no ProbeRTT after it.
+        self._min_alone = False
         self._probe_rtt_round: int | None = None  # the round ProbeRTT's one batch went in
         self._probe_min: float | None = None  # the shortest round trip ProbeRTT has seen
         self._probe_rtt_at: float | None = None  # when the last ProbeRTT ended
@@ -199,10 +203,11 @@ class FlowController:
     # --- events --------------------------------------------------------------------------
     def send_state(self, now: float) -> SendState:
         """The deliveries so far, for a batch that goes at ``now`` (`on_send`'s ``state``)."""
-        if not self._in_flight:
+        idle = not self._in_flight
+        if idle:
             # An idle pipe: rates count from here (BBR's delivery-rate estimate).
             self._delivered_at = self._first_sent_at = now
-        return SendState(self.delivered, self._delivered_at, self._first_sent_at)
+        return SendState(self.delivered, self._delivered_at, self._first_sent_at, idle)
 
     def on_send(
         self,
@@ -255,7 +260,7 @@ class FlowController:
     # --- the estimate's update -----------------------------------------------------------
     def _sample(self, sent: _Sent, now: float) -> None:
         if sent.rtt:
-            self._take_rtt(max(now - sent.sent_at, 0.0), now)
+            self._take_rtt(max(now - sent.sent_at, 0.0), now, sent.state.idle)
         if self.phase is FlowPhase.PROBE and self._probe_rtt_due(now):
             # One batch in flight until a batch sent alone comes back, so the queue drains
             # and the round trip shows.
@@ -278,29 +283,32 @@ class FlowController:
         if self.delivered >= self._round_end:
             self._next_round()
 
-    def _take_rtt(self, rtt: float, now: float) -> None:
+    def _take_rtt(self, rtt: float, now: float, alone: bool) -> None:
         if self.phase is FlowPhase.PROBE_RTT:
             # The round trips of this phase replace the old minimum when it ends.
             self._probe_min = rtt if self._probe_min is None else min(self._probe_min, rtt)
-        elif (
-            self._min_rtt is None
-            or rtt <= self._min_rtt
+        elif self._min_rtt is None or rtt <= self._min_rtt:
+            # A round trip shorter than one alone, of a batch that was not: the one alone
+            # held something else (an edge starting up), and this one may hold a queue.
+            # (Within 1 %, it is the same round trip.)
+            old = self._min_rtt
+            self._min_alone = alone or (old is not None and self._min_alone and rtt >= 0.99 * old)
+            self._min_rtt, self._min_rtt_at = rtt, now
+        elif now - self._min_rtt_at > self.rtt_window_s and self.phase is not FlowPhase.PROBE:
             # An old minimum outside the gain cycle (startup, drain) simply expires; in the
             # cycle ProbeRTT renews it.
-            or (now - self._min_rtt_at > self.rtt_window_s and self.phase is not FlowPhase.PROBE)
-        ):
-            self._min_rtt, self._min_rtt_at = rtt, now
+            self._min_rtt, self._min_rtt_at, self._min_alone = rtt, now, alone
 
     def _probe_rtt_due(self, now: float) -> bool:
-        """ProbeRTT is due once startup has drained (startup's round trips carry its
-        queue), then whenever the minimum is older than ``rtt_window_s`` (BBR), and at the
-        latest every ``rtt_window_s`` (BBRv2's periodic ProbeRTT): a pipe whose queue only
-        shrinks slowly keeps finding minimums that are still mostly queue, and keeps them."""
+        """ProbeRTT is due once startup has drained, unless the minimum is the round trip of
+        a batch sent alone (startup's other round trips carry its queue: a fleet whose
+        edges each have a batch in flight from the start sends none alone); then whenever
+        the minimum is older than ``rtt_window_s`` (BBR), and at the latest every
+        ``rtt_window_s`` (BBRv2's periodic ProbeRTT): a pipe whose queue only shrinks slowly
+        keeps finding minimums that are still mostly queue, and keeps them."""
         last = self._probe_rtt_at
-        return (
-            last is None
-            or now - self._min_rtt_at > self.rtt_window_s
-            or now - last > self.rtt_window_s
+        return now - self._min_rtt_at > self.rtt_window_s or (
+            not self._min_alone if last is None else now - last > self.rtt_window_s
         )
 
     def _next_round(self) -> None:
@@ -325,7 +333,7 @@ class FlowController:
             # minimum stays, as if seen again — else ProbeRTT would come straight back.
             self._min_rtt_at = self._delivered_at
             if self._probe_min is not None:
-                self._min_rtt = self._probe_min
+                self._min_rtt, self._min_alone = self._probe_min, True
             pipe = self.pipe
             assert pipe is not None
         if self.phase is FlowPhase.STARTUP:

@@ -142,6 +142,16 @@ def test_one_edge_on_4g_fills_its_pipe_without_hand_tuning() -> None:
     assert 1 / fixed.batches_per_s > 3 * bound
 
 
+def test_a_minimum_seen_alone_needs_no_probe_rtt_after_startup() -> None:
+    """The first batch went into an empty pipe: its round trip holds no queue, so once
+    startup drains the pipe is not cut to one batch to measure it again (on this link a
+    round at one batch costs about 14 batches' time). The ProbeRTTs of 20 s are the
+    periodic ones, every ``rtt_window_s``."""
+    result = simulate(THIN_4G, FlowController(rtt_window_s=10.0), edges=1, seconds=20)
+    probes = [at for at, target in result.targets if target == 1]
+    assert probes and all(at > 10.0 for at in probes), probes
+
+
 @pytest.mark.parametrize("edges", [8, 32])
 def test_a_cloud_bound_fleet_keeps_few_batches_in_flight(edges: int) -> None:
     checked = Checked(FlowController())
