@@ -118,7 +118,9 @@ RENDERED = {
             "fleet_32",
             "fleet_zero",
             "fleet_zero_kept_back",
+            "fleet_loop",
             "fleet_throughput",
+            "fleet_throughput_loop",
         )
     },
     "staleness.md": lambda: study.render_table(StudyFile.read(RESULTS / "staleness.json")),
