@@ -17,6 +17,7 @@ staleness and the accuracy; then, per window, the mean over seeds.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def main() -> None:
         out_dir=args.out,
         slowdown=args.slowdown,
         plots=False,
-        command="credits_4g",
+        command=" ".join(["python bench/credits_4g.py", *sys.argv[1:]]),
         steps=args.steps,
         seeds=args.seeds,
         windows=tuple(int(w) for w in args.windows.split(",")),

