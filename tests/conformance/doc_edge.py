@@ -230,8 +230,21 @@ class DocEdge:
                 self.hello(ws)
                 self.stream(ws)
             except ConnectionClosed as closed:
+                self.drain(ws)
                 rcvd = closed.rcvd
                 raise Ended(rcvd.code if rcvd else 1006, rcvd.reason if rcvd else "") from None
+
+    def drain(self, ws: ClientConnection) -> None:
+        """The frames the cloud sent before it closed and this client has not read (a send
+        failed on the close first): their ACKs count for the next HELLO's resume (§6.5)."""
+        while True:
+            try:
+                data = ws.recv(timeout=0)
+            except (ConnectionClosed, TimeoutError):
+                return
+            frame = msgpack.unpackb(data, raw=False) if isinstance(data, bytes) else {}
+            if frame.get("t") == "ack":
+                self.on_ack(frame["seq"])
 
     def read_refusal(self, ws: ClientConnection) -> None:
         try:
@@ -327,9 +340,13 @@ class DocEdge:
             elif kind in ("delta", "snap"):
                 self.check(ws, frame)
             elif kind == "ack":
-                self.acked = frame["seq"]
+                self.on_ack(frame["seq"])
                 in_flight = [seq for seq in in_flight if seq > self.acked]
-                self.kept = {seq for seq in self.kept if seq > self.acked}
+
+    def on_ack(self, seq: int) -> None:
+        """§3 ACK: every batch up to ``seq`` is applied; none of them is kept to re-send."""
+        self.acked = max(self.acked, seq)
+        self.kept = {kept for kept in self.kept if kept > self.acked}
 
     def act(self, seq: int) -> bytes:
         """docs/DESIGN.md §3.1 as bytes: random activations of the cut shape, random labels."""
