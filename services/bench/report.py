@@ -182,7 +182,7 @@ def latency_claims(records: Sequence[Record]) -> list[Claim]:
                         f"SimulTrain is {sim[0].bottleneck}-bound "
                         f"({_stage_summary(sim[0])}); at its pipeline bound ({best:.0f} ms) "
                         f"the cut would be {ceiling * 100:.0f} %, which meets the target. "
-                        f"What is missing is the window: W = {sim[0].window_size} does "
+                        f"What is missing is the window: W = {_window(sim[0])} does "
                         "not cover the batch → ACK round trip (see the interval ÷ pipeline "
                         "bound rows and the window sweep)."
                     )
@@ -265,6 +265,11 @@ def _bound_reason(record: Record) -> str:
     )
 
 
+def _window(record: Record) -> str:
+    """The case's window as the run set it: ``auto`` (credits) or the number of batches."""
+    return "auto" if record.run_config.get("window") == "auto" else str(record.window_size)
+
+
 def bound_claims(records: Sequence[Record]) -> list[Claim]:
     out: list[Claim] = []
     for record in select(_timing_suite(records), mode="simultrain"):
@@ -273,7 +278,7 @@ def bound_claims(records: Sequence[Record]) -> list[Claim]:
         out.append(
             Claim(
                 f"interval ÷ pipeline bound, {record.link.upper()}, {record.dataset}, "
-                f"W = {record.window_size}",
+                f"W = {_window(record)}",
                 "“near-optimal utilization”",
                 f"≤ {TARGETS['bound_ratio']:.2f}",
                 f"{ratio:.2f} ({record.step_interval_ms:.1f} / {record.pipeline_bound_ms:.1f} ms)",
