@@ -288,12 +288,15 @@ class CloudFlow:
         waiting = sum(1 for key, e in self._edges.items() if e.waiting and key != edge_id)
         grant = max(1, min(share, self._room(edge_id, now) - waiting, self.window))
         acked = edge.received - len(edge.in_flight)
-        first = not edge.slots
-        while edge.issued < acked + grant:
+        opens = acked + grant - edge.issued
+        if opens > 0:
+            # One moment for every slot it opens: the controller's deliveries now, and only
+            # the first waits behind no other unused credit of the edge.
             state = None if self.controller is None else self.controller.send_state(now)
-            edge.slots.append(_Slot(now, state, first))
-            first = False
-            edge.issued += 1
+            first = not edge.slots
+            for i in range(opens):
+                edge.slots.append(_Slot(now, state, first and i == 0))
+            edge.issued += opens
         edge.grant = grant
         edge.active_at = now
         edge.waiting = False

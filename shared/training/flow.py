@@ -329,11 +329,12 @@ class FlowController:
             self.phase = FlowPhase.PROBE
             self._cycle = 0
             self._probe_rtt_at = self._delivered_at
-            # No round-trip sample this round (every batch waited behind another): the old
-            # minimum stays, as if seen again — else ProbeRTT would come straight back.
-            self._min_rtt_at = self._delivered_at
             if self._probe_min is not None:
                 self._min_rtt, self._min_alone = self._probe_min, True
+            # Renewed either way: with no round-trip sample this round (every batch waited
+            # behind another) the old minimum stays, as if seen again — else ProbeRTT would
+            # come straight back.
+            self._min_rtt_at = self._delivered_at
             pipe = self.pipe
             assert pipe is not None
         if self.phase is FlowPhase.STARTUP:
